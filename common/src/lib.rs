@@ -1,0 +1,8 @@
+//! Pieces shared by the boot binaries (`stage1`, `stage2`) and the build-time tools
+//! (`initrd`, `activation`): the versioned binary envelope, the stage-1 configuration
+//! it carries, the kernel command line, and printk-prefixed logging to `/dev/kmsg`.
+
+pub mod cmdline;
+pub mod envelope;
+pub mod kmsg;
+pub mod stage1_config;
