@@ -1,0 +1,176 @@
+//! The one failure path of stage 1. Whatever went wrong is logged to kmsg and the console,
+//! then the user gets NixOS's choices; with `boot.panic_on_fail` we exit instead, so the
+//! kernel panics and `panic=N` reboots the machine.
+
+use std::io::{Read, Write};
+use std::os::fd::AsFd;
+use std::path::Path;
+use std::time::Duration;
+
+use rustix::fs::{Mode, OFlags};
+use rustix::termios::{self, LocalModes, OptionalActions};
+
+use crate::plan::Plan;
+
+/// What the user chose to do about a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Choice {
+    /// Ignore the error and go on with the next step.
+    Continue,
+}
+
+/// Shells the failure path can offer, when the initrd carries one.
+const SHELLS: &[&str] = &["/bin/sh", "/bin/ash", "/bin/bash"];
+
+pub struct FailurePolicy {
+    pub panic_on_fail: bool,
+    pub shell_on_fail: bool,
+    pub console: Option<String>,
+}
+
+impl FailurePolicy {
+    pub fn from_plan(plan: &Plan) -> Self {
+        Self {
+            panic_on_fail: plan.panic_on_fail,
+            shell_on_fail: plan.shell_on_fail,
+            console: plan.console.clone(),
+        }
+    }
+}
+
+impl Default for FailurePolicy {
+    /// Before the command line is read: no shell, no panic.
+    fn default() -> Self {
+        Self {
+            panic_on_fail: false,
+            shell_on_fail: false,
+            console: None,
+        }
+    }
+}
+
+/// Report `message` about `step` and ask what to do. Returns only when the user chose to
+/// continue; reboot and shell choices do not return.
+pub fn fail(policy: &FailurePolicy, step: &str, message: &str) -> Choice {
+    log::error!("{step} failed: {message}");
+    if policy.panic_on_fail {
+        log::error!(
+            "boot.panic_on_fail is set: stopping stage 1 (the kernel panics; panic=N reboots)"
+        );
+        // PID 1 exiting is the documented way to make the kernel panic.
+        std::process::exit(1);
+    }
+    let shell = SHELLS.iter().find(|s| Path::new(s).exists()).copied();
+    let shell = shell.filter(|_| policy.shell_on_fail);
+    let console_path = policy
+        .console
+        .as_deref()
+        .map(|c| format!("/dev/{c}"))
+        .filter(|p| Path::new(p).exists())
+        .unwrap_or_else(|| "/dev/console".into());
+
+    loop {
+        let mut menu = String::from(
+            "\nAn error occurred in stage 1 of the boot process, which must mount the root \
+             filesystem on /mnt-root and then start stage 2.\n",
+        );
+        menu.push_str(&format!(
+            "  {step}: {message}\nPress one of the following keys:\n"
+        ));
+        if shell.is_some() {
+            menu.push_str("  i) to launch an interactive shell\n");
+            menu.push_str(
+                "  f) to start an interactive shell having pid 1 (needed if you want to start \
+                 stage 2's init manually)\n",
+            );
+        }
+        menu.push_str("  r) to reboot immediately\n  *) to ignore the error and continue\n");
+        let key = ask(&console_path, &menu);
+        match (key, shell) {
+            (Some(b'r'), _) => reboot(),
+            (Some(b'i'), Some(sh)) => run_shell(sh, &console_path),
+            (Some(b'f'), Some(sh)) => exec_shell(sh, &console_path),
+            (Some(_), _) => {
+                log::warn!("continuing after the failure of {step}");
+                return Choice::Continue;
+            }
+            (None, _) => {
+                // No console to read from: say so and ask again later rather than spin.
+                log::error!("no key could be read from {console_path}; asking again in 30 s");
+                std::thread::sleep(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
+/// Print `prompt` on the console and read one key without waiting for Enter.
+fn ask(console: &str, prompt: &str) -> Option<u8> {
+    let mut tty = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(console)
+        .ok()?;
+    // The console may be gone or read-only; the prompt is also in kmsg.
+    let _ = tty.write_all(prompt.as_bytes());
+    let saved = termios::tcgetattr(tty.as_fd()).ok();
+    if let Some(saved) = &saved {
+        let mut raw = saved.clone();
+        raw.local_modes
+            .remove(LocalModes::ICANON | LocalModes::ECHO);
+        let _ = termios::tcsetattr(tty.as_fd(), OptionalActions::Now, &raw);
+    }
+    let mut key = [0u8; 1];
+    let got = tty.read(&mut key).ok().filter(|n| *n == 1).map(|_| key[0]);
+    if let Some(saved) = &saved {
+        let _ = termios::tcsetattr(tty.as_fd(), OptionalActions::Now, saved);
+    }
+    if let Some(k) = got {
+        let _ = tty.write_all(format!("{}\n", k as char).as_bytes());
+    }
+    got
+}
+
+fn reboot() -> ! {
+    log::warn!("rebooting");
+    rustix::fs::sync();
+    loop {
+        // Only fails without CAP_SYS_BOOT, which PID 1 has; keep trying rather than exit.
+        let _ = rustix::system::reboot(rustix::system::RebootCommand::Restart);
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+fn console_stdio(console: &str) -> Option<std::fs::File> {
+    let fd = rustix::fs::open(console, OFlags::RDWR, Mode::empty()).ok()?;
+    Some(std::fs::File::from(fd))
+}
+
+/// `i`: a shell in its own session; the menu comes back when it exits with an error.
+fn run_shell(shell: &str, console: &str) {
+    let Some(tty) = console_stdio(console) else {
+        return;
+    };
+    let (Ok(out), Ok(err)) = (tty.try_clone(), tty.try_clone()) else {
+        return;
+    };
+    let status = std::process::Command::new(shell)
+        .stdin(tty)
+        .stdout(out)
+        .stderr(err)
+        .status();
+    if let Err(e) = status {
+        log::error!("cannot start {shell}: {e}");
+    }
+}
+
+/// `f`: replace PID 1 with a shell.
+fn exec_shell(shell: &str, console: &str) {
+    use std::os::unix::process::CommandExt;
+    if let Some(tty) = console_stdio(console) {
+        let _ = rustix::stdio::dup2_stdin(&tty);
+        let _ = rustix::stdio::dup2_stdout(&tty);
+        let _ = rustix::stdio::dup2_stderr(&tty);
+    }
+    let e = std::process::Command::new(shell).exec();
+    log::error!("cannot execute {shell}: {e}");
+}
