@@ -3,6 +3,7 @@
 //! it carries, the kernel command line, and printk-prefixed logging to `/dev/kmsg`.
 
 pub mod cmdline;
+pub mod emergency;
 pub mod envelope;
 pub mod kmsg;
 pub mod stage1_config;

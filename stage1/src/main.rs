@@ -7,7 +7,6 @@
 //! on purpose (`boot.panic_on_fail`).
 
 mod device;
-mod failure;
 mod init_path;
 mod mount_opts;
 mod plan;
@@ -20,8 +19,12 @@ use stagehand_common::cmdline::Cmdline;
 use stagehand_common::kmsg::KmsgLogger;
 use stagehand_common::stage1_config::{Stage1Config, STAGE1_CONFIG_PATH};
 
-use failure::{fail, FailurePolicy};
 use plan::{BreakPoint, Plan, TARGET_ROOT};
+use stagehand_common::emergency::{fail, FailurePolicy};
+
+const STAGE1_HEADER: &str =
+    "An error occurred in stage 1 of the boot process, which must mount the \
+     root filesystem on /mnt-root and then start stage 2.";
 
 fn main() {
     let logger = KmsgLogger::install("stage1", log::LevelFilter::Info);
@@ -39,7 +42,7 @@ fn main() {
 /// The boot, step by step. Returns only if `switch_root` itself failed and the user chose to
 /// continue, in which case there is nothing left to try.
 fn run(started: Instant) {
-    let mut policy = FailurePolicy::default();
+    let mut policy = FailurePolicy::new(STAGE1_HEADER);
 
     if let Err(e) = sys::mount_special() {
         fail(&policy, "mounting the special filesystems", &e);
@@ -69,7 +72,12 @@ fn run(started: Instant) {
             }
         }
     };
-    policy = FailurePolicy::from_plan(&plan);
+    policy = FailurePolicy {
+        header: STAGE1_HEADER,
+        panic_on_fail: plan.panic_on_fail,
+        shell_on_fail: plan.shell_on_fail,
+        console: plan.console.clone(),
+    };
     for w in &plan.warnings {
         log::warn!("{w}");
     }

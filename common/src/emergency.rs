@@ -1,6 +1,6 @@
-//! The one failure path of stage 1. Whatever went wrong is logged to kmsg and the console,
-//! then the user gets NixOS's choices; with `boot.panic_on_fail` we exit instead, so the
-//! kernel panics and `panic=N` reboots the machine.
+//! The failure path of the boot binaries. Whatever went wrong is logged to kmsg and the
+//! console, then the user gets NixOS's choices (shell, reboot, continue); with
+//! `boot.panic_on_fail` PID 1 exits instead, so the kernel panics and `panic=N` reboots.
 
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
@@ -9,8 +9,6 @@ use std::time::Duration;
 
 use rustix::fs::{Mode, OFlags};
 use rustix::termios::{self, LocalModes, OptionalActions};
-
-use crate::plan::Plan;
 
 /// What the user chose to do about a failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,25 +21,18 @@ pub enum Choice {
 const SHELLS: &[&str] = &["/bin/sh", "/bin/ash", "/bin/bash"];
 
 pub struct FailurePolicy {
+    /// First line of the menu: what this program was doing.
+    pub header: &'static str,
     pub panic_on_fail: bool,
     pub shell_on_fail: bool,
     pub console: Option<String>,
 }
 
 impl FailurePolicy {
-    pub fn from_plan(plan: &Plan) -> Self {
-        Self {
-            panic_on_fail: plan.panic_on_fail,
-            shell_on_fail: plan.shell_on_fail,
-            console: plan.console.clone(),
-        }
-    }
-}
-
-impl Default for FailurePolicy {
     /// Before the command line is read: no shell, no panic.
-    fn default() -> Self {
+    pub fn new(header: &'static str) -> Self {
         Self {
+            header,
             panic_on_fail: false,
             shell_on_fail: false,
             console: None,
@@ -70,10 +61,7 @@ pub fn fail(policy: &FailurePolicy, step: &str, message: &str) -> Choice {
         .unwrap_or_else(|| "/dev/console".into());
 
     loop {
-        let mut menu = String::from(
-            "\nAn error occurred in stage 1 of the boot process, which must mount the root \
-             filesystem on /mnt-root and then start stage 2.\n",
-        );
+        let mut menu = format!("\n{}\n", policy.header);
         menu.push_str(&format!(
             "  {step}: {message}\nPress one of the following keys:\n"
         ));
@@ -81,7 +69,7 @@ pub fn fail(policy: &FailurePolicy, step: &str, message: &str) -> Choice {
             menu.push_str("  i) to launch an interactive shell\n");
             menu.push_str(
                 "  f) to start an interactive shell having pid 1 (needed if you want to start \
-                 stage 2's init manually)\n",
+                 the next stage manually)\n",
             );
         }
         menu.push_str("  r) to reboot immediately\n  *) to ignore the error and continue\n");
