@@ -1,1 +1,455 @@
+//! Build a Stagehand initrd: the stage-1 binary as `/init`, its compiled configuration,
+//! the kernel modules it loads (with their dependency closure), and any extra files, as a
+//! reproducible newc cpio archive, optionally compressed.
+//!
+//! Same spec and same input files give byte-identical output: entries are sorted, times,
+//! owners and inode numbers are fixed, file modes are normalised, and the compressors are
+//! run without timestamps.
 
+pub mod compress;
+pub mod cpio;
+pub mod elf;
+pub mod modules;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use stagehand_common::stage1_config::{self, FileSystem, Stage1Config};
+
+pub use compress::Compression;
+use cpio::{Archive, Entry, Node};
+
+/// Where the modules go inside the initrd.
+pub const MODULES_DIR: &str = "/lib/modules";
+
+/// Directories stage 1 mounts onto or writes to; they exist even when nothing is in them.
+pub const SKELETON_DIRS: &[&str] = &["/dev", "/etc", "/mnt-root", "/proc", "/run", "/sys", "/tmp"];
+
+/// Everything `build` needs. Serialised as JSON for the CLI (`stagehand-initrd build
+/// --spec`).
+#[derive(Deserialize, Serialize, Debug, Clone)]
+pub struct InitrdSpec {
+    /// The stage-1 binary; becomes `/init` (mode 0755).
+    pub stage1: PathBuf,
+    /// A `lib/modules/<version>` directory, e.g. from `dpkg -x` of a kernel package.
+    #[serde(default)]
+    pub modules_dir: Option<PathBuf>,
+    /// Modules to load, in this order (after their dependencies); `-` and `_` are equal.
+    #[serde(default)]
+    pub modules: Vec<String>,
+    /// Loaded when present; a missing one is a warning, a failing one is logged at boot.
+    #[serde(default)]
+    pub optional_modules: Vec<String>,
+    #[serde(default)]
+    pub filesystems: Vec<FileSystem>,
+    #[serde(default = "default_device_timeout_ms")]
+    pub device_timeout_ms: u32,
+    #[serde(default)]
+    pub panic_on_fail: bool,
+    #[serde(default)]
+    pub extra_files: Vec<ExtraFile>,
+    #[serde(default)]
+    pub compression: Compression,
+    /// Keep the modules' appended signatures. Needed when the target kernel enforces
+    /// module signatures (Secure Boot lockdown, `module.sig_enforce=1`); otherwise
+    /// stripping them saves the signature check at boot.
+    #[serde(default)]
+    pub keep_module_signatures: bool,
+    /// Compressor level; `None` picks the default of the format (zstd 19, gzip 9).
+    #[serde(default)]
+    pub compression_level: Option<i32>,
+}
+
+fn default_device_timeout_ms() -> u32 {
+    Stage1Config::default().device_timeout_ms
+}
+
+/// A file (or directory tree) copied into the initrd at `target`.
+#[derive(Deserialize, Serialize, Debug, Clone, PartialEq, Eq)]
+pub struct ExtraFile {
+    pub source: PathBuf,
+    /// Absolute path inside the initrd.
+    pub target: String,
+    /// Permission bits; by default 0755 when the source is executable by its owner, else
+    /// 0644 (so the umask of whoever made the source does not leak into the initrd).
+    #[serde(default)]
+    pub mode: Option<u32>,
+}
+
+/// A built initrd.
+#[derive(Debug, Clone)]
+pub struct Initrd {
+    /// The (compressed) archive, ready to write out.
+    pub bytes: Vec<u8>,
+    pub report: SizeReport,
+    /// The configuration written to `/etc/stagehand/stage1.cfg`.
+    pub config: Stage1Config,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct SizeReport {
+    /// Each regular file and symlink by size, largest first (ties by path).
+    pub files: Vec<FileSize>,
+    /// Size of the cpio archive before compression.
+    pub uncompressed: u64,
+    /// Size of `Initrd::bytes`.
+    pub compressed: u64,
+    pub compression: Compression,
+    /// Modules requested or needed that are built into the kernel: nothing to load.
+    pub builtin_modules: Vec<String>,
+    /// Things that did not stop the build but may matter (missing optional modules,
+    /// softdeps that resolve to nothing).
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct FileSize {
+    pub path: String,
+    pub size: u64,
+}
+
+impl fmt::Display for SizeReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for file in &self.files {
+            writeln!(f, "{:>10}  {}", file.size, file.path)?;
+        }
+        writeln!(f, "{:>10}  (cpio, uncompressed)", self.uncompressed)?;
+        writeln!(
+            f,
+            "{:>10}  (initrd, {})",
+            self.compressed,
+            self.compression.name()
+        )?;
+        for b in &self.builtin_modules {
+            writeln!(f, "note: module {b} is built into the kernel")?;
+        }
+        for w in &self.warnings {
+            writeln!(f, "warning: {w}")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+pub enum InitrdError {
+    /// Reading an input failed.
+    Io {
+        path: PathBuf,
+        what: &'static str,
+        error: std::io::Error,
+    },
+    /// The spec names modules but no `modules_dir`.
+    NoModulesDir {
+        modules: Vec<String>,
+    },
+    Module(modules::ModuleError),
+    /// Two inputs for one path, or a path that cannot exist in an archive.
+    Archive {
+        context: String,
+        error: cpio::CpioError,
+    },
+    /// An extra file's source is neither a file nor a directory.
+    UnsupportedSource {
+        path: PathBuf,
+    },
+    Config(stagehand_common::envelope::EnvelopeError),
+    Compress(compress::CompressError),
+}
+
+impl fmt::Display for InitrdError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Io { path, what, error } => {
+                write!(f, "initrd: cannot read {what} {}: {error}", path.display())
+            }
+            Self::NoModulesDir { modules } => write!(
+                f,
+                "initrd spec lists modules ({}) but no modules_dir; set modules_dir to the \
+                 kernel's lib/modules/<version> directory",
+                modules.join(", ")
+            ),
+            Self::Module(e) => write!(f, "initrd modules: {e}"),
+            Self::Archive { context, error } => write!(f, "initrd {context}: {error}"),
+            Self::UnsupportedSource { path } => write!(
+                f,
+                "initrd extra file {}: not a regular file or directory; point source at a \
+                 file or a directory tree",
+                path.display()
+            ),
+            Self::Config(e) => write!(f, "initrd: cannot encode the stage-1 config: {e}"),
+            Self::Compress(e) => write!(f, "initrd: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for InitrdError {}
+
+impl From<modules::ModuleError> for InitrdError {
+    fn from(e: modules::ModuleError) -> Self {
+        Self::Module(e)
+    }
+}
+
+fn archive_err(context: impl Into<String>) -> impl FnOnce(cpio::CpioError) -> InitrdError {
+    let context = context.into();
+    move |error| InitrdError::Archive { context, error }
+}
+
+/// Build the initrd `spec` describes.
+pub fn build(spec: &InitrdSpec) -> Result<Initrd, InitrdError> {
+    let (archive, config, closure) = assemble(spec)?;
+    let cpio_bytes = archive.to_bytes().map_err(archive_err("archive"))?;
+    let bytes = compress::compress(&cpio_bytes, spec.compression, spec.compression_level)
+        .map_err(InitrdError::Compress)?;
+
+    let mut files: Vec<FileSize> = archive
+        .entries()
+        .filter(|(_, e)| !e.data().is_empty())
+        .map(|(path, e)| FileSize {
+            path: format!("/{path}"),
+            size: e.data().len() as u64,
+        })
+        .collect();
+    files.sort_by(|a, b| b.size.cmp(&a.size).then_with(|| a.path.cmp(&b.path)));
+    let report = SizeReport {
+        files,
+        uncompressed: cpio_bytes.len() as u64,
+        compressed: bytes.len() as u64,
+        compression: spec.compression,
+        builtin_modules: closure.builtin,
+        warnings: closure.warnings,
+    };
+    Ok(Initrd {
+        bytes,
+        report,
+        config,
+    })
+}
+
+/// The uncompressed archive and the config it carries.
+fn assemble(spec: &InitrdSpec) -> Result<(Archive, Stage1Config, modules::Closure), InitrdError> {
+    let mut archive = Archive::new();
+    for dir in SKELETON_DIRS {
+        archive
+            .add(
+                dir,
+                Entry {
+                    perm: 0o755,
+                    node: Node::Dir,
+                },
+            )
+            .map_err(archive_err(format!("directory {dir}")))?;
+    }
+    // The kernel opens /dev/console for PID 1's stdin/stdout/stderr before /init runs,
+    // i.e. before stage 1 can mount devtmpfs; without this node /init starts with no
+    // console at all ("Warning: unable to open an initial console").
+    archive
+        .add(
+            "/dev/console",
+            Entry {
+                perm: 0o600,
+                node: Node::CharDev { major: 5, minor: 1 },
+            },
+        )
+        .map_err(archive_err("/dev/console"))?;
+    // /tmp is world-writable with the sticky bit, as everywhere.
+    archive_set_perm(&mut archive, "/tmp", 0o1777)?;
+
+    let stage1 = read_input(&spec.stage1, "stage-1 binary")?;
+    archive
+        .add(
+            "/init",
+            Entry {
+                perm: 0o755,
+                node: Node::File(stage1),
+            },
+        )
+        .map_err(archive_err("/init"))?;
+
+    let closure = module_closure(spec)?;
+    let mut config_modules = Vec::new();
+    for m in &closure.modules {
+        let raw = modules::read_module_file(&m.source)?;
+        let body = if spec.keep_module_signatures {
+            raw.as_slice()
+        } else {
+            modules::strip_signature(&raw).map_err(|reason| modules::ModuleError::BadSignature {
+                path: m.source.clone(),
+                reason,
+            })?
+        };
+        let target = format!("{MODULES_DIR}/{}.ko", m.name);
+        archive
+            .add(
+                &target,
+                Entry {
+                    perm: 0o644,
+                    node: Node::File(body.to_vec()),
+                },
+            )
+            .map_err(archive_err(format!("module {}", m.source.display())))?;
+        config_modules.push(stage1_config::Module {
+            name: m.name.clone(),
+            path: target,
+            params: String::new(),
+            optional: m.optional,
+        });
+    }
+
+    let config = Stage1Config {
+        modules: config_modules,
+        filesystems: spec.filesystems.clone(),
+        device_timeout_ms: spec.device_timeout_ms,
+        panic_on_fail: spec.panic_on_fail,
+    };
+    archive
+        .add(
+            stage1_config::STAGE1_CONFIG_PATH,
+            Entry {
+                perm: 0o644,
+                node: Node::File(config.encode().map_err(InitrdError::Config)?),
+            },
+        )
+        .map_err(archive_err(stage1_config::STAGE1_CONFIG_PATH))?;
+
+    for extra in &spec.extra_files {
+        add_extra(&mut archive, extra)?;
+    }
+    Ok((archive, config, closure))
+}
+
+fn archive_set_perm(archive: &mut Archive, path: &str, perm: u32) -> Result<(), InitrdError> {
+    archive
+        .set_perm(path, perm)
+        .map_err(archive_err(path.to_owned()))
+}
+
+fn module_closure(spec: &InitrdSpec) -> Result<modules::Closure, InitrdError> {
+    if spec.modules.is_empty() && spec.optional_modules.is_empty() {
+        return Ok(modules::Closure::default());
+    }
+    let Some(dir) = &spec.modules_dir else {
+        return Err(InitrdError::NoModulesDir {
+            modules: spec
+                .modules
+                .iter()
+                .chain(&spec.optional_modules)
+                .cloned()
+                .collect(),
+        });
+    };
+    let index = modules::ModuleIndex::open(dir)?;
+    Ok(index.closure(&spec.modules, &spec.optional_modules)?)
+}
+
+fn read_input(path: &Path, what: &'static str) -> Result<Vec<u8>, InitrdError> {
+    std::fs::read(path).map_err(|error| InitrdError::Io {
+        path: path.to_owned(),
+        what,
+        error,
+    })
+}
+
+fn default_perm(meta: &std::fs::Metadata) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    if meta.permissions().mode() & 0o100 != 0 {
+        0o755
+    } else {
+        0o644
+    }
+}
+
+fn add_extra(archive: &mut Archive, extra: &ExtraFile) -> Result<(), InitrdError> {
+    add_tree(archive, &extra.source, &extra.target, extra.mode, 0)
+}
+
+/// Copy a file, or a directory tree, following symlinks: a link into a store path that
+/// is not in the initrd would dangle, so its content is copied instead.
+fn add_tree(
+    archive: &mut Archive,
+    source: &Path,
+    target: &str,
+    mode: Option<u32>,
+    depth: usize,
+) -> Result<(), InitrdError> {
+    let io = |error| InitrdError::Io {
+        path: source.to_owned(),
+        what: "extra file",
+        error,
+    };
+    // Following symlinks can loop; no real tree is this deep.
+    if depth > 64 {
+        return Err(InitrdError::UnsupportedSource {
+            path: source.to_owned(),
+        });
+    }
+    let meta = std::fs::metadata(source).map_err(io)?;
+    let context = || format!("extra file {} -> {target}", source.display());
+    if meta.is_file() {
+        let data = std::fs::read(source).map_err(io)?;
+        archive
+            .add(
+                target,
+                Entry {
+                    perm: mode.unwrap_or_else(|| default_perm(&meta)),
+                    node: Node::File(data),
+                },
+            )
+            .map_err(archive_err(context()))
+    } else if meta.is_dir() {
+        archive
+            .add(
+                target,
+                Entry {
+                    perm: 0o755,
+                    node: Node::Dir,
+                },
+            )
+            .map_err(archive_err(context()))?;
+        let mut children: Vec<_> = std::fs::read_dir(source)
+            .map_err(io)?
+            .collect::<Result<_, _>>()
+            .map_err(io)?;
+        children.sort_by_key(|e| e.file_name());
+        for child in children {
+            let name = child.file_name();
+            let name = name.to_string_lossy();
+            add_tree(
+                archive,
+                &child.path(),
+                &format!("{}/{name}", target.trim_end_matches('/')),
+                mode,
+                depth + 1,
+            )?;
+        }
+        Ok(())
+    } else {
+        Err(InitrdError::UnsupportedSource {
+            path: source.to_owned(),
+        })
+    }
+}
+
+/// The entries of an initrd file: decompressed by magic, then read as cpio.
+pub fn list(bytes: &[u8]) -> Result<Vec<cpio::ReadEntry>, ListError> {
+    let raw = compress::decompress_any(bytes).map_err(ListError::Compress)?;
+    cpio::read(&raw).map_err(ListError::Cpio)
+}
+
+#[derive(Debug)]
+pub enum ListError {
+    Compress(compress::CompressError),
+    Cpio(cpio::CpioError),
+}
+
+impl fmt::Display for ListError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Compress(e) => write!(f, "{e}"),
+            Self::Cpio(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for ListError {}

@@ -1,1 +1,105 @@
-fn main() {}
+//! `stagehand-initrd`: build an initrd from a JSON spec, or list what one contains.
+//!
+//! ```text
+//! stagehand-initrd build --spec SPEC.json -o OUT [--report]
+//! stagehand-initrd list FILE
+//! ```
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use stagehand_initrd::{build, cpio, list, InitrdSpec};
+
+const USAGE: &str = "usage:
+  stagehand-initrd build --spec SPEC.json -o OUT [--report]
+      SPEC.json is an InitrdSpec as JSON; --report prints the size of every file,
+      largest first
+  stagehand-initrd list FILE
+      decompress (gzip/zstd by magic) and list the cpio entries";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => {
+            eprintln!("stagehand-initrd: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &[String]) -> Result<(), String> {
+    match args.first().map(String::as_str) {
+        Some("build") => cmd_build(&args[1..]),
+        Some("list") => cmd_list(&args[1..]),
+        Some("-h" | "--help" | "help") => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        _ => Err(USAGE.to_owned()),
+    }
+}
+
+fn cmd_build(args: &[String]) -> Result<(), String> {
+    let mut spec_path: Option<PathBuf> = None;
+    let mut out: Option<PathBuf> = None;
+    let mut report = false;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--spec" => spec_path = it.next().map(PathBuf::from),
+            "-o" | "--output" => out = it.next().map(PathBuf::from),
+            "--report" => report = true,
+            other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
+        }
+    }
+    let (Some(spec_path), Some(out)) = (spec_path, out) else {
+        return Err(format!("build needs --spec and -o\n{USAGE}"));
+    };
+    let text =
+        std::fs::read_to_string(&spec_path).map_err(|e| format!("{}: {e}", spec_path.display()))?;
+    let spec: InitrdSpec = serde_json::from_str(&text)
+        .map_err(|e| format!("{}: not a valid initrd spec: {e}", spec_path.display()))?;
+    let initrd = build(&spec).map_err(|e| e.to_string())?;
+    // Write next to the target and rename, so a reader never sees half an initrd.
+    let tmp = out.with_extension("tmp-stagehand");
+    std::fs::write(&tmp, &initrd.bytes).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, &out).map_err(|e| format!("{}: {e}", out.display()))?;
+    if report {
+        print!("{}", initrd.report);
+    } else {
+        for w in &initrd.report.warnings {
+            eprintln!("warning: {w}");
+        }
+    }
+    Ok(())
+}
+
+fn cmd_list(args: &[String]) -> Result<(), String> {
+    let [file] = args else {
+        return Err(format!("list takes one file\n{USAGE}"));
+    };
+    let bytes = std::fs::read(file).map_err(|e| format!("{file}: {e}"))?;
+    let entries = list(&bytes).map_err(|e| format!("{file}: {e}"))?;
+    for e in entries {
+        let kind = match e.mode & cpio::S_IFMT {
+            cpio::S_IFDIR => 'd',
+            cpio::S_IFLNK => 'l',
+            cpio::S_IFCHR => 'c',
+            cpio::S_IFREG => '-',
+            _ => '?',
+        };
+        let extra = match kind {
+            'l' => format!(" -> {}", String::from_utf8_lossy(&e.data)),
+            'c' => format!(" ({},{})", e.rdevmajor, e.rdevminor),
+            _ => String::new(),
+        };
+        println!(
+            "{kind}{:04o} {:>10} /{}{extra}",
+            e.mode & 0o7777,
+            e.data.len(),
+            e.name
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,183 @@
+//! Compression of the finished archive and detection by magic when reading one back.
+//!
+//! Both compressors are deterministic: gzip is written with mtime 0 and no file name, zstd
+//! has no timestamps at all.
+
+use std::fmt;
+use std::io::{Read, Write};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Deserialize, Serialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    None,
+    Gzip,
+    /// The default: every kernel since 5.9 unpacks it, and it is what NixOS uses.
+    #[default]
+    Zstd,
+}
+
+impl Compression {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Gzip => "gzip",
+            Self::Zstd => "zstd",
+        }
+    }
+}
+
+/// zstd level: 19 is the highest without `--ultra` (whose windows a kernel decompressor
+/// must allocate for); an initrd is a few MB, so it costs well under a few seconds.
+pub const DEFAULT_ZSTD_LEVEL: i32 = 19;
+pub const DEFAULT_GZIP_LEVEL: i32 = 9;
+
+#[derive(Debug)]
+pub enum CompressError {
+    BadLevel {
+        compression: Compression,
+        level: i32,
+    },
+    Io {
+        what: &'static str,
+        error: std::io::Error,
+    },
+    /// `list`: a format this build does not read.
+    UnknownFormat { magic: Vec<u8> },
+}
+
+impl fmt::Display for CompressError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::BadLevel { compression, level } => write!(
+                f,
+                "compression level {level} is out of range for {}; use 1-9 for gzip, \
+                 1-19 for zstd",
+                compression.name()
+            ),
+            Self::Io { what, error } => write!(f, "{what} failed: {error}"),
+            Self::UnknownFormat { magic } => write!(
+                f,
+                "not a cpio archive, and not gzip or zstd (starts with {magic:02x?}); \
+                 xz/lz4 initrds are not supported by this tool"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for CompressError {}
+
+pub fn compress(
+    data: &[u8],
+    compression: Compression,
+    level: Option<i32>,
+) -> Result<Vec<u8>, CompressError> {
+    match compression {
+        Compression::None => Ok(data.to_vec()),
+        Compression::Gzip => {
+            let level = level.unwrap_or(DEFAULT_GZIP_LEVEL);
+            let level = u32::try_from(level)
+                .ok()
+                .filter(|l| (0..=9).contains(l))
+                .ok_or(CompressError::BadLevel { compression, level })?;
+            let mut enc = flate2::GzBuilder::new()
+                .mtime(0)
+                .write(Vec::new(), flate2::Compression::new(level));
+            let io = |error| CompressError::Io {
+                what: "gzip compression",
+                error,
+            };
+            enc.write_all(data).map_err(io)?;
+            enc.finish().map_err(io)
+        }
+        Compression::Zstd => {
+            let level = level.unwrap_or(DEFAULT_ZSTD_LEVEL);
+            if !(1..=19).contains(&level) {
+                return Err(CompressError::BadLevel { compression, level });
+            }
+            zstd::stream::encode_all(data, level).map_err(|error| CompressError::Io {
+                what: "zstd compression",
+                error,
+            })
+        }
+    }
+}
+
+const GZIP_MAGIC: &[u8] = &[0x1f, 0x8b];
+const ZSTD_MAGIC: &[u8] = &[0x28, 0xb5, 0x2f, 0xfd];
+
+/// Which compression `data` uses, judged by its first bytes.
+pub fn detect(data: &[u8]) -> Option<Compression> {
+    if data.starts_with(GZIP_MAGIC) {
+        Some(Compression::Gzip)
+    } else if data.starts_with(ZSTD_MAGIC) {
+        Some(Compression::Zstd)
+    } else if data.starts_with(crate::cpio::MAGIC) {
+        Some(Compression::None)
+    } else {
+        None
+    }
+}
+
+/// Decompress by magic; an uncompressed cpio is returned as it is.
+pub fn decompress_any(data: &[u8]) -> Result<Vec<u8>, CompressError> {
+    match detect(data) {
+        Some(Compression::None) => Ok(data.to_vec()),
+        Some(Compression::Gzip) => {
+            let mut out = Vec::new();
+            // Concatenated members (an appended secrets archive) are read as one stream.
+            flate2::read::MultiGzDecoder::new(data)
+                .read_to_end(&mut out)
+                .map_err(|error| CompressError::Io {
+                    what: "gzip decompression",
+                    error,
+                })?;
+            Ok(out)
+        }
+        Some(Compression::Zstd) => {
+            zstd::stream::decode_all(data).map_err(|error| CompressError::Io {
+                what: "zstd decompression",
+                error,
+            })
+        }
+        None => Err(CompressError::UnknownFormat {
+            magic: data.iter().take(6).copied().collect(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_is_deterministic() {
+        let data: Vec<u8> = (0..50_000u32).map(|i| (i % 251) as u8).collect();
+        for c in [Compression::None, Compression::Gzip, Compression::Zstd] {
+            let a = compress(&data, c, None).expect("compress");
+            let b = compress(&data, c, None).expect("compress");
+            assert_eq!(a, b, "{c:?} not deterministic");
+            if c != Compression::None {
+                assert_eq!(detect(&a), Some(c));
+                assert_eq!(decompress_any(&a).expect("decompress"), data);
+            }
+        }
+        assert!(compress(&data, Compression::Zstd, Some(30)).is_err());
+        assert!(compress(&data, Compression::Gzip, Some(10)).is_err());
+        assert!(matches!(
+            decompress_any(b"BZh91AY"),
+            Err(CompressError::UnknownFormat { .. })
+        ));
+    }
+
+    #[test]
+    fn serde_names_are_lowercase() {
+        assert_eq!(
+            serde_json::to_string(&Compression::Zstd).expect("json"),
+            "\"zstd\""
+        );
+        let c: Compression = serde_json::from_str("\"gzip\"").expect("json");
+        assert_eq!(c, Compression::Gzip);
+    }
+}

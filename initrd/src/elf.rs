@@ -1,0 +1,267 @@
+//! Just enough ELF to find one section of a kernel module by name: the 64-bit
+//! little-endian file header, the section header table and the section-name string table.
+//!
+//! Reads go through [`Source`] so the module index can pull `.modinfo` out of thousands of
+//! `.ko` files with a few small positioned reads each instead of reading whole files.
+
+use std::fmt;
+
+/// Something that can hand out byte ranges: a slice in memory or a file on disk.
+pub trait Source {
+    fn read_range(&self, offset: u64, len: usize) -> Result<Vec<u8>, ElfError>;
+}
+
+impl Source for [u8] {
+    fn read_range(&self, offset: u64, len: usize) -> Result<Vec<u8>, ElfError> {
+        let start = usize::try_from(offset).map_err(|_| ElfError::OutOfBounds)?;
+        let end = start.checked_add(len).ok_or(ElfError::OutOfBounds)?;
+        self.get(start..end)
+            .map(<[u8]>::to_vec)
+            .ok_or(ElfError::OutOfBounds)
+    }
+}
+
+impl Source for std::fs::File {
+    fn read_range(&self, offset: u64, len: usize) -> Result<Vec<u8>, ElfError> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0u8; len];
+        self.read_exact_at(&mut buf, offset).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                ElfError::OutOfBounds
+            } else {
+                ElfError::Io(e.to_string())
+            }
+        })?;
+        Ok(buf)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ElfError {
+    NotElf,
+    /// ELF, but not ELF64 little-endian (the only kind an x86_64 kernel loads).
+    WrongClass {
+        class: u8,
+        data: u8,
+    },
+    /// A header points outside the file.
+    OutOfBounds,
+    BadSectionTable(String),
+    Io(String),
+}
+
+impl fmt::Display for ElfError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NotElf => write!(f, "not an ELF file (no \\x7fELF magic)"),
+            Self::WrongClass { class, data } => write!(
+                f,
+                "ELF class {class} / data encoding {data} is not 64-bit little-endian; \
+                 modules must be built for x86_64"
+            ),
+            Self::OutOfBounds => write!(f, "ELF headers point past the end of the file"),
+            Self::BadSectionTable(why) => write!(f, "ELF section table is broken: {why}"),
+            Self::Io(e) => write!(f, "read error: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ElfError {}
+
+const EHDR_LEN: usize = 64;
+const SHDR_LEN: usize = 64;
+const SHN_XINDEX: u16 = 0xffff;
+/// Sections with no bytes in the file.
+const SHT_NOBITS: u32 = 8;
+/// An upper bound on what we are willing to read for one section: `.modinfo` is a few KiB.
+const MAX_SECTION: u64 = 16 << 20;
+
+fn u16_at(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(a)
+}
+
+struct SectionHeader {
+    name: u32,
+    kind: u32,
+    offset: u64,
+    size: u64,
+    link: u32,
+}
+
+fn parse_shdr(b: &[u8]) -> SectionHeader {
+    SectionHeader {
+        name: u32_at(b, 0),
+        kind: u32_at(b, 4),
+        offset: u64_at(b, 24),
+        size: u64_at(b, 32),
+        link: u32_at(b, 40),
+    }
+}
+
+fn section_bytes<S: Source + ?Sized>(src: &S, sh: &SectionHeader) -> Result<Vec<u8>, ElfError> {
+    if sh.kind == SHT_NOBITS {
+        return Ok(Vec::new());
+    }
+    if sh.size > MAX_SECTION {
+        return Err(ElfError::BadSectionTable(format!(
+            "a section claims {} bytes",
+            sh.size
+        )));
+    }
+    src.read_range(sh.offset, sh.size as usize)
+}
+
+/// The contents of the section called `name`, or `None` when the file has no such section.
+pub fn find_section<S: Source + ?Sized>(src: &S, name: &str) -> Result<Option<Vec<u8>>, ElfError> {
+    let ehdr = match src.read_range(0, EHDR_LEN) {
+        Ok(h) => h,
+        Err(ElfError::OutOfBounds) => return Err(ElfError::NotElf),
+        Err(e) => return Err(e),
+    };
+    if &ehdr[..4] != b"\x7fELF" {
+        return Err(ElfError::NotElf);
+    }
+    if ehdr[4] != 2 || ehdr[5] != 1 {
+        return Err(ElfError::WrongClass {
+            class: ehdr[4],
+            data: ehdr[5],
+        });
+    }
+    let shoff = u64_at(&ehdr, 0x28);
+    let shentsize = u16_at(&ehdr, 0x3a) as usize;
+    let mut shnum = u16_at(&ehdr, 0x3c) as u64;
+    let mut shstrndx = u16_at(&ehdr, 0x3e) as u32;
+    if shoff == 0 {
+        return Ok(None);
+    }
+    if shentsize != SHDR_LEN {
+        return Err(ElfError::BadSectionTable(format!(
+            "section header size is {shentsize}, expected {SHDR_LEN}"
+        )));
+    }
+    // More than 0xff00 sections: the real count and string-table index live in section 0.
+    if shnum == 0 || shstrndx == u32::from(SHN_XINDEX) {
+        let first = parse_shdr(&src.read_range(shoff, SHDR_LEN)?);
+        if shnum == 0 {
+            shnum = first.size;
+        }
+        if shstrndx == u32::from(SHN_XINDEX) {
+            shstrndx = first.link;
+        }
+    }
+    if shnum > 1 << 20 {
+        return Err(ElfError::BadSectionTable(format!("{shnum} sections")));
+    }
+    let table = src.read_range(shoff, shnum as usize * SHDR_LEN)?;
+    let headers: Vec<SectionHeader> = table.chunks_exact(SHDR_LEN).map(parse_shdr).collect();
+    let strtab = headers.get(shstrndx as usize).ok_or_else(|| {
+        ElfError::BadSectionTable(format!("string table index {shstrndx} >= {shnum}"))
+    })?;
+    let names = section_bytes(src, strtab)?;
+    for sh in &headers {
+        let start = sh.name as usize;
+        let Some(rest) = names.get(start..) else {
+            continue;
+        };
+        let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
+        if &rest[..end] == name.as_bytes() {
+            return section_bytes(src, sh).map(Some);
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A minimal ELF64 LE relocatable with a null section, `.shstrtab` and the given
+    /// sections. Used by other modules' tests to make fake `.ko` files.
+    pub fn tiny_elf(sections: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut shstr = vec![0u8];
+        let mut name_offsets = Vec::new();
+        for (n, _) in sections {
+            name_offsets.push(shstr.len() as u32);
+            shstr.extend_from_slice(n.as_bytes());
+            shstr.push(0);
+        }
+        let shstr_name = shstr.len() as u32;
+        shstr.extend_from_slice(b".shstrtab\0");
+
+        let mut body = Vec::new();
+        let mut placed = Vec::new();
+        for (_, data) in sections {
+            placed.push((EHDR_LEN + body.len(), data.len()));
+            body.extend_from_slice(data);
+        }
+        let shstr_off = EHDR_LEN + body.len();
+        body.extend_from_slice(&shstr);
+        while body.len() & 7 != 0 {
+            body.push(0);
+        }
+        let shoff = EHDR_LEN + body.len();
+        let shnum = sections.len() + 2;
+
+        let mut out = vec![0u8; EHDR_LEN];
+        out[..4].copy_from_slice(b"\x7fELF");
+        out[4] = 2;
+        out[5] = 1;
+        out[6] = 1;
+        out[0x10] = 1; // ET_REL
+        out[0x12] = 62; // EM_X86_64
+        out[0x28..0x30].copy_from_slice(&(shoff as u64).to_le_bytes());
+        out[0x34] = EHDR_LEN as u8;
+        out[0x3a] = SHDR_LEN as u8;
+        out[0x3c..0x3e].copy_from_slice(&(shnum as u16).to_le_bytes());
+        out[0x3e..0x40].copy_from_slice(&((shnum - 1) as u16).to_le_bytes());
+        out.extend_from_slice(&body);
+
+        let shdr = |name: u32, kind: u32, off: usize, size: usize| {
+            let mut h = vec![0u8; SHDR_LEN];
+            h[0..4].copy_from_slice(&name.to_le_bytes());
+            h[4..8].copy_from_slice(&kind.to_le_bytes());
+            h[24..32].copy_from_slice(&(off as u64).to_le_bytes());
+            h[32..40].copy_from_slice(&(size as u64).to_le_bytes());
+            h
+        };
+        out.extend_from_slice(&[0u8; SHDR_LEN]);
+        for (i, (off, len)) in placed.iter().enumerate() {
+            out.extend_from_slice(&shdr(name_offsets[i], 1, *off, *len));
+        }
+        out.extend_from_slice(&shdr(shstr_name, 3, shstr_off, shstr.len()));
+        out
+    }
+
+    #[test]
+    fn finds_a_section_by_name() {
+        let elf = tiny_elf(&[(".text", b"\x90\x90"), (".modinfo", b"name=x\0")]);
+        let got = find_section(elf.as_slice(), ".modinfo").expect("parse");
+        assert_eq!(got.as_deref(), Some(&b"name=x\0"[..]));
+        assert_eq!(find_section(elf.as_slice(), ".data").expect("parse"), None);
+    }
+
+    #[test]
+    fn rejects_garbage_and_truncation() {
+        assert_eq!(
+            find_section(&b"hello"[..], ".modinfo"),
+            Err(ElfError::NotElf)
+        );
+        let elf = tiny_elf(&[(".modinfo", b"name=x\0")]);
+        let cut = &elf[..elf.len() - 10];
+        assert_eq!(find_section(cut, ".modinfo"), Err(ElfError::OutOfBounds));
+        let mut bad = elf.clone();
+        bad[4] = 1;
+        assert!(matches!(
+            find_section(bad.as_slice(), ".modinfo"),
+            Err(ElfError::WrongClass { .. })
+        ));
+    }
+}
