@@ -1,0 +1,795 @@
+//! NixOS-shaped system images: a root filesystem with merged /usr and the host's systemd
+//! closure, a store holding one or more generations (toplevel, etc tree, users JSON,
+//! activation manifest, bootspec), and the profile links that name them.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+use crate::store::{StoreBuilder, StorePath};
+use crate::tree::{install_host_path, Node, Tree};
+
+pub const PROFILES_DIR: &str = "/nix/var/nix/profiles";
+pub const PROBE_UNIT: &str = "stagehand-probe.service";
+
+/// The host's systemd (Debian's 252) and every shared library it loads.
+#[derive(Debug, Clone)]
+pub struct HostSystemd {
+    pub systemd: PathBuf,
+    pub shutdown: PathBuf,
+    /// Libraries and the dynamic loader, as `ldd` names them (host paths).
+    pub libraries: Vec<PathBuf>,
+    /// `252`, from `libsystemd-shared-252.so`.
+    pub version: String,
+}
+
+impl HostSystemd {
+    pub fn discover() -> Result<Self> {
+        let systemd = PathBuf::from("/usr/lib/systemd/systemd");
+        let shutdown = PathBuf::from("/usr/lib/systemd/systemd-shutdown");
+        let mut libraries = BTreeSet::new();
+        for bin in [&systemd, &shutdown] {
+            if !bin.is_file() {
+                bail!(
+                    "{} is missing: the test image uses the host's systemd (run vm-tests/setup-host)",
+                    bin.display()
+                );
+            }
+            libraries.extend(ldd(bin)?);
+        }
+        let version = libraries
+            .iter()
+            .filter_map(|p| p.file_name()?.to_str())
+            .find_map(|n| n.strip_prefix("libsystemd-shared-")?.strip_suffix(".so"))
+            .unwrap_or("unknown")
+            .to_string();
+        Ok(Self {
+            systemd,
+            shutdown,
+            libraries: libraries.into_iter().collect(),
+            version,
+        })
+    }
+}
+
+/// The shared-library closure of `bin` according to `ldd` (which follows RUNPATH and
+/// transitive DT_NEEDED the way the loader will).
+fn ldd(bin: &Path) -> Result<Vec<PathBuf>> {
+    let out = Command::new("ldd")
+        .arg(bin)
+        .output()
+        .context("running `ldd`")?;
+    if !out.status.success() {
+        bail!(
+            "`ldd {}` failed ({}): {}",
+            bin.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    parse_ldd(&String::from_utf8_lossy(&out.stdout))
+        .with_context(|| format!("reading `ldd {}`", bin.display()))
+}
+
+fn parse_ldd(text: &str) -> Result<Vec<PathBuf>> {
+    let mut libs = Vec::new();
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let path = match line.split_once("=>") {
+            Some((name, rest)) => {
+                let rest = rest.trim();
+                if rest.starts_with("not found") {
+                    bail!("library {} not found", name.trim());
+                }
+                rest.split(" (").next().unwrap_or(rest).trim()
+            }
+            // The loader, or the vDSO (no file).
+            None => line.split(" (").next().unwrap_or(line).trim(),
+        };
+        if path.starts_with('/') {
+            libs.push(PathBuf::from(path));
+        }
+    }
+    if libs.is_empty() {
+        bail!("no libraries in ldd output (static binary?): {text:?}");
+    }
+    Ok(libs)
+}
+
+/// One user in the `update-users-groups.pl` JSON.
+#[derive(Debug, Clone)]
+pub struct User {
+    pub name: String,
+    pub uid: Option<u32>,
+    pub group: String,
+    pub description: String,
+    pub home: String,
+    pub create_home: bool,
+    pub is_system_user: bool,
+    pub shell: String,
+    pub hashed_password: Option<String>,
+}
+
+impl User {
+    pub fn to_json(&self) -> Value {
+        json!({
+            "name": self.name,
+            "uid": self.uid,
+            "group": self.group,
+            "description": self.description,
+            "home": self.home,
+            "homeMode": "700",
+            "createHome": self.create_home,
+            "isSystemUser": self.is_system_user,
+            "shell": self.shell,
+            "hashedPassword": self.hashed_password,
+            "password": null,
+            "hashedPasswordFile": null,
+            "initialPassword": null,
+            "initialHashedPassword": null,
+            "autoSubUidGidRange": false,
+            "subUidRanges": [],
+            "subGidRanges": [],
+            "expires": null,
+            "linger": null,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Group {
+    pub name: String,
+    pub gid: Option<u32>,
+    pub members: Vec<String>,
+}
+
+/// An `/etc` entry in the generation's etc tree.
+#[derive(Debug, Clone)]
+pub enum EtcEntry {
+    /// `etc/<path>` is a symlink to a store file with this text.
+    Text { path: String, text: String },
+    /// `etc/<path>` is a symlink to this target as given (e.g. `/dev/null` masks).
+    Link { path: String, target: String },
+    /// `etc/<path>` is copied at activation, with `.mode`/`.uid`/`.gid` sidecars.
+    Copied {
+        path: String,
+        text: String,
+        mode: String,
+        uid: String,
+        gid: String,
+    },
+}
+
+/// The kernel and initrd a generation's bootspec names (copied into the store).
+#[derive(Debug, Clone)]
+pub struct BootFiles {
+    pub kernel: PathBuf,
+    pub kernel_version: String,
+    pub initrd: PathBuf,
+}
+
+/// Everything that distinguishes one generation.
+#[derive(Debug, Clone)]
+pub struct GenerationSpec {
+    pub number: u32,
+    pub hostname: String,
+    pub label: String,
+    /// `<toplevel>/init`: the static stage 2 binary.
+    pub stage2: PathBuf,
+    pub guest_probe: PathBuf,
+    pub kernel_params: Vec<String>,
+    pub boot: BootFiles,
+    pub mutable_users: bool,
+    pub users: Vec<User>,
+    pub groups: Vec<Group>,
+    pub etc: Vec<EtcEntry>,
+}
+
+impl GenerationSpec {
+    /// The demo generation: users root/alice/messagebus, a probe unit as the default
+    /// target's only want, gettys masked, and one copied secret file.
+    pub fn demo(number: u32, stage2: &Path, guest_probe: &Path, boot: BootFiles) -> Self {
+        let hostname = "stagehand-demo".to_string();
+        let user = |name: &str, uid: Option<u32>, group: &str, home: &str, system: bool| User {
+            name: name.into(),
+            uid,
+            group: group.into(),
+            description: String::new(),
+            home: home.into(),
+            create_home: !system,
+            is_system_user: system,
+            shell: if system {
+                "/run/current-system/sw/bin/nologin"
+            } else {
+                "/bin/sh"
+            }
+            .into(),
+            hashed_password: Some("!".into()),
+        };
+        let mut root = user("root", Some(0), "root", "/root", true);
+        root.description = "System administrator".into();
+        root.create_home = true;
+        root.shell = "/bin/sh".into();
+        let mut alice = user("alice", Some(1000), "users", "/home/alice", false);
+        alice.description = "Alice".into();
+        let mut messagebus = user("messagebus", None, "messagebus", "/run/dbus", true);
+        messagebus.description = "D-Bus system message bus daemon user".into();
+        let mut nobody = user("nobody", Some(65534), "nogroup", "/var/empty", true);
+        nobody.description = "Unprivileged account (don't use!)".into();
+        let group = |name: &str, gid: Option<u32>, members: &[&str]| Group {
+            name: name.into(),
+            gid,
+            members: members.iter().map(|m| m.to_string()).collect(),
+        };
+        Self {
+            number,
+            label: format!("Stagehand demo {number}"),
+            stage2: stage2.into(),
+            guest_probe: guest_probe.into(),
+            kernel_params: [
+                "console=ttyS0",
+                "panic=-1",
+                "boot.panic_on_fail",
+                "systemd.show_status=1",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+            boot,
+            mutable_users: false,
+            users: vec![root, alice, messagebus, nobody],
+            groups: vec![
+                group("root", Some(0), &[]),
+                group("wheel", Some(1), &["alice"]),
+                group("users", Some(100), &[]),
+                group("shadow", Some(318), &[]),
+                group("messagebus", None, &[]),
+                group("nogroup", Some(65534), &[]),
+            ],
+            etc: vec![
+                EtcEntry::Text {
+                    path: "hostname".into(),
+                    text: format!("{hostname}\n"),
+                },
+                EtcEntry::Text {
+                    path: "os-release".into(),
+                    text: format!(
+                        "NAME=NixOS\nID=nixos\nVERSION_ID=\"stagehand-{number}\"\n\
+                         PRETTY_NAME=\"Stagehand demo {number}\"\nHOME_URL=\"\"\n"
+                    ),
+                },
+                EtcEntry::Copied {
+                    path: "stagehand-secret".into(),
+                    text: format!("generation {number} secret\n"),
+                    mode: "0400".into(),
+                    uid: "alice".into(),
+                    gid: "+0".into(),
+                },
+            ],
+            hostname,
+        }
+    }
+
+    /// `nixos-system-<hostname>-<number>`
+    pub fn toplevel_name(&self) -> String {
+        format!("nixos-system-{}-{}", self.hostname, self.number)
+    }
+
+    pub fn users_groups_json(&self) -> Value {
+        json!({
+            "mutableUsers": self.mutable_users,
+            "users": self.users.iter().map(User::to_json).collect::<Vec<_>>(),
+            "groups": self.groups.iter().map(|g| json!({
+                "name": g.name, "gid": g.gid, "members": g.members,
+            })).collect::<Vec<_>>(),
+        })
+    }
+}
+
+/// Where one generation's parts ended up in the store.
+#[derive(Debug, Clone)]
+pub struct BuiltGeneration {
+    pub number: u32,
+    pub toplevel: StorePath,
+    pub etc: StorePath,
+    pub systemd: StorePath,
+    pub stage2: StorePath,
+    pub guest_probe: StorePath,
+    pub users_groups: StorePath,
+    pub kernel_params: Vec<String>,
+    pub hostname: String,
+}
+
+impl BuiltGeneration {
+    /// `/nix/var/nix/profiles/system-N-link`
+    pub fn profile_link(&self) -> String {
+        format!("{PROFILES_DIR}/system-{}-link", self.number)
+    }
+
+    /// The kernel command line a boot loader entry for this generation would carry
+    /// (through the profile link, as the brief's entries do).
+    pub fn cmdline(&self) -> String {
+        let mut parts = vec![format!("init={}/init", self.profile_link())];
+        parts.extend(self.kernel_params.iter().cloned());
+        parts.join(" ")
+    }
+
+    /// The generation's systemd binary (what PID 1 should be after stage 2).
+    pub fn systemd_binary(&self) -> String {
+        self.systemd.join("lib/systemd/systemd")
+    }
+}
+
+fn unit_files(probe: &StorePath) -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "default.target",
+            format!(
+                "[Unit]\nDescription=Stagehand test system\nWants={PROBE_UNIT}\nAllowIsolate=yes\n"
+            ),
+        ),
+        (
+            PROBE_UNIT,
+            format!(
+                "[Unit]\n\
+                 Description=Stagehand guest probe\n\
+                 DefaultDependencies=no\n\
+                 SuccessAction=poweroff-force\n\
+                 FailureAction=poweroff-force\n\
+                 \n\
+                 [Service]\n\
+                 Type=oneshot\n\
+                 ExecStart={}\n\
+                 StandardOutput=tty\n\
+                 StandardError=tty\n\
+                 TTYPath=/dev/console\n\
+                 TTYReset=no\n\
+                 TTYVHangup=no\n",
+                probe.join("bin/guest-probe")
+            ),
+        ),
+    ]
+}
+
+/// Units that would wait for `.device` units udev never announces (no udev here).
+const MASKED_UNITS: &[&str] = &[
+    "serial-getty@.service",
+    "getty@.service",
+    "console-getty.service",
+    "autovt@.service",
+];
+
+/// A whole disk image: root layout, store, generations, profile links.
+#[derive(Debug, Clone)]
+pub struct SystemImage {
+    pub root: Tree,
+    pub store: StoreBuilder,
+    pub systemd: HostSystemd,
+    pub generations: Vec<BuiltGeneration>,
+    /// The generation `/nix/var/nix/profiles/system` points at.
+    pub current: Option<u32>,
+}
+
+impl SystemImage {
+    /// Merged /usr, the host systemd closure at its Debian paths, and the empty
+    /// directories a booted system expects. `/etc` is empty: activation fills it.
+    pub fn new(systemd: &HostSystemd) -> Result<Self> {
+        let mut root = Tree::new();
+        for (link, target) in [
+            ("bin", "usr/bin"),
+            ("sbin", "usr/sbin"),
+            ("lib", "usr/lib"),
+            ("lib64", "usr/lib64"),
+        ] {
+            root.dir_mut(target)?;
+            root.insert(link, Node::symlink(target))?;
+        }
+        for bin in [&systemd.systemd, &systemd.shutdown] {
+            install_host_path(&mut root, bin)?;
+        }
+        for lib in &systemd.libraries {
+            install_host_path(&mut root, lib)?;
+        }
+        for dir in [
+            "etc",
+            "var",
+            "run",
+            "proc",
+            "sys",
+            "dev",
+            "home",
+            "nix/store",
+        ] {
+            root.dir_mut(dir)?;
+        }
+        root.dir_mut(PROFILES_DIR)?;
+        root.insert("tmp", Node::Dir(Tree::with_mode(0o1777)))?;
+        root.insert("root", Node::Dir(Tree::with_mode(0o700)))?;
+        Ok(Self {
+            root,
+            store: StoreBuilder::new(),
+            systemd: systemd.clone(),
+            generations: Vec::new(),
+            current: None,
+        })
+    }
+
+    /// Add a generation to the store and its `system-N-link`; the first one added also
+    /// becomes the current `system` profile.
+    pub fn add_generation(&mut self, spec: &GenerationSpec) -> Result<BuiltGeneration> {
+        let store = &mut self.store;
+        let stage2 = store.add(
+            "stagehand-stage2",
+            node_dir(&[("bin/stage2", Node::executable(&spec.stage2))])?,
+        )?;
+        let guest_probe = store.add(
+            "guest-probe",
+            node_dir(&[("bin/guest-probe", Node::executable(&spec.guest_probe))])?,
+        )?;
+        let systemd = store.add(
+            &format!("systemd-{}", self.systemd.version),
+            node_dir(&[
+                (
+                    "lib/systemd/systemd",
+                    Node::executable(&self.systemd.systemd),
+                ),
+                (
+                    "lib/systemd/systemd-shutdown",
+                    Node::executable(&self.systemd.shutdown),
+                ),
+            ])?,
+        )?;
+        let kernel = store.add(
+            &format!("linux-{}", spec.boot.kernel_version),
+            node_dir(&[("bzImage", Node::host_file(&spec.boot.kernel, 0o444))])?,
+        )?;
+        let initrd = store.add(
+            &format!("initrd-linux-{}", spec.boot.kernel_version),
+            node_dir(&[("initrd", Node::host_file(&spec.boot.initrd, 0o444))])?,
+        )?;
+        let users_groups = store.add_text(
+            "users-groups.json",
+            serde_json::to_string_pretty(&spec.users_groups_json())?,
+        )?;
+
+        // The etc tree: every entry a link to a store file, sidecars as plain files.
+        let mut etc = Tree::new();
+        for entry in &spec.etc {
+            match entry {
+                EtcEntry::Text { path, text } => {
+                    let file = store.add_text(&store_name(path), text.clone())?;
+                    etc.insert(path, Node::symlink(file.as_str()))?;
+                }
+                EtcEntry::Link { path, target } => etc.insert(path, Node::symlink(target))?,
+                EtcEntry::Copied {
+                    path,
+                    text,
+                    mode,
+                    uid,
+                    gid,
+                } => {
+                    let file = store.add_text(&store_name(path), text.clone())?;
+                    etc.insert(path, Node::symlink(file.as_str()))?;
+                    etc.insert(&format!("{path}.mode"), Node::text(format!("{mode}\n")))?;
+                    etc.insert(&format!("{path}.uid"), Node::text(format!("{uid}\n")))?;
+                    etc.insert(&format!("{path}.gid"), Node::text(format!("{gid}\n")))?;
+                }
+            }
+        }
+        for (name, text) in unit_files(&guest_probe) {
+            let file = store.add_text(&store_name(name), text)?;
+            etc.insert(
+                &format!("systemd/system/{name}"),
+                Node::symlink(file.as_str()),
+            )?;
+        }
+        for name in MASKED_UNITS {
+            etc.insert(
+                &format!("systemd/system/{name}"),
+                Node::symlink("/dev/null"),
+            )?;
+        }
+        let etc_path = store.add("etc", node_dir(&[("etc", Node::Dir(etc))])?)?;
+        let etc_dir = etc_path.join("etc");
+
+        let activation = json!({
+            "version": 1,
+            "etc": etc_dir,
+            "usersGroups": users_groups.as_str(),
+            "snippets": [],
+        });
+        let kernel_params = spec.kernel_params.clone();
+        let toplevel_tree = |toplevel: &str| -> Result<Node> {
+            let bootspec = json!({
+                "org.nixos.bootspec.v1": {
+                    "system": "x86_64-linux",
+                    "init": format!("{toplevel}/init"),
+                    "initrd": initrd.join("initrd"),
+                    "kernel": kernel.join("bzImage"),
+                    "kernelParams": kernel_params,
+                    "label": spec.label,
+                    "toplevel": toplevel,
+                },
+                "org.nixos.specialisation.v1": {},
+            });
+            node_dir(&[
+                ("init", Node::symlink(stage2.join("bin/stage2"))),
+                ("etc", Node::symlink(etc_dir.clone())),
+                ("systemd", Node::symlink(systemd.as_str())),
+                ("kernel", Node::symlink(kernel.join("bzImage"))),
+                ("initrd", Node::symlink(initrd.join("initrd"))),
+                (
+                    "boot.json",
+                    Node::text(serde_json::to_string_pretty(&bootspec)?),
+                ),
+                (
+                    "activation.json",
+                    Node::text(serde_json::to_string_pretty(&activation)?),
+                ),
+                (
+                    "nixos-version",
+                    Node::text(format!("stagehand-{}", spec.number)),
+                ),
+                ("kernel-params", Node::text(kernel_params.join(" "))),
+            ])
+        };
+        let toplevel = store.add_self_referential(&spec.toplevel_name(), toplevel_tree)?;
+
+        let built = BuiltGeneration {
+            number: spec.number,
+            toplevel: toplevel.clone(),
+            etc: etc_path,
+            systemd,
+            stage2,
+            guest_probe,
+            users_groups,
+            kernel_params: spec.kernel_params.clone(),
+            hostname: spec.hostname.clone(),
+        };
+        self.root.insert(
+            built.profile_link().trim_start_matches('/'),
+            Node::symlink(toplevel.as_str()),
+        )?;
+        if self.current.is_none() {
+            self.current = Some(spec.number);
+        }
+        self.generations.push(built.clone());
+        Ok(built)
+    }
+
+    /// The complete root tree: base layout, store, profile links.
+    pub fn tree(&self) -> Result<Tree> {
+        let mut root = self.root.clone();
+        self.store.install_into(&mut root)?;
+        if let Some(n) = self.current {
+            root.insert(
+                &format!("{}/system", PROFILES_DIR.trim_start_matches('/')),
+                Node::symlink(format!("system-{n}-link")),
+            )?;
+        }
+        Ok(root)
+    }
+
+    /// Write the image as an ext4 filesystem (`mkfs.ext4 -d`, no root or loop devices).
+    pub fn write_ext4(&self, out: &Path, size_mb: u32, label: &str) -> Result<()> {
+        write_ext4(&self.tree()?, out, size_mb, label)
+    }
+}
+
+/// A store-path name for an etc entry (`systemd/system/x.service` → `x.service`).
+fn store_name(path: &str) -> String {
+    let base = path.rsplit('/').next().unwrap_or(path);
+    base.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "+-._?=".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+fn node_dir(entries: &[(&str, Node)]) -> Result<Node> {
+    let mut t = Tree::new();
+    for (path, node) in entries {
+        t.insert(path, node.clone())?;
+    }
+    Ok(Node::Dir(t))
+}
+
+/// Stage `tree` in a temporary directory next to `out` and make an ext4 image of it.
+pub fn write_ext4(tree: &Tree, out: &Path, size_mb: u32, label: &str) -> Result<()> {
+    let parent = out
+        .parent()
+        .with_context(|| format!("{} has no parent directory", out.display()))?;
+    fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    let staging = tempfile::Builder::new()
+        .prefix(".staging-")
+        .tempdir_in(parent)
+        .context("creating a staging directory")?;
+    tree.write_to(staging.path())
+        .context("writing the image tree to the staging directory")?;
+    match fs::remove_file(out) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("removing old {}", out.display())),
+    }
+    let result = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-L", label, "-E", "root_owner=0:0", "-d"])
+        .arg(staging.path())
+        .arg(out)
+        .arg(format!("{size_mb}M"))
+        .output()
+        .context("running mkfs.ext4 (install e2fsprogs)")?;
+    if !result.status.success() {
+        bail!(
+            "mkfs.ext4 -d {} {} failed ({}): {}",
+            staging.path().display(),
+            out.display(),
+            result.status,
+            String::from_utf8_lossy(&result.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_ldd_output() {
+        let text = "\tlinux-vdso.so.1 (0x00007f64c1ef1000)\n\
+            \tlibsystemd-shared-252.so => /usr/lib/x86_64-linux-gnu/systemd/libsystemd-shared-252.so (0x1)\n\
+            \tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x2)\n\
+            \t/lib64/ld-linux-x86-64.so.2 (0x3)\n";
+        assert_eq!(
+            parse_ldd(text).expect("parse"),
+            vec![
+                PathBuf::from("/usr/lib/x86_64-linux-gnu/systemd/libsystemd-shared-252.so"),
+                PathBuf::from("/lib/x86_64-linux-gnu/libc.so.6"),
+                PathBuf::from("/lib64/ld-linux-x86-64.so.2"),
+            ]
+        );
+        let err = parse_ldd("\tlibfoo.so.1 => not found\n").expect_err("missing lib");
+        assert!(err.to_string().contains("libfoo.so.1"), "{err}");
+        assert!(parse_ldd("\tnot a dynamic executable\n").is_err());
+    }
+
+    fn fake_systemd(dir: &Path) -> HostSystemd {
+        let bin = dir.join("systemd");
+        fs::write(&bin, b"#!fake").expect("write");
+        HostSystemd {
+            systemd: bin.clone(),
+            shutdown: bin,
+            libraries: vec![],
+            version: "252".into(),
+        }
+    }
+
+    fn demo_image(dir: &Path, stage2: &str) -> (SystemImage, BuiltGeneration) {
+        let file = |n: &str| {
+            let p = dir.join(n);
+            fs::write(&p, if n == "stage2" { stage2 } else { n }).expect("write");
+            p
+        };
+        let boot = BootFiles {
+            kernel: file("vmlinuz"),
+            kernel_version: "6.1.0-56-amd64".into(),
+            initrd: file("initrd"),
+        };
+        let spec = GenerationSpec::demo(1, &file("stage2"), &file("probe"), boot);
+        let mut image = SystemImage::new(&fake_systemd(dir)).expect("image");
+        let g = image.add_generation(&spec).expect("generation");
+        (image, g)
+    }
+
+    #[test]
+    fn generation_has_the_nixos_shape() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (image, g) = demo_image(dir.path(), "stage2");
+        let tree = image.tree().expect("tree");
+        let top = g.toplevel.as_str().trim_start_matches('/');
+        assert!(g
+            .toplevel
+            .as_str()
+            .ends_with("-nixos-system-stagehand-demo-1"));
+        assert_eq!(
+            tree.get(&format!("{top}/init")),
+            Some(&Node::symlink(g.stage2.join("bin/stage2")))
+        );
+        assert_eq!(
+            tree.get("nix/var/nix/profiles/system-1-link"),
+            Some(&Node::symlink(g.toplevel.as_str()))
+        );
+        assert_eq!(
+            tree.get("nix/var/nix/profiles/system"),
+            Some(&Node::symlink("system-1-link"))
+        );
+        assert_eq!(tree.get("lib64"), Some(&Node::symlink("usr/lib64")));
+        // bootspec names the toplevel it lives in.
+        let Some(Node::File {
+            source: crate::tree::Source::Bytes(b),
+            ..
+        }) = tree.get(&format!("{top}/boot.json"))
+        else {
+            panic!("boot.json missing")
+        };
+        let spec: Value = serde_json::from_slice(b).expect("json");
+        let v1 = &spec["org.nixos.bootspec.v1"];
+        assert_eq!(v1["toplevel"], g.toplevel.as_str());
+        assert_eq!(v1["init"], format!("{}/init", g.toplevel));
+        assert_eq!(v1["label"], "Stagehand demo 1");
+        // etc tree: links into the store, sidecars as files.
+        let etc = g.etc.join("etc");
+        let etc = etc.trim_start_matches('/');
+        match tree.get(&format!("{etc}/hostname")) {
+            Some(Node::Symlink(t)) => {
+                assert!(t.starts_with("/nix/store/") && t.ends_with("-hostname"))
+            }
+            other => panic!("hostname entry: {other:?}"),
+        }
+        assert_eq!(
+            tree.get(&format!("{etc}/stagehand-secret.mode")),
+            Some(&Node::text("0400\n"))
+        );
+        assert_eq!(
+            tree.get(&format!("{etc}/systemd/system/serial-getty@.service")),
+            Some(&Node::symlink("/dev/null"))
+        );
+        assert_eq!(
+            g.cmdline(),
+            "init=/nix/var/nix/profiles/system-1-link/init console=ttyS0 panic=-1 \
+             boot.panic_on_fail systemd.show_status=1"
+        );
+    }
+
+    #[test]
+    fn users_json_has_the_update_users_groups_shape() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("x");
+        let boot = BootFiles {
+            kernel: p.clone(),
+            kernel_version: "v".into(),
+            initrd: p.clone(),
+        };
+        let v = GenerationSpec::demo(1, &p, &p, boot).users_groups_json();
+        assert_eq!(v["mutableUsers"], false);
+        let alice = v["users"]
+            .as_array()
+            .and_then(|u| u.iter().find(|u| u["name"] == "alice"))
+            .expect("alice");
+        assert_eq!(alice["uid"], 1000);
+        assert_eq!(alice["isSystemUser"], false);
+        assert_eq!(alice["group"], "users");
+        let mb = v["users"]
+            .as_array()
+            .and_then(|u| u.iter().find(|u| u["name"] == "messagebus"))
+            .expect("messagebus");
+        assert!(mb["uid"].is_null());
+        let groups: Vec<&str> = v["groups"]
+            .as_array()
+            .expect("groups")
+            .iter()
+            .filter_map(|g| g["name"].as_str())
+            .collect();
+        for g in ["root", "wheel", "users", "shadow", "nogroup"] {
+            assert!(groups.contains(&g), "{g} missing from {groups:?}");
+        }
+    }
+
+    #[test]
+    fn same_inputs_same_store_paths_and_a_changed_init_changes_the_toplevel() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (_, a) = demo_image(dir.path(), "stage2");
+        let (_, b) = demo_image(dir.path(), "stage2");
+        assert_eq!(a.toplevel, b.toplevel);
+        let (_, c) = demo_image(dir.path(), "a different stage2");
+        assert_ne!(a.toplevel, c.toplevel);
+        assert_eq!(a.etc, c.etc);
+    }
+}

@@ -1,0 +1,286 @@
+//! The guest kernel: Debian's `linux-image-amd64` of the host's release, downloaded with
+//! `apt-get download`, unpacked with `dpkg -x` into the cache, and its uncompressed
+//! `vmlinux` extracted once for PVH boot (QEMU `-kernel` with an ELF image skips the
+//! in-guest decompression, ~2.5 s under TCG).
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context, Result};
+
+/// The metapackage that names the current kernel ABI.
+const META_PACKAGE: &str = "linux-image-amd64";
+
+/// Start of an xz stream: the kernel payload inside Debian's bzImage.
+const XZ_MAGIC: [u8; 6] = [0xFD, 0x37, 0x7A, 0x58, 0x5A, 0x00];
+
+/// Marker written last into an unpacked package directory.
+const COMPLETE_MARKER: &str = ".complete";
+
+#[derive(Debug, Clone)]
+pub struct Kernel {
+    /// `linux-image-6.1.0-56-amd64`
+    pub package: String,
+    /// `6.1.0-56-amd64`, the name of the modules directory
+    pub version: String,
+    /// The unpacked package (`boot/`, `lib/modules/`).
+    pub root: PathBuf,
+    /// The compressed bzImage as shipped (`boot/vmlinuz-VERSION`).
+    pub vmlinuz: PathBuf,
+    /// The uncompressed ELF image for PVH boot.
+    pub vmlinux: PathBuf,
+    /// `lib/modules/VERSION` inside the unpacked package.
+    pub modules_dir: PathBuf,
+}
+
+/// Resolve, download (once) and prepare the kernel under `cache/kernel/`.
+pub fn fetch(cache: &Path) -> Result<Kernel> {
+    let package = resolve_package()?;
+    let version = package
+        .strip_prefix("linux-image-")
+        .with_context(|| format!("unexpected kernel package name {package}"))?
+        .to_string();
+    let kernel_dir = cache.join("kernel");
+    fs::create_dir_all(&kernel_dir)
+        .with_context(|| format!("creating cache dir {}", kernel_dir.display()))?;
+    let pkg_dir = kernel_dir.join(&package);
+    if !pkg_dir.join(COMPLETE_MARKER).exists() {
+        download_and_unpack(&package, &kernel_dir, &pkg_dir)?;
+    }
+    let root = pkg_dir.join("root");
+    let vmlinuz = root.join("boot").join(format!("vmlinuz-{version}"));
+    let modules_dir = root.join("lib/modules").join(&version);
+    for p in [&vmlinuz, &modules_dir] {
+        if !p.exists() {
+            bail!(
+                "{} is missing from the unpacked {package}; delete {} and retry",
+                p.display(),
+                pkg_dir.display()
+            );
+        }
+    }
+    let vmlinux = pkg_dir.join("vmlinux");
+    if !vmlinux.exists() {
+        extract_vmlinux(&vmlinuz, &vmlinux)?;
+    }
+    Ok(Kernel {
+        package,
+        version,
+        root,
+        vmlinuz,
+        vmlinux,
+        modules_dir,
+    })
+}
+
+/// `apt-cache depends linux-image-amd64` → `linux-image-6.1.0-N-amd64`.
+fn resolve_package() -> Result<String> {
+    let out = Command::new("apt-cache")
+        .args(["depends", META_PACKAGE])
+        .output()
+        .context("running `apt-cache depends` (is this a Debian host?)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "`apt-cache depends {META_PACKAGE}` failed ({}): {}; run vm-tests/setup-host",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    parse_depends(&text).with_context(|| {
+        format!(
+            "`apt-cache depends {META_PACKAGE}` names no linux-image package \
+             (apt lists missing? run vm-tests/setup-host): {text:?}"
+        )
+    })
+}
+
+fn parse_depends(text: &str) -> Option<String> {
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("Depends:"))
+        .map(str::trim)
+        .find(|name| {
+            name.starts_with("linux-image-")
+                && name.len() > "linux-image-".len()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '+'))
+        })
+        .map(str::to_string)
+}
+
+fn download_and_unpack(package: &str, kernel_dir: &Path, pkg_dir: &Path) -> Result<()> {
+    eprintln!(
+        "vm-tests: downloading {package} into {}",
+        kernel_dir.display()
+    );
+    let work = tempfile::Builder::new()
+        .prefix(".download-")
+        .tempdir_in(kernel_dir)
+        .context("creating a download dir")?;
+    // apt drops privileges to `_apt` for the download; let it write here.
+    set_mode(work.path(), 0o755)?;
+    let status = Command::new("apt-get")
+        .args(["download", "-q", package])
+        .current_dir(work.path())
+        .stdout(Stdio::null())
+        .status()
+        .context("running `apt-get download`")?;
+    if !status.success() {
+        bail!("`apt-get download {package}` failed ({status}); run vm-tests/setup-host");
+    }
+    let deb = fs::read_dir(work.path())?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        .with_context(|| format!("`apt-get download {package}` produced no .deb"))?;
+    let staging = work.path().join("pkg");
+    let root = staging.join("root");
+    fs::create_dir_all(&root)?;
+    let status = Command::new("dpkg")
+        .arg("-x")
+        .arg(&deb)
+        .arg(&root)
+        .status()
+        .context("running `dpkg -x`")?;
+    if !status.success() {
+        bail!("`dpkg -x {}` failed ({status})", deb.display());
+    }
+    fs::write(staging.join(COMPLETE_MARKER), package)?;
+    match fs::rename(&staging, pkg_dir) {
+        Ok(()) => Ok(()),
+        // Another run finished first: its copy is as good as ours.
+        Err(_) if pkg_dir.join(COMPLETE_MARKER).exists() => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("moving the package to {}", pkg_dir.display())),
+    }
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .with_context(|| format!("chmod {mode:o} {}", path.display()))
+}
+
+/// Find the xz stream in the bzImage and decompress it with `xz` into `out`.
+pub fn extract_vmlinux(vmlinuz: &Path, out: &Path) -> Result<()> {
+    let image = fs::read(vmlinuz).with_context(|| format!("reading {}", vmlinuz.display()))?;
+    let at = find(&image, &XZ_MAGIC).with_context(|| {
+        format!(
+            "{} contains no xz stream; only xz-compressed kernels are supported",
+            vmlinuz.display()
+        )
+    })?;
+    let mut child = Command::new("xz")
+        // The stream is followed by the rest of the bzImage: stop after the first stream.
+        .args(["--decompress", "--stdout", "--single-stream"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running `xz` (install xz-utils)")?;
+    let mut stdin = child.stdin.take().context("xz stdin")?;
+    let payload = image[at..].to_vec();
+    let feeder = std::thread::spawn(move || stdin.write_all(&payload));
+    let output = child.wait_with_output().context("waiting for xz")?;
+    let fed = feeder
+        .join()
+        .map_err(|_| anyhow::anyhow!("xz feeder thread panicked"))?;
+    if !output.status.success() {
+        bail!(
+            "xz failed to decompress the kernel in {} ({}): {}",
+            vmlinuz.display(),
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    fed.context("feeding the kernel to xz")?;
+    check_elf(&output.stdout).with_context(|| {
+        format!(
+            "the payload of {} is not a complete vmlinux",
+            vmlinuz.display()
+        )
+    })?;
+    let tmp = out.with_extension("tmp");
+    fs::write(&tmp, &output.stdout).with_context(|| format!("writing {}", tmp.display()))?;
+    fs::rename(&tmp, out).with_context(|| format!("writing {}", out.display()))?;
+    Ok(())
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// A 64-bit little-endian ELF whose section header table (at the end of the file) is
+/// inside the data: a truncated decompression fails this.
+fn check_elf(data: &[u8]) -> Result<()> {
+    if data.get(..4) != Some(b"\x7fELF".as_slice()) {
+        bail!("no ELF magic");
+    }
+    if data.get(4) != Some(&2) || data.get(5) != Some(&1) {
+        bail!("not a 64-bit little-endian ELF");
+    }
+    let u64_at = |at: usize| -> Option<u64> {
+        Some(u64::from_le_bytes(data.get(at..at + 8)?.try_into().ok()?))
+    };
+    let u16_at = |at: usize| -> Option<u16> {
+        Some(u16::from_le_bytes(data.get(at..at + 2)?.try_into().ok()?))
+    };
+    let (shoff, shentsize, shnum) = match (u64_at(0x28), u16_at(0x3A), u16_at(0x3C)) {
+        (Some(a), Some(b), Some(c)) => (a, u64::from(b), u64::from(c)),
+        _ => bail!("ELF header truncated"),
+    };
+    let end = shoff + shentsize * shnum;
+    if shnum == 0 || end > data.len() as u64 {
+        bail!(
+            "section headers end at {end} but the image has {} bytes",
+            data.len()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn picks_the_versioned_image_from_apt_cache_output() {
+        let out = "linux-image-amd64\n  Depends: linux-image-6.1.0-56-amd64\n";
+        assert_eq!(
+            parse_depends(out).as_deref(),
+            Some("linux-image-6.1.0-56-amd64")
+        );
+        assert_eq!(parse_depends("linux-image-amd64\n"), None);
+        // Never hand apt a pattern.
+        assert_eq!(parse_depends("  Depends: linux-image-*\n"), None);
+        assert_eq!(
+            parse_depends("  Depends: foo\n  Depends: linux-image-6.12.1+deb13-amd64\n").as_deref(),
+            Some("linux-image-6.12.1+deb13-amd64")
+        );
+    }
+
+    #[test]
+    fn elf_check_rejects_truncation() {
+        let mut elf = vec![0u8; 0x40];
+        elf[..4].copy_from_slice(b"\x7fELF");
+        elf[4] = 2;
+        elf[5] = 1;
+        // One 64-byte section header right after the ELF header.
+        elf[0x28..0x30].copy_from_slice(&0x40u64.to_le_bytes());
+        elf[0x3A..0x3C].copy_from_slice(&64u16.to_le_bytes());
+        elf[0x3C..0x3E].copy_from_slice(&1u16.to_le_bytes());
+        assert!(check_elf(&elf).is_err(), "headers past the end");
+        elf.resize(0x80, 0);
+        check_elf(&elf).expect("complete");
+        assert!(check_elf(b"MZ\0\0").is_err());
+    }
+
+    #[test]
+    fn finds_the_xz_magic() {
+        let mut img = vec![0u8; 100];
+        img.extend_from_slice(&XZ_MAGIC);
+        assert_eq!(find(&img, &XZ_MAGIC), Some(100));
+        assert_eq!(find(&img[..103], &XZ_MAGIC), None);
+    }
+}
