@@ -6,4 +6,5 @@ pub mod cmdline;
 pub mod emergency;
 pub mod envelope;
 pub mod kmsg;
+pub mod probe;
 pub mod stage1_config;
