@@ -10,6 +10,8 @@ pub mod compress;
 pub mod cpio;
 pub mod elf;
 pub mod modules;
+#[cfg(test)]
+mod tests;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -56,7 +58,7 @@ pub struct InitrdSpec {
     /// stripping them saves the signature check at boot.
     #[serde(default)]
     pub keep_module_signatures: bool,
-    /// Compressor level; `None` picks the default of the format (zstd 19, gzip 9).
+    /// Compressor level; `None` picks the default of the format (zstd 10, gzip 9).
     #[serde(default)]
     pub compression_level: Option<i32>,
 }
