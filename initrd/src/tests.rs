@@ -53,7 +53,7 @@ fn write_module(path: &Path, info: &[&str], sig: Option<usize>) -> Vec<u8> {
     let body = tiny_elf(&[(".text", b"\xc3"), (".modinfo", &modinfo_bytes(info))]);
     let mut bytes = body.clone();
     if let Some(n) = sig {
-        bytes.extend(std::iter::repeat(0x5a).take(n));
+        bytes.extend_from_slice(&vec![0x5a; n]);
         bytes.extend_from_slice(&[0, 0, 2, 0, 0, 0, 0, 0]);
         bytes.extend_from_slice(&(n as u32).to_be_bytes());
         bytes.extend_from_slice(SIG_MARKER);
