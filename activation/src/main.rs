@@ -1,1 +1,111 @@
-fn main() {}
+//! `stagehand`: the activation engine's command line.
+//!
+//! ```text
+//! stagehand etc      [--root DIR] [--dry-run] ETC_TREE
+//! stagehand users    [--root DIR] [--dry-run] USERS_JSON
+//! stagehand activate [--root DIR] [--dry-run] [--action boot|switch|test|dry-activate] TOPLEVEL
+//! stagehand compile  [--root DIR] TOPLEVEL
+//! stagehand plan     [--root DIR] TOPLEVEL      (print the compiled plan as JSON)
+//! ```
+//! Every path argument is a path as the target system sees it, resolved inside `--root`
+//! (default `/`).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use log::{Level, LevelFilter, Log, Metadata, Record};
+
+/// A plain stderr logger: this binary also runs as a normal command, where kmsg is wrong.
+struct StderrLogger(LevelFilter);
+
+impl Log for StderrLogger {
+    fn enabled(&self, m: &Metadata<'_>) -> bool {
+        m.level() <= self.0
+    }
+    fn log(&self, r: &Record<'_>) {
+        if self.enabled(r.metadata()) {
+            let prefix = match r.level() {
+                Level::Error => "error: ",
+                Level::Warn => "warning: ",
+                _ => "",
+            };
+            // Nowhere left to report a broken stderr to.
+            let _ = writeln!(std::io::stderr(), "{prefix}{}", r.args());
+        }
+    }
+    fn flush(&self) {}
+}
+
+struct Args {
+    root: PathBuf,
+    dry_run: bool,
+    action: Option<String>,
+    positional: Vec<String>,
+}
+
+fn parse(args: &[String]) -> Result<Args, String> {
+    let mut a = Args {
+        root: PathBuf::from("/"),
+        dry_run: false,
+        action: None,
+        positional: Vec::new(),
+    };
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--root" => {
+                a.root = PathBuf::from(it.next().ok_or("--root needs a directory")?);
+            }
+            "--dry-run" => a.dry_run = true,
+            "--action" => a.action = Some(it.next().ok_or("--action needs a value")?.clone()),
+            "-v" | "--verbose" => log::set_max_level(LevelFilter::Debug),
+            s if s.starts_with("--") => return Err(format!("unknown option {s}")),
+            _ => a.positional.push(arg.clone()),
+        }
+    }
+    Ok(a)
+}
+
+const USAGE: &str = "usage:
+  stagehand etc      [--root DIR] [--dry-run] ETC_TREE
+  stagehand users    [--root DIR] [--dry-run] USERS_JSON
+  stagehand activate [--root DIR] [--dry-run] [--action boot|switch|test|dry-activate] TOPLEVEL
+  stagehand compile  [--root DIR] TOPLEVEL
+  stagehand plan     [--root DIR] TOPLEVEL";
+
+fn main() -> ExitCode {
+    static LOGGER: StderrLogger = StderrLogger(LevelFilter::Debug);
+    if log::set_logger(&LOGGER).is_ok() {
+        log::set_max_level(LevelFilter::Info);
+    }
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let Some((cmd, rest)) = argv.split_first() else {
+        eprintln!("{USAGE}");
+        return ExitCode::from(2);
+    };
+    let args = match parse(rest) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("stagehand: {e}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match stagehand_activation::cli::run(
+        cmd,
+        &args.root,
+        args.dry_run,
+        args.action.as_deref(),
+        &args.positional,
+    ) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("stagehand {cmd}: {e}");
+            if e.starts_with("usage") {
+                eprintln!("{USAGE}");
+                return ExitCode::from(2);
+            }
+            ExitCode::from(1)
+        }
+    }
+}

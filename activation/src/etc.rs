@@ -1,0 +1,956 @@
+//! `/etc` from the generation's etc tree, with the semantics of NixOS's `setup-etc.pl`.
+//!
+//! The work is split in three: [`list_tree`] reads the etc tree of a generation (done once at
+//! build time by `stagehand compile` and stored in the plan), [`observe`] reads what `/etc`
+//! holds now, and [`plan`] — a pure function of the two — decides what to change. [`apply`]
+//! then carries the plan out under the root. Nothing is written when `/etc` already matches,
+//! so a re-run without changes costs only the reads.
+//!
+//! What the plan does, in `setup-etc.pl` order:
+//! 1. point `/etc/static` at the tree (atomic symlink swap);
+//! 2. remove every symlink under `/etc` (not under `/etc/nixos`) whose target starts with
+//!    `/etc/static` and whose counterpart in the new tree is no longer a symlink;
+//! 3. for each tree entry, in pre-order: create the parent directory; if the entry is a symlink
+//!    and `/etc/<rel>` is a real directory, delete the directory when it holds only links into
+//!    `/etc/static/`, else warn that it holds user files; then
+//!    * `<rel>.mode` = `direct-symlink`: `/etc/<rel>` links straight to the tree link's target;
+//!    * other `<rel>.mode`: copy the file with that mode and the owner from `<rel>.uid` /
+//!      `<rel>.gid` (`+N` numeric, or a name looked up in the root's `/etc/passwd` /
+//!      `/etc/group`, never the host's);
+//!    * other symlinks: `/etc/<rel>` → `/etc/static/<rel>`, replacing whatever is there;
+//! 4. delete files listed in the previous `/etc/.clean` that the new tree no longer has;
+//! 5. rewrite `/etc/.clean` (sorted list of copied entries) and create `/etc/NIXOS`.
+//!
+//! Files and links that no generation declared are never touched.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::ffi::{OsStr, OsString};
+use std::fmt;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{FileType, Mode};
+use serde::{Deserialize, Serialize};
+
+use crate::rootfs::{self, Node, Perms, Root};
+
+/// The static link `setup-etc.pl` maintains, and the prefix that marks a link as ours.
+const STATIC: &str = "/etc/static";
+
+/// One path in the etc tree, relative to the tree's top (`ssh/sshd_config`).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct TreeEntry {
+    pub rel: String,
+    pub kind: EntryKind,
+    pub install: Install,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum EntryKind {
+    Dir,
+    /// A symlink, with its target as stored (normally a store path).
+    Symlink(String),
+    /// A regular file: the `.mode`/`.uid`/`.gid` sidecars themselves, or an odd tree.
+    File,
+}
+
+/// What ends up at `/etc/<rel>`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum Install {
+    /// Directories and plain files: only the parent directory is made.
+    Nothing,
+    /// `/etc/<rel>` → `/etc/static/<rel>`.
+    Link,
+    /// `direct-symlink`: `/etc/<rel>` → the tree link's own target.
+    Direct(String),
+    /// A copy owned by `user:group` with `mode`.
+    Copy {
+        mode: u32,
+        user: Owner,
+        group: Owner,
+    },
+    /// The sidecars are unusable; the entry is reported and left alone.
+    Invalid(EtcIssue),
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum Owner {
+    Id(u32),
+    Name(String),
+}
+
+/// The etc tree of a generation.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct EtcTree {
+    /// Canonical in-root path of the tree (`/nix/store/…-etc/etc`): the target of `/etc/static`.
+    pub path: String,
+    /// Pre-order, names sorted within each directory.
+    pub entries: Vec<TreeEntry>,
+}
+
+/// A problem with one entry. Such problems do not stop the others (as in NixOS), but make
+/// the step fail at the end.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum EtcIssue {
+    BadMode { sidecar: String, value: String },
+    MissingSidecar { sidecar: String },
+    UnreadableSidecar { sidecar: String, error: String },
+    DirectNotSymlink { entry: String },
+    UnsafePath { rel: String },
+    UnknownUser { sidecar: String, name: String },
+    UnknownGroup { sidecar: String, name: String },
+    UserFilesInDir { path: String },
+    Io { action: String, error: String },
+}
+
+impl fmt::Display for EtcIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::BadMode { sidecar, value } => write!(
+                f,
+                "{sidecar}: mode {value:?} is neither an octal mode (like 0440) nor \
+                 \"direct-symlink\"; fix environment.etc.<name>.mode"
+            ),
+            Self::MissingSidecar { sidecar } => write!(
+                f,
+                "{sidecar} is missing although the .mode sidecar exists; rebuild the etc tree"
+            ),
+            Self::UnreadableSidecar { sidecar, error } => {
+                write!(f, "{sidecar}: cannot read: {error}; rebuild the etc tree")
+            }
+            Self::DirectNotSymlink { entry } => write!(
+                f,
+                "{entry}: mode is direct-symlink but the tree entry is not a symlink; \
+                 rebuild the etc tree"
+            ),
+            Self::UnsafePath { rel } => write!(
+                f,
+                "etc entry {rel:?} is not a plain relative path inside /etc (it has '..', \
+                 '.', an empty or absolute component); the plan or tree is corrupt, rebuild it"
+            ),
+            Self::UnknownUser { sidecar, name } => write!(
+                f,
+                "{sidecar}: user {name:?} is not in the system's /etc/passwd, the file was \
+                 installed owned by root; declare users.users.{name} or use \"+<uid>\""
+            ),
+            Self::UnknownGroup { sidecar, name } => write!(
+                f,
+                "{sidecar}: group {name:?} is not in the system's /etc/group, the file was \
+                 installed owned by group root; declare users.groups.{name} or use \"+<gid>\""
+            ),
+            Self::UserFilesInDir { path } => write!(
+                f,
+                "{path} is a directory that contains user files, so it cannot become a \
+                 symlink; move the files away and activate again"
+            ),
+            Self::Io { action, error } => write!(f, "cannot {action}: {error}"),
+        }
+    }
+}
+
+/// Problems that stop the whole step.
+#[derive(Debug)]
+pub enum EtcError {
+    /// The etc tree cannot be read.
+    Tree { path: PathBuf, error: io::Error },
+    /// `/etc` cannot be read.
+    Observe { path: PathBuf, error: io::Error },
+    /// `/etc/static` cannot be pointed at the new tree (fatal in NixOS too).
+    Static { path: PathBuf, error: io::Error },
+}
+
+impl fmt::Display for EtcError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Tree { path, error } => write!(
+                f,
+                "cannot read the etc tree {}: {error}; check that the generation is complete \
+                 (nix-store --verify-path)",
+                path.display()
+            ),
+            Self::Observe { path, error } => write!(
+                f,
+                "cannot read the current /etc at {}: {error}; check that the root is mounted \
+                 and readable",
+                path.display()
+            ),
+            Self::Static { path, error } => write!(
+                f,
+                "cannot point {} at the new etc tree: {error}; /etc must be writable and \
+                 /etc/static must not be a directory",
+                path.display()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for EtcError {}
+
+/// `rel` is usable as a path under `/etc`: plain names only.
+pub fn is_safe_rel(rel: &str) -> bool {
+    !rel.is_empty()
+        && !rel.contains('\0')
+        && rel
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != "..")
+}
+
+fn parse_mode(text: &str) -> Option<u32> {
+    if text.is_empty() || text.len() > 6 || !text.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
+        return None;
+    }
+    u32::from_str_radix(text, 8).ok().filter(|m| *m <= 0o7777)
+}
+
+fn parse_owner(text: &str) -> Option<Owner> {
+    match text.strip_prefix('+') {
+        Some(n) => n.parse().ok().map(Owner::Id),
+        None if text.is_empty() => None,
+        None => Some(Owner::Name(text.to_owned())),
+    }
+}
+
+/// Sidecar contents are written by `etc.nix` with a trailing newline; `chomp` it.
+fn chomp(bytes: &[u8]) -> String {
+    let s = String::from_utf8_lossy(bytes);
+    s.strip_suffix('\n').unwrap_or(&s).to_owned()
+}
+
+/// Read the etc tree at `path` (in-root, symlinks resolved inside the root).
+pub fn list_tree(root: &Root, path: &Path) -> Result<EtcTree, EtcError> {
+    let tree_err = |error: io::Error| EtcError::Tree {
+        path: root.host_path(path),
+        error,
+    };
+    let (fd, canon, _) = root.dir(path, None).map_err(tree_err)?;
+    let canon_str = canon.to_string_lossy().into_owned();
+    let mut entries = Vec::new();
+    walk_tree(root, &fd, &canon_str, "", &mut entries).map_err(tree_err)?;
+    Ok(EtcTree {
+        path: canon_str,
+        entries,
+    })
+}
+
+fn walk_tree(
+    root: &Root,
+    dir: &OwnedFd,
+    tree: &str,
+    prefix: &str,
+    out: &mut Vec<TreeEntry>,
+) -> io::Result<()> {
+    let listing = rootfs::list_dir(dir)?;
+    let names: HashSet<&OsStr> = listing.iter().map(|(n, _)| n.as_os_str()).collect();
+    for (name, ty) in &listing {
+        let name_str = name.to_string_lossy();
+        let rel = if prefix.is_empty() {
+            name_str.to_string()
+        } else {
+            format!("{prefix}/{name_str}")
+        };
+        let kind = match *ty {
+            FileType::Directory => EntryKind::Dir,
+            FileType::Symlink => EntryKind::Symlink(
+                String::from_utf8_lossy(
+                    rustix::fs::readlinkat(dir, name.as_os_str(), Vec::new())?.as_bytes(),
+                )
+                .into_owned(),
+            ),
+            _ => EntryKind::File,
+        };
+        let mut mode_name = name.clone();
+        mode_name.push(".mode");
+        let install = if names.contains(mode_name.as_os_str()) {
+            sidecar_install(root, dir, tree, &rel, name, &kind)
+        } else if matches!(kind, EntryKind::Symlink(_)) {
+            Install::Link
+        } else {
+            Install::Nothing
+        };
+        let is_dir = kind == EntryKind::Dir;
+        out.push(TreeEntry { rel, kind, install });
+        if is_dir {
+            let sub = rootfs::open_subdir(dir, name)?;
+            let rel = out.last().map(|e| e.rel.clone()).unwrap_or_default();
+            walk_tree(root, &sub, tree, &rel, out)?;
+        }
+    }
+    Ok(())
+}
+
+/// Read one sidecar; it may itself be a symlink into the store, so fall back to an in-root
+/// read of the full path.
+fn read_sidecar(
+    root: &Root,
+    dir: &OwnedFd,
+    tree: &str,
+    rel: &str,
+    name: &OsStr,
+) -> Result<String, EtcIssue> {
+    let sidecar = format!("{tree}/{rel}");
+    match rootfs::read_at(dir, name) {
+        Ok(b) => Ok(chomp(&b)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(EtcIssue::MissingSidecar { sidecar }),
+        Err(_) => match root.read(Path::new(&sidecar)) {
+            Ok(b) => Ok(chomp(&b)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                Err(EtcIssue::MissingSidecar { sidecar })
+            }
+            Err(e) => Err(EtcIssue::UnreadableSidecar {
+                sidecar,
+                error: e.to_string(),
+            }),
+        },
+    }
+}
+
+fn sidecar_install(
+    root: &Root,
+    dir: &OwnedFd,
+    tree: &str,
+    rel: &str,
+    name: &OsStr,
+    kind: &EntryKind,
+) -> Install {
+    let side = |ext: &str| {
+        let mut n = name.to_os_string();
+        n.push(ext);
+        read_sidecar(root, dir, tree, &format!("{rel}{ext}"), &n)
+    };
+    let result = (|| -> Result<Install, EtcIssue> {
+        let mode = side(".mode")?;
+        if mode == "direct-symlink" {
+            return match kind {
+                EntryKind::Symlink(t) => Ok(Install::Direct(t.clone())),
+                _ => Err(EtcIssue::DirectNotSymlink {
+                    entry: format!("{tree}/{rel}"),
+                }),
+            };
+        }
+        let mode = parse_mode(&mode).ok_or_else(|| EtcIssue::BadMode {
+            sidecar: format!("{tree}/{rel}.mode"),
+            value: mode.clone(),
+        })?;
+        let owner = |ext: &str| -> Result<Owner, EtcIssue> {
+            let text = side(ext)?;
+            parse_owner(&text).ok_or_else(|| EtcIssue::BadMode {
+                sidecar: format!("{tree}/{rel}{ext}"),
+                value: text,
+            })
+        };
+        Ok(Install::Copy {
+            mode,
+            user: owner(".uid")?,
+            group: owner(".gid")?,
+        })
+    })();
+    result.unwrap_or_else(Install::Invalid)
+}
+
+/// User and group names of the target system, from its own `/etc/passwd` and `/etc/group`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Owners {
+    pub users: HashMap<String, u32>,
+    pub groups: HashMap<String, u32>,
+}
+
+impl Owners {
+    pub fn read(root: &Root) -> Owners {
+        let table = |path: &str| -> HashMap<String, u32> {
+            let text = root
+                .read_opt(Path::new(path))
+                .ok()
+                .flatten()
+                .unwrap_or_default();
+            String::from_utf8_lossy(&text)
+                .lines()
+                .filter_map(|l| {
+                    let mut f = l.split(':');
+                    let name = f.next()?;
+                    let id = f.nth(1)?.parse().ok()?;
+                    Some((name.to_owned(), id))
+                })
+                .collect()
+        };
+        Owners {
+            users: table("/etc/passwd"),
+            groups: table("/etc/group"),
+        }
+    }
+}
+
+/// What `/etc` holds now, as far as the plan needs to know.
+#[derive(Debug, Clone, Default)]
+pub struct EtcState {
+    /// Target of `/etc/static`, `None` when absent; `Some(None)` when it is not a symlink.
+    pub static_link: Option<Option<String>>,
+    /// Everything under `/etc` except `/etc/static` and the contents of `/etc/nixos`, plus
+    /// individually looked-up tree entries and `.clean` entries under `/etc/nixos`.
+    pub nodes: HashMap<String, Node>,
+    /// Copied entries whose current file already has the source's bytes.
+    pub same_content: HashSet<String>,
+    /// Stale-link candidates not listed in the tree that are still symlinks in the new tree
+    /// through a symlinked directory of it.
+    pub deep_links: HashSet<String>,
+    /// `/etc/.clean` as read, one entry per line.
+    pub old_clean: Vec<String>,
+    pub nixos_tag: bool,
+    pub owners: Owners,
+}
+
+/// Read the current `/etc` under `root`.
+pub fn observe(root: &Root, tree: &EtcTree) -> Result<EtcState, EtcError> {
+    let obs_err = |error: io::Error| EtcError::Observe {
+        path: root.host_path(Path::new("/etc")),
+        error,
+    };
+    let mut st = EtcState {
+        owners: Owners::read(root),
+        ..EtcState::default()
+    };
+    let etc = match root.dir(Path::new("/etc"), None) {
+        Ok((fd, _, _)) => Some(fd),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(obs_err(e)),
+    };
+    let Some(etc) = etc else {
+        return Ok(st);
+    };
+    st.static_link = match rootfs::lstat_at(&etc, OsStr::new("static")).map_err(obs_err)? {
+        None => None,
+        Some(Node::Symlink(t)) => Some(Some(String::from_utf8_lossy(&t).into_owned())),
+        Some(_) => Some(None),
+    };
+    walk_etc(&etc, "", &mut st.nodes).map_err(obs_err)?;
+    if let Ok(b) = rootfs::read_at(&etc, OsStr::new(".clean")) {
+        st.old_clean = String::from_utf8_lossy(&b)
+            .lines()
+            .map(str::to_owned)
+            .collect();
+    }
+    st.nixos_tag = st.nodes.contains_key("NIXOS");
+
+    // Paths under /etc/nixos are not walked (it can hold a whole nixpkgs checkout): look up
+    // the few that matter one by one.
+    let extra: Vec<String> = tree
+        .entries
+        .iter()
+        .map(|e| e.rel.clone())
+        .chain(st.old_clean.iter().cloned())
+        .filter(|r| r.starts_with("nixos/") && is_safe_rel(r))
+        .collect();
+    for rel in extra {
+        if let Ok(Some(n)) = root.lstat(&Path::new("/etc").join(&rel)) {
+            st.nodes.insert(rel, n);
+        }
+    }
+
+    let by_rel: HashMap<&str, &TreeEntry> =
+        tree.entries.iter().map(|e| (e.rel.as_str(), e)).collect();
+    for e in &tree.entries {
+        if !matches!(e.install, Install::Copy { .. }) || !is_safe_rel(&e.rel) {
+            continue;
+        }
+        if let Some(Node::File { size, .. }) = st.nodes.get(&e.rel) {
+            let source = Path::new(&tree.path).join(&e.rel);
+            let dest = Path::new("/etc").join(&e.rel);
+            let same = (|| -> io::Result<bool> {
+                let src = root.read(&source)?;
+                if src.len() as u64 != *size {
+                    return Ok(false);
+                }
+                let (dir, name) = root.parent(&dest, None)?;
+                Ok(rootfs::read_at(&dir, &name)? == src)
+            })()
+            .unwrap_or(false);
+            if same {
+                st.same_content.insert(e.rel.clone());
+            }
+        }
+    }
+    for (rel, node) in &st.nodes {
+        let Node::Symlink(t) = node else { continue };
+        if !t.starts_with(STATIC.as_bytes()) || by_rel.contains_key(rel.as_str()) {
+            continue;
+        }
+        // Only a symlinked directory of the new tree can hold this path without listing it.
+        let mut has_linked_ancestor = false;
+        let mut cur = rel.as_str();
+        while let Some((parent, _)) = cur.rsplit_once('/') {
+            if let Some(e) = by_rel.get(parent) {
+                has_linked_ancestor = matches!(e.kind, EntryKind::Symlink(_));
+                break;
+            }
+            cur = parent;
+        }
+        if has_linked_ancestor {
+            let p = Path::new(&tree.path).join(rel);
+            if let Ok(Some(Node::Symlink(_))) = root.lstat(&p) {
+                st.deep_links.insert(rel.clone());
+            }
+        }
+    }
+    Ok(st)
+}
+
+fn walk_etc(dir: &OwnedFd, prefix: &str, out: &mut HashMap<String, Node>) -> io::Result<()> {
+    for (name, ty) in rootfs::list_dir(dir)? {
+        let name_str = name.to_string_lossy();
+        if prefix.is_empty() && name_str == "static" {
+            continue;
+        }
+        let rel = if prefix.is_empty() {
+            name_str.into_owned()
+        } else {
+            format!("{prefix}/{name_str}")
+        };
+        let node = match ty {
+            FileType::Symlink => Node::Symlink(
+                rustix::fs::readlinkat(dir, name.as_os_str(), Vec::new())?.into_bytes(),
+            ),
+            FileType::Directory => Node::Dir {
+                mode: 0,
+                uid: 0,
+                gid: 0,
+            },
+            _ => match rootfs::lstat_at(dir, &name)? {
+                Some(n) => n,
+                None => continue,
+            },
+        };
+        let descend = matches!(node, Node::Dir { .. }) && rel != "nixos";
+        out.insert(rel.clone(), node);
+        if descend {
+            match rootfs::open_subdir(dir, &name) {
+                Ok(sub) => walk_etc(&sub, &rel, out)?,
+                // Replaced by a symlink between readdir and open: it is not a directory now.
+                Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One change to `/etc`. Paths are relative to `/etc`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EtcAction {
+    SetStatic {
+        target: String,
+    },
+    RemoveObsoleteLink {
+        rel: String,
+    },
+    EnsureDir {
+        rel: String,
+    },
+    RemoveStaticDir {
+        rel: String,
+    },
+    Link {
+        rel: String,
+        target: String,
+    },
+    Copy {
+        rel: String,
+        source: String,
+        perms: Perms,
+    },
+    RemoveObsoleteFile {
+        rel: String,
+    },
+    WriteClean {
+        contents: String,
+    },
+    TouchNixos,
+}
+
+impl fmt::Display for EtcAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::SetStatic { target } => write!(f, "link /etc/static -> {target}"),
+            Self::RemoveObsoleteLink { rel } => write!(f, "remove obsolete symlink /etc/{rel}"),
+            Self::EnsureDir { rel } => write!(f, "create directory /etc/{rel}"),
+            Self::RemoveStaticDir { rel } => {
+                write!(
+                    f,
+                    "remove directory /etc/{rel} (only links into /etc/static)"
+                )
+            }
+            Self::Link { rel, target } => write!(f, "link /etc/{rel} -> {target}"),
+            Self::Copy { rel, source, perms } => write!(
+                f,
+                "copy {source} to /etc/{rel} (mode {:04o}, owner {}:{})",
+                perms.mode, perms.uid, perms.gid
+            ),
+            Self::RemoveObsoleteFile { rel } => write!(f, "remove obsolete file /etc/{rel}"),
+            Self::WriteClean { .. } => write!(f, "rewrite /etc/.clean"),
+            Self::TouchNixos => write!(f, "create /etc/NIXOS"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct EtcPlan {
+    pub actions: Vec<EtcAction>,
+    /// Problems found while planning; the affected entries are left alone.
+    pub issues: Vec<EtcIssue>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EtcOptions {
+    /// `IN_NIXOS_ENTER`: `/etc/resolv.conf` is a bind mount owned by nixos-enter.
+    pub skip_resolv_conf: bool,
+}
+
+fn starts_with_static_slash(t: &[u8]) -> bool {
+    t.starts_with(b"/etc/static/")
+}
+
+/// Directories under `/etc` that hold something other than links into `/etc/static/`.
+fn non_static_dirs(nodes: &HashMap<String, Node>) -> HashSet<&str> {
+    let mut out = HashSet::new();
+    for (rel, node) in nodes {
+        let leaf_static = match node {
+            Node::Symlink(t) => starts_with_static_slash(t),
+            Node::Dir { .. } => true,
+            _ => false,
+        };
+        // /etc/nixos's contents were not walked: count it as holding user files.
+        if !leaf_static || rel == "nixos" {
+            let mut cur = rel.as_str();
+            if rel == "nixos" {
+                out.insert("nixos");
+            }
+            while let Some((parent, _)) = cur.rsplit_once('/') {
+                if !out.insert(parent) {
+                    break;
+                }
+                cur = parent;
+            }
+        }
+    }
+    out
+}
+
+/// Decide what to change. Pure: everything it needs is in `tree` and `state`.
+pub fn plan(tree: &EtcTree, state: &EtcState, opts: EtcOptions) -> EtcPlan {
+    let mut p = EtcPlan::default();
+    if state.static_link != Some(Some(tree.path.clone())) {
+        p.actions.push(EtcAction::SetStatic {
+            target: tree.path.clone(),
+        });
+    }
+
+    let by_rel: HashMap<&str, &TreeEntry> =
+        tree.entries.iter().map(|e| (e.rel.as_str(), e)).collect();
+
+    // Stale links, in sorted order so that plans are reproducible.
+    let mut stale: Vec<&str> = state
+        .nodes
+        .iter()
+        .filter_map(|(rel, n)| match n {
+            Node::Symlink(t) if t.starts_with(STATIC.as_bytes()) => Some(rel.as_str()),
+            _ => None,
+        })
+        .filter(|rel| !rel.starts_with("nixos/"))
+        .filter(|rel| {
+            let still_link = by_rel
+                .get(rel)
+                .is_some_and(|e| matches!(e.kind, EntryKind::Symlink(_)))
+                || state.deep_links.contains(*rel);
+            !still_link
+        })
+        .collect();
+    stale.sort_unstable();
+    let removed: HashSet<&str> = stale.iter().copied().collect();
+    for rel in &stale {
+        p.actions.push(EtcAction::RemoveObsoleteLink {
+            rel: (*rel).to_owned(),
+        });
+    }
+
+    let non_static = non_static_dirs(&state.nodes);
+    let mut ensured: HashSet<String> = HashSet::new();
+    let mut copied: Vec<&str> = Vec::new();
+    for e in &tree.entries {
+        if !is_safe_rel(&e.rel) {
+            p.issues.push(EtcIssue::UnsafePath { rel: e.rel.clone() });
+            continue;
+        }
+        if opts.skip_resolv_conf && e.rel == "resolv.conf" {
+            continue;
+        }
+        // make_path(dirname): a parent that is not a real directory now is created (or, for a
+        // user's symlink to a directory, followed inside the root by the executor).
+        if let Some((parent, _)) = e.rel.rsplit_once('/') {
+            let is_dir = matches!(state.nodes.get(parent), Some(Node::Dir { .. }))
+                && !removed.contains(parent);
+            if !is_dir && !ensured.contains(parent) {
+                p.actions.push(EtcAction::EnsureDir {
+                    rel: parent.to_owned(),
+                });
+            }
+            // Everything above it exists after this, too.
+            let mut cur = parent;
+            loop {
+                ensured.insert(cur.to_owned());
+                match cur.rsplit_once('/') {
+                    Some((up, _)) => cur = up,
+                    None => break,
+                }
+            }
+        }
+        let current = state
+            .nodes
+            .get(&e.rel)
+            .filter(|_| !removed.contains(e.rel.as_str()));
+        if matches!(e.kind, EntryKind::Symlink(_)) && matches!(current, Some(Node::Dir { .. })) {
+            if non_static.contains(e.rel.as_str()) {
+                p.issues.push(EtcIssue::UserFilesInDir {
+                    path: format!("/etc/{}", e.rel),
+                });
+            } else {
+                p.actions
+                    .push(EtcAction::RemoveStaticDir { rel: e.rel.clone() });
+            }
+        }
+        let link_to = |target: String, p: &mut EtcPlan| {
+            let same = matches!(current, Some(Node::Symlink(t)) if *t == target.as_bytes());
+            if !same {
+                p.actions.push(EtcAction::Link {
+                    rel: e.rel.clone(),
+                    target,
+                });
+            }
+        };
+        match &e.install {
+            Install::Nothing => {}
+            Install::Invalid(issue) => p.issues.push(issue.clone()),
+            Install::Link => link_to(format!("{STATIC}/{}", e.rel), &mut p),
+            Install::Direct(target) => {
+                link_to(target.clone(), &mut p);
+                copied.push(&e.rel);
+            }
+            Install::Copy { mode, user, group } => {
+                let sidecar = |ext: &str| format!("{}/{}{ext}", tree.path, e.rel);
+                let uid = match user {
+                    Owner::Id(n) => *n,
+                    Owner::Name(n) => state.owners.users.get(n).copied().unwrap_or_else(|| {
+                        p.issues.push(EtcIssue::UnknownUser {
+                            sidecar: sidecar(".uid"),
+                            name: n.clone(),
+                        });
+                        0
+                    }),
+                };
+                let gid = match group {
+                    Owner::Id(n) => *n,
+                    Owner::Name(n) => state.owners.groups.get(n).copied().unwrap_or_else(|| {
+                        p.issues.push(EtcIssue::UnknownGroup {
+                            sidecar: sidecar(".gid"),
+                            name: n.clone(),
+                        });
+                        0
+                    }),
+                };
+                let perms = Perms {
+                    mode: *mode,
+                    uid,
+                    gid,
+                };
+                let up_to_date = matches!(current, Some(Node::File { mode, uid, gid, .. })
+                    if *mode == perms.mode && *uid == perms.uid && *gid == perms.gid)
+                    && state.same_content.contains(&e.rel);
+                if !up_to_date {
+                    p.actions.push(EtcAction::Copy {
+                        rel: e.rel.clone(),
+                        source: format!("{}/{}", tree.path, e.rel),
+                        perms,
+                    });
+                }
+                copied.push(&e.rel);
+            }
+        }
+    }
+
+    // Files copied by an earlier generation that this one does not have at all.
+    for rel in &state.old_clean {
+        if by_rel.contains_key(rel.as_str()) {
+            continue;
+        }
+        if !is_safe_rel(rel) {
+            p.issues.push(EtcIssue::UnsafePath { rel: rel.clone() });
+            continue;
+        }
+        if matches!(
+            state.nodes.get(rel),
+            Some(Node::File { .. } | Node::Symlink(_) | Node::Other)
+        ) && !removed.contains(rel.as_str())
+        {
+            p.actions
+                .push(EtcAction::RemoveObsoleteFile { rel: rel.clone() });
+        }
+    }
+
+    copied.sort_unstable();
+    let clean: String = copied.iter().map(|r| format!("{r}\n")).collect();
+    let old: String = state.old_clean.iter().map(|r| format!("{r}\n")).collect();
+    if clean != old || !matches!(state.nodes.get(".clean"), Some(Node::File { .. })) {
+        p.actions.push(EtcAction::WriteClean { contents: clean });
+    }
+    if !state.nixos_tag {
+        p.actions.push(EtcAction::TouchNixos);
+    }
+    p
+}
+
+/// What applying a plan did.
+#[derive(Debug, Default)]
+pub struct EtcOutcome {
+    pub changed: usize,
+    pub issues: Vec<EtcIssue>,
+}
+
+/// Directory descriptors under `/etc`, opened once per run.
+struct Dirs<'r> {
+    root: &'r Root,
+    open: HashMap<String, OwnedFd>,
+    touched: BTreeSet<String>,
+}
+
+impl<'r> Dirs<'r> {
+    fn get(&mut self, rel: &str, create: bool) -> io::Result<&OwnedFd> {
+        if !self.open.contains_key(rel) {
+            let path = if rel.is_empty() {
+                PathBuf::from("/etc")
+            } else {
+                Path::new("/etc").join(rel)
+            };
+            let mode = create.then(|| Mode::from_raw_mode(0o755));
+            let (fd, _, _) = self.root.dir(&path, mode)?;
+            self.open.insert(rel.to_owned(), fd);
+        }
+        self.open
+            .get(rel)
+            .ok_or_else(|| io::Error::other("directory cache lost an entry"))
+    }
+
+    /// The directory holding `rel` and the final name.
+    fn parent(&mut self, rel: &str, create: bool) -> io::Result<(&OwnedFd, OsString)> {
+        let (dir, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+        self.touched.insert(dir.to_owned());
+        Ok((self.get(dir, create)?, OsString::from(name)))
+    }
+
+    fn forget_under(&mut self, rel: &str) {
+        let prefix = format!("{rel}/");
+        self.open.retain(|k, _| k != rel && !k.starts_with(&prefix));
+    }
+}
+
+/// Carry out `plan` under `root`. With `dry_run` nothing is written; every action is logged
+/// as what would be done.
+pub fn apply(root: &Root, plan: &EtcPlan, dry_run: bool) -> Result<EtcOutcome, EtcError> {
+    let mut out = EtcOutcome {
+        changed: 0,
+        issues: plan.issues.clone(),
+    };
+    if dry_run {
+        for a in &plan.actions {
+            log::info!("would {a}");
+        }
+        out.changed = plan.actions.len();
+        return Ok(out);
+    }
+    let mut dirs = Dirs {
+        root,
+        open: HashMap::new(),
+        touched: BTreeSet::new(),
+    };
+    for a in &plan.actions {
+        log::debug!("{a}");
+        let r: io::Result<()> = match a {
+            EtcAction::SetStatic { target } => {
+                let res = root
+                    .dir(Path::new("/etc"), Some(Mode::from_raw_mode(0o755)))
+                    .and_then(|(etc, _, _)| {
+                        rootfs::atomic_symlink(&etc, OsStr::new("static"), target.as_bytes())
+                    });
+                if let Err(error) = res {
+                    return Err(EtcError::Static {
+                        path: root.host_path(Path::new(STATIC)),
+                        error,
+                    });
+                }
+                dirs.touched.insert(String::new());
+                Ok(())
+            }
+            EtcAction::RemoveObsoleteLink { rel } | EtcAction::RemoveObsoleteFile { rel } => {
+                log::info!("removing obsolete /etc/{rel}");
+                dirs.parent(rel, false)
+                    .and_then(|(d, n)| rootfs::unlink_at(d, &n))
+            }
+            EtcAction::EnsureDir { rel } => dirs.get(rel, true).map(|_| ()),
+            EtcAction::RemoveStaticDir { rel } => {
+                let r = dirs
+                    .parent(rel, false)
+                    .and_then(|(d, n)| rootfs::remove_tree_at(d, &n));
+                dirs.forget_under(rel);
+                r
+            }
+            EtcAction::Link { rel, target } => dirs
+                .parent(rel, true)
+                .and_then(|(d, n)| rootfs::atomic_symlink(d, &n, target.as_bytes())),
+            EtcAction::Copy { rel, source, perms } => {
+                root.read(Path::new(source)).and_then(|bytes| {
+                    let (d, n) = dirs.parent(rel, true)?;
+                    rootfs::atomic_write(d, &n, &bytes, *perms)
+                })
+            }
+            EtcAction::WriteClean { contents } => dirs.parent(".clean", true).and_then(|(d, n)| {
+                rootfs::atomic_write(d, &n, contents.as_bytes(), own_perms(0o644))
+            }),
+            EtcAction::TouchNixos => dirs
+                .parent("NIXOS", true)
+                .and_then(|(d, n)| rootfs::atomic_write(d, &n, b"", own_perms(0o644))),
+        };
+        match r {
+            Ok(()) => out.changed += 1,
+            Err(e) => out.issues.push(EtcIssue::Io {
+                action: format!("{a} under {}", root.path().display()),
+                error: e.to_string(),
+            }),
+        }
+    }
+    // One fsync per touched directory makes the renames durable.
+    let touched: Vec<String> = dirs.touched.iter().cloned().collect();
+    for rel in touched {
+        if let Ok(fd) = dirs.get(&rel, false) {
+            let _ = rootfs::fsync_dir(fd.as_fd());
+        }
+    }
+    Ok(out)
+}
+
+/// Owned by whoever runs us (root on a real system) with `mode`: for bookkeeping files.
+pub fn own_perms(mode: u32) -> Perms {
+    Perms {
+        mode,
+        uid: rustix::process::geteuid().as_raw(),
+        gid: rustix::process::getegid().as_raw(),
+    }
+}
+
+/// The whole `etc` step: observe, plan, apply.
+pub fn setup_etc(
+    root: &Root,
+    tree: &EtcTree,
+    opts: EtcOptions,
+    dry_run: bool,
+) -> Result<EtcOutcome, EtcError> {
+    let state = observe(root, tree)?;
+    let plan = plan(tree, &state, opts);
+    apply(root, &plan, dry_run)
+}

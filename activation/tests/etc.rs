@@ -1,0 +1,373 @@
+//! `/etc` setup over successive generations, on temporary roots.
+
+mod common;
+
+use std::path::Path;
+
+use common::FakeRoot;
+use stagehand_activation::etc::{self, EtcAction, EtcIssue, EtcOptions, EtcTree, Install};
+use stagehand_activation::rootfs::Root;
+
+fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// "+<uid>" of whoever runs the test, so that chown works without privileges.
+fn me_uid() -> String {
+    format!("+{}", rustix::process::geteuid().as_raw())
+}
+fn me_gid() -> String {
+    format!("+{}", rustix::process::getegid().as_raw())
+}
+
+fn run(r: &FakeRoot, tree: &str) -> etc::EtcOutcome {
+    let root = Root::open(r.path()).expect("root");
+    let t = etc::list_tree(&root, Path::new(tree)).expect("tree");
+    etc::setup_etc(&root, &t, EtcOptions::default(), false).expect("etc")
+}
+
+fn plan(r: &FakeRoot, tree: &str) -> etc::EtcPlan {
+    let root = Root::open(r.path()).expect("root");
+    let t = etc::list_tree(&root, Path::new(tree)).expect("tree");
+    let st = etc::observe(&root, &t).expect("observe");
+    etc::plan(&t, &st, EtcOptions::default())
+}
+
+/// Snapshot with the caller's ids shown as `me`, so expectations hold for any user.
+fn snap(r: &FakeRoot) -> String {
+    let me = format!(
+        " {}:{} ",
+        rustix::process::geteuid().as_raw(),
+        rustix::process::getegid().as_raw()
+    );
+    r.snapshot("/etc").replace(&me, " me ")
+}
+
+#[test]
+fn generations_gen0_gen1_gen2_with_user_files() {
+    let r = FakeRoot::new();
+    let (u, g) = (me_uid(), me_gid());
+    let gen0 = r.etc_tree(
+        "g0",
+        &[
+            ("hosts", "127.0.0.1 localhost\n", None),
+            ("ssh/sshd_config", "Port 22\n", None),
+            ("ssh/ssh_config", "Host *\n", None),
+            ("sudoers", "root ALL=(ALL) ALL\n", Some(("0440", &u, &g))),
+            ("profile.d/a.sh", "a\n", None),
+            ("old-copy", "bye\n", Some(("0644", &u, &g))),
+        ],
+    );
+    let out = run(&r, &gen0);
+    assert!(out.issues.is_empty(), "{:?}", out.issues);
+    assert_eq!(
+        snap(&r),
+        format!(
+            "/etc/.clean F 0644 me \"old-copy\\nsudoers\\n\"
+/etc/NIXOS F 0644 me \"\"
+/etc/hosts L /etc/static/hosts
+/etc/old-copy F 0644 me \"bye\\n\"
+/etc/profile.d D
+/etc/profile.d/a.sh L /etc/static/profile.d/a.sh
+/etc/ssh D
+/etc/ssh/ssh_config L /etc/static/ssh/ssh_config
+/etc/ssh/sshd_config L /etc/static/ssh/sshd_config
+/etc/static L {gen0}
+/etc/sudoers F 0440 me \"root ALL=(ALL) ALL\\n\""
+        )
+    );
+    // A second run with nothing changed plans nothing, so it writes nothing.
+    assert_eq!(plan(&r, &gen0).actions, vec![]);
+    let before = snap(&r);
+    let out = run(&r, &gen0);
+    assert_eq!(out.changed, 0);
+    assert_eq!(snap(&r), before);
+
+    // The administrator adds things by hand between generations.
+    r.write("/etc/my-notes", "mine\n");
+    r.symlink("/etc/my-link", "/var/lib/thing");
+    r.write("/etc/ssh/ssh_host_ed25519_key", "secret\n");
+    r.write("/etc/hosts-edit-me", "x\n");
+
+    // gen1: ssh_config and old-copy go away, a new entry appears, sudoers changes content,
+    // profile.d becomes a single symlink to a directory.
+    let gen1 = r.etc_tree(
+        "g1",
+        &[
+            ("hosts", "127.0.0.1 localhost\n", None),
+            ("ssh/sshd_config", "Port 2222\n", None),
+            (
+                "sudoers",
+                "root ALL=(ALL) NOPASSWD: ALL\n",
+                Some(("0440", &u, &g)),
+            ),
+            ("nsswitch.conf", "passwd: files\n", None),
+        ],
+    );
+    std::fs::create_dir_all(r.host("/nix/store/g1-profiled")).expect("mkdir");
+    r.symlink(&format!("{gen1}/profile.d"), "/nix/store/g1-profiled");
+    let out = run(&r, &gen1);
+    assert!(out.issues.is_empty(), "{:?}", out.issues);
+    assert_eq!(
+        snap(&r),
+        format!(
+            "/etc/.clean F 0644 me \"sudoers\\n\"
+/etc/NIXOS F 0644 me \"\"
+/etc/hosts L /etc/static/hosts
+/etc/hosts-edit-me F 0644 me \"x\\n\"
+/etc/my-link L /var/lib/thing
+/etc/my-notes F 0644 me \"mine\\n\"
+/etc/nsswitch.conf L /etc/static/nsswitch.conf
+/etc/profile.d L /etc/static/profile.d
+/etc/ssh D
+/etc/ssh/ssh_host_ed25519_key F 0644 me \"secret\\n\"
+/etc/ssh/sshd_config L /etc/static/ssh/sshd_config
+/etc/static L {gen1}
+/etc/sudoers F 0440 me \"root ALL=(ALL) NOPASSWD: ALL\\n\""
+        )
+    );
+    assert_eq!(plan(&r, &gen1).actions, vec![]);
+
+    // gen2: profile.d is a directory again but the user put a file in /etc/profile.d's place
+    // meanwhile? No: the user edits a declared path; declared entries win.
+    std::fs::remove_file(r.host("/etc/hosts")).expect("rm");
+    r.write("/etc/hosts", "edited by hand\n");
+    let gen2 = r.etc_tree(
+        "g2",
+        &[
+            ("hosts", "127.0.0.1 localhost\n", None),
+            ("profile.d/b.sh", "b\n", None),
+            (
+                "sudoers",
+                "root ALL=(ALL) NOPASSWD: ALL\n",
+                Some(("0440", &u, &g)),
+            ),
+        ],
+    );
+    let out = run(&r, &gen2);
+    assert!(out.issues.is_empty(), "{:?}", out.issues);
+    assert_eq!(
+        snap(&r),
+        format!(
+            "/etc/.clean F 0644 me \"sudoers\\n\"
+/etc/NIXOS F 0644 me \"\"
+/etc/hosts L /etc/static/hosts
+/etc/hosts-edit-me F 0644 me \"x\\n\"
+/etc/my-link L /var/lib/thing
+/etc/my-notes F 0644 me \"mine\\n\"
+/etc/profile.d D
+/etc/profile.d/b.sh L /etc/static/profile.d/b.sh
+/etc/ssh D
+/etc/ssh/ssh_host_ed25519_key F 0644 me \"secret\\n\"
+/etc/static L {gen2}
+/etc/sudoers F 0440 me \"root ALL=(ALL) NOPASSWD: ALL\\n\""
+        )
+    );
+    assert_eq!(plan(&r, &gen2).actions, vec![]);
+}
+
+#[test]
+fn static_directory_is_replaced_but_one_with_user_files_is_kept() {
+    let r = FakeRoot::new();
+    let gen0 = r.etc_tree("s0", &[("a/x", "1", None), ("b/y", "2", None)]);
+    run(&r, &gen0);
+    r.write("/etc/b/user-file", "mine");
+    // gen1: a and b become symlinks to store directories.
+    let gen1 = r.etc_tree("s1", &[]);
+    for d in ["a", "b"] {
+        std::fs::create_dir_all(r.host(&format!("/nix/store/s1-{d}"))).expect("mkdir");
+        r.symlink(&format!("{gen1}/{d}"), &format!("/nix/store/s1-{d}"));
+    }
+    let out = run(&r, &gen1);
+    assert_eq!(
+        std::fs::read_link(r.host("/etc/a")).expect("a is a link"),
+        Path::new("/etc/static/a")
+    );
+    assert!(r.host("/etc/b").is_dir() && !r.host("/etc/b").is_symlink());
+    assert_eq!(r.read("/etc/b/user-file"), "mine");
+    assert!(
+        out.issues
+            .iter()
+            .any(|i| matches!(i, EtcIssue::UserFilesInDir { path } if path == "/etc/b")),
+        "{:?}",
+        out.issues
+    );
+}
+
+#[test]
+fn direct_symlink_and_owner_names_from_the_roots_passwd() {
+    let r = FakeRoot::new();
+    r.write(
+        "/etc/passwd",
+        "root:x:0:0::/root:/bin/sh\nsshd:x:4321:4322::/var/empty:/bin/nologin\n",
+    );
+    r.write("/etc/group", "root:x:0:\nsshd:x:4322:\n");
+    let owner = if is_root() {
+        ("sshd", "sshd")
+    } else {
+        ("+0", "+0")
+    };
+    let tree = r.etc_tree(
+        "d0",
+        &[
+            ("passwd-link", "", Some(("direct-symlink", "+0", "+0"))),
+            ("ssh/key", "k", Some(("0600", owner.0, owner.1))),
+        ],
+    );
+    let root = Root::open(r.path()).expect("root");
+    let t = etc::list_tree(&root, Path::new(&tree)).expect("tree");
+    let direct = t
+        .entries
+        .iter()
+        .find(|e| e.rel == "passwd-link")
+        .expect("entry");
+    let Install::Direct(target) = &direct.install else {
+        panic!("{direct:?}")
+    };
+    let out = etc::setup_etc(&root, &t, EtcOptions::default(), false).expect("etc");
+    assert_eq!(
+        std::fs::read_link(r.host("/etc/passwd-link"))
+            .expect("link")
+            .to_str(),
+        Some(target.as_str())
+    );
+    if is_root() {
+        use std::os::unix::fs::MetadataExt;
+        assert!(out.issues.is_empty(), "{:?}", out.issues);
+        let md = std::fs::metadata(r.host("/etc/ssh/key")).expect("md");
+        assert_eq!(
+            (md.uid(), md.gid(), md.mode() & 0o7777),
+            (4321, 4322, 0o600)
+        );
+    }
+    assert_eq!(r.read("/etc/.clean"), "passwd-link\nssh/key\n");
+}
+
+#[test]
+fn unknown_owner_name_is_reported_not_looked_up_on_the_host() {
+    let r = FakeRoot::new();
+    r.write("/etc/passwd", "root:x:0:0::/root:/bin/sh\n");
+    r.write("/etc/group", "root:x:0:\n");
+    // "nobody" exists on nearly every host; the root's files do not have it.
+    let tree = r.etc_tree("o0", &[("f", "x", Some(("0644", "nobody", "+0")))]);
+    let p = plan(&r, &tree);
+    assert!(
+        p.issues
+            .iter()
+            .any(|i| matches!(i, EtcIssue::UnknownUser { name, .. } if name == "nobody")),
+        "{:?}",
+        p.issues
+    );
+    let msg = p.issues[0].to_string();
+    assert!(msg.contains("f.uid") && msg.contains("nobody"), "{msg}");
+}
+
+#[test]
+fn bad_sidecar_mode_is_reported_and_the_rest_still_installed() {
+    let r = FakeRoot::new();
+    let tree = r.etc_tree(
+        "m0",
+        &[
+            ("bad", "x", Some(("0999", "+0", "+0"))),
+            ("good", "y", None),
+        ],
+    );
+    let out = run(&r, &tree);
+    assert!(out
+        .issues
+        .iter()
+        .any(|i| matches!(i, EtcIssue::BadMode { value, .. } if value == "0999")));
+    assert!(
+        out.issues[0].to_string().contains("bad.mode"),
+        "{}",
+        out.issues[0]
+    );
+    assert!(!r.host("/etc/bad").exists());
+    assert_eq!(r.read("/etc/good"), "y");
+}
+
+#[test]
+fn entries_escaping_etc_are_refused() {
+    let r = FakeRoot::new();
+    let tree = r.etc_tree("e0", &[("ok", "fine", None)]);
+    let root = Root::open(r.path()).expect("root");
+    let mut t: EtcTree = etc::list_tree(&root, Path::new(&tree)).expect("tree");
+    // A corrupt or crafted plan: entries that would land outside /etc.
+    for rel in ["../escaped", "a/../../escaped2", "/abs"] {
+        t.entries.push(etc::TreeEntry {
+            rel: rel.into(),
+            kind: etc::EntryKind::Symlink("/nix/store/x".into()),
+            install: Install::Link,
+        });
+    }
+    let out = etc::setup_etc(&root, &t, EtcOptions::default(), false).expect("etc");
+    assert_eq!(
+        out.issues
+            .iter()
+            .filter(|i| matches!(i, EtcIssue::UnsafePath { .. }))
+            .count(),
+        3
+    );
+    assert!(!r.host("/escaped").exists() && !r.host("/escaped2").exists());
+    assert_eq!(r.read("/etc/ok"), "fine");
+
+    // A .clean line pointing outside /etc must not delete anything there.
+    r.write("/precious", "keep");
+    r.write("/etc/.clean", "../precious\nok\n");
+    let out = run(&r, &tree);
+    assert!(out
+        .issues
+        .iter()
+        .any(|i| matches!(i, EtcIssue::UnsafePath { rel } if rel == "../precious")));
+    assert_eq!(r.read("/precious"), "keep");
+}
+
+#[test]
+fn planted_symlink_is_replaced_not_followed() {
+    let r = FakeRoot::new();
+    let outside = tempfile::tempdir().expect("tempdir");
+    let victim = outside.path().join("victim");
+    std::fs::write(&victim, "precious").expect("write");
+    let tree = r.etc_tree(
+        "p0",
+        &[(
+            "shadow-like",
+            "secret",
+            Some(("0600", &me_uid(), &me_gid())),
+        )],
+    );
+    r.symlink("/etc/shadow-like", victim.to_str().expect("utf8"));
+    // The temp name we use next to it, planted too.
+    r.symlink(
+        "/etc/.shadow-like.stagehand-tmp",
+        victim.to_str().expect("utf8"),
+    );
+    let out = run(&r, &tree);
+    assert!(out.issues.is_empty(), "{:?}", out.issues);
+    assert_eq!(std::fs::read_to_string(&victim).expect("read"), "precious");
+    assert_eq!(r.read("/etc/shadow-like"), "secret");
+    assert!(!r.host("/etc/shadow-like").is_symlink());
+
+    // An absolute symlink for a directory on the way stays inside the root.
+    let r2 = FakeRoot::new();
+    let tree2 = r2.etc_tree(
+        "p1",
+        &[("sub/file", "x", Some(("0644", &me_uid(), &me_gid())))],
+    );
+    r2.symlink("/etc/sub", outside.path().to_str().expect("utf8"));
+    run(&r2, &tree2);
+    assert!(!outside.path().join("file").exists());
+}
+
+#[test]
+fn dry_run_writes_nothing_and_lists_changes() {
+    let r = FakeRoot::new();
+    let tree = r.etc_tree("y0", &[("a", "1", None)]);
+    let root = Root::open(r.path()).expect("root");
+    let t = etc::list_tree(&root, Path::new(&tree)).expect("tree");
+    let out = etc::setup_etc(&root, &t, EtcOptions::default(), true).expect("etc");
+    assert!(out.changed > 0);
+    assert!(!r.host("/etc").exists());
+    let p = plan(&r, &tree);
+    assert!(matches!(p.actions[0], EtcAction::SetStatic { .. }));
+}
