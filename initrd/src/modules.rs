@@ -5,10 +5,11 @@
 //! module's own `depends=` and `softdep=` lines, the same data `depmod` reads.
 //!
 //! Load order is a depth-first post-order: for each requested module, in the order given,
-//! first its `softdep=` `pre:` modules, then its `depends=` modules in the order listed,
-//! then the module itself. That is deterministic and puts every module after what it needs.
-//! It equals `modprobe --show-depends` up to the order of independent siblings (modprobe
-//! takes that from depmod's sort over the whole tree).
+//! first its `softdep=` `pre:` modules, then its `depends=` modules (the one with the
+//! longest dependency chain first, ties in the order listed), then the module itself.
+//! That is deterministic and puts every module after what it needs. kmod orders
+//! independent siblings by depmod's sort over the whole tree, which a closure cannot
+//! reproduce in general; the deepest-first rule matches it on the virtio and ext4 sets.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -488,6 +489,7 @@ impl ModuleIndex {
             state: BTreeMap::new(),
             order: Vec::new(),
             stack: Vec::new(),
+            depths: BTreeMap::new(),
             closure: Closure::default(),
         };
         let mut roots_required = Vec::new();
@@ -546,6 +548,7 @@ struct Walk<'a> {
     state: BTreeMap<String, Mark>,
     order: Vec<String>,
     stack: Vec<String>,
+    depths: BTreeMap<String, usize>,
     closure: Closure,
 }
 
@@ -603,10 +606,17 @@ impl Walk<'_> {
         }
         self.state.insert(name.to_owned(), Mark::Visiting);
         self.stack.push(name.to_owned());
-        let loaded = self.index.load(name)?;
-        let soft = loaded.info.softdep_pre.clone();
-        let hard = loaded.info.depends.clone();
-        self.loaded.insert(name.to_owned(), loaded);
+        let info = &self.ensure_loaded(name)?.info;
+        let soft = info.softdep_pre.clone();
+        let mut hard = info.depends.clone();
+        // Deeper dependencies first, ties in the order listed. Any order of siblings is
+        // correct; this one reproduces kmod's `modprobe --show-depends` on the virtio and
+        // ext4 sets (virtio before the leaf virtio_pci_*_dev helpers).
+        let mut depths = BTreeMap::new();
+        for dep in &hard {
+            depths.insert(dep.clone(), self.depth(dep, &mut Vec::new())?);
+        }
+        hard.sort_by_key(|d| std::cmp::Reverse(depths.get(d).copied().unwrap_or(0)));
 
         for dep in soft {
             for target in self.resolve_softdep(name, &dep) {
@@ -624,6 +634,43 @@ impl Walk<'_> {
         self.state.insert(name.to_owned(), Mark::Done);
         self.order.push(name.to_owned());
         Ok(())
+    }
+
+    fn ensure_loaded(&mut self, name: &str) -> Result<&Loaded, ModuleError> {
+        if !self.loaded.contains_key(name) {
+            let l = self.index.load(name)?;
+            self.loaded.insert(name.to_owned(), l);
+        }
+        self.loaded.get(name).ok_or_else(|| ModuleError::NotFound {
+            name: name.to_owned(),
+            modules_dir: self.index.dir.clone(),
+            needed_by: None,
+        })
+    }
+
+    /// Length of the longest `depends=` chain below `name` (0 for a leaf). Names that are
+    /// built in or missing count as leaves here; `visit` reports the missing ones.
+    fn depth(&mut self, name: &str, path: &mut Vec<String>) -> Result<usize, ModuleError> {
+        if let Some(d) = self.depths.get(name) {
+            return Ok(*d);
+        }
+        if !self.index.by_name.contains_key(name) {
+            return Ok(0);
+        }
+        if let Some(from) = path.iter().position(|n| n == name) {
+            let mut chain = path[from..].to_vec();
+            chain.push(name.to_owned());
+            return Err(ModuleError::Cycle { chain });
+        }
+        path.push(name.to_owned());
+        let deps = self.ensure_loaded(name)?.info.depends.clone();
+        let mut d = 0;
+        for dep in deps {
+            d = d.max(self.depth(&dep, path)? + 1);
+        }
+        path.pop();
+        self.depths.insert(name.to_owned(), d);
+        Ok(d)
     }
 
     fn resolve_softdep(&mut self, owner: &str, dep: &str) -> Vec<String> {

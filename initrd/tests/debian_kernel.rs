@@ -1,0 +1,300 @@
+//! Tests against a real Debian kernel's modules tree, compared with kmod's own answer.
+//!
+//! The tree is `$STAGEHAND_KERNEL_MODULES` (a `lib/modules/<version>` directory) or the
+//! first version under `/work/kernel-cache/root/lib/modules`. To get it:
+//! `apt-cache depends linux-image-amd64` names `linux-image-6.1.0-N-amd64`, then
+//! `cd /work/kernel-cache && apt-get download <that package> && dpkg -x *.deb root`.
+//! Each test prints why it is skipped when the tree or kmod is missing.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use stagehand_initrd::modules::{self, ModuleIndex};
+use stagehand_initrd::{build, list, Compression, InitrdSpec};
+
+fn kernel_modules() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("STAGEHAND_KERNEL_MODULES") {
+        return Some(PathBuf::from(p));
+    }
+    let base = Path::new("/work/kernel-cache/root/lib/modules");
+    let mut versions: Vec<PathBuf> = std::fs::read_dir(base)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("kernel").is_dir())
+        .collect();
+    versions.sort();
+    versions.pop()
+}
+
+macro_rules! require_kernel {
+    () => {
+        match kernel_modules() {
+            Some(dir) => dir,
+            None => {
+                println!(
+                    "SKIPPED: no Debian kernel modules tree (set STAGEHAND_KERNEL_MODULES or \
+                     unpack linux-image-*-amd64 under /work/kernel-cache/root)"
+                );
+                return;
+            }
+        }
+    };
+}
+
+/// kmod's load order for each module, from `modprobe --show-depends` after running
+/// `depmod` on a scratch tree that links to the real modules (the fixture stays
+/// untouched). `None` when kmod is not installed.
+fn modprobe_orders(modules_dir: &Path, names: &[&str]) -> Option<BTreeMap<String, Vec<String>>> {
+    let version = modules_dir.file_name()?.to_str()?.to_owned();
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let dir = scratch.path().join("lib/modules").join(&version);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    std::os::unix::fs::symlink(modules_dir.join("kernel"), dir.join("kernel")).expect("link");
+    for f in [
+        "modules.builtin",
+        "modules.builtin.modinfo",
+        "modules.order",
+    ] {
+        let src = modules_dir.join(f);
+        if src.exists() {
+            std::fs::copy(&src, dir.join(f)).expect("copy");
+        }
+    }
+    let depmod = Command::new("depmod")
+        .arg("-b")
+        .arg(scratch.path())
+        .arg(&version)
+        .status();
+    match depmod {
+        Ok(s) if s.success() => {}
+        Ok(s) => panic!("depmod failed: {s}"),
+        Err(e) => {
+            println!("SKIPPED: depmod not runnable ({e}); apt-get install kmod");
+            return None;
+        }
+    }
+    let mut out = BTreeMap::new();
+    for name in names {
+        let o = Command::new("modprobe")
+            .arg("-d")
+            .arg(scratch.path())
+            .args(["-S", &version, "--show-depends", name])
+            .output()
+            .expect("modprobe");
+        assert!(o.status.success(), "modprobe {name}: {o:?}");
+        let order = String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter_map(|l| l.strip_prefix("insmod "))
+            .filter_map(|p| {
+                let file = p.trim().rsplit('/').next()?;
+                Some(modules::normalize_name(file.split(".ko").next()?))
+            })
+            .collect();
+        out.insert((*name).to_owned(), order);
+    }
+    Some(out)
+}
+
+/// Every module comes after the modules it `depends=` on (within the list).
+fn assert_topological(index: &ModuleIndex, order: &[String], who: &str) {
+    let pos: BTreeMap<&str, usize> = order
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.as_str(), i))
+        .collect();
+    for (i, name) in order.iter().enumerate() {
+        let path = index.path_of(name).expect("module exists");
+        let bytes = modules::read_module_file(path).expect("read");
+        let section = stagehand_initrd::elf::find_section(bytes.as_slice(), ".modinfo")
+            .expect("elf")
+            .expect("modinfo");
+        for dep in modules::parse_modinfo(&section).depends {
+            let at = pos.get(dep.as_str()).unwrap_or_else(|| {
+                panic!("{who}: {name} depends on {dep}, which is not in {order:?}")
+            });
+            assert!(*at < i, "{who}: {dep} must load before {name}: {order:?}");
+        }
+    }
+}
+
+#[test]
+fn closure_matches_modprobe_show_depends() {
+    let dir = require_kernel!();
+    let names = ["virtio_blk", "virtio_pci", "ext4"];
+    let Some(theirs) = modprobe_orders(&dir, &names) else {
+        return;
+    };
+    let index = ModuleIndex::open(&dir).expect("index");
+    for name in names {
+        let c = index.closure(&[name.to_owned()], &[]).expect("closure");
+        let ours: Vec<String> = c.modules.iter().map(|m| m.name.clone()).collect();
+        let want = &theirs[name];
+        println!("{name}:\n  ours    {ours:?}\n  modprobe {want:?}");
+        assert_eq!(
+            ours.iter().collect::<BTreeSet<_>>(),
+            want.iter().collect::<BTreeSet<_>>(),
+            "{name}: module sets differ"
+        );
+        assert_topological(&index, &ours, name);
+        assert_topological(&index, want, name);
+        assert_eq!(ours.last(), Some(&name.to_owned()));
+    }
+
+    // Beyond a valid order, the same order: siblings deepest-first reproduces depmod's
+    // whole-tree sort on these modules.
+    for name in names {
+        let c = index.closure(&[name.to_owned()], &[]).expect("closure");
+        let ours: Vec<&str> = c.modules.iter().map(|m| m.name.as_str()).collect();
+        let want: Vec<&str> = theirs[name].iter().map(String::as_str).collect();
+        assert_eq!(ours, want, "{name}");
+    }
+}
+
+#[test]
+fn ext4_pulls_crc32c_as_optional_softdep() {
+    let dir = require_kernel!();
+    let index = ModuleIndex::open(&dir).expect("index");
+    let c = index.closure(&["ext4".to_owned()], &[]).expect("closure");
+    let by_name: BTreeMap<&str, bool> = c
+        .modules
+        .iter()
+        .map(|m| (m.name.as_str(), m.optional))
+        .collect();
+    // softdep=pre: crypto-crc32c, an alias that crc32c_generic (and the CPU-specific
+    // crc32c_intel) provide: loaded before jbd2, failures tolerated.
+    assert_eq!(by_name.get("crc32c_generic"), Some(&true), "{by_name:?}");
+    for hard in ["ext4", "jbd2", "mbcache", "crc16"] {
+        assert_eq!(by_name.get(hard), Some(&false), "{hard}: {by_name:?}");
+    }
+    let pos = |n: &str| c.modules.iter().position(|m| m.name == n).expect(n);
+    assert!(pos("crc32c_generic") < pos("jbd2"));
+
+    // Asked for by name it is required.
+    let c = index
+        .closure(&["ext4".to_owned(), "crc32c-generic".to_owned()], &[])
+        .expect("closure");
+    let m = c
+        .modules
+        .iter()
+        .find(|m| m.name == "crc32c_generic")
+        .expect("present");
+    assert!(!m.optional);
+}
+
+#[test]
+fn builtin_and_missing_modules() {
+    let dir = require_kernel!();
+    let builtin = std::fs::read_to_string(dir.join("modules.builtin")).expect("builtin list");
+    let first = builtin
+        .lines()
+        .next()
+        .and_then(|l| l.rsplit('/').next())
+        .and_then(|f| f.strip_suffix(".ko"))
+        .expect("a builtin module")
+        .to_owned();
+    let index = ModuleIndex::open(&dir).expect("index");
+    let c = index
+        .closure(std::slice::from_ref(&first), &[])
+        .expect("builtin is fine");
+    assert!(c.modules.is_empty());
+    assert_eq!(c.builtin, [modules::normalize_name(&first)]);
+
+    let e = index
+        .closure(&["virtio_blk".into(), "no_such_driver".into()], &[])
+        .expect_err("missing");
+    assert!(e.to_string().contains("no_such_driver"), "{e}");
+}
+
+#[test]
+fn real_signatures_are_stripped() {
+    let dir = require_kernel!();
+    let index = ModuleIndex::open(&dir).expect("index");
+    let path = index.path_of("virtio_blk").expect("virtio_blk");
+    let signed = std::fs::read(path).expect("read");
+    if !signed.ends_with(b"~Module signature appended~\n") {
+        println!("SKIPPED: this kernel's modules are not signed");
+        return;
+    }
+    let stripped = modules::strip_signature(&signed).expect("strip");
+    assert!(stripped.len() < signed.len());
+    assert!(signed.starts_with(stripped));
+    let n = signed.len();
+    let sig_len = u32::from_be_bytes([
+        signed[n - 32],
+        signed[n - 31],
+        signed[n - 30],
+        signed[n - 29],
+    ]);
+    assert_eq!(stripped.len() + sig_len as usize + 12 + 28, n);
+    // Still a module with its metadata.
+    let section = stagehand_initrd::elf::find_section(stripped, ".modinfo")
+        .expect("elf")
+        .expect("modinfo");
+    assert_eq!(
+        modules::parse_modinfo(&section).name.as_deref(),
+        Some("virtio_blk")
+    );
+}
+
+#[test]
+fn initrd_for_virtio_ext4_root() {
+    let dir = require_kernel!();
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let stage1 = scratch.path().join("stage1");
+    std::fs::write(&stage1, vec![0x7f; 1000]).expect("stage1");
+    let spec = InitrdSpec {
+        stage1,
+        modules_dir: Some(dir.clone()),
+        modules: ["virtio_pci", "virtio_blk", "ext4", "crc32c_generic"]
+            .map(String::from)
+            .to_vec(),
+        optional_modules: vec!["crc32c_intel".into()],
+        filesystems: Vec::new(),
+        device_timeout_ms: 20_000,
+        panic_on_fail: false,
+        extra_files: Vec::new(),
+        compression: Compression::Zstd,
+        keep_module_signatures: false,
+        compression_level: None,
+    };
+    let a = build(&spec).expect("build");
+    let b = build(&spec).expect("build again");
+    assert_eq!(a.bytes, b.bytes, "not reproducible");
+    println!("{}", a.report);
+
+    let order: Vec<&str> = a.config.modules.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(
+        order,
+        [
+            "virtio_ring",
+            "virtio",
+            "virtio_pci_modern_dev",
+            "virtio_pci_legacy_dev",
+            "virtio_pci",
+            "virtio_blk",
+            "crc32c_intel",
+            "crc32c_generic",
+            "jbd2",
+            "mbcache",
+            "crc16",
+            "ext4",
+        ]
+    );
+    let entries = list(&a.bytes).expect("list");
+    for m in &a.config.modules {
+        let e = entries
+            .iter()
+            .find(|e| format!("/{}", e.name) == m.path)
+            .expect("module file in archive");
+        assert!(!e.data.ends_with(b"~Module signature appended~\n"));
+    }
+    let optional: Vec<&str> = a
+        .config
+        .modules
+        .iter()
+        .filter(|m| m.optional)
+        .map(|m| m.name.as_str())
+        .collect();
+    assert_eq!(optional, ["crc32c_intel"]);
+}
