@@ -6,7 +6,7 @@
 //! Every failure goes through [`failure::fail`]; PID 1 never panics and never exits except
 //! on purpose (`boot.panic_on_fail`).
 
-mod device;
+mod devices;
 mod init_path;
 mod mount_opts;
 mod plan;
@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use stagehand_common::cmdline::Cmdline;
 use stagehand_common::kmsg::KmsgLogger;
+use stagehand_common::probe::DeviceSpec;
 use stagehand_common::stage1_config::{Stage1Config, STAGE1_CONFIG_PATH};
 
 use plan::{BreakPoint, Plan, TARGET_ROOT};
@@ -121,21 +122,7 @@ fn run(started: Instant) {
     if let Err(e) = sys::mkdir_p(new_root, 0o755) {
         fail(&policy, "creating the mount point of the new root", &e);
     }
-    let timeout = Duration::from_millis(plan.device_timeout_ms.into());
-    for fs in &plan.filesystems {
-        let m = Instant::now();
-        match sys::mount_filesystem(new_root, fs, timeout) {
-            Ok(fstype) => log::info!(
-                "mounted {} ({}, {fstype}) in {} ms",
-                fs.mount_point,
-                fs.device,
-                m.elapsed().as_millis()
-            ),
-            Err(e) => {
-                fail(&policy, &format!("mounting {}", fs.mount_point), &e);
-            }
-        }
-    }
+    mount_all(&plan, &policy, new_root);
     if plan.break_at == Some(BreakPoint::Mounts) {
         fail(
             &policy,
@@ -161,5 +148,106 @@ fn run(started: Instant) {
     log::error!("nothing left to try after a failed switch_root; waiting for a reboot");
     loop {
         std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+/// Wait for every block device the filesystems need (together, with one deadline), then
+/// mount them in order.
+fn mount_all(plan: &Plan, policy: &FailurePolicy, new_root: &Path) {
+    let t = Instant::now();
+    let mut registry = devices::Registry::system();
+    let mut specs = Vec::new();
+    for fs in plan
+        .filesystems
+        .iter()
+        .filter(|fs| sys::is_block_device(&fs.device))
+    {
+        match DeviceSpec::parse(&fs.device) {
+            Ok(spec) => specs.push((fs.mount_point.as_str(), spec)),
+            Err(e) => {
+                fail(
+                    policy,
+                    &format!("finding the device of {}", fs.mount_point),
+                    &e.to_string(),
+                );
+            }
+        }
+    }
+    let wanted: Vec<DeviceSpec> = specs.iter().map(|(_, s)| s.clone()).collect();
+    let timeout = Duration::from_millis(plan.device_timeout_ms.into());
+    let found = registry.wait_all(&wanted, timeout);
+    let node_of = |mount_point: &str| {
+        specs
+            .iter()
+            .zip(&found)
+            .find(|((mp, _), _)| *mp == mount_point)
+            .and_then(|(_, f)| f.clone())
+    };
+    for ((mp, spec), node) in specs.iter().zip(&found) {
+        match node {
+            Some(node) => log::info!("device {spec:?} for {mp} is {}", node.display()),
+            None => {
+                fail(
+                    policy,
+                    &format!("waiting for the device of {mp}"),
+                    &format!(
+                        "timed out after {} ms waiting for {spec:?}; check root= or the \
+                         filesystem's device, and that the initrd has the disk's driver. \
+                         Block devices seen: {}",
+                        timeout.as_millis(),
+                        seen_devices(&registry)
+                    ),
+                );
+            }
+        }
+    }
+    log::info!("devices ready in {} ms", t.elapsed().as_millis());
+    for fs in &plan.filesystems {
+        let m = Instant::now();
+        let node = node_of(&fs.mount_point);
+        if sys::is_block_device(&fs.device) && node.is_none() {
+            // Already reported above; the user chose to continue without this filesystem.
+            continue;
+        }
+        let probed = node.as_deref().and_then(|n| registry.fs_type(n));
+        match sys::mount_filesystem(new_root, fs, node.as_deref(), probed) {
+            Ok(fstype) => log::info!(
+                "mounted {} ({}, {fstype}) in {} ms",
+                fs.mount_point,
+                fs.device,
+                m.elapsed().as_millis()
+            ),
+            Err(e) => {
+                fail(policy, &format!("mounting {}", fs.mount_point), &e);
+            }
+        }
+        if fs.mount_point == "/" {
+            if let Some(node) = &node {
+                // systemd and tools expect /dev/root for the root device, as NixOS's udev rule makes it.
+                let _ = std::os::unix::fs::symlink(node, "/dev/root");
+            }
+        }
+    }
+}
+
+/// One line describing every block device found, for "device not found" messages.
+fn seen_devices(registry: &devices::Registry) -> String {
+    let list: Vec<String> = registry
+        .devices()
+        .map(|d| match &d.fs {
+            Some(fs) => format!(
+                "{} ({} label={} uuid={})",
+                d.name,
+                fs.fs_type,
+                fs.label.as_deref().unwrap_or("-"),
+                fs.uuid.as_deref().unwrap_or("-")
+            ),
+            None => d.name.clone(),
+        })
+        .collect();
+    if list.is_empty() {
+        "none".into()
+    } else {
+        list.join(", ")
     }
 }

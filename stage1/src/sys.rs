@@ -5,13 +5,12 @@
 use std::ffi::CString;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use rustix::fs::{Mode, OFlags};
 use rustix::mount::MountFlags;
 use stagehand_common::stage1_config::{FileSystem, Module};
 
-use crate::device;
 use crate::mount_opts;
 
 /// The special filesystems stage 1 needs and later passes on to stage 2, with the options
@@ -94,70 +93,44 @@ pub fn target_path(new_root: &Path, mount_point: &str) -> PathBuf {
     new_root.join(mount_point.trim_start_matches('/'))
 }
 
-/// Turn a device spec into a device path that can be waited for. LABEL= and friends map
-/// to the `/dev/disk/by-*` links.
-pub fn device_path(device: &str) -> String {
-    for (prefix, dir) in [
-        ("LABEL=", "by-label"),
-        ("UUID=", "by-uuid"),
-        ("PARTUUID=", "by-partuuid"),
-        ("PARTLABEL=", "by-partlabel"),
-    ] {
-        if let Some(rest) = device.strip_prefix(prefix) {
-            return format!("/dev/disk/{dir}/{rest}");
-        }
-    }
-    device.to_owned()
+/// Is this `device` field a block device (as opposed to a bind source, tmpfs, or a
+/// network share)? NixOS's stage 1 decides the same way.
+pub fn is_block_device(device: &str) -> bool {
+    device.starts_with("/dev/")
+        || ["LABEL=", "UUID=", "PARTUUID=", "PARTLABEL="]
+            .iter()
+            .any(|p| device.starts_with(p))
 }
 
-/// Wait for the device of `fs` (when it is a device) and mount it under `new_root`.
+/// Mount `fs` under `new_root`. `source` is the resolved device node for block devices;
+/// `probed_type` is what the superblock said, used for `auto`.
 pub fn mount_filesystem(
     new_root: &Path,
     fs: &FileSystem,
-    timeout: Duration,
+    source: Option<&Path>,
+    probed_type: Option<&str>,
 ) -> Result<String, String> {
     let target = target_path(new_root, &fs.mount_point);
     mkdir_p(&target, 0o755)?;
     let opts = mount_opts::parse(&fs.options);
     let data = CString::new(opts.data.clone())
         .map_err(|_| format!("mount options for {} contain a NUL byte", fs.mount_point))?;
-
-    let is_device = fs.device.starts_with("/dev/") || fs.device.contains('=');
-    let source = if is_device {
-        let dev = device_path(&fs.device);
-        let waited = device::wait_for_path(Path::new(&dev), timeout)
-            .map_err(|e| format!("cannot watch for device {dev}: {e}"))?;
-        match waited {
-            Some(t) if t > Duration::from_millis(1) => {
-                log::info!("device {dev} appeared after {} ms", t.as_millis())
-            }
-            Some(_) => {}
-            None => {
-                return Err(format!(
-                    "timed out after {} s waiting for device {} (for {}); check root= / the \
-                     filesystem's device and that the initrd has the disk's driver",
-                    timeout.as_secs(),
-                    fs.device,
-                    fs.mount_point
-                ))
-            }
-        }
-        dev
-    } else if fs.device.starts_with('/') && fs.fs_type != "tmpfs" {
+    let source = match source {
+        Some(node) => node.display().to_string(),
         // A path is a bind source relative to the new root, as in NixOS's stage 1.
-        target_path(new_root, &fs.device).display().to_string()
-    } else {
-        fs.device.clone()
+        None if fs.device.starts_with('/') && fs.fs_type != "tmpfs" => {
+            target_path(new_root, &fs.device).display().to_string()
+        }
+        None => fs.device.clone(),
     };
-
     let mut flags = opts.flags;
     if fs.options.iter().any(|o| o == "bind") {
         flags |= MountFlags::BIND;
     }
-    let types: Vec<&str> = if fs.fs_type == "auto" {
-        AUTO_TYPES.to_vec()
-    } else {
-        vec![fs.fs_type.as_str()]
+    let types: Vec<&str> = match (fs.fs_type.as_str(), probed_type) {
+        ("auto", Some(t)) => vec![t],
+        ("auto", None) => AUTO_TYPES.to_vec(),
+        (t, _) => vec![t],
     };
     let mut last_err = None;
     for t in &types {
