@@ -203,7 +203,7 @@ pub struct MbrPartition {
     /// The system-id byte (0x83 Linux, 0x82 swap, 0xEF EFI, 0x05/0x0F/0x85 extended).
     pub part_type: u8,
     pub bootable: bool,
-    /// Start and length in 512-byte units as stored (the MBR knows no other size).
+    /// Start and length in the disk's logical sectors, as stored.
     pub first_lba: u64,
     pub sectors: u64,
 }

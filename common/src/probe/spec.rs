@@ -73,7 +73,9 @@ impl DeviceSpec {
     /// Parse the device field of an fstab entry (or `root=`/`resume=`).
     ///
     /// Tags are upper case as in `mount(8)`; a value may be wrapped in double or
-    /// single quotes as libblkid's tag parser allows. A link under one of the four
+    /// single quotes as libblkid's tag parser allows. The kernel-only `root=` forms
+    /// (`PARTUUID=…/PARTNROFF=n`, `major:minor`) are not understood: the first keeps
+    /// the suffix in the value and so never matches, the second is rejected. A link under one of the four
     /// content-based `/dev/disk/by-*` directories becomes the matching tag with udev's
     /// `\xNN` escapes undone, because in stage 1 those links do not exist.
     pub fn parse(spec: &str) -> Result<Self, ProbeError> {
