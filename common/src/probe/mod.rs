@@ -21,8 +21,14 @@
 //! - Only the types listed in [`FsInfo::fs_type`] are recognised. A device that also
 //!   holds a signature we do not know (LUKS, md RAID, LVM, …) is reported by the one
 //!   we do know, where libblkid would report the container instead.
-//! - btrfs superblocks with a checksum other than CRC-32C (xxhash, sha256, blake2) are
-//!   accepted without verifying the checksum.
+//! - Superblock checksums are verified where the filesystem has one (ext4
+//!   metadata_csum, XFS v5, btrfs CRC-32C, erofs sb_csum), as libblkid 2.39+ does and
+//!   the kernel does at mount time. libblkid 2.38 (Debian 12) does not check them, so a
+//!   superblock changed behind its checksum is "nothing" here but still named there.
+//!   btrfs checksums other than CRC-32C (xxhash, sha256, blake2) are not verified.
+//! - FAT labels are raw OEM-code-page bytes; non-UTF-8 bytes become U+FFFD in
+//!   `FsInfo::label`, where udev would `\xNN`-escape them in the link name.
+//! - MBR: primary partitions only (see [`probe_mbr`]).
 
 mod fs;
 mod gpt;
