@@ -39,8 +39,6 @@ pub enum ModuleError {
     Corrupt { path: PathBuf, reason: String },
     /// The file ends in the signature marker but the signature trailer does not add up.
     BadSignature { path: PathBuf, reason: String },
-    /// A compressed module in a format this build cannot unpack.
-    UnsupportedCompression { path: PathBuf },
     /// Modules that (through `depends=`) need each other.
     Cycle { chain: Vec<String> },
 }
@@ -76,12 +74,6 @@ impl fmt::Display for ModuleError {
                 f,
                 "{}: the appended module signature is malformed ({reason}); the file is \
                  corrupt, reinstall the kernel package",
-                path.display()
-            ),
-            Self::UnsupportedCompression { path } => write!(
-                f,
-                "{}: xz-compressed modules are not supported yet; decompress the modules \
-                 tree first (`find DIR -name '*.ko.xz' -exec xz -d {{}} +`)",
                 path.display()
             ),
             Self::Cycle { chain } => write!(
@@ -178,7 +170,9 @@ pub fn strip_signature(bytes: &[u8]) -> Result<&[u8], String> {
     Ok(&body[..module_len])
 }
 
-/// Read a module file, unpacking `.ko.gz` / `.ko.zst`.
+/// Read a module file, unpacking `.ko.xz` / `.ko.gz` / `.ko.zst`. Unpacking happens here
+/// rather than at boot because a kernel without CONFIG_MODULE_DECOMPRESS (Debian 6.1)
+/// cannot load compressed modules, and the initrd is compressed as a whole anyway.
 pub fn read_module_file(path: &Path) -> Result<Vec<u8>, ModuleError> {
     let io = |error| ModuleError::Io {
         path: path.to_owned(),
@@ -187,9 +181,14 @@ pub fn read_module_file(path: &Path) -> Result<Vec<u8>, ModuleError> {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
     let raw = std::fs::read(path).map_err(io)?;
     if name.ends_with(".ko.xz") {
-        return Err(ModuleError::UnsupportedCompression {
-            path: path.to_owned(),
-        });
+        let mut out = Vec::new();
+        lzma_rs::xz_decompress(&mut raw.as_slice(), &mut out).map_err(|e| {
+            ModuleError::Corrupt {
+                path: path.to_owned(),
+                reason: format!("cannot decompress xz: {e}"),
+            }
+        })?;
+        return Ok(out);
     }
     let corrupt = |e: std::io::Error| ModuleError::Corrupt {
         path: path.to_owned(),
@@ -414,13 +413,9 @@ impl ModuleIndex {
                         elf::find_section(&file, ".modinfo")
                             .map_err(|e| format!("{}: {e}", path.display()))?
                     } else {
-                        match read_module_file(path) {
-                            Ok(bytes) => elf::find_section(bytes.as_slice(), ".modinfo")
-                                .map_err(|e| format!("{}: {e}", path.display()))?,
-                            // An xz module cannot be searched; its aliases just do not match.
-                            Err(ModuleError::UnsupportedCompression { .. }) => None,
-                            Err(e) => return Err(e.to_string()),
-                        }
+                        let bytes = read_module_file(path).map_err(|e| e.to_string())?;
+                        elf::find_section(bytes.as_slice(), ".modinfo")
+                            .map_err(|e| format!("{}: {e}", path.display()))?
                     };
                     if let Some(section) = info {
                         for alias in parse_modinfo(&section).aliases {

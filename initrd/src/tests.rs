@@ -379,7 +379,7 @@ fn compressed_modules() {
     let zbody = tiny_elf(&[(".modinfo", b"name=zs\0")]);
     let z = zstd::stream::encode_all(zbody.as_slice(), 3).expect("zstd");
     std::fs::write(t.modules.join("kernel/zs.ko.zst"), z).expect("w");
-    std::fs::write(t.modules.join("kernel/xz.ko.xz"), b"\xfd7zXZ\0").expect("w");
+    std::fs::write(t.modules.join("kernel/bad.ko.xz"), b"\xfd7zXZ\0trunc").expect("w");
 
     let initrd = build(&spec(&t, &["gz"], &[])).expect("build");
     let order: Vec<&str> = initrd
@@ -396,8 +396,8 @@ fn compressed_modules() {
         .expect("gz");
     assert_eq!(gz.data, body);
 
-    let msg = build(&spec(&t, &["xz"], &[])).expect_err("xz").to_string();
-    assert!(msg.contains("xz.ko.xz") && msg.contains("xz"), "{msg}");
+    let msg = build(&spec(&t, &["bad"], &[])).expect_err("xz").to_string();
+    assert!(msg.contains("bad.ko.xz") && msg.contains("xz"), "{msg}");
 }
 
 #[test]

@@ -298,3 +298,39 @@ fn initrd_for_virtio_ext4_root() {
         .collect();
     assert_eq!(optional, ["crc32c_intel"]);
 }
+
+#[test]
+fn xz_compressed_modules_as_nixos_and_newer_debian_ship_them() {
+    let dir = require_kernel!();
+    let index = ModuleIndex::open(&dir).expect("index");
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let tree = scratch.path().join("lib/modules/test");
+    std::fs::create_dir_all(tree.join("kernel")).expect("mkdir");
+    for name in ["virtio_ring", "virtio", "virtio_blk"] {
+        let src = index.path_of(name).expect("module");
+        // The kernel build's own settings for CONFIG_MODULE_COMPRESS_XZ.
+        let out = match Command::new("xz")
+            .args(["--check=crc32", "--lzma2=dict=1MiB", "-c"])
+            .arg(src)
+            .output()
+        {
+            Ok(o) if o.status.success() => o.stdout,
+            other => {
+                println!("SKIPPED: xz not runnable ({other:?}); apt-get install xz-utils");
+                return;
+            }
+        };
+        std::fs::write(tree.join(format!("kernel/{name}.ko.xz")), out).expect("write");
+    }
+    let xz_index = ModuleIndex::open(&tree).expect("index");
+    let c = xz_index
+        .closure(&["virtio_blk".to_owned()], &[])
+        .expect("closure");
+    let order: Vec<&str> = c.modules.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(order, ["virtio_ring", "virtio", "virtio_blk"]);
+    for m in &c.modules {
+        let unpacked = modules::read_module_file(&m.source).expect("unxz");
+        let plain = std::fs::read(index.path_of(&m.name).expect("plain")).expect("read");
+        assert_eq!(unpacked, plain, "{}", m.name);
+    }
+}
