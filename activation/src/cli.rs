@@ -2,8 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::etc;
 use crate::rootfs::Root;
+use crate::{etc, users};
 
 fn one(positional: &[String], what: &str) -> Result<PathBuf, String> {
     match positional {
@@ -39,6 +39,24 @@ pub fn run(
                 log::error!("{i}");
             }
             Ok(u8::from(!out.issues.is_empty()))
+        }
+        "users" => {
+            let spec_path = one(positional, "USERS_JSON")?;
+            let root = open_root(root)?;
+            let bytes = root.read(&spec_path).map_err(|error| {
+                users::SpecError::Read {
+                    path: root.host_path(&spec_path),
+                    error,
+                }
+                .to_string()
+            })?;
+            let spec = users::UsersSpec::from_json(&root.host_path(&spec_path), &bytes)
+                .map_err(|e| e.to_string())?;
+            let out = users::update_users(&root, &spec, dry_run).map_err(|e| e.to_string())?;
+            for e in &out.errors {
+                log::error!("{e}");
+            }
+            Ok(u8::from(!out.errors.is_empty()))
         }
         _ => Err(format!("usage: unknown command {cmd:?}")),
     }

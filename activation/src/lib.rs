@@ -3,3 +3,4 @@ pub mod cli;
 pub mod crypt;
 pub mod etc;
 pub mod rootfs;
+pub mod users;

@@ -1,0 +1,165 @@
+//! Replacing several files as one set: all old or all new, even across a crash.
+//!
+//! `rename` replaces one file atomically, but passwd, group, shadow and their companions
+//! must change together (a uid in `/etc/passwd` without its `/etc/shadow` line locks the
+//! user out). So:
+//! 1. every new file is written next to its target under a fixed temporary name, flushed,
+//!    and the directories are flushed;
+//! 2. a journal listing the targets is written atomically — the commit point;
+//! 3. each temporary file is renamed over its target, the directories are flushed, and the
+//!    journal is removed.
+//!
+//! [`recover`] runs (under the lock) before every users step: a journal left by a crash is
+//! rolled forward (step 3 again; a target whose temporary file is gone was already renamed),
+//! and temporary files without a journal — a crash before the commit point — are deleted.
+//! A boot therefore sees the old set or the new set, never a mix.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::path::Path;
+
+use rustix::fs::Mode;
+use rustix::io::Errno;
+
+use super::{UsersError, SET};
+use crate::rootfs::{self, Perms, Root};
+
+pub const JOURNAL: &str = "/etc/.stagehand-users.commit";
+
+/// Where to stop, to test crash recovery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopAt {
+    Never,
+    /// After the temporary files, before the journal (a crash before the commit point).
+    AfterTemps,
+    /// After the journal, before any rename (a crash right after the commit point).
+    AfterJournal,
+}
+
+fn write_err(root: &Root, path: &str, error: io::Error) -> UsersError {
+    UsersError::Write {
+        path: root.host_path(Path::new(path)),
+        error,
+    }
+}
+
+/// Replace the files in `writes` (in-root path, contents, ownership) as one set.
+pub fn commit(
+    root: &Root,
+    writes: &[(String, Vec<u8>, Perms)],
+    stop: StopAt,
+) -> Result<(), UsersError> {
+    if writes.is_empty() {
+        return Ok(());
+    }
+    let mut dirs: BTreeMap<String, OwnedFd> = BTreeMap::new();
+    for (path, contents, perms) in writes {
+        let (dir, name) = root
+            .parent(Path::new(path), Some(Mode::from_raw_mode(0o755)))
+            .map_err(|e| write_err(root, path, e))?;
+        rootfs::write_tmp(&dir, &rootfs::tmp_name(&name), contents, *perms)
+            .map_err(|e| write_err(root, path, e))?;
+        let parent = Path::new(path)
+            .parent()
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        dirs.entry(parent).or_insert(dir);
+    }
+    for (d, fd) in &dirs {
+        rootfs::fsync_dir(fd).map_err(|e| write_err(root, d, e))?;
+    }
+    if stop == StopAt::AfterTemps {
+        return Ok(());
+    }
+    let journal: String = writes.iter().map(|(p, _, _)| format!("{p}\n")).collect();
+    let (etc, jname) = root
+        .parent(Path::new(JOURNAL), Some(Mode::from_raw_mode(0o755)))
+        .map_err(|e| write_err(root, JOURNAL, e))?;
+    rootfs::atomic_write(
+        &etc,
+        &jname,
+        journal.as_bytes(),
+        crate::etc::own_perms(0o600),
+    )
+    .and_then(|()| rootfs::fsync_dir(&etc))
+    .map_err(|e| write_err(root, JOURNAL, e))?;
+    if stop == StopAt::AfterJournal {
+        return Ok(());
+    }
+    let paths: Vec<&str> = writes.iter().map(|(p, _, _)| p.as_str()).collect();
+    roll_forward(root, &paths)
+}
+
+fn roll_forward(root: &Root, paths: &[&str]) -> Result<(), UsersError> {
+    let mut dirs: BTreeMap<String, OwnedFd> = BTreeMap::new();
+    for path in paths {
+        let (dir, name) = root
+            .parent(Path::new(path), None)
+            .map_err(|e| write_err(root, path, e))?;
+        let tmp = rootfs::tmp_name(&name);
+        match rustix::fs::renameat(&dir, tmp.as_os_str(), &dir, name.as_os_str()) {
+            Ok(()) | Err(Errno::NOENT) => {}
+            Err(e) => return Err(write_err(root, path, e.into())),
+        }
+        let parent = Path::new(path)
+            .parent()
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        dirs.entry(parent).or_insert(dir);
+    }
+    for (d, fd) in &dirs {
+        rootfs::fsync_dir(fd).map_err(|e| write_err(root, d, e))?;
+    }
+    let (etc, jname) = root
+        .parent(Path::new(JOURNAL), None)
+        .map_err(|e| write_err(root, JOURNAL, e))?;
+    match rootfs::unlink_at(&etc, &jname) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            return Err(write_err(root, JOURNAL, e));
+        }
+        _ => {}
+    }
+    rootfs::fsync_dir(&etc).map_err(|e| write_err(root, JOURNAL, e))
+}
+
+/// Finish or discard a commit that a crash interrupted.
+pub fn recover(root: &Root) -> Result<(), UsersError> {
+    let journal = match root.parent(Path::new(JOURNAL), None) {
+        Ok((etc, name)) => match rootfs::read_at(&etc, &name) {
+            Ok(b) => Some(b),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => {
+                return Err(UsersError::Read {
+                    path: root.host_path(Path::new(JOURNAL)),
+                    error: e,
+                })
+            }
+        },
+        Err(_) => None,
+    };
+    match journal {
+        Some(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            // Only our own file names are honoured: a damaged or planted journal cannot make
+            // us rename anything else.
+            let paths: Vec<&str> = text.lines().filter(|l| SET.contains(l)).collect();
+            log::warn!(
+                "completing an interrupted update of the account files ({} files)",
+                paths.len()
+            );
+            roll_forward(root, &paths)
+        }
+        None => {
+            for path in SET {
+                if let Ok((dir, name)) = root.parent(Path::new(path), None) {
+                    let tmp = rootfs::tmp_name(&name);
+                    if rootfs::unlink_at(&dir, &tmp).is_ok() {
+                        log::warn!("discarded an unfinished update of {path}");
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,427 @@
+//! Users and groups over successive generations, on temporary roots.
+
+mod common;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use common::FakeRoot;
+use stagehand_activation::crypt;
+use stagehand_activation::rootfs::Root;
+use stagehand_activation::users::{self, commit, SpecError, UsersError, UsersSpec};
+
+fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+fn spec(json: &str) -> UsersSpec {
+    UsersSpec::from_json(Path::new("/users.json"), json.as_bytes()).expect("spec")
+}
+
+fn run(r: &FakeRoot, s: &UsersSpec) -> users::UsersOutcome {
+    let root = Root::open(r.path()).expect("root");
+    users::update_users(&root, s, false).expect("users")
+}
+
+fn plan_is_empty(r: &FakeRoot, s: &UsersSpec) -> bool {
+    let root = Root::open(r.path()).expect("root");
+    let st = users::observe(&root, s).expect("observe");
+    let p = users::plan(s, &st, false, &mut || Ok("saltsaltsaltsalt".into())).expect("plan");
+    if !p.is_empty() {
+        eprintln!("{:?}", p.writes.iter().map(|w| &w.0).collect::<Vec<_>>());
+    }
+    p.is_empty()
+}
+
+/// Shadow lines with the hash replaced by `HASH` when it is a `$6$` hash.
+fn shadow(r: &FakeRoot) -> String {
+    r.read("/etc/shadow")
+        .lines()
+        .map(|l| {
+            let mut f: Vec<&str> = l.split(':').collect();
+            if f[1].starts_with("$6$") {
+                f[1] = "HASH";
+            }
+            f.join(":") + "\n"
+        })
+        .collect()
+}
+
+const GEN0: &str = r#"{
+  "mutableUsers": true,
+  "users": [
+    {"name": "root", "uid": 0, "group": "root", "description": "System administrator",
+     "home": "/root", "homeMode": "700", "createHome": false, "isSystemUser": false,
+     "shell": "/run/current-system/sw/bin/bash", "hashedPassword": "!", "password": null,
+     "hashedPasswordFile": null, "initialPassword": null, "initialHashedPassword": null,
+     "autoSubUidGidRange": false, "subUidRanges": [], "subGidRanges": [], "expires": null,
+     "linger": null},
+    {"name": "alice", "uid": null, "group": "users", "description": "Alice",
+     "home": "/home/alice", "homeMode": "700", "createHome": true, "isSystemUser": false,
+     "shell": "/run/current-system/sw/bin/bash", "initialPassword": "hunter2",
+     "autoSubUidGidRange": true, "subUidRanges": [], "subGidRanges": [], "linger": true},
+    {"name": "sshd", "uid": null, "group": "sshd", "description": "SSH privilege separation user",
+     "home": "/var/empty", "homeMode": "700", "createHome": false, "isSystemUser": true,
+     "shell": null}
+  ],
+  "groups": [
+    {"name": "root", "gid": 0, "members": []},
+    {"name": "wheel", "gid": 1, "members": ["alice"]},
+    {"name": "users", "gid": 100, "members": []},
+    {"name": "shadow", "gid": 318, "members": []},
+    {"name": "sshd", "gid": null, "members": []}
+  ]
+}"#;
+
+#[test]
+fn generations_with_a_user_added_by_hand_in_between() {
+    let r = FakeRoot::new();
+    let g0 = spec(GEN0);
+    let out = run(&r, &g0);
+    assert!(out.errors.is_empty(), "{:?}", out.errors);
+    assert_eq!(
+        r.read("/etc/passwd"),
+        "root:x:0:0:System administrator:/root:/run/current-system/sw/bin/bash
+sshd:x:999:999:SSH privilege separation user:/var/empty:/run/current-system/sw/bin/nologin
+alice:x:1000:100:Alice:/home/alice:/run/current-system/sw/bin/bash
+"
+    );
+    assert_eq!(
+        r.read("/etc/group"),
+        "root:x:0:\nwheel:x:1:alice\nusers:x:100:\nshadow:x:318:\nsshd:x:999:\n"
+    );
+    assert_eq!(
+        shadow(&r),
+        "root:!:1::::::\nsshd:!:1::::::\nalice:HASH:1::::::\n"
+    );
+    let alice_hash = r
+        .read("/etc/shadow")
+        .lines()
+        .nth(2)
+        .expect("line")
+        .split(':')
+        .nth(1)
+        .expect("hash")
+        .to_owned();
+    assert!(crypt::verify("hunter2", &alice_hash));
+    assert_eq!(r.read("/etc/subuid"), "alice:100000:65536\n");
+    assert_eq!(r.read("/etc/subgid"), "alice:100000:65536\n");
+    assert_eq!(
+        r.read("/var/lib/nixos/uid-map"),
+        r#"{"alice":1000,"root":0,"sshd":999}"#
+    );
+    assert_eq!(
+        r.read("/var/lib/nixos/gid-map"),
+        r#"{"root":0,"shadow":318,"sshd":999,"users":100,"wheel":1}"#
+    );
+    assert_eq!(
+        r.read("/var/lib/nixos/declarative-users"),
+        "alice root sshd"
+    );
+    assert_eq!(
+        r.read("/var/lib/nixos/declarative-groups"),
+        "root shadow sshd users wheel"
+    );
+    assert_eq!(
+        r.read("/var/lib/nixos/auto-subuid-map"),
+        "{\"alice\":100000}\n"
+    );
+    assert!(r.host("/var/lib/systemd/linger/alice").exists());
+    let home = std::fs::metadata(r.host("/home/alice")).expect("home");
+    assert_eq!(home.permissions().mode() & 0o7777, 0o700);
+    let sh = std::fs::metadata(r.host("/etc/shadow")).expect("shadow");
+    assert_eq!(sh.permissions().mode() & 0o7777, 0o640);
+    if is_root() {
+        assert_eq!((home.uid(), home.gid()), (1000, 100));
+        assert_eq!((sh.uid(), sh.gid()), (0, 318));
+    }
+
+    // Nothing changed: nothing to write, and the initial password is not hashed again.
+    assert!(plan_is_empty(&r, &g0));
+    let out = run(&r, &g0);
+    assert!(!out.changed);
+
+    // By hand: bob is created and put into wheel.
+    let mut passwd = r.read("/etc/passwd");
+    passwd.push_str("bob:x:1001:100:Bob:/home/bob:/bin/sh\n");
+    std::fs::write(r.host("/etc/passwd"), passwd).expect("write");
+    let mut sh = r.read("/etc/shadow");
+    sh.push_str("bob:$6$x$y:19000:0:99999:7:::\n");
+    std::fs::write(r.host("/etc/shadow"), sh).expect("write");
+    std::fs::write(
+        r.host("/etc/group"),
+        r.read("/etc/group")
+            .replace("wheel:x:1:alice", "wheel:x:1:alice,bob"),
+    )
+    .expect("write");
+
+    // gen1: sshd (user and group) goes, carol arrives.
+    let gen1 = GEN0
+        .replace(
+            r#"{"name": "sshd", "gid": null, "members": []}"#,
+            r#"{"name": "carol", "gid": null, "members": []}"#,
+        )
+        .replace(
+            r#""name": "sshd", "uid": null, "group": "sshd""#,
+            r#""name": "carol", "uid": null, "group": "carol""#,
+        )
+        .replace(r#""isSystemUser": true"#, r#""isSystemUser": false"#);
+    let g1 = spec(&gen1);
+    let out = run(&r, &g1);
+    assert!(
+        out.messages.iter().any(|m| m == "removing user ‘sshd’"),
+        "{:?}",
+        out.messages
+    );
+    assert!(
+        out.messages.iter().any(|m| m == "removing group ‘sshd’"),
+        "{:?}",
+        out.messages
+    );
+    assert_eq!(
+        r.read("/etc/passwd"),
+        "root:x:0:0:System administrator:/root:/run/current-system/sw/bin/bash
+alice:x:1000:100:Alice:/home/alice:/run/current-system/sw/bin/bash
+bob:x:1001:100:Bob:/home/bob:/bin/sh
+carol:x:1002:998:SSH privilege separation user:/var/empty:/run/current-system/sw/bin/nologin
+"
+    );
+    // carol's group does not get 999: sshd had it, and ids are never reused.
+    assert_eq!(
+        r.read("/etc/group"),
+        "root:x:0:\nwheel:x:1:alice,bob\nusers:x:100:\nshadow:x:318:\ncarol:x:998:\n"
+    );
+    assert_eq!(
+        shadow(&r),
+        "root:!:1::::::\nalice:HASH:1::::::\nbob:HASH:19000:0:99999:7:::\ncarol:!:1::::::\n"
+    );
+    assert!(plan_is_empty(&r, &g1));
+
+    // gen2: sshd comes back and revives its old ids.
+    let g2 = spec(&GEN0.replace(
+        r#"{"name": "sshd", "gid": null, "members": []}"#,
+        r#"{"name": "sshd", "gid": null, "members": []}, {"name": "carol", "gid": null, "members": []}"#,
+    ));
+    let out = run(&r, &g2);
+    assert!(
+        out.messages
+            .iter()
+            .any(|m| m == "reviving user 'sshd' with UID 999"),
+        "{:?}",
+        out.messages
+    );
+    assert!(
+        out.messages
+            .iter()
+            .any(|m| m == "reviving group 'sshd' with GID 999"),
+        "{:?}",
+        out.messages
+    );
+    assert!(r
+        .read("/etc/passwd")
+        .contains("\nbob:x:1001:100:Bob:/home/bob:/bin/sh\n"));
+    assert!(r.read("/etc/passwd").contains("\nsshd:x:999:999:"));
+    // carol's user is gone (declared before), her group stays declared.
+    assert!(!r.read("/etc/passwd").contains("carol"));
+    assert!(r.read("/etc/group").contains("carol:x:998:"));
+    assert!(plan_is_empty(&r, &g2));
+}
+
+#[test]
+fn immutable_users_drop_hand_made_accounts_and_force_hashes() {
+    let r = FakeRoot::new();
+    let json = r#"{"mutableUsers": false, "users": [
+        {"name": "alice", "uid": 1000, "group": "users", "home": "/home/alice",
+         "shell": "/bin/sh", "hashedPassword": "$6$abc$def"},
+        {"name": "dave", "uid": 1001, "group": "users", "home": "/home/dave", "shell": "/bin/sh",
+         "password": "plain"}],
+      "groups": [{"name": "users", "gid": 100, "members": []}]}"#;
+    r.write(
+        "/etc/passwd",
+        "alice:x:1000:100::/home/alice:/bin/sh\nmallory:x:1500:100::/:/bin/sh\n",
+    );
+    r.write(
+        "/etc/shadow",
+        "alice:$6$changed$byhand:19000::::::\nmallory:x:1::::::\n",
+    );
+    let s = spec(json);
+    run(&r, &s);
+    assert!(!r.read("/etc/passwd").contains("mallory"));
+    let sh = r.read("/etc/shadow");
+    assert!(sh.starts_with("alice:$6$abc$def:19000::::::\n"), "{sh}");
+    let dave = sh.lines().find(|l| l.starts_with("dave:")).expect("dave");
+    assert!(crypt::verify(
+        "plain",
+        dave.split(':').nth(1).expect("hash")
+    ));
+    // The plaintext password is not hashed again when it still matches.
+    assert!(plan_is_empty(&r, &s));
+}
+
+#[test]
+fn subordinate_ranges_are_never_reused() {
+    let r = FakeRoot::new();
+    let mk = |names: &[&str]| {
+        let users: Vec<String> = names
+            .iter()
+            .map(|n| format!(r#"{{"name": "{n}", "group": "users", "home": "/home/{n}", "shell": "/bin/sh", "autoSubUidGidRange": true}}"#))
+            .collect();
+        spec(&format!(
+            r#"{{"mutableUsers": false, "users": [{}], "groups": [{{"name": "users", "gid": 100}}]}}"#,
+            users.join(",")
+        ))
+    };
+    run(&r, &mk(&["a", "b"]));
+    assert_eq!(r.read("/etc/subuid"), "a:100000:65536\nb:165536:65536\n");
+    run(&r, &mk(&["b", "c"]));
+    assert_eq!(r.read("/etc/subuid"), "b:165536:65536\nc:231072:65536\n");
+    run(&r, &mk(&["a", "b", "c"]));
+    assert_eq!(
+        r.read("/etc/subuid"),
+        "a:100000:65536\nb:165536:65536\nc:231072:65536\n"
+    );
+}
+
+#[test]
+fn bad_inputs_are_named() {
+    let e = UsersSpec::from_json(
+        Path::new("/nix/store/x-users.json"),
+        b"{\"mutableUsers\": tru",
+    )
+    .expect_err("malformed");
+    assert!(matches!(e, SpecError::Json { .. }));
+    assert!(e.to_string().contains("/nix/store/x-users.json"), "{e}");
+
+    let e = UsersSpec::from_json(
+        Path::new("/u.json"),
+        br#"{"mutableUsers": true, "users": [
+            {"name": "a", "uid": 1000, "group": "users", "home": "/a"},
+            {"name": "b", "uid": 1000, "group": "users", "home": "/b"}], "groups": []}"#,
+    )
+    .expect_err("duplicate uid");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("users.b.uid") && msg.contains("1000") && msg.contains("\"a\""),
+        "{msg}"
+    );
+
+    let e = UsersSpec::from_json(
+        Path::new("/u.json"),
+        br#"{"mutableUsers": true, "users": [
+            {"name": "a", "group": "users", "home": "/a", "description": "x:y"}], "groups": []}"#,
+    )
+    .expect_err("colon");
+    assert!(e.to_string().contains("users.a.description"), "{e}");
+
+    // Unknown primary group: a warning and gid 65534, as NixOS does.
+    let r = FakeRoot::new();
+    let s = spec(
+        r#"{"mutableUsers": true, "users": [{"name": "a", "uid": 1000, "group": "nope", "home": "/a", "shell": "/bin/sh"}], "groups": []}"#,
+    );
+    let out = run(&r, &s);
+    assert!(
+        out.warnings
+            .iter()
+            .any(|w| w.contains("unknown group ‘nope’")),
+        "{:?}",
+        out.warnings
+    );
+    assert_eq!(r.read("/etc/passwd"), "a:x:1000:65534::/a:/bin/sh\n");
+
+    // A damaged state file stops the step with a message that names it.
+    r.write("/var/lib/nixos/uid-map", "{not json");
+    let root = Root::open(r.path()).expect("root");
+    let e = users::update_users(&root, &s, false).expect_err("corrupt map");
+    assert!(matches!(e, UsersError::State { .. }));
+    assert!(e.to_string().contains("/var/lib/nixos/uid-map"), "{e}");
+}
+
+#[test]
+fn crash_before_commit_point_keeps_old_and_after_it_gives_new() {
+    for (stop, expect_new) in [
+        (commit::StopAt::AfterTemps, false),
+        (commit::StopAt::AfterJournal, true),
+    ] {
+        let r = FakeRoot::new();
+        let s = spec(GEN0);
+        run(&r, &s);
+        let old_passwd = r.read("/etc/passwd");
+        let old_group = r.read("/etc/group");
+        let g1 = spec(
+            &GEN0
+                .replace(r#""description": "Alice""#, r#""description": "Alice A""#)
+                .replace(
+                    r#"{"name": "users", "gid": 100, "members": []}"#,
+                    r#"{"name": "users", "gid": 100, "members": ["alice"]}"#,
+                ),
+        );
+        let root = Root::open(r.path()).expect("root");
+        let st = users::observe(&root, &g1).expect("observe");
+        let p = users::plan(&g1, &st, false, &mut || Ok("saltsaltsaltsalt".into())).expect("plan");
+        commit::commit(&root, &p.writes, stop).expect("commit");
+        // The "crash": nothing renamed yet.
+        assert_eq!(r.read("/etc/passwd"), old_passwd);
+        commit::recover(&root).expect("recover");
+        if expect_new {
+            assert!(r.read("/etc/passwd").contains(":Alice A:"));
+            assert!(r.read("/etc/group").contains("users:x:100:alice"));
+        } else {
+            assert_eq!(r.read("/etc/passwd"), old_passwd);
+            assert_eq!(r.read("/etc/group"), old_group);
+        }
+        assert!(!r.host("/etc/.stagehand-users.commit").exists());
+        assert!(!r.host("/etc/.passwd.stagehand-tmp").exists());
+    }
+}
+
+#[test]
+fn hashed_password_file_and_userborn_schema() {
+    let r = FakeRoot::new();
+    r.write("/run/secrets/alice", "$6$fromfile$hash\n");
+    let s = spec(
+        r#"{"mutableUsers": false, "users": [
+        {"name": "alice", "uid": 1000, "group": "users", "home": "/home/alice", "shell": "/bin/sh",
+         "hashedPasswordFile": "/run/secrets/alice"},
+        {"name": "bob", "uid": 1001, "group": "users", "home": "/home/bob", "shell": "/bin/sh",
+         "hashedPasswordFile": "/run/secrets/missing"}],
+      "groups": [{"name": "users", "gid": 100}]}"#,
+    );
+    let out = run(&r, &s);
+    assert!(r
+        .read("/etc/shadow")
+        .starts_with("alice:$6$fromfile$hash:1::::::\nbob:!:1"));
+    assert!(out
+        .warnings
+        .iter()
+        .any(|w| w.contains("/run/secrets/missing")));
+    // The file is read again on every run.
+    r.write("/run/secrets/alice", "$6$rotated$hash\n");
+    run(&r, &s);
+    assert!(r.read("/etc/shadow").starts_with("alice:$6$rotated$hash:"));
+
+    let r = FakeRoot::new();
+    let ub = spec(
+        r#"{"users": [{"isNormal": true, "name": "eve", "home": "/home/eve", "shell": "/bin/sh"},
+                                {"name": "svc", "description": "a service"}],
+                      "groups": [{"name": "wheel", "gid": 1, "members": ["eve"]}]}"#,
+    );
+    assert_eq!(ub.flavor, users::Flavor::Userborn);
+    run(&r, &ub);
+    assert_eq!(
+        r.read("/etc/passwd"),
+        "svc:x:999:998:a service:/var/empty:/run/current-system/sw/bin/nologin\neve:x:1000:999::/home/eve:/bin/sh\n"
+    );
+    assert_eq!(
+        r.read("/etc/group"),
+        "wheel:x:1:eve\nsvc:x:998:\neve:x:999:\n"
+    );
+}
+
+#[test]
+fn dry_run_writes_nothing() {
+    let r = FakeRoot::new();
+    let root = Root::open(r.path()).expect("root");
+    let out = users::update_users(&root, &spec(GEN0), true).expect("dry");
+    assert!(out.changed);
+    assert!(!r.host("/etc").exists() && !r.host("/var").exists() && !r.host("/home").exists());
+}
