@@ -1,1 +1,164 @@
-fn main() {}
+//! Stagehand stage 2: `<toplevel>/init`, PID 1 on the real root.
+//!
+//! Finishes the special filesystems, protects `/nix/store`, activates the generation
+//! (users, `/etc`, ...) with the activation engine, records `/run/booted-system` and hands
+//! PID 1 over to the generation's systemd with the kernel's arguments. A failure before the
+//! hand-over goes to the shared failure path; PID 1 never panics.
+
+mod activate_shim;
+mod mounts;
+mod toplevel;
+
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use activate_shim::{activate, Action, ActivateOptions};
+use stagehand_common::cmdline::Cmdline;
+use stagehand_common::emergency::{fail, FailurePolicy};
+use stagehand_common::kmsg::KmsgLogger;
+
+const HEADER: &str = "An error occurred in stage 2 of the boot process, which must activate the \
+                      generation and start systemd.";
+
+fn main() {
+    let logger = KmsgLogger::install("stage2", log::LevelFilter::Info);
+    if rustix::process::getpid().as_raw_nonzero().get() != 1 {
+        logger.set_mirror_to_stderr(true);
+        log::error!("stage 2 must run as PID 1 (boot with init=<toplevel>/init); refusing to run");
+        std::process::exit(2);
+    }
+    run();
+}
+
+fn run() {
+    let started = Instant::now();
+    let args: Vec<String> = std::env::args().collect();
+    let argv0 = args.first().cloned().unwrap_or_default();
+    let cmdline = Cmdline::parse(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default());
+    let policy = FailurePolicy {
+        header: HEADER,
+        panic_on_fail: cmdline.flag("boot.panic_on_fail"),
+        shell_on_fail: cmdline.flag("boot.shell_on_fail"),
+        console: cmdline
+            .get("console")
+            .and_then(|c| c.split(',').next())
+            .map(str::to_owned),
+    };
+    let in_container = std::env::var_os("container").is_some();
+
+    // /proc first: the toplevel lookup and everything after need it.
+    match mounts::mount_special() {
+        Ok(m) if !m.is_empty() => log::info!("mounted {}", m.join(" ")),
+        Ok(_) => {}
+        Err(e) => {
+            fail(&policy, "mounting the special filesystems", &e);
+        }
+    }
+    let toplevel = loop {
+        match toplevel::from_argv0(&argv0) {
+            Ok(t) => break t,
+            Err(e) => {
+                fail(&policy, "finding the generation", &e.to_string());
+            }
+        }
+    };
+    log::info!("booting system configuration {}", toplevel.display());
+
+    if !in_container {
+        if let Err(e) = mounts::remount_root_rw() {
+            fail(&policy, "remounting / read-write", &e);
+        }
+    }
+    if let Err(e) = mounts::protect_store() {
+        fail(&policy, "making /nix/store read-only", &e);
+    }
+    for (dir, mode) in [("/etc", 0o755), ("/tmp", 0o1777)] {
+        if let Err(e) = ensure_dir(Path::new(dir), mode) {
+            fail(&policy, "creating the base directories", &e);
+        }
+    }
+
+    let t = Instant::now();
+    log::info!("running activation");
+    let options = ActivateOptions {
+        root: PathBuf::from("/"),
+        dry_run: false,
+        action: Action::Boot,
+    };
+    match activate(&toplevel, &options) {
+        Ok(report) => {
+            log::info!("activation finished in {} ms", t.elapsed().as_millis());
+            if !report.is_success() {
+                // NixOS ignores the activation status at boot: a half-activated system that
+                // reaches systemd is more useful than one that stops here.
+                log::error!("activation had failures; continuing the boot");
+            }
+        }
+        Err(e) => {
+            fail(&policy, "activation", &e.to_string());
+        }
+    }
+
+    if let Err(e) = atomic_symlink(&toplevel, Path::new("/run/booted-system")) {
+        fail(&policy, "recording /run/booted-system", &e);
+    }
+    if !Path::new("/run/current-system").exists() {
+        // Activation normally does this; a failed activation must still leave a usable system.
+        if let Err(e) = atomic_symlink(&toplevel, Path::new("/run/current-system")) {
+            log::error!("{e}");
+        }
+    }
+    // An existing (even empty) machine-id keeps systemd's first-boot logic off.
+    if let Err(e) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open("/etc/machine-id")
+    {
+        log::warn!("cannot create /etc/machine-id: {e}");
+    }
+
+    let systemd = toplevel.join("systemd/lib/systemd/systemd");
+    log::info!(
+        "starting systemd {} (stage 2 took {} ms)",
+        systemd.display(),
+        started.elapsed().as_millis()
+    );
+    loop {
+        let e = std::process::Command::new(&systemd)
+            .arg0(&systemd)
+            .args(&args[1.min(args.len())..])
+            .exec();
+        fail(
+            &policy,
+            "starting systemd",
+            &format!("cannot execute {}: {e}", systemd.display()),
+        );
+    }
+}
+
+fn ensure_dir(path: &Path, mode: u32) -> Result<(), String> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(path)
+        .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| format!("cannot set the mode of {}: {e}", path.display()))
+}
+
+/// Point `link` at `target` without a moment where `link` is missing.
+fn atomic_symlink(target: &Path, link: &Path) -> Result<(), String> {
+    let tmp = link.with_extension("stagehand-tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(target, &tmp)
+        .and_then(|()| std::fs::rename(&tmp, link))
+        .map_err(|e| {
+            format!(
+                "cannot point {} at {}: {e}",
+                link.display(),
+                target.display()
+            )
+        })
+}
