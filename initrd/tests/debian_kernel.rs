@@ -1,9 +1,11 @@
 //! Tests against a real Debian kernel's modules tree, compared with kmod's own answer.
 //!
-//! The tree is `$STAGEHAND_KERNEL_MODULES` (a `lib/modules/<version>` directory) or the
-//! first version under `/work/kernel-cache/root/lib/modules`. To get it:
-//! `apt-cache depends linux-image-amd64` names `linux-image-6.1.0-N-amd64`, then
-//! `cd /work/kernel-cache && apt-get download <that package> && dpkg -x *.deb root`.
+//! The tree is the first that exists of: `$STAGEHAND_KERNEL_MODULES` (a
+//! `lib/modules/<version>` directory); the kernel the VM tests cache
+//! (`$STAGEHAND_CACHE` or `<workspace>/target/vm-cache`, then
+//! `kernel/linux-image-*/root/lib/modules/*`); `/work/kernel-cache/root/lib/modules/*`.
+//! To get one by hand: `apt-cache depends linux-image-amd64` names
+//! `linux-image-6.1.0-N-amd64`, then `apt-get download <that package> && dpkg -x *.deb root`.
 //! Each test prints why it is skipped when the tree or kmod is missing.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -13,18 +15,38 @@ use std::process::Command;
 use stagehand_initrd::modules::{self, ModuleIndex};
 use stagehand_initrd::{build, list, Compression, InitrdSpec};
 
+/// Subdirectories of `dir`, sorted.
+fn subdirs(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    v.retain(|p| p.is_dir());
+    v.sort();
+    v
+}
+
+/// The newest `<root>/lib/modules/<version>` that has a `kernel/` directory.
+fn modules_under(root: &Path) -> Option<PathBuf> {
+    subdirs(&root.join("lib/modules"))
+        .into_iter()
+        .rfind(|p| p.join("kernel").is_dir())
+}
+
 fn kernel_modules() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("STAGEHAND_KERNEL_MODULES") {
         return Some(PathBuf::from(p));
     }
-    let base = Path::new("/work/kernel-cache/root/lib/modules");
-    let mut versions: Vec<PathBuf> = std::fs::read_dir(base)
-        .ok()?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.join("kernel").is_dir())
-        .collect();
-    versions.sort();
-    versions.pop()
+    let vm_cache = match std::env::var_os("STAGEHAND_CACHE") {
+        Some(c) if !c.is_empty() => PathBuf::from(c),
+        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/vm-cache"),
+    };
+    // The VM harness writes `.complete` once a package is fully unpacked.
+    let cached = subdirs(&vm_cache.join("kernel"))
+        .into_iter()
+        .filter(|p| p.join(".complete").exists())
+        .filter_map(|p| modules_under(&p.join("root")))
+        .next_back();
+    cached.or_else(|| modules_under(Path::new("/work/kernel-cache/root")))
 }
 
 macro_rules! require_kernel {
