@@ -13,6 +13,7 @@ pub mod modules;
 #[cfg(test)]
 mod tests;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -24,6 +25,9 @@ use cpio::{Archive, Entry, Node};
 
 /// Where the modules go inside the initrd.
 pub const MODULES_DIR: &str = "/lib/modules";
+
+/// Where the kernel's firmware loader looks first.
+pub const FIRMWARE_DIR: &str = "/lib/firmware";
 
 /// Directories stage 1 mounts onto or writes to; they exist even when nothing is in them.
 pub const SKELETON_DIRS: &[&str] = &["/dev", "/etc", "/mnt-root", "/proc", "/run", "/sys", "/tmp"];
@@ -61,6 +65,31 @@ pub struct InitrdSpec {
     /// Compressor level; `None` picks the default of the format (zstd 10, gzip 9).
     #[serde(default)]
     pub compression_level: Option<i32>,
+}
+
+/// Further inputs, kept out of [`InitrdSpec`] so code that builds a spec with a struct
+/// literal keeps compiling as options are added here. The CLI's spec JSON takes these
+/// keys in the same object as the `InitrdSpec` ones.
+#[derive(Deserialize, Serialize, Debug, Clone, Default)]
+pub struct SpecExtras {
+    /// Parameters per module (`"loop": "max_loop=16"`), passed to `finit_module` at boot.
+    /// Keys use either `-` or `_`.
+    #[serde(default)]
+    pub module_params: BTreeMap<String, String>,
+    /// Where to look for the files modules name in `firmware=` (e.g. `/lib/firmware`),
+    /// first match wins; they go to `/lib/firmware/` in the initrd, where the kernel's
+    /// loader looks. Empty: no firmware is copied.
+    #[serde(default)]
+    pub firmware_dirs: Vec<PathBuf>,
+}
+
+/// The CLI's spec file: an [`InitrdSpec`] and [`SpecExtras`] in one JSON object.
+#[derive(Deserialize, Serialize, Debug, Clone)]
+pub struct FullSpec {
+    #[serde(flatten)]
+    pub spec: InitrdSpec,
+    #[serde(flatten)]
+    pub extras: SpecExtras,
 }
 
 fn default_device_timeout_ms() -> u32 {
@@ -200,7 +229,12 @@ fn archive_err(context: impl Into<String>) -> impl FnOnce(cpio::CpioError) -> In
 
 /// Build the initrd `spec` describes.
 pub fn build(spec: &InitrdSpec) -> Result<Initrd, InitrdError> {
-    let (archive, config, closure) = assemble(spec)?;
+    build_with(spec, &SpecExtras::default())
+}
+
+/// Build with the further inputs of [`SpecExtras`].
+pub fn build_with(spec: &InitrdSpec, extras: &SpecExtras) -> Result<Initrd, InitrdError> {
+    let (archive, config, closure) = assemble(spec, extras)?;
     let cpio_bytes = archive.to_bytes().map_err(archive_err("archive"))?;
     let bytes = compress::compress(&cpio_bytes, spec.compression, spec.compression_level)
         .map_err(InitrdError::Compress)?;
@@ -230,7 +264,10 @@ pub fn build(spec: &InitrdSpec) -> Result<Initrd, InitrdError> {
 }
 
 /// The uncompressed archive and the config it carries.
-fn assemble(spec: &InitrdSpec) -> Result<(Archive, Stage1Config, modules::Closure), InitrdError> {
+fn assemble(
+    spec: &InitrdSpec,
+    extras: &SpecExtras,
+) -> Result<(Archive, Stage1Config, modules::Closure), InitrdError> {
     let mut archive = Archive::new();
     for dir in SKELETON_DIRS {
         archive
@@ -269,7 +306,19 @@ fn assemble(spec: &InitrdSpec) -> Result<(Archive, Stage1Config, modules::Closur
         )
         .map_err(archive_err("/init"))?;
 
-    let closure = module_closure(spec)?;
+    let mut closure = module_closure(spec)?;
+    let params: BTreeMap<String, &String> = extras
+        .module_params
+        .iter()
+        .map(|(k, v)| (modules::normalize_name(k), v))
+        .collect();
+    for name in params.keys() {
+        if !closure.modules.iter().any(|m| &m.name == name) {
+            closure.warnings.push(format!(
+                "module_params names {name}, which is not among the modules loaded"
+            ));
+        }
+    }
     let mut config_modules = Vec::new();
     for m in &closure.modules {
         let raw = modules::read_module_file(&m.source)?;
@@ -294,10 +343,14 @@ fn assemble(spec: &InitrdSpec) -> Result<(Archive, Stage1Config, modules::Closur
         config_modules.push(stage1_config::Module {
             name: m.name.clone(),
             path: target,
-            params: String::new(),
+            params: params
+                .get(&m.name)
+                .map(|p| p.to_string())
+                .unwrap_or_default(),
             optional: m.optional,
         });
     }
+    add_firmware(&mut archive, extras, &mut closure)?;
 
     let config = Stage1Config {
         modules: config_modules,
@@ -319,6 +372,71 @@ fn assemble(spec: &InitrdSpec) -> Result<(Archive, Stage1Config, modules::Closur
         add_extra(&mut archive, extra)?;
     }
     Ok((archive, config, closure))
+}
+
+/// Copy the firmware the chosen modules name. Modules list every file any supported
+/// device might want, so a file that is in none of the directories is a warning, not an
+/// error. The kernel (CONFIG_FW_LOADER_COMPRESS) also loads `NAME.xz` / `NAME.zst`.
+fn add_firmware(
+    archive: &mut Archive,
+    spec: &SpecExtras,
+    closure: &mut modules::Closure,
+) -> Result<(), InitrdError> {
+    let wanted: Vec<(String, String)> = closure
+        .modules
+        .iter()
+        .flat_map(|m| m.firmware.iter().map(|f| (m.name.clone(), f.clone())))
+        .collect();
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    if spec.firmware_dirs.is_empty() {
+        let mut names: Vec<&str> = wanted.iter().map(|(m, _)| m.as_str()).collect();
+        names.dedup();
+        closure.warnings.push(format!(
+            "modules {} name firmware files but firmware_dirs is empty; none copied",
+            names.join(", ")
+        ));
+        return Ok(());
+    }
+    for (module, file) in wanted {
+        let rel = match cpio::normalize(&file) {
+            Ok(r) => r,
+            Err(_) => {
+                closure
+                    .warnings
+                    .push(format!("module {module}: firmware name {file:?} ignored"));
+                continue;
+            }
+        };
+        let found = spec.firmware_dirs.iter().find_map(|dir| {
+            ["", ".xz", ".zst"].iter().find_map(|ext| {
+                let p = dir.join(format!("{rel}{ext}"));
+                p.is_file().then_some((p, *ext))
+            })
+        });
+        let Some((path, ext)) = found else {
+            closure.warnings.push(format!(
+                "module {module}: firmware {file} not found in firmware_dirs"
+            ));
+            continue;
+        };
+        let target = format!("{FIRMWARE_DIR}/{rel}{ext}");
+        if archive.contains(&target) {
+            continue;
+        }
+        let data = read_input(&path, "firmware file")?;
+        archive
+            .add(
+                &target,
+                Entry {
+                    perm: 0o644,
+                    node: Node::File(data),
+                },
+            )
+            .map_err(archive_err(format!("firmware {}", path.display())))?;
+    }
+    Ok(())
 }
 
 fn archive_set_perm(archive: &mut Archive, path: &str, perm: u32) -> Result<(), InitrdError> {

@@ -8,11 +8,11 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use stagehand_initrd::{build, cpio, list, InitrdSpec};
+use stagehand_initrd::{build_with, cpio, list, FullSpec};
 
 const USAGE: &str = "usage:
   stagehand-initrd build --spec SPEC.json -o OUT [--report]
-      SPEC.json is an InitrdSpec as JSON; --report prints the size of every file,
+      SPEC.json is an InitrdSpec as JSON (plus SpecExtras keys); --report prints the size of every file,
       largest first
   stagehand-initrd list FILE
       decompress (gzip/zstd by magic) and list the cpio entries";
@@ -58,9 +58,9 @@ fn cmd_build(args: &[String]) -> Result<(), String> {
     };
     let text =
         std::fs::read_to_string(&spec_path).map_err(|e| format!("{}: {e}", spec_path.display()))?;
-    let spec: InitrdSpec = serde_json::from_str(&text)
+    let spec: FullSpec = serde_json::from_str(&text)
         .map_err(|e| format!("{}: not a valid initrd spec: {e}", spec_path.display()))?;
-    let initrd = build(&spec).map_err(|e| e.to_string())?;
+    let initrd = build_with(&spec.spec, &spec.extras).map_err(|e| e.to_string())?;
     // Write next to the target and rename, so a reader never sees half an initrd.
     let tmp = out.with_extension("tmp-stagehand");
     std::fs::write(&tmp, &initrd.bytes).map_err(|e| format!("{}: {e}", tmp.display()))?;

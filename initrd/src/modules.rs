@@ -96,6 +96,8 @@ pub struct ModInfo {
     /// `softdep=pre:` names: modules or aliases to load before this one, if they exist.
     pub softdep_pre: Vec<String>,
     pub aliases: Vec<String>,
+    /// Firmware files the module may request, relative to the firmware directory.
+    pub firmware: Vec<String>,
     pub vermagic: Option<String>,
 }
 
@@ -120,6 +122,7 @@ pub fn parse_modinfo(section: &[u8]) -> ModInfo {
             ),
             "softdep" => info.softdep_pre.extend(softdep_pre(value)),
             "alias" => info.aliases.push(value.to_owned()),
+            "firmware" => info.firmware.push(value.to_owned()),
             "vermagic" => info.vermagic = Some(value.to_owned()),
             _ => {}
         }
@@ -307,6 +310,8 @@ pub struct ResolvedModule {
     pub source: PathBuf,
     /// Loaded if possible; stage 1 tolerates a failure.
     pub optional: bool,
+    /// `firmware=` entries of the module.
+    pub firmware: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -522,6 +527,7 @@ impl ModuleIndex {
                     name: l.info.name.clone().unwrap_or_else(|| name.clone()),
                     source: l.path.clone(),
                     optional: !required_set.contains(&name),
+                    firmware: l.info.firmware.clone(),
                 });
             }
         }

@@ -528,3 +528,66 @@ fn system_cpio_reads_the_archive() {
     let cfg = Stage1Config::read(&x.join("etc/stagehand/stage1.cfg")).expect("cfg");
     assert_eq!(cfg, initrd.config);
 }
+
+#[test]
+fn module_params_and_firmware() {
+    let t = tree(
+        &[(
+            "kernel/net/nic.ko",
+            &[
+                "firmware=vendor/nic.bin",
+                "firmware=vendor/old.bin",
+                "name=nic",
+            ],
+        )],
+        &[],
+    );
+    let fw = t.root.join("firmware");
+    std::fs::create_dir_all(fw.join("vendor")).expect("mkdir");
+    std::fs::write(fw.join("vendor/nic.bin.xz"), b"xz firmware").expect("w");
+
+    let s = spec(&t, &["nic"], &[]);
+    let without = build(&s).expect("build");
+    assert!(
+        without
+            .report
+            .warnings
+            .iter()
+            .any(|w| w.contains("firmware_dirs")),
+        "{:?}",
+        without.report.warnings
+    );
+
+    let extras = SpecExtras {
+        module_params: [("nic".to_string(), "debug=1 mode=fast".to_string())]
+            .into_iter()
+            .chain([("not-loaded".to_string(), "x=1".to_string())])
+            .collect(),
+        firmware_dirs: vec![t.root.join("nowhere"), fw],
+    };
+    let initrd = build_with(&s, &extras).expect("build");
+    assert_eq!(initrd.config.modules[0].params, "debug=1 mode=fast");
+    let entries = list(&initrd.bytes).expect("list");
+    let f = entries
+        .iter()
+        .find(|e| e.name == "lib/firmware/vendor/nic.bin.xz")
+        .expect("firmware copied");
+    assert_eq!(f.data, b"xz firmware");
+    let w = &initrd.report.warnings;
+    assert!(w.iter().any(|w| w.contains("vendor/old.bin")), "{w:?}");
+    assert!(w.iter().any(|w| w.contains("not_loaded")), "{w:?}");
+}
+
+#[test]
+fn cli_spec_json_takes_extras_in_the_same_object() {
+    let full: FullSpec = serde_json::from_str(
+        r#"{"stage1": "/s", "modules": ["ext4"], "compression": "gzip",
+            "module_params": {"ext4": "a=b"}, "firmware_dirs": ["/lib/firmware"]}"#,
+    )
+    .expect("json");
+    assert_eq!(full.spec.modules, ["ext4"]);
+    assert_eq!(full.spec.compression, Compression::Gzip);
+    assert_eq!(full.spec.device_timeout_ms, 20_000);
+    assert_eq!(full.extras.module_params["ext4"], "a=b");
+    assert_eq!(full.extras.firmware_dirs, [PathBuf::from("/lib/firmware")]);
+}
