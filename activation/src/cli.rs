@@ -2,8 +2,9 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::activate::{activate, Action, ActivateOptions};
 use crate::rootfs::Root;
-use crate::{etc, users};
+use crate::{etc, manifest, users};
 
 fn one(positional: &[String], what: &str) -> Result<PathBuf, String> {
     match positional {
@@ -24,7 +25,6 @@ pub fn run(
     action: Option<&str>,
     positional: &[String],
 ) -> Result<u8, String> {
-    let _ = action;
     match cmd {
         "etc" => {
             let tree_path = one(positional, "ETC_TREE")?;
@@ -58,6 +58,46 @@ pub fn run(
             }
             Ok(u8::from(!out.errors.is_empty()))
         }
+        "activate" => {
+            let toplevel = one(positional, "TOPLEVEL")?;
+            let action = match action {
+                Some(a) => a.to_owned(),
+                None => std::env::var("NIXOS_ACTION").unwrap_or_else(|_| "switch".to_owned()),
+            };
+            let action = Action::parse(&action).ok_or_else(|| {
+                format!("usage: unknown action {action:?} (boot, switch, test, dry-activate)")
+            })?;
+            let opts = ActivateOptions {
+                root: root.to_path_buf(),
+                dry_run,
+                action,
+            };
+            let report = activate(&toplevel, &opts).map_err(|e| e.to_string())?;
+            Ok(u8::from(!report.success()))
+        }
+        "compile" => {
+            let toplevel = one(positional, "TOPLEVEL")?;
+            let root = open_root(root)?;
+            let plan = manifest::compile(&root, &toplevel).map_err(|e| e.to_string())?;
+            log::info!(
+                "wrote {}/{} ({} etc entries, {} users, {} steps)",
+                plan.toplevel,
+                manifest::PLAN_NAME,
+                plan.etc.as_ref().map_or(0, |t| t.entries.len()),
+                plan.users.as_ref().map_or(0, |u| u.users.len()),
+                plan.order.len()
+            );
+            Ok(0)
+        }
+        "plan" => {
+            let toplevel = one(positional, "TOPLEVEL")?;
+            let root = open_root(root)?;
+            let plan = manifest::load(&root, &toplevel).map_err(|e| e.to_string())?;
+            let json = serde_json::to_string_pretty(&plan).map_err(|e| e.to_string())?;
+            println!("{json}");
+            Ok(0)
+        }
+        "bench" => crate::bench::run(positional).map(|()| 0),
         _ => Err(format!("usage: unknown command {cmd:?}")),
     }
 }

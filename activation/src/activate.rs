@@ -1,0 +1,677 @@
+//! Activating a generation: the native replacement of `<toplevel>/activate`.
+//!
+//! Steps run in NixOS's order (names alphabetically, dependencies first). Built-in steps are
+//! native code; other snippets run with bash, one process per snippet, with `systemConfig`
+//! set, `NIXOS_ACTION` exported and the ERR trap NixOS uses, so a failing command marks the
+//! snippet failed while the snippet — and then the other steps — still run. Unlike NixOS's
+//! single script, shell variables do not carry from one snippet to the next, and `exit` in a
+//! snippet ends only that snippet. At the end `/run/current-system` is pointed at the
+//! generation (not in dry mode).
+
+use std::fmt;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rustix::fs::Mode;
+
+use crate::manifest::{self, Plan, PlanError};
+use crate::rootfs::{self, Node, Root};
+use crate::{etc, users};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Boot,
+    Switch,
+    Test,
+    DryActivate,
+}
+
+impl Action {
+    /// The `NIXOS_ACTION` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Boot => "boot",
+            Self::Switch => "switch",
+            Self::Test => "test",
+            Self::DryActivate => "dry-activate",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Action> {
+        Some(match s {
+            "boot" => Self::Boot,
+            "switch" => Self::Switch,
+            "test" => Self::Test,
+            "dry-activate" => Self::DryActivate,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ActivateOptions {
+    pub root: PathBuf,
+    pub dry_run: bool,
+    pub action: Action,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Changed,
+    Unchanged,
+    Failed(String),
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Changed => f.write_str("changed"),
+            Self::Unchanged => f.write_str("unchanged"),
+            Self::Failed(m) => write!(f, "FAILED: {m}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct StepReport {
+    pub name: String,
+    pub duration: Duration,
+    pub outcome: Outcome,
+    /// What the step did or would do, and its warnings.
+    pub messages: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ActivationReport {
+    pub steps: Vec<StepReport>,
+    pub total: Duration,
+    /// Whether `/run/current-system` now points at the generation.
+    pub current_system_updated: bool,
+}
+
+impl ActivationReport {
+    /// True when no step failed (the `activate` script's exit status 0).
+    pub fn success(&self) -> bool {
+        !self
+            .steps
+            .iter()
+            .any(|s| matches!(s.outcome, Outcome::Failed(_)))
+    }
+
+    pub fn failed_steps(&self) -> Vec<&str> {
+        self.steps
+            .iter()
+            .filter(|s| matches!(s.outcome, Outcome::Failed(_)))
+            .map(|s| s.name.as_str())
+            .collect()
+    }
+}
+
+/// Problems that stop activation before any step runs.
+#[derive(Debug)]
+pub enum ActivationError {
+    Root {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    Plan(PlanError),
+}
+
+impl fmt::Display for ActivationError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Root { path, error } => write!(
+                f,
+                "{}: cannot open the root to activate in: {error}",
+                path.display()
+            ),
+            Self::Plan(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for ActivationError {}
+
+impl From<PlanError> for ActivationError {
+    fn from(e: PlanError) -> Self {
+        Self::Plan(e)
+    }
+}
+
+/// Activate the generation `toplevel` (a path inside `opts.root`).
+pub fn activate(
+    toplevel: &Path,
+    opts: &ActivateOptions,
+) -> Result<ActivationReport, ActivationError> {
+    let start = Instant::now();
+    let root = Root::open(&opts.root).map_err(|error| ActivationError::Root {
+        path: opts.root.clone(),
+        error,
+    })?;
+    let plan = manifest::load(&root, toplevel)?;
+    let dry = opts.dry_run || opts.action == Action::DryActivate;
+    let ctx = Ctx {
+        root: &root,
+        plan: &plan,
+        dry,
+        action: opts.action,
+    };
+    log::info!(
+        "activating {} ({}{})",
+        plan.toplevel,
+        opts.action.as_str(),
+        if dry { ", dry run" } else { "" }
+    );
+    let mut report = ActivationReport::default();
+    for name in &plan.order {
+        let t = Instant::now();
+        let (outcome, messages) = ctx.step(name);
+        let duration = t.elapsed();
+        log_step(name, &outcome, duration, &messages);
+        report.steps.push(StepReport {
+            name: name.clone(),
+            duration,
+            outcome,
+            messages,
+        });
+    }
+    if !dry {
+        let t = Instant::now();
+        let outcome = match point_current_system(&root, &plan.toplevel) {
+            Ok(true) => Outcome::Changed,
+            Ok(false) => Outcome::Unchanged,
+            Err(e) => Outcome::Failed(format!(
+                "{}: {e}",
+                root.host_path(Path::new("/run/current-system")).display()
+            )),
+        };
+        report.current_system_updated = !matches!(outcome, Outcome::Failed(_));
+        let duration = t.elapsed();
+        log_step("current-system", &outcome, duration, &[]);
+        report.steps.push(StepReport {
+            name: "current-system".into(),
+            duration,
+            outcome,
+            messages: Vec::new(),
+        });
+    }
+    report.total = start.elapsed();
+    let failed = report.failed_steps();
+    if failed.is_empty() {
+        log::info!("activation finished in {} µs", report.total.as_micros());
+    } else {
+        log::error!(
+            "activation finished in {} µs; failed: {}",
+            report.total.as_micros(),
+            failed.join(", ")
+        );
+    }
+    Ok(report)
+}
+
+fn log_step(name: &str, outcome: &Outcome, d: Duration, messages: &[String]) {
+    for m in messages {
+        log::info!("{name}: {m}");
+    }
+    match outcome {
+        Outcome::Failed(m) => log::error!(
+            "activation step {name}: failed after {} µs: {m}",
+            d.as_micros()
+        ),
+        o => log::info!("activation step {name}: {o} in {} µs", d.as_micros()),
+    }
+}
+
+fn point_current_system(root: &Root, toplevel: &str) -> std::io::Result<bool> {
+    let (run, _, _) = root.dir(Path::new("/run"), Some(Mode::from_raw_mode(0o755)))?;
+    let name = std::ffi::OsStr::new("current-system");
+    if let Some(Node::Symlink(t)) = rootfs::lstat_at(&run, name)? {
+        if t == toplevel.as_bytes() {
+            return Ok(false);
+        }
+    }
+    rootfs::atomic_symlink(&run, name, toplevel.as_bytes())?;
+    rootfs::fsync_dir(&run)?;
+    Ok(true)
+}
+
+struct Ctx<'a> {
+    root: &'a Root,
+    plan: &'a Plan,
+    dry: bool,
+    action: Action,
+}
+
+type StepResult = (Outcome, Vec<String>);
+
+fn changed(c: bool) -> Outcome {
+    if c {
+        Outcome::Changed
+    } else {
+        Outcome::Unchanged
+    }
+}
+
+impl Ctx<'_> {
+    fn step(&self, name: &str) -> StepResult {
+        match name {
+            "specialfs" => self.specialfs(),
+            "users" => self.users(),
+            "etc" => self.etc(),
+            "hashes" => self.hashes(),
+            "binsh" => self.link_step("/bin", "sh", self.plan.binsh.as_deref()),
+            "usrbinenv" => self.usrbinenv(),
+            "modprobe" => self.modprobe(),
+            "udevd" => self.udevd(),
+            // Kept by NixOS for ordering only.
+            "groups" | "stdio" | "var" => (Outcome::Unchanged, Vec::new()),
+            other => self.snippet(other),
+        }
+    }
+
+    fn users(&self) -> StepResult {
+        let mut msgs = Vec::new();
+        let mut any = false;
+        // The `users` snippet's `install -d -m 0700 /root` and `install -d -m 0755 /home`.
+        for (dir, mode) in [("/root", 0o700), ("/home", 0o755)] {
+            match self.ensure_dir_mode(dir, mode) {
+                Ok(c) => any |= c,
+                Err(e) => return (Outcome::Failed(format!("{dir}: {e}")), msgs),
+            }
+        }
+        let Some(spec) = &self.plan.users else {
+            return (changed(any), msgs);
+        };
+        match users::update_users(self.root, spec, self.dry) {
+            Ok(out) => {
+                msgs.extend(out.messages);
+                msgs.extend(out.warnings.iter().map(|w| format!("warning: {w}")));
+                if out.errors.is_empty() {
+                    (changed(any || out.changed), msgs)
+                } else {
+                    (Outcome::Failed(out.errors.join("; ")), msgs)
+                }
+            }
+            Err(e) => (Outcome::Failed(e.to_string()), msgs),
+        }
+    }
+
+    /// `install -d -m MODE DIR`: create it, or fix its mode.
+    fn ensure_dir_mode(&self, dir: &str, mode: u32) -> std::io::Result<bool> {
+        let current = self.root.lstat(Path::new(dir))?;
+        let ok = matches!(current, Some(Node::Dir { mode: m, .. }) if m == mode);
+        if ok || self.dry {
+            return Ok(!ok);
+        }
+        let (fd, _, _) = self
+            .root
+            .dir(Path::new(dir), Some(Mode::from_raw_mode(mode)))?;
+        rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode))?;
+        Ok(true)
+    }
+
+    fn etc(&self) -> StepResult {
+        let Some(tree) = &self.plan.etc else {
+            return (
+                Outcome::Unchanged,
+                vec!["no etc tree in this generation".into()],
+            );
+        };
+        let opts = etc::EtcOptions {
+            skip_resolv_conf: std::env::var_os("IN_NIXOS_ENTER").is_some(),
+        };
+        match etc::setup_etc(self.root, tree, opts, self.dry) {
+            Ok(out) if out.issues.is_empty() => (changed(out.changed > 0), Vec::new()),
+            Ok(out) => {
+                let msgs: Vec<String> = out.issues.iter().map(ToString::to_string).collect();
+                (Outcome::Failed(msgs.join("; ")), msgs)
+            }
+            Err(e) => (Outcome::Failed(e.to_string()), Vec::new()),
+        }
+    }
+
+    fn specialfs(&self) -> StepResult {
+        // (mount point, type, options) as NixOS's special file systems.
+        const SPECIAL: [(&str, &str, &str); 6] = [
+            ("/proc", "proc", "nosuid,noexec,nodev"),
+            ("/dev", "devtmpfs", "nosuid,strictatime,mode=755,size=5%"),
+            (
+                "/dev/shm",
+                "tmpfs",
+                "nosuid,nodev,strictatime,mode=1777,size=50%",
+            ),
+            (
+                "/dev/pts",
+                "devpts",
+                "noexec,nosuid,mode=620,ptmxmode=0666,gid=3",
+            ),
+            (
+                "/run",
+                "tmpfs",
+                "nosuid,nodev,strictatime,mode=755,size=25%",
+            ),
+            ("/sys", "sysfs", "nosuid,noexec,nodev"),
+        ];
+        let mut msgs = Vec::new();
+        let mut any = false;
+        // Stage 2 (or the initrd) has mounted them already; only what is missing is done,
+        // and only on the running system: under another root, directories are enough.
+        let mounted = if self.root.is_host_root() {
+            mount_points()
+        } else {
+            Vec::new()
+        };
+        for (dir, fstype, opts) in SPECIAL {
+            if mounted.iter().any(|m| m == dir) {
+                continue;
+            }
+            let exists = matches!(self.root.lstat(Path::new(dir)), Ok(Some(Node::Dir { .. })));
+            if self.dry {
+                if self.root.is_host_root() {
+                    msgs.push(format!("would mount {fstype} on {dir}"));
+                    any = true;
+                } else if !exists {
+                    msgs.push(format!("would create {dir}"));
+                    any = true;
+                }
+                continue;
+            }
+            if !exists {
+                if let Err(e) = self
+                    .root
+                    .dir(Path::new(dir), Some(Mode::from_raw_mode(0o755)))
+                {
+                    return (Outcome::Failed(format!("{dir}: {e}")), msgs);
+                }
+                any = true;
+            }
+            if self.root.is_host_root() {
+                if let Err(e) = mount_special(dir, fstype, opts) {
+                    return (
+                        Outcome::Failed(format!("mount -t {fstype} {dir}: {e}")),
+                        msgs,
+                    );
+                }
+                msgs.push(format!("mounted {fstype} on {dir}"));
+                any = true;
+            }
+        }
+        (changed(any), msgs)
+    }
+
+    fn hashes(&self) -> StepResult {
+        const GOOD: [&str; 7] = ["$y$", "$gy$", "$7$", "$2b$", "$2y$", "$2a$", "$6$"];
+        let text = match self.root.read_opt(Path::new("/etc/shadow")) {
+            Ok(t) => t.unwrap_or_default(),
+            Err(e) => return (Outcome::Failed(format!("/etc/shadow: {e}")), Vec::new()),
+        };
+        let weak: Vec<String> = String::from_utf8_lossy(&text)
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.split(':');
+                let user = f.next()?;
+                let hash = f.next()?;
+                (hash.starts_with('$') && !GOOD.iter().any(|g| hash.starts_with(g)))
+                    .then(|| user.to_owned())
+            })
+            .collect();
+        let msgs = if weak.is_empty() {
+            Vec::new()
+        } else {
+            vec![format!(
+                "warning: these accounts use password hashing schemes that are no longer \
+                 supported, their users cannot log in until they get a new password: {}",
+                weak.join(", ")
+            )]
+        };
+        (Outcome::Unchanged, msgs)
+    }
+
+    /// `mkdir -m 0755 -p DIR; ln -sfn TARGET DIR/.NAME.tmp; mv` (binsh, usrbinenv).
+    fn link_step(&self, dir: &str, name: &str, target: Option<&str>) -> StepResult {
+        let Some(target) = target else {
+            return (Outcome::Unchanged, Vec::new());
+        };
+        let path = Path::new(dir).join(name);
+        let current = self.root.lstat(&path);
+        if matches!(&current, Ok(Some(Node::Symlink(t))) if t == target.as_bytes()) {
+            return (Outcome::Unchanged, Vec::new());
+        }
+        if self.dry {
+            return (
+                Outcome::Changed,
+                vec![format!("would link {} -> {target}", path.display())],
+            );
+        }
+        let r = self
+            .root
+            .dir(Path::new(dir), Some(Mode::from_raw_mode(0o755)))
+            .and_then(|(fd, _, _)| {
+                rootfs::atomic_symlink(&fd, name.as_ref(), target.as_bytes())?;
+                rootfs::fsync_dir(&fd)
+            });
+        match r {
+            Ok(()) => (Outcome::Changed, Vec::new()),
+            Err(e) => (
+                Outcome::Failed(format!("{}: {e}", path.display())),
+                Vec::new(),
+            ),
+        }
+    }
+
+    fn usrbinenv(&self) -> StepResult {
+        match &self.plan.usrbinenv {
+            None => (Outcome::Unchanged, Vec::new()),
+            Some(Some(t)) => self.link_step("/usr/bin", "env", Some(t)),
+            Some(None) => {
+                // environment.usrbinenv = null: remove it and the directories if empty.
+                let env = Path::new("/usr/bin/env");
+                match self.root.lstat(env) {
+                    Ok(None) => return (Outcome::Unchanged, Vec::new()),
+                    Ok(Some(_)) => {}
+                    Err(e) => {
+                        return (
+                            Outcome::Failed(format!("{}: {e}", env.display())),
+                            Vec::new(),
+                        )
+                    }
+                }
+                if self.dry {
+                    return (Outcome::Changed, vec!["would remove /usr/bin/env".into()]);
+                }
+                let r = self
+                    .root
+                    .parent(env, None)
+                    .and_then(|(d, n)| rootfs::unlink_at(&d, &n));
+                if let Err(e) = r {
+                    return (Outcome::Failed(format!("/usr/bin/env: {e}")), Vec::new());
+                }
+                for d in ["/usr/bin", "/usr"] {
+                    if let Ok((parent, name)) = self.root.parent(Path::new(d), None) {
+                        // Fails harmlessly when not empty (rmdir --ignore-fail-on-non-empty).
+                        let _ = rustix::fs::unlinkat(
+                            &parent,
+                            name.as_os_str(),
+                            rustix::fs::AtFlags::REMOVEDIR,
+                        );
+                    }
+                }
+                (Outcome::Changed, Vec::new())
+            }
+        }
+    }
+
+    /// Write `value` into a kernel parameter file under the root when it differs. A file
+    /// that does not exist (no /proc or /sys under this root, or a kernel without the
+    /// feature) is skipped.
+    fn write_param(&self, path: &str, value: &str) -> Result<Option<bool>, String> {
+        let p = Path::new(path);
+        let current = match self.root.read_opt(p) {
+            Ok(Some(c)) => c,
+            Ok(None) => return Ok(None),
+            Err(e) => return Err(format!("{path}: {e}")),
+        };
+        if String::from_utf8_lossy(&current).trim_end_matches('\n') == value {
+            return Ok(Some(false));
+        }
+        if self.dry {
+            return Ok(Some(true));
+        }
+        // Kernel parameter files are written in place: they cannot be renamed over.
+        let r = self.root.parent(p, None).and_then(|(dir, name)| {
+            let fd = rustix::fs::openat(
+                &dir,
+                name.as_os_str(),
+                rustix::fs::OFlags::WRONLY
+                    | rustix::fs::OFlags::TRUNC
+                    | rustix::fs::OFlags::NOFOLLOW
+                    | rustix::fs::OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
+            let mut f = std::fs::File::from(fd);
+            f.write_all(value.as_bytes())
+        });
+        r.map(|()| Some(true)).map_err(|e| format!("{path}: {e}"))
+    }
+
+    fn modprobe(&self) -> StepResult {
+        let Some(m) = &self.plan.modprobe else {
+            return (Outcome::Unchanged, Vec::new());
+        };
+        match self.write_param("/proc/sys/kernel/modprobe", m) {
+            Ok(Some(c)) => (changed(c), Vec::new()),
+            Ok(None) => (
+                Outcome::Unchanged,
+                vec!["no /proc/sys/kernel/modprobe under this root".into()],
+            ),
+            Err(e) => (Outcome::Failed(e), Vec::new()),
+        }
+    }
+
+    fn udevd(&self) -> StepResult {
+        let mut any = false;
+        let mut msgs = Vec::new();
+        match self.write_param("/proc/sys/kernel/hotplug", "") {
+            Ok(c) => any |= c.unwrap_or(false),
+            Err(e) => return (Outcome::Failed(e), msgs),
+        }
+        if let Some(fw) = &self.plan.firmware {
+            match self.write_param("/sys/module/firmware_class/parameters/path", fw) {
+                Ok(Some(c)) => any |= c,
+                Ok(None) => msgs.push("no firmware_class parameters under this root".into()),
+                Err(e) => return (Outcome::Failed(e), msgs),
+            }
+        }
+        (changed(any), msgs)
+    }
+
+    fn snippet(&self, name: &str) -> StepResult {
+        let Some(s) = self.plan.snippets.get(name) else {
+            return (Outcome::Unchanged, Vec::new());
+        };
+        if s.text.trim().is_empty() {
+            return (Outcome::Unchanged, Vec::new());
+        }
+        if self.dry && !s.supports_dry_activation {
+            return (
+                Outcome::Unchanged,
+                vec![format!("snippet {name} does not support dry activation")],
+            );
+        }
+        let shell = self
+            .plan
+            .shell
+            .clone()
+            .or_else(|| self.plan.binsh.clone())
+            .unwrap_or_else(|| "/bin/sh".to_owned());
+        let quoted = self.plan.toplevel.replace('\'', "'\\''");
+        let script = format!(
+            "systemConfig='{quoted}'\n_localstatus=0\ntrap '_localstatus=$?' ERR\numask 0022\n\
+             {}\nexit $_localstatus\n",
+            s.text
+        );
+        let mut cmd = Command::new(&shell);
+        cmd.arg("-c")
+            .arg(script)
+            .env("NIXOS_ACTION", self.action.as_str())
+            .stdin(Stdio::null());
+        if let Some(path) = &self.plan.path {
+            cmd.env("PATH", path.join(":"));
+        }
+        if !self.root.is_host_root() {
+            let root = self.root.path().to_path_buf();
+            // SAFETY: the closure runs in the forked child before exec and only makes the
+            // chroot and chdir system calls, which are async-signal-safe.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+                    rustix::process::chroot(&root)?;
+                    rustix::process::chdir("/")?;
+                    Ok(())
+                });
+            }
+        }
+        match cmd.status() {
+            Ok(st) if st.success() => (Outcome::Changed, Vec::new()),
+            Ok(st) => (
+                Outcome::Failed(format!(
+                    "Activation script snippet '{name}' failed ({})",
+                    st.code()
+                        .map_or_else(|| "killed".to_owned(), |c| c.to_string())
+                )),
+                Vec::new(),
+            ),
+            Err(e) => (
+                Outcome::Failed(format!("cannot run {shell} for snippet '{name}': {e}")),
+                Vec::new(),
+            ),
+        }
+    }
+}
+
+/// Mount points of the running system, from `/proc/self/mountinfo` (field 5; octal escapes
+/// such as `\040` for a space are decoded).
+fn mount_points() -> Vec<String> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    text.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|m| {
+            let b = m.as_bytes();
+            let mut out = Vec::with_capacity(b.len());
+            let mut i = 0;
+            while i < b.len() {
+                let octal = b
+                    .get(i + 1..i + 4)
+                    .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+                if let (b'\\', Some(d)) = (b[i], octal) {
+                    let v = d.iter().fold(0u32, |acc, c| acc * 8 + u32::from(c - b'0'));
+                    out.push(u8::try_from(v).unwrap_or(b'?'));
+                    i += 4;
+                } else {
+                    out.push(b[i]);
+                    i += 1;
+                }
+            }
+            String::from_utf8_lossy(&out).into_owned()
+        })
+        .collect()
+}
+
+fn mount_special(dir: &str, fstype: &str, opts: &str) -> std::io::Result<()> {
+    use rustix::mount::{mount, MountFlags};
+    let mut flags = MountFlags::empty();
+    let mut data = Vec::new();
+    for o in opts.split(',') {
+        match o {
+            "nosuid" => flags |= MountFlags::NOSUID,
+            "noexec" => flags |= MountFlags::NOEXEC,
+            "nodev" => flags |= MountFlags::NODEV,
+            "strictatime" => flags |= MountFlags::STRICTATIME,
+            other => data.push(other),
+        }
+    }
+    let data = std::ffi::CString::new(data.join(","))
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "NUL in options"))?;
+    mount(fstype, dir, fstype, flags, Some(data.as_c_str())).map_err(Into::into)
+}

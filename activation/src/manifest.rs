@@ -1,0 +1,495 @@
+//! The generation manifest (`<toplevel>/activation.json`, version 1) and the compiled plan
+//! (`<toplevel>/activation.plan`).
+//!
+//! ```json
+//! { "version": 1,
+//!   "etc": "/nix/store/…-etc/etc",                  // optional; default <toplevel>/etc if it exists
+//!   "usersGroups": "/nix/store/…-users-groups.json", // optional; update-users-groups.pl or userborn JSON
+//!   "binsh": "/nix/store/…-bash/bin/sh",            // optional; /bin/sh
+//!   "usrbinenv": "/nix/store/…-coreutils/bin/env",  // optional; null removes /usr/bin/env
+//!   "modprobe": "/nix/store/…-kmod/bin/modprobe",   // optional; /proc/sys/kernel/modprobe
+//!   "firmware": "/nix/store/…-firmware/lib/firmware",// optional; firmware_class search path
+//!   "shell": "/nix/store/…-bash/bin/bash",          // optional; runs snippets (default binsh, else /bin/sh)
+//!   "path": ["/nix/store/…-coreutils/bin", …],      // optional; PATH for snippets (default: inherited)
+//!   "snippets": [ { "name": "x", "deps": ["users"], "text": "…", "supportsDryActivation": false } ] }
+//! ```
+//! Every path is as the target system sees it. A snippet named like a built-in step
+//! (`specialfs`, `users`, `groups`, `hashes`, `etc`, `binsh`, `usrbinenv`, `modprobe`, `udevd`,
+//! `stdio`, `var`) only adds dependencies to it: its text is not run, the native step replaces
+//! it. Unknown keys are ignored, so later versions can add optional ones.
+//!
+//! The compiled plan is the [`Plan`] below, postcard-encoded inside the common envelope with
+//! magic `SHACTPLN`, version 1: the resolved manifest, the etc tree listing with its sidecars,
+//! the parsed users spec and the step order. With it, activation reads one file instead of
+//! walking the etc tree and parsing JSON.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Deserializer, Serialize};
+use stagehand_common::envelope::{self, EnvelopeError, Kind};
+
+use crate::etc::{self, EtcTree};
+use crate::rootfs::Root;
+use crate::users::UsersSpec;
+
+pub const MANIFEST_NAME: &str = "activation.json";
+pub const PLAN_NAME: &str = "activation.plan";
+pub const PLAN_KIND: Kind = Kind {
+    magic: *b"SHACTPLN",
+    version: 1,
+    name: "activation plan",
+};
+
+/// Built-in steps and the dependencies NixOS gives them.
+pub const BUILTINS: [(&str, &[&str]); 11] = [
+    ("binsh", &["stdio"]),
+    ("etc", &["users", "groups", "specialfs"]),
+    ("groups", &["users"]),
+    ("hashes", &["users"]),
+    ("modprobe", &[]),
+    ("specialfs", &[]),
+    ("stdio", &[]),
+    ("udevd", &[]),
+    ("users", &[]),
+    ("usrbinenv", &[]),
+    ("var", &[]),
+];
+
+pub fn is_builtin(name: &str) -> bool {
+    BUILTINS.iter().any(|(n, _)| *n == name)
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(rename_all = "camelCase")]
+struct ManifestJson {
+    version: u32,
+    etc: Option<String>,
+    users_groups: Option<String>,
+    binsh: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    usrbinenv: Option<Option<String>>,
+    modprobe: Option<String>,
+    firmware: Option<String>,
+    shell: Option<String>,
+    path: Option<Vec<String>>,
+    #[serde(default)]
+    snippets: Vec<SnippetJson>,
+}
+
+/// Tell "key absent" (outer `None`) from "key is null" (`Some(None)`).
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(rename_all = "camelCase")]
+struct SnippetJson {
+    name: String,
+    #[serde(default)]
+    deps: Vec<String>,
+    #[serde(default)]
+    text: String,
+    #[serde(default)]
+    supports_dry_activation: bool,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Snippet {
+    pub name: String,
+    pub deps: Vec<String>,
+    pub text: String,
+    pub supports_dry_activation: bool,
+}
+
+/// Everything activation needs, resolved.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// Canonical in-root path of the generation.
+    pub toplevel: String,
+    pub etc: Option<EtcTree>,
+    pub users: Option<UsersSpec>,
+    /// In-root path of the users spec, for messages.
+    pub users_source: Option<String>,
+    pub binsh: Option<String>,
+    pub usrbinenv: Option<Option<String>>,
+    pub modprobe: Option<String>,
+    pub firmware: Option<String>,
+    pub shell: Option<String>,
+    pub path: Option<Vec<String>>,
+    /// Bash snippets by name (built-ins excluded).
+    pub snippets: BTreeMap<String, Snippet>,
+    /// Step names in execution order (built-ins and snippets).
+    pub order: Vec<String>,
+}
+
+/// Problems that stop activation before any step runs.
+#[derive(Debug)]
+pub enum PlanError {
+    Toplevel {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    ManifestRead {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    ManifestJson {
+        path: PathBuf,
+        error: serde_json::Error,
+    },
+    ManifestVersion {
+        path: PathBuf,
+        found: u32,
+    },
+    Cycle {
+        path: PathBuf,
+        names: Vec<String>,
+    },
+    Plan {
+        path: PathBuf,
+        error: EnvelopeError,
+    },
+    PlanRead {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    Mismatch {
+        path: PathBuf,
+        compiled_for: String,
+        toplevel: String,
+    },
+    Etc(etc::EtcError),
+    Users(crate::users::SpecError),
+    Write {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+}
+
+impl fmt::Display for PlanError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Toplevel { path, error } => write!(
+                f,
+                "{}: cannot resolve the generation: {error}; check the init= path",
+                path.display()
+            ),
+            Self::ManifestRead { path, error } => write!(
+                f,
+                "{}: cannot read the activation manifest: {error}; check the generation \
+                 (nix-store --verify-path)",
+                path.display()
+            ),
+            Self::ManifestJson { path, error } => write!(
+                f,
+                "{}: not a valid activation manifest: {error}; rebuild the generation",
+                path.display()
+            ),
+            Self::ManifestVersion { path, found } => write!(
+                f,
+                "{}: manifest version {found} is not supported (this build reads version \
+                 1); rebuild the generation with a matching Stagehand",
+                path.display()
+            ),
+            Self::Cycle { path, names } => write!(
+                f,
+                "{}: activation snippets depend on each other in a cycle ({}); fix their deps",
+                path.display(),
+                names.join(" -> ")
+            ),
+            Self::Plan { path, error } => write!(
+                f,
+                "{}: refusing the compiled activation plan: {error} (delete it to fall back to \
+                 activation.json, or run `stagehand compile`)",
+                path.display()
+            ),
+            Self::PlanRead { path, error } => {
+                write!(
+                    f,
+                    "{}: cannot read the activation plan: {error}",
+                    path.display()
+                )
+            }
+            Self::Mismatch {
+                path,
+                compiled_for,
+                toplevel,
+            } => write!(
+                f,
+                "{}: the plan was compiled for {compiled_for}, not {toplevel}; recompile it \
+                 with `stagehand compile {toplevel}`",
+                path.display()
+            ),
+            Self::Etc(e) => e.fmt(f),
+            Self::Users(e) => e.fmt(f),
+            Self::Write { path, error } => write!(
+                f,
+                "{}: cannot write the plan: {error}; the generation must be writable while \
+                 it is built",
+                path.display()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for PlanError {}
+
+/// NixOS's order: names alphabetically, each preceded by its dependencies (depth first),
+/// every step once. Unknown dependencies are ignored with a warning; cycles are refused.
+pub fn order(deps: &BTreeMap<String, Vec<String>>, path: &Path) -> Result<Vec<String>, PlanError> {
+    fn visit(
+        name: &str,
+        deps: &BTreeMap<String, Vec<String>>,
+        done: &mut HashSet<String>,
+        stack: &mut Vec<String>,
+        out: &mut Vec<String>,
+        path: &Path,
+    ) -> Result<(), PlanError> {
+        if done.contains(name) {
+            return Ok(());
+        }
+        if let Some(pos) = stack.iter().position(|s| s == name) {
+            let mut names = stack[pos..].to_vec();
+            names.push(name.to_owned());
+            return Err(PlanError::Cycle {
+                path: path.to_path_buf(),
+                names,
+            });
+        }
+        let Some(ds) = deps.get(name) else {
+            log::warn!("activation step dependency {name:?} does not exist; ignored");
+            return Ok(());
+        };
+        stack.push(name.to_owned());
+        for d in ds {
+            visit(d, deps, done, stack, out, path)?;
+        }
+        stack.pop();
+        done.insert(name.to_owned());
+        out.push(name.to_owned());
+        Ok(())
+    }
+    let mut out = Vec::new();
+    let mut done = HashSet::new();
+    for name in deps.keys() {
+        visit(name, deps, &mut done, &mut Vec::new(), &mut out, path)?;
+    }
+    Ok(out)
+}
+
+fn in_root(p: &str) -> PathBuf {
+    PathBuf::from(p)
+}
+
+/// Build the plan from `activation.json` and the files it names.
+pub fn from_sources(root: &Root, toplevel: &Path) -> Result<Plan, PlanError> {
+    let top = root
+        .canonicalize(toplevel)
+        .map_err(|error| PlanError::Toplevel {
+            path: root.host_path(toplevel),
+            error,
+        })?;
+    let mpath = top.join(MANIFEST_NAME);
+    let m: ManifestJson = match root.read_opt(&mpath) {
+        Ok(Some(bytes)) => {
+            serde_json::from_slice(&bytes).map_err(|error| PlanError::ManifestJson {
+                path: root.host_path(&mpath),
+                error,
+            })?
+        }
+        Ok(None) => {
+            log::warn!(
+                "{} does not exist: activating /etc only (no users, no snippets)",
+                root.host_path(&mpath).display()
+            );
+            ManifestJson {
+                version: 1,
+                etc: None,
+                users_groups: None,
+                binsh: None,
+                usrbinenv: None,
+                modprobe: None,
+                firmware: None,
+                shell: None,
+                path: None,
+                snippets: Vec::new(),
+            }
+        }
+        Err(error) => {
+            return Err(PlanError::ManifestRead {
+                path: root.host_path(&mpath),
+                error,
+            })
+        }
+    };
+    if m.version != 1 {
+        return Err(PlanError::ManifestVersion {
+            path: root.host_path(&mpath),
+            found: m.version,
+        });
+    }
+    let etc_path = match &m.etc {
+        Some(p) => Some(in_root(p)),
+        None => {
+            let default = top.join("etc");
+            root.canonicalize(&default).ok().map(|_| default)
+        }
+    };
+    let etc = match etc_path {
+        Some(p) => Some(etc::list_tree(root, &p).map_err(PlanError::Etc)?),
+        None => None,
+    };
+    let users = match &m.users_groups {
+        Some(p) => {
+            let path = in_root(p);
+            let bytes = root.read(&path).map_err(|error| {
+                PlanError::Users(crate::users::SpecError::Read {
+                    path: root.host_path(&path),
+                    error,
+                })
+            })?;
+            Some(UsersSpec::from_json(&root.host_path(&path), &bytes).map_err(PlanError::Users)?)
+        }
+        None => None,
+    };
+    let mut deps: BTreeMap<String, Vec<String>> = BUILTINS
+        .iter()
+        .map(|(n, d)| ((*n).to_owned(), d.iter().map(|s| (*s).to_owned()).collect()))
+        .collect();
+    let mut snippets = BTreeMap::new();
+    for s in m.snippets {
+        let entry = deps.entry(s.name.clone()).or_default();
+        let mut all: BTreeSet<String> = entry.iter().cloned().collect();
+        for d in &s.deps {
+            if all.insert(d.clone()) {
+                entry.push(d.clone());
+            }
+        }
+        if !is_builtin(&s.name) {
+            snippets.insert(
+                s.name.clone(),
+                Snippet {
+                    name: s.name,
+                    deps: s.deps,
+                    text: s.text,
+                    supports_dry_activation: s.supports_dry_activation,
+                },
+            );
+        }
+    }
+    let order = order(&deps, &root.host_path(&mpath))?;
+    Ok(Plan {
+        toplevel: top.to_string_lossy().into_owned(),
+        etc,
+        users,
+        users_source: m.users_groups,
+        binsh: m.binsh,
+        usrbinenv: m.usrbinenv,
+        modprobe: m.modprobe,
+        firmware: m.firmware,
+        shell: m.shell,
+        path: m.path,
+        snippets,
+        order,
+    })
+}
+
+/// The plan for `toplevel`: the compiled one when present (refused if damaged), else built
+/// from the JSON sources.
+pub fn load(root: &Root, toplevel: &Path) -> Result<Plan, PlanError> {
+    let top = root
+        .canonicalize(toplevel)
+        .map_err(|error| PlanError::Toplevel {
+            path: root.host_path(toplevel),
+            error,
+        })?;
+    let ppath = top.join(PLAN_NAME);
+    match root.read_opt(&ppath) {
+        Ok(Some(bytes)) => {
+            let plan: Plan =
+                envelope::decode(PLAN_KIND, &bytes).map_err(|error| PlanError::Plan {
+                    path: root.host_path(&ppath),
+                    error,
+                })?;
+            let want = top.to_string_lossy();
+            if plan.toplevel != want {
+                return Err(PlanError::Mismatch {
+                    path: root.host_path(&ppath),
+                    compiled_for: plan.toplevel,
+                    toplevel: want.into_owned(),
+                });
+            }
+            Ok(plan)
+        }
+        Ok(None) => from_sources(root, &top),
+        Err(error) => Err(PlanError::PlanRead {
+            path: root.host_path(&ppath),
+            error,
+        }),
+    }
+}
+
+/// `stagehand compile`: build the plan from the sources and write it atomically into the
+/// generation.
+pub fn compile(root: &Root, toplevel: &Path) -> Result<Plan, PlanError> {
+    let plan = from_sources(root, toplevel)?;
+    let top = Path::new(&plan.toplevel);
+    let ppath = top.join(PLAN_NAME);
+    let werr = |error| PlanError::Write {
+        path: root.host_path(&ppath),
+        error,
+    };
+    let bytes = envelope::encode(PLAN_KIND, &plan)
+        .map_err(|e| werr(std::io::Error::other(e.to_string())))?;
+    let (dir, _, _) = root.dir(top, None).map_err(werr)?;
+    crate::rootfs::atomic_write(
+        &dir,
+        PLAN_NAME.as_ref(),
+        &bytes,
+        crate::etc::own_perms(0o444),
+    )
+    .and_then(|()| crate::rootfs::fsync_dir(&dir))
+    .map_err(werr)?;
+    Ok(plan)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deps(v: &[(&str, &[&str])]) -> BTreeMap<String, Vec<String>> {
+        v.iter()
+            .map(|(n, d)| ((*n).to_owned(), d.iter().map(|s| (*s).to_owned()).collect()))
+            .collect()
+    }
+
+    #[test]
+    fn nixos_order_for_the_builtins() {
+        let o = order(&deps(&BUILTINS), Path::new("m")).expect("order");
+        assert_eq!(
+            o,
+            [
+                "stdio",
+                "binsh",
+                "users",
+                "groups",
+                "specialfs",
+                "etc",
+                "hashes",
+                "modprobe",
+                "udevd",
+                "usrbinenv",
+                "var"
+            ]
+        );
+    }
+
+    #[test]
+    fn cycles_are_refused() {
+        let e =
+            order(&deps(&[("a", &["b"]), ("b", &["a"])]), Path::new("/m.json")).expect_err("cycle");
+        assert!(e.to_string().contains("a -> b -> a"), "{e}");
+    }
+}
