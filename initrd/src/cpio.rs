@@ -178,6 +178,8 @@ impl Archive {
             Some(Entry {
                 node: Node::Dir, ..
             }) if entry.node == Node::Dir => Ok(()),
+            // The same file or link reached twice (two objects sharing a library).
+            Some(existing) if *existing == entry => Ok(()),
             Some(_) => Err(CpioError::Conflict { path: name }),
         }
     }
@@ -195,6 +197,10 @@ impl Archive {
                 reason: "no such entry",
             }),
         }
+    }
+
+    pub fn get(&self, path: &str) -> Option<&Entry> {
+        normalize(path).ok().and_then(|n| self.entries.get(&n))
     }
 
     pub fn contains(&self, path: &str) -> bool {

@@ -119,8 +119,12 @@ fn section_bytes<S: Source + ?Sized>(src: &S, sh: &SectionHeader) -> Result<Vec<
     src.read_range(sh.offset, sh.size as usize)
 }
 
-/// The contents of the section called `name`, or `None` when the file has no such section.
-pub fn find_section<S: Source + ?Sized>(src: &S, name: &str) -> Result<Option<Vec<u8>>, ElfError> {
+/// The section headers and the section-name string table.
+type SectionTable = (Vec<SectionHeader>, Vec<u8>);
+
+/// The section header table and the section-name string table, or `None` for a file
+/// without sections.
+fn section_table<S: Source + ?Sized>(src: &S) -> Result<Option<SectionTable>, ElfError> {
     let ehdr = match src.read_range(0, EHDR_LEN) {
         Ok(h) => h,
         Err(ElfError::OutOfBounds) => return Err(ElfError::NotElf),
@@ -166,17 +170,96 @@ pub fn find_section<S: Source + ?Sized>(src: &S, name: &str) -> Result<Option<Ve
         ElfError::BadSectionTable(format!("string table index {shstrndx} >= {shnum}"))
     })?;
     let names = section_bytes(src, strtab)?;
+    Ok(Some((headers, names)))
+}
+
+/// The NUL-terminated string at `at` in a string table.
+fn str_at(table: &[u8], at: usize) -> Option<&[u8]> {
+    let rest = table.get(at..)?;
+    let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
+    Some(&rest[..end])
+}
+
+/// The contents of the section called `name`, or `None` when the file has no such section.
+pub fn find_section<S: Source + ?Sized>(src: &S, name: &str) -> Result<Option<Vec<u8>>, ElfError> {
+    let Some((headers, names)) = section_table(src)? else {
+        return Ok(None);
+    };
     for sh in &headers {
-        let start = sh.name as usize;
-        let Some(rest) = names.get(start..) else {
-            continue;
-        };
-        let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
-        if &rest[..end] == name.as_bytes() {
+        if str_at(&names, sh.name as usize) == Some(name.as_bytes()) {
             return section_bytes(src, sh).map(Some);
         }
     }
     Ok(None)
+}
+
+/// What the dynamic loader needs to run a program or library.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Dynamic {
+    /// `PT_INTERP` (from the `.interp` section): the dynamic loader's path.
+    pub interpreter: Option<String>,
+    /// `DT_NEEDED` sonames, in order.
+    pub needed: Vec<String>,
+    /// `DT_RUNPATH` entries (colon-separated in the file).
+    pub runpath: Vec<String>,
+    /// `DT_RPATH` entries; the loader ignores them when there is a RUNPATH.
+    pub rpath: Vec<String>,
+}
+
+const SHT_DYNAMIC: u32 = 6;
+const DT_NULL: u64 = 0;
+const DT_NEEDED: u64 = 1;
+const DT_RPATH: u64 = 15;
+const DT_RUNPATH: u64 = 29;
+
+/// The interpreter and dynamic entries of an ELF file; all empty for a static binary or
+/// a relocatable object.
+pub fn dynamic<S: Source + ?Sized>(src: &S) -> Result<Dynamic, ElfError> {
+    let mut out = Dynamic::default();
+    let Some((headers, names)) = section_table(src)? else {
+        return Ok(out);
+    };
+    for sh in &headers {
+        if str_at(&names, sh.name as usize) == Some(b".interp".as_slice()) {
+            let bytes = section_bytes(src, sh)?;
+            let text = str_at(&bytes, 0).unwrap_or_default();
+            out.interpreter = Some(String::from_utf8_lossy(text).into_owned());
+        }
+        if sh.kind != SHT_DYNAMIC {
+            continue;
+        }
+        let strtab = headers.get(sh.link as usize).ok_or_else(|| {
+            ElfError::BadSectionTable(format!("dynamic string table index {}", sh.link))
+        })?;
+        let strings = section_bytes(src, strtab)?;
+        let entries = section_bytes(src, sh)?;
+        let text = |v: u64| {
+            let s = usize::try_from(v)
+                .ok()
+                .and_then(|at| str_at(&strings, at))
+                .unwrap_or_default();
+            String::from_utf8_lossy(s).into_owned()
+        };
+        let paths = |v: u64| -> Vec<String> {
+            text(v)
+                .split(':')
+                .filter(|p| !p.is_empty())
+                .map(str::to_owned)
+                .collect()
+        };
+        for e in entries.chunks_exact(16) {
+            let tag = u64_at(e, 0);
+            let val = u64_at(e, 8);
+            match tag {
+                DT_NULL => break,
+                DT_NEEDED => out.needed.push(text(val)),
+                DT_RUNPATH => out.runpath.extend(paths(val)),
+                DT_RPATH => out.rpath.extend(paths(val)),
+                _ => {}
+            }
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -186,9 +269,17 @@ pub(crate) mod tests {
     /// A minimal ELF64 LE relocatable with a null section, `.shstrtab` and the given
     /// sections. Used by other modules' tests to make fake `.ko` files.
     pub fn tiny_elf(sections: &[(&str, &[u8])]) -> Vec<u8> {
+        let typed: Vec<(&str, u32, u32, &[u8])> =
+            sections.iter().map(|(n, d)| (*n, 1, 0, *d)).collect();
+        tiny_elf_typed(&typed)
+    }
+
+    /// Like [`tiny_elf`] with (name, sh_type, sh_link, data); section `i` of the list has
+    /// index `i + 1` in the file.
+    pub fn tiny_elf_typed(sections: &[(&str, u32, u32, &[u8])]) -> Vec<u8> {
         let mut shstr = vec![0u8];
         let mut name_offsets = Vec::new();
-        for (n, _) in sections {
+        for (n, ..) in sections {
             name_offsets.push(shstr.len() as u32);
             shstr.extend_from_slice(n.as_bytes());
             shstr.push(0);
@@ -198,7 +289,7 @@ pub(crate) mod tests {
 
         let mut body = Vec::new();
         let mut placed = Vec::new();
-        for (_, data) in sections {
+        for (.., data) in sections {
             placed.push((EHDR_LEN + body.len(), data.len()));
             body.extend_from_slice(data);
         }
@@ -224,19 +315,21 @@ pub(crate) mod tests {
         out[0x3e..0x40].copy_from_slice(&((shnum - 1) as u16).to_le_bytes());
         out.extend_from_slice(&body);
 
-        let shdr = |name: u32, kind: u32, off: usize, size: usize| {
+        let shdr = |name: u32, kind: u32, link: u32, off: usize, size: usize| {
             let mut h = vec![0u8; SHDR_LEN];
             h[0..4].copy_from_slice(&name.to_le_bytes());
             h[4..8].copy_from_slice(&kind.to_le_bytes());
+            h[40..44].copy_from_slice(&link.to_le_bytes());
             h[24..32].copy_from_slice(&(off as u64).to_le_bytes());
             h[32..40].copy_from_slice(&(size as u64).to_le_bytes());
             h
         };
         out.extend_from_slice(&[0u8; SHDR_LEN]);
         for (i, (off, len)) in placed.iter().enumerate() {
-            out.extend_from_slice(&shdr(name_offsets[i], 1, *off, *len));
+            let (_, kind, link, _) = sections[i];
+            out.extend_from_slice(&shdr(name_offsets[i], kind, link, *off, *len));
         }
-        out.extend_from_slice(&shdr(shstr_name, 3, shstr_off, shstr.len()));
+        out.extend_from_slice(&shdr(shstr_name, 3, 0, shstr_off, shstr.len()));
         out
     }
 
@@ -246,6 +339,31 @@ pub(crate) mod tests {
         let got = find_section(elf.as_slice(), ".modinfo").expect("parse");
         assert_eq!(got.as_deref(), Some(&b"name=x\0"[..]));
         assert_eq!(find_section(elf.as_slice(), ".data").expect("parse"), None);
+    }
+
+    #[test]
+    fn reads_interpreter_needed_and_runpath() {
+        let dynstr = b"\0libfoo.so.1\0libc.so.6\0$ORIGIN/../lib:/opt/lib\0";
+        let mut dynamic_bytes = Vec::new();
+        for (tag, val) in [(1u64, 1u64), (1, 13), (29, 23), (0, 0), (1, 1)] {
+            dynamic_bytes.extend_from_slice(&tag.to_le_bytes());
+            dynamic_bytes.extend_from_slice(&val.to_le_bytes());
+        }
+        let elf = tiny_elf_typed(&[
+            (".interp", 1, 0, b"/lib64/ld-linux-x86-64.so.2\0"),
+            (".dynstr", 3, 0, dynstr),
+            (".dynamic", SHT_DYNAMIC, 2, &dynamic_bytes),
+        ]);
+        let d = dynamic(elf.as_slice()).expect("parse");
+        assert_eq!(
+            d.interpreter.as_deref(),
+            Some("/lib64/ld-linux-x86-64.so.2")
+        );
+        assert_eq!(d.needed, ["libfoo.so.1", "libc.so.6"]);
+        assert_eq!(d.runpath, ["$ORIGIN/../lib", "/opt/lib"]);
+        assert!(d.rpath.is_empty());
+        let none = dynamic(tiny_elf(&[(".text", b"\xc3")]).as_slice()).expect("parse");
+        assert_eq!(none, Dynamic::default());
     }
 
     #[test]

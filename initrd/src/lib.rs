@@ -10,6 +10,7 @@ pub mod compress;
 pub mod cpio;
 pub mod elf;
 pub mod modules;
+pub mod objects;
 #[cfg(test)]
 mod tests;
 
@@ -68,9 +69,11 @@ pub struct InitrdSpec {
 }
 
 /// Further inputs, kept out of [`InitrdSpec`] so code that builds a spec with a struct
-/// literal keeps compiling as options are added here. The CLI's spec JSON takes these
-/// keys in the same object as the `InitrdSpec` ones.
+/// literal keeps compiling as options are added here: other crates start from
+/// `SpecExtras::default()` and set fields (it is `non_exhaustive` for that reason). The
+/// CLI's spec JSON takes these keys in the same object as the `InitrdSpec` ones.
 #[derive(Deserialize, Serialize, Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct SpecExtras {
     /// Parameters per module (`"loop": "max_loop=16"`), passed to `finit_module` at boot.
     /// Keys use either `-` or `_`.
@@ -81,6 +84,15 @@ pub struct SpecExtras {
     /// loader looks. Empty: no firmware is copied.
     #[serde(default)]
     pub firmware_dirs: Vec<PathBuf>,
+    /// Programs and other files with their closures, in make-initrd-ng's format: each
+    /// `source` lands at its own path, ELF files bring their interpreter and libraries.
+    #[serde(default)]
+    pub contents: Vec<objects::StoreObject>,
+    /// Where to look for libraries after an ELF file's RUNPATH/RPATH. `None`: the
+    /// conventional host directories ([`objects::DEFAULT_LIBRARY_DIRS`]); `Some([])`:
+    /// RUNPATH only, as make-initrd-ng does for Nix store paths.
+    #[serde(default)]
+    pub library_dirs: Option<Vec<PathBuf>>,
 }
 
 /// The CLI's spec file: an [`InitrdSpec`] and [`SpecExtras`] in one JSON object.
@@ -186,6 +198,14 @@ pub enum InitrdError {
     },
     Config(stagehand_common::envelope::EnvelopeError),
     Compress(compress::CompressError),
+    /// A `contents` source that is not an absolute path.
+    ObjectNotAbsolute {
+        path: PathBuf,
+    },
+    /// Too many symlinks while copying a `contents` object.
+    SymlinkLoop {
+        path: PathBuf,
+    },
 }
 
 impl fmt::Display for InitrdError {
@@ -210,6 +230,18 @@ impl fmt::Display for InitrdError {
             ),
             Self::Config(e) => write!(f, "initrd: cannot encode the stage-1 config: {e}"),
             Self::Compress(e) => write!(f, "initrd: {e}"),
+            Self::ObjectNotAbsolute { path } => write!(
+                f,
+                "initrd contents: {} is not an absolute path; objects are copied to their \
+                 own path in the initrd, so give the full path",
+                path.display()
+            ),
+            Self::SymlinkLoop { path } => write!(
+                f,
+                "initrd contents: {} goes through more than 40 symlinks (a loop?); fix the \
+                 links or list the real file",
+                path.display()
+            ),
         }
     }
 }
@@ -222,7 +254,9 @@ impl From<modules::ModuleError> for InitrdError {
     }
 }
 
-fn archive_err(context: impl Into<String>) -> impl FnOnce(cpio::CpioError) -> InitrdError {
+pub(crate) fn archive_err(
+    context: impl Into<String>,
+) -> impl FnOnce(cpio::CpioError) -> InitrdError {
     let context = context.into();
     move |error| InitrdError::Archive { context, error }
 }
@@ -368,6 +402,21 @@ fn assemble(
         )
         .map_err(archive_err(stage1_config::STAGE1_CONFIG_PATH))?;
 
+    // After the modules: on a merged-/usr host the objects' `/lib/...` paths then go
+    // through the initrd's real /lib directory (see objects.rs).
+    let library_dirs: Vec<PathBuf> = match &extras.library_dirs {
+        Some(dirs) => dirs.clone(),
+        None => objects::DEFAULT_LIBRARY_DIRS
+            .iter()
+            .map(PathBuf::from)
+            .collect(),
+    };
+    objects::add_objects(
+        &mut archive,
+        &extras.contents,
+        &library_dirs,
+        &mut closure.warnings,
+    )?;
     for extra in &spec.extra_files {
         add_extra(&mut archive, extra)?;
     }
@@ -471,7 +520,7 @@ fn read_input(path: &Path, what: &'static str) -> Result<Vec<u8>, InitrdError> {
     })
 }
 
-fn default_perm(meta: &std::fs::Metadata) -> u32 {
+pub(crate) fn default_perm(meta: &std::fs::Metadata) -> u32 {
     use std::os::unix::fs::PermissionsExt;
     if meta.permissions().mode() & 0o100 != 0 {
         0o755

@@ -11,9 +11,10 @@ use std::process::ExitCode;
 use stagehand_initrd::{build_with, cpio, list, FullSpec};
 
 const USAGE: &str = "usage:
-  stagehand-initrd build --spec SPEC.json -o OUT [--report]
-      SPEC.json is an InitrdSpec as JSON (plus SpecExtras keys); --report prints the size of every file,
-      largest first
+  stagehand-initrd build --spec SPEC.json -o OUT [--contents LIST.json]... [--report]
+      SPEC.json is an InitrdSpec as JSON (plus SpecExtras keys); LIST.json is a
+      make-initrd-ng input list ([{source, target}, ...]) added to `contents`;
+      --report prints the size of every file, largest first
   stagehand-initrd list FILE
       decompress (gzip/zstd by magic) and list the cpio entries";
 
@@ -44,12 +45,14 @@ fn cmd_build(args: &[String]) -> Result<(), String> {
     let mut spec_path: Option<PathBuf> = None;
     let mut out: Option<PathBuf> = None;
     let mut report = false;
+    let mut content_lists: Vec<PathBuf> = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--spec" => spec_path = it.next().map(PathBuf::from),
             "-o" | "--output" => out = it.next().map(PathBuf::from),
             "--report" => report = true,
+            "--contents" => content_lists.extend(it.next().map(PathBuf::from)),
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
     }
@@ -60,6 +63,19 @@ fn cmd_build(args: &[String]) -> Result<(), String> {
         std::fs::read_to_string(&spec_path).map_err(|e| format!("{}: {e}", spec_path.display()))?;
     let spec: FullSpec = serde_json::from_str(&text)
         .map_err(|e| format!("{}: not a valid initrd spec: {e}", spec_path.display()))?;
+    let mut spec = spec;
+    for list_path in content_lists {
+        let text = std::fs::read_to_string(&list_path)
+            .map_err(|e| format!("{}: {e}", list_path.display()))?;
+        let objects: Vec<stagehand_initrd::objects::StoreObject> = serde_json::from_str(&text)
+            .map_err(|e| {
+                format!(
+                    "{}: not a make-initrd-ng list of {{source, target}}: {e}",
+                    list_path.display()
+                )
+            })?;
+        spec.extras.contents.extend(objects);
+    }
     let initrd = build_with(&spec.spec, &spec.extras).map_err(|e| e.to_string())?;
     // Write next to the target and rename, so a reader never sees half an initrd.
     let tmp = out.with_extension("tmp-stagehand");

@@ -356,3 +356,120 @@ fn xz_compressed_modules_as_nixos_and_newer_debian_ship_them() {
         assert_eq!(unpacked, plain, "{}", m.name);
     }
 }
+
+/// A real dynamically linked program from this host with its loader and libraries; with
+/// kernel modules in the same initrd, `/lib` (a symlink on merged-/usr Debian) stays the
+/// real directory that holds `/lib/modules`.
+#[test]
+fn e2fsck_closure_from_this_host() {
+    let e2fsck = Path::new("/usr/sbin/e2fsck");
+    if !e2fsck.exists() {
+        println!(
+            "SKIPPED: {} not on this host (apt-get install e2fsprogs)",
+            e2fsck.display()
+        );
+        return;
+    }
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let stage1 = scratch.path().join("stage1");
+    std::fs::write(&stage1, b"stage1").expect("stage1");
+    let mut spec = InitrdSpec {
+        stage1,
+        modules_dir: None,
+        modules: Vec::new(),
+        optional_modules: Vec::new(),
+        filesystems: Vec::new(),
+        device_timeout_ms: 1000,
+        panic_on_fail: false,
+        extra_files: Vec::new(),
+        compression: Compression::None,
+        keep_module_signatures: false,
+        compression_level: None,
+    };
+    if let Some(dir) = kernel_modules() {
+        spec.modules_dir = Some(dir);
+        spec.modules = vec!["virtio_blk".into()];
+    }
+    let mut extras = stagehand_initrd::SpecExtras::default();
+    extras.contents = vec![stagehand_initrd::objects::StoreObject {
+        source: e2fsck.to_owned(),
+        target: Some("/bin/fsck.ext4".into()),
+    }];
+    let initrd = stagehand_initrd::build_with(&spec, &extras).expect("build");
+    let entries = list(&initrd.bytes).expect("list");
+    let names: BTreeSet<&str> = entries.iter().map(|e| e.name.as_str()).collect();
+    println!("{names:#?}\nwarnings: {:?}", initrd.report.warnings);
+    assert!(
+        initrd.report.warnings.is_empty(),
+        "{:?}",
+        initrd.report.warnings
+    );
+    let has_lib = |soname: &str| names.iter().any(|n| n.ends_with(&format!("/{soname}")));
+    for soname in [
+        "libext2fs.so.2",
+        "libcom_err.so.2",
+        "libblkid.so.1",
+        "libuuid.so.1",
+        "libe2p.so.2",
+        "libc.so.6",
+        "ld-linux-x86-64.so.2",
+    ] {
+        assert!(has_lib(soname), "{soname} missing");
+    }
+    assert!(names.contains("bin/fsck.ext4"));
+    // The interpreter path as written in the binary resolves inside the archive.
+    let interp = stagehand_initrd::elf::dynamic(std::fs::read(e2fsck).expect("read").as_slice())
+        .expect("elf")
+        .interpreter
+        .expect("dynamic");
+    assert!(
+        resolves(&entries, &interp),
+        "{interp} does not resolve in the initrd"
+    );
+}
+
+/// Follow symlinks inside the archive listing to a regular file.
+fn resolves(entries: &[stagehand_initrd::cpio::ReadEntry], path: &str) -> bool {
+    let by_name: BTreeMap<&str, &stagehand_initrd::cpio::ReadEntry> =
+        entries.iter().map(|e| (e.name.as_str(), e)).collect();
+    let mut parts: Vec<String> = path
+        .split('/')
+        .filter(|p| !p.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let mut done: Vec<String> = Vec::new();
+    let mut hops = 0;
+    while !parts.is_empty() {
+        let part = parts.remove(0);
+        if part == ".." {
+            done.pop();
+            continue;
+        }
+        done.push(part);
+        let name = done.join("/");
+        let Some(e) = by_name.get(name.as_str()) else {
+            return false;
+        };
+        if e.mode & stagehand_initrd::cpio::S_IFMT == stagehand_initrd::cpio::S_IFLNK {
+            hops += 1;
+            if hops > 40 {
+                return false;
+            }
+            let target = String::from_utf8_lossy(&e.data).into_owned();
+            done.pop();
+            if target.starts_with('/') {
+                done.clear();
+            }
+            let mut new: Vec<String> = target
+                .split('/')
+                .filter(|p| !p.is_empty())
+                .map(str::to_owned)
+                .collect();
+            new.extend(parts);
+            parts = new;
+        }
+    }
+    by_name
+        .get(done.join("/").as_str())
+        .is_some_and(|e| e.mode & stagehand_initrd::cpio::S_IFMT == stagehand_initrd::cpio::S_IFREG)
+}
