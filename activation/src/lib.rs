@@ -12,6 +12,7 @@
 pub mod activate;
 #[doc(hidden)]
 pub mod bench;
+pub mod boot;
 pub mod cli;
 pub mod crypt;
 pub mod etc;
