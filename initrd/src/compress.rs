@@ -122,6 +122,57 @@ pub fn detect(data: &[u8]) -> Option<Compression> {
     }
 }
 
+/// Decompress an initrd that may be several archives in a row, each compressed its own
+/// way (as the kernel accepts: an uncompressed microcode cpio first, or a gzip'ed secrets
+/// archive appended to a zstd initrd). NUL padding between them is skipped. Returns the
+/// concatenated cpio bytes.
+pub fn decompress_segments(data: &[u8]) -> Result<Vec<u8>, CompressError> {
+    let mut out = Vec::new();
+    let mut rest = data;
+    loop {
+        while let [0, tail @ ..] = rest {
+            rest = tail;
+        }
+        if rest.is_empty() {
+            return Ok(out);
+        }
+        match detect(rest) {
+            Some(Compression::None) => {
+                let len = crate::cpio::archive_len(rest).map_err(|e| CompressError::Io {
+                    what: "reading an uncompressed cpio segment",
+                    error: std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()),
+                })?;
+                out.extend_from_slice(&rest[..len]);
+                rest = &rest[len..];
+            }
+            Some(Compression::Gzip) => {
+                // A bufread decoder consumes exactly the member, leaving `rest` after it.
+                let mut dec = flate2::bufread::GzDecoder::new(&mut rest);
+                dec.read_to_end(&mut out)
+                    .map_err(|error| CompressError::Io {
+                        what: "gzip decompression",
+                        error,
+                    })?;
+            }
+            Some(Compression::Zstd) => {
+                let io = |error| CompressError::Io {
+                    what: "zstd decompression",
+                    error,
+                };
+                let mut dec = zstd::stream::read::Decoder::with_buffer(&mut rest)
+                    .map_err(io)?
+                    .single_frame();
+                dec.read_to_end(&mut out).map_err(io)?;
+            }
+            None => {
+                return Err(CompressError::UnknownFormat {
+                    magic: rest.iter().take(6).copied().collect(),
+                })
+            }
+        }
+    }
+}
+
 /// Decompress by magic; an uncompressed cpio is returned as it is.
 pub fn decompress_any(data: &[u8]) -> Result<Vec<u8>, CompressError> {
     match detect(data) {

@@ -411,6 +411,41 @@ pub fn read(bytes: &[u8]) -> Result<Vec<ReadEntry>, CpioError> {
     Ok(entries)
 }
 
+/// Length of the archive at the start of `bytes`, through its trailer entry.
+pub fn archive_len(bytes: &[u8]) -> Result<usize, CpioError> {
+    let mut pos = 0;
+    loop {
+        let header = bytes
+            .get(pos..pos + HEADER_LEN)
+            .ok_or(CpioError::Truncated { offset: pos })?;
+        if &header[..6] != MAGIC {
+            return Err(CpioError::BadHeader {
+                offset: pos,
+                reason: "not a newc header".into(),
+            });
+        }
+        let field = |i: usize| {
+            std::str::from_utf8(&header[6 + i * 8..14 + i * 8])
+                .ok()
+                .and_then(|t| usize::from_str_radix(t, 16).ok())
+                .ok_or_else(|| CpioError::BadHeader {
+                    offset: pos,
+                    reason: format!("field {i} is not 8 hex digits"),
+                })
+        };
+        let filesize = field(6)?;
+        let namesize = field(11)?;
+        let name_start = pos + HEADER_LEN;
+        let name = bytes
+            .get(name_start..name_start + namesize)
+            .ok_or(CpioError::Truncated { offset: name_start })?;
+        pos = align4(align4(name_start + namesize) + filesize);
+        if name.strip_suffix(b"\0") == Some(TRAILER.as_bytes()) {
+            return Ok(pos.min(bytes.len()));
+        }
+    }
+}
+
 fn align4(n: usize) -> usize {
     (n + 3) & !3
 }

@@ -15,6 +15,8 @@ const USAGE: &str = "usage:
       SPEC.json is an InitrdSpec as JSON (plus SpecExtras keys); LIST.json is a
       make-initrd-ng input list ([{source, target}, ...]) added to `contents`;
       --report prints the size of every file, largest first
+  stagehand-initrd append-secrets INITRD DEST=SOURCE...
+      append a gzip'ed cpio holding each SOURCE at /.initrd-secrets/DEST
   stagehand-initrd list FILE
       decompress (gzip/zstd by magic) and list the cpio entries";
 
@@ -33,6 +35,7 @@ fn run(args: &[String]) -> Result<(), String> {
     match args.first().map(String::as_str) {
         Some("build") => cmd_build(&args[1..]),
         Some("list") => cmd_list(&args[1..]),
+        Some("append-secrets") => cmd_append_secrets(&args[1..]),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             Ok(())
@@ -88,6 +91,29 @@ fn cmd_build(args: &[String]) -> Result<(), String> {
             eprintln!("warning: {w}");
         }
     }
+    Ok(())
+}
+
+fn cmd_append_secrets(args: &[String]) -> Result<(), String> {
+    let [initrd, pairs @ ..] = args else {
+        return Err(format!("append-secrets needs the initrd file\n{USAGE}"));
+    };
+    let mut secrets = Vec::new();
+    for pair in pairs {
+        let (dest, source) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("{pair:?} is not DEST=SOURCE\n{USAGE}"))?;
+        secrets.push(stagehand_initrd::Secret {
+            dest: dest.to_owned(),
+            source: PathBuf::from(source),
+        });
+    }
+    let appended = stagehand_initrd::secrets_archive(&secrets).map_err(|e| e.to_string())?;
+    let mut bytes = std::fs::read(initrd).map_err(|e| format!("{initrd}: {e}"))?;
+    bytes.extend_from_slice(&appended);
+    let tmp = format!("{initrd}.tmp-stagehand");
+    std::fs::write(&tmp, &bytes).map_err(|e| format!("{tmp}: {e}"))?;
+    std::fs::rename(&tmp, initrd).map_err(|e| format!("{initrd}: {e}"))?;
     Ok(())
 }
 

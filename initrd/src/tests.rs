@@ -685,3 +685,38 @@ fn make_initrd_ng_json_is_accepted() {
     assert_eq!(list[0].target.as_deref(), Some("/init"));
     assert_eq!(list[1].target, None);
 }
+
+#[test]
+fn appended_secrets_are_listed_after_the_initrd() {
+    let t = fake_kernel();
+    let key = t.root.join("key");
+    std::fs::write(&key, b"secret key").expect("w");
+    let secrets = secrets_archive(&[Secret {
+        dest: "/etc/ssh/host_key".into(),
+        source: key.clone(),
+    }])
+    .expect("secrets");
+    assert_eq!(compress::detect(&secrets), Some(Compression::Gzip));
+    for c in [Compression::None, Compression::Gzip, Compression::Zstd] {
+        let mut s = spec(&t, &["fs"], &[]);
+        s.compression = c;
+        let mut bytes = build(&s).expect("build").bytes;
+        bytes.extend_from_slice(&secrets);
+        let entries = list(&bytes).expect("list");
+        let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
+        assert!(names.contains(&"init"), "{c:?}: {names:?}");
+        let secret = entries
+            .iter()
+            .find(|e| e.name == ".initrd-secrets/etc/ssh/host_key")
+            .unwrap_or_else(|| panic!("{c:?}: {names:?}"));
+        assert_eq!(secret.data, b"secret key");
+        assert_eq!(secret.mode, 0o100600);
+    }
+    let msg = secrets_archive(&[Secret {
+        dest: "/etc/x".into(),
+        source: t.root.join("missing"),
+    }])
+    .expect_err("missing")
+    .to_string();
+    assert!(msg.contains("secret") && msg.contains("missing"), "{msg}");
+}
