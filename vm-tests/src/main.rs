@@ -1,8 +1,143 @@
-mod generation;
-mod kernel;
-mod qemu;
-mod store;
-mod tree;
-mod workspace;
+//! `vm-tests`: boots real Stagehand generations in QEMU and checks them from the guest's
+//! console.
+//!
+//! ```text
+//! vm-tests test [SCENARIO...]   run the boot scenarios, PASS/FAIL each, non-zero on failure
+//! vm-tests demo                 boot the demo generation with the console on stdout
+//! vm-tests list                 name the scenarios
+//! ```
+//!
+//! Before booting it builds stage1, stage2 and guest-probe (`cargo build --release`),
+//! fetches the Debian kernel into `$STAGEHAND_CACHE` (default `<workspace>/target/vm-cache`)
+//! and writes images, initrds and console logs under `<target dir>/vm-tests/<scenario>/`.
 
-fn main() {}
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Result;
+
+use stagehand_vm_tests::scenarios::{self, Inputs, Outcome};
+
+type Scenario = (&'static str, &'static str, fn(&Inputs) -> Result<Outcome>);
+
+const SCENARIOS: &[Scenario] = &[
+    (
+        "boot-spine",
+        "our initrd → stage 1 → stage 2 → activation → systemd as PID 1, checked from the guest",
+        |i| scenarios::boot_spine(i, false),
+    ),
+    (
+        "corrupt-config",
+        "a stage-1 config with one flipped byte is refused (file and checksum named), boot stops",
+        scenarios::corrupt_config_scenario,
+    ),
+];
+
+fn usage() -> ExitCode {
+    eprintln!("usage: vm-tests test [SCENARIO...] | vm-tests demo | vm-tests list");
+    ExitCode::from(2)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("test") => run_tests(&args[1..]),
+        Some("demo") if args.len() == 1 => run_demo(),
+        Some("list") if args.len() == 1 => {
+            for (name, what, _) in SCENARIOS {
+                println!("{name:<16} {what}");
+            }
+            ExitCode::SUCCESS
+        }
+        _ => usage(),
+    }
+}
+
+fn prepare() -> Option<Inputs> {
+    match Inputs::prepare() {
+        Ok(i) => Some(i),
+        Err(e) => {
+            eprintln!("vm-tests: cannot prepare the boot inputs: {e:#}");
+            None
+        }
+    }
+}
+
+fn print_outcome(name: &str, outcome: &Result<Outcome>, secs: f64) -> bool {
+    match outcome {
+        Ok(o) => {
+            for n in &o.notes {
+                for line in n.lines() {
+                    println!("  {line}");
+                }
+            }
+            if o.failures.is_empty() {
+                println!("PASS {name} ({secs:.1} s)");
+                true
+            } else {
+                for f in &o.failures {
+                    println!("  ✗ {f}");
+                }
+                if let Some(log) = &o.log {
+                    println!("  console log: {}", log.display());
+                }
+                println!("FAIL {name} ({secs:.1} s)");
+                false
+            }
+        }
+        Err(e) => {
+            println!("  error: {e:#}");
+            println!("FAIL {name} ({secs:.1} s)");
+            false
+        }
+    }
+}
+
+fn run_tests(filter: &[String]) -> ExitCode {
+    let unknown: Vec<&String> = filter
+        .iter()
+        .filter(|f| !SCENARIOS.iter().any(|(n, _, _)| n == f))
+        .collect();
+    if !unknown.is_empty() {
+        eprintln!("vm-tests: unknown scenario(s) {unknown:?}; `vm-tests list` names them");
+        return ExitCode::from(2);
+    }
+    let Some(inputs) = prepare() else {
+        return ExitCode::FAILURE;
+    };
+    let (mut passed, mut failed) = (0, 0);
+    for (name, what, run) in SCENARIOS {
+        if !filter.is_empty() && !filter.iter().any(|f| f == name) {
+            continue;
+        }
+        println!("RUN  {name}: {what}");
+        let t = Instant::now();
+        let outcome = run(&inputs);
+        if print_outcome(name, &outcome, t.elapsed().as_secs_f64()) {
+            passed += 1;
+        } else {
+            failed += 1;
+        }
+    }
+    println!("vm-tests: {passed} passed, {failed} failed");
+    if failed == 0 && passed > 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn run_demo() -> ExitCode {
+    let Some(inputs) = prepare() else {
+        return ExitCode::FAILURE;
+    };
+    println!("vm-tests demo: booting the demo generation; the guest console follows\n");
+    let t = Instant::now();
+    let outcome = scenarios::boot_spine(&inputs, true);
+    println!("\n--- demo summary ---");
+    if print_outcome("demo", &outcome, t.elapsed().as_secs_f64()) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}

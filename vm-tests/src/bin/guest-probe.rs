@@ -1,1 +1,123 @@
-fn main() {}
+//! Runs inside the test VM as `stagehand-probe.service` and prints what a user of the
+//! booted system could check by hand, one fact per line:
+//!
+//! ```text
+//! STAGEHAND-PROBE <key>=<value>
+//! ```
+//!
+//! A fact that cannot be read is printed as `<key>=error: <why>`; the probe itself never
+//! fails, so the host always gets the full list followed by `STAGEHAND-PROBE done`.
+//! It also writes one line to `/dev/kmsg` when it starts, so the host can read the
+//! kernel's timestamp of "systemd ran our unit".
+//!
+//! std only: it is linked statically and needs nothing from the guest's /usr.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+
+const PREFIX: &str = "STAGEHAND-PROBE";
+
+fn emit(key: &str, value: Result<String, String>) {
+    let value = value.unwrap_or_else(|e| format!("error: {e}"));
+    // One write per line, so the kernel's console output cannot split it.
+    let line = format!("{PREFIX} {key}={value}\n");
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(line.as_bytes());
+    let _ = out.flush();
+}
+
+fn readlink(path: &str) -> Result<String, String> {
+    fs::read_link(path)
+        .map(|p| p.display().to_string())
+        .map_err(|e| format!("{path}: {e}"))
+}
+
+fn read_trimmed(path: &str) -> Result<String, String> {
+    fs::read_to_string(path)
+        .map(|s| s.trim_end().to_string())
+        .map_err(|e| format!("{path}: {e}"))
+}
+
+/// The `/etc/passwd` (or group) line of `name`.
+fn db_line(db: &str, name: &str) -> Result<String, String> {
+    let text = fs::read_to_string(db).map_err(|e| format!("{db}: {e}"))?;
+    text.lines()
+        .find(|l| l.split(':').next() == Some(name))
+        .map(str::to_string)
+        .ok_or_else(|| format!("no {name} in {db}"))
+}
+
+/// `mode=0400 uid=1000 gid=0` of a path (not following a final symlink).
+fn ownership(path: &str) -> Result<String, String> {
+    let md = fs::symlink_metadata(path).map_err(|e| format!("{path}: {e}"))?;
+    let kind = if md.file_type().is_symlink() {
+        "symlink"
+    } else if md.is_dir() {
+        "dir"
+    } else {
+        "file"
+    };
+    Ok(format!(
+        "{kind} mode={:04o} uid={} gid={}",
+        md.mode() & 0o7777,
+        md.uid(),
+        md.gid()
+    ))
+}
+
+/// `ro` or `rw` for the topmost mount at `mount_point`, from /proc/self/mountinfo.
+fn mount_state(mount_point: &str) -> Result<String, String> {
+    let text = fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| format!("/proc/self/mountinfo: {e}"))?;
+    // Fields: id parent major:minor root mount-point mount-options ... - fstype source super-options
+    let found = text
+        .lines()
+        .rev()
+        .find(|l| l.split(' ').nth(4) == Some(mount_point))
+        .ok_or_else(|| format!("{mount_point} is not a mount point"))?;
+    let opts = found.split(' ').nth(5).unwrap_or("");
+    let ro = opts.split(',').any(|o| o == "ro");
+    let fstype = found
+        .split(" - ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .unwrap_or("?");
+    Ok(format!("{} {fstype}", if ro { "ro" } else { "rw" }))
+}
+
+fn log_to_kmsg(msg: &str) {
+    if let Ok(mut f) = fs::OpenOptions::new().write(true).open("/dev/kmsg") {
+        let _ = f.write_all(format!("<6>guest-probe: {msg}\n").as_bytes());
+    }
+}
+
+fn main() {
+    log_to_kmsg("started");
+    emit("pid1.comm", read_trimmed("/proc/1/comm"));
+    emit("pid1.exe", readlink("/proc/1/exe"));
+    emit("ppid", Ok(std::os::unix::process::parent_id().to_string()));
+    emit("booted-system", readlink("/run/booted-system"));
+    emit("current-system", readlink("/run/current-system"));
+    emit("passwd.alice", db_line("/etc/passwd", "alice"));
+    emit("passwd.messagebus", db_line("/etc/passwd", "messagebus"));
+    emit("group.wheel", db_line("/etc/group", "wheel"));
+    emit("group.shadow", db_line("/etc/group", "shadow"));
+    emit("etc.hostname.link", readlink("/etc/hostname"));
+    emit("etc.hostname", read_trimmed("/etc/hostname"));
+    emit("hostname", read_trimmed("/proc/sys/kernel/hostname"));
+    emit("etc.static.link", readlink("/etc/static"));
+    emit("etc.secret", ownership("/etc/stagehand-secret"));
+    emit("etc.shadow", ownership("/etc/shadow"));
+    emit("etc.machine-id", ownership("/etc/machine-id"));
+    emit("nix-store.mount", mount_state("/nix/store"));
+    emit("root.mount", mount_state("/"));
+    emit(
+        "uptime",
+        read_trimmed("/proc/uptime").map(|u| u.split(' ').next().unwrap_or("").to_string()),
+    );
+    log_to_kmsg("done");
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(format!("{PREFIX} done\n").as_bytes());
+    let _ = out.flush();
+}

@@ -1,0 +1,12 @@
+//! The Stagehand VM test harness as a library: the pieces the `vm-tests` binary (and later
+//! tests) put together to build a NixOS-shaped system image, boot it in QEMU and read what
+//! the guest says.
+
+pub mod console;
+pub mod generation;
+pub mod kernel;
+pub mod qemu;
+pub mod scenarios;
+pub mod store;
+pub mod tree;
+pub mod workspace;

@@ -1,0 +1,475 @@
+//! The boot scenarios: each builds what it boots (initrd, disk image), runs the VM and
+//! asserts on what the guest console shows.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use stagehand_common::envelope::HEADER_LEN;
+use stagehand_common::stage1_config::{FileSystem, Stage1Config, STAGE1_CONFIG_PATH};
+use stagehand_initrd::{Compression, Initrd, InitrdSpec};
+
+use crate::console::{probe_facts, Phases, PROBE_DONE};
+use crate::generation::{BootFiles, BuiltGeneration, GenerationSpec, HostSystemd, SystemImage};
+use crate::kernel::{self, Kernel};
+use crate::qemu::{Line, Vm, VmConfig};
+use crate::workspace::{BootBinaries, Workspace};
+
+/// Hard limit for one VM run. A boot takes ~3-5 s under TCG; the machine is shared.
+const VM_LIMIT: Duration = Duration::from_secs(300);
+/// From QEMU start to the first stage-1 line (firmware, kernel start, initrd unpack).
+const FIRST_LINE: Duration = Duration::from_secs(120);
+/// Between two milestones of a boot.
+const STEP: Duration = Duration::from_secs(90);
+
+/// Everything the scenarios share, prepared once.
+pub struct Inputs {
+    pub workspace: Workspace,
+    pub bins: BootBinaries,
+    pub kernel: Kernel,
+    pub systemd: HostSystemd,
+}
+
+impl Inputs {
+    pub fn prepare() -> Result<Self> {
+        check_host_tools()?;
+        let workspace = Workspace::locate()?;
+        eprintln!("vm-tests: building the boot binaries (cargo build --release)");
+        let bins = workspace.build_boot_binaries()?;
+        let kernel = kernel::fetch(&workspace.cache_dir()).context("preparing the guest kernel")?;
+        eprintln!(
+            "vm-tests: kernel {} ({})",
+            kernel.package,
+            kernel.vmlinux.display()
+        );
+        let systemd = HostSystemd::discover()?;
+        Ok(Self {
+            workspace,
+            bins,
+            kernel,
+            systemd,
+        })
+    }
+
+    fn scenario_dir(&self, name: &str) -> Result<PathBuf> {
+        let dir = self.workspace.artifacts_dir().join(name);
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(dir)
+    }
+
+    /// The initrd for a virtio-pci ext4 root on /dev/vda.
+    pub fn initrd_spec(&self, compression: Compression) -> Result<InitrdSpec> {
+        initrd_spec(&self.bins.stage1, &self.kernel.modules_dir, compression)
+    }
+
+    pub fn build_initrd(&self, compression: Compression) -> Result<Initrd> {
+        stagehand_initrd::build(&self.initrd_spec(compression)?)
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .context("building the initrd")
+    }
+
+    /// A disk image with the demo generation as `system-1-link` and `system`.
+    pub fn demo_image(&self, dir: &Path, initrd: &Path) -> Result<(PathBuf, BuiltGeneration)> {
+        let boot = BootFiles {
+            kernel: self.kernel.vmlinuz.clone(),
+            kernel_version: self.kernel.version.clone(),
+            initrd: initrd.to_path_buf(),
+        };
+        let spec = GenerationSpec::demo(1, &self.bins.stage2, &self.bins.guest_probe, boot);
+        let mut image = SystemImage::new(&self.systemd)?;
+        let generation = image.add_generation(&spec)?;
+        let img = dir.join("root.img");
+        image
+            .write_ext4(&img, 256, "stagehand-root")
+            .context("building the disk image")?;
+        Ok((img, generation))
+    }
+
+    fn vm_config(
+        &self,
+        dir: &Path,
+        initrd: &Path,
+        drives: Vec<PathBuf>,
+        append: String,
+    ) -> VmConfig {
+        VmConfig {
+            kernel: self.kernel.vmlinux.clone(),
+            initrd: initrd.to_path_buf(),
+            drives,
+            append,
+            memory_mb: 512,
+            timeout: VM_LIMIT,
+            log: dir.join("console.log"),
+            echo: false,
+        }
+    }
+}
+
+/// The initrd spec for a virtio-pci ext4 root on /dev/vda, written as the JSON the
+/// initrd CLI takes (`stagehand-initrd build --spec`), so fields the builder adds later
+/// keep their defaults.
+pub fn initrd_spec(
+    stage1: &Path,
+    modules_dir: &Path,
+    compression: Compression,
+) -> Result<InitrdSpec> {
+    let root = FileSystem {
+        mount_point: "/".into(),
+        device: "/dev/vda".into(),
+        fs_type: "ext4".into(),
+        options: vec![],
+    };
+    let value = serde_json::json!({
+        "stage1": stage1,
+        "modules_dir": modules_dir,
+        "modules": ["virtio_pci", "virtio_blk", "ext4"],
+        // ext4 needs crc32c for metadata_csum, but it is only a softdep of ext4.
+        "optional_modules": ["crc32c_generic"],
+        "filesystems": [{
+            "mount_point": root.mount_point,
+            "device": root.device,
+            "fs_type": root.fs_type,
+            "options": root.options,
+        }],
+        "device_timeout_ms": 10_000,
+        // The command line decides (`boot.panic_on_fail` in the generation's params).
+        "panic_on_fail": false,
+        "compression": compression,
+    });
+    let spec: InitrdSpec = serde_json::from_value(value).context("making the initrd spec")?;
+    // Unknown keys are ignored by serde: make sure ours all landed.
+    if spec.filesystems != [root] || spec.modules.len() != 3 || spec.compression != compression {
+        bail!("the initrd spec did not take the harness's settings: {spec:?}");
+    }
+    Ok(spec)
+}
+
+fn check_host_tools() -> Result<()> {
+    let missing: Vec<&str> = [
+        "qemu-system-x86_64",
+        "mkfs.ext4",
+        "timeout",
+        "xz",
+        "ldd",
+        "apt-get",
+        "apt-cache",
+        "dpkg",
+    ]
+    .into_iter()
+    .filter(|tool| !on_path(tool))
+    .collect();
+    if !missing.is_empty() {
+        bail!(
+            "missing host tools: {}; run vm-tests/setup-host (as root) first",
+            missing.join(", ")
+        );
+    }
+    Ok(())
+}
+
+fn on_path(tool: &str) -> bool {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/sbin".into()])
+        .any(|d| d.join(tool).is_file())
+}
+
+/// What a scenario found: the checks that failed (empty = pass) and what to print.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub failures: Vec<String>,
+    pub notes: Vec<String>,
+    pub log: Option<PathBuf>,
+}
+
+impl Outcome {
+    fn check(&mut self, what: &str, ok: bool, detail: impl FnOnce() -> String) {
+        if !ok {
+            self.failures.push(format!("{what}: {}", detail()));
+        }
+    }
+}
+
+fn sizes_note(inputs: &Inputs, initrd: &Initrd) -> String {
+    let kib = |p: &Path| fs::metadata(p).map_or(0, |m| m.len()).div_ceil(1024);
+    format!(
+        "sizes: stage1 {} KiB, stage2 {} KiB, guest-probe {} KiB; initrd {} KiB ({}, cpio {} KiB)",
+        kib(&inputs.bins.stage1),
+        kib(&inputs.bins.stage2),
+        kib(&inputs.bins.guest_probe),
+        initrd.report.compressed.div_ceil(1024),
+        initrd.report.compression.name(),
+        initrd.report.uncompressed.div_ceil(1024),
+    )
+}
+
+/// Boot the demo generation from our initrd to systemd and check, from the guest's own
+/// console, every step a user would see. `echo` streams the console (the demo).
+pub fn boot_spine(inputs: &Inputs, echo: bool) -> Result<Outcome> {
+    let dir = inputs.scenario_dir("boot-spine")?;
+    let initrd = inputs.build_initrd(Compression::Zstd)?;
+    let initrd_path = dir.join("initrd.zst");
+    fs::write(&initrd_path, &initrd.bytes)
+        .with_context(|| format!("writing {}", initrd_path.display()))?;
+    let (img, generation) = inputs.demo_image(&dir, &initrd_path)?;
+    let mut cfg = inputs.vm_config(&dir, &initrd_path, vec![img], generation.cmdline());
+    cfg.echo = echo;
+
+    let mut out = Outcome {
+        log: Some(cfg.log.clone()),
+        ..Outcome::default()
+    };
+    out.notes.push(sizes_note(inputs, &initrd));
+    out.notes
+        .push(format!("kernel command line: {}", cfg.append));
+
+    let mut vm = Vm::start(&cfg)?;
+    let steps: Vec<(&str, Duration)> = vec![
+        ("stage1: started", FIRST_LINE),
+        ("stage1: loading module", STEP),
+        ("stage1: mounted /", STEP),
+        ("stage1: switching root", STEP),
+        ("stage2: ", STEP),
+    ];
+    let result = (|| -> Result<()> {
+        for (needle, within) in steps {
+            vm.wait_for(needle, within)?;
+        }
+        vm.wait_for_line("a stage-2 line about activation", STEP, |l| {
+            l.contains("stage2: ") && l.contains("activation")
+        })?;
+        vm.wait_for("systemd[1]: ", STEP)?;
+        vm.wait_for(PROBE_DONE, STEP)?;
+        Ok(())
+    })();
+    let mut phases = Phases::from_lines(&vm.lines());
+    if let Err(e) = result {
+        out.failures.push(format!("{e:#}"));
+        out.notes.push(vm.failure_context(40));
+        out.notes.push(phases.to_string());
+        return Ok(out);
+    }
+    // The probe unit powers the VM off when it is done (SuccessAction=poweroff-force).
+    match vm.wait_exit(STEP) {
+        Ok(status) => {
+            out.check("the VM powered off cleanly", status.success(), || {
+                format!("QEMU exited with {status}")
+            });
+        }
+        Err(e) => out.failures.push(format!("power off: {e:#}")),
+    }
+    phases.host_exit = Some(vm.elapsed().as_secs_f64());
+    let lines = vm.lines();
+    out.check(
+        "no kernel panic",
+        !lines.iter().any(|l| l.text.contains("Kernel panic")),
+        || "the console shows a kernel panic".into(),
+    );
+
+    let facts = probe_facts(&lines);
+    let fact = |k: &str| facts.get(k).map(String::as_str).unwrap_or("<missing>");
+    let eq = |out: &mut Outcome, k: &str, want: &str| {
+        let got = fact(k);
+        out.check(k, got == want, || {
+            format!("expected {want:?}, the guest says {got:?}")
+        });
+    };
+    eq(&mut out, "pid1.comm", "systemd");
+    eq(&mut out, "pid1.exe", &generation.systemd_binary());
+    eq(&mut out, "ppid", "1");
+    eq(&mut out, "booted-system", generation.toplevel.as_str());
+    eq(&mut out, "current-system", generation.toplevel.as_str());
+    eq(&mut out, "etc.hostname.link", "/etc/static/hostname");
+    eq(&mut out, "etc.hostname", &generation.hostname);
+    eq(&mut out, "hostname", &generation.hostname);
+    eq(&mut out, "etc.static.link", &generation.etc.join("etc"));
+    eq(&mut out, "etc.secret", "file mode=0400 uid=1000 gid=0");
+    let alice = fact("passwd.alice");
+    out.check(
+        "passwd.alice",
+        alice.starts_with("alice:x:1000:100:"),
+        || format!("expected alice:x:1000:100:..., the guest says {alice:?}"),
+    );
+    let mb = fact("passwd.messagebus");
+    let mb_uid = mb.split(':').nth(2).and_then(|u| u.parse::<u32>().ok());
+    out.check(
+        "passwd.messagebus",
+        mb.starts_with("messagebus:x:") && mb_uid.is_some_and(|u| (400..=999).contains(&u)),
+        || format!("expected an allocated system uid in 400..=999, the guest says {mb:?}"),
+    );
+    let wheel = fact("group.wheel");
+    out.check(
+        "group.wheel",
+        wheel.starts_with("wheel:x:1:") && wheel.ends_with(":alice"),
+        || format!("expected wheel:x:1:alice, the guest says {wheel:?}"),
+    );
+    let shadow = fact("etc.shadow");
+    let shadow_mode = shadow
+        .split(' ')
+        .find_map(|w| w.strip_prefix("mode="))
+        .and_then(|m| u32::from_str_radix(m, 8).ok());
+    out.check(
+        "etc.shadow",
+        shadow.starts_with("file ") && shadow_mode.is_some_and(|m| m & 0o007 == 0),
+        || format!("expected a file that is not world-readable, the guest says {shadow:?}"),
+    );
+    let store = fact("nix-store.mount");
+    out.check("nix-store.mount", store.starts_with("ro "), || {
+        format!("expected /nix/store mounted read-only, the guest says {store:?}")
+    });
+
+    out.notes.push(format!(
+        "guest: pid 1 = {} ({}), /etc/shadow {}, messagebus uid {}, /nix/store {}",
+        fact("pid1.comm"),
+        fact("pid1.exe"),
+        shadow,
+        mb_uid.map_or("?".into(), |u| u.to_string()),
+        store
+    ));
+    out.notes.push(phases.to_string());
+    Ok(out)
+}
+
+/// Flip one byte of the stage-1 config's payload inside an uncompressed initrd.
+pub fn corrupt_config(initrd: &Initrd) -> Result<Vec<u8>> {
+    let config = initrd
+        .config
+        .encode()
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .context("encoding the stage-1 config")?;
+    let mut bytes = initrd.bytes.clone();
+    let at = bytes
+        .windows(config.len())
+        .position(|w| w == config.as_slice())
+        .context("the stage-1 config is not stored verbatim in the initrd (compressed?)")?;
+    let target = at + HEADER_LEN;
+    bytes[target] ^= 0x01;
+    Ok(bytes)
+}
+
+/// A stage-1 config with one flipped byte must be refused with a message naming the file
+/// and the checksum, and with `boot.panic_on_fail` the boot must stop (kernel panic, VM
+/// exits) instead of going on.
+pub fn corrupt_config_scenario(inputs: &Inputs) -> Result<Outcome> {
+    let dir = inputs.scenario_dir("corrupt-config")?;
+    let initrd = inputs.build_initrd(Compression::None)?;
+    let bad = corrupt_config(&initrd)?;
+    // The corruption is what we think it is: the archive holds a config that fails its
+    // checksum, and nothing else changed.
+    let entries = stagehand_initrd::list(&bad).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let cfg_name = STAGE1_CONFIG_PATH.trim_start_matches('/');
+    let entry = entries
+        .iter()
+        .find(|e| e.name.trim_start_matches("./").trim_start_matches('/') == cfg_name)
+        .with_context(|| format!("{STAGE1_CONFIG_PATH} is not in the initrd"))?;
+    match Stage1Config::decode(&entry.data) {
+        Err(stagehand_common::envelope::EnvelopeError::ChecksumMismatch { .. }) => {}
+        other => bail!("the flipped config should fail its checksum, got {other:?}"),
+    }
+    let initrd_path = dir.join("initrd.cpio");
+    fs::write(&initrd_path, &bad).with_context(|| format!("writing {}", initrd_path.display()))?;
+    let (img, generation) = inputs.demo_image(&dir, &initrd_path)?;
+    let cfg = inputs.vm_config(&dir, &initrd_path, vec![img], generation.cmdline());
+    let mut out = Outcome {
+        log: Some(cfg.log.clone()),
+        ..Outcome::default()
+    };
+    out.notes
+        .push(format!("kernel command line: {}", cfg.append));
+
+    let mut vm = Vm::start(&cfg)?;
+    let result = (|| -> Result<(Line, Line)> {
+        let refused = vm.wait_for_line(
+            "a stage-1 error naming /etc/stagehand/stage1.cfg and the checksum",
+            FIRST_LINE,
+            |l| l.contains("stage1: ") && l.contains(STAGE1_CONFIG_PATH) && l.contains("checksum"),
+        )?;
+        let panic = vm.wait_for("Kernel panic", STEP)?;
+        vm.wait_exit(STEP)?;
+        Ok((refused, panic))
+    })();
+    let lines = vm.lines();
+    match result {
+        Ok((refused, panic)) => {
+            let kt = |l: &Line| l.kernel_time().map_or("?".into(), |t| format!("{t:.3} s"));
+            out.notes
+                .push(format!("stage 1 said: {}", refused.text.trim()));
+            out.notes.push(format!("then: {}", panic.text.trim()));
+            out.notes.push(format!(
+                "kernel start → config refused {}; kernel panic at {}; VM gone {:.2} s after QEMU start (host)",
+                kt(&refused),
+                kt(&panic),
+                vm.elapsed().as_secs_f64()
+            ));
+        }
+        Err(e) => {
+            out.failures.push(format!("{e:#}"));
+            out.notes.push(vm.failure_context(30));
+        }
+    }
+    for never in [
+        "stage1: loading module",
+        "stage1: switching root",
+        "stage2: ",
+    ] {
+        out.check(
+            &format!("nothing after the bad config ({never:?})"),
+            !lines.iter().any(|l| l.text.contains(never)),
+            || "stage 1 went on despite the corrupt config".into(),
+        );
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stagehand_initrd::SizeReport;
+
+    #[test]
+    fn initrd_spec_carries_the_root_and_modules() {
+        let spec = initrd_spec(Path::new("/s1"), Path::new("/m"), Compression::None).expect("spec");
+        assert_eq!(spec.stage1, PathBuf::from("/s1"));
+        assert_eq!(spec.modules_dir, Some(PathBuf::from("/m")));
+        assert_eq!(spec.modules, ["virtio_pci", "virtio_blk", "ext4"]);
+        assert_eq!(spec.optional_modules, ["crc32c_generic"]);
+        assert_eq!(spec.filesystems[0].device, "/dev/vda");
+        assert_eq!(spec.device_timeout_ms, 10_000);
+        assert!(!spec.panic_on_fail);
+        assert!(spec.extra_files.is_empty());
+    }
+
+    #[test]
+    fn corrupting_flips_exactly_one_payload_byte() {
+        let config = Stage1Config::default();
+        let enc = config.encode().expect("encode");
+        let mut archive = b"070701 header stuff etc/stagehand/stage1.cfg\0".to_vec();
+        let at = archive.len();
+        archive.extend_from_slice(&enc);
+        archive.extend_from_slice(b"TRAILER!!!");
+        let initrd = Initrd {
+            bytes: archive.clone(),
+            report: SizeReport {
+                files: vec![],
+                uncompressed: 0,
+                compressed: 0,
+                compression: Compression::None,
+                builtin_modules: vec![],
+                warnings: vec![],
+            },
+            config,
+        };
+        let bad = corrupt_config(&initrd).expect("corrupt");
+        let diff: Vec<usize> = (0..bad.len()).filter(|&i| bad[i] != archive[i]).collect();
+        assert_eq!(diff, vec![at + HEADER_LEN]);
+        let e = Stage1Config::decode(&bad[at..at + enc.len()]).expect_err("must fail");
+        assert!(e.to_string().contains("checksum"), "{e}");
+
+        let compressed = Initrd {
+            bytes: b"not the config".to_vec(),
+            ..initrd
+        };
+        assert!(corrupt_config(&compressed).is_err());
+    }
+}
