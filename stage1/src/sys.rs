@@ -217,6 +217,11 @@ pub fn switch_root(new_root: &Path, init: &str) -> String {
     if let Err(e) = rustix::process::chdir("/") {
         return format!("cannot chdir to / in the new root: {e}");
     }
+    if freed {
+        log::info!("freed the initramfs in {} ms", free_time.as_millis());
+    } else {
+        log::warn!("/ was not an initramfs (ramfs/tmpfs); left its contents alone");
+    }
     use std::os::unix::process::CommandExt;
     let e = std::process::Command::new(init)
         .arg0(init)
