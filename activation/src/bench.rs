@@ -1,4 +1,248 @@
-//! `stagehand bench` (hidden): generated NixOS-shaped inputs, timed.
-pub fn run(_args: &[String]) -> Result<(), String> {
-    Err("not yet".into())
+//! `stagehand bench [--reps N] [--dir DIR]` (hidden): times the etc and users steps on
+//! generated NixOS-shaped inputs inside temporary roots — first run, a re-run without
+//! changes, and a run after about 10 % of the inputs changed. Not a test: it prints numbers.
+
+use std::fmt::Write as _;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::etc::{self, EtcOptions};
+use crate::rootfs::Root;
+use crate::users::{self, UsersSpec};
+
+/// One generated system size.
+struct Size {
+    etc_entries: usize,
+    users: usize,
+    groups: usize,
+}
+
+const SIZES: [Size; 2] = [
+    Size {
+        etc_entries: 300,
+        users: 30,
+        groups: 60,
+    },
+    Size {
+        etc_entries: 3000,
+        users: 1000,
+        groups: 1000,
+    },
+];
+
+fn io<T>(r: std::io::Result<T>, what: &str) -> Result<T, String> {
+    r.map_err(|e| format!("{what}: {e}"))
+}
+
+/// Write an etc tree of `n` entries into the store under `root_dir` for generation `gen`:
+/// about 5 % copied files with sidecars, the rest symlinks, spread over nested directories
+/// (`a.d/b.d/file`), like NixOS's. With `changed`, every tenth entry points at new contents.
+fn make_etc(root_dir: &Path, gen: &str, n: usize, changed: bool) -> Result<String, String> {
+    let tree = format!("/nix/store/{gen}-etc/etc");
+    let host_tree = root_dir.join(tree.trim_start_matches('/'));
+    for i in 0..n {
+        let rel = match i % 10 {
+            0..=4 => format!("file{i}.conf"),
+            5..=7 => format!("dir{}.d/file{i}", i % 37),
+            _ => format!("dir{}.d/sub{}/file{i}", i % 37, i % 5),
+        };
+        let version = if changed && i % 10 == 3 { "new" } else { "old" };
+        let src = format!("/nix/store/{version}{i:05}-source");
+        let host_src = root_dir.join(src.trim_start_matches('/'));
+        if !host_src.exists() {
+            io(
+                std::fs::write(&host_src, format!("entry {i} {version}\n")),
+                "write source",
+            )?;
+        }
+        let host_entry = host_tree.join(&rel);
+        if let Some(parent) = host_entry.parent() {
+            io(std::fs::create_dir_all(parent), "mkdir tree")?;
+        }
+        io(symlink(&src, &host_entry), "symlink")?;
+        if i % 20 == 7 {
+            for (ext, value) in [(".mode", "0640\n"), (".uid", "+0\n"), (".gid", "+0\n")] {
+                let mut p = host_entry.clone().into_os_string();
+                p.push(ext);
+                io(std::fs::write(PathBuf::from(p), value), "sidecar")?;
+            }
+        }
+    }
+    Ok(tree)
+}
+
+fn make_users(n_users: usize, n_groups: usize, changed: bool) -> String {
+    let mut groups = Vec::new();
+    for g in 0..n_groups {
+        let gid = if g < n_groups / 2 {
+            format!("{}", 2000 + g)
+        } else {
+            "null".to_owned()
+        };
+        groups.push(format!(
+            r#"{{"name": "group{g}", "gid": {gid}, "members": ["user{}"]}}"#,
+            g % n_users.max(1)
+        ));
+    }
+    groups.push(r#"{"name": "users", "gid": 100, "members": []}"#.to_owned());
+    let mut users = Vec::new();
+    for u in 0..n_users {
+        let system = u % 3 == 0;
+        let desc = if changed && u % 10 == 4 {
+            "changed"
+        } else {
+            "a user"
+        };
+        users.push(format!(
+            r#"{{"name": "user{u}", "uid": null, "group": "users", "description": "{desc} {u}",
+                "home": "{home}", "homeMode": "700", "createHome": {create},
+                "isSystemUser": {system}, "shell": "/run/current-system/sw/bin/bash",
+                "hashedPassword": "$6$abcdefgh$0123456789", "autoSubUidGidRange": {sub}}}"#,
+            home = if system {
+                "/var/empty".to_owned()
+            } else {
+                format!("/home/user{u}")
+            },
+            create = !system,
+            sub = !system && u % 2 == 0,
+        ));
+    }
+    format!(
+        r#"{{"mutableUsers": true, "users": [{}], "groups": [{}]}}"#,
+        users.join(","),
+        groups.join(",")
+    )
+}
+
+/// A scratch root, removed when dropped.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(base: Option<&Path>, n: usize) -> Result<Scratch, String> {
+        let base = base.map_or_else(std::env::temp_dir, Path::to_path_buf);
+        let p = base.join(format!("stagehand-bench-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        io(std::fs::create_dir_all(&p), "scratch dir")?;
+        Ok(Scratch(p))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[derive(Default)]
+struct Times {
+    first: Vec<Duration>,
+    again: Vec<Duration>,
+    changed: Vec<Duration>,
+    listing: Vec<Duration>,
+}
+
+fn median(v: &mut [Duration]) -> Duration {
+    v.sort();
+    v.get(v.len() / 2).copied().unwrap_or_default()
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2}", d.as_secs_f64() * 1000.0)
+}
+
+fn etc_run(root: &Root, tree: &str) -> Result<(Duration, Duration), String> {
+    let t = Instant::now();
+    let listing = etc::list_tree(root, Path::new(tree)).map_err(|e| e.to_string())?;
+    let list_time = t.elapsed();
+    let t = Instant::now();
+    let out =
+        etc::setup_etc(root, &listing, EtcOptions::default(), false).map_err(|e| e.to_string())?;
+    if !out.issues.is_empty() {
+        return Err(format!("etc issues: {:?}", out.issues));
+    }
+    Ok((list_time, t.elapsed()))
+}
+
+fn users_run(root: &Root, spec: &UsersSpec) -> Result<Duration, String> {
+    let t = Instant::now();
+    let out = users::update_users(root, spec, false).map_err(|e| e.to_string())?;
+    if !out.errors.is_empty() {
+        return Err(format!("users errors: {:?}", out.errors));
+    }
+    Ok(t.elapsed())
+}
+
+pub fn run(args: &[String]) -> Result<(), String> {
+    let mut reps = 5usize;
+    let mut base: Option<PathBuf> = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--reps" => {
+                reps = it
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .ok_or("--reps needs a number")?;
+            }
+            "--dir" => base = Some(PathBuf::from(it.next().ok_or("--dir needs a directory")?)),
+            other => return Err(format!("usage: unknown bench argument {other:?}")),
+        }
+    }
+    let mut report = String::new();
+    for size in &SIZES {
+        let mut etc_t = Times::default();
+        let mut users_t = Times::default();
+        for rep in 0..reps.max(1) {
+            let dir = Scratch::new(base.as_deref(), rep)?;
+            let r = dir.0.as_path();
+            io(std::fs::create_dir_all(r.join("nix/store")), "store")?;
+            let gen_a = make_etc(r, "gena", size.etc_entries, false)?;
+            let gen_b = make_etc(r, "genb", size.etc_entries, true)?;
+            let root = io(Root::open(r), "root")?;
+            let spec_a = UsersSpec::from_json(
+                Path::new("a.json"),
+                make_users(size.users, size.groups, false).as_bytes(),
+            )
+            .map_err(|e| e.to_string())?;
+            let spec_b = UsersSpec::from_json(
+                Path::new("b.json"),
+                make_users(size.users, size.groups, true).as_bytes(),
+            )
+            .map_err(|e| e.to_string())?;
+
+            users_t.first.push(users_run(&root, &spec_a)?);
+            users_t.again.push(users_run(&root, &spec_a)?);
+            users_t.changed.push(users_run(&root, &spec_b)?);
+
+            let (l, d) = etc_run(&root, &gen_a)?;
+            etc_t.listing.push(l);
+            etc_t.first.push(d);
+            etc_t.again.push(etc_run(&root, &gen_a)?.1);
+            etc_t.changed.push(etc_run(&root, &gen_b)?.1);
+        }
+        let _ = writeln!(
+            report,
+            "| etc, {} entries | {} | {} | {} | {} |",
+            size.etc_entries,
+            ms(median(&mut etc_t.first)),
+            ms(median(&mut etc_t.again)),
+            ms(median(&mut etc_t.changed)),
+            ms(median(&mut etc_t.listing)),
+        );
+        let _ = writeln!(
+            report,
+            "| users, {} users / {} groups | {} | {} | {} | – |",
+            size.users,
+            size.groups,
+            ms(median(&mut users_t.first)),
+            ms(median(&mut users_t.again)),
+            ms(median(&mut users_t.changed)),
+        );
+    }
+    println!("median of {reps} runs, milliseconds");
+    println!("| input | first run | no-change run | 10 % changed | tree listing (compile time) |");
+    println!("|---|---|---|---|---|");
+    print!("{report}");
+    Ok(())
 }

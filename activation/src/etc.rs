@@ -23,7 +23,7 @@
 //!
 //! Files and links that no generation declared are never touched.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::io;
@@ -817,7 +817,6 @@ pub struct EtcOutcome {
 struct Dirs<'r> {
     root: &'r Root,
     open: HashMap<String, OwnedFd>,
-    touched: BTreeSet<String>,
 }
 
 impl<'r> Dirs<'r> {
@@ -840,7 +839,6 @@ impl<'r> Dirs<'r> {
     /// The directory holding `rel` and the final name.
     fn parent(&mut self, rel: &str, create: bool) -> io::Result<(&OwnedFd, OsString)> {
         let (dir, name) = rel.rsplit_once('/').unwrap_or(("", rel));
-        self.touched.insert(dir.to_owned());
         Ok((self.get(dir, create)?, OsString::from(name)))
     }
 
@@ -867,9 +865,38 @@ pub fn apply(root: &Root, plan: &EtcPlan, dry_run: bool) -> Result<EtcOutcome, E
     let mut dirs = Dirs {
         root,
         open: HashMap::new(),
-        touched: BTreeSet::new(),
     };
-    for a in &plan.actions {
+    // Stage every file first and flush them together, so that each rename below publishes
+    // contents that are already on disk — with one sync instead of one per file.
+    let mut staged: HashMap<usize, io::Result<()>> = HashMap::new();
+    for (i, a) in plan.actions.iter().enumerate() {
+        let staging = match a {
+            EtcAction::Copy { rel, source, perms } => root.read(Path::new(source)).and_then(|b| {
+                let (d, n) = dirs.parent(rel, true)?;
+                rootfs::write_tmp(d, &rootfs::tmp_name(&n), &b, *perms, false)
+            }),
+            EtcAction::WriteClean { contents } => dirs.parent(".clean", true).and_then(|(d, n)| {
+                rootfs::write_tmp(
+                    d,
+                    &rootfs::tmp_name(&n),
+                    contents.as_bytes(),
+                    own_perms(0o644),
+                    false,
+                )
+            }),
+            EtcAction::TouchNixos => dirs.parent("NIXOS", true).and_then(|(d, n)| {
+                rootfs::write_tmp(d, &rootfs::tmp_name(&n), b"", own_perms(0o644), false)
+            }),
+            _ => continue,
+        };
+        staged.insert(i, staging);
+    }
+    if !staged.is_empty() {
+        if let Ok(fd) = dirs.get("", false) {
+            let _ = rootfs::sync_fs(fd.as_fd());
+        }
+    }
+    for (i, a) in plan.actions.iter().enumerate() {
         log::debug!("{a}");
         let r: io::Result<()> = match a {
             EtcAction::SetStatic { target } => {
@@ -884,7 +911,6 @@ pub fn apply(root: &Root, plan: &EtcPlan, dry_run: bool) -> Result<EtcOutcome, E
                         error,
                     });
                 }
-                dirs.touched.insert(String::new());
                 Ok(())
             }
             EtcAction::RemoveObsoleteLink { rel } | EtcAction::RemoveObsoleteFile { rel } => {
@@ -903,18 +929,27 @@ pub fn apply(root: &Root, plan: &EtcPlan, dry_run: bool) -> Result<EtcOutcome, E
             EtcAction::Link { rel, target } => dirs
                 .parent(rel, true)
                 .and_then(|(d, n)| rootfs::atomic_symlink(d, &n, target.as_bytes())),
-            EtcAction::Copy { rel, source, perms } => {
-                root.read(Path::new(source)).and_then(|bytes| {
-                    let (d, n) = dirs.parent(rel, true)?;
-                    rootfs::atomic_write(d, &n, &bytes, *perms)
-                })
+            EtcAction::Copy { rel, .. } => match staged.remove(&i) {
+                Some(Ok(())) => dirs
+                    .parent(rel, true)
+                    .and_then(|(d, n)| rootfs::rename_tmp(d, &n)),
+                Some(Err(e)) => Err(e),
+                None => Err(io::Error::other("not staged")),
+            },
+            EtcAction::WriteClean { .. } | EtcAction::TouchNixos => {
+                let name = if matches!(a, EtcAction::TouchNixos) {
+                    "NIXOS"
+                } else {
+                    ".clean"
+                };
+                match staged.remove(&i) {
+                    Some(Ok(())) => dirs
+                        .parent(name, true)
+                        .and_then(|(d, n)| rootfs::rename_tmp(d, &n)),
+                    Some(Err(e)) => Err(e),
+                    None => Err(io::Error::other("not staged")),
+                }
             }
-            EtcAction::WriteClean { contents } => dirs.parent(".clean", true).and_then(|(d, n)| {
-                rootfs::atomic_write(d, &n, contents.as_bytes(), own_perms(0o644))
-            }),
-            EtcAction::TouchNixos => dirs
-                .parent("NIXOS", true)
-                .and_then(|(d, n)| rootfs::atomic_write(d, &n, b"", own_perms(0o644))),
         };
         match r {
             Ok(()) => out.changed += 1,
@@ -924,11 +959,10 @@ pub fn apply(root: &Root, plan: &EtcPlan, dry_run: bool) -> Result<EtcOutcome, E
             }),
         }
     }
-    // One fsync per touched directory makes the renames durable.
-    let touched: Vec<String> = dirs.touched.iter().cloned().collect();
-    for rel in touched {
-        if let Ok(fd) = dirs.get(&rel, false) {
-            let _ = rootfs::fsync_dir(fd.as_fd());
+    // One sync makes every rename, link and removal durable.
+    if !plan.actions.is_empty() {
+        if let Ok(fd) = dirs.get("", false) {
+            let _ = rootfs::sync_fs(fd.as_fd());
         }
     }
     Ok(out)

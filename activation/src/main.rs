@@ -84,6 +84,16 @@ fn main() -> ExitCode {
         eprintln!("{USAGE}");
         return ExitCode::from(2);
     };
+    // The hidden benchmark takes its own options.
+    if cmd == "bench" {
+        return match stagehand_activation::bench::run(rest) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("stagehand bench: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
     let args = match parse(rest) {
         Ok(a) => a,
         Err(e) => {

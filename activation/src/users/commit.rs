@@ -3,10 +3,10 @@
 //! `rename` replaces one file atomically, but passwd, group, shadow and their companions
 //! must change together (a uid in `/etc/passwd` without its `/etc/shadow` line locks the
 //! user out). So:
-//! 1. every new file is written next to its target under a fixed temporary name, flushed,
-//!    and the directories are flushed;
-//! 2. a journal listing the targets is written atomically — the commit point;
-//! 3. each temporary file is renamed over its target, the directories are flushed, and the
+//! 1. every new file is written next to its target under a fixed temporary name, and the
+//!    file systems are flushed (`syncfs`, one journal commit for all files);
+//! 2. a journal listing the targets is written and flushed — the commit point;
+//! 3. each temporary file is renamed over its target, the file systems are flushed, and the
 //!    journal is removed.
 //!
 //! [`recover`] runs (under the lock) before every users step: a journal left by a crash is
@@ -58,7 +58,7 @@ pub fn commit(
         let (dir, name) = root
             .parent(Path::new(path), Some(Mode::from_raw_mode(0o755)))
             .map_err(|e| write_err(root, path, e))?;
-        rootfs::write_tmp(&dir, &rootfs::tmp_name(&name), contents, *perms)
+        rootfs::write_tmp(&dir, &rootfs::tmp_name(&name), contents, *perms, false)
             .map_err(|e| write_err(root, path, e))?;
         let parent = Path::new(path)
             .parent()
@@ -66,9 +66,7 @@ pub fn commit(
             .unwrap_or_default();
         dirs.entry(parent).or_insert(dir);
     }
-    for (d, fd) in &dirs {
-        rootfs::fsync_dir(fd).map_err(|e| write_err(root, d, e))?;
-    }
+    sync_all(root, &dirs)?;
     if stop == StopAt::AfterTemps {
         return Ok(());
     }
@@ -108,9 +106,7 @@ fn roll_forward(root: &Root, paths: &[&str]) -> Result<(), UsersError> {
             .unwrap_or_default();
         dirs.entry(parent).or_insert(dir);
     }
-    for (d, fd) in &dirs {
-        rootfs::fsync_dir(fd).map_err(|e| write_err(root, d, e))?;
-    }
+    sync_all(root, &dirs)?;
     let (etc, jname) = root
         .parent(Path::new(JOURNAL), None)
         .map_err(|e| write_err(root, JOURNAL, e))?;
@@ -120,7 +116,23 @@ fn roll_forward(root: &Root, paths: &[&str]) -> Result<(), UsersError> {
         }
         _ => {}
     }
-    rootfs::fsync_dir(&etc).map_err(|e| write_err(root, JOURNAL, e))
+    // Not flushed: a journal that survives a crash is only rolled forward again, which
+    // finds nothing left to rename.
+    Ok(())
+}
+
+/// `syncfs` once per file system among `dirs`.
+fn sync_all(root: &Root, dirs: &BTreeMap<String, OwnedFd>) -> Result<(), UsersError> {
+    let mut done = Vec::new();
+    for (d, fd) in dirs {
+        let dev = rustix::fs::fstat(fd).map(|s| s.st_dev).ok();
+        if dev.is_some() && done.contains(&dev) {
+            continue;
+        }
+        rootfs::sync_fs(fd).map_err(|e| write_err(root, d, e))?;
+        done.push(dev);
+    }
+    Ok(())
 }
 
 /// Finish or discard a commit that a crash interrupted.
