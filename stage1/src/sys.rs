@@ -197,17 +197,13 @@ pub fn switch_root(new_root: &Path, init: &str) -> String {
     if let Err(e) = rustix::process::chdir(new_root) {
         return format!("cannot enter {}: {e}", new_root.display());
     }
+    // /dev/kmsg moved away with /dev: report on the initramfs once we are in the new root.
     let started = Instant::now();
-    if is_initramfs("/") {
-        match std::fs::symlink_metadata("/") {
-            Ok(meta) => remove_on_device(Path::new("/"), meta.dev()),
-            Err(e) => log::warn!("not freeing the initramfs: cannot stat /: {e}"),
-        }
-        log::info!(
-            "freed the initramfs in {} ms",
-            started.elapsed().as_millis()
-        );
-    }
+    let freed = is_initramfs("/")
+        && std::fs::symlink_metadata("/")
+            .map(|meta| remove_on_device(Path::new("/"), meta.dev()))
+            .is_ok();
+    let free_time = started.elapsed();
     if let Err(e) = rustix::mount::mount_move(".", "/") {
         return format!("cannot move {} to /: {e}", new_root.display());
     }
