@@ -5,6 +5,18 @@
 //! Same spec and same input files give byte-identical output: entries are sorted, times,
 //! owners and inode numbers are fixed, file modes are normalised, and the compressors are
 //! run without timestamps.
+//!
+//! - [`build`] takes an [`InitrdSpec`]; [`build_with`] also takes [`SpecExtras`]: module
+//!   parameters, firmware, and `contents` in make-initrd-ng's `{source, target}` form
+//!   (programs with their ELF closure, see [`objects`]).
+//! - Nothing in the initrd is generation-specific (stage 1 takes the generation from
+//!   `init=`), so one initrd serves every generation that shares a kernel.
+//! - [`secrets_archive`] makes the separate archive appended at install time;
+//!   [`list`] reads an initrd back, concatenated segments included.
+//!
+//! Layout inside the initrd: `/init`, `/etc/stagehand/stage1.cfg`, modules as
+//! `/lib/modules/<name>.ko` (unpacked, signatures stripped unless kept), firmware under
+//! `/lib/firmware/`, the directories stage 1 mounts onto, and `/dev/console`.
 
 pub mod compress;
 pub mod cpio;
