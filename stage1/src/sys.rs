@@ -140,6 +140,14 @@ pub fn mount_filesystem(
         }
     }
     let (t, e) = last_err.unwrap_or(("?", rustix::io::Errno::INVAL));
+    if types.len() > 1 {
+        return Err(format!(
+            "cannot mount {source} on {}: no known filesystem signature on the device (is it \
+             blank?), and mounting it as any of {} failed; set the filesystem's fsType",
+            fs.mount_point,
+            types.join(", ")
+        ));
+    }
     Err(format!(
         "cannot mount {source} on {} (type {t}, options {:?}): {e}",
         fs.mount_point, opts.data
