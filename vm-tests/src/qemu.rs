@@ -439,10 +439,9 @@ mod tests {
 
     /// The runner's waiting, ordering, exit and kill logic against a stand-in "VM" (a
     /// shell script) — no QEMU needed.
-    fn fake_vm(script: &str, timeout: Duration) -> Vm {
-        let dir = std::env::temp_dir().join(format!("vm-tests-fake-{}", std::process::id()));
-        fs::create_dir_all(&dir).expect("mkdir");
-        let log = dir.join(format!("{:x}.log", rand_suffix()));
+    fn fake_vm(script: &str, timeout: Duration) -> (Vm, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("console.log");
         let mut log_file = fs::File::create(&log).expect("log");
         let mut child = Command::new("timeout")
             .args([&timeout.as_secs().max(1).to_string(), "sh", "-c", script])
@@ -469,7 +468,7 @@ mod tests {
                 console.finish(started.elapsed());
             })
         };
-        Vm {
+        let vm = Vm {
             stdin: child.stdin.take(),
             child,
             console,
@@ -481,21 +480,33 @@ mod tests {
             stderr_log: log.with_extension("err"),
             log,
             status: None,
-        }
+        };
+        (vm, dir)
     }
 
-    fn rand_suffix() -> u128 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0)
+    /// Processes whose process group is `pgid` (field 5 of /proc/PID/stat).
+    fn group_members(pgid: u32) -> Vec<u32> {
+        fs::read_dir("/proc")
+            .expect("/proc")
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .ok()
+                    .and_then(|s| {
+                        // The command name is in parentheses and may contain spaces.
+                        let after = s.rsplit_once(") ")?.1.to_string();
+                        after.split(' ').nth(2)?.parse::<u32>().ok()
+                    })
+                    == Some(pgid)
+            })
+            .collect()
     }
 
     use std::os::unix::process::CommandExt;
 
     #[test]
     fn waits_in_order_and_sees_the_exit() {
-        let mut vm = fake_vm(
+        let (mut vm, _dir) = fake_vm(
             "echo one; echo two; echo one again; exit 3",
             Duration::from_secs(20),
         );
@@ -514,7 +525,8 @@ mod tests {
 
     #[test]
     fn a_missing_marker_times_out_and_drop_kills_the_group() {
-        let mut vm = fake_vm("echo up; exec sleep 100", Duration::from_secs(60));
+        // `timeout` (the group leader) runs sh, which starts a grandchild that must die too.
+        let (mut vm, _dir) = fake_vm("sleep 100 & echo up; wait", Duration::from_secs(60));
         vm.wait_for("up", Duration::from_secs(10)).expect("up");
         let t = Instant::now();
         let err = vm
@@ -523,14 +535,38 @@ mod tests {
         assert!(err.to_string().contains("did not show"), "{err}");
         assert!(t.elapsed() < Duration::from_secs(5));
         let pid = vm.child.id();
+        let members = group_members(pid);
+        assert!(members.len() >= 3, "timeout, sh and sleep run: {members:?}");
+        // A pidfd becomes readable when its process exits, child of ours or not.
+        let pidfds: Vec<_> = members
+            .iter()
+            .filter_map(|&p| rustix::process::Pid::from_raw(i32::try_from(p).ok()?))
+            .map(|p| {
+                rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty())
+                    .expect("pidfd_open")
+            })
+            .collect();
+        let t = Instant::now();
         drop(vm);
-        // The group leader is reaped by Drop; its process no longer exists.
-        assert!(!Path::new(&format!("/proc/{pid}")).exists());
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "Drop waited {:?} for the VM's processes to end by themselves",
+            t.elapsed()
+        );
+        for fd in &pidfds {
+            let mut fds = [rustix::event::PollFd::new(fd, rustix::event::PollFlags::IN)];
+            let limit = rustix::event::Timespec {
+                tv_sec: 10,
+                tv_nsec: 0,
+            };
+            let ready = rustix::event::poll(&mut fds, Some(&limit)).expect("poll");
+            assert_eq!(ready, 1, "a process of the VM's group survived Drop");
+        }
     }
 
     #[test]
     fn reads_input_from_send() {
-        let mut vm = fake_vm("read x; echo got $x", Duration::from_secs(20));
+        let (mut vm, _dir) = fake_vm("read x; echo got $x", Duration::from_secs(20));
         vm.send(b"key\n").expect("send");
         vm.wait_for("got key", Duration::from_secs(10))
             .expect("echo");

@@ -1,6 +1,7 @@
 //! The boot scenarios: each builds what it boots (initrd, disk image), runs the VM and
 //! asserts on what the guest console shows.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -269,66 +270,106 @@ pub fn boot_spine(inputs: &Inputs, echo: bool) -> Result<Outcome> {
 
     let facts = probe_facts(&lines);
     let fact = |k: &str| facts.get(k).map(String::as_str).unwrap_or("<missing>");
-    let eq = |out: &mut Outcome, k: &str, want: &str| {
-        let got = fact(k);
-        out.check(k, got == want, || {
-            format!("expected {want:?}, the guest says {got:?}")
-        });
+    out.failures
+        .extend(check_probe(&facts, &Expected::of(&generation)));
+    let (shadow, store) = (fact("etc.shadow"), fact("nix-store.mount"));
+    let mb_uid = fact("passwd.messagebus").split(':').nth(2).unwrap_or("?");
+    out.notes.push(format!(
+        "guest: pid 1 = {} ({}), /etc/shadow {}, messagebus uid {}, /nix/store {}",
+        fact("pid1.comm"),
+        fact("pid1.exe"),
+        shadow,
+        mb_uid,
+        store
+    ));
+    out.notes.push(phases.to_string());
+    Ok(out)
+}
+
+/// What the guest should report for a generation.
+#[derive(Debug, Clone)]
+pub struct Expected {
+    pub toplevel: String,
+    pub systemd: String,
+    pub etc: String,
+    pub hostname: String,
+}
+
+impl Expected {
+    pub fn of(g: &BuiltGeneration) -> Self {
+        Self {
+            toplevel: g.toplevel.to_string(),
+            systemd: g.systemd_binary(),
+            etc: g.etc.join("etc"),
+            hostname: g.hostname.clone(),
+        }
+    }
+}
+
+/// Check the guest probe's facts against what the demo generation declares; one message
+/// per fact that is wrong or missing.
+pub fn check_probe(facts: &BTreeMap<String, String>, want: &Expected) -> Vec<String> {
+    let mut bad = Vec::new();
+    let fact = |k: &str| facts.get(k).map(String::as_str).unwrap_or("<missing>");
+    let mut check = |key: &str, ok: bool, expected: &str| {
+        if !ok {
+            bad.push(format!(
+                "{key}: expected {expected}, the guest says {:?}",
+                fact(key)
+            ));
+        }
     };
-    eq(&mut out, "pid1.comm", "systemd");
-    eq(&mut out, "pid1.exe", &generation.systemd_binary());
-    eq(&mut out, "ppid", "1");
-    eq(&mut out, "booted-system", generation.toplevel.as_str());
-    eq(&mut out, "current-system", generation.toplevel.as_str());
-    eq(&mut out, "etc.hostname.link", "/etc/static/hostname");
-    eq(&mut out, "etc.hostname", &generation.hostname);
-    eq(&mut out, "hostname", &generation.hostname);
-    eq(&mut out, "etc.static.link", &generation.etc.join("etc"));
-    eq(&mut out, "etc.secret", "file mode=0400 uid=1000 gid=0");
-    let alice = fact("passwd.alice");
-    out.check(
+    for (key, value) in [
+        // systemd from the generation is PID 1 and started the probe unit itself.
+        ("pid1.comm", "systemd"),
+        ("pid1.exe", want.systemd.as_str()),
+        ("ppid", "1"),
+        ("booted-system", want.toplevel.as_str()),
+        ("current-system", want.toplevel.as_str()),
+        // /etc is NixOS's: links through /etc/static into the generation's etc tree.
+        ("etc.hostname.link", "/etc/static/hostname"),
+        ("etc.hostname", want.hostname.as_str()),
+        ("hostname", want.hostname.as_str()),
+        ("etc.static.link", want.etc.as_str()),
+        // The copied entry got its sidecars' mode and owner (alice = 1000, +0 = root).
+        ("etc.secret", "file mode=0400 uid=1000 gid=0"),
+    ] {
+        check(key, fact(key) == value, &format!("{value:?}"));
+    }
+    check(
         "passwd.alice",
-        alice.starts_with("alice:x:1000:100:"),
-        || format!("expected alice:x:1000:100:..., the guest says {alice:?}"),
+        fact("passwd.alice").starts_with("alice:x:1000:100:"),
+        "alice:x:1000:100:...",
     );
     let mb = fact("passwd.messagebus");
     let mb_uid = mb.split(':').nth(2).and_then(|u| u.parse::<u32>().ok());
-    out.check(
+    check(
         "passwd.messagebus",
         mb.starts_with("messagebus:x:") && mb_uid.is_some_and(|u| (400..=999).contains(&u)),
-        || format!("expected an allocated system uid in 400..=999, the guest says {mb:?}"),
+        "an allocated system uid in 400..=999",
     );
     let wheel = fact("group.wheel");
-    out.check(
+    check(
         "group.wheel",
         wheel.starts_with("wheel:x:1:") && wheel.ends_with(":alice"),
-        || format!("expected wheel:x:1:alice, the guest says {wheel:?}"),
+        "wheel:x:1:alice",
     );
     let shadow = fact("etc.shadow");
     let shadow_mode = shadow
         .split(' ')
         .find_map(|w| w.strip_prefix("mode="))
         .and_then(|m| u32::from_str_radix(m, 8).ok());
-    out.check(
+    check(
         "etc.shadow",
         shadow.starts_with("file ") && shadow_mode.is_some_and(|m| m & 0o007 == 0),
-        || format!("expected a file that is not world-readable, the guest says {shadow:?}"),
+        "a file that is not world-readable",
     );
-    let store = fact("nix-store.mount");
-    out.check("nix-store.mount", store.starts_with("ro "), || {
-        format!("expected /nix/store mounted read-only, the guest says {store:?}")
-    });
-
-    out.notes.push(format!(
-        "guest: pid 1 = {} ({}), /etc/shadow {}, messagebus uid {}, /nix/store {}",
-        fact("pid1.comm"),
-        fact("pid1.exe"),
-        shadow,
-        mb_uid.map_or("?".into(), |u| u.to_string()),
-        store
-    ));
-    out.notes.push(phases.to_string());
-    Ok(out)
+    check(
+        "nix-store.mount",
+        fact("nix-store.mount").starts_with("ro "),
+        "/nix/store mounted read-only",
+    );
+    bad
 }
 
 /// Flip one byte of the stage-1 config's payload inside an uncompressed initrd.
@@ -426,6 +467,72 @@ pub fn corrupt_config_scenario(inputs: &Inputs) -> Result<Outcome> {
 mod tests {
     use super::*;
     use stagehand_initrd::SizeReport;
+
+    fn good_facts() -> (BTreeMap<String, String>, Expected) {
+        let want = Expected {
+            toplevel: "/nix/store/aaa-nixos-system-stagehand-demo-1".into(),
+            systemd: "/nix/store/bbb-systemd-252/lib/systemd/systemd".into(),
+            etc: "/nix/store/ccc-etc/etc".into(),
+            hostname: "stagehand-demo".into(),
+        };
+        let facts = [
+            ("pid1.comm", "systemd"),
+            ("pid1.exe", want.systemd.as_str()),
+            ("ppid", "1"),
+            ("booted-system", want.toplevel.as_str()),
+            ("current-system", want.toplevel.as_str()),
+            ("passwd.alice", "alice:x:1000:100:Alice:/home/alice:/bin/sh"),
+            (
+                "passwd.messagebus",
+                "messagebus:x:999:999::/run/dbus:/sbin/nologin",
+            ),
+            ("group.wheel", "wheel:x:1:alice"),
+            ("etc.hostname.link", "/etc/static/hostname"),
+            ("etc.hostname", "stagehand-demo"),
+            ("hostname", "stagehand-demo"),
+            ("etc.static.link", want.etc.as_str()),
+            ("etc.secret", "file mode=0400 uid=1000 gid=0"),
+            ("etc.shadow", "file mode=0640 uid=0 gid=318"),
+            ("nix-store.mount", "ro ext4"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        (facts, want)
+    }
+
+    #[test]
+    fn probe_check_passes_a_good_boot() {
+        let (facts, want) = good_facts();
+        assert_eq!(check_probe(&facts, &want), Vec::<String>::new());
+    }
+
+    #[test]
+    fn probe_check_catches_each_wrong_fact() {
+        let cases = [
+            ("pid1.comm", "stage2"),
+            ("pid1.exe", "/usr/lib/systemd/systemd"),
+            ("ppid", "0"),
+            ("booted-system", "/nix/store/zzz-nixos-system-other-2"),
+            ("passwd.alice", "error: no alice in /etc/passwd"),
+            ("passwd.messagebus", "messagebus:x:1001:999::/:/bin/sh"),
+            ("group.wheel", "wheel:x:1:"),
+            ("etc.hostname.link", "/nix/store/ccc-hostname"),
+            ("etc.secret", "file mode=0444 uid=0 gid=0"),
+            ("etc.shadow", "file mode=0644 uid=0 gid=0"),
+            ("nix-store.mount", "rw ext4"),
+        ];
+        for (key, value) in cases {
+            let (mut facts, want) = good_facts();
+            facts.insert(key.into(), value.into());
+            let bad = check_probe(&facts, &want);
+            assert_eq!(bad.len(), 1, "{key}={value}: {bad:?}");
+            assert!(bad[0].starts_with(key), "{bad:?}");
+        }
+        let (mut facts, want) = good_facts();
+        facts.remove("nix-store.mount");
+        assert!(check_probe(&facts, &want)[0].contains("<missing>"));
+    }
 
     #[test]
     fn initrd_spec_carries_the_root_and_modules() {
