@@ -282,3 +282,179 @@ pub fn generations_json(gens: &[GenerationInfo]) -> String {
     s.push('\n');
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::boot::efivars::tests::{encode, write_var};
+    use crate::boot::spec;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    /// A root with two system toplevels sharing a kernel and initrd, and an empty /boot.
+    fn system_root() -> tempfile::TempDir {
+        let t = tempfile::tempdir().expect("tempdir");
+        let r = t.path();
+        for (top, label) in [
+            (
+                "/nix/store/aaaa-nixos-system-a",
+                "NixOS 26.05 A (Linux 6.1.0)",
+            ),
+            (
+                "/nix/store/bbbb-nixos-system-b",
+                "NixOS 26.05 B (Linux 6.1.0)",
+            ),
+        ] {
+            let dir = r.join(top.trim_start_matches('/'));
+            std::fs::create_dir_all(dir.join("kernel-modules/lib/modules/6.1.0")).expect("mkdir");
+            std::fs::write(
+                dir.join("boot.json"),
+                spec::tests::sample_json(top, label, &[]),
+            )
+            .expect("write");
+            std::fs::write(dir.join("nixos-version"), "26.05\n").expect("write");
+        }
+        std::fs::create_dir_all(r.join("nix/store/kkkk-linux-6.1")).expect("mkdir");
+        std::fs::write(r.join("nix/store/kkkk-linux-6.1/bzImage"), vec![1u8; 4096]).expect("w");
+        std::fs::create_dir_all(r.join("nix/store/iiii-initrd-linux-6.1")).expect("mkdir");
+        std::fs::write(
+            r.join("nix/store/iiii-initrd-linux-6.1/initrd"),
+            vec![2u8; 2048],
+        )
+        .expect("w");
+        std::fs::create_dir_all(r.join("boot")).expect("mkdir");
+        t
+    }
+
+    fn entries(t: &tempfile::TempDir) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(t.path().join("boot/loader/entries"))
+            .expect("ls")
+            .map(|e| e.expect("e").file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn install_bless_rollback_end_to_end() {
+        let t = system_root();
+        let root_arg = t.path().to_string_lossy().into_owned();
+        let root = Root::open(t.path()).expect("root");
+        let profile = Profile::system(&root);
+        profile
+            .set(Path::new("/nix/store/aaaa-nixos-system-a"))
+            .expect("set");
+
+        let install = |extra: &[&str]| {
+            let mut args = s(&["--root", &root_arg]);
+            args.extend(s(extra));
+            run("install-bootloader", &args)
+        };
+        assert_eq!(install(&[]), Ok(0));
+        assert_eq!(entries(&t), ["nixos-generation-1+3.conf"]);
+        let b = t.path().join("boot");
+        assert!(b.join("EFI/nixos/kkkk-linux-6.1-bzImage.efi").is_file());
+        assert!(b
+            .join("EFI/nixos/iiii-initrd-linux-6.1-initrd.efi")
+            .is_file());
+        let conf = std::fs::read_to_string(b.join("loader/loader.conf")).expect("conf");
+        assert!(conf.contains("default nixos-generation-*\n"), "{conf}");
+
+        // The firmware tries generation 1 and the system comes up: bless it.
+        std::fs::rename(
+            b.join("loader/entries/nixos-generation-1+3.conf"),
+            b.join("loader/entries/nixos-generation-1+2-1.conf"),
+        )
+        .expect("firmware rename");
+        let efivars = t.path().join("sys/firmware/efi/efivars");
+        write_var(
+            &efivars,
+            "LoaderBootCountPath",
+            &encode(6, "\\loader\\entries\\nixos-generation-1+2-1.conf"),
+        );
+        assert_eq!(run("bless", &s(&["--root", &root_arg])), Ok(0));
+        assert_eq!(entries(&t), ["nixos-generation-1.conf"]);
+
+        // A second generation: new entry counted, the blessed one stays good.
+        profile
+            .set(Path::new("/nix/store/bbbb-nixos-system-b"))
+            .expect("set");
+        assert_eq!(install(&["--tries", "2"]), Ok(0));
+        assert_eq!(
+            entries(&t),
+            ["nixos-generation-1.conf", "nixos-generation-2+2.conf"]
+        );
+        let e2 = std::fs::read_to_string(b.join("loader/entries/nixos-generation-2+2.conf"))
+            .expect("read");
+        assert!(e2.contains("\nsort-key nixos\n"), "{e2}");
+        assert!(
+            e2.contains("options init=/nix/store/bbbb-nixos-system-b/init "),
+            "{e2}"
+        );
+
+        // Roll back: generation 1 becomes the default entry (sorts first), 2 keeps its counter.
+        assert_eq!(run("rollback", &s(&["--root", &root_arg])), Ok(0));
+        assert_eq!(install(&[]), Ok(0));
+        assert_eq!(
+            entries(&t),
+            ["nixos-generation-1.conf", "nixos-generation-2+2.conf"]
+        );
+        let e1 = std::fs::read_to_string(b.join("loader/entries/nixos-generation-1.conf"))
+            .expect("read");
+        assert!(e1.contains("\nsort-key nixos\n"), "{e1}");
+        let e2 = std::fs::read_to_string(b.join("loader/entries/nixos-generation-2+2.conf"))
+            .expect("read");
+        assert!(e2.contains("\nsort-key nixos-generation-newer\n"), "{e2}");
+
+        // A limit of one drops generation 2's entry; shared files stay referenced.
+        assert_eq!(install(&["--limit", "1", "--dry-run"]), Ok(0));
+        assert_eq!(entries(&t).len(), 2, "dry run changed the ESP");
+        assert_eq!(
+            install(&["--limit", "1", "/nix/var/nix/profiles/system-1-link"]),
+            Ok(0)
+        );
+        assert_eq!(entries(&t), ["nixos-generation-1.conf"]);
+        assert!(b.join("EFI/nixos/kkkk-linux-6.1-bzImage.efi").is_file());
+
+        // extlinux on the same root.
+        assert_eq!(install(&["--loader", "extlinux"]), Ok(0));
+        let x = std::fs::read_to_string(b.join("extlinux/extlinux.conf")).expect("extlinux");
+        assert!(x.contains("LABEL nixos-1-default\n"), "{x}");
+        assert!(x.contains("LABEL nixos-2-default\n"), "{x}");
+        assert!(b.join("nixos/kkkk-linux-6.1-bzImage").is_file());
+
+        assert_eq!(
+            run("generations", &s(&["--root", &root_arg, "--json"])),
+            Ok(0)
+        );
+    }
+
+    #[test]
+    fn usage_errors() {
+        assert!(run("install-bootloader", &s(&["--tries", "0"]))
+            .expect_err("zero")
+            .starts_with("usage"));
+        assert!(run("install-bootloader", &s(&["--loader", "grub"]))
+            .expect_err("grub")
+            .starts_with("usage"));
+        assert!(run("frobnicate", &[])
+            .expect_err("cmd")
+            .starts_with("usage"));
+        let t = system_root();
+        let root_arg = t.path().to_string_lossy().into_owned();
+        let e = run("install-bootloader", &s(&["--root", &root_arg])).expect_err("no gens");
+        assert!(e.contains("points at no generation"), "{e}");
+        let e = run(
+            "install-bootloader",
+            &s(&["--root", &root_arg, "/nix/store/aaaa-nixos-system-a"]),
+        )
+        .expect_err("not a generation");
+        assert!(
+            e.contains("is not a generation of the system profile"),
+            "{e}"
+        );
+        assert_eq!(run("bless", &s(&["--root", &root_arg])), Ok(0));
+    }
+}

@@ -257,7 +257,7 @@ pub fn desired_entries(
     machine_id: Option<&str>,
 ) -> Result<Desired, PlanError> {
     let mut warnings = Vec::new();
-    let gens = kept_generations(inputs, default, cfg.configuration_limit, &mut warnings)?;
+    let gens = kept_generations(inputs, default, cfg.configuration_limit)?;
     let mut out = Vec::new();
     for g in &gens {
         let group = if g.number == default {
@@ -294,33 +294,32 @@ pub fn desired_entries(
     Ok((out, warnings))
 }
 
-/// Newest first: the newest `limit` generations, plus the default one if it is older.
-fn kept_generations<'a>(
-    inputs: &'a Inputs,
+/// Newest first: the default generation and the newest others, `limit` in all. The
+/// default always stays: after a rollback it may be older than the newest `limit`.
+fn kept_generations(
+    inputs: &Inputs,
     default: u64,
     limit: Option<usize>,
-    warnings: &mut Vec<String>,
-) -> Result<Vec<&'a GenerationBoot>, PlanError> {
+) -> Result<Vec<&GenerationBoot>, PlanError> {
     if inputs.generations.is_empty() {
         return Err(PlanError::NoGenerations);
     }
     let mut gens: Vec<&GenerationBoot> = inputs.generations.iter().collect();
     gens.sort_by_key(|g| std::cmp::Reverse(g.number));
-    let Some(def) = gens.iter().find(|g| g.number == default).copied() else {
+    if !gens.iter().any(|g| g.number == default) {
         return Err(PlanError::DefaultMissing {
             generation: default,
         });
-    };
-    if let Some(limit) = limit {
-        gens.truncate(limit.max(1));
-        if !gens.iter().any(|g| g.number == default) {
-            warnings.push(format!(
-                "the default generation {default} is older than the {limit} kept by the \
-                 configuration limit; it is kept as well"
-            ));
-            gens.push(def);
-        }
     }
+    let mut others = limit.unwrap_or(usize::MAX).saturating_sub(1);
+    gens.retain(|g| {
+        if g.number == default {
+            return true;
+        }
+        let keep = others > 0;
+        others = others.saturating_sub(1);
+        keep
+    });
     Ok(gens)
 }
 
@@ -846,18 +845,12 @@ console-mode max
             configuration_limit: Some(2),
             ..SdBootConfig::default()
         };
-        let (fp, planned) = plan(&inputs(5), 5, &cfg, &EspState::default()).expect("plan");
-        let gens: BTreeSet<u64> = planned.iter().map(|p| p.generation).collect();
-        assert_eq!(gens, BTreeSet::from([4, 5]));
-        assert!(fp.warnings.is_empty());
-        let (fp, planned) = plan(&inputs(5), 1, &cfg, &EspState::default()).expect("plan");
-        let gens: BTreeSet<u64> = planned.iter().map(|p| p.generation).collect();
-        assert_eq!(gens, BTreeSet::from([1, 4, 5]));
-        assert!(
-            fp.warnings[0].contains("default generation 1"),
-            "{:?}",
-            fp.warnings
-        );
+        let gens = |default| -> BTreeSet<u64> {
+            let (_, planned) = plan(&inputs(5), default, &cfg, &EspState::default()).expect("plan");
+            planned.iter().map(|p| p.generation).collect()
+        };
+        assert_eq!(gens(5), BTreeSet::from([4, 5]));
+        assert_eq!(gens(1), BTreeSet::from([1, 5]));
     }
 
     #[test]
