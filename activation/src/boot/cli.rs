@@ -5,12 +5,15 @@ use std::path::{Path, PathBuf};
 
 use crate::rootfs::Root;
 
+use super::bless::{self, Decision};
 use super::date;
-use super::esp::{self, BootFs, Statvfs};
-use super::gather::{self, Inputs};
-use super::plan::FilePlan;
+use super::entry_name::EntryName;
+use super::esp::{BootFs, Statvfs};
+use super::extlinux::ExtlinuxConfig;
+use super::install::{self, InstallOptions, Loader, DEFAULT_ESP};
 use super::profile::{self, GenerationInfo, Profile};
-use super::sdboot::{self, SdBootConfig};
+use super::sdboot::{self, EntryStatus, EspState, SdBootConfig};
+use std::collections::BTreeMap;
 
 pub const USAGE: &str = "usage:
   stagehand generations        [--root DIR] [--json]
@@ -20,12 +23,6 @@ pub const USAGE: &str = "usage:
                                [--editor] [--console-mode MODE] [--dry-run] [TOPLEVEL]
   stagehand boot-entries       (same as install-bootloader)
   stagehand bless              [--root DIR] [--esp DIR] [--efivars DIR] [--dry-run]";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Loader {
-    SystemdBoot,
-    Extlinux,
-}
 
 /// Options of the boot subcommands (each uses the ones that apply to it).
 #[derive(Debug, Clone)]
@@ -113,10 +110,15 @@ pub fn run(cmd: &str, args: &[String]) -> Result<u8, String> {
             let root = open_root(&o.root)?;
             let profile = Profile::system(&root);
             let gens = profile::list(&root, &profile).map_err(|e| e.to_string())?;
+            // The ESP is optional here: without it the listing just has no entry column.
+            let esp_path = o.esp.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_ESP));
+            let esp = BootFs::open(&root, &esp_path)
+                .ok()
+                .and_then(|fs| sdboot::scan(&fs).ok());
             let text = if o.json {
-                generations_json(&gens)
+                generations_json(&gens, esp.as_ref())
             } else {
-                generations_table(&gens)
+                generations_table(&gens, esp.as_ref())
             };
             print!("{text}");
             Ok(0)
@@ -131,22 +133,21 @@ pub fn run(cmd: &str, args: &[String]) -> Result<u8, String> {
             );
             Ok(0)
         }
-        "install-bootloader" | "boot-entries" => install(&o),
+        "install-bootloader" | "boot-entries" => install_cmd(&o),
         "bless" => {
             let root = open_root(&o.root)?;
-            let esp_path = o.esp.clone().unwrap_or_else(|| PathBuf::from("/boot"));
+            let esp_path = o.esp.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_ESP));
             let fs = BootFs::open(&root, &esp_path).map_err(|e| e.to_string())?;
-            let d = super::bless::bless(&root, &fs, &o.efivars, o.dry_run)
-                .map_err(|e| e.to_string())?;
+            let d = bless::bless(&root, &fs, &o.efivars, o.dry_run).map_err(|e| e.to_string())?;
             let verb = if o.dry_run { "would rename" } else { "renamed" };
             match d {
-                super::bless::Decision::Rename { dir, from, to } => {
+                Decision::Rename { dir, from, to } => {
                     println!("boot entry marked good: {verb} {dir}/{from} -> {dir}/{to}")
                 }
-                super::bless::Decision::AlreadyGood { file } => {
+                Decision::AlreadyGood { file } => {
                     println!("boot entry {file} is already good")
                 }
-                super::bless::Decision::Nothing(why) => println!("nothing to bless: {why}"),
+                Decision::Nothing(why) => println!("nothing to bless: {why}"),
             }
             Ok(0)
         }
@@ -154,90 +155,64 @@ pub fn run(cmd: &str, args: &[String]) -> Result<u8, String> {
     }
 }
 
-/// The generation `toplevel` (any path resolving to one) belongs to, else the current one.
-fn default_generation(
-    root: &Root,
-    inputs: &Inputs,
-    toplevel: Option<&String>,
-) -> Result<u64, String> {
-    let Some(t) = toplevel else {
-        return inputs.current.ok_or_else(|| {
-            "the system profile points at no generation; pass the TOPLEVEL to make default"
-                .to_string()
-        });
-    };
-    let canon = root
-        .canonicalize(Path::new(t))
-        .map_err(|e| format!("cannot resolve {t}: {e}"))?;
-    inputs
-        .generations
-        .iter()
-        .find(|g| g.spec.toplevel == canon)
-        .map(|g| g.number)
-        .ok_or_else(|| {
-            format!(
-                "{t} is not a generation of the system profile; add it first \
-                 (nix-env -p /nix/var/nix/profiles/system --set {t})"
-            )
-        })
-}
-
-fn install(o: &Opts) -> Result<u8, String> {
+fn install_cmd(o: &Opts) -> Result<u8, String> {
     let root = open_root(&o.root)?;
-    let profile = Profile::system(&root);
-    let inputs = gather::gather(&root, &profile).map_err(|e| e.to_string())?;
-    let default = default_generation(&root, &inputs, o.positional.first())?;
-    let esp_path = o.esp.clone().unwrap_or_else(|| PathBuf::from("/boot"));
-    let fs = BootFs::open(&root, &esp_path).map_err(|e| e.to_string())?;
-    let plan: FilePlan = match o.loader {
-        Loader::SystemdBoot => {
-            let state = sdboot::scan(&fs).map_err(|e| e.to_string())?;
-            let (plan, planned) =
-                sdboot::plan(&inputs, default, &o.sd, &state).map_err(|e| e.to_string())?;
-            if o.dry_run {
-                println!("menu (what systemd-boot will show, first = default):");
-                for item in sdboot::menu(&planned) {
-                    println!("  {}", item.name.file_name());
-                }
-            }
-            plan
-        }
-        Loader::Extlinux => {
-            let cfg = super::extlinux::ExtlinuxConfig {
-                timeout: o.sd.timeout,
-                configuration_limit: o.sd.configuration_limit,
-                ..super::extlinux::ExtlinuxConfig::default()
-            };
-            let state = super::extlinux::scan(&fs).map_err(|e| e.to_string())?;
-            super::extlinux::plan(&inputs, default, &cfg, &state).map_err(|e| e.to_string())?
-        }
+    let opts = InstallOptions {
+        esp: o.esp.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_ESP)),
+        loader: o.loader,
+        systemd_boot: o.sd.clone(),
+        extlinux: ExtlinuxConfig {
+            timeout: o.sd.timeout,
+            configuration_limit: o.sd.configuration_limit,
+            ..ExtlinuxConfig::default()
+        },
+        default: o.positional.first().map(PathBuf::from),
+        dry_run: o.dry_run,
     };
-    for w in &plan.warnings {
+    let report = install::install(&root, &opts, &Statvfs).map_err(|e| e.to_string())?;
+    for w in &report.plan.warnings {
         log::warn!("{w}");
     }
     if o.dry_run {
-        print!("{}", plan.describe());
+        if !report.menu.is_empty() {
+            println!("menu (as systemd-boot will order it; the first is booted by default):");
+            for m in &report.menu {
+                println!("  {m}");
+            }
+        }
+        print!("{}", report.plan.describe());
         return Ok(0);
     }
-    let done = esp::apply(&fs, &root, &plan, &Statvfs).map_err(|e| e.to_string())?;
-    log::info!(
-        "boot loader entries installed in {}: default generation {default}, {} bytes written, \
-         {} were free",
-        fs.host().display(),
-        done.needed,
-        done.available
-    );
+    if let Some(done) = &report.applied {
+        log::info!(
+            "boot entries installed in {}: default generation {}, {} bytes needed, {} were free",
+            root.host_path(&opts.esp).display(),
+            report.default_generation,
+            done.needed,
+            done.available
+        );
+    }
     Ok(0)
 }
 
+/// Per generation: the entry file's state, and whether it is the one booted next.
+fn entry_info(esp: Option<&EspState>) -> (BTreeMap<u64, EntryStatus>, Option<String>) {
+    match esp {
+        Some(e) => (sdboot::entry_statuses(e), sdboot::predicted_boot(e)),
+        None => (BTreeMap::new(), None),
+    }
+}
+
 /// The table `stagehand generations` prints, oldest first like `nix-env --list-generations`.
-pub fn generations_table(gens: &[GenerationInfo]) -> String {
-    let mut out = String::from("GEN   DATE        KERNEL      LABEL\n");
+pub fn generations_table(gens: &[GenerationInfo], esp: Option<&EspState>) -> String {
+    let (entries, next) = entry_info(esp);
+    let mut out = String::from("GEN   DATE        KERNEL      ENTRY              LABEL\n");
     for g in gens {
         let label = match &g.spec {
             Ok(s) => s.label.clone(),
             Err(e) => format!("(unreadable: {e})"),
         };
+        let entry = entries.get(&g.number);
         let mut marks = Vec::new();
         if g.current {
             marks.push("current");
@@ -245,13 +220,23 @@ pub fn generations_table(gens: &[GenerationInfo]) -> String {
         if g.booted {
             marks.push("booted");
         }
+        if entry.is_some() && entry.map(|e| &e.file_name) == next.as_ref() {
+            marks.push("boots next");
+        }
         let marks = if marks.is_empty() {
             String::new()
         } else {
             format!("  ({})", marks.join(", "))
         };
+        let state = match entry {
+            Some(e) => match EntryName::from_file_name(&e.file_name).and_then(|n| n.counter) {
+                Some(c) => format!("{} {c}", e.state),
+                None => e.state.to_string(),
+            },
+            None => "-".to_string(),
+        };
         out.push_str(&format!(
-            "{:<5} {}  {:<10}  {label}{marks}\n",
+            "{:<5} {}  {:<10}  {state:<17}  {label}{marks}\n",
             g.number,
             date::date(g.created),
             g.kernel_version.as_deref().unwrap_or("?"),
@@ -261,10 +246,12 @@ pub fn generations_table(gens: &[GenerationInfo]) -> String {
 }
 
 /// The same as JSON, one object per generation, for scripts and tests.
-pub fn generations_json(gens: &[GenerationInfo]) -> String {
+pub fn generations_json(gens: &[GenerationInfo], esp: Option<&EspState>) -> String {
+    let (entries, next) = entry_info(esp);
     let items: Vec<serde_json::Value> = gens
         .iter()
         .map(|g| {
+            let entry = entries.get(&g.number);
             serde_json::json!({
                 "generation": g.number,
                 "date": date::date(g.created),
@@ -275,6 +262,9 @@ pub fn generations_json(gens: &[GenerationInfo]) -> String {
                 "kernel": g.kernel_version,
                 "current": g.current,
                 "booted": g.booted,
+                "entry": entry.map(|e| e.file_name.clone()),
+                "entry_state": entry.map(|e| e.state.to_string()),
+                "boots_next": entry.is_some() && entry.map(|e| &e.file_name) == next.as_ref(),
             })
         })
         .collect();
@@ -407,6 +397,24 @@ mod tests {
         let e2 = std::fs::read_to_string(b.join("loader/entries/nixos-generation-2+2.conf"))
             .expect("read");
         assert!(e2.contains("\nsort-key nixos-generation-newer\n"), "{e2}");
+
+        // The listing shows each generation's entry and which one boots next.
+        let fs = BootFs::open(&root, Path::new("/boot")).expect("esp");
+        let esp = sdboot::scan(&fs).expect("scan");
+        let gens = profile::list(&root, &profile).expect("list");
+        let table = generations_table(&gens, Some(&esp));
+        println!("{table}");
+        let line1 = table.lines().nth(1).expect("gen 1");
+        assert!(line1.starts_with("1 "), "{table}");
+        assert!(line1.contains(" good "), "{table}");
+        assert!(line1.ends_with("(current, boots next)"), "{table}");
+        let line2 = table.lines().nth(2).expect("gen 2");
+        assert!(line2.contains(" indeterminate +2 "), "{table}");
+        let json = generations_json(&gens, Some(&esp));
+        assert!(
+            json.contains("\"entry\":\"nixos-generation-2+2.conf\""),
+            "{json}"
+        );
 
         // A limit of one drops generation 2's entry; shared files stay referenced.
         assert_eq!(install(&["--limit", "1", "--dry-run"]), Ok(0));

@@ -5,6 +5,7 @@
 //! * [`spec`] — the parts of `boot.json` (bootspec v1) that entries need.
 //! * [`gather`] — reads generations and measures their boot files (the only I/O planners see).
 //! * [`sdboot`] / [`extlinux`] — pure planners: generations + partition state → [`plan::FilePlan`].
+//! * [`install`] — `install-bootloader` as one library call (for `switch`/`boot`).
 //! * [`esp`] — the executor: free-space check, temp + fsync + rename, syncfs.
 //! * [`bls`], [`version`], [`entry_name`] — Boot Loader Specification entries, menu order,
 //!   UAPI version comparison, boot-counter file names and tolerant entry IDs.
@@ -21,6 +22,7 @@ pub mod entry_name;
 pub mod esp;
 pub mod extlinux;
 pub mod gather;
+pub mod install;
 pub mod plan;
 pub mod profile;
 pub mod sdboot;

@@ -577,6 +577,73 @@ pub fn menu(planned: &[PlannedEntry]) -> Vec<bls::MenuItem> {
     items
 }
 
+/// The entry file of one generation (not a specialisation) as found on the ESP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryStatus {
+    pub generation: u64,
+    pub file_name: String,
+    pub state: super::entry_name::BootState,
+}
+
+/// `N` from a managed main-entry stem `nixos-generation-N`.
+fn generation_of(stem: &str) -> Option<u64> {
+    let rest = stem.to_ascii_lowercase();
+    let digits = rest.strip_prefix(ENTRY_PREFIX)?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// Main entries found on the ESP, by generation.
+pub fn entry_statuses(esp: &EspState) -> BTreeMap<u64, EntryStatus> {
+    let mut out = BTreeMap::new();
+    for f in esp.entries.iter().filter(|f| !f.dir) {
+        let Some(n) = EntryName::from_file_name(&f.name) else {
+            continue;
+        };
+        if n.suffix != ".conf" {
+            continue;
+        }
+        if let Some(g) = generation_of(&n.stem) {
+            out.insert(
+                g,
+                EntryStatus {
+                    generation: g,
+                    file_name: f.name.clone(),
+                    state: n.state(),
+                },
+            );
+        }
+    }
+    out
+}
+
+/// The entry file systemd-boot will boot next without EFI-variable overrides, judged from
+/// our entries and `loader.conf`'s `default` (other systems' entries are not read).
+pub fn predicted_boot(esp: &EspState) -> Option<String> {
+    let conf = esp
+        .loader_conf
+        .as_deref()
+        .map(|b| String::from_utf8_lossy(b).into_owned())
+        .unwrap_or_default();
+    let default = conf.lines().find_map(|l| {
+        let l = l.trim();
+        let rest = l.strip_prefix("default")?;
+        rest.starts_with([' ', '\t'])
+            .then(|| rest.trim().to_string())
+    });
+    let mut items: Vec<bls::MenuItem> = esp
+        .entry_texts
+        .iter()
+        .filter_map(|(name, text)| {
+            bls::MenuItem::new(name, &Entry::parse(&String::from_utf8_lossy(text)))
+        })
+        .collect();
+    bls::sort(&mut items);
+    bls::select_default(&items, default.as_deref()).map(|i| items[i].name.file_name())
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -937,6 +1004,36 @@ console-mode max
         assert_eq!(
             plan(&empty, 1, &SdBootConfig::default(), &EspState::default()).err(),
             Some(PlanError::NoGenerations)
+        );
+    }
+
+    #[test]
+    fn statuses_and_predicted_boot_from_esp_state() {
+        let (fp, _) = plan(
+            &inputs(2),
+            2,
+            &SdBootConfig::default(),
+            &EspState::default(),
+        )
+        .expect("plan");
+        let mut esp = EspState::default();
+        for w in &fp.writes {
+            if let Some(name) = w.dest.strip_prefix("loader/entries/") {
+                // Generation 2 has used up its tries.
+                let name = name.replace("nixos-generation-2+3", "nixos-generation-2+0-3");
+                esp.entries.push(info(&name, 1));
+                esp.entry_texts.insert(name, w.contents.clone());
+            } else if w.dest == LOADER_CONF {
+                esp.loader_conf = Some(w.contents.clone());
+            }
+        }
+        let st = entry_statuses(&esp);
+        assert_eq!(st.len(), 2);
+        assert_eq!(st[&2].state, crate::boot::entry_name::BootState::Bad);
+        assert_eq!(st[&1].file_name, "nixos-generation-1+3.conf");
+        assert_eq!(
+            predicted_boot(&esp).as_deref(),
+            Some("nixos-generation-1+3.conf")
         );
     }
 
