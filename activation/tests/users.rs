@@ -425,3 +425,57 @@ fn dry_run_writes_nothing() {
     assert!(out.changed);
     assert!(!r.host("/etc").exists() && !r.host("/var").exists() && !r.host("/home").exists());
 }
+
+#[test]
+fn perl_written_maps_with_string_ids_revive() {
+    let r = FakeRoot::new();
+    r.write("/var/lib/nixos/uid-map", r#"{"alice":"1005"}"#);
+    let s = spec(
+        r#"{"mutableUsers": true, "users": [{"name": "alice", "group": "users", "home": "/h", "shell": "/bin/sh"}],
+                    "groups": [{"name": "users", "gid": 100}]}"#,
+    );
+    let out = run(&r, &s);
+    assert!(
+        out.messages
+            .iter()
+            .any(|m| m == "reviving user 'alice' with UID 1005"),
+        "{:?}",
+        out.messages
+    );
+    assert_eq!(r.read("/var/lib/nixos/uid-map"), r#"{"alice":1005}"#);
+}
+
+#[test]
+fn waits_for_the_pwd_lock_held_by_another_process() {
+    let r = FakeRoot::new();
+    r.write("/etc/.pwd.lock", "");
+    let lock = r.host("/etc/.pwd.lock");
+    let script = format!(
+        "import fcntl,time,sys\nf=open({:?},'w')\nfcntl.lockf(f,fcntl.LOCK_EX)\nprint('locked',flush=True)\ntime.sleep(0.7)\n",
+        lock.to_str().expect("utf8")
+    );
+    let Ok(mut child) = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+    else {
+        eprintln!("skipped: no python3 to hold the lock");
+        return;
+    };
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
+        &mut line,
+    )
+    .expect("read");
+    assert_eq!(line.trim(), "locked");
+    let t = std::time::Instant::now();
+    run(&r, &spec(GEN0));
+    assert!(
+        t.elapsed() >= std::time::Duration::from_millis(300),
+        "{:?}",
+        t.elapsed()
+    );
+    child.wait().expect("wait");
+    assert!(r.read("/etc/passwd").contains("alice"));
+}

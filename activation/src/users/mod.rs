@@ -362,10 +362,27 @@ fn parse_map(state: &UsersState, path: &str) -> Result<BTreeMap<String, u32>, Us
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(BTreeMap::new());
     }
-    serde_json::from_slice(bytes).map_err(|e| UsersError::State {
+    let bad = |problem: String| UsersError::State {
         path: PathBuf::from(path),
-        problem: format!("not a JSON object of name → id: {e}"),
-    })
+        problem,
+    };
+    let value: BTreeMap<String, serde_json::Value> = serde_json::from_slice(bytes)
+        .map_err(|e| bad(format!("not a JSON object of name → id: {e}")))?;
+    // Perl's JSON module writes an id as a string when the script once used it as one, so
+    // both forms occur in the wild.
+    value
+        .into_iter()
+        .map(|(name, v)| {
+            let id = match &v {
+                serde_json::Value::Number(n) => n.as_u64(),
+                serde_json::Value::String(s) => s.parse().ok(),
+                _ => None,
+            }
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or_else(|| bad(format!("the id of {name:?} is {v}, not a number")))?;
+            Ok((name, id))
+        })
+        .collect()
 }
 
 fn text_of(state: &UsersState, path: &str) -> String {
