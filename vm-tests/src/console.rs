@@ -118,10 +118,12 @@ impl fmt::Display for Phases {
         }
         writeln!(
             f,
-            "  (kernel timestamps: stage1 {} · switch_root {} · stage2 {} · systemd {} · probe {})",
+            "  (kernel timestamps: stage1 {} · switch_root {} · stage2 {} · exec systemd {} · \
+             systemd's first line {} · probe {})",
             at(self.stage1_start),
             at(self.switch_root),
             at(self.stage2_start),
+            at(self.stage2_end),
             at(self.systemd_start),
             at(self.probe_start)
         )?;

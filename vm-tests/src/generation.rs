@@ -560,6 +560,15 @@ impl SystemImage {
         Ok(built)
     }
 
+    /// Point `/nix/var/nix/profiles/system` at generation `number`.
+    pub fn set_current(&mut self, number: u32) -> Result<()> {
+        if !self.generations.iter().any(|g| g.number == number) {
+            bail!("there is no generation {number} in this image");
+        }
+        self.current = Some(number);
+        Ok(())
+    }
+
     /// The complete root tree: base layout, store, profile links.
     pub fn tree(&self) -> Result<Tree> {
         let mut root = self.root.clone();
@@ -576,6 +585,33 @@ impl SystemImage {
     /// Write the image as an ext4 filesystem (`mkfs.ext4 -d`, no root or loop devices).
     pub fn write_ext4(&self, out: &Path, size_mb: u32, label: &str) -> Result<()> {
         write_ext4(&self.tree()?, out, size_mb, label)
+    }
+}
+
+impl SystemImage {
+    /// Write `/nix` as its own filesystem (`nix_out`, label `nix_label`) and the rest as
+    /// the root (`root_out`, with an empty `/nix` to mount it on).
+    pub fn write_ext4_split_nix(
+        &self,
+        root_out: &Path,
+        root_label: &str,
+        nix_out: &Path,
+        nix_label: &str,
+        size_mb: u32,
+    ) -> Result<()> {
+        let (root, nix) = self.split_nix()?;
+        write_ext4(&root, root_out, size_mb, root_label)?;
+        write_ext4(&nix, nix_out, size_mb, nix_label)
+    }
+
+    fn split_nix(&self) -> Result<(Tree, Tree)> {
+        let mut root = self.tree()?;
+        let nix = match root.take("nix") {
+            Some(Node::Dir(t)) => t,
+            other => bail!("the image's /nix is not a directory: {other:?}"),
+        };
+        root.dir_mut("nix")?;
+        Ok((root, nix))
     }
 }
 
@@ -746,6 +782,49 @@ mod tests {
             "init=/nix/var/nix/profiles/system-1-link/init console=ttyS0 panic=-1 \
              boot.panic_on_fail systemd.show_status=1"
         );
+    }
+
+    #[test]
+    fn two_generations_share_unchanged_store_paths() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut image, one) = demo_image(dir.path(), "stage2");
+        let boot = BootFiles {
+            kernel: dir.path().join("vmlinuz"),
+            kernel_version: "6.1.0-56-amd64".into(),
+            initrd: dir.path().join("initrd"),
+        };
+        let mut spec = GenerationSpec::demo(
+            2,
+            &dir.path().join("stage2"),
+            &dir.path().join("probe"),
+            boot,
+        );
+        spec.etc.push(EtcEntry::Text {
+            path: "motd".into(),
+            text: "two\n".into(),
+        });
+        let two = image.add_generation(&spec).expect("second generation");
+        assert_ne!(one.toplevel, two.toplevel);
+        assert_ne!(one.etc, two.etc);
+        assert_eq!(one.systemd, two.systemd);
+        assert_eq!(one.stage2, two.stage2);
+        assert!(image.set_current(3).is_err());
+        image.set_current(2).expect("current");
+        let tree = image.tree().expect("tree");
+        assert_eq!(
+            tree.get("nix/var/nix/profiles/system"),
+            Some(&Node::symlink("system-2-link"))
+        );
+        assert_eq!(
+            tree.get("nix/var/nix/profiles/system-1-link"),
+            Some(&Node::symlink(one.toplevel.as_str()))
+        );
+        let (root, nix) = image.split_nix().expect("split");
+        assert_eq!(root.get("nix"), Some(&Node::Dir(Tree::new())));
+        assert!(nix
+            .get(two.toplevel.as_str().trim_start_matches("/nix/"))
+            .is_some());
+        assert!(nix.get("var/nix/profiles/system").is_some());
     }
 
     #[test]

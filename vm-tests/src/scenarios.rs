@@ -283,6 +283,8 @@ pub fn boot_spine(inputs: &Inputs, echo: bool) -> Result<Outcome> {
         store
     ));
     out.notes.push(phases.to_string());
+    out.notes
+        .push(format!("console log: {}", cfg.log.display()));
     Ok(out)
 }
 

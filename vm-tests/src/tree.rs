@@ -127,6 +127,20 @@ impl Tree {
         Ok(())
     }
 
+    /// Remove and return the node at `path`.
+    pub fn take(&mut self, path: &str) -> Option<Node> {
+        let parts = split(path).ok()?;
+        let (name, parents) = parts.split_last()?;
+        let mut cur = self;
+        for p in parents {
+            cur = match cur.entries.get_mut(*p)? {
+                Node::Dir(t) => t,
+                _ => return None,
+            };
+        }
+        cur.entries.remove(*name)
+    }
+
     pub fn get(&self, path: &str) -> Option<&Node> {
         let parts = split(path).ok()?;
         let (name, parents) = parts.split_last()?;

@@ -42,10 +42,7 @@ fn read_trimmed(path: &str) -> Result<String, String> {
 /// The `/etc/passwd` (or group) line of `name`.
 fn db_line(db: &str, name: &str) -> Result<String, String> {
     let text = fs::read_to_string(db).map_err(|e| format!("{db}: {e}"))?;
-    text.lines()
-        .find(|l| l.split(':').next() == Some(name))
-        .map(str::to_string)
-        .ok_or_else(|| format!("no {name} in {db}"))
+    db_line_in(&text, name).ok_or_else(|| format!("no {name} in {db}"))
 }
 
 /// `mode=0400 uid=1000 gid=0` of a path (not following a final symlink).
@@ -66,12 +63,17 @@ fn ownership(path: &str) -> Result<String, String> {
     ))
 }
 
-/// `ro` or `rw` for the topmost mount at `mount_point`, from /proc/self/mountinfo.
+/// `ro ext4` / `rw tmpfs` for the topmost mount at `mount_point`, from /proc/self/mountinfo.
 fn mount_state(mount_point: &str) -> Result<String, String> {
     let text = fs::read_to_string("/proc/self/mountinfo")
         .map_err(|e| format!("/proc/self/mountinfo: {e}"))?;
-    // Fields: id parent major:minor root mount-point mount-options ... - fstype source super-options
-    let found = text
+    mount_state_in(&text, mount_point)
+}
+
+fn mount_state_in(mountinfo: &str, mount_point: &str) -> Result<String, String> {
+    // Fields: id parent major:minor root mount-point mount-options [optional...] - fstype
+    // source super-options. Mounts stack: the last line for a mount point is what is seen.
+    let found = mountinfo
         .lines()
         .rev()
         .find(|l| l.split(' ').nth(4) == Some(mount_point))
@@ -84,6 +86,13 @@ fn mount_state(mount_point: &str) -> Result<String, String> {
         .and_then(|r| r.split(' ').next())
         .unwrap_or("?");
     Ok(format!("{} {fstype}", if ro { "ro" } else { "rw" }))
+}
+
+/// The line of `name` in a passwd/group-style database.
+fn db_line_in(text: &str, name: &str) -> Option<String> {
+    text.lines()
+        .find(|l| l.split(':').next() == Some(name))
+        .map(str::to_string)
 }
 
 fn log_to_kmsg(msg: &str) {
@@ -120,4 +129,40 @@ fn main() {
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(format!("{PREFIX} done\n").as_bytes());
     let _ = out.flush();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MOUNTINFO: &str = "\
+22 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw
+23 22 254:0 /nix/store /nix/store rw,relatime shared:2 - ext4 /dev/vda rw
+24 23 254:0 /nix/store /nix/store ro,nosuid,nodev,relatime shared:3 - ext4 /dev/vda rw
+25 22 0:5 / /dev rw,nosuid - devtmpfs devtmpfs rw,size=4k
+";
+
+    #[test]
+    fn the_topmost_mount_counts() {
+        assert_eq!(
+            mount_state_in(MOUNTINFO, "/nix/store").as_deref(),
+            Ok("ro ext4")
+        );
+        assert_eq!(mount_state_in(MOUNTINFO, "/").as_deref(), Ok("rw ext4"));
+        assert_eq!(
+            mount_state_in(MOUNTINFO, "/dev").as_deref(),
+            Ok("rw devtmpfs")
+        );
+        assert!(mount_state_in(MOUNTINFO, "/nix").is_err());
+    }
+
+    #[test]
+    fn finds_whole_names_only() {
+        let passwd = "root:x:0:0::/root:/bin/sh\nalice2:x:1001:100::/:/bin/sh\nalice:x:1000:100::/:/bin/sh\n";
+        assert_eq!(
+            db_line_in(passwd, "alice").as_deref(),
+            Some("alice:x:1000:100::/:/bin/sh")
+        );
+        assert_eq!(db_line_in(passwd, "bob"), None);
+    }
 }
