@@ -57,6 +57,9 @@ pub struct Inputs {
     pub machine_id: Option<String>,
     /// Generations left out, with the reason.
     pub skipped: Vec<String>,
+    /// Numbers of the generations left out: their existing entries are kept as they are,
+    /// because the generation still exists and may still boot.
+    pub unreadable: Vec<u64>,
 }
 
 #[derive(Debug)]
@@ -125,6 +128,7 @@ pub fn gather(root: &Root, profile: &Profile<'_>) -> Result<Inputs, GatherError>
                 inputs
                     .skipped
                     .push(format!("generation {}: {reason}", link.number));
+                inputs.unreadable.push(link.number);
                 continue;
             }
         };
@@ -140,6 +144,7 @@ pub fn gather(root: &Root, profile: &Profile<'_>) -> Result<Inputs, GatherError>
                 inputs
                     .skipped
                     .push(format!("generation {}: {reason}", link.number));
+                inputs.unreadable.push(link.number);
                 continue;
             }
         };
@@ -158,6 +163,7 @@ pub fn gather(root: &Root, profile: &Profile<'_>) -> Result<Inputs, GatherError>
                     link.number,
                     root.host_path(&path).display()
                 ));
+                inputs.unreadable.push(link.number);
                 continue;
             }
         }

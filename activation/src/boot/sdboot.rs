@@ -126,7 +126,7 @@ impl std::error::Error for PlanError {}
 pub struct EspState {
     /// File names in `loader/entries/`.
     pub entries: Vec<FileInfo>,
-    /// Contents of the entries we manage, by file name.
+    /// Contents of every `.conf` entry, by file name.
     pub entry_texts: BTreeMap<String, Vec<u8>>,
     /// Files in `EFI/nixos/`.
     pub nixos_files: Vec<FileInfo>,
@@ -165,11 +165,12 @@ pub fn scan(fs: &BootFs) -> Result<EspState, EspError> {
         .list(ENTRIES_DIR)
         .map_err(io(ENTRIES_DIR, "list"))?
         .unwrap_or_default();
+    // Every entry is read, not only ours: another profile's entries may share files in
+    // EFI/nixos, and a file is only removed when no entry at all refers to it.
     let mut entry_texts = BTreeMap::new();
     for e in &entries {
-        let managed = EntryName::from_file_name(&e.name)
-            .is_some_and(|n| n.suffix == ".conf" && is_managed_stem(&n.stem));
-        if managed && !e.dir {
+        let is_entry = EntryName::from_file_name(&e.name).is_some_and(|n| n.suffix == ".conf");
+        if is_entry && !e.dir {
             let rel = format!("{ENTRIES_DIR}/{}", e.name);
             if let Some(text) = fs.read(&rel).map_err(io(&rel, "read"))? {
                 entry_texts.insert(e.name.clone(), text);
@@ -516,22 +517,38 @@ pub fn plan(
 
     // Removals: managed entries not kept, files in EFI/nixos nothing references (NixOS owns
     // that directory; hidden names are left alone except our own debris).
+    let mut still_referenced: BTreeSet<String> = BTreeSet::new();
     for f in &esp.entries {
         if f.dir {
             continue;
         }
-        let ours = EntryName::from_file_name(&f.name)
-            .is_some_and(|n| n.suffix == ".conf" && is_managed_stem(&n.stem));
-        if (ours && !kept_files.contains(&f.name)) || is_debris(&f.name) {
+        let name = EntryName::from_file_name(&f.name).filter(|n| n.suffix == ".conf");
+        let ours = name.as_ref().is_some_and(|n| is_managed_stem(&n.stem));
+        // A generation that exists but could not be read keeps its entry untouched.
+        let unreadable = name
+            .as_ref()
+            .and_then(|n| generation_of_any(&n.stem))
+            .is_some_and(|g| inputs.unreadable.contains(&g));
+        let removed = (ours && !unreadable && !kept_files.contains(&f.name)) || is_debris(&f.name);
+        if removed {
             fp.removals.push(Removal {
                 path: format!("{ENTRIES_DIR}/{}", f.name),
                 size: f.size,
                 tree: false,
             });
+        } else if !kept_files.contains(&f.name) {
+            // An entry that stays as it is (foreign, or of an unreadable generation): the
+            // files it names must stay too.
+            if let Some(text) = esp.entry_texts.get(&f.name) {
+                still_referenced.extend(nixos_files_named(&String::from_utf8_lossy(text)));
+            }
         }
     }
     for f in &esp.nixos_files {
-        let unreferenced = !f.dir && !f.name.starts_with('.') && !referenced.contains_key(&f.name);
+        let unreferenced = !f.dir
+            && !f.name.starts_with('.')
+            && !referenced.contains_key(&f.name)
+            && !still_referenced.contains(&f.name.to_ascii_lowercase());
         if unreferenced || is_debris(&f.name) {
             fp.removals.push(Removal {
                 path: format!("{NIXOS_DIR}/{}", f.name),
@@ -542,6 +559,36 @@ pub fn plan(
     }
     fp.warnings = warnings;
     Ok((fp, planned))
+}
+
+/// `N` from a managed stem, main entry or specialisation.
+fn generation_of_any(stem: &str) -> Option<u64> {
+    if !is_managed_stem(stem) {
+        return None;
+    }
+    let rest = stem.get(ENTRY_PREFIX.len()..)?;
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+/// Lower-cased names of the `EFI/nixos/` files an entry's text refers to (FAT compares
+/// names without case, and other tools may spell the directory `efi/nixos`).
+fn nixos_files_named(text: &str) -> Vec<String> {
+    let e = Entry::parse(text);
+    let prefix = format!("{}/", NIXOS_DIR.to_ascii_lowercase());
+    e.linux
+        .iter()
+        .chain(&e.initrd)
+        .chain(&e.devicetree)
+        .chain(e.other.iter().filter(|(k, _)| k == "efi").map(|(_, v)| v))
+        .filter_map(|p| {
+            let p = p
+                .trim_start_matches('/')
+                .replace('\\', "/")
+                .to_ascii_lowercase();
+            p.strip_prefix(&prefix).map(str::to_string)
+        })
+        .collect()
 }
 
 /// A temporary left by an interrupted run of ours.
@@ -714,6 +761,7 @@ pub(crate) mod tests {
             current: Some(n),
             machine_id: Some("4098b3f648d74c13b1f04ccfba7798e8".into()),
             skipped: vec![],
+            unreadable: vec![],
         }
     }
 
@@ -904,6 +952,40 @@ console-mode max
             .copies
             .iter()
             .any(|c| c.dest == "EFI/nixos/kkkk-linux-6.1-bzImage.efi"));
+    }
+
+    /// Files another profile's entry (or an unreadable generation's entry) uses are kept.
+    #[test]
+    fn files_used_by_entries_we_do_not_rewrite_are_kept() {
+        let mut i = inputs(2);
+        i.unreadable.push(7);
+        let esp = EspState {
+            entries: vec![
+                info("nixos-work-generation-3.conf", 100),
+                info("nixos-generation-7+1-2.conf", 100),
+            ],
+            entry_texts: BTreeMap::from([
+                (
+                    "nixos-work-generation-3.conf".to_string(),
+                    b"title NixOS [work]\nlinux /efi/nixos/WORK-bzImage.efi\n".to_vec(),
+                ),
+                (
+                    "nixos-generation-7+1-2.conf".to_string(),
+                    b"title NixOS\nlinux /EFI/nixos/seven-bzImage.efi\ninitrd /EFI/nixos/seven-initrd.efi\n"
+                        .to_vec(),
+                ),
+            ]),
+            nixos_files: vec![
+                info("work-bzImage.efi", 10),
+                info("seven-bzImage.efi", 10),
+                info("seven-initrd.efi", 10),
+                info("orphan.efi", 10),
+            ],
+            loader_conf: None,
+        };
+        let (fp, _) = plan(&i, 2, &SdBootConfig::default(), &esp).expect("plan");
+        let removed: Vec<&str> = fp.removals.iter().map(|r| r.path.as_str()).collect();
+        assert_eq!(removed, ["EFI/nixos/orphan.efi"]);
     }
 
     #[test]
