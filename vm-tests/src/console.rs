@@ -22,6 +22,29 @@ pub fn probe_facts(lines: &[Line]) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// Console lines worth a look even when every check passed: systemd complaining, and
+/// records that reached the console with a raw `<N>` printk prefix (written to the
+/// console because /dev/kmsg could not be opened).
+pub fn suspicious_lines(lines: &[Line]) -> Vec<&Line> {
+    lines
+        .iter()
+        .filter(|l| {
+            let t = l.text.trim_start();
+            let systemd = t.contains("systemd[1]: ")
+                && [
+                    "Failed", "failed", "tainted", "Warning", "Cannot", "Refusing",
+                ]
+                .iter()
+                .any(|w| t.contains(w));
+            let raw_printk = t.len() > 3
+                && t.as_bytes()[0] == b'<'
+                && t.as_bytes()[1].is_ascii_digit()
+                && t.as_bytes()[2] == b'>';
+            systemd || raw_printk
+        })
+        .collect()
+}
+
 fn first(lines: &[Line], pred: impl Fn(&str) -> bool) -> Option<(usize, &Line)> {
     lines.iter().enumerate().find(|(_, l)| pred(&l.text))
 }
@@ -181,6 +204,27 @@ STAGEHAND-PROBE done
         let shown = p.to_string();
         assert!(shown.contains("stage 1 start → switch_root"), "{shown}");
         assert!(shown.contains("0.400 s"), "{shown}");
+    }
+
+    #[test]
+    fn flags_systemd_complaints_and_raw_printk_records() {
+        let l = lines(
+            "[    9.7] systemd[1]: System is tainted: var-run-bad\n\
+             <6>stage1: freed the initramfs in 147 ms\n\
+             [    9.8] systemd[1]: Detected virtualization qemu.\n\
+             <html>\n",
+        );
+        let texts: Vec<&str> = suspicious_lines(&l)
+            .iter()
+            .map(|l| l.text.as_str())
+            .collect();
+        assert_eq!(
+            texts,
+            [
+                "[    9.7] systemd[1]: System is tainted: var-run-bad",
+                "<6>stage1: freed the initramfs in 147 ms"
+            ]
+        );
     }
 
     #[test]

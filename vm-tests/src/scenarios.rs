@@ -11,7 +11,7 @@ use stagehand_common::envelope::HEADER_LEN;
 use stagehand_common::stage1_config::{FileSystem, Stage1Config, STAGE1_CONFIG_PATH};
 use stagehand_initrd::{Compression, Initrd, InitrdSpec};
 
-use crate::console::{probe_facts, Phases, PROBE_DONE};
+use crate::console::{probe_facts, suspicious_lines, Phases, PROBE_DONE};
 use crate::generation::{BootFiles, BuiltGeneration, GenerationSpec, HostSystemd, SystemImage};
 use crate::kernel::{self, Kernel};
 use crate::qemu::{Line, Vm, VmConfig};
@@ -282,6 +282,14 @@ pub fn boot_spine(inputs: &Inputs, echo: bool) -> Result<Outcome> {
         mb_uid,
         store
     ));
+    let odd = suspicious_lines(&lines);
+    if !odd.is_empty() {
+        let mut note = String::from("worth a look (not failures):");
+        for l in odd {
+            note.push_str(&format!("\n  {}", l.text.trim()));
+        }
+        out.notes.push(note);
+    }
     out.notes.push(phases.to_string());
     out.notes
         .push(format!("console log: {}", cfg.log.display()));
