@@ -100,6 +100,11 @@ impl ActivationReport {
             .any(|s| matches!(s.outcome, Outcome::Failed(_)))
     }
 
+    /// Same as [`ActivationReport::success`].
+    pub fn is_success(&self) -> bool {
+        self.success()
+    }
+
     pub fn failed_steps(&self) -> Vec<&str> {
         self.steps
             .iter()

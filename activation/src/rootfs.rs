@@ -297,8 +297,15 @@ fn unlink_quiet<Fd: AsFd>(dirfd: Fd, name: &OsStr) -> io::Result<()> {
 /// followed.
 pub fn atomic_symlink<Fd: AsFd>(dirfd: Fd, name: &OsStr, target: &[u8]) -> io::Result<()> {
     let tmp = tmp_name(name);
-    unlink_quiet(&dirfd, &tmp)?;
-    rfs::symlinkat(OsStr::from_bytes(target), &dirfd, tmp.as_os_str())?;
+    // A stale temporary name (left by a crash) is removed only when it is in the way: one
+    // system call less per link in the common case.
+    match rfs::symlinkat(OsStr::from_bytes(target), &dirfd, tmp.as_os_str()) {
+        Err(Errno::EXIST) => {
+            unlink_quiet(&dirfd, &tmp)?;
+            rfs::symlinkat(OsStr::from_bytes(target), &dirfd, tmp.as_os_str())?;
+        }
+        r => r?,
+    }
     if let Err(e) = rfs::renameat(&dirfd, tmp.as_os_str(), &dirfd, name) {
         let _ = unlink_quiet(&dirfd, &tmp);
         return Err(e.into());
@@ -326,13 +333,15 @@ pub fn write_tmp<Fd: AsFd>(
     perms: Perms,
     durable: bool,
 ) -> io::Result<()> {
-    unlink_quiet(&dirfd, tmp)?;
-    let fd = rfs::openat(
-        &dirfd,
-        tmp,
-        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::from_raw_mode(0o600),
-    )?;
+    let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let fd = match rfs::openat(&dirfd, tmp, flags, Mode::from_raw_mode(0o600)) {
+        // O_EXCL: whatever a crash (or anyone) left under the name is removed, never reused.
+        Err(Errno::EXIST) => {
+            unlink_quiet(&dirfd, tmp)?;
+            rfs::openat(&dirfd, tmp, flags, Mode::from_raw_mode(0o600))?
+        }
+        r => r?,
+    };
     let result = (|| -> io::Result<()> {
         let current = rfs::fstat(&fd)?;
         if current.st_uid != perms.uid || current.st_gid != perms.gid {
