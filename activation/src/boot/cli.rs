@@ -168,6 +168,7 @@ fn install_cmd(o: &Opts) -> Result<u8, String> {
         },
         default: o.positional.first().map(PathBuf::from),
         dry_run: o.dry_run,
+        efivars: Some(o.efivars.clone()),
     };
     let report = install::install(&root, &opts, &Statvfs).map_err(|e| e.to_string())?;
     for w in &report.plan.warnings {

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use crate::rootfs::Root;
 
+use super::efivars::{self, EfiVars};
 use super::esp::{self, Applied, BootFs, EspError, SpaceProbe};
 use super::extlinux::{self, ExtlinuxConfig};
 use super::gather::{self, GatherError, Inputs};
@@ -34,6 +35,8 @@ pub struct InstallOptions {
     pub default: Option<PathBuf>,
     /// Plan only.
     pub dry_run: bool,
+    /// efivarfs, to warn about a persistent `LoaderEntryDefault`; `None` skips the check.
+    pub efivars: Option<PathBuf>,
 }
 
 impl Default for InstallOptions {
@@ -45,6 +48,7 @@ impl Default for InstallOptions {
             extlinux: ExtlinuxConfig::default(),
             default: None,
             dry_run: false,
+            efivars: Some(PathBuf::from(efivars::EFIVARS_DIR)),
         }
     }
 }
@@ -124,6 +128,24 @@ pub fn default_generation(
         })
 }
 
+/// A persistent `LoaderEntryDefault` (the menu's `d` key, `bootctl set-default`) wins over
+/// `loader.conf` and, naming one entry, keeps booting it even when it is bad.
+fn entry_default_warning(root: &Root, dir: &Path) -> Option<String> {
+    // Unreadable efivarfs (not an EFI boot, a container) just means there is nothing to say.
+    let value = EfiVars::new(root, dir)
+        .string("LoaderEntryDefault")
+        .ok()
+        .flatten()?;
+    if value.is_empty() || value.contains(['*', '?', '[']) {
+        return None;
+    }
+    Some(format!(
+        "the EFI variable LoaderEntryDefault is set to {value:?}; it overrides loader.conf, so \
+         the boot menu keeps selecting that entry even after it fails to boot. Clear it with \
+         `bootctl set-default \"\"` to let a bad generation fall back by itself"
+    ))
+}
+
 /// Write the boot menu for the system profile of `root`.
 pub fn install(
     root: &Root,
@@ -137,8 +159,11 @@ pub fn install(
     let (plan, menu) = match opts.loader {
         Loader::SystemdBoot => {
             let state = sdboot::scan(&fs).map_err(InstallError::Esp)?;
-            let (plan, planned) = sdboot::plan(&inputs, default, &opts.systemd_boot, &state)
+            let (mut plan, planned) = sdboot::plan(&inputs, default, &opts.systemd_boot, &state)
                 .map_err(InstallError::Plan)?;
+            if let Some(dir) = &opts.efivars {
+                plan.warnings.extend(entry_default_warning(root, dir));
+            }
             let menu = sdboot::menu(&planned)
                 .iter()
                 .map(|i| i.name.file_name())
@@ -163,4 +188,32 @@ pub fn install(
         menu,
         applied,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::boot::efivars::tests::{encode, write_var};
+
+    #[test]
+    fn a_persistent_exact_default_is_warned_about() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let root = Root::open(t.path()).expect("root");
+        let dir = Path::new(efivars::EFIVARS_DIR);
+        assert_eq!(entry_default_warning(&root, dir), None);
+        let host = t.path().join(efivars::EFIVARS_DIR.trim_start_matches('/'));
+        write_var(
+            &host,
+            "LoaderEntryDefault",
+            &encode(7, "nixos-generation-3.conf"),
+        );
+        let w = entry_default_warning(&root, dir).expect("warning");
+        assert!(w.contains("\"nixos-generation-3.conf\""), "{w}");
+        write_var(
+            &host,
+            "LoaderEntryDefault",
+            &encode(7, "nixos-generation-*"),
+        );
+        assert_eq!(entry_default_warning(&root, dir), None);
+    }
 }
