@@ -5,7 +5,6 @@
 //! PID 1 over to the generation's systemd with the kernel's arguments. A failure before the
 //! hand-over goes to the shared failure path; PID 1 never panics.
 
-mod activate_shim;
 mod mounts;
 mod toplevel;
 
@@ -14,7 +13,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use activate_shim::{activate, Action, ActivateOptions};
+use stagehand_activation::{activate, Action, ActivateOptions};
 use stagehand_common::cmdline::Cmdline;
 use stagehand_common::emergency::{fail, FailurePolicy};
 use stagehand_common::kmsg::KmsgLogger;
@@ -90,10 +89,13 @@ fn run() {
     match activate(&toplevel, &options) {
         Ok(report) => {
             log::info!("activation finished in {} ms", t.elapsed().as_millis());
-            if !report.is_success() {
+            if !report.success() {
                 // NixOS ignores the activation status at boot: a half-activated system that
                 // reaches systemd is more useful than one that stops here.
-                log::error!("activation had failures; continuing the boot");
+                log::error!(
+                    "activation steps failed: {}; continuing the boot",
+                    report.failed_steps().join(", ")
+                );
             }
         }
         Err(e) => {
