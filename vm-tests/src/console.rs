@@ -125,8 +125,8 @@ impl fmt::Display for Phases {
                 self.stage2_end,
             ),
             (
-                "systemd start → probe unit runs",
-                self.systemd_start,
+                "exec systemd → probe unit runs",
+                self.stage2_end,
                 self.probe_start,
             ),
             (
