@@ -46,6 +46,11 @@ pub fn fetch(cache: &Path) -> Result<Kernel> {
     fs::create_dir_all(&kernel_dir)
         .with_context(|| format!("creating cache dir {}", kernel_dir.display()))?;
     let pkg_dir = kernel_dir.join(&package);
+    if pkg_dir.exists() && !pkg_dir.join(COMPLETE_MARKER).exists() {
+        // Not made by us (we rename complete directories into place): start over.
+        fs::remove_dir_all(&pkg_dir)
+            .with_context(|| format!("removing incomplete {}", pkg_dir.display()))?;
+    }
     if !pkg_dir.join(COMPLETE_MARKER).exists() {
         download_and_unpack(&package, &kernel_dir, &pkg_dir)?;
     }
@@ -209,9 +214,16 @@ pub fn extract_vmlinux(vmlinuz: &Path, out: &Path) -> Result<()> {
             vmlinuz.display()
         )
     })?;
-    let tmp = out.with_extension("tmp");
-    fs::write(&tmp, &output.stdout).with_context(|| format!("writing {}", tmp.display()))?;
-    fs::rename(&tmp, out).with_context(|| format!("writing {}", out.display()))?;
+    // A unique temporary name, then rename: a concurrent run never sees half a file.
+    let dir = out
+        .parent()
+        .with_context(|| format!("{} has no parent directory", out.display()))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+    tmp.write_all(&output.stdout)
+        .with_context(|| format!("writing {}", tmp.path().display()))?;
+    tmp.persist(out)
+        .with_context(|| format!("writing {}", out.display()))?;
     Ok(())
 }
 
