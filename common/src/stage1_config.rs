@@ -5,6 +5,8 @@
 //! Nothing in here is generation-specific: the generation is chosen at boot from `init=`,
 //! so one initrd serves every generation that shares a kernel.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::envelope::{self, Kind};
@@ -13,7 +15,8 @@ pub const STAGE1_CONFIG_PATH: &str = "/etc/stagehand/stage1.cfg";
 
 pub const STAGE1_CONFIG_KIND: Kind = Kind {
     magic: *b"SHSTAGE1",
-    version: 1,
+    // 2: `options` (fsck policy and tools, resume devices).
+    version: 2,
     name: "stage-1 config",
 };
 
@@ -29,6 +32,9 @@ pub struct Stage1Config {
     /// What the failure path does when the command line does not say
     /// (`boot.panic_on_fail`, `stage1panic=1`).
     pub panic_on_fail: bool,
+    /// Everything added after version 1, grouped so the initrd builder can take it from
+    /// its spec as one value.
+    pub options: Stage1Options,
 }
 
 impl Default for Stage1Config {
@@ -38,6 +44,41 @@ impl Default for Stage1Config {
             filesystems: Vec::new(),
             device_timeout_ms: 20_000,
             panic_on_fail: false,
+            options: Stage1Options::default(),
+        }
+    }
+}
+
+/// Boot policy beyond modules and filesystems: what NixOS's `boot.initrd.checkJournalingFS`,
+/// the fsck programs of `extraUtils` and `boot.resumeDevice`/`swapDevices` give its stage 1.
+/// In the initrd builder's spec JSON this is the `stage1_options` object; every key may be
+/// left out.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(default)]
+pub struct Stage1Options {
+    /// Check journaling filesystems (ext3/ext4/xfs/f2fs/jfs/reiserfs) before mounting
+    /// them, as `boot.initrd.checkJournalingFS` (default true). Others are always checked
+    /// when the initrd has a checker for them.
+    pub check_journaling_fs: bool,
+    /// Checker programs by filesystem type (`"ext4": "/bin/e2fsck"`), for programs not
+    /// at the conventional `/bin/fsck.<type>` or `/sbin/fsck.<type>`.
+    pub fsck_programs: BTreeMap<String, String>,
+    /// The hibernation image's device (`boot.resumeDevice`); `resume=` on the command
+    /// line wins. Any form a filesystem device may take.
+    pub resume_device: Option<String>,
+    /// Swap devices that may hold a hibernation image, tried in order when no resume
+    /// device is named: the first one carrying a swsuspend signature is resumed from.
+    /// Empty: any block device with a swsuspend signature.
+    pub resume_devices: Vec<String>,
+}
+
+impl Default for Stage1Options {
+    fn default() -> Self {
+        Self {
+            check_journaling_fs: true,
+            fsck_programs: BTreeMap::new(),
+            resume_device: None,
+            resume_devices: Vec::new(),
         }
     }
 }
@@ -105,5 +146,20 @@ mod tests {
         };
         let bytes = c.encode().expect("encode");
         assert_eq!(Stage1Config::decode(&bytes).expect("decode"), c);
+        let mut c = c;
+        c.options.check_journaling_fs = false;
+        c.options
+            .fsck_programs
+            .insert("ext4".into(), "/bin/e2fsck".into());
+        c.options.resume_device = Some("LABEL=swap".into());
+        c.options.resume_devices = vec!["/dev/vdb".into()];
+        let bytes = c.encode().expect("encode");
+        assert_eq!(Stage1Config::decode(&bytes).expect("decode"), c);
+    }
+
+    #[test]
+    fn journaling_checks_are_on_by_default() {
+        assert!(Stage1Config::default().options.check_journaling_fs);
+        assert!(Stage1Options::default().fsck_programs.is_empty());
     }
 }

@@ -105,6 +105,9 @@ pub struct SpecExtras {
     /// RUNPATH only, as make-initrd-ng does for Nix store paths.
     #[serde(default)]
     pub library_dirs: Option<Vec<PathBuf>>,
+    /// Stage-1 boot policy (fsck, resume) copied into the config as it is.
+    #[serde(default)]
+    pub stage1_options: stage1_config::Stage1Options,
 }
 
 /// The CLI's spec file: an [`InitrdSpec`] and [`SpecExtras`] in one JSON object.
@@ -403,6 +406,7 @@ fn assemble(
         filesystems: spec.filesystems.clone(),
         device_timeout_ms: spec.device_timeout_ms,
         panic_on_fail: spec.panic_on_fail,
+        options: extras.stage1_options.clone(),
     };
     archive
         .add(

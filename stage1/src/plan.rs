@@ -7,6 +7,9 @@ use std::fmt;
 use stagehand_common::cmdline::Cmdline;
 use stagehand_common::stage1_config::{FileSystem, Module, Stage1Config};
 
+use crate::fsck::{FsckMode, FsckPolicy};
+use crate::resume::ResumePlan;
+
 /// Where the new root is assembled before `switch_root`.
 pub const TARGET_ROOT: &str = "/mnt-root";
 
@@ -37,6 +40,10 @@ pub struct Plan {
     pub break_at: Option<BreakPoint>,
     /// The console the failure path talks to (`console=` without options), e.g. `ttyS0`.
     pub console: Option<String>,
+    /// `boot.trace`/`debugtrace`: log every step (debug level).
+    pub trace: bool,
+    pub fsck: FsckPolicy,
+    pub resume: ResumePlan,
     /// Problems with the command line that do not stop the boot but deserve a warning.
     pub warnings: Vec<String>,
 }
@@ -47,6 +54,8 @@ pub enum PlanError {
     NoRoot,
     /// A configured mount point is not absolute.
     BadMountPoint(String),
+    /// `resume=` is given but unusable.
+    BadResume(String),
 }
 
 impl fmt::Display for PlanError {
@@ -62,6 +71,7 @@ impl fmt::Display for PlanError {
                 "stage-1 config lists mount point {mp:?}, which is not an absolute path; rebuild \
                  the initrd with a corrected filesystem list"
             ),
+            Self::BadResume(why) => write!(f, "{why}"),
         }
     }
 }
@@ -77,14 +87,51 @@ impl Plan {
                 return Err(PlanError::BadMountPoint(fs.mount_point.clone()));
             }
         }
+        let persistence = cmdline.get("boot.persistence").filter(|d| !d.is_empty());
         match config.filesystems.iter().find(|fs| fs.mount_point == "/") {
+            // A tmpfs root with `boot.persistence=DEV`: DEV becomes the root instead
+            // (live media keeping their changes), mounted with `boot.persistence.opt=`.
+            Some(root) if is_tmpfs(root) && persistence.is_some() => {
+                let device = persistence.unwrap_or_default().to_owned();
+                let options = cmdline
+                    .get("boot.persistence.opt")
+                    .map(split_options)
+                    .unwrap_or_default();
+                filesystems.push(FileSystem {
+                    mount_point: "/".into(),
+                    device,
+                    fs_type: "auto".into(),
+                    options,
+                });
+            }
+            // A tmpfs root has no device for root= to replace; NixOS ignores root= too
+            // (it only names /dev/root).
+            Some(root) if is_tmpfs(root) => {
+                if let Some(dev) = cmdline.get("root") {
+                    warnings.push(format!(
+                        "root={dev} ignored: the configured root filesystem is a tmpfs"
+                    ));
+                }
+                filesystems.push(root.clone());
+            }
             // The command line overrides the configured root device, as on NixOS where
             // root= rewrites /dev/root.
-            Some(root) => filesystems.push(root_from_cmdline(cmdline, Some(root.clone()))),
-            None => match cmdline.get("root") {
-                Some(_) => filesystems.push(root_from_cmdline(cmdline, None)),
+            Some(root) => filesystems.push(root_from_cmdline(
+                cmdline,
+                Some(root.clone()),
+                &mut warnings,
+            )),
+            None => match cmdline.get("root").filter(|r| !r.is_empty()) {
+                Some(_) => filesystems.push(root_from_cmdline(cmdline, None, &mut warnings)),
                 None => return Err(PlanError::NoRoot),
             },
+        }
+        if let Some(dev) = persistence {
+            if filesystems.first().is_none_or(|r| r.device != dev) {
+                warnings.push(format!(
+                    "boot.persistence={dev} ignored: the root filesystem is not a tmpfs"
+                ));
+            }
         }
         filesystems.extend(
             config
@@ -140,42 +187,113 @@ impl Plan {
             .map(|c| c.split(',').next().unwrap_or(c).to_owned())
             .filter(|c| !c.is_empty());
 
+        let device_timeout_ms =
+            device_timeout(cmdline, &mut warnings).unwrap_or(config.device_timeout_ms);
+        let trace = cmdline.flag("boot.trace") || cmdline.flag("debugtrace");
+
+        let mut fsck = FsckPolicy {
+            check_journaling_fs: config.options.check_journaling_fs,
+            mode: FsckMode::Auto,
+            programs: config.options.fsck_programs.clone(),
+        };
+        match cmdline.get("fsck.mode") {
+            None | Some("auto") => {}
+            Some("skip") => fsck.mode = FsckMode::Skip,
+            Some("force") => fsck.mode = FsckMode::Force,
+            Some(other) => warnings.push(format!(
+                "fsck.mode={other} is not auto, skip or force; using auto"
+            )),
+        }
+
+        let resume = ResumePlan::new(
+            cmdline.get("resume"),
+            cmdline.flag("noresume"),
+            config.options.resume_device.as_deref(),
+            &config.options.resume_devices,
+        )
+        .map_err(PlanError::BadResume)?;
+
         Ok(Plan {
             modules: config.modules.clone(),
             filesystems,
-            device_timeout_ms: config.device_timeout_ms,
+            device_timeout_ms,
             init,
             panic_on_fail,
             shell_on_fail,
             break_at,
             console,
+            trace,
+            fsck,
+            resume,
             warnings,
         })
     }
 }
 
+/// Command-line names for the device wait, in seconds (fractions allowed): ours, and
+/// systemd's initrd name for the same thing.
+const TIMEOUT_PARAMS: &[&str] = &["rd.device_timeout", "rd.systemd.default_device_timeout_sec"];
+
+/// The device timeout the command line asks for, in milliseconds.
+fn device_timeout(cmdline: &Cmdline, warnings: &mut Vec<String>) -> Option<u32> {
+    let (name, value) = cmdline
+        .iter()
+        .filter(|(k, v)| TIMEOUT_PARAMS.contains(k) && v.is_some())
+        .last()?;
+    let value = value.unwrap_or_default();
+    match value.parse::<f64>() {
+        // Keep it within u32 milliseconds (about 49 days): "forever" in practice.
+        Ok(secs) if secs.is_finite() && secs >= 0.0 => {
+            Some((secs * 1000.0).round().min(f64::from(u32::MAX)) as u32)
+        }
+        _ => {
+            warnings.push(format!(
+                "{name}={value} is not a number of seconds; using the configured device timeout"
+            ));
+            None
+        }
+    }
+}
+
+fn is_tmpfs(fs: &FileSystem) -> bool {
+    fs.fs_type == "tmpfs" || (fs.fs_type == "auto" && fs.device == "tmpfs")
+}
+
+fn split_options(opts: &str) -> Vec<String> {
+    opts.split(',')
+        .filter(|o| !o.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
 /// The root filesystem, with `root=`, `rootfstype=`, `rootflags=` and `ro`/`rw` applied on
 /// top of the configured entry (or on their own when the config has none).
-fn root_from_cmdline(cmdline: &Cmdline, configured: Option<FileSystem>) -> FileSystem {
+fn root_from_cmdline(
+    cmdline: &Cmdline,
+    configured: Option<FileSystem>,
+    warnings: &mut Vec<String>,
+) -> FileSystem {
     let mut root = configured.unwrap_or_else(|| FileSystem {
         mount_point: "/".into(),
         device: String::new(),
         fs_type: "auto".into(),
         options: Vec::new(),
     });
-    if let Some(dev) = cmdline.get("root") {
-        root.device = dev.to_owned();
+    match cmdline.get("root") {
+        Some("") => warnings.push(format!(
+            "root= is empty; using the configured root device {}",
+            root.device
+        )),
+        Some(dev) => root.device = dev.to_owned(),
+        None => {}
     }
-    if let Some(t) = cmdline.get("rootfstype") {
-        root.fs_type = t.to_owned();
+    match cmdline.get("rootfstype") {
+        Some("") => warnings.push("rootfstype= is empty; ignored".into()),
+        Some(t) => root.fs_type = t.to_owned(),
+        None => {}
     }
     if let Some(flags) = cmdline.get("rootflags") {
-        root.options.extend(
-            flags
-                .split(',')
-                .filter(|o| !o.is_empty())
-                .map(str::to_owned),
-        );
+        root.options.extend(split_options(flags));
     }
     // `ro`/`rw` are bare words; the later one wins, as in the kernel.
     let ro_rw = cmdline
@@ -307,5 +425,160 @@ mod tests {
         };
         let e = Plan::new(&Cmdline::parse("root=/dev/vda"), &cfg).expect_err("bad");
         assert_eq!(e, PlanError::BadMountPoint("nix".into()));
+    }
+
+    fn plan(c: &str, cfg: &Stage1Config) -> Plan {
+        Plan::new(&Cmdline::parse(c), cfg).expect("plan")
+    }
+
+    #[test]
+    fn rootfstype_rootflags_and_ro_rw() {
+        let p = plan(
+            "root=UUID=0b2d rootfstype=btrfs rootflags=subvol=@,compress=zstd rw ro",
+            &config(),
+        );
+        let root = &p.filesystems[0];
+        assert_eq!(root.device, "UUID=0b2d");
+        assert_eq!(root.fs_type, "btrfs");
+        assert_eq!(root.options, ["subvol=@", "compress=zstd", "ro"]);
+        // `ro=1` is not the bare word and does not count.
+        let p = plan("root=/dev/vda ro=1", &config());
+        assert!(p.filesystems[0].options.is_empty());
+    }
+
+    #[test]
+    fn malformed_root_params_are_reported_and_ignored() {
+        let p = plan("root= rootfstype=", &config());
+        assert_eq!(p.filesystems[0].device, "/dev/vda");
+        assert_eq!(p.filesystems[0].fs_type, "ext4");
+        assert_eq!(p.warnings.len(), 2, "{:?}", p.warnings);
+        assert!(p.warnings[0].contains("root= is empty"));
+        let e = Plan::new(&Cmdline::parse("root="), &Stage1Config::default()).expect_err("none");
+        assert_eq!(e, PlanError::NoRoot);
+    }
+
+    #[test]
+    fn trace_and_device_timeout() {
+        let p = plan("boot.trace rd.device_timeout=1.5", &config());
+        assert!(p.trace);
+        assert_eq!(p.device_timeout_ms, 1500);
+        assert!(plan("debugtrace", &config()).trace);
+        assert!(!plan("", &config()).trace);
+        assert_eq!(plan("", &config()).device_timeout_ms, 20_000);
+        let p = plan("rd.systemd.default_device_timeout_sec=3", &config());
+        assert_eq!(p.device_timeout_ms, 3000);
+        let p = plan("rd.device_timeout=soon", &config());
+        assert_eq!(p.device_timeout_ms, 20_000);
+        assert!(p.warnings[0].contains("rd.device_timeout=soon"));
+        assert_eq!(plan("rd.device_timeout=-1", &config()).warnings.len(), 1);
+    }
+
+    #[test]
+    fn fsck_policy_from_config_and_cmdline() {
+        let mut cfg = config();
+        cfg.options.check_journaling_fs = false;
+        cfg.options
+            .fsck_programs
+            .insert("ext4".into(), "/bin/e2fsck".into());
+        let p = plan("", &cfg);
+        assert!(!p.fsck.check_journaling_fs);
+        assert_eq!(p.fsck.mode, FsckMode::Auto);
+        assert_eq!(p.fsck.programs["ext4"], "/bin/e2fsck");
+        assert_eq!(plan("fsck.mode=skip", &cfg).fsck.mode, FsckMode::Skip);
+        assert_eq!(plan("fsck.mode=force", &cfg).fsck.mode, FsckMode::Force);
+        let p = plan("fsck.mode=maybe", &cfg);
+        assert_eq!(p.fsck.mode, FsckMode::Auto);
+        assert!(p.warnings[0].contains("fsck.mode=maybe"));
+    }
+
+    #[test]
+    fn resume_from_cmdline_or_config() {
+        let mut cfg = config();
+        assert_eq!(plan("", &cfg).resume, ResumePlan::AnySwsuspend);
+        cfg.options.resume_devices = vec!["/dev/vdc".into()];
+        assert_eq!(
+            plan("", &cfg).resume,
+            ResumePlan::Candidates(vec!["/dev/vdc".into()])
+        );
+        cfg.options.resume_device = Some("LABEL=swap".into());
+        assert_eq!(
+            plan("", &cfg).resume,
+            ResumePlan::Device("LABEL=swap".into())
+        );
+        assert_eq!(
+            plan("resume=PARTUUID=abcd", &cfg).resume,
+            ResumePlan::Device("PARTUUID=abcd".into())
+        );
+        assert_eq!(plan("resume=8:3", &cfg).resume, ResumePlan::Devno(8, 3));
+        assert_eq!(
+            plan("resume=/dev/vdb noresume", &cfg).resume,
+            ResumePlan::Off
+        );
+        let e = Plan::new(&Cmdline::parse("resume="), &cfg).expect_err("empty resume");
+        assert!(e.to_string().contains("resume="), "{e}");
+    }
+
+    fn tmpfs_root_config() -> Stage1Config {
+        Stage1Config {
+            filesystems: vec![
+                FileSystem {
+                    mount_point: "/".into(),
+                    device: "none".into(),
+                    fs_type: "tmpfs".into(),
+                    options: vec!["mode=755".into(), "size=25%".into()],
+                },
+                fs("/nix", "LABEL=nix", "ext4"),
+                FileSystem {
+                    mount_point: "/nix/store".into(),
+                    device: "/nix/store".into(),
+                    fs_type: "none".into(),
+                    options: vec!["bind".into(), "ro".into()],
+                },
+            ],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn tmpfs_root_keeps_its_order_and_ignores_root_eq() {
+        let p = plan("root=/dev/vda ro", &tmpfs_root_config());
+        let mps: Vec<&str> = p
+            .filesystems
+            .iter()
+            .map(|f| f.mount_point.as_str())
+            .collect();
+        assert_eq!(mps, ["/", "/nix", "/nix/store"]);
+        assert_eq!(p.filesystems[0], tmpfs_root_config().filesystems[0]);
+        assert!(
+            p.warnings[0].contains("root=/dev/vda ignored"),
+            "{:?}",
+            p.warnings
+        );
+        assert!(plan("", &tmpfs_root_config()).warnings.is_empty());
+    }
+
+    #[test]
+    fn persistence_replaces_a_tmpfs_root() {
+        let p = plan(
+            "boot.persistence=/dev/disk/by-label/live-rw boot.persistence.opt=noatime,discard",
+            &tmpfs_root_config(),
+        );
+        assert_eq!(
+            p.filesystems[0],
+            FileSystem {
+                mount_point: "/".into(),
+                device: "/dev/disk/by-label/live-rw".into(),
+                fs_type: "auto".into(),
+                options: vec!["noatime".into(), "discard".into()],
+            }
+        );
+        assert_eq!(p.filesystems[1].mount_point, "/nix");
+        assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+        // Without options, and on a disk root where it does not apply.
+        let p = plan("boot.persistence=LABEL=rw", &tmpfs_root_config());
+        assert!(p.filesystems[0].options.is_empty());
+        let p = plan("boot.persistence=LABEL=rw", &config());
+        assert_eq!(p.filesystems[0].device, "/dev/vda");
+        assert!(p.warnings[0].contains("not a tmpfs"), "{:?}", p.warnings);
     }
 }

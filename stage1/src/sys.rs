@@ -233,3 +233,82 @@ pub fn switch_root(new_root: &Path, init: &str) -> String {
         .exec();
     format!("cannot execute stage 2 {init}: {e}")
 }
+
+/// Files some tools expect in any Linux root: e2fsck looks at `/etc/mtab` (here a link to
+/// the kernel's mount table, as NixOS makes it) and `/etc/fstab`.
+pub fn make_etc_stubs() {
+    let _ = std::fs::create_dir_all("/etc");
+    let _ = std::os::unix::fs::symlink("/proc/mounts", "/etc/mtab");
+    if !Path::new("/etc/fstab").exists() {
+        let _ = std::fs::write("/etc/fstab", "");
+    }
+}
+
+/// The `(major, minor)` of a device node.
+pub fn devno(node: &Path) -> Option<(u32, u32)> {
+    let st = rustix::fs::stat(node).ok()?;
+    Some((rustix::fs::major(st.st_rdev), rustix::fs::minor(st.st_rdev)))
+}
+
+/// Block devices mounted right now, by `(major, minor)`.
+pub fn mounted_devices() -> Vec<(u32, u32)> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|t| crate::fsck::mounted_devices(&t))
+        .unwrap_or_default()
+}
+
+/// Run a filesystem checker on `node` and log what it says. Returns its exit code
+/// (`None`: killed by a signal).
+pub fn run_fsck(cmd: &crate::fsck::Command, node: &Path) -> Result<Option<i32>, String> {
+    log::info!(
+        "checking {}: {} {} {}",
+        node.display(),
+        cmd.program,
+        cmd.args.join(" "),
+        node.display()
+    );
+    let output = std::process::Command::new(&cmd.program)
+        .args(&cmd.args)
+        .arg(node)
+        // A checker run by PID 1 inherits nothing from the kernel's environment but a
+        // search path for any helper it starts.
+        .env_clear()
+        .env("PATH", "/bin:/sbin")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", cmd.program))?;
+    let name = Path::new(&cmd.program)
+        .file_name()
+        .map_or(cmd.program.clone(), |n| n.to_string_lossy().into_owned());
+    for line in String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .chain(String::from_utf8_lossy(&output.stderr).lines())
+        .filter(|l| !l.trim().is_empty())
+    {
+        log::info!("{name}: {line}");
+    }
+    Ok(output.status.code())
+}
+
+/// Restart the machine now (after a checker asked for it); only returns if the kernel
+/// refused, which PID 1 with CAP_SYS_BOOT does not see.
+pub fn reboot() -> String {
+    rustix::fs::sync();
+    match rustix::system::reboot(rustix::system::RebootCommand::Restart) {
+        Ok(()) => "reboot returned".into(),
+        Err(e) => format!("cannot reboot: {e}"),
+    }
+}
+
+/// Does this kernel support resuming from hibernation?
+pub fn can_resume() -> bool {
+    Path::new("/sys/power/resume").exists() && Path::new("/sys/power/disk").exists()
+}
+
+/// Ask the kernel to resume from the image on `devno`. If there is an image this does not
+/// return (the kernel restores the hibernated system); otherwise the boot goes on.
+pub fn resume_from(devno: (u32, u32)) -> Result<(), String> {
+    let text = format!("{}:{}", devno.0, devno.1);
+    std::fs::write("/sys/power/resume", &text)
+        .map_err(|e| format!("cannot write {text} to /sys/power/resume: {e}"))
+}
