@@ -6,6 +6,7 @@
 //! stagehand activate [--root DIR] [--dry-run] [--action boot|switch|test|dry-activate] TOPLEVEL
 //! stagehand compile  [--root DIR] TOPLEVEL
 //! stagehand plan     [--root DIR] TOPLEVEL      (print the compiled plan as JSON)
+//! stagehand generations | rollback | install-bootloader | bless   (see `boot::cli::USAGE`)
 //! ```
 //! Every path argument is a path as the target system sees it, resolved inside `--root`
 //! (default `/`).
@@ -72,7 +73,8 @@ const USAGE: &str = "usage:
   stagehand users    [--root DIR] [--dry-run] USERS_JSON
   stagehand activate [--root DIR] [--dry-run] [--action boot|switch|test|dry-activate] TOPLEVEL
   stagehand compile  [--root DIR] TOPLEVEL
-  stagehand plan     [--root DIR] TOPLEVEL";
+  stagehand plan     [--root DIR] TOPLEVEL
+  stagehand generations | rollback | install-bootloader | bless  (stagehand bless --help)";
 
 fn main() -> ExitCode {
     static LOGGER: StderrLogger = StderrLogger(LevelFilter::Debug);
@@ -84,6 +86,23 @@ fn main() -> ExitCode {
         eprintln!("{USAGE}");
         return ExitCode::from(2);
     };
+    // Generations and boot-loader commands parse their own options.
+    if matches!(
+        cmd.as_str(),
+        "generations" | "rollback" | "install-bootloader" | "boot-entries" | "bless"
+    ) {
+        return match stagehand_activation::boot::cli::run(cmd, rest) {
+            Ok(code) => ExitCode::from(code),
+            Err(e) => {
+                eprintln!("stagehand {cmd}: {e}");
+                if e.starts_with("usage") {
+                    eprintln!("{}", stagehand_activation::boot::cli::USAGE);
+                    return ExitCode::from(2);
+                }
+                ExitCode::from(1)
+            }
+        };
+    }
     // The hidden benchmark takes its own options.
     if cmd == "bench" {
         return match stagehand_activation::bench::run(rest) {
