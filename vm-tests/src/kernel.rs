@@ -222,6 +222,7 @@ pub fn extract_vmlinux(vmlinuz: &Path, out: &Path) -> Result<()> {
         .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
     tmp.write_all(&output.stdout)
         .with_context(|| format!("writing {}", tmp.path().display()))?;
+    set_mode(tmp.path(), 0o644)?;
     tmp.persist(out)
         .with_context(|| format!("writing {}", out.display()))?;
     Ok(())

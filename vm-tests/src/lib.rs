@@ -7,6 +7,7 @@ pub mod generation;
 pub mod kernel;
 pub mod qemu;
 pub mod scenarios;
+pub mod stage1_scenarios;
 pub mod store;
 pub mod tree;
 pub mod workspace;

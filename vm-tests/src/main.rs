@@ -17,6 +17,7 @@ use std::time::Instant;
 use anyhow::Result;
 
 use stagehand_vm_tests::scenarios::{self, Inputs, Outcome};
+use stagehand_vm_tests::stage1_scenarios;
 
 type Scenario = (&'static str, &'static str, fn(&Inputs) -> Result<Outcome>);
 
@@ -30,6 +31,31 @@ const SCENARIOS: &[Scenario] = &[
         "corrupt-config",
         "a stage-1 config with one flipped byte is refused (file and checksum named), boot stops",
         scenarios::corrupt_config_scenario,
+    ),
+    (
+        "label-root",
+        "root=LABEL= and then root=UUID= find the disk without udev; both boot to systemd",
+        stage1_scenarios::label_root,
+    ),
+    (
+        "missing-root",
+        "root=LABEL=nope: the failure names the device and the devices seen, then panics",
+        stage1_scenarios::missing_root,
+    ),
+    (
+        "shell-on-fail",
+        "boot.shell_on_fail + missing root: key f gives a busybox shell as PID 1 on ttyS0",
+        stage1_scenarios::shell_on_fail,
+    ),
+    (
+        "dirty-journal",
+        "an ext4 root with an unreplayed journal is fsck'd before the mount and boots",
+        stage1_scenarios::dirty_journal,
+    ),
+    (
+        "separate-nix",
+        "/nix on a second disk (LABEL=) from the stage-1 config; boots to systemd",
+        stage1_scenarios::separate_nix,
     ),
 ];
 

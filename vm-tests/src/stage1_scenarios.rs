@@ -1,0 +1,548 @@
+//! Stage-1 scenarios: the root found by `LABEL=`/`UUID=`, a root that never appears (the
+//! failure message, `boot.panic_on_fail`), the failure path's shell, a dirty ext4 journal
+//! checked by fsck before the mount, and a separate `/nix` disk.
+//!
+//! Each builds its own initrd and disk image under `<target>/vm-tests/<scenario>/` and
+//! asserts on the guest console.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use stagehand_common::stage1_config::FileSystem;
+use stagehand_initrd::objects::StoreObject;
+use stagehand_initrd::{Compression, ExtraFile, Initrd, InitrdSpec, SpecExtras};
+
+use crate::console::{probe_facts, Phases, PROBE_DONE};
+use crate::generation::{write_ext4, BootFiles, BuiltGeneration, GenerationSpec, SystemImage};
+use crate::qemu::{Line, Vm, VmConfig};
+use crate::scenarios::{Inputs, Outcome};
+
+/// Hard limit for one VM run.
+const VM_LIMIT: Duration = Duration::from_secs(300);
+/// QEMU start to the first stage-1 line.
+const FIRST_LINE: Duration = Duration::from_secs(120);
+/// Between two milestones.
+const STEP: Duration = Duration::from_secs(90);
+
+/// The host's e2fsck, put into every test initrd as `/bin/fsck.ext4` (with its libraries)
+/// so stage 1 checks the ext4 root before mounting it.
+pub const HOST_E2FSCK: &str = "/sbin/e2fsck";
+
+/// Initrd inputs beyond the spec that every scenario's initrd carries: the ext4 checker.
+pub fn initrd_extras() -> SpecExtras {
+    let mut extras = SpecExtras::default();
+    extras.contents = vec![StoreObject {
+        source: HOST_E2FSCK.into(),
+        target: Some("/bin/fsck.ext4".into()),
+    }];
+    extras
+}
+
+fn build_initrd(spec: &InitrdSpec) -> Result<Initrd> {
+    stagehand_initrd::build_with(spec, &initrd_extras())
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .context("building the initrd")
+}
+
+/// One scenario's working directory, initrd and demo image.
+struct Setup {
+    dir: PathBuf,
+    initrd: PathBuf,
+    generation: BuiltGeneration,
+    image: SystemImage,
+}
+
+impl Setup {
+    /// Build the initrd from the harness's spec changed by `edit`, and the demo system.
+    fn new(inputs: &Inputs, name: &str, edit: impl FnOnce(&mut InitrdSpec)) -> Result<Self> {
+        let dir = inputs.workspace.artifacts_dir().join(name);
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let mut spec = inputs.initrd_spec(Compression::Zstd)?;
+        edit(&mut spec);
+        let initrd = build_initrd(&spec)?;
+        let initrd_path = dir.join("initrd.zst");
+        fs::write(&initrd_path, &initrd.bytes)
+            .with_context(|| format!("writing {}", initrd_path.display()))?;
+        let boot = BootFiles {
+            kernel: inputs.kernel.vmlinuz.clone(),
+            kernel_version: inputs.kernel.version.clone(),
+            initrd: initrd_path.clone(),
+        };
+        let spec = GenerationSpec::demo(1, &inputs.bins.stage2, &inputs.bins.guest_probe, boot);
+        let mut image = SystemImage::new(&inputs.systemd)?;
+        let generation = image.add_generation(&spec)?;
+        Ok(Self {
+            dir,
+            initrd: initrd_path,
+            generation,
+            image,
+        })
+    }
+
+    /// The whole system on one ext4 disk labelled `stagehand-root`.
+    fn root_image(&self) -> Result<PathBuf> {
+        let img = self.dir.join("root.img");
+        self.image
+            .write_ext4(&img, 256, ROOT_LABEL)
+            .context("building the disk image")?;
+        Ok(img)
+    }
+
+    fn vm(&self, inputs: &Inputs, drives: Vec<PathBuf>, append: String, log: &str) -> VmConfig {
+        VmConfig {
+            kernel: inputs.kernel.vmlinux.clone(),
+            initrd: self.initrd.clone(),
+            drives,
+            append,
+            memory_mb: 512,
+            timeout: VM_LIMIT,
+            log: self.dir.join(log),
+            echo: false,
+        }
+    }
+}
+
+const ROOT_LABEL: &str = "stagehand-root";
+
+/// The generation's command line with `drop` words removed and `add` appended.
+fn cmdline(g: &BuiltGeneration, drop: &[&str], add: &[&str]) -> String {
+    g.cmdline()
+        .split_whitespace()
+        .filter(|w| !drop.contains(w))
+        .chain(add.iter().copied())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Record a failed check (`Outcome::check` is the harness's own).
+fn check(out: &mut Outcome, what: &str, ok: bool, detail: impl FnOnce() -> String) {
+    if !ok {
+        out.failures.push(format!("{what}: {}", detail()));
+    }
+}
+
+fn kt(l: &Line) -> String {
+    l.kernel_time()
+        .map_or("?".into(), |t| format!("{t:.3} s"))
+}
+
+/// Boot to the guest probe and check the VM powers off; returns the console lines.
+fn boot_to_probe(vm: &mut Vm, expect: &[&str], out: &mut Outcome) -> Option<Vec<Line>> {
+    let result = (|| -> Result<()> {
+        vm.wait_for("stage1: started", FIRST_LINE)?;
+        for needle in expect {
+            vm.wait_for(needle, STEP)?;
+        }
+        vm.wait_for("stage1: switching root", STEP)?;
+        vm.wait_for(PROBE_DONE, STEP)?;
+        let status = vm.wait_exit(STEP)?;
+        if !status.success() {
+            bail!("QEMU exited with {status} after the probe");
+        }
+        Ok(())
+    })();
+    match result {
+        Ok(()) => Some(vm.lines()),
+        Err(e) => {
+            out.failures.push(format!("{e:#}"));
+            out.notes.push(vm.failure_context(40));
+            None
+        }
+    }
+}
+
+/// The ext4 UUID of an image, as e2fsprogs reports it (not our own probe).
+fn ext4_uuid(img: &Path) -> Result<String> {
+    let out = Command::new("dumpe2fs")
+        .arg("-h")
+        .arg(img)
+        .output()
+        .context("running dumpe2fs (install e2fsprogs)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix("Filesystem UUID:"))
+        .map(|u| u.trim().to_owned())
+        .filter(|u| u.len() == 36)
+        .with_context(|| format!("dumpe2fs -h {} printed no UUID", img.display()))
+}
+
+/// `label-root`: boot with `root=LABEL=stagehand-root`, then with `root=UUID=<uuid>`; stage
+/// 1 finds the disk by probing its superblock (no udev) and the boot reaches systemd.
+pub fn label_root(inputs: &Inputs) -> Result<Outcome> {
+    let setup = Setup::new(inputs, "label-root", |_| {})?;
+    let img = setup.root_image()?;
+    let uuid = ext4_uuid(&img)?;
+    let mut out = Outcome::default();
+    for (form, log) in [
+        (format!("LABEL={ROOT_LABEL}"), "console-label.log"),
+        (format!("UUID={uuid}"), "console-uuid.log"),
+    ] {
+        let append = cmdline(&setup.generation, &[], &[&format!("root={form}")]);
+        let cfg = setup.vm(inputs, vec![img.clone()], append, log);
+        out.log = Some(cfg.log.clone());
+        let mut vm = Vm::start(&cfg)?;
+        let found = format!("stage1: device {form} for / is /dev/vda");
+        let Some(lines) = boot_to_probe(&mut vm, &[&found, "stage1: mounted /"], &mut out) else {
+            return Ok(out);
+        };
+        let phases = Phases::from_lines(&lines);
+        out.notes.push(format!(
+            "root={form}: found and booted to the probe in {:.1} s (host); stage 1 {}",
+            vm.elapsed().as_secs_f64(),
+            stage1_time(&phases)
+        ));
+        let facts = probe_facts(&lines);
+        let store = facts.get("nix-store.mount").map_or("<missing>", String::as_str);
+        check(
+    &mut out,
+            &format!("root={form}: /nix/store mounted read-only"),
+            store.starts_with("ro "),
+            || format!("the guest says {store:?}"),
+        );
+    }
+    Ok(out)
+}
+
+fn stage1_time(p: &Phases) -> String {
+    match (p.stage1_start, p.switch_root) {
+        (Some(a), Some(b)) => format!("/init → switch_root {:.0} ms", (b - a) * 1000.0),
+        _ => "time unknown".into(),
+    }
+}
+
+/// `missing-root`: `root=LABEL=nope` with a 2 s device timeout. Stage 1 must say which
+/// device it waited for and which devices it saw, within the deadline, and with
+/// `boot.panic_on_fail` the kernel panics and the VM exits.
+pub fn missing_root(inputs: &Inputs) -> Result<Outcome> {
+    let setup = Setup::new(inputs, "missing-root", |_| {})?;
+    let img = setup.root_image()?;
+    let append = cmdline(
+        &setup.generation,
+        &[],
+        &["root=LABEL=nope", "rd.device_timeout=2"],
+    );
+    let cfg = setup.vm(inputs, vec![img], append.clone(), "console.log");
+    let mut out = Outcome {
+        log: Some(cfg.log.clone()),
+        ..Outcome::default()
+    };
+    out.notes.push(format!("kernel command line: {append}"));
+    let mut vm = Vm::start(&cfg)?;
+    let result = (|| -> Result<(Line, Line, Line)> {
+        let loaded = vm.wait_for("modules loaded", FIRST_LINE)?;
+        let failed = vm.wait_for_line(
+            "a stage-1 error naming LABEL=nope and the devices seen",
+            STEP,
+            |l| {
+                l.contains("stage1: ")
+                    && l.contains("LABEL=nope")
+                    && l.contains("Block devices seen: vda (ext4 label=stagehand-root")
+            },
+        )?;
+        let panic = vm.wait_for("Kernel panic", STEP)?;
+        vm.wait_exit(STEP)?;
+        Ok((loaded, failed, panic))
+    })();
+    match result {
+        Ok((loaded, failed, panic)) => {
+            out.notes.push(format!("stage 1 said: {}", failed.text.trim()));
+            let waited = failed
+                .kernel_time()
+                .zip(loaded.kernel_time())
+                .map(|(f, l)| f - l);
+            out.notes.push(format!(
+                "modules loaded at {}, failure at {}, kernel panic at {}; VM gone {:.1} s after QEMU start",
+                kt(&loaded),
+                kt(&failed),
+                kt(&panic),
+                vm.elapsed().as_secs_f64()
+            ));
+            check(
+    &mut out,
+                "the failure comes after the 2 s deadline, not much later",
+                waited.is_some_and(|w| (1.9..6.0).contains(&w)),
+                || format!("modules loaded → failure took {waited:?} s"),
+            );
+        }
+        Err(e) => {
+            out.failures.push(format!("{e:#}"));
+            out.notes.push(vm.failure_context(30));
+        }
+    }
+    let lines = vm.lines();
+    check(
+    &mut out,
+        "nothing after the failure",
+        !lines.iter().any(|l| l.text.contains("stage1: switching root")),
+        || "stage 1 went on without a root".into(),
+    );
+    Ok(out)
+}
+
+/// Debian's statically linked busybox (package `busybox-static`), fetched once into the
+/// cache with `apt-get download` and unpacked with `dpkg -x`.
+pub fn static_busybox(cache: &Path) -> Result<PathBuf> {
+    let dir = cache.join("busybox-static");
+    let bin = dir.join("root/bin/busybox");
+    if bin.is_file() {
+        return Ok(bin);
+    }
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let work = tempfile::Builder::new()
+        .prefix(".download-")
+        .tempdir_in(&dir)
+        .context("creating a download dir")?;
+    // apt drops privileges to `_apt` for the download; let it write here.
+    let mut perm = fs::metadata(work.path())?.permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
+    fs::set_permissions(work.path(), perm)?;
+    let out = Command::new("apt-get")
+        .args(["download", "-q", "busybox-static"])
+        .current_dir(work.path())
+        .output()
+        .context("running `apt-get download busybox-static`")?;
+    if !out.status.success() {
+        bail!(
+            "`apt-get download busybox-static` failed ({}): {}; run vm-tests/setup-host",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let deb = fs::read_dir(work.path())?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .context("apt-get download left no .deb")?;
+    let unpacked = work.path().join("root");
+    let status = Command::new("dpkg")
+        .arg("-x")
+        .arg(&deb)
+        .arg(&unpacked)
+        .status()
+        .context("running dpkg -x")?;
+    if !status.success() {
+        bail!("dpkg -x {} failed ({status})", deb.display());
+    }
+    let _ = fs::remove_dir_all(dir.join("root"));
+    fs::rename(&unpacked, dir.join("root")).context("moving the unpacked busybox")?;
+    if !bin.is_file() {
+        bail!("busybox-static has no bin/busybox ({} missing)", bin.display());
+    }
+    Ok(bin)
+}
+
+/// `shell-on-fail`: the initrd carries busybox as `/bin/sh`; with `boot.shell_on_fail`
+/// and a missing root the failure menu offers the shell, key `f` starts it as PID 1 on
+/// the serial console, and it runs what we type.
+pub fn shell_on_fail(inputs: &Inputs) -> Result<Outcome> {
+    let busybox = static_busybox(&inputs.workspace.cache_dir())?;
+    let setup = Setup::new(inputs, "shell-on-fail", |spec| {
+        spec.extra_files.push(ExtraFile {
+            source: busybox.clone(),
+            target: "/bin/sh".into(),
+            mode: Some(0o755),
+        });
+    })?;
+    let img = setup.root_image()?;
+    let append = cmdline(
+        &setup.generation,
+        &["boot.panic_on_fail"],
+        &["root=LABEL=nope", "rd.device_timeout=1", "boot.shell_on_fail"],
+    );
+    let cfg = setup.vm(inputs, vec![img], append.clone(), "console.log");
+    let mut out = Outcome {
+        log: Some(cfg.log.clone()),
+        ..Outcome::default()
+    };
+    out.notes.push(format!("kernel command line: {append}"));
+    let mut vm = Vm::start(&cfg)?;
+    let result = (|| -> Result<Line> {
+        vm.wait_for("LABEL=nope", FIRST_LINE)?;
+        vm.wait_for("i) to launch an interactive shell", STEP)?;
+        vm.wait_for("f) to start an interactive shell having pid 1", STEP)?;
+        vm.wait_for("*) to ignore the error and continue", STEP)?;
+        vm.send(b"f")?;
+        vm.send(b"echo STAGEHAND-SHELL-$((6*7))\n")?;
+        let typed = vm.wait_for("echo STAGEHAND-SHELL-$((6*7))", STEP)?;
+        vm.wait_for_line("the shell's answer STAGEHAND-SHELL-42", STEP, |l| {
+            l.trim() == "STAGEHAND-SHELL-42"
+        })?;
+        Ok(typed)
+    })();
+    match result {
+        Ok(typed) => {
+            // The prompt is on the line where the typed command is echoed.
+            let prompt = typed
+                .text
+                .split("echo STAGEHAND-SHELL")
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            out.notes.push(format!(
+                "shell answered on the serial console; prompt {prompt:?}, {:.1} s after QEMU start",
+                vm.elapsed().as_secs_f64()
+            ));
+            check(
+    &mut out,
+                "a shell prompt before the typed command",
+                prompt.trim_end().ends_with('#') || prompt.trim_end().ends_with('$'),
+                || format!("the line is {:?}", typed.text),
+            );
+            // PID 1 is the shell now: power off through sysrq (no reboot binary needed).
+            let _ = vm.send(b"echo o > /proc/sysrq-trigger\n");
+            let _ = vm.wait_exit(Duration::from_secs(30));
+        }
+        Err(e) => {
+            out.failures.push(format!("{e:#}"));
+            out.notes.push(vm.failure_context(30));
+        }
+    }
+    Ok(out)
+}
+
+/// Give an ext4 image a dirty journal and a "not clean" state, as after a crash: a
+/// journal transaction rewriting the last block with its own content (harmless when
+/// replayed, but it sets `needs_recovery`), then state 0 so e2fsck does a full pass.
+pub fn make_dirty(img: &Path) -> Result<()> {
+    let blocks = fs::metadata(img)?.len() / 4096;
+    let last = blocks.checked_sub(1).context("empty image")?;
+    let dir = img.parent().context("image has no parent dir")?;
+    let block_file = dir.join("journal-block.bin");
+    let data = {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut f = fs::File::open(img)?;
+        f.seek(SeekFrom::Start(last * 4096))?;
+        let mut b = vec![0u8; 4096];
+        f.read_exact(&mut b)?;
+        b
+    };
+    fs::write(&block_file, data)?;
+    let cmds = dir.join("debugfs-dirty.cmds");
+    fs::write(
+        &cmds,
+        format!("jo\njw -b {last} {}\njc\nssv state 0\n", block_file.display()),
+    )?;
+    let out = Command::new("debugfs")
+        .arg("-w")
+        .arg("-f")
+        .arg(&cmds)
+        .arg(img)
+        .output()
+        .context("running debugfs (install e2fsprogs)")?;
+    if !out.status.success() {
+        bail!(
+            "debugfs -w -f {} failed: {}",
+            cmds.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = Command::new("dumpe2fs").arg("-h").arg(img).output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !text.contains("needs_recovery") || !text.contains("not clean") {
+        bail!("debugfs did not leave the image dirty:\n{text}");
+    }
+    Ok(())
+}
+
+/// `dirty-journal`: the root has an unreplayed journal and is marked not clean; stage 1
+/// runs e2fsck (as `/bin/fsck.ext4 -a`) before mounting it, which replays the journal and
+/// checks the filesystem, and the boot goes on to systemd.
+pub fn dirty_journal(inputs: &Inputs) -> Result<Outcome> {
+    let setup = Setup::new(inputs, "dirty-journal", |_| {})?;
+    let img = setup.root_image()?;
+    make_dirty(&img)?;
+    let append = setup.generation.cmdline();
+    let cfg = setup.vm(inputs, vec![img.clone()], append, "console.log");
+    let mut out = Outcome {
+        log: Some(cfg.log.clone()),
+        ..Outcome::default()
+    };
+    let mut vm = Vm::start(&cfg)?;
+    let Some(lines) = boot_to_probe(
+        &mut vm,
+        &[
+            "stage1: checking /dev/vda: /bin/fsck.ext4 -a /dev/vda",
+            "fsck.ext4: stagehand-root: recovering journal",
+            "stage1: fsck of /dev/vda",
+            "stage1: mounted /",
+        ],
+        &mut out,
+    ) else {
+        return Ok(out);
+    };
+    let said: Vec<&str> = lines
+        .iter()
+        .map(|l| l.text.as_str())
+        .filter(|t| t.contains("fsck"))
+        .collect();
+    out.notes.push(format!("stage 1 fsck lines:\n  {}", said.join("\n  ")));
+    check(
+    &mut out,
+        "e2fsck made a full pass (the fs was marked not clean)",
+        lines.iter().any(|l| l.text.contains("fsck.ext4: stagehand-root: ") && l.text.contains(" files")),
+        || "no e2fsck summary line".into(),
+    );
+    check(
+    &mut out,
+        "the kernel found nothing left to recover",
+        !lines
+            .iter()
+            .any(|l| l.text.contains("EXT4-fs (vda): recovery complete")),
+        || "the kernel replayed the journal itself: fsck did not".into(),
+    );
+    let phases = Phases::from_lines(&lines);
+    out.notes.push(format!("stage 1: {}", stage1_time(&phases)));
+    Ok(out)
+}
+
+/// `separate-nix`: `/nix` on a second disk (`LABEL=stagehand-nix`) listed in the stage-1
+/// config; stage 1 waits for both disks at once and mounts `/nix` under the new root,
+/// where stage 2 finds the generation.
+pub fn separate_nix(inputs: &Inputs) -> Result<Outcome> {
+    let setup = Setup::new(inputs, "separate-nix", |spec| {
+        spec.filesystems.push(FileSystem {
+            mount_point: "/nix".into(),
+            device: "LABEL=stagehand-nix".into(),
+            fs_type: "auto".into(),
+            options: vec!["noatime".into()],
+        });
+    })?;
+    let mut root = setup.image.tree()?;
+    let nix = match root.take("nix") {
+        Some(crate::tree::Node::Dir(t)) => t,
+        other => bail!("the system tree has no /nix directory: {other:?}"),
+    };
+    root.insert("nix", crate::tree::Node::Dir(crate::tree::Tree::new()))?;
+    let root_img = setup.dir.join("root.img");
+    let nix_img = setup.dir.join("nix.img");
+    write_ext4(&root, &root_img, 64, ROOT_LABEL).context("building the root image")?;
+    write_ext4(&nix, &nix_img, 256, "stagehand-nix").context("building the /nix image")?;
+    let append = setup.generation.cmdline();
+    let cfg = setup.vm(inputs, vec![root_img, nix_img], append, "console.log");
+    let mut out = Outcome {
+        log: Some(cfg.log.clone()),
+        ..Outcome::default()
+    };
+    let mut vm = Vm::start(&cfg)?;
+    let Some(lines) = boot_to_probe(
+        &mut vm,
+        &[
+            "stage1: device LABEL=stagehand-nix for /nix is /dev/vdb",
+            "stage1: mounted /nix (LABEL=stagehand-nix, ext4)",
+        ],
+        &mut out,
+    ) else {
+        return Ok(out);
+    };
+    let facts = probe_facts(&lines);
+    let store = facts.get("nix-store.mount").map_or("<missing>", String::as_str);
+    check(&mut out, "/nix/store mounted read-only", store.starts_with("ro "), || {
+        format!("the guest says {store:?}")
+    });
+    let phases = Phases::from_lines(&lines);
+    out.notes.push(format!("stage 1: {}", stage1_time(&phases)));
+    Ok(out)
+}
