@@ -64,8 +64,10 @@ impl Inputs {
         initrd_spec(&self.bins.stage1, &self.kernel.modules_dir, compression)
     }
 
+    /// With the ext4 checker (`/bin/fsck.ext4`), so stage 1 checks the root first.
     pub fn build_initrd(&self, compression: Compression) -> Result<Initrd> {
-        stagehand_initrd::build(&self.initrd_spec(compression)?)
+        let extras = crate::stage1_scenarios::initrd_extras();
+        stagehand_initrd::build_with(&self.initrd_spec(compression)?, &extras)
             .map_err(|e| anyhow::anyhow!("{e}"))
             .context("building the initrd")
     }

@@ -125,8 +125,7 @@ fn check(out: &mut Outcome, what: &str, ok: bool, detail: impl FnOnce() -> Strin
 }
 
 fn kt(l: &Line) -> String {
-    l.kernel_time()
-        .map_or("?".into(), |t| format!("{t:.3} s"))
+    l.kernel_time().map_or("?".into(), |t| format!("{t:.3} s"))
 }
 
 /// Boot to the guest probe and check the VM powers off; returns the console lines.
@@ -195,9 +194,11 @@ pub fn label_root(inputs: &Inputs) -> Result<Outcome> {
             stage1_time(&phases)
         ));
         let facts = probe_facts(&lines);
-        let store = facts.get("nix-store.mount").map_or("<missing>", String::as_str);
+        let store = facts
+            .get("nix-store.mount")
+            .map_or("<missing>", String::as_str);
         check(
-    &mut out,
+            &mut out,
             &format!("root={form}: /nix/store mounted read-only"),
             store.starts_with("ro "),
             || format!("the guest says {store:?}"),
@@ -248,7 +249,8 @@ pub fn missing_root(inputs: &Inputs) -> Result<Outcome> {
     })();
     match result {
         Ok((loaded, failed, panic)) => {
-            out.notes.push(format!("stage 1 said: {}", failed.text.trim()));
+            out.notes
+                .push(format!("stage 1 said: {}", failed.text.trim()));
             let waited = failed
                 .kernel_time()
                 .zip(loaded.kernel_time())
@@ -261,7 +263,7 @@ pub fn missing_root(inputs: &Inputs) -> Result<Outcome> {
                 vm.elapsed().as_secs_f64()
             ));
             check(
-    &mut out,
+                &mut out,
                 "the failure comes after the 2 s deadline, not much later",
                 waited.is_some_and(|w| (1.9..6.0).contains(&w)),
                 || format!("modules loaded → failure took {waited:?} s"),
@@ -274,9 +276,11 @@ pub fn missing_root(inputs: &Inputs) -> Result<Outcome> {
     }
     let lines = vm.lines();
     check(
-    &mut out,
+        &mut out,
         "nothing after the failure",
-        !lines.iter().any(|l| l.text.contains("stage1: switching root")),
+        !lines
+            .iter()
+            .any(|l| l.text.contains("stage1: switching root")),
         || "stage 1 went on without a root".into(),
     );
     Ok(out)
@@ -329,7 +333,10 @@ pub fn static_busybox(cache: &Path) -> Result<PathBuf> {
     let _ = fs::remove_dir_all(dir.join("root"));
     fs::rename(&unpacked, dir.join("root")).context("moving the unpacked busybox")?;
     if !bin.is_file() {
-        bail!("busybox-static has no bin/busybox ({} missing)", bin.display());
+        bail!(
+            "busybox-static has no bin/busybox ({} missing)",
+            bin.display()
+        );
     }
     Ok(bin)
 }
@@ -350,7 +357,11 @@ pub fn shell_on_fail(inputs: &Inputs) -> Result<Outcome> {
     let append = cmdline(
         &setup.generation,
         &["boot.panic_on_fail"],
-        &["root=LABEL=nope", "rd.device_timeout=1", "boot.shell_on_fail"],
+        &[
+            "root=LABEL=nope",
+            "rd.device_timeout=1",
+            "boot.shell_on_fail",
+        ],
     );
     let cfg = setup.vm(inputs, vec![img], append.clone(), "console.log");
     let mut out = Outcome {
@@ -386,7 +397,7 @@ pub fn shell_on_fail(inputs: &Inputs) -> Result<Outcome> {
                 vm.elapsed().as_secs_f64()
             ));
             check(
-    &mut out,
+                &mut out,
                 "a shell prompt before the typed command",
                 prompt.trim_end().ends_with('#') || prompt.trim_end().ends_with('$'),
                 || format!("the line is {:?}", typed.text),
@@ -423,7 +434,10 @@ pub fn make_dirty(img: &Path) -> Result<()> {
     let cmds = dir.join("debugfs-dirty.cmds");
     fs::write(
         &cmds,
-        format!("jo\njw -b {last} {}\njc\nssv state 0\n", block_file.display()),
+        format!(
+            "jo\njw -b {last} {}\njc\nssv state 0\n",
+            block_file.display()
+        ),
     )?;
     let out = Command::new("debugfs")
         .arg("-w")
@@ -478,15 +492,18 @@ pub fn dirty_journal(inputs: &Inputs) -> Result<Outcome> {
         .map(|l| l.text.as_str())
         .filter(|t| t.contains("fsck"))
         .collect();
-    out.notes.push(format!("stage 1 fsck lines:\n  {}", said.join("\n  ")));
+    out.notes
+        .push(format!("stage 1 fsck lines:\n  {}", said.join("\n  ")));
     check(
-    &mut out,
+        &mut out,
         "e2fsck made a full pass (the fs was marked not clean)",
-        lines.iter().any(|l| l.text.contains("fsck.ext4: stagehand-root: ") && l.text.contains(" files")),
+        lines
+            .iter()
+            .any(|l| l.text.contains("fsck.ext4: stagehand-root: ") && l.text.contains(" files")),
         || "no e2fsck summary line".into(),
     );
     check(
-    &mut out,
+        &mut out,
         "the kernel found nothing left to recover",
         !lines
             .iter()
@@ -538,10 +555,15 @@ pub fn separate_nix(inputs: &Inputs) -> Result<Outcome> {
         return Ok(out);
     };
     let facts = probe_facts(&lines);
-    let store = facts.get("nix-store.mount").map_or("<missing>", String::as_str);
-    check(&mut out, "/nix/store mounted read-only", store.starts_with("ro "), || {
-        format!("the guest says {store:?}")
-    });
+    let store = facts
+        .get("nix-store.mount")
+        .map_or("<missing>", String::as_str);
+    check(
+        &mut out,
+        "/nix/store mounted read-only",
+        store.starts_with("ro "),
+        || format!("the guest says {store:?}"),
+    );
     let phases = Phases::from_lines(&lines);
     out.notes.push(format!("stage 1: {}", stage1_time(&phases)));
     Ok(out)
