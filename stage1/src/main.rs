@@ -6,6 +6,8 @@
 //! Every failure goes through [`failure::fail`]; PID 1 never panics and never exits except
 //! on purpose (`boot.panic_on_fail`).
 
+#[cfg(test)]
+mod boot_tests;
 mod devices;
 mod fsck;
 mod init_path;
