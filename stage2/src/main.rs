@@ -73,9 +73,16 @@ fn run() {
     if let Err(e) = mounts::protect_store() {
         fail(&policy, "making /nix/store read-only", &e);
     }
-    for (dir, mode) in [("/etc", 0o755), ("/tmp", 0o1777)] {
+    for (dir, mode) in [("/etc", 0o755), ("/tmp", 0o1777), ("/var", 0o755)] {
         if let Err(e) = ensure_dir(Path::new(dir), mode) {
             fail(&policy, "creating the base directories", &e);
+        }
+    }
+    // systemd marks the system tainted ("var-run-bad") unless /var/run is a link to /run;
+    // NixOS makes it with tmpfiles (`L+ /var/run - - - - ../run`), too late for that check.
+    if std::fs::symlink_metadata("/var/run").is_err() {
+        if let Err(e) = std::os::unix::fs::symlink("../run", "/var/run") {
+            log::warn!("cannot create /var/run -> ../run: {e}");
         }
     }
 
