@@ -568,3 +568,67 @@ pub fn separate_nix(inputs: &Inputs) -> Result<Outcome> {
     out.notes.push(format!("stage 1: {}", stage1_time(&phases)));
     Ok(out)
 }
+
+/// `tmpfs-root`: `/` is a tmpfs and everything persistent comes from one disk
+/// (`LABEL=stagehand-nix`) mounted at `/nix`, with `/usr`, `/lib`, `/lib64`, `/bin` (the host systemd
+/// the demo generation runs) bind-mounted from it — bind sources are paths in the new
+/// root, as on NixOS. Stage 2, activation and systemd then run on the empty root.
+pub fn tmpfs_root(inputs: &Inputs) -> Result<Outcome> {
+    let setup = Setup::new(inputs, "tmpfs-root", |spec| {
+        let fs = |mp: &str, dev: &str, t: &str, opts: &[&str]| FileSystem {
+            mount_point: mp.into(),
+            device: dev.into(),
+            fs_type: t.into(),
+            options: opts.iter().map(|o| o.to_string()).collect(),
+        };
+        spec.filesystems = vec![
+            fs("/", "none", "tmpfs", &["mode=755", "size=64m"]),
+            fs("/nix", "LABEL=stagehand-nix", "ext4", &[]),
+            fs("/usr", "/nix/.usr", "none", &["bind"]),
+            // Debian's /lib64/ld-linux-x86-64.so.2 links into /lib/x86_64-linux-gnu.
+            fs("/lib", "/nix/.usr/lib", "none", &["bind"]),
+            fs("/lib64", "/nix/.usr/lib64", "none", &["bind"]),
+            fs("/bin", "/nix/.usr/bin", "none", &["bind"]),
+        ];
+    })?;
+    let mut root = setup.image.tree()?;
+    let mut nix = match root.take("nix") {
+        Some(crate::tree::Node::Dir(t)) => t,
+        other => bail!("the system tree has no /nix directory: {other:?}"),
+    };
+    let usr = root.take("usr").context("the system tree has no /usr")?;
+    nix.insert(".usr", usr)?;
+    let nix_img = setup.dir.join("nix.img");
+    write_ext4(&nix, &nix_img, 256, "stagehand-nix").context("building the /nix image")?;
+    let append = setup.generation.cmdline();
+    let cfg = setup.vm(inputs, vec![nix_img], append, "console.log");
+    let mut out = Outcome {
+        log: Some(cfg.log.clone()),
+        ..Outcome::default()
+    };
+    let mut vm = Vm::start(&cfg)?;
+    let Some(lines) = boot_to_probe(
+        &mut vm,
+        &[
+            "stage1: mounted / (none, tmpfs)",
+            "stage1: mounted /nix (LABEL=stagehand-nix, ext4)",
+            "stage1: mounted /usr (/nix/.usr, none)",
+        ],
+        &mut out,
+    ) else {
+        return Ok(out);
+    };
+    let facts = probe_facts(&lines);
+    let store = facts
+        .get("nix-store.mount")
+        .map_or("<missing>", String::as_str);
+    check(
+        &mut out,
+        "/nix/store mounted read-only",
+        store.starts_with("ro "),
+        || format!("the guest says {store:?}"),
+    );
+    let phases = Phases::from_lines(&lines);
+    out.notes.push(format!("stage 1: {}", stage1_time(&phases)));
+    Ok(out)
+}
