@@ -57,6 +57,11 @@ const SCENARIOS: &[Scenario] = &[
         "/nix on a second disk (LABEL=) from the stage-1 config; boots to systemd",
         stage1_scenarios::separate_nix,
     ),
+    (
+        "tmpfs-root",
+        "/ is a tmpfs, /nix from disk, /usr bind-mounted from it; boots to systemd",
+        stage1_scenarios::tmpfs_root,
+    ),
 ];
 
 fn usage() -> ExitCode {
