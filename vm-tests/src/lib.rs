@@ -10,4 +10,5 @@ pub mod scenarios;
 pub mod stage1_scenarios;
 pub mod store;
 pub mod tree;
+pub mod uefi_scenarios;
 pub mod workspace;

@@ -18,6 +18,7 @@ use anyhow::Result;
 
 use stagehand_vm_tests::scenarios::{self, Inputs, Outcome};
 use stagehand_vm_tests::stage1_scenarios;
+use stagehand_vm_tests::uefi_scenarios;
 
 type Scenario = (&'static str, &'static str, fn(&Inputs) -> Result<Outcome>);
 
@@ -61,6 +62,11 @@ const SCENARIOS: &[Scenario] = &[
         "tmpfs-root",
         "/ is a tmpfs, /nix from disk, /usr bind-mounted from it; boots to systemd",
         stage1_scenarios::tmpfs_root,
+    ),
+    (
+        "uefi-menu",
+        "OVMF + systemd-boot with our entries: the default boots generation 2, the menu's second entry generation 1",
+        uefi_scenarios::uefi_menu,
     ),
 ];
 
