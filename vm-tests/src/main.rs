@@ -68,6 +68,11 @@ const SCENARIOS: &[Scenario] = &[
         "OVMF + systemd-boot with our entries: the default boots generation 2, the menu's second entry generation 1",
         uefi_scenarios::uefi_menu,
     ),
+    (
+        "uefi-fallback",
+        "OVMF + systemd-boot: generation 2 (one try) fails in stage 2; the next boot falls back to generation 1",
+        uefi_scenarios::uefi_fallback,
+    ),
 ];
 
 fn usage() -> ExitCode {

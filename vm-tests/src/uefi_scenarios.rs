@@ -715,3 +715,155 @@ pub fn uefi_menu(inputs: &Inputs) -> Result<Outcome> {
         .push(format!("entries after choosing generation 1: {after2:?}"));
     Ok(out)
 }
+
+/// A program that exits at once: as generation 2's `init` (stage 2), PID 1 dies after
+/// switch_root and the kernel panics (`panic=-1` + `-no-reboot`: QEMU exits).
+const FAILING_STAGE2: &str = "/usr/bin/false";
+
+/// Issue 5, VM test 2: generation 2's stage 2 fails. Its entry has one try; the failed boot
+/// leaves it `+0-1`, and the next boot lands on generation 1 with no one at the keyboard.
+pub fn uefi_fallback(inputs: &Inputs) -> Result<Outcome> {
+    check_uefi_host()?;
+    let dir = scenario_dir(inputs, "uefi-fallback")?;
+    let initrd = inputs.build_initrd(Compression::Zstd)?;
+    let initrd_path = dir.join("initrd.zst");
+    fs::write(&initrd_path, &initrd.bytes)?;
+    let mut image = SystemImage::new(&inputs.systemd)?;
+    let g1 = image.add_generation(&generation(inputs, 1, &initrd_path, &inputs.bins.stage2))?;
+    let g2 = image.add_generation(&generation(
+        inputs,
+        2,
+        &initrd_path,
+        Path::new(FAILING_STAGE2),
+    ))?;
+    image.set_current(2)?;
+    let disks = make_disks(inputs, &dir, &image, &["--timeout", "0", "--tries", "1"])?;
+
+    let mut out = Outcome::default();
+    let before = esp_entries(&disks.esp)?;
+    out.notes
+        .push(format!("entries written by install-bootloader: {before:?}"));
+    check(
+        &mut out,
+        "entries with one try",
+        before == ["nixos-generation-1+1.conf", "nixos-generation-2+1.conf"],
+        || format!("expected nixos-generation-{{1,2}}+1.conf, got {before:?}"),
+    );
+
+    // Boot A: systemd-boot picks generation 2 (the default), counts the try down, and
+    // generation 2's stage 2 exits.
+    let log = dir.join("boot-bad.console.log");
+    out.log = Some(log.clone());
+    let mut vm = UefiVm::start(&qemu_args(&disks.vars, &disks.root, &disks.esp), &log)?;
+    let result = (|| -> Result<()> {
+        vm.wait_raw("Linux version", FIRMWARE)?;
+        vm.wait_raw("stage1: switching root", STEP)?;
+        vm.wait_raw("Attempted to kill init", STEP)?;
+        vm.wait_exit(STEP)?;
+        Ok(())
+    })();
+    let lines = vm.lines();
+    match result {
+        Err(e) => {
+            out.failures.push(format!("boot-bad: {e:#}"));
+            out.notes.push(vm.failure_context(40));
+            return Ok(out);
+        }
+        Ok(()) => {
+            let cmdline = lines
+                .iter()
+                .find(|l| l.text.contains("Kernel command line:"))
+                .map(|l| l.text.clone())
+                .unwrap_or_default();
+            let want = format!("init={}/init", g2.toplevel);
+            check(
+                &mut out,
+                "boot-bad booted generation 2's entry",
+                cmdline.contains(&want),
+                || format!("expected {want} on the kernel command line, got {cmdline:?}"),
+            );
+            check(
+                &mut out,
+                "boot-bad never reached the probe",
+                !lines.iter().any(|l| l.text.contains(PROBE_DONE)),
+                || "the failing generation ran the probe unit".into(),
+            );
+            out.notes.push(format!(
+                "boot-bad: QEMU start → PID 1 died, VM gone {:.1} s",
+                vm.elapsed().as_secs_f64()
+            ));
+        }
+    }
+    drop(vm);
+    let after_bad = esp_entries(&disks.esp)?;
+    out.notes
+        .push(format!("entries after the failed boot: {after_bad:?}"));
+    check(
+        &mut out,
+        "systemd-boot counted generation 2's try",
+        after_bad == ["nixos-generation-1+1.conf", "nixos-generation-2+0-1.conf"],
+        || {
+            format!(
+                "expected nixos-generation-2+0-1.conf (and generation 1 untouched), got \
+                 {after_bad:?}"
+            )
+        },
+    );
+
+    // Boot B: nobody touches anything; the bad entry sorts last, generation 1 boots.
+    if let Some(lines) = boot_to_probe(&dir, &disks, "boot-fallback", Menu::Default, &mut out)? {
+        check_booted(&mut out, "boot-fallback", &lines, &g1);
+    }
+    let after = esp_entries(&disks.esp)?;
+    out.notes
+        .push(format!("entries after the fallback boot: {after:?}"));
+    check(
+        &mut out,
+        "generation 2 stays bad",
+        after.iter().any(|e| e == "nixos-generation-2+0-1.conf"),
+        || format!("expected nixos-generation-2+0-1.conf, got {after:?}"),
+    );
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_from_the_raw_stream_keep_arrival_times() {
+        let ms = Duration::from_millis;
+        let bytes = b"\x1b[2J\x1b[1;1HNixOS (Generation 2)\x1b[2;1HNixOS (Generation 1)\r\n[    0.1] Linux\nhalf";
+        let chunks = [(20, ms(5)), (60, ms(9)), (bytes.len(), ms(12))];
+        let lines = split_lines(bytes, &chunks);
+        let texts: Vec<&str> = lines.iter().map(|l| l.text.as_str()).collect();
+        assert_eq!(
+            texts,
+            [
+                "NixOS (Generation 2)NixOS (Generation 1)",
+                "[    0.1] Linux",
+                "half"
+            ]
+        );
+        assert_eq!(lines[0].host, ms(9));
+        assert_eq!(lines[2].host, ms(12));
+        assert_eq!(find(bytes, b"Generation 1"), Some(43));
+        assert_eq!(find(bytes, b"Generation 3"), None);
+    }
+
+    #[test]
+    fn the_esp_is_the_boot_disk_and_the_root_comes_first() {
+        let a = qemu_args(
+            Path::new("/t/vars.fd"),
+            Path::new("/t/a,b.img"),
+            Path::new("/t/esp.img"),
+        );
+        let joined = a.join(" ");
+        assert!(joined.contains("unit=1,file=/t/vars.fd"), "{joined}");
+        assert!(joined.contains("file=/t/a,,b.img"), "{joined}");
+        let root = joined.find("drive=root").expect("root device");
+        let esp = joined.find("drive=esp,bootindex=1").expect("esp device");
+        assert!(root < esp, "{joined}");
+        assert!(joined.contains("readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd"));
+    }
+}
