@@ -15,6 +15,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rustix::fs::Mode;
+use stagehand_common::mounts::mountinfo;
+use stagehand_common::mounts::special::SPECIAL_FILESYSTEMS;
 
 use crate::manifest::{self, Plan, PlanError};
 use crate::rootfs::{self, Node, Root};
@@ -338,38 +340,18 @@ impl Ctx<'_> {
     }
 
     fn specialfs(&self) -> StepResult {
-        // (mount point, type, options) as NixOS's special file systems.
-        const SPECIAL: [(&str, &str, &str); 6] = [
-            ("/proc", "proc", "nosuid,noexec,nodev"),
-            ("/dev", "devtmpfs", "nosuid,strictatime,mode=755,size=5%"),
-            (
-                "/dev/shm",
-                "tmpfs",
-                "nosuid,nodev,strictatime,mode=1777,size=50%",
-            ),
-            (
-                "/dev/pts",
-                "devpts",
-                "noexec,nosuid,mode=620,ptmxmode=0666,gid=3",
-            ),
-            (
-                "/run",
-                "tmpfs",
-                "nosuid,nodev,strictatime,mode=755,size=25%",
-            ),
-            ("/sys", "sysfs", "nosuid,noexec,nodev"),
-        ];
         let mut msgs = Vec::new();
         let mut any = false;
         // Stage 2 (or the initrd) has mounted them already; only what is missing is done,
         // and only on the running system: under another root, directories are enough.
         let mounted = if self.root.is_host_root() {
-            mount_points()
+            mountinfo::read()
         } else {
             Vec::new()
         };
-        for (dir, fstype, opts) in SPECIAL {
-            if mounted.iter().any(|m| m == dir) {
+        for fs in &SPECIAL_FILESYSTEMS {
+            let (dir, fstype) = (fs.target, fs.fstype);
+            if mountinfo::find(&mounted, dir).is_some() {
                 continue;
             }
             let exists = matches!(self.root.lstat(Path::new(dir)), Ok(Some(Node::Dir { .. })));
@@ -393,11 +375,8 @@ impl Ctx<'_> {
                 any = true;
             }
             if self.root.is_host_root() {
-                if let Err(e) = mount_special(dir, fstype, opts) {
-                    return (
-                        Outcome::Failed(format!("mount -t {fstype} {dir}: {e}")),
-                        msgs,
-                    );
+                if let Err(e) = fs.mount() {
+                    return (Outcome::Failed(e), msgs);
                 }
                 msgs.push(format!("mounted {fstype} on {dir}"));
                 any = true;
@@ -633,50 +612,4 @@ impl Ctx<'_> {
             ),
         }
     }
-}
-
-/// Mount points of the running system, from `/proc/self/mountinfo` (field 5; octal escapes
-/// such as `\040` for a space are decoded).
-fn mount_points() -> Vec<String> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    text.lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|m| {
-            let b = m.as_bytes();
-            let mut out = Vec::with_capacity(b.len());
-            let mut i = 0;
-            while i < b.len() {
-                let octal = b
-                    .get(i + 1..i + 4)
-                    .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
-                if let (b'\\', Some(d)) = (b[i], octal) {
-                    let v = d.iter().fold(0u32, |acc, c| acc * 8 + u32::from(c - b'0'));
-                    out.push(u8::try_from(v).unwrap_or(b'?'));
-                    i += 4;
-                } else {
-                    out.push(b[i]);
-                    i += 1;
-                }
-            }
-            String::from_utf8_lossy(&out).into_owned()
-        })
-        .collect()
-}
-
-fn mount_special(dir: &str, fstype: &str, opts: &str) -> std::io::Result<()> {
-    use rustix::mount::{mount, MountFlags};
-    let mut flags = MountFlags::empty();
-    let mut data = Vec::new();
-    for o in opts.split(',') {
-        match o {
-            "nosuid" => flags |= MountFlags::NOSUID,
-            "noexec" => flags |= MountFlags::NOEXEC,
-            "nodev" => flags |= MountFlags::NODEV,
-            "strictatime" => flags |= MountFlags::STRICTATIME,
-            other => data.push(other),
-        }
-    }
-    let data = std::ffi::CString::new(data.join(","))
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "NUL in options"))?;
-    mount(fstype, dir, fstype, flags, Some(data.as_c_str())).map_err(Into::into)
 }

@@ -6,5 +6,6 @@ pub mod cmdline;
 pub mod emergency;
 pub mod envelope;
 pub mod kmsg;
+pub mod mounts;
 pub mod probe;
 pub mod stage1_config;

@@ -6,6 +6,8 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use stagehand_common::mounts::mountinfo;
+
 /// `fsck.mode=` on the command line, as systemd-fsck reads it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum FsckMode {
@@ -187,15 +189,12 @@ pub fn interpret(code: Option<i32>) -> Outcome {
 
 /// The `(major, minor)` of every mounted block device in `/proc/self/mountinfo` text
 /// (field 3 is `major:minor`).
-pub fn mounted_devices(mountinfo: &str) -> Vec<(u32, u32)> {
-    mountinfo
-        .lines()
-        .filter_map(|l| {
-            let (maj, min) = l.split(' ').nth(2)?.split_once(':')?;
-            Some((maj.parse().ok()?, min.parse().ok()?))
-        })
+pub fn mounted_devices(text: &str) -> Vec<(u32, u32)> {
+    mountinfo::parse(text)
+        .into_iter()
+        .map(|m| m.devno)
         // Major 0 is the kernel's anonymous devices (tmpfs, proc, ...), never a disk.
-        .filter(|(maj, _)| *maj != 0)
+        .filter(|(major, _)| *major != 0)
         .collect()
 }
 

@@ -11,7 +11,6 @@ mod boot_tests;
 mod devices;
 mod fsck;
 mod init_path;
-mod mount_opts;
 mod plan;
 mod resume;
 mod secrets;

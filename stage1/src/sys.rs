@@ -9,28 +9,9 @@ use std::time::Instant;
 
 use rustix::fs::{Mode, OFlags};
 use rustix::mount::MountFlags;
+use stagehand_common::mounts::options as mount_opts;
+use stagehand_common::mounts::special::{SpecialFs, SPECIAL_FILESYSTEMS};
 use stagehand_common::stage1_config::{FileSystem, Module};
-
-use crate::mount_opts;
-
-/// The special filesystems stage 1 needs and later passes on to stage 2, with the options
-/// systemd's mount-setup and NixOS use.
-const SPECIAL: &[(&str, &str, &str, &str)] = &[
-    ("proc", "/proc", "proc", "nosuid,noexec,nodev"),
-    ("sysfs", "/sys", "sysfs", "nosuid,noexec,nodev"),
-    (
-        "devtmpfs",
-        "/dev",
-        "devtmpfs",
-        "nosuid,strictatime,mode=0755",
-    ),
-    (
-        "tmpfs",
-        "/run",
-        "tmpfs",
-        "nosuid,nodev,strictatime,mode=0755",
-    ),
-];
 
 /// Filesystem types tried, in order, when a filesystem says `auto` and probing is not
 /// conclusive.
@@ -44,18 +25,12 @@ pub fn mkdir_p(path: &Path, mode: u32) -> Result<(), String> {
         .map_err(|e| format!("cannot create directory {}: {e}", path.display()))
 }
 
+/// The special filesystems stage 1 needs and passes on to stage 2.
 pub fn mount_special() -> Result<(), String> {
-    for (source, target, fstype, options) in SPECIAL {
-        mkdir_p(Path::new(target), 0o755)?;
-        let opts = mount_opts::parse(&[(*options).to_owned()]);
-        let data = CString::new(opts.data).map_err(|e| e.to_string())?;
-        match rustix::mount::mount(*source, *target, *fstype, opts.flags, Some(data.as_c_str())) {
-            // The kernel may have mounted devtmpfs already (CONFIG_DEVTMPFS_MOUNT).
-            Ok(()) | Err(rustix::io::Errno::BUSY) => {}
-            Err(e) => return Err(format!("cannot mount {fstype} on {target}: {e}")),
-        }
-    }
-    Ok(())
+    SPECIAL_FILESYSTEMS
+        .iter()
+        .filter(|fs| fs.early)
+        .try_for_each(SpecialFs::mount)
 }
 
 /// Point stdin, stdout and stderr at `/dev/console`: without a `/dev/console` node in the
