@@ -232,16 +232,7 @@ fn log_step(name: &str, outcome: &Outcome, d: Duration, messages: &[String]) {
 }
 
 fn point_current_system(root: &Root, toplevel: &str) -> std::io::Result<bool> {
-    let (run, _, _) = root.dir(Path::new("/run"), Some(Mode::from_raw_mode(0o755)))?;
-    let name = std::ffi::OsStr::new("current-system");
-    if let Some(Node::Symlink(t)) = rootfs::lstat_at(&run, name)? {
-        if t == toplevel.as_bytes() {
-            return Ok(false);
-        }
-    }
-    rootfs::atomic_symlink(&run, name, toplevel.as_bytes())?;
-    rootfs::fsync_dir(&run)?;
-    Ok(true)
+    root.set_symlink(Path::new("/run/current-system"), toplevel.as_bytes())
 }
 
 struct Ctx<'a> {

@@ -152,6 +152,21 @@ impl Root {
         Ok((fd, name))
     }
 
+    /// Point the symlink `path` at `target` atomically (temp link + rename + directory
+    /// fsync), creating missing parent directories 0755. Returns false, writing nothing,
+    /// when it already points there.
+    pub fn set_symlink(&self, path: &Path, target: &[u8]) -> io::Result<bool> {
+        let (dir, name) = self.parent(path, Some(Mode::from_raw_mode(0o755)))?;
+        if let Some(Node::Symlink(t)) = lstat_at(&dir, &name)? {
+            if t == target {
+                return Ok(false);
+            }
+        }
+        atomic_symlink(&dir, &name, target)?;
+        fsync_dir(&dir)?;
+        Ok(true)
+    }
+
     /// Resolve every symlink in `path` inside the root (like `chroot ROOT realpath PATH`).
     pub fn canonicalize(&self, path: &Path) -> io::Result<PathBuf> {
         let mut path = path.to_path_buf();

@@ -8,11 +8,13 @@
 mod mounts;
 mod toplevel;
 
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use stagehand_activation::rootfs::Root;
 use stagehand_activation::{activate, Action, ActivateOptions};
 use stagehand_common::cmdline::Cmdline;
 use stagehand_common::emergency::{fail, FailurePolicy};
@@ -159,10 +161,9 @@ fn ensure_dir(path: &Path, mode: u32) -> Result<(), String> {
 
 /// Point `link` at `target` without a moment where `link` is missing.
 fn atomic_symlink(target: &Path, link: &Path) -> Result<(), String> {
-    let tmp = link.with_extension("stagehand-tmp");
-    let _ = std::fs::remove_file(&tmp);
-    std::os::unix::fs::symlink(target, &tmp)
-        .and_then(|()| std::fs::rename(&tmp, link))
+    Root::open(Path::new("/"))
+        .and_then(|root| root.set_symlink(link, target.as_os_str().as_bytes()))
+        .map(drop)
         .map_err(|e| {
             format!(
                 "cannot point {} at {}: {e}",
