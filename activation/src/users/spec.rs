@@ -449,40 +449,10 @@ impl UsersSpec {
             problem,
             fix: fix.to_owned(),
         };
-        let name_ok = |n: &str| {
-            !n.is_empty()
-                && n.len() <= 256
-                && !n.starts_with('-')
-                && n.chars()
-                    .all(|c| !c.is_control() && !matches!(c, ':' | ',' | '/' | ' '))
-        };
         let field_ok = |s: &str| !s.contains(':') && !s.contains('\n');
-        let mut names = HashSet::new();
-        let mut uids: BTreeMap<u32, &str> = BTreeMap::new();
+        let mut users = Identities::new("user", "uid");
         for u in &self.users {
-            if !name_ok(&u.name) {
-                return Err(bad(
-                    "users[].name".into(),
-                    format!("{:?} is not a valid user name", u.name),
-                    "use letters, digits, '_', '-' and '.'",
-                ));
-            }
-            if !names.insert(u.name.as_str()) {
-                return Err(bad(
-                    format!("users.{}", u.name),
-                    "the user is declared twice".into(),
-                    "declare each user once",
-                ));
-            }
-            if let Some(uid) = u.uid {
-                if let Some(other) = uids.insert(uid, &u.name) {
-                    return Err(bad(
-                        format!("users.{}.uid", u.name),
-                        format!("uid {uid} is also the uid of user {other:?}"),
-                        "give every user its own uid (or none, to allocate one)",
-                    ));
-                }
-            }
+            users.claim(&u.name, u.uid, &bad)?;
             for (field, value) in [
                 ("description", u.description.as_str()),
                 ("home", u.home.as_str()),
@@ -517,37 +487,77 @@ impl UsersSpec {
                 ));
             }
         }
-        let mut gnames = HashSet::new();
-        let mut gids: BTreeMap<u32, &str> = BTreeMap::new();
+        let mut groups = Identities::new("group", "gid");
         for g in &self.groups {
-            if !name_ok(&g.name) {
-                return Err(bad(
-                    "groups[].name".into(),
-                    format!("{:?} is not a valid group name", g.name),
-                    "use letters, digits, '_', '-' and '.'",
-                ));
-            }
-            if !gnames.insert(g.name.as_str()) {
-                return Err(bad(
-                    format!("groups.{}", g.name),
-                    "the group is declared twice".into(),
-                    "declare each group once",
-                ));
-            }
-            if let Some(gid) = g.gid {
-                if let Some(other) = gids.insert(gid, &g.name) {
-                    return Err(bad(
-                        format!("groups.{}.gid", g.name),
-                        format!("gid {gid} is also the gid of group {other:?}"),
-                        "give every group its own gid (or none, to allocate one)",
-                    ));
-                }
-            }
+            groups.claim(&g.name, g.gid, &bad)?;
             if let Some(m) = g.members.iter().find(|m| !name_ok(m)) {
                 return Err(bad(
                     format!("groups.{}.members", g.name),
                     format!("{m:?} is not a valid user name"),
                     "list user names only",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A name the account files can hold: no separators, no control characters, no leading
+/// `-` (it would read as an option to shadow's tools).
+fn name_ok(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 256
+        && !n.starts_with('-')
+        && n.chars()
+            .all(|c| !c.is_control() && !matches!(c, ':' | ',' | '/' | ' '))
+}
+
+/// The names and ids of one kind of account (users or groups) seen so far in a spec, so
+/// that each kind gets the same checks: a valid name, declared once, an id of its own.
+struct Identities<'a> {
+    kind: &'static str,
+    id_name: &'static str,
+    names: HashSet<&'a str>,
+    ids: BTreeMap<u32, &'a str>,
+}
+
+impl<'a> Identities<'a> {
+    fn new(kind: &'static str, id_name: &'static str) -> Self {
+        Self {
+            kind,
+            id_name,
+            names: HashSet::new(),
+            ids: BTreeMap::new(),
+        }
+    }
+
+    fn claim(
+        &mut self,
+        name: &'a str,
+        id: Option<u32>,
+        bad: &dyn Fn(String, String, &str) -> SpecError,
+    ) -> Result<(), SpecError> {
+        let (kind, id_name) = (self.kind, self.id_name);
+        if !name_ok(name) {
+            return Err(bad(
+                format!("{kind}s[].name"),
+                format!("{name:?} is not a valid {kind} name"),
+                "use letters, digits, '_', '-' and '.'",
+            ));
+        }
+        if !self.names.insert(name) {
+            return Err(bad(
+                format!("{kind}s.{name}"),
+                format!("the {kind} is declared twice"),
+                &format!("declare each {kind} once"),
+            ));
+        }
+        if let Some(id) = id {
+            if let Some(other) = self.ids.insert(id, name) {
+                return Err(bad(
+                    format!("{kind}s.{name}.{id_name}"),
+                    format!("{id_name} {id} is also the {id_name} of {kind} {other:?}"),
+                    &format!("give every {kind} its own {id_name} (or none, to allocate one)"),
                 ));
             }
         }
