@@ -115,25 +115,12 @@ pub fn gather(root: &Root, profile: &Profile<'_>) -> Result<Inputs, GatherError>
     };
     for link in links.iter().rev() {
         let is_current = Some(link.number) == current;
-        let toplevel = match root.canonicalize(&profile.link_path(link.number)) {
-            Ok(t) => t,
-            Err(e) => {
-                let reason = format!("its link does not resolve: {e}");
-                if is_current {
-                    return Err(GatherError::Current {
-                        generation: link.number,
-                        reason,
-                    });
-                }
-                inputs
-                    .skipped
-                    .push(format!("generation {}: {reason}", link.number));
-                inputs.unreadable.push(link.number);
-                continue;
-            }
-        };
-        let spec = match profile::read_spec(root, &toplevel) {
-            Ok(s) => s,
+        let read = root
+            .canonicalize(&profile.link_path(link.number))
+            .map_err(|e| format!("its link does not resolve: {e}"))
+            .and_then(|toplevel| Ok((profile::read_spec(root, &toplevel)?, toplevel)));
+        let (spec, toplevel) = match read {
+            Ok(read) => read,
             Err(reason) => {
                 if is_current {
                     return Err(GatherError::Current {
