@@ -10,13 +10,6 @@ use std::time::Duration;
 use rustix::fs::{Mode, OFlags};
 use rustix::termios::{self, LocalModes, OptionalActions};
 
-/// What the user chose to do about a failure.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Choice {
-    /// Ignore the error and go on with the next step.
-    Continue,
-}
-
 /// Shells the failure path can offer, when the initrd carries one.
 const SHELLS: &[&str] = &["/bin/sh", "/bin/ash", "/bin/bash"];
 
@@ -41,8 +34,9 @@ impl FailurePolicy {
 }
 
 /// Report `message` about `step` and ask what to do. Returns only when the user chose to
-/// continue; reboot and shell choices do not return.
-pub fn fail(policy: &FailurePolicy, step: &str, message: &str) -> Choice {
+/// continue; reboot, the `f` shell and panic-on-fail do not return, and the menu comes back
+/// after an `i` shell exits.
+pub fn fail(policy: &FailurePolicy, step: &str, message: &str) {
     log::error!("{step} failed: {message}");
     if policy.panic_on_fail {
         log::error!(
@@ -80,7 +74,7 @@ pub fn fail(policy: &FailurePolicy, step: &str, message: &str) -> Choice {
             (Some(b'f'), Some(sh)) => exec_shell(sh, &console_path),
             (Some(_), _) => {
                 log::warn!("continuing after the failure of {step}");
-                return Choice::Continue;
+                return;
             }
             (None, _) => {
                 // No console to read from: say so and ask again later rather than spin.
