@@ -283,14 +283,18 @@ fn in_root(p: &str) -> PathBuf {
     PathBuf::from(p)
 }
 
-/// Build the plan from `activation.json` and the files it names.
-pub fn from_sources(root: &Root, toplevel: &Path) -> Result<Plan, PlanError> {
-    let top = root
-        .canonicalize(toplevel)
+/// The generation directory, profile links resolved inside the root.
+fn toplevel_dir(root: &Root, toplevel: &Path) -> Result<PathBuf, PlanError> {
+    root.canonicalize(toplevel)
         .map_err(|error| PlanError::Toplevel {
             path: root.host_path(toplevel),
             error,
-        })?;
+        })
+}
+
+/// Build the plan from `activation.json` and the files it names.
+pub fn from_sources(root: &Root, toplevel: &Path) -> Result<Plan, PlanError> {
+    let top = toplevel_dir(root, toplevel)?;
     let mpath = top.join(MANIFEST_NAME);
     let m: ManifestJson = match root.read_opt(&mpath) {
         Ok(Some(bytes)) => {
@@ -399,12 +403,7 @@ pub fn from_sources(root: &Root, toplevel: &Path) -> Result<Plan, PlanError> {
 /// The plan for `toplevel`: the compiled one when present (refused if damaged), else built
 /// from the JSON sources.
 pub fn load(root: &Root, toplevel: &Path) -> Result<Plan, PlanError> {
-    let top = root
-        .canonicalize(toplevel)
-        .map_err(|error| PlanError::Toplevel {
-            path: root.host_path(toplevel),
-            error,
-        })?;
+    let top = toplevel_dir(root, toplevel)?;
     let ppath = top.join(PLAN_NAME);
     match root.read_opt(&ppath) {
         Ok(Some(bytes)) => {
