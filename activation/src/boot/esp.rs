@@ -130,7 +130,12 @@ impl BootFs {
         self.host.join(rel)
     }
 
-    fn err(&self, rel: &str, action: &'static str) -> impl FnOnce(io::Error) -> EspError {
+    /// An I/O error on `rel` (relative to the partition), for `map_err`.
+    pub(crate) fn err(
+        &self,
+        rel: &str,
+        action: &'static str,
+    ) -> impl FnOnce(io::Error) -> EspError {
         let path = self.host_path(rel);
         move |error| EspError::Io {
             path,

@@ -49,20 +49,12 @@ pub struct ExtlinuxState {
 }
 
 pub fn scan(fs: &BootFs) -> Result<ExtlinuxState, EspError> {
-    let io = |rel: &str, action: &'static str| {
-        let path = fs.host_path(rel);
-        move |error| EspError::Io {
-            path,
-            action,
-            error,
-        }
-    };
     Ok(ExtlinuxState {
         files: fs
             .list(FILES_DIR)
-            .map_err(io(FILES_DIR, "list"))?
+            .map_err(fs.err(FILES_DIR, "list"))?
             .unwrap_or_default(),
-        conf: fs.read(CONF).map_err(io(CONF, "read"))?,
+        conf: fs.read(CONF).map_err(fs.err(CONF, "read"))?,
     })
 }
 

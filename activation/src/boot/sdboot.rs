@@ -153,17 +153,9 @@ pub fn is_managed_stem(stem: &str) -> bool {
 
 /// Read the ESP state the planner needs.
 pub fn scan(fs: &BootFs) -> Result<EspState, EspError> {
-    let io = |rel: &str, action: &'static str| {
-        let path = fs.host_path(rel);
-        move |error| EspError::Io {
-            path,
-            action,
-            error,
-        }
-    };
     let entries = fs
         .list(ENTRIES_DIR)
-        .map_err(io(ENTRIES_DIR, "list"))?
+        .map_err(fs.err(ENTRIES_DIR, "list"))?
         .unwrap_or_default();
     // Every entry is read, not only ours: another profile's entries may share files in
     // EFI/nixos, and a file is only removed when no entry at all refers to it.
@@ -172,7 +164,7 @@ pub fn scan(fs: &BootFs) -> Result<EspState, EspError> {
         let is_entry = EntryName::from_file_name(&e.name).is_some_and(|n| n.suffix == ".conf");
         if is_entry && !e.dir {
             let rel = format!("{ENTRIES_DIR}/{}", e.name);
-            if let Some(text) = fs.read(&rel).map_err(io(&rel, "read"))? {
+            if let Some(text) = fs.read(&rel).map_err(fs.err(&rel, "read"))? {
                 entry_texts.insert(e.name.clone(), text);
             }
         }
@@ -182,9 +174,9 @@ pub fn scan(fs: &BootFs) -> Result<EspState, EspError> {
         entry_texts,
         nixos_files: fs
             .list(NIXOS_DIR)
-            .map_err(io(NIXOS_DIR, "list"))?
+            .map_err(fs.err(NIXOS_DIR, "list"))?
             .unwrap_or_default(),
-        loader_conf: fs.read(LOADER_CONF).map_err(io(LOADER_CONF, "read"))?,
+        loader_conf: fs.read(LOADER_CONF).map_err(fs.err(LOADER_CONF, "read"))?,
     })
 }
 
