@@ -8,24 +8,21 @@
 //!   entry has one try, so systemd-boot renames it `+0-1` and the next boot lands on
 //!   generation 1 by itself.
 //!
-//! The harness's [`crate::qemu::Vm`] boots a kernel directly and sees the console in
-//! lines; the boot menu is drawn with ANSI escapes and no newlines, so this module has its
-//! own small runner that matches on the raw serial stream.
+//! The harness's [`crate::qemu::Vm`] runs the firmware from [`qemu_args`]; the boot menu is
+//! drawn with ANSI escapes and no newlines, so the boots here wait on the raw serial stream
+//! (`Vm::wait_raw`) and read lines only afterwards.
 
 use std::fs;
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use stagehand_initrd::Compression;
 
 use crate::console::{probe_facts, Phases, PROBE_DONE};
 use crate::generation::{BootFiles, BuiltGeneration, GenerationSpec, SystemImage};
-use crate::qemu::{accelerator, strip_ansi, Line};
+use crate::qemu::{base_args, option_path, Line, Vm};
 use crate::scenarios::{check_probe, Expected, Inputs, Outcome};
 use crate::workspace::TARGET_TRIPLE;
 
@@ -42,71 +39,17 @@ const FIRMWARE: Duration = Duration::from_secs(120);
 const STEP: Duration = Duration::from_secs(90);
 
 // ---------------------------------------------------------------------------------------
-// The runner: QEMU with OVMF under `timeout`, the serial stream kept raw.
-
-#[derive(Default)]
-struct Serial {
-    bytes: Vec<u8>,
-    /// (end offset of a chunk, when it arrived since QEMU start)
-    chunks: Vec<(usize, Duration)>,
-    eof: bool,
-}
-
-#[derive(Default)]
-struct Shared {
-    serial: Mutex<Serial>,
-    changed: Condvar,
-}
-
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Serial> {
-        self.serial.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-/// One UEFI VM: firmware, ESP and root disks as virtio-blk (root first: `/dev/vda`).
-pub struct UefiVm {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    shared: Arc<Shared>,
-    reader: Option<JoinHandle<()>>,
-    started: Instant,
-    hard_deadline: Instant,
-    /// Byte offset in the raw stream where the next wait starts looking.
-    cursor: usize,
-    log: PathBuf,
-    stderr_log: PathBuf,
-    status: Option<ExitStatus>,
-}
+// The machine: QEMU with OVMF, run by the harness's `Vm` from this command line.
 
 /// QEMU's arguments for a q35 machine with OVMF (`vars` is a writable copy), the root
 /// disk as the first virtio disk and the ESP as the one the firmware boots.
 pub fn qemu_args(vars: &Path, root: &Path, esp: &Path) -> Vec<String> {
-    let q = |p: &Path| p.display().to_string().replace(',', ",,");
-    let mut a: Vec<String> = [
-        "-machine",
-        "q35",
-        "-accel",
-        accelerator(),
-        "-m",
-        "512",
-        "-nodefaults",
-        "-display",
-        "none",
-        "-no-reboot",
-        "-chardev",
-        "stdio,id=console,signal=off",
-        "-serial",
-        "chardev:console",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut a = base_args("q35", 512);
     for arg in [
         format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"),
-        format!("if=pflash,format=raw,unit=1,file={}", q(vars)),
-        format!("if=none,id=root,format=raw,file={}", q(root)),
-        format!("if=none,id=esp,format=raw,file={}", q(esp)),
+        format!("if=pflash,format=raw,unit=1,file={}", option_path(vars)),
+        format!("if=none,id=root,format=raw,file={}", option_path(root)),
+        format!("if=none,id=esp,format=raw,file={}", option_path(esp)),
     ] {
         a.push("-drive".into());
         a.push(arg);
@@ -119,235 +62,6 @@ pub fn qemu_args(vars: &Path, root: &Path, esp: &Path) -> Vec<String> {
         a.push(dev.into());
     }
     a
-}
-
-impl UefiVm {
-    pub fn start(args: &[String], log: &Path) -> Result<Self> {
-        let mut log_file =
-            fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-        let stderr_log = log.with_extension("qemu-stderr.log");
-        let stderr = fs::File::create(&stderr_log)
-            .with_context(|| format!("creating {}", stderr_log.display()))?;
-        let mut cmd = Command::new("timeout");
-        cmd.args([
-            "--kill-after=5",
-            &VM_LIMIT.as_secs().to_string(),
-            "qemu-system-x86_64",
-        ])
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(stderr);
-        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        let started = Instant::now();
-        let mut child = cmd
-            .spawn()
-            .context("starting qemu-system-x86_64 under `timeout`")?;
-        let stdin = child.stdin.take();
-        let mut stdout = child.stdout.take().context("QEMU stdout")?;
-        let shared = Arc::new(Shared::default());
-        let reader = {
-            let shared = Arc::clone(&shared);
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                loop {
-                    let n = match stdout.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => n,
-                    };
-                    let _ = log_file.write_all(&buf[..n]);
-                    let mut s = shared.lock();
-                    s.bytes.extend_from_slice(&buf[..n]);
-                    let end = s.bytes.len();
-                    s.chunks.push((end, started.elapsed()));
-                    drop(s);
-                    shared.changed.notify_all();
-                }
-                let _ = log_file.flush();
-                shared.lock().eof = true;
-                shared.changed.notify_all();
-            })
-        };
-        Ok(Self {
-            child,
-            stdin,
-            shared,
-            reader: Some(reader),
-            started,
-            hard_deadline: started + VM_LIMIT,
-            cursor: 0,
-            log: log.to_path_buf(),
-            stderr_log,
-            status: None,
-        })
-    }
-
-    pub fn elapsed(&self) -> Duration {
-        self.started.elapsed()
-    }
-
-    /// Type into the serial console.
-    pub fn send(&mut self, bytes: &[u8]) -> Result<()> {
-        let stdin = self.stdin.as_mut().context("the console input is closed")?;
-        stdin.write_all(bytes)?;
-        stdin.flush()?;
-        Ok(())
-    }
-
-    /// Wait until the raw serial stream, after the previous match, contains `needle`
-    /// (menus have no newlines, so this does not wait for one). Returns when it arrived.
-    pub fn wait_raw(&mut self, needle: &str, within: Duration) -> Result<Duration> {
-        let deadline = (Instant::now() + within).min(self.hard_deadline);
-        let shared = Arc::clone(&self.shared);
-        let mut s = shared.lock();
-        loop {
-            if let Some(i) = find(&s.bytes[self.cursor..], needle.as_bytes()) {
-                let end = self.cursor + i + needle.len();
-                self.cursor = end;
-                let at = s
-                    .chunks
-                    .iter()
-                    .find(|(e, _)| *e >= end)
-                    .map_or_else(|| self.started.elapsed(), |(_, t)| *t);
-                return Ok(at);
-            }
-            // Keep the tail: a needle may straddle two chunks.
-            self.cursor = s.bytes.len().saturating_sub(needle.len()).max(self.cursor);
-            if s.eof {
-                drop(s);
-                let status = self.reap();
-                bail!(
-                    "the VM stopped ({}) after {:.1} s before the console showed {needle:?}",
-                    status.map_or_else(|| "status unknown".into(), |s| s.to_string()),
-                    self.elapsed().as_secs_f64()
-                );
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                bail!(
-                    "the console did not show {needle:?} within {:.0} s{}",
-                    within.as_secs_f64(),
-                    if now >= self.hard_deadline {
-                        " (hit the VM's hard limit)"
-                    } else {
-                        ""
-                    }
-                );
-            }
-            s = shared
-                .changed
-                .wait_timeout(s, deadline - now)
-                .map(|(g, _)| g)
-                .unwrap_or_else(|p| p.into_inner().0);
-        }
-    }
-
-    /// Wait for QEMU to exit by itself (poweroff, or a panic with `-no-reboot panic=-1`).
-    pub fn wait_exit(&mut self, within: Duration) -> Result<ExitStatus> {
-        let deadline = (Instant::now() + within).min(self.hard_deadline);
-        let shared = Arc::clone(&self.shared);
-        let mut s = shared.lock();
-        while !s.eof {
-            let now = Instant::now();
-            if now >= deadline {
-                bail!(
-                    "the VM was still running {:.0} s later",
-                    within.as_secs_f64()
-                );
-            }
-            s = shared
-                .changed
-                .wait_timeout(s, deadline - now)
-                .map(|(g, _)| g)
-                .unwrap_or_else(|p| p.into_inner().0);
-        }
-        drop(s);
-        self.reap()
-            .context("QEMU closed its console but its exit status could not be read")
-    }
-
-    fn reap(&mut self) -> Option<ExitStatus> {
-        if self.status.is_none() {
-            self.stdin = None;
-            self.status = self.child.wait().ok();
-        }
-        self.status
-    }
-
-    /// The console so far as lines (ANSI stripped), each stamped with when its newline
-    /// arrived; the unfinished last line included.
-    pub fn lines(&self) -> Vec<Line> {
-        let s = self.shared.lock();
-        split_lines(&s.bytes, &s.chunks)
-    }
-
-    pub fn failure_context(&self, n: usize) -> String {
-        let lines = self.lines();
-        let start = lines.len().saturating_sub(n);
-        let mut s = format!("last {} console lines:\n", lines.len() - start);
-        for l in &lines[start..] {
-            s.push_str(&format!("  | {}\n", l.text));
-        }
-        let stderr = fs::read_to_string(&self.stderr_log).unwrap_or_default();
-        if !stderr.trim().is_empty() {
-            s.push_str(&format!("QEMU stderr:\n{}\n", stderr.trim_end()));
-        }
-        s.push_str(&format!("full console log: {}", self.log.display()));
-        s
-    }
-}
-
-impl Drop for UefiVm {
-    fn drop(&mut self) {
-        if self.status.is_none() {
-            if let Some(pid) = i32::try_from(self.child.id())
-                .ok()
-                .and_then(rustix::process::Pid::from_raw)
-            {
-                let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
-            }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        if let Some(r) = self.reader.take() {
-            let _ = r.join();
-        }
-    }
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    if needle.is_empty() {
-        return Some(0);
-    }
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
-fn split_lines(bytes: &[u8], chunks: &[(usize, Duration)]) -> Vec<Line> {
-    let at = |off: usize| {
-        chunks
-            .iter()
-            .find(|(e, _)| *e > off)
-            .or(chunks.last())
-            .map_or(Duration::ZERO, |(_, t)| *t)
-    };
-    let mut out = Vec::new();
-    let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        if b == b'\n' {
-            out.push(Line {
-                text: strip_ansi(&String::from_utf8_lossy(&bytes[start..i])),
-                host: at(i),
-            });
-            start = i + 1;
-        }
-    }
-    if start < bytes.len() {
-        out.push(Line {
-            text: strip_ansi(&String::from_utf8_lossy(&bytes[start..])),
-            host: at(bytes.len() - 1),
-        });
-    }
-    out
 }
 
 // ---------------------------------------------------------------------------------------
@@ -591,7 +305,11 @@ fn boot_to_probe(
 ) -> Result<Option<Vec<Line>>> {
     let log = dir.join(format!("{name}.console.log"));
     out.log = Some(log.clone());
-    let mut vm = UefiVm::start(&qemu_args(&disks.vars, &disks.root, &disks.esp), &log)?;
+    let mut vm = Vm::start_args(
+        &qemu_args(&disks.vars, &disks.root, &disks.esp),
+        &log,
+        VM_LIMIT,
+    )?;
     let mut menu_at = None;
     let result = (|| -> Result<()> {
         if let Menu::Down(n) = menu {
@@ -754,7 +472,11 @@ pub fn uefi_fallback(inputs: &Inputs) -> Result<Outcome> {
     // generation 2's stage 2 exits.
     let log = dir.join("boot-bad.console.log");
     out.log = Some(log.clone());
-    let mut vm = UefiVm::start(&qemu_args(&disks.vars, &disks.root, &disks.esp), &log)?;
+    let mut vm = Vm::start_args(
+        &qemu_args(&disks.vars, &disks.root, &disks.esp),
+        &log,
+        VM_LIMIT,
+    )?;
     let result = (|| -> Result<()> {
         vm.wait_raw("Linux version", FIRMWARE)?;
         vm.wait_raw("stage1: switching root", STEP)?;
@@ -829,27 +551,6 @@ pub fn uefi_fallback(inputs: &Inputs) -> Result<Outcome> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn lines_from_the_raw_stream_keep_arrival_times() {
-        let ms = Duration::from_millis;
-        let bytes = b"\x1b[2J\x1b[1;1HNixOS (Generation 2)\x1b[2;1HNixOS (Generation 1)\r\n[    0.1] Linux\nhalf";
-        let chunks = [(20, ms(5)), (60, ms(9)), (bytes.len(), ms(12))];
-        let lines = split_lines(bytes, &chunks);
-        let texts: Vec<&str> = lines.iter().map(|l| l.text.as_str()).collect();
-        assert_eq!(
-            texts,
-            [
-                "NixOS (Generation 2)NixOS (Generation 1)",
-                "[    0.1] Linux",
-                "half"
-            ]
-        );
-        assert_eq!(lines[0].host, ms(9));
-        assert_eq!(lines[2].host, ms(12));
-        assert_eq!(find(bytes, b"Generation 1"), Some(43));
-        assert_eq!(find(bytes, b"Generation 3"), None);
-    }
 
     #[test]
     fn the_esp_is_the_boot_disk_and_the_root_comes_first() {
