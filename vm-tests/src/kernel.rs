@@ -1,7 +1,8 @@
 //! The guest kernel: Debian's `linux-image-amd64` of the host's release, downloaded with
 //! `apt-get download`, unpacked with `dpkg -x` into the cache, and its uncompressed
 //! `vmlinux` extracted once for PVH boot (QEMU `-kernel` with an ELF image skips the
-//! in-guest decompression, ~2.5 s under TCG).
+//! in-guest decompression, ~2.5 s under TCG). Other Debian packages a scenario needs
+//! (busybox) come the same way, through [`unpacked_package`].
 
 use std::fs;
 use std::io::Write;
@@ -42,19 +43,8 @@ pub fn fetch(cache: &Path) -> Result<Kernel> {
         .strip_prefix("linux-image-")
         .with_context(|| format!("unexpected kernel package name {package}"))?
         .to_string();
-    let kernel_dir = cache.join("kernel");
-    fs::create_dir_all(&kernel_dir)
-        .with_context(|| format!("creating cache dir {}", kernel_dir.display()))?;
-    let pkg_dir = kernel_dir.join(&package);
-    if pkg_dir.exists() && !pkg_dir.join(COMPLETE_MARKER).exists() {
-        // Not made by us (we rename complete directories into place): start over.
-        fs::remove_dir_all(&pkg_dir)
-            .with_context(|| format!("removing incomplete {}", pkg_dir.display()))?;
-    }
-    if !pkg_dir.join(COMPLETE_MARKER).exists() {
-        download_and_unpack(&package, &kernel_dir, &pkg_dir)?;
-    }
-    let root = pkg_dir.join("root");
+    let pkg_dir = cache.join("kernel").join(&package);
+    let root = unpacked_package(&cache.join("kernel"), &package)?;
     let vmlinuz = root.join("boot").join(format!("vmlinuz-{version}"));
     let modules_dir = root.join("lib/modules").join(&version);
     for p in [&vmlinuz, &modules_dir] {
@@ -78,6 +68,23 @@ pub fn fetch(cache: &Path) -> Result<Kernel> {
         vmlinux,
         modules_dir,
     })
+}
+
+/// A Debian package of the host's release, downloaded once with `apt-get download` and
+/// unpacked with `dpkg -x` into `parent/<package>/root`; that root.
+pub fn unpacked_package(parent: &Path, package: &str) -> Result<PathBuf> {
+    fs::create_dir_all(parent)
+        .with_context(|| format!("creating cache dir {}", parent.display()))?;
+    let pkg_dir = parent.join(package);
+    if pkg_dir.exists() && !pkg_dir.join(COMPLETE_MARKER).exists() {
+        // Not made by us (we rename complete directories into place): start over.
+        fs::remove_dir_all(&pkg_dir)
+            .with_context(|| format!("removing incomplete {}", pkg_dir.display()))?;
+    }
+    if !pkg_dir.join(COMPLETE_MARKER).exists() {
+        download_and_unpack(package, parent, &pkg_dir)?;
+    }
+    Ok(pkg_dir.join("root"))
 }
 
 /// `apt-cache depends linux-image-amd64` → `linux-image-6.1.0-N-amd64`.
@@ -116,14 +123,12 @@ fn parse_depends(text: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-fn download_and_unpack(package: &str, kernel_dir: &Path, pkg_dir: &Path) -> Result<()> {
-    eprintln!(
-        "vm-tests: downloading {package} into {}",
-        kernel_dir.display()
-    );
+fn download_and_unpack(package: &str, parent: &Path, pkg_dir: &Path) -> Result<()> {
+    eprintln!("vm-tests: downloading {package} into {}", parent.display());
+    // Downloaded and unpacked beside its final place, so the rename into it is atomic.
     let work = tempfile::Builder::new()
         .prefix(".download-")
-        .tempdir_in(kernel_dir)
+        .tempdir_in(parent)
         .context("creating a download dir")?;
     // apt drops privileges to `_apt` for the download; let it write here.
     set_mode(work.path(), 0o755)?;

@@ -17,12 +17,16 @@ use crate::kernel::{self, Kernel};
 use crate::qemu::{Line, Vm, VmConfig};
 use crate::workspace::{BootBinaries, Workspace};
 
-/// Hard limit for one VM run. A boot takes ~3-5 s under TCG; the machine is shared.
-const VM_LIMIT: Duration = Duration::from_secs(300);
+/// Hard limit for one VM run. A direct boot takes ~3-5 s under TCG, a UEFI one ~7 s more
+/// (OVMF ≈ 4 s, EFI-stub decompression ≈ 2.5 s); the machine is shared.
+pub const VM_LIMIT: Duration = Duration::from_secs(300);
 /// From QEMU start to the first stage-1 line (firmware, kernel start, initrd unpack).
-const FIRST_LINE: Duration = Duration::from_secs(120);
+pub const FIRST_LINE: Duration = Duration::from_secs(120);
 /// Between two milestones of a boot.
-const STEP: Duration = Duration::from_secs(90);
+pub const STEP: Duration = Duration::from_secs(90);
+
+/// The label of the demo system's root filesystem.
+pub const ROOT_LABEL: &str = "stagehand-root";
 
 /// Everything the scenarios share, prepared once.
 pub struct Inputs {
@@ -53,7 +57,8 @@ impl Inputs {
         })
     }
 
-    fn scenario_dir(&self, name: &str) -> Result<PathBuf> {
+    /// `<target>/vm-tests/<name>/`, where a scenario keeps its images and logs.
+    pub fn scenario_dir(&self, name: &str) -> Result<PathBuf> {
         let dir = self.workspace.artifacts_dir().join(name);
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         Ok(dir)
@@ -66,35 +71,68 @@ impl Inputs {
 
     /// With the ext4 checker (`/bin/fsck.ext4`), so stage 1 checks the root first.
     pub fn build_initrd(&self, compression: Compression) -> Result<Initrd> {
+        self.build_initrd_with(compression, |_| {})
+    }
+
+    /// Like [`Self::build_initrd`], from the harness's spec changed by `edit`.
+    pub fn build_initrd_with(
+        &self,
+        compression: Compression,
+        edit: impl FnOnce(&mut InitrdSpec),
+    ) -> Result<Initrd> {
+        let mut spec = self.initrd_spec(compression)?;
+        edit(&mut spec);
         let extras = crate::stage1_scenarios::initrd_extras();
-        stagehand_initrd::build_with(&self.initrd_spec(compression)?, &extras)
+        stagehand_initrd::build_with(&spec, &extras)
             .map_err(|e| anyhow::anyhow!("{e}"))
             .context("building the initrd")
     }
 
-    /// A disk image with the demo generation as `system-1-link` and `system`.
-    pub fn demo_image(&self, dir: &Path, initrd: &Path) -> Result<(PathBuf, BuiltGeneration)> {
+    /// The zstd initrd (the harness's spec changed by `edit`) written as `dir/initrd.zst`;
+    /// the initrd and that path.
+    pub fn initrd_in(
+        &self,
+        dir: &Path,
+        edit: impl FnOnce(&mut InitrdSpec),
+    ) -> Result<(Initrd, PathBuf)> {
+        let initrd = self.build_initrd_with(Compression::Zstd, edit)?;
+        let path = dir.join("initrd.zst");
+        fs::write(&path, &initrd.bytes).with_context(|| format!("writing {}", path.display()))?;
+        Ok((initrd, path))
+    }
+
+    /// Demo generation `number`, booting our kernel with `initrd` and running `stage2`.
+    pub fn generation(&self, number: u32, initrd: &Path, stage2: &Path) -> GenerationSpec {
         let boot = BootFiles {
+            // The EFI-stub bzImage: systemd-boot starts it as an EFI program (the direct
+            // boots take the ELF `vmlinux` from `vm_config` instead).
             kernel: self.kernel.vmlinuz.clone(),
             kernel_version: self.kernel.version.clone(),
             initrd: initrd.to_path_buf(),
         };
-        let spec = GenerationSpec::demo(1, &self.bins.stage2, &self.bins.guest_probe, boot);
-        let mut image = SystemImage::new(&self.systemd)?;
-        let generation = image.add_generation(&spec)?;
-        let img = dir.join("root.img");
-        image
-            .write_ext4(&img, 256, "stagehand-root")
-            .context("building the disk image")?;
-        Ok((img, generation))
+        GenerationSpec::demo(number, stage2, &self.bins.guest_probe, boot)
     }
 
-    fn vm_config(
+    /// A system with the demo generation (our stage 2) as generation 1 and current.
+    pub fn demo_system(&self, initrd: &Path) -> Result<(SystemImage, BuiltGeneration)> {
+        let mut image = SystemImage::new(&self.systemd)?;
+        let generation = image.add_generation(&self.generation(1, initrd, &self.bins.stage2))?;
+        Ok((image, generation))
+    }
+
+    /// A disk image with the demo generation as `system-1-link` and `system`.
+    pub fn demo_image(&self, dir: &Path, initrd: &Path) -> Result<(PathBuf, BuiltGeneration)> {
+        let (image, generation) = self.demo_system(initrd)?;
+        Ok((root_disk(&image, dir)?, generation))
+    }
+
+    /// A direct kernel boot of `initrd` with `drives`, the console logged to `log`.
+    pub fn vm_config(
         &self,
-        dir: &Path,
         initrd: &Path,
         drives: Vec<PathBuf>,
         append: String,
+        log: PathBuf,
     ) -> VmConfig {
         VmConfig {
             kernel: self.kernel.vmlinux.clone(),
@@ -103,10 +141,19 @@ impl Inputs {
             append,
             memory_mb: 512,
             timeout: VM_LIMIT,
-            log: dir.join("console.log"),
+            log,
             echo: false,
         }
     }
+}
+
+/// The whole of `image` as `dir/root.img`: one ext4 filesystem labelled [`ROOT_LABEL`].
+pub fn root_disk(image: &SystemImage, dir: &Path) -> Result<PathBuf> {
+    let img = dir.join("root.img");
+    image
+        .write_ext4(&img, 256, ROOT_LABEL)
+        .context("building the disk image")?;
+    Ok(img)
 }
 
 /// The initrd spec for a virtio-pci ext4 root on /dev/vda, written as the JSON the
@@ -171,7 +218,8 @@ fn check_host_tools() -> Result<()> {
     Ok(())
 }
 
-fn on_path(tool: &str) -> bool {
+/// Whether `tool` is on PATH or in the sbin directories a non-root PATH may lack.
+pub fn on_path(tool: &str) -> bool {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain(["/usr/sbin".into(), "/sbin".into()])
@@ -187,7 +235,8 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    fn check(&mut self, what: &str, ok: bool, detail: impl FnOnce() -> String) {
+    /// Record a failed check: `what` was expected, `detail` says what was seen instead.
+    pub fn check(&mut self, what: &str, ok: bool, detail: impl FnOnce() -> String) {
         if !ok {
             self.failures.push(format!("{what}: {}", detail()));
         }
@@ -211,12 +260,10 @@ fn sizes_note(inputs: &Inputs, initrd: &Initrd) -> String {
 /// console, every step a user would see. `echo` streams the console (the demo).
 pub fn boot_spine(inputs: &Inputs, echo: bool) -> Result<Outcome> {
     let dir = inputs.scenario_dir("boot-spine")?;
-    let initrd = inputs.build_initrd(Compression::Zstd)?;
-    let initrd_path = dir.join("initrd.zst");
-    fs::write(&initrd_path, &initrd.bytes)
-        .with_context(|| format!("writing {}", initrd_path.display()))?;
+    let (initrd, initrd_path) = inputs.initrd_in(&dir, |_| {})?;
     let (img, generation) = inputs.demo_image(&dir, &initrd_path)?;
-    let mut cfg = inputs.vm_config(&dir, &initrd_path, vec![img], generation.cmdline());
+    let log = dir.join("console.log");
+    let mut cfg = inputs.vm_config(&initrd_path, vec![img], generation.cmdline(), log);
     cfg.echo = echo;
 
     let mut out = Outcome {
@@ -423,7 +470,8 @@ pub fn corrupt_config_scenario(inputs: &Inputs) -> Result<Outcome> {
     let initrd_path = dir.join("initrd.cpio");
     fs::write(&initrd_path, &bad).with_context(|| format!("writing {}", initrd_path.display()))?;
     let (img, generation) = inputs.demo_image(&dir, &initrd_path)?;
-    let cfg = inputs.vm_config(&dir, &initrd_path, vec![img], generation.cmdline());
+    let log = dir.join("console.log");
+    let cfg = inputs.vm_config(&initrd_path, vec![img], generation.cmdline(), log);
     let mut out = Outcome {
         log: Some(cfg.log.clone()),
         ..Outcome::default()
@@ -445,14 +493,13 @@ pub fn corrupt_config_scenario(inputs: &Inputs) -> Result<Outcome> {
     let lines = vm.lines();
     match result {
         Ok((refused, panic)) => {
-            let kt = |l: &Line| l.kernel_time().map_or("?".into(), |t| format!("{t:.3} s"));
             out.notes
                 .push(format!("stage 1 said: {}", refused.text.trim()));
             out.notes.push(format!("then: {}", panic.text.trim()));
             out.notes.push(format!(
                 "kernel start → config refused {}; kernel panic at {}; VM gone {:.2} s after QEMU start (host)",
-                kt(&refused),
-                kt(&panic),
+                refused.kernel_stamp(),
+                panic.kernel_stamp(),
                 vm.elapsed().as_secs_f64()
             ));
         }

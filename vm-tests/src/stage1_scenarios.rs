@@ -13,19 +13,13 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use stagehand_common::stage1_config::FileSystem;
 use stagehand_initrd::objects::StoreObject;
-use stagehand_initrd::{Compression, ExtraFile, Initrd, InitrdSpec, SpecExtras};
+use stagehand_initrd::{ExtraFile, InitrdSpec, SpecExtras};
 
 use crate::console::{probe_facts, Phases, PROBE_DONE};
-use crate::generation::{write_ext4, BootFiles, BuiltGeneration, GenerationSpec, SystemImage};
-use crate::qemu::{Line, Vm, VmConfig};
-use crate::scenarios::{Inputs, Outcome};
-
-/// Hard limit for one VM run.
-const VM_LIMIT: Duration = Duration::from_secs(300);
-/// QEMU start to the first stage-1 line.
-const FIRST_LINE: Duration = Duration::from_secs(120);
-/// Between two milestones.
-const STEP: Duration = Duration::from_secs(90);
+use crate::generation::{write_ext4, BuiltGeneration, SystemImage};
+use crate::qemu::{Line, Vm};
+use crate::scenarios::{root_disk, Inputs, Outcome, FIRST_LINE, ROOT_LABEL, STEP};
+use crate::tree::{Node, Tree};
 
 /// The host's e2fsck, put into every test initrd as `/bin/fsck.ext4` (with its libraries)
 /// so stage 1 checks the ext4 root before mounting it.
@@ -41,12 +35,6 @@ pub fn initrd_extras() -> SpecExtras {
     extras
 }
 
-fn build_initrd(spec: &InitrdSpec) -> Result<Initrd> {
-    stagehand_initrd::build_with(spec, &initrd_extras())
-        .map_err(|e| anyhow::anyhow!("{e}"))
-        .context("building the initrd")
-}
-
 /// One scenario's working directory, initrd and demo image.
 struct Setup {
     dir: PathBuf,
@@ -58,25 +46,12 @@ struct Setup {
 impl Setup {
     /// Build the initrd from the harness's spec changed by `edit`, and the demo system.
     fn new(inputs: &Inputs, name: &str, edit: impl FnOnce(&mut InitrdSpec)) -> Result<Self> {
-        let dir = inputs.workspace.artifacts_dir().join(name);
-        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let mut spec = inputs.initrd_spec(Compression::Zstd)?;
-        edit(&mut spec);
-        let initrd = build_initrd(&spec)?;
-        let initrd_path = dir.join("initrd.zst");
-        fs::write(&initrd_path, &initrd.bytes)
-            .with_context(|| format!("writing {}", initrd_path.display()))?;
-        let boot = BootFiles {
-            kernel: inputs.kernel.vmlinuz.clone(),
-            kernel_version: inputs.kernel.version.clone(),
-            initrd: initrd_path.clone(),
-        };
-        let spec = GenerationSpec::demo(1, &inputs.bins.stage2, &inputs.bins.guest_probe, boot);
-        let mut image = SystemImage::new(&inputs.systemd)?;
-        let generation = image.add_generation(&spec)?;
+        let dir = inputs.scenario_dir(name)?;
+        let (_, initrd) = inputs.initrd_in(&dir, edit)?;
+        let (image, generation) = inputs.demo_system(&initrd)?;
         Ok(Self {
             dir,
-            initrd: initrd_path,
+            initrd,
             generation,
             image,
         })
@@ -84,28 +59,72 @@ impl Setup {
 
     /// The whole system on one ext4 disk labelled `stagehand-root`.
     fn root_image(&self) -> Result<PathBuf> {
-        let img = self.dir.join("root.img");
-        self.image
-            .write_ext4(&img, 256, ROOT_LABEL)
-            .context("building the disk image")?;
+        root_disk(&self.image, &self.dir)
+    }
+
+    /// Start the VM with `drives` and `append`, the console in `log` (which `out` names).
+    fn start(
+        &self,
+        inputs: &Inputs,
+        drives: Vec<PathBuf>,
+        append: String,
+        log: &str,
+        out: &mut Outcome,
+    ) -> Result<Vm> {
+        let cfg = inputs.vm_config(&self.initrd, drives, append, self.dir.join(log));
+        out.log = Some(cfg.log.clone());
+        Vm::start(&cfg)
+    }
+
+    /// Boot `drives` with the generation's own command line (the console in
+    /// `console.log`) through `expect` to the probe and power-off: [`boot_to_probe`].
+    fn boot(
+        &self,
+        inputs: &Inputs,
+        drives: Vec<PathBuf>,
+        expect: &[&str],
+        out: &mut Outcome,
+    ) -> Result<Option<Vec<Line>>> {
+        let append = self.generation.cmdline();
+        let mut vm = self.start(inputs, drives, append, "console.log", out)?;
+        Ok(boot_to_probe(&mut vm, expect, out))
+    }
+
+    /// [`Self::boot`], then check `/nix/store` came up read-only and note stage 1's time:
+    /// the scenarios that move `/nix` to a disk of its own.
+    fn boot_checking_store(
+        &self,
+        inputs: &Inputs,
+        drives: Vec<PathBuf>,
+        expect: &[&str],
+    ) -> Result<Outcome> {
+        let mut out = Outcome::default();
+        if let Some(lines) = self.boot(inputs, drives, expect, &mut out)? {
+            check_store_read_only(&mut out, "/nix/store mounted read-only", &lines);
+            note_stage1_time(&mut out, &lines);
+        }
+        Ok(out)
+    }
+
+    /// `nix` as its own ext4 disk, labelled [`NIX_LABEL`].
+    fn nix_disk(&self, nix: &Tree) -> Result<PathBuf> {
+        let img = self.dir.join("nix.img");
+        write_ext4(nix, &img, 256, NIX_LABEL).context("building the /nix image")?;
         Ok(img)
     }
 
-    fn vm(&self, inputs: &Inputs, drives: Vec<PathBuf>, append: String, log: &str) -> VmConfig {
-        VmConfig {
-            kernel: inputs.kernel.vmlinux.clone(),
-            initrd: self.initrd.clone(),
-            drives,
-            append,
-            memory_mb: 512,
-            timeout: VM_LIMIT,
-            log: self.dir.join(log),
-            echo: false,
+    /// The system tree with its `/nix` taken out (for a disk of its own), and that `/nix`.
+    fn tree_without_nix(&self) -> Result<(Tree, Tree)> {
+        let mut root = self.image.tree()?;
+        match root.take("nix") {
+            Some(Node::Dir(nix)) => Ok((root, nix)),
+            other => bail!("the system tree has no /nix directory: {other:?}"),
         }
     }
 }
 
-const ROOT_LABEL: &str = "stagehand-root";
+/// The label of the disk that holds `/nix` where it has one of its own.
+const NIX_LABEL: &str = "stagehand-nix";
 
 /// The generation's command line with `drop` words removed and `add` appended.
 fn cmdline(g: &BuiltGeneration, drop: &[&str], add: &[&str]) -> String {
@@ -115,17 +134,6 @@ fn cmdline(g: &BuiltGeneration, drop: &[&str], add: &[&str]) -> String {
         .chain(add.iter().copied())
         .collect::<Vec<_>>()
         .join(" ")
-}
-
-/// Record a failed check (`Outcome::check` is the harness's own).
-fn check(out: &mut Outcome, what: &str, ok: bool, detail: impl FnOnce() -> String) {
-    if !ok {
-        out.failures.push(format!("{what}: {}", detail()));
-    }
-}
-
-fn kt(l: &Line) -> String {
-    l.kernel_time().map_or("?".into(), |t| format!("{t:.3} s"))
 }
 
 /// Boot to the guest probe and check the VM powers off; returns the console lines.
@@ -151,6 +159,23 @@ fn boot_to_probe(vm: &mut Vm, expect: &[&str], out: &mut Outcome) -> Option<Vec<
             None
         }
     }
+}
+
+/// Check the guest probe saw `/nix/store` mounted read-only (`what` names the check).
+fn check_store_read_only(out: &mut Outcome, what: &str, lines: &[Line]) {
+    let facts = probe_facts(lines);
+    let store = facts
+        .get("nix-store.mount")
+        .map_or("<missing>", String::as_str);
+    out.check(what, store.starts_with("ro "), || {
+        format!("the guest says {store:?}")
+    });
+}
+
+/// Note how long stage 1 ran, from the kernel's timestamps.
+fn note_stage1_time(out: &mut Outcome, lines: &[Line]) {
+    let phases = Phases::from_lines(lines);
+    out.notes.push(format!("stage 1: {}", stage1_time(&phases)));
 }
 
 /// The ext4 UUID of an image, as e2fsprogs reports it (not our own probe).
@@ -197,9 +222,7 @@ pub fn label_root(inputs: &Inputs) -> Result<Outcome> {
         (format!("UUID={uuid}"), "console-uuid.log"),
     ] {
         let append = cmdline(&setup.generation, &[], &[&format!("root={form}")]);
-        let cfg = setup.vm(inputs, vec![img.clone()], append, log);
-        out.log = Some(cfg.log.clone());
-        let mut vm = Vm::start(&cfg)?;
+        let mut vm = setup.start(inputs, vec![img.clone()], append, log, &mut out)?;
         let found = format!("stage1: device {form} for / is /dev/vda");
         let secret = format!("stage1: installed 1 initrd secret(s): {SECRET_DEST}");
         let expect = [secret.as_str(), &found, "stage1: mounted /"];
@@ -212,15 +235,10 @@ pub fn label_root(inputs: &Inputs) -> Result<Outcome> {
             vm.elapsed().as_secs_f64(),
             stage1_time(&phases)
         ));
-        let facts = probe_facts(&lines);
-        let store = facts
-            .get("nix-store.mount")
-            .map_or("<missing>", String::as_str);
-        check(
+        check_store_read_only(
             &mut out,
             &format!("root={form}: /nix/store mounted read-only"),
-            store.starts_with("ro "),
-            || format!("the guest says {store:?}"),
+            &lines,
         );
     }
     Ok(out)
@@ -244,13 +262,9 @@ pub fn missing_root(inputs: &Inputs) -> Result<Outcome> {
         &[],
         &["root=LABEL=nope", "rd.device_timeout=2"],
     );
-    let cfg = setup.vm(inputs, vec![img], append.clone(), "console.log");
-    let mut out = Outcome {
-        log: Some(cfg.log.clone()),
-        ..Outcome::default()
-    };
+    let mut out = Outcome::default();
     out.notes.push(format!("kernel command line: {append}"));
-    let mut vm = Vm::start(&cfg)?;
+    let mut vm = setup.start(inputs, vec![img], append, "console.log", &mut out)?;
     let result = (|| -> Result<(Line, Line, Line)> {
         let loaded = vm.wait_for("modules loaded", FIRST_LINE)?;
         let failed = vm.wait_for_line(
@@ -276,13 +290,12 @@ pub fn missing_root(inputs: &Inputs) -> Result<Outcome> {
                 .map(|(f, l)| f - l);
             out.notes.push(format!(
                 "modules loaded at {}, failure at {}, kernel panic at {}; VM gone {:.1} s after QEMU start",
-                kt(&loaded),
-                kt(&failed),
-                kt(&panic),
+                loaded.kernel_stamp(),
+                failed.kernel_stamp(),
+                panic.kernel_stamp(),
                 vm.elapsed().as_secs_f64()
             ));
-            check(
-                &mut out,
+            out.check(
                 "the failure comes after the 2 s deadline, not much later",
                 waited.is_some_and(|w| (1.9..6.0).contains(&w)),
                 || format!("modules loaded → failure took {waited:?} s"),
@@ -294,8 +307,7 @@ pub fn missing_root(inputs: &Inputs) -> Result<Outcome> {
         }
     }
     let lines = vm.lines();
-    check(
-        &mut out,
+    out.check(
         "nothing after the failure",
         !lines
             .iter()
@@ -305,52 +317,10 @@ pub fn missing_root(inputs: &Inputs) -> Result<Outcome> {
     Ok(out)
 }
 
-/// Debian's statically linked busybox (package `busybox-static`), fetched once into the
-/// cache with `apt-get download` and unpacked with `dpkg -x`.
+/// Debian's statically linked busybox (package `busybox-static`), downloaded once into the
+/// cache.
 pub fn static_busybox(cache: &Path) -> Result<PathBuf> {
-    let dir = cache.join("busybox-static");
-    let bin = dir.join("root/bin/busybox");
-    if bin.is_file() {
-        return Ok(bin);
-    }
-    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let work = tempfile::Builder::new()
-        .prefix(".download-")
-        .tempdir_in(&dir)
-        .context("creating a download dir")?;
-    // apt drops privileges to `_apt` for the download; let it write here.
-    let mut perm = fs::metadata(work.path())?.permissions();
-    std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
-    fs::set_permissions(work.path(), perm)?;
-    let out = Command::new("apt-get")
-        .args(["download", "-q", "busybox-static"])
-        .current_dir(work.path())
-        .output()
-        .context("running `apt-get download busybox-static`")?;
-    if !out.status.success() {
-        bail!(
-            "`apt-get download busybox-static` failed ({}): {}; run vm-tests/setup-host",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    let deb = fs::read_dir(work.path())?
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|e| e == "deb"))
-        .context("apt-get download left no .deb")?;
-    let unpacked = work.path().join("root");
-    let status = Command::new("dpkg")
-        .arg("-x")
-        .arg(&deb)
-        .arg(&unpacked)
-        .status()
-        .context("running dpkg -x")?;
-    if !status.success() {
-        bail!("dpkg -x {} failed ({status})", deb.display());
-    }
-    let _ = fs::remove_dir_all(dir.join("root"));
-    fs::rename(&unpacked, dir.join("root")).context("moving the unpacked busybox")?;
+    let bin = crate::kernel::unpacked_package(cache, "busybox-static")?.join("bin/busybox");
     if !bin.is_file() {
         bail!(
             "busybox-static has no bin/busybox ({} missing)",
@@ -382,13 +352,9 @@ pub fn shell_on_fail(inputs: &Inputs) -> Result<Outcome> {
             "boot.shell_on_fail",
         ],
     );
-    let cfg = setup.vm(inputs, vec![img], append.clone(), "console.log");
-    let mut out = Outcome {
-        log: Some(cfg.log.clone()),
-        ..Outcome::default()
-    };
+    let mut out = Outcome::default();
     out.notes.push(format!("kernel command line: {append}"));
-    let mut vm = Vm::start(&cfg)?;
+    let mut vm = setup.start(inputs, vec![img], append, "console.log", &mut out)?;
     let result = (|| -> Result<Line> {
         vm.wait_for("LABEL=nope", FIRST_LINE)?;
         vm.wait_for("i) to launch an interactive shell", STEP)?;
@@ -485,15 +451,10 @@ pub fn dirty_journal(inputs: &Inputs) -> Result<Outcome> {
     let setup = Setup::new(inputs, "dirty-journal", |_| {})?;
     let img = setup.root_image()?;
     make_dirty(&img)?;
-    let append = setup.generation.cmdline();
-    let cfg = setup.vm(inputs, vec![img.clone()], append, "console.log");
-    let mut out = Outcome {
-        log: Some(cfg.log.clone()),
-        ..Outcome::default()
-    };
-    let mut vm = Vm::start(&cfg)?;
-    let Some(lines) = boot_to_probe(
-        &mut vm,
+    let mut out = Outcome::default();
+    let Some(lines) = setup.boot(
+        inputs,
+        vec![img],
         &[
             "stage1: checking /dev/vda: /bin/fsck.ext4 -a /dev/vda",
             "fsck.ext4: stagehand-root: recovering journal",
@@ -501,7 +462,8 @@ pub fn dirty_journal(inputs: &Inputs) -> Result<Outcome> {
             "stage1: mounted /",
         ],
         &mut out,
-    ) else {
+    )?
+    else {
         return Ok(out);
     };
     let said: Vec<&str> = lines
@@ -511,24 +473,21 @@ pub fn dirty_journal(inputs: &Inputs) -> Result<Outcome> {
         .collect();
     out.notes
         .push(format!("stage 1 fsck lines:\n  {}", said.join("\n  ")));
-    check(
-        &mut out,
+    out.check(
         "e2fsck made a full pass (the fs was marked not clean)",
         lines
             .iter()
             .any(|l| l.text.contains("fsck.ext4: stagehand-root: ") && l.text.contains(" files")),
         || "no e2fsck summary line".into(),
     );
-    check(
-        &mut out,
+    out.check(
         "the kernel found nothing left to recover",
         !lines
             .iter()
             .any(|l| l.text.contains("EXT4-fs (vda): recovery complete")),
         || "the kernel replayed the journal itself: fsck did not".into(),
     );
-    let phases = Phases::from_lines(&lines);
-    out.notes.push(format!("stage 1: {}", stage1_time(&phases)));
+    note_stage1_time(&mut out, &lines);
     Ok(out)
 }
 
@@ -544,46 +503,19 @@ pub fn separate_nix(inputs: &Inputs) -> Result<Outcome> {
             options: vec!["noatime".into()],
         });
     })?;
-    let mut root = setup.image.tree()?;
-    let nix = match root.take("nix") {
-        Some(crate::tree::Node::Dir(t)) => t,
-        other => bail!("the system tree has no /nix directory: {other:?}"),
-    };
-    root.insert("nix", crate::tree::Node::Dir(crate::tree::Tree::new()))?;
+    let (mut root, nix) = setup.tree_without_nix()?;
+    root.insert("nix", Node::Dir(Tree::new()))?;
     let root_img = setup.dir.join("root.img");
-    let nix_img = setup.dir.join("nix.img");
     write_ext4(&root, &root_img, 64, ROOT_LABEL).context("building the root image")?;
-    write_ext4(&nix, &nix_img, 256, "stagehand-nix").context("building the /nix image")?;
-    let append = setup.generation.cmdline();
-    let cfg = setup.vm(inputs, vec![root_img, nix_img], append, "console.log");
-    let mut out = Outcome {
-        log: Some(cfg.log.clone()),
-        ..Outcome::default()
-    };
-    let mut vm = Vm::start(&cfg)?;
-    let Some(lines) = boot_to_probe(
-        &mut vm,
+    let nix_img = setup.nix_disk(&nix)?;
+    setup.boot_checking_store(
+        inputs,
+        vec![root_img, nix_img],
         &[
             "stage1: device LABEL=stagehand-nix for /nix is /dev/vdb",
             "stage1: mounted /nix (LABEL=stagehand-nix, ext4)",
         ],
-        &mut out,
-    ) else {
-        return Ok(out);
-    };
-    let facts = probe_facts(&lines);
-    let store = facts
-        .get("nix-store.mount")
-        .map_or("<missing>", String::as_str);
-    check(
-        &mut out,
-        "/nix/store mounted read-only",
-        store.starts_with("ro "),
-        || format!("the guest says {store:?}"),
-    );
-    let phases = Phases::from_lines(&lines);
-    out.notes.push(format!("stage 1: {}", stage1_time(&phases)));
-    Ok(out)
+    )
 }
 
 /// `tmpfs-root`: `/` is a tmpfs and everything persistent comes from one disk
@@ -608,46 +540,19 @@ pub fn tmpfs_root(inputs: &Inputs) -> Result<Outcome> {
             fs("/bin", "/nix/.usr/bin", "none", &["bind"]),
         ];
     })?;
-    let mut root = setup.image.tree()?;
-    let mut nix = match root.take("nix") {
-        Some(crate::tree::Node::Dir(t)) => t,
-        other => bail!("the system tree has no /nix directory: {other:?}"),
-    };
+    let (mut root, mut nix) = setup.tree_without_nix()?;
     let usr = root.take("usr").context("the system tree has no /usr")?;
     nix.insert(".usr", usr)?;
-    let nix_img = setup.dir.join("nix.img");
-    write_ext4(&nix, &nix_img, 256, "stagehand-nix").context("building the /nix image")?;
-    let append = setup.generation.cmdline();
-    let cfg = setup.vm(inputs, vec![nix_img], append, "console.log");
-    let mut out = Outcome {
-        log: Some(cfg.log.clone()),
-        ..Outcome::default()
-    };
-    let mut vm = Vm::start(&cfg)?;
-    let Some(lines) = boot_to_probe(
-        &mut vm,
+    let nix_img = setup.nix_disk(&nix)?;
+    setup.boot_checking_store(
+        inputs,
+        vec![nix_img],
         &[
             "stage1: mounted / (none, tmpfs)",
             "stage1: mounted /nix (LABEL=stagehand-nix, ext4)",
             "stage1: mounted /usr (/nix/.usr, none)",
         ],
-        &mut out,
-    ) else {
-        return Ok(out);
-    };
-    let facts = probe_facts(&lines);
-    let store = facts
-        .get("nix-store.mount")
-        .map_or("<missing>", String::as_str);
-    check(
-        &mut out,
-        "/nix/store mounted read-only",
-        store.starts_with("ro "),
-        || format!("the guest says {store:?}"),
-    );
-    let phases = Phases::from_lines(&lines);
-    out.notes.push(format!("stage 1: {}", stage1_time(&phases)));
-    Ok(out)
+    )
 }
 
 #[cfg(test)]

@@ -18,25 +18,20 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use stagehand_initrd::Compression;
 
 use crate::console::{probe_facts, Phases, PROBE_DONE};
-use crate::generation::{BootFiles, BuiltGeneration, GenerationSpec, SystemImage};
+use crate::generation::{BuiltGeneration, SystemImage};
 use crate::qemu::{base_args, option_path, Line, Vm};
-use crate::scenarios::{check_probe, Expected, Inputs, Outcome};
-use crate::workspace::TARGET_TRIPLE;
+use crate::scenarios::{
+    check_probe, on_path, root_disk, Expected, Inputs, Outcome, STEP, VM_LIMIT,
+};
 
 pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 pub const SYSTEMD_BOOT_EFI: &str = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi";
 
-/// Hard limit for one UEFI VM run (OVMF ≈ 4 s, EFI-stub decompression ≈ 2.5 s, the rest
-/// like a direct boot; the machine is shared).
-const VM_LIMIT: Duration = Duration::from_secs(300);
 /// QEMU start → systemd-boot's menu or the kernel's first line.
 const FIRMWARE: Duration = Duration::from_secs(120);
-/// Between two milestones of a boot.
-const STEP: Duration = Duration::from_secs(90);
 
 // ---------------------------------------------------------------------------------------
 // The machine: QEMU with OVMF, run by the harness's `Vm` from this command line.
@@ -90,12 +85,7 @@ fn check_uefi_host() -> Result<()> {
         .collect();
     let tools: Vec<&str> = ["mkfs.vfat", "mcopy", "mmd", "mdir"]
         .into_iter()
-        .filter(|t| {
-            let path = std::env::var_os("PATH").unwrap_or_default();
-            !std::env::split_paths(&path)
-                .chain(["/usr/sbin".into(), "/sbin".into()])
-                .any(|d| d.join(t).is_file())
-        })
+        .filter(|t| !on_path(t))
         .collect();
     if !missing.is_empty() || !tools.is_empty() {
         bail!(
@@ -115,31 +105,9 @@ fn check_uefi_host() -> Result<()> {
 /// `cargo build --release --bin stagehand` (the CLI whose `install-bootloader` writes the
 /// ESP); its path.
 fn build_stagehand(inputs: &Inputs) -> Result<PathBuf> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
-        .current_dir(&inputs.workspace.root)
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "stagehand-activation",
-            "--bin",
-            "stagehand",
-        ])
-        .status()
-        .context("running `cargo build --release --bin stagehand`")?;
-    if !status.success() {
-        bail!("`cargo build --release --bin stagehand` failed ({status})");
-    }
-    let p = inputs
-        .workspace
-        .target_dir
-        .join(TARGET_TRIPLE)
-        .join("release/stagehand");
-    if !p.is_file() {
-        bail!("`stagehand` was not built: {} does not exist", p.display());
-    }
-    Ok(p)
+    let ws = &inputs.workspace;
+    ws.build_release(&["-p", "stagehand-activation", "--bin", "stagehand"])?;
+    ws.release_binary("stagehand")
 }
 
 /// The disks of one UEFI scenario.
@@ -161,10 +129,7 @@ fn make_disks(
     install_args: &[&str],
 ) -> Result<UefiDisks> {
     let stagehand = build_stagehand(inputs)?;
-    let root_img = dir.join("root.img");
-    image
-        .write_ext4(&root_img, 256, "stagehand-root")
-        .context("building the root disk")?;
+    let root_img = root_disk(image, dir)?;
 
     let staging = tempfile::Builder::new()
         .prefix(".esp-staging-")
@@ -263,28 +228,6 @@ fn esp_file(esp: &Path, path: &str) -> Result<String> {
     )
 }
 
-fn generation(inputs: &Inputs, number: u32, initrd: &Path, stage2: &Path) -> GenerationSpec {
-    let boot = BootFiles {
-        // The EFI-stub bzImage: systemd-boot starts it as an EFI program.
-        kernel: inputs.kernel.vmlinuz.clone(),
-        kernel_version: inputs.kernel.version.clone(),
-        initrd: initrd.to_path_buf(),
-    };
-    GenerationSpec::demo(number, stage2, &inputs.bins.guest_probe, boot)
-}
-
-fn scenario_dir(inputs: &Inputs, name: &str) -> Result<PathBuf> {
-    let dir = inputs.workspace.artifacts_dir().join(name);
-    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    Ok(dir)
-}
-
-fn check(out: &mut Outcome, what: &str, ok: bool, detail: impl FnOnce() -> String) {
-    if !ok {
-        out.failures.push(format!("{what}: {}", detail()));
-    }
-}
-
 /// How to pass systemd-boot's menu.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Menu {
@@ -297,19 +240,12 @@ pub enum Menu {
 /// One boot through firmware and systemd-boot to the probe unit's last line and power
 /// off. Returns the console lines and a summary of the timings; failures go into `out`.
 fn boot_to_probe(
-    dir: &Path,
-    disks: &UefiDisks,
+    setup: &UefiSetup,
     name: &str,
     menu: Menu,
     out: &mut Outcome,
 ) -> Result<Option<Vec<Line>>> {
-    let log = dir.join(format!("{name}.console.log"));
-    out.log = Some(log.clone());
-    let mut vm = Vm::start_args(
-        &qemu_args(&disks.vars, &disks.root, &disks.esp),
-        &log,
-        VM_LIMIT,
-    )?;
+    let mut vm = setup.start(name, out)?;
     let mut menu_at = None;
     let result = (|| -> Result<()> {
         if let Menu::Down(n) = menu {
@@ -337,12 +273,9 @@ fn boot_to_probe(
         return Ok(None);
     }
     match vm.wait_exit(STEP) {
-        Ok(s) => check(
-            out,
-            &format!("{name}: the VM powered off"),
-            s.success(),
-            || format!("QEMU exited with {s}"),
-        ),
+        Ok(s) => out.check(&format!("{name}: the VM powered off"), s.success(), || {
+            format!("QEMU exited with {s}")
+        }),
         Err(e) => out.failures.push(format!("{name}: power off: {e:#}")),
     }
     let lines = vm.lines();
@@ -382,33 +315,79 @@ fn check_booted(out: &mut Outcome, name: &str, lines: &[Line], want: &BuiltGener
 // ---------------------------------------------------------------------------------------
 // The scenarios.
 
+/// What both scenarios start from.
+struct UefiSetup {
+    dir: PathBuf,
+    disks: UefiDisks,
+    g1: BuiltGeneration,
+    g2: BuiltGeneration,
+    /// The ESP's entries as `install-bootloader` wrote them.
+    entries: Vec<String>,
+}
+
+/// Generation 1 (our stage 2) and generation 2 (running `g2_stage2`, current) on the disks
+/// that `install-bootloader install_args` made, in the scenario directory `name`.
+fn two_generations(
+    inputs: &Inputs,
+    name: &str,
+    g2_stage2: &Path,
+    install_args: &[&str],
+    out: &mut Outcome,
+) -> Result<UefiSetup> {
+    check_uefi_host()?;
+    let dir = inputs.scenario_dir(name)?;
+    let (_, initrd) = inputs.initrd_in(&dir, |_| {})?;
+    let mut image = SystemImage::new(&inputs.systemd)?;
+    let g1 = image.add_generation(&inputs.generation(1, &initrd, &inputs.bins.stage2))?;
+    let g2 = image.add_generation(&inputs.generation(2, &initrd, g2_stage2))?;
+    image.set_current(2)?;
+    let disks = make_disks(inputs, &dir, &image, install_args)?;
+    let entries = note_entries(out, &disks.esp, "written by install-bootloader")?;
+    Ok(UefiSetup {
+        dir,
+        disks,
+        g1,
+        g2,
+        entries,
+    })
+}
+
+impl UefiSetup {
+    /// Start a VM from the disks, the console in `<name>.console.log` (which `out` names).
+    fn start(&self, name: &str, out: &mut Outcome) -> Result<Vm> {
+        let log = self.dir.join(format!("{name}.console.log"));
+        out.log = Some(log.clone());
+        let d = &self.disks;
+        Vm::start_args(&qemu_args(&d.vars, &d.root, &d.esp), &log, VM_LIMIT)
+    }
+}
+
+/// The ESP's entries, noted as those `when`.
+fn note_entries(out: &mut Outcome, esp: &Path, when: &str) -> Result<Vec<String>> {
+    let entries = esp_entries(esp)?;
+    out.notes.push(format!("entries {when}: {entries:?}"));
+    Ok(entries)
+}
+
 /// Issue 5, VM test 1: the default entry boots the newest generation; choosing the older
 /// entry in the menu boots the older generation.
 pub fn uefi_menu(inputs: &Inputs) -> Result<Outcome> {
-    check_uefi_host()?;
-    let dir = scenario_dir(inputs, "uefi-menu")?;
-    let initrd = inputs.build_initrd(Compression::Zstd)?;
-    let initrd_path = dir.join("initrd.zst");
-    fs::write(&initrd_path, &initrd.bytes)?;
-    let mut image = SystemImage::new(&inputs.systemd)?;
-    let g1 = image.add_generation(&generation(inputs, 1, &initrd_path, &inputs.bins.stage2))?;
-    let g2 = image.add_generation(&generation(inputs, 2, &initrd_path, &inputs.bins.stage2))?;
-    image.set_current(2)?;
-    let disks = make_disks(inputs, &dir, &image, &["--timeout", "3"])?;
-
     let mut out = Outcome::default();
-    let before = esp_entries(&disks.esp)?;
-    out.notes
-        .push(format!("entries written by install-bootloader: {before:?}"));
-    let conf = esp_file(&disks.esp, "loader/loader.conf")?;
-    check(
+    let setup = two_generations(
+        inputs,
+        "uefi-menu",
+        &inputs.bins.stage2,
+        &["--timeout", "3"],
         &mut out,
+    )?;
+    let (before, disks) = (&setup.entries, &setup.disks);
+    let conf = esp_file(&disks.esp, "loader/loader.conf")?;
+    out.check(
         "loader.conf",
         conf.contains("timeout 3") && conf.contains("default nixos-generation-*"),
         || format!("expected `timeout 3` and the glob default, got {conf:?}"),
     );
-    check(
-        &mut out,
+    out.check(
         "entries",
         before.len() == 2
             && before[0].starts_with("nixos-generation-1")
@@ -417,20 +396,16 @@ pub fn uefi_menu(inputs: &Inputs) -> Result<Outcome> {
     );
 
     // Boot 1: nobody touches the menu → the newest generation.
-    if let Some(lines) = boot_to_probe(&dir, &disks, "boot-default", Menu::Default, &mut out)? {
-        check_booted(&mut out, "boot-default", &lines, &g2);
+    if let Some(lines) = boot_to_probe(&setup, "boot-default", Menu::Default, &mut out)? {
+        check_booted(&mut out, "boot-default", &lines, &setup.g2);
     }
-    let after1 = esp_entries(&disks.esp)?;
-    out.notes
-        .push(format!("entries after the default boot: {after1:?}"));
+    note_entries(&mut out, &disks.esp, "after the default boot")?;
 
     // Boot 2: the older entry is second in the menu.
-    if let Some(lines) = boot_to_probe(&dir, &disks, "boot-chosen", Menu::Down(1), &mut out)? {
-        check_booted(&mut out, "boot-chosen", &lines, &g1);
+    if let Some(lines) = boot_to_probe(&setup, "boot-chosen", Menu::Down(1), &mut out)? {
+        check_booted(&mut out, "boot-chosen", &lines, &setup.g1);
     }
-    let after2 = esp_entries(&disks.esp)?;
-    out.notes
-        .push(format!("entries after choosing generation 1: {after2:?}"));
+    note_entries(&mut out, &disks.esp, "after choosing generation 1")?;
     Ok(out)
 }
 
@@ -441,42 +416,24 @@ const FAILING_STAGE2: &str = "/usr/bin/false";
 /// Issue 5, VM test 2: generation 2's stage 2 fails. Its entry has one try; the failed boot
 /// leaves it `+0-1`, and the next boot lands on generation 1 with no one at the keyboard.
 pub fn uefi_fallback(inputs: &Inputs) -> Result<Outcome> {
-    check_uefi_host()?;
-    let dir = scenario_dir(inputs, "uefi-fallback")?;
-    let initrd = inputs.build_initrd(Compression::Zstd)?;
-    let initrd_path = dir.join("initrd.zst");
-    fs::write(&initrd_path, &initrd.bytes)?;
-    let mut image = SystemImage::new(&inputs.systemd)?;
-    let g1 = image.add_generation(&generation(inputs, 1, &initrd_path, &inputs.bins.stage2))?;
-    let g2 = image.add_generation(&generation(
-        inputs,
-        2,
-        &initrd_path,
-        Path::new(FAILING_STAGE2),
-    ))?;
-    image.set_current(2)?;
-    let disks = make_disks(inputs, &dir, &image, &["--timeout", "0", "--tries", "1"])?;
-
     let mut out = Outcome::default();
-    let before = esp_entries(&disks.esp)?;
-    out.notes
-        .push(format!("entries written by install-bootloader: {before:?}"));
-    check(
+    let setup = two_generations(
+        inputs,
+        "uefi-fallback",
+        Path::new(FAILING_STAGE2),
+        &["--timeout", "0", "--tries", "1"],
         &mut out,
+    )?;
+    let (before, disks) = (&setup.entries, &setup.disks);
+    out.check(
         "entries with one try",
-        before == ["nixos-generation-1+1.conf", "nixos-generation-2+1.conf"],
+        *before == ["nixos-generation-1+1.conf", "nixos-generation-2+1.conf"],
         || format!("expected nixos-generation-{{1,2}}+1.conf, got {before:?}"),
     );
 
     // Boot A: systemd-boot picks generation 2 (the default), counts the try down, and
     // generation 2's stage 2 exits.
-    let log = dir.join("boot-bad.console.log");
-    out.log = Some(log.clone());
-    let mut vm = Vm::start_args(
-        &qemu_args(&disks.vars, &disks.root, &disks.esp),
-        &log,
-        VM_LIMIT,
-    )?;
+    let mut vm = setup.start("boot-bad", &mut out)?;
     let result = (|| -> Result<()> {
         vm.wait_raw("Linux version", FIRMWARE)?;
         vm.wait_raw("stage1: switching root", STEP)?;
@@ -497,15 +454,13 @@ pub fn uefi_fallback(inputs: &Inputs) -> Result<Outcome> {
                 .find(|l| l.text.contains("Kernel command line:"))
                 .map(|l| l.text.clone())
                 .unwrap_or_default();
-            let want = format!("init={}/init", g2.toplevel);
-            check(
-                &mut out,
+            let want = format!("init={}/init", setup.g2.toplevel);
+            out.check(
                 "boot-bad booted generation 2's entry",
                 cmdline.contains(&want),
                 || format!("expected {want} on the kernel command line, got {cmdline:?}"),
             );
-            check(
-                &mut out,
+            out.check(
                 "boot-bad never reached the probe",
                 !lines.iter().any(|l| l.text.contains(PROBE_DONE)),
                 || "the failing generation ran the probe unit".into(),
@@ -517,11 +472,8 @@ pub fn uefi_fallback(inputs: &Inputs) -> Result<Outcome> {
         }
     }
     drop(vm);
-    let after_bad = esp_entries(&disks.esp)?;
-    out.notes
-        .push(format!("entries after the failed boot: {after_bad:?}"));
-    check(
-        &mut out,
+    let after_bad = note_entries(&mut out, &disks.esp, "after the failed boot")?;
+    out.check(
         "systemd-boot counted generation 2's try",
         after_bad == ["nixos-generation-1+1.conf", "nixos-generation-2+0-1.conf"],
         || {
@@ -533,14 +485,11 @@ pub fn uefi_fallback(inputs: &Inputs) -> Result<Outcome> {
     );
 
     // Boot B: nobody touches anything; the bad entry sorts last, generation 1 boots.
-    if let Some(lines) = boot_to_probe(&dir, &disks, "boot-fallback", Menu::Default, &mut out)? {
-        check_booted(&mut out, "boot-fallback", &lines, &g1);
+    if let Some(lines) = boot_to_probe(&setup, "boot-fallback", Menu::Default, &mut out)? {
+        check_booted(&mut out, "boot-fallback", &lines, &setup.g1);
     }
-    let after = esp_entries(&disks.esp)?;
-    out.notes
-        .push(format!("entries after the fallback boot: {after:?}"));
-    check(
-        &mut out,
+    let after = note_entries(&mut out, &disks.esp, "after the fallback boot")?;
+    out.check(
         "generation 2 stays bad",
         after.iter().any(|e| e == "nixos-generation-2+0-1.conf"),
         || format!("expected nixos-generation-2+0-1.conf, got {after:?}"),

@@ -86,37 +86,47 @@ impl Workspace {
 
     /// `cargo build --release` of stage1, stage2 and the guest probe.
     pub fn build_boot_binaries(&self) -> Result<BootBinaries> {
+        self.build_release(&[
+            "-p",
+            "stagehand-stage1",
+            "-p",
+            "stagehand-stage2",
+            "-p",
+            "stagehand-vm-tests",
+        ])?;
+        Ok(BootBinaries {
+            stage1: self.release_binary("stage1")?,
+            stage2: self.release_binary("stage2")?,
+            guest_probe: self.release_binary("guest-probe")?,
+        })
+    }
+
+    /// `cargo build --release` in the workspace with `args` (which packages, binaries).
+    pub fn build_release(&self, args: &[&str]) -> Result<()> {
+        let shown = format!("cargo build --release {}", args.join(" "));
         let status = cargo()
             .current_dir(&self.root)
-            .args([
-                "build",
-                "--release",
-                "-p",
-                "stagehand-stage1",
-                "-p",
-                "stagehand-stage2",
-                "-p",
-                "stagehand-vm-tests",
-            ])
+            .args(["build", "--release"])
+            .args(args)
             .status()
-            .context("running `cargo build --release` for the boot binaries")?;
+            .with_context(|| format!("running `{shown}`"))?;
         if !status.success() {
-            bail!("`cargo build --release` of the boot binaries failed ({status})");
+            bail!("`{shown}` failed ({status})");
         }
-        let dir = self.target_dir.join(TARGET_TRIPLE).join("release");
-        let find = |name: &str| -> Result<PathBuf> {
-            let p = dir.join(name);
-            if p.is_file() {
-                Ok(p)
-            } else {
-                bail!("`{name}` was not built: {} does not exist", p.display())
-            }
-        };
-        Ok(BootBinaries {
-            stage1: find("stage1")?,
-            stage2: find("stage2")?,
-            guest_probe: find("guest-probe")?,
-        })
+        Ok(())
+    }
+
+    /// A binary that [`Self::build_release`] built, checked to exist.
+    pub fn release_binary(&self, name: &str) -> Result<PathBuf> {
+        let p = self
+            .target_dir
+            .join(TARGET_TRIPLE)
+            .join("release")
+            .join(name);
+        if !p.is_file() {
+            bail!("`{name}` was not built: {} does not exist", p.display());
+        }
+        Ok(p)
     }
 }
 
