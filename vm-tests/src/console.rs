@@ -22,6 +22,11 @@ pub fn probe_facts(lines: &[Line]) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// Whether any console line contains `needle`.
+pub fn shows(lines: &[Line], needle: &str) -> bool {
+    lines.iter().any(|l| l.text.contains(needle))
+}
+
 /// Console lines worth a look even when every check passed: systemd complaining, and
 /// records that reached the console with a raw `<N>` printk prefix (written to the
 /// console because /dev/kmsg could not be opened).
@@ -173,6 +178,15 @@ mod tests {
                 host: Duration::from_millis(100 * i as u64),
             })
             .collect()
+    }
+
+    #[test]
+    fn shows_looks_inside_every_line() {
+        let l = lines("[    1.0] stage1: started\nKernel panic - not syncing");
+        assert!(shows(&l, "Kernel panic"));
+        assert!(shows(&l, "stage1: "));
+        assert!(!shows(&l, "stage2: "));
+        assert!(!shows(&[], ""));
     }
 
     const BOOT: &str = "\

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
+
+use crate::host::run;
 use serde_json::{json, Value};
 
 use crate::store::{StoreBuilder, StorePath};
@@ -59,19 +61,7 @@ impl HostSystemd {
 /// The shared-library closure of `bin` according to `ldd` (which follows RUNPATH and
 /// transitive DT_NEEDED the way the loader will).
 fn ldd(bin: &Path) -> Result<Vec<PathBuf>> {
-    let out = Command::new("ldd")
-        .arg(bin)
-        .output()
-        .context("running `ldd`")?;
-    if !out.status.success() {
-        bail!(
-            "`ldd {}` failed ({}): {}",
-            bin.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    parse_ldd(&String::from_utf8_lossy(&out.stdout))
+    parse_ldd(&run(Command::new("ldd").arg(bin))?)
         .with_context(|| format!("reading `ldd {}`", bin.display()))
 }
 
@@ -654,22 +644,12 @@ pub fn write_ext4(tree: &Tree, out: &Path, size_mb: u32, label: &str) -> Result<
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("removing old {}", out.display())),
     }
-    let result = Command::new("mkfs.ext4")
+    run(Command::new("mkfs.ext4")
         .args(["-q", "-F", "-L", label, "-E", "root_owner=0:0", "-d"])
         .arg(staging.path())
         .arg(out)
-        .arg(format!("{size_mb}M"))
-        .output()
-        .context("running mkfs.ext4 (install e2fsprogs)")?;
-    if !result.status.success() {
-        bail!(
-            "mkfs.ext4 -d {} {} failed ({}): {}",
-            staging.path().display(),
-            out.display(),
-            result.status,
-            String::from_utf8_lossy(&result.stderr).trim()
-        );
-    }
+        .arg(format!("{size_mb}M")))
+    .context("building the ext4 image (install e2fsprogs)")?;
     Ok(())
 }
 

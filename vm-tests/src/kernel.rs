@@ -11,6 +11,8 @@ use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
 
+use crate::host::run;
+
 /// The metapackage that names the current kernel ABI.
 const META_PACKAGE: &str = "linux-image-amd64";
 
@@ -89,18 +91,8 @@ pub fn unpacked_package(parent: &Path, package: &str) -> Result<PathBuf> {
 
 /// `apt-cache depends linux-image-amd64` → `linux-image-6.1.0-N-amd64`.
 fn resolve_package() -> Result<String> {
-    let out = Command::new("apt-cache")
-        .args(["depends", META_PACKAGE])
-        .output()
-        .context("running `apt-cache depends` (is this a Debian host?)")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() {
-        bail!(
-            "`apt-cache depends {META_PACKAGE}` failed ({}): {}; run vm-tests/setup-host",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
+    let text = run(Command::new("apt-cache").args(["depends", META_PACKAGE]))
+        .context("asking apt for the kernel package (a Debian host? run vm-tests/setup-host)")?;
     parse_depends(&text).with_context(|| {
         format!(
             "`apt-cache depends {META_PACKAGE}` names no linux-image package \
@@ -132,18 +124,10 @@ fn download_and_unpack(package: &str, parent: &Path, pkg_dir: &Path) -> Result<(
         .context("creating a download dir")?;
     // apt drops privileges to `_apt` for the download; let it write here.
     set_mode(work.path(), 0o755)?;
-    let out = Command::new("apt-get")
+    run(Command::new("apt-get")
         .args(["download", "-q", package])
-        .current_dir(work.path())
-        .output()
-        .context("running `apt-get download`")?;
-    if !out.status.success() {
-        bail!(
-            "`apt-get download {package}` failed ({}): {}; run vm-tests/setup-host",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
+        .current_dir(work.path()))
+    .with_context(|| format!("downloading {package} (run vm-tests/setup-host)"))?;
     let deb = fs::read_dir(work.path())?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| p.extension().is_some_and(|x| x == "deb"))
@@ -151,15 +135,7 @@ fn download_and_unpack(package: &str, parent: &Path, pkg_dir: &Path) -> Result<(
     let staging = work.path().join("pkg");
     let root = staging.join("root");
     fs::create_dir_all(&root)?;
-    let status = Command::new("dpkg")
-        .arg("-x")
-        .arg(&deb)
-        .arg(&root)
-        .status()
-        .context("running `dpkg -x`")?;
-    if !status.success() {
-        bail!("`dpkg -x {}` failed ({status})", deb.display());
-    }
+    run(Command::new("dpkg").arg("-x").arg(&deb).arg(&root))?;
     fs::write(staging.join(COMPLETE_MARKER), package)?;
     match fs::rename(&staging, pkg_dir) {
         Ok(()) => Ok(()),

@@ -4,6 +4,7 @@
 
 pub mod console;
 pub mod generation;
+pub mod host;
 pub mod kernel;
 pub mod qemu;
 pub mod scenarios;

@@ -11,8 +11,9 @@ use stagehand_common::envelope::HEADER_LEN;
 use stagehand_common::stage1_config::{FileSystem, Stage1Config, STAGE1_CONFIG_PATH};
 use stagehand_initrd::{Compression, Initrd, InitrdSpec};
 
-use crate::console::{probe_facts, suspicious_lines, Phases, PROBE_DONE};
+use crate::console::{probe_facts, shows, suspicious_lines, Phases, PROBE_DONE};
 use crate::generation::{BootFiles, BuiltGeneration, GenerationSpec, HostSystemd, SystemImage};
+use crate::host::on_path;
 use crate::kernel::{self, Kernel};
 use crate::qemu::{Line, Vm, VmConfig};
 use crate::workspace::{BootBinaries, Workspace};
@@ -218,14 +219,6 @@ fn check_host_tools() -> Result<()> {
     Ok(())
 }
 
-/// Whether `tool` is on PATH or in the sbin directories a non-root PATH may lack.
-pub fn on_path(tool: &str) -> bool {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin".into(), "/sbin".into()])
-        .any(|d| d.join(tool).is_file())
-}
-
 /// What a scenario found: the checks that failed (empty = pass) and what to print.
 #[derive(Debug, Default)]
 pub struct Outcome {
@@ -311,11 +304,9 @@ pub fn boot_spine(inputs: &Inputs, echo: bool) -> Result<Outcome> {
     }
     phases.host_exit = Some(vm.elapsed().as_secs_f64());
     let lines = vm.lines();
-    out.check(
-        "no kernel panic",
-        !lines.iter().any(|l| l.text.contains("Kernel panic")),
-        || "the console shows a kernel panic".into(),
-    );
+    out.check("no kernel panic", !shows(&lines, "Kernel panic"), || {
+        "the console shows a kernel panic".into()
+    });
 
     let facts = probe_facts(&lines);
     let fact = |k: &str| facts.get(k).map(String::as_str).unwrap_or("<missing>");
@@ -515,7 +506,7 @@ pub fn corrupt_config_scenario(inputs: &Inputs) -> Result<Outcome> {
     ] {
         out.check(
             &format!("nothing after the bad config ({never:?})"),
-            !lines.iter().any(|l| l.text.contains(never)),
+            !shows(&lines, never),
             || "stage 1 went on despite the corrupt config".into(),
         );
     }

@@ -15,8 +15,9 @@ use stagehand_common::stage1_config::FileSystem;
 use stagehand_initrd::objects::StoreObject;
 use stagehand_initrd::{ExtraFile, InitrdSpec, SpecExtras};
 
-use crate::console::{probe_facts, Phases, PROBE_DONE};
+use crate::console::{probe_facts, shows, Phases, PROBE_DONE};
 use crate::generation::{write_ext4, BuiltGeneration, SystemImage};
+use crate::host::run;
 use crate::qemu::{Line, Vm};
 use crate::scenarios::{root_disk, Inputs, Outcome, FIRST_LINE, ROOT_LABEL, STEP};
 use crate::tree::{Node, Tree};
@@ -180,12 +181,8 @@ fn note_stage1_time(out: &mut Outcome, lines: &[Line]) {
 
 /// The ext4 UUID of an image, as e2fsprogs reports it (not our own probe).
 fn ext4_uuid(img: &Path) -> Result<String> {
-    let out = Command::new("dumpe2fs")
-        .arg("-h")
-        .arg(img)
-        .output()
-        .context("running dumpe2fs (install e2fsprogs)")?;
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = run(Command::new("dumpe2fs").arg("-h").arg(img))
+        .context("reading the image's UUID (install e2fsprogs)")?;
     text.lines()
         .find_map(|l| l.strip_prefix("Filesystem UUID:"))
         .map(|u| u.trim().to_owned())
@@ -309,9 +306,7 @@ pub fn missing_root(inputs: &Inputs) -> Result<Outcome> {
     let lines = vm.lines();
     out.check(
         "nothing after the failure",
-        !lines
-            .iter()
-            .any(|l| l.text.contains("stage1: switching root")),
+        !shows(&lines, "stage1: switching root"),
         || "stage 1 went on without a root".into(),
     );
     Ok(out)
@@ -422,22 +417,13 @@ pub fn make_dirty(img: &Path) -> Result<()> {
             block_file.display()
         ),
     )?;
-    let out = Command::new("debugfs")
+    run(Command::new("debugfs")
         .arg("-w")
         .arg("-f")
         .arg(&cmds)
-        .arg(img)
-        .output()
-        .context("running debugfs (install e2fsprogs)")?;
-    if !out.status.success() {
-        bail!(
-            "debugfs -w -f {} failed: {}",
-            cmds.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let out = Command::new("dumpe2fs").arg("-h").arg(img).output()?;
-    let text = String::from_utf8_lossy(&out.stdout);
+        .arg(img))
+    .context("writing the dirty journal (install e2fsprogs)")?;
+    let text = run(Command::new("dumpe2fs").arg("-h").arg(img))?;
     if !text.contains("needs_recovery") || !text.contains("not clean") {
         bail!("debugfs did not leave the image dirty:\n{text}");
     }
@@ -482,9 +468,7 @@ pub fn dirty_journal(inputs: &Inputs) -> Result<Outcome> {
     );
     out.check(
         "the kernel found nothing left to recover",
-        !lines
-            .iter()
-            .any(|l| l.text.contains("EXT4-fs (vda): recovery complete")),
+        !shows(&lines, "EXT4-fs (vda): recovery complete"),
         || "the kernel replayed the journal itself: fsck did not".into(),
     );
     note_stage1_time(&mut out, &lines);

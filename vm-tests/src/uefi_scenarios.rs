@@ -19,12 +19,11 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use crate::console::{probe_facts, Phases, PROBE_DONE};
+use crate::console::{probe_facts, shows, Phases, PROBE_DONE};
 use crate::generation::{BuiltGeneration, SystemImage};
+use crate::host::{on_path, run};
 use crate::qemu::{base_args, option_path, Line, Vm};
-use crate::scenarios::{
-    check_probe, on_path, root_disk, Expected, Inputs, Outcome, STEP, VM_LIMIT,
-};
+use crate::scenarios::{check_probe, root_disk, Expected, Inputs, Outcome, STEP, VM_LIMIT};
 
 pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
@@ -61,22 +60,6 @@ pub fn qemu_args(vars: &Path, root: &Path, esp: &Path) -> Vec<String> {
 
 // ---------------------------------------------------------------------------------------
 // Building what the firmware boots.
-
-fn run(cmd: &mut Command, what: &str) -> Result<String> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("running {what}"))?;
-    if !out.status.success() {
-        bail!(
-            "{what} failed ({}): {}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim(),
-            String::from_utf8_lossy(&out.stdout).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
 
 fn check_uefi_host() -> Result<()> {
     let missing: Vec<&str> = [OVMF_CODE, OVMF_VARS, SYSTEMD_BOOT_EFI]
@@ -173,20 +156,17 @@ fn make_disks(
 
     let esp = dir.join("esp.img");
     let _ = fs::remove_file(&esp);
-    run(
-        Command::new("mkfs.vfat")
-            .args(["-C", "-n", "ESP"])
-            .arg(&esp)
-            .arg("65536"),
-        "mkfs.vfat",
-    )?;
+    run(Command::new("mkfs.vfat")
+        .args(["-C", "-n", "ESP"])
+        .arg(&esp)
+        .arg("65536"))?;
     let mut mcopy = Command::new("mcopy");
     mcopy.arg("-s").arg("-i").arg(&esp);
     for e in fs::read_dir(&boot)? {
         mcopy.arg(e?.path());
     }
     mcopy.arg("::/");
-    run(&mut mcopy, "mcopy -s (the ESP tree into esp.img)")?;
+    run(&mut mcopy).context("copying the ESP tree into esp.img")?;
 
     let vars = dir.join("vars.fd");
     fs::copy(OVMF_VARS, &vars).with_context(|| format!("copying {OVMF_VARS}"))?;
@@ -200,13 +180,11 @@ fn make_disks(
 
 /// The entry file names in the ESP image's `loader/entries`, sorted.
 pub fn esp_entries(esp: &Path) -> Result<Vec<String>> {
-    let out = run(
-        Command::new("mdir")
-            .args(["-b", "-i"])
-            .arg(esp)
-            .arg("::/loader/entries"),
-        "mdir -b (the ESP's loader/entries)",
-    )?;
+    let out = run(Command::new("mdir")
+        .args(["-b", "-i"])
+        .arg(esp)
+        .arg("::/loader/entries"))
+    .context("listing the ESP's loader/entries")?;
     let mut names: Vec<String> = out
         .lines()
         .map(str::trim)
@@ -219,13 +197,10 @@ pub fn esp_entries(esp: &Path) -> Result<Vec<String>> {
 
 /// The text of one file in the ESP image.
 fn esp_file(esp: &Path, path: &str) -> Result<String> {
-    run(
-        Command::new("mtype")
-            .arg("-i")
-            .arg(esp)
-            .arg(format!("::/{path}")),
-        "mtype",
-    )
+    run(Command::new("mtype")
+        .arg("-i")
+        .arg(esp)
+        .arg(format!("::/{path}")))
 }
 
 /// How to pass systemd-boot's menu.
@@ -462,7 +437,7 @@ pub fn uefi_fallback(inputs: &Inputs) -> Result<Outcome> {
             );
             out.check(
                 "boot-bad never reached the probe",
-                !lines.iter().any(|l| l.text.contains(PROBE_DONE)),
+                !shows(&lines, PROBE_DONE),
                 || "the failing generation ran the probe unit".into(),
             );
             out.notes.push(format!(

@@ -6,6 +6,8 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
+use crate::host::run;
+
 /// The target triple the workspace config forces (static glibc builds land under it).
 pub const TARGET_TRIPLE: &str = "x86_64-unknown-linux-gnu";
 
@@ -33,26 +35,16 @@ impl Workspace {
     /// CARGO_TARGET_DIR and any config).
     pub fn locate() -> Result<Self> {
         let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
-        let out = cargo()
-            .args([
-                "metadata",
-                "--format-version",
-                "1",
-                "--no-deps",
-                "--manifest-path",
-            ])
-            .arg(&manifest)
-            .output()
-            .context("running `cargo metadata`")?;
-        if !out.status.success() {
-            bail!(
-                "`cargo metadata --manifest-path {}` failed ({}): {}",
-                manifest.display(),
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Self::from_metadata(&out.stdout)
+        let mut cmd = cargo();
+        cmd.args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--manifest-path",
+        ])
+        .arg(&manifest);
+        Self::from_metadata(run(&mut cmd)?.as_bytes())
     }
 
     fn from_metadata(json: &[u8]) -> Result<Self> {
