@@ -6,6 +6,7 @@
 //! Every failure goes through [`fail`]; PID 1 never panics and never exits except
 //! on purpose (`boot.panic_on_fail`).
 
+mod attempts;
 #[cfg(test)]
 mod boot_tests;
 mod devices;
@@ -44,12 +45,16 @@ fn main() {
         std::process::exit(2);
     }
     let started = Instant::now();
-    run(started);
+    let times = attempts::Times {
+        start_us: attempts::monotonic_us(),
+        ..attempts::Times::default()
+    };
+    run(started, times);
 }
 
 /// The boot, step by step. Returns only if `switch_root` itself failed and the user chose to
 /// continue, in which case there is nothing left to try.
-fn run(started: Instant) {
+fn run(started: Instant, mut times: attempts::Times) {
     let mut policy = FailurePolicy::new(STAGE1_HEADER);
 
     if let Err(e) = sys::mount_special() {
@@ -131,6 +136,7 @@ fn run(started: Instant) {
             }
         }
     }
+    times.modules_us = t.elapsed().as_micros() as u64;
     log::info!(
         "{} modules loaded in {} ms",
         plan.modules.len(),
@@ -148,7 +154,9 @@ fn run(started: Instant) {
     if let Err(e) = sys::mkdir_p(new_root, 0o755) {
         fail(&policy, "creating the mount point of the new root", &e);
     }
+    let t = Instant::now();
     root::mount_all(&plan, &policy, new_root);
+    times.mounts_us = t.elapsed().as_micros() as u64;
     if plan.break_at == Some(BreakPoint::Mounts) {
         fail(
             &policy,
@@ -165,6 +173,7 @@ fn run(started: Instant) {
             }
         }
     };
+    let init = attempts::count_boot(new_root, &cmdline, init, &mut times);
     log::info!(
         "switching root to {TARGET_ROOT}, stage 2 is {init} (stage 1 took {} ms)",
         started.elapsed().as_millis()

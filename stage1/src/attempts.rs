@@ -1,0 +1,746 @@
+//! Boot counting for loaders that cannot count (QEMU `-kernel`, kexec, extlinux).
+//!
+//! State lives on the root filesystem in [`STATE_DIR`], one entry per generation toplevel
+//! (named by the toplevel's store basename, e.g. `abc…-nixos-system-host-2`):
+//!
+//! - `<base>+LEFT-DONE` — an empty file, BLS-style: the generation is being tried, LEFT boots
+//!   remain, DONE were started (`<base>+LEFT` is read as DONE = 0);
+//! - `<base>.good` — the generation has been marked good (blessed); it is never counted again;
+//! - nothing — the generation is untried: its first boot creates `<base>+(TRIES-1)-1`.
+//!
+//! Every boot of a generation that is not good moves its counter by one atomic rename
+//! (LEFT−1, DONE+1) before `switch_root`. A generation whose counter shows LEFT = 0 is not
+//! booted again: stage 1 boots the newest older `system-N-link` that is marked good, else the
+//! newest older one that still has tries left (untried counts as having tries), and says so on
+//! the console. When no generation qualifies the requested one boots anyway — never brick.
+//!
+//! The decision ([`decide`]) is pure over a listing of the state directory and the profile
+//! links; [`apply`] is the one rename (or create) on disk.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// The state directory, relative to the new root.
+pub const STATE_DIR: &str = "nix/var/nix/stagehand/boot-attempts";
+/// The profile links, relative to the new root.
+pub const PROFILES_DIR: &str = "nix/var/nix/profiles";
+/// Tries of a generation when the command line has no `stagehand.tries=`.
+pub const DEFAULT_TRIES: u32 = 3;
+
+/// A `+LEFT-DONE` counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counter {
+    pub left: u32,
+    pub done: u32,
+}
+
+impl fmt::Display for Counter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "+{}-{}", self.left, self.done)
+    }
+}
+
+/// What the state directory says about one generation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum State {
+    /// No entry: never booted under counting.
+    Untried,
+    /// `<base>.good`.
+    Good,
+    /// `<base>+LEFT-DONE`; `file` is the entry's name as found on disk.
+    Counting { counter: Counter, file: String },
+}
+
+impl State {
+    fn has_tries(&self) -> bool {
+        match self {
+            State::Untried | State::Good => true,
+            State::Counting { counter, .. } => counter.left > 0,
+        }
+    }
+
+    /// Short form for logs and the receipt: `untried`, `good`, `+LEFT-DONE`.
+    pub fn describe(&self) -> String {
+        match self {
+            State::Untried => "untried".into(),
+            State::Good => "good".into(),
+            State::Counting { counter, .. } => counter.to_string(),
+        }
+    }
+}
+
+/// One `system-N-link` and the basename of the toplevel it points at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Profile {
+    pub number: u32,
+    pub base: String,
+}
+
+/// Why the booted generation was chosen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reason {
+    /// The generation `init=` names.
+    Requested,
+    /// The requested one used up its tries; `from` failed `failed_boots` times.
+    Fallback {
+        from: String,
+        from_number: Option<u32>,
+        failed_boots: u32,
+    },
+    /// The requested one used up its tries but no other generation qualifies.
+    Exhausted { failed_boots: u32 },
+}
+
+/// The outcome of [`decide`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Choice {
+    /// The toplevel basename to boot.
+    pub base: String,
+    pub number: Option<u32>,
+    pub reason: Reason,
+    pub before: State,
+    pub after: State,
+}
+
+/// Parse a state entry name: `<base>+LEFT-DONE` or `<base>+LEFT`.
+pub fn parse_counter(name: &str) -> Option<(&str, Counter)> {
+    let (base, tail) = name.rsplit_once('+')?;
+    if base.is_empty() {
+        return None;
+    }
+    let num = |s: &str| -> Option<u32> {
+        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        s.parse().ok()
+    };
+    let counter = match tail.split_once('-') {
+        Some((l, d)) => Counter {
+            left: num(l)?,
+            done: num(d)?,
+        },
+        None => Counter {
+            left: num(tail)?,
+            done: 0,
+        },
+    };
+    Some((base, counter))
+}
+
+/// The state of `base` in a listing of the state directory. A `.good` marker wins over a
+/// counter left behind; of several counters the one with the fewest tries left wins.
+pub fn state_of(base: &str, entries: &[String]) -> State {
+    if entries
+        .iter()
+        .any(|e| e.strip_suffix(".good") == Some(base))
+    {
+        return State::Good;
+    }
+    entries
+        .iter()
+        .filter_map(|e| {
+            parse_counter(e)
+                .filter(|(b, _)| *b == base)
+                .map(|(_, c)| (c, e))
+        })
+        .min_by_key(|(c, _)| (c.left, u32::MAX - c.done))
+        .map_or(State::Untried, |(counter, file)| State::Counting {
+            counter,
+            file: file.clone(),
+        })
+}
+
+/// `system-N-link` → N.
+pub fn profile_number(name: &str) -> Option<u32> {
+    let n = name.strip_prefix("system-")?.strip_suffix("-link")?;
+    if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    n.parse().ok()
+}
+
+/// The state after one more boot of a generation in `state`.
+fn after_boot(state: &State, tries: u32) -> State {
+    match state {
+        State::Good => State::Good,
+        State::Untried => State::Counting {
+            counter: Counter {
+                left: tries.max(1) - 1,
+                done: 1,
+            },
+            file: String::new(),
+        },
+        State::Counting { counter, .. } => State::Counting {
+            counter: Counter {
+                left: counter.left.saturating_sub(1),
+                done: counter.done.saturating_add(1),
+            },
+            file: String::new(),
+        },
+    }
+}
+
+/// Decide which generation boots. `requested` is the basename of the toplevel `init=`
+/// resolved to; `entries` the state directory's names; `profiles` the `system-N-link`s.
+pub fn decide(requested: &str, profiles: &[Profile], entries: &[String], tries: u32) -> Choice {
+    let number_of = |base: &str| {
+        profiles
+            .iter()
+            .filter(|p| p.base == base)
+            .map(|p| p.number)
+            .max()
+    };
+    let before = state_of(requested, entries);
+    let failed_boots = match &before {
+        State::Counting { counter, .. } if counter.left == 0 => counter.done,
+        _ => {
+            return Choice {
+                base: requested.into(),
+                number: number_of(requested),
+                reason: Reason::Requested,
+                after: after_boot(&before, tries),
+                before,
+            }
+        }
+    };
+    let from_number = number_of(requested);
+    let mut older: Vec<&Profile> = profiles
+        .iter()
+        .filter(|p| p.base != requested && from_number.is_none_or(|n| p.number < n))
+        .collect();
+    older.sort_by_key(|p| std::cmp::Reverse(p.number));
+    let pick = older
+        .iter()
+        .find(|p| state_of(&p.base, entries) == State::Good)
+        .or_else(|| {
+            older
+                .iter()
+                .find(|p| state_of(&p.base, entries).has_tries())
+        });
+    match pick {
+        Some(p) => {
+            let state = state_of(&p.base, entries);
+            Choice {
+                base: p.base.clone(),
+                number: Some(p.number),
+                reason: Reason::Fallback {
+                    from: requested.into(),
+                    from_number,
+                    failed_boots,
+                },
+                after: after_boot(&state, tries),
+                before: state,
+            }
+        }
+        None => Choice {
+            base: requested.into(),
+            number: from_number,
+            reason: Reason::Exhausted { failed_boots },
+            after: before.clone(),
+            before,
+        },
+    }
+}
+
+/// `stagehand.tries=N` (0 turns counting off); `Err` names a malformed value.
+pub fn tries_from(value: Option<&str>) -> Result<u32, String> {
+    match value {
+        None => Ok(DEFAULT_TRIES),
+        Some(v) => v.trim().parse().map_err(|_| {
+            format!("stagehand.tries={v} is not a number; using {DEFAULT_TRIES} tries")
+        }),
+    }
+}
+
+/// Record the boot of `choice` on disk: one atomic rename (or an exclusive create for an
+/// untried generation), then fsync of the directory. Returns the new entry's name, if any.
+pub fn apply(state_dir: &Path, choice: &Choice) -> Result<Option<String>, String> {
+    let State::Counting { counter, .. } = &choice.after else {
+        return Ok(None);
+    };
+    let new_name = format!("{}{counter}", choice.base);
+    let new_path = state_dir.join(&new_name);
+    match &choice.before {
+        State::Good => return Ok(None),
+        State::Untried => {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .create(state_dir)
+                .map_err(|e| format!("cannot create {}: {e}", state_dir.display()))?;
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(state_dir, std::fs::Permissions::from_mode(0o755));
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&new_path)
+                .map_err(|e| format!("cannot create {}: {e}", new_path.display()))?;
+            file.sync_all()
+                .map_err(|e| format!("cannot sync {}: {e}", new_path.display()))?;
+        }
+        State::Counting { file, .. } => {
+            if *file == new_name {
+                return Ok(Some(new_name));
+            }
+            let old = state_dir.join(file);
+            std::fs::rename(&old, &new_path).map_err(|e| {
+                format!(
+                    "cannot rename {} to {}: {e}",
+                    old.display(),
+                    new_path.display()
+                )
+            })?;
+        }
+    }
+    sync_dir(state_dir)?;
+    Ok(Some(new_name))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), String> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| format!("cannot sync {}: {e}", dir.display()))
+}
+
+/// The names in the state directory (none when it does not exist yet).
+pub fn list_state(state_dir: &Path) -> Result<Vec<String>, String> {
+    match std::fs::read_dir(state_dir) {
+        Ok(rd) => Ok(rd
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(format!("cannot list {}: {e}", state_dir.display())),
+    }
+}
+
+/// The `system-N-link`s in `profiles_dir` with the basename of their targets.
+pub fn list_profiles(profiles_dir: &Path) -> Vec<Profile> {
+    let Ok(rd) = std::fs::read_dir(profiles_dir) else {
+        return Vec::new();
+    };
+    let mut out: Vec<Profile> = rd
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let number = profile_number(e.file_name().to_str()?)?;
+            let target = std::fs::read_link(e.path()).ok()?;
+            let base = target.file_name()?.to_str()?.to_owned();
+            Some(Profile { number, base })
+        })
+        .collect();
+    out.sort_by_key(|p| p.number);
+    out
+}
+
+/// The toplevel basename of a resolved init path (`/nix/store/<base>/init`); `None` when
+/// init is not directly inside a store path (nothing to count).
+pub fn toplevel_base(init: &str) -> Option<String> {
+    let dir = Path::new(init).parent()?;
+    if dir.parent() != Some(Path::new("/nix/store")) {
+        return None;
+    }
+    dir.file_name()?.to_str().map(str::to_owned)
+}
+
+/// The state directory inside the new root.
+pub fn state_dir(new_root: &Path) -> PathBuf {
+    new_root.join(STATE_DIR)
+}
+
+/// Escape a string for hand-written JSON.
+pub fn json_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Phase times of stage 1, microseconds of CLOCK_MONOTONIC.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Times {
+    pub start_us: u64,
+    pub modules_us: u64,
+    /// Waiting for devices, fsck and mounts (one phase in `root::mount_all`).
+    pub mounts_us: u64,
+    pub attempts_us: u64,
+    pub end_us: u64,
+}
+
+/// The JSON stage 1 leaves in `/run/stagehand/stage1.json` for stage 2's receipt.
+pub fn stage1_json(
+    requested: Option<&str>,
+    choice: Option<&Choice>,
+    init: &str,
+    tries: u32,
+    times: &Times,
+) -> String {
+    let opt_num = |n: Option<u32>| n.map_or("null".to_string(), |n| n.to_string());
+    let mut s = String::from("{\"version\":1");
+    s.push_str(&format!(",\"init\":{}", json_str(init)));
+    s.push_str(&format!(",\"tries\":{tries}"));
+    match (requested, choice) {
+        (Some(req), Some(c)) => {
+            let (reason, from, from_number, failed) = match &c.reason {
+                Reason::Requested => ("init=", None, None, 0),
+                Reason::Fallback {
+                    from,
+                    from_number,
+                    failed_boots,
+                } => ("fallback", Some(from.as_str()), *from_number, *failed_boots),
+                Reason::Exhausted { failed_boots } => ("exhausted", None, None, *failed_boots),
+            };
+            s.push_str(&format!(",\"requested\":{}", json_str(req)));
+            s.push_str(&format!(",\"booted\":{}", json_str(&c.base)));
+            s.push_str(&format!(",\"generation\":{}", opt_num(c.number)));
+            s.push_str(&format!(",\"reason\":{}", json_str(reason)));
+            if let Some(from) = from {
+                s.push_str(&format!(
+                    ",\"fallback\":{{\"from\":{},\"from_generation\":{},\"failed_boots\":{failed}}}",
+                    json_str(from),
+                    opt_num(from_number)
+                ));
+            } else if failed > 0 {
+                s.push_str(&format!(",\"failed_boots\":{failed}"));
+            }
+            s.push_str(&format!(
+                ",\"counter\":{{\"before\":{},\"after\":{}}}",
+                json_str(&c.before.describe()),
+                json_str(&c.after.describe())
+            ));
+        }
+        _ => s.push_str(",\"reason\":\"init=\",\"counting\":false"),
+    }
+    s.push_str(&format!(
+        ",\"times_us\":{{\"start\":{},\"modules\":{},\"mounts\":{},\"attempts\":{},\"end\":{},\"total\":{}}}",
+        times.start_us,
+        times.modules_us,
+        times.mounts_us,
+        times.attempts_us,
+        times.end_us,
+        times.end_us.saturating_sub(times.start_us)
+    ));
+    s.push_str("}\n");
+    s
+}
+
+/// Write `text` to `path` through a temporary file and a rename.
+pub fn write_atomic(path: &Path, text: &str) -> Result<(), String> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let tmp = path.with_extension("tmp");
+    let mut f =
+        std::fs::File::create(&tmp).map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
+    f.write_all(text.as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, path).map_err(|e| format!("cannot rename to {}: {e}", path.display()))
+}
+
+/// CLOCK_MONOTONIC in microseconds (the kernel's printk clock).
+pub fn monotonic_us() -> u64 {
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000)
+        .saturating_add(ts.tv_nsec as u64 / 1000)
+}
+
+/// Where stage 1 leaves its part of the boot receipt (moved into the new root with `/run`).
+pub const STAGE1_JSON: &str = "/run/stagehand/stage1.json";
+
+/// The boot-counting step: after `init` (a resolved `/nix/store/<base>/init`) is known,
+/// count this boot or pick a fallback, write [`STAGE1_JSON`], and return the init to exec.
+/// Problems with the state are logged and never stop the boot.
+pub fn count_boot(
+    new_root: &Path,
+    cmdline: &stagehand_common::cmdline::Cmdline,
+    init: String,
+    times: &mut Times,
+) -> String {
+    let t = monotonic_us();
+    let tries = tries_from(cmdline.get("stagehand.tries")).unwrap_or_else(|e| {
+        log::warn!("{e}");
+        DEFAULT_TRIES
+    });
+    let requested = toplevel_base(&init);
+    let mut init = init;
+    let mut choice = None;
+    match (&requested, tries) {
+        (_, 0) => log::info!("boot counting off (stagehand.tries=0)"),
+        (None, _) => log::info!("boot counting skipped: {init} is not <store path>/init"),
+        (Some(req), _) => match list_state(&state_dir(new_root)) {
+            Err(e) => log::warn!("boot counting skipped: {e}"),
+            Ok(entries) => {
+                let profiles = list_profiles(&new_root.join(PROFILES_DIR));
+                let c = decide(req, &profiles, &entries, tries);
+                let gen = |n: Option<u32>, base: &str| {
+                    n.map_or_else(|| base.to_string(), |n| n.to_string())
+                };
+                match &c.reason {
+                    Reason::Requested => {}
+                    Reason::Fallback {
+                        from,
+                        from_number,
+                        failed_boots,
+                    } => {
+                        log::warn!(
+                            "generation {} failed {failed_boots} boots; booting generation {} instead",
+                            gen(*from_number, from),
+                            gen(c.number, &c.base)
+                        );
+                    }
+                    Reason::Exhausted { failed_boots } => log::warn!(
+                        "generation {} failed {failed_boots} boots and no older generation is \
+                         left to try; booting it anyway",
+                        gen(c.number, &c.base)
+                    ),
+                }
+                let mut ok = true;
+                if matches!(c.reason, Reason::Fallback { .. }) {
+                    let fallback = format!("/nix/store/{}/init", c.base);
+                    match crate::init_path::resolve_init(new_root, &fallback) {
+                        Ok(i) => init = i,
+                        Err(e) => {
+                            log::error!("cannot boot the fallback generation: {e}; booting {init}");
+                            ok = false;
+                        }
+                    }
+                }
+                if ok {
+                    match apply(&state_dir(new_root), &c) {
+                        Ok(_) => log::info!(
+                            "boot attempt of generation {}: {} -> {}",
+                            gen(c.number, &c.base),
+                            c.before.describe(),
+                            c.after.describe()
+                        ),
+                        Err(e) => log::warn!("cannot record the boot attempt: {e}"),
+                    }
+                    choice = Some(c);
+                }
+            }
+        },
+    }
+    times.attempts_us = monotonic_us().saturating_sub(t);
+    times.end_us = monotonic_us();
+    let text = stage1_json(requested.as_deref(), choice.as_ref(), &init, tries, times);
+    if let Err(e) = write_atomic(Path::new(STAGE1_JSON), &text) {
+        log::warn!("cannot write the stage-1 receipt: {e}");
+    }
+    init
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn profiles() -> Vec<Profile> {
+        (1..=3)
+            .map(|n| Profile {
+                number: n,
+                base: format!("h{n}-nixos-system-x-{n}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn counter_names() {
+        assert_eq!(
+            parse_counter("abc-sys+2-1"),
+            Some(("abc-sys", Counter { left: 2, done: 1 }))
+        );
+        assert_eq!(
+            parse_counter("abc-sys+3"),
+            Some(("abc-sys", Counter { left: 3, done: 0 }))
+        );
+        assert_eq!(parse_counter("abc-sys"), None);
+        assert_eq!(parse_counter("abc+x-1"), None);
+        assert_eq!(parse_counter("abc+1-"), None);
+        assert_eq!(parse_counter("+1-0"), None);
+        assert_eq!(profile_number("system-12-link"), Some(12));
+        assert_eq!(profile_number("system-link"), None);
+        assert_eq!(profile_number("system"), None);
+    }
+
+    #[test]
+    fn states() {
+        let e = names(&["a+1-2", "b.good", "b+0-3", "c+0-1", "c+2-0"]);
+        assert_eq!(
+            state_of("a", &e),
+            State::Counting {
+                counter: Counter { left: 1, done: 2 },
+                file: "a+1-2".into()
+            }
+        );
+        assert_eq!(state_of("b", &e), State::Good);
+        assert_eq!(state_of("c", &e).describe(), "+0-1");
+        assert_eq!(state_of("d", &e), State::Untried);
+    }
+
+    #[test]
+    fn untried_gets_a_counter() {
+        let c = decide("h3-nixos-system-x-3", &profiles(), &[], 3);
+        assert_eq!(c.reason, Reason::Requested);
+        assert_eq!(c.number, Some(3));
+        assert_eq!(c.before, State::Untried);
+        assert_eq!(c.after.describe(), "+2-1");
+        let c = decide("h3-nixos-system-x-3", &profiles(), &[], 1);
+        assert_eq!(c.after.describe(), "+0-1");
+    }
+
+    #[test]
+    fn counting_and_good() {
+        let e = names(&["h3-nixos-system-x-3+1-2"]);
+        let c = decide("h3-nixos-system-x-3", &profiles(), &e, 3);
+        assert_eq!(c.after.describe(), "+0-3");
+        let e = names(&["h3-nixos-system-x-3.good"]);
+        let c = decide("h3-nixos-system-x-3", &profiles(), &e, 3);
+        assert_eq!((c.before, c.after), (State::Good, State::Good));
+    }
+
+    #[test]
+    fn exhausted_falls_back_to_newest_good_older() {
+        let e = names(&[
+            "h3-nixos-system-x-3+0-3",
+            "h1-nixos-system-x-1.good",
+            "h2-nixos-system-x-2+0-3",
+        ]);
+        let c = decide("h3-nixos-system-x-3", &profiles(), &e, 3);
+        assert_eq!(c.base, "h1-nixos-system-x-1");
+        assert_eq!(c.number, Some(1));
+        assert_eq!(
+            c.reason,
+            Reason::Fallback {
+                from: "h3-nixos-system-x-3".into(),
+                from_number: Some(3),
+                failed_boots: 3
+            }
+        );
+        assert_eq!(c.after, State::Good);
+    }
+
+    #[test]
+    fn good_beats_newer_untried_then_untried_beats_nothing() {
+        let e = names(&["h3-nixos-system-x-3+0-1", "h1-nixos-system-x-1.good"]);
+        assert_eq!(
+            decide("h3-nixos-system-x-3", &profiles(), &e, 3).base,
+            "h1-nixos-system-x-1"
+        );
+        let e = names(&["h2-nixos-system-x-2+0-1"]);
+        let c = decide("h2-nixos-system-x-2", &profiles(), &e, 1);
+        assert_eq!(c.base, "h1-nixos-system-x-1");
+        assert_eq!(c.after.describe(), "+0-1");
+    }
+
+    #[test]
+    fn newer_generations_are_not_fallbacks() {
+        let e = names(&["h1-nixos-system-x-1+0-2", "h3-nixos-system-x-3.good"]);
+        let c = decide("h1-nixos-system-x-1", &profiles(), &e, 3);
+        assert_eq!(c.reason, Reason::Exhausted { failed_boots: 2 });
+        assert_eq!(c.base, "h1-nixos-system-x-1");
+        assert_eq!(c.before, c.after);
+    }
+
+    #[test]
+    fn apply_renames_on_disk() {
+        let tmp = tempfile::tempdir().expect("test setup");
+        let dir = tmp.path().join(STATE_DIR);
+        let base = "h2-nixos-system-x-2";
+        let run = |tries| {
+            let e = list_state(&dir).expect("test setup");
+            let c = decide(base, &profiles(), &e, tries);
+            apply(&dir, &c).expect("test setup");
+            c
+        };
+        let c = run(2);
+        assert_eq!(c.after.describe(), "+1-1");
+        assert_eq!(
+            list_state(&dir).expect("test setup"),
+            names(&["h2-nixos-system-x-2+1-1"])
+        );
+        run(2);
+        assert_eq!(
+            list_state(&dir).expect("test setup"),
+            names(&["h2-nixos-system-x-2+0-2"])
+        );
+        let c = run(2);
+        assert_eq!(c.base, "h1-nixos-system-x-1");
+        let mut e = list_state(&dir).expect("test setup");
+        e.sort();
+        assert_eq!(
+            e,
+            names(&["h1-nixos-system-x-1+1-1", "h2-nixos-system-x-2+0-2"])
+        );
+    }
+
+    #[test]
+    fn profiles_and_toplevel() {
+        let tmp = tempfile::tempdir().expect("test setup");
+        let p = tmp.path();
+        std::os::unix::fs::symlink("/nix/store/h1-sys-1", p.join("system-1-link"))
+            .expect("test setup");
+        std::os::unix::fs::symlink("/nix/store/h2-sys-2", p.join("system-2-link"))
+            .expect("test setup");
+        std::os::unix::fs::symlink("system-2-link", p.join("system")).expect("test setup");
+        assert_eq!(
+            list_profiles(p),
+            vec![
+                Profile {
+                    number: 1,
+                    base: "h1-sys-1".into()
+                },
+                Profile {
+                    number: 2,
+                    base: "h2-sys-2".into()
+                }
+            ]
+        );
+        assert_eq!(
+            toplevel_base("/nix/store/h1-sys-1/init").as_deref(),
+            Some("h1-sys-1")
+        );
+        assert_eq!(toplevel_base("/init"), None);
+        assert_eq!(toplevel_base("/nix/store/a/b/init"), None);
+    }
+
+    #[test]
+    fn json_escapes_and_shape() {
+        assert_eq!(json_str("a\"b\\\n"), "\"a\\\"b\\\\\\u000a\"");
+        let e = names(&["b+0-1"]);
+        let p = vec![
+            Profile {
+                number: 1,
+                base: "a".into(),
+            },
+            Profile {
+                number: 2,
+                base: "b".into(),
+            },
+        ];
+        let c = decide("b", &p, &e, 1);
+        let j = stage1_json(
+            Some("b"),
+            Some(&c),
+            "/nix/store/a/init",
+            1,
+            &Times::default(),
+        );
+        assert!(j.contains("\"reason\":\"fallback\""), "{j}");
+        assert!(j.contains("\"from_generation\":2"), "{j}");
+        assert!(
+            j.contains("\"counter\":{\"before\":\"untried\",\"after\":\"+0-1\"}"),
+            "{j}"
+        );
+    }
+}
