@@ -6,6 +6,7 @@
 //! hand-over goes to the shared failure path; PID 1 never panics.
 
 mod mounts;
+mod receipt;
 mod toplevel;
 
 use std::os::unix::ffi::OsStrExt;
@@ -35,6 +36,10 @@ fn main() {
 
 fn run() {
     let started = Instant::now();
+    let mut times = receipt::Stage2Times {
+        start_us: receipt::monotonic_us(),
+        ..receipt::Stage2Times::default()
+    };
     let args: Vec<String> = std::env::args().collect();
     let argv0 = args.first().cloned().unwrap_or_default();
     let cmdline = Cmdline::parse(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default());
@@ -97,6 +102,12 @@ fn run() {
     };
     match activate(&toplevel, &options) {
         Ok(report) => {
+            times.activation_us = t.elapsed().as_micros() as u64;
+            times.steps = report
+                .steps
+                .iter()
+                .map(|s| (s.name.clone(), s.duration.as_micros() as u64))
+                .collect();
             log::info!("activation finished in {} ms", t.elapsed().as_millis());
             if !report.success() {
                 // NixOS ignores the activation status at boot: a half-activated system that
@@ -131,6 +142,7 @@ fn run() {
     }
 
     let systemd = toplevel.join("systemd/lib/systemd/systemd");
+    write_receipt(&cmdline, &toplevel, &systemd, &mut times);
     log::info!(
         "starting systemd {} (stage 2 took {} ms)",
         systemd.display(),
@@ -147,6 +159,47 @@ fn run() {
             &format!("cannot execute {}: {e}", systemd.display()),
         );
     }
+}
+
+/// The boot receipt (and, with `stagehand.bless=stage2`, the interim bless). Never fails the
+/// boot: problems are logged.
+fn write_receipt(
+    cmdline: &Cmdline,
+    toplevel: &Path,
+    systemd: &Path,
+    times: &mut receipt::Stage2Times,
+) {
+    let mut blessed = None;
+    if cmdline.get("stagehand.bless") == Some("stage2") {
+        let runnable = std::fs::metadata(systemd)
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+        match toplevel.file_name().and_then(|b| b.to_str()) {
+            Some(_) if !runnable => log::warn!(
+                "stagehand.bless=stage2: not marking this generation good, {} is not executable",
+                systemd.display()
+            ),
+            Some(base) => match receipt::bless(Path::new(receipt::STATE_DIR), base) {
+                Ok(done) => {
+                    log::info!("stagehand.bless=stage2: marked generation good: {done}");
+                    blessed = Some(done);
+                }
+                Err(e) => log::warn!("stagehand.bless=stage2: cannot mark good: {e}"),
+            },
+            None => {}
+        }
+    }
+    times.end_us = receipt::monotonic_us();
+    let stage1 = receipt::read_stage1(Path::new(receipt::STAGE1_JSON));
+    let r = receipt::build(
+        stage1.as_ref(),
+        &toplevel.display().to_string(),
+        blessed.as_deref(),
+        times,
+    );
+    if let Err(e) = receipt::write_atomic(Path::new(receipt::BOOT_JSON), &r) {
+        log::warn!("cannot write the boot receipt: {e}");
+    }
+    log::info!("{}", receipt::summary(&r));
 }
 
 fn ensure_dir(path: &Path, mode: u32) -> Result<(), String> {
