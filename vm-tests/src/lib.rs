@@ -3,6 +3,7 @@
 //! the guest says.
 
 pub mod console;
+pub mod fallback_scenarios;
 pub mod generation;
 pub mod host;
 pub mod kernel;

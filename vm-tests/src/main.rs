@@ -16,6 +16,7 @@ use std::time::Instant;
 
 use anyhow::Result;
 
+use stagehand_vm_tests::fallback_scenarios;
 use stagehand_vm_tests::scenarios::{self, Inputs, Outcome};
 use stagehand_vm_tests::stage1_scenarios;
 use stagehand_vm_tests::uefi_scenarios;
@@ -72,6 +73,11 @@ const SCENARIOS: &[Scenario] = &[
         "uefi-fallback",
         "OVMF + systemd-boot: generation 2 (one try) fails in stage 2; the next boot falls back to generation 1",
         uefi_scenarios::uefi_fallback,
+    ),
+    (
+        "kernel-fallback",
+        "QEMU -kernel: generation 2 (stagehand.tries=1) fails in stage 2; stage 1's counter boots generation 1 next",
+        fallback_scenarios::kernel_fallback,
     ),
 ];
 
