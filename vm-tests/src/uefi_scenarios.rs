@@ -3,10 +3,16 @@
 //! console says which generation booted (`/run/booted-system` from the probe unit).
 //!
 //! * `uefi-menu` — two generations; the default boots the newest, and choosing the older
-//!   entry in systemd-boot's menu (keys on the serial console) boots the older one.
+//!   entry in systemd-boot's menu (keys on the serial console) boots the older one. Each
+//!   boot that reaches `boot-complete.target` blesses its entry (`+2-1` → no counter).
 //! * `uefi-fallback` — generation 2's stage 2 exits (PID 1 dies, the kernel panics); its
 //!   entry has one try, so systemd-boot renames it `+0-1` and the next boot lands on
-//!   generation 1 by itself.
+//!   generation 1 by itself, whose entry is then blessed while generation 2's stays bad.
+//!
+//! Blessing is `stagehand-bless-boot.service` in the generations (see
+//! [`crate::generation::BlessSpec`]): it mounts the ESP ([`ESP_DEVICE`]) with a static
+//! busybox and runs the static `stagehand bless` on it after `boot-complete.target`; the
+//! ESP image is read back with mtools after QEMU exits.
 //!
 //! The harness's [`crate::qemu::Vm`] runs the firmware from [`qemu_args`]; the boot menu is
 //! drawn with ANSI escapes and no newlines, so the boots here wait on the raw serial stream
@@ -20,14 +26,26 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 
 use crate::console::{probe_facts, shows, Phases, PROBE_DONE};
-use crate::generation::{BuiltGeneration, SystemImage};
+use crate::generation::{BlessSpec, BuiltGeneration, SystemImage};
 use crate::host::{on_path, run};
 use crate::qemu::{base_args, option_path, Line, Vm};
 use crate::scenarios::{check_probe, root_disk, Expected, Inputs, Outcome, STEP, VM_LIMIT};
+use crate::stage1_scenarios::static_busybox;
 
 pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 pub const SYSTEMD_BOOT_EFI: &str = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi";
+
+/// The ESP as the guest sees it: the second virtio disk (after the root), a whole-disk FAT.
+pub const ESP_DEVICE: &str = "/dev/vdb";
+
+/// What the bless unit needs from the initrd: stage 1 loads these before switch_root (the
+/// root has no `/lib/modules`). FAT with Debian's defaults (codepage 437, iocharset ascii,
+/// utf8) for the ESP mount, efivarfs for systemd to mount `/sys/firmware/efi/efivars`.
+const BLESS_MODULES: &[&str] = &["vfat", "nls_cp437", "nls_ascii", "nls_utf8", "efivarfs"];
+
+/// The line `stagehand bless` prints on the console when it renamed an entry.
+const BLESSED: &str = "boot entry marked good: renamed ";
 
 /// QEMU start → systemd-boot's menu or the kernel's first line.
 const FIRMWARE: Duration = Duration::from_secs(120);
@@ -287,6 +305,32 @@ fn check_booted(out: &mut Outcome, name: &str, lines: &[Line], want: &BuiltGener
     }
 }
 
+/// `stagehand-bless-boot.service` said on the console that it renamed `from` to `to` (in
+/// `loader/entries`).
+fn check_blessed(out: &mut Outcome, name: &str, lines: &[Line], from: &str, to: &str) {
+    let said: Vec<&str> = lines
+        .iter()
+        .filter(|l| l.text.contains("boot entry") || l.text.contains("nothing to bless"))
+        .map(|l| l.text.as_str())
+        .collect();
+    out.notes.push(format!("{name}: bless said {said:?}"));
+    let want = format!("{BLESSED}loader/entries/{from} -> loader/entries/{to}");
+    out.check(
+        &format!("{name}: bless marked {from} good"),
+        said.iter().any(|l| l.contains(&want)),
+        || format!("expected a console line with {want:?}, got {said:?}"),
+    );
+}
+
+/// The ESP's entries now (noted as those `when`) are exactly `want`.
+fn check_entries(out: &mut Outcome, esp: &Path, when: &str, want: &[&str]) -> Result<()> {
+    let entries = note_entries(out, esp, when)?;
+    out.check(&format!("entries {when}"), entries == want, || {
+        format!("expected {want:?}, got {entries:?}")
+    });
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------
 // The scenarios.
 
@@ -311,10 +355,23 @@ fn two_generations(
 ) -> Result<UefiSetup> {
     check_uefi_host()?;
     let dir = inputs.scenario_dir(name)?;
-    let (_, initrd) = inputs.initrd_in(&dir, |_| {})?;
+    let (_, initrd) = inputs.initrd_in(&dir, |spec| {
+        spec.modules
+            .extend(BLESS_MODULES.iter().map(|m| m.to_string()))
+    })?;
+    let bless = BlessSpec {
+        stagehand: build_stagehand(inputs)?,
+        busybox: static_busybox(&inputs.workspace.cache_dir())?,
+        esp_device: ESP_DEVICE.into(),
+    };
+    let generation = |number: u32, stage2: &Path| {
+        let mut spec = inputs.generation(number, &initrd, stage2);
+        spec.bless = Some(bless.clone());
+        spec
+    };
     let mut image = SystemImage::new(&inputs.systemd)?;
-    let g1 = image.add_generation(&inputs.generation(1, &initrd, &inputs.bins.stage2))?;
-    let g2 = image.add_generation(&inputs.generation(2, &initrd, g2_stage2))?;
+    let g1 = image.add_generation(&generation(1, &inputs.bins.stage2))?;
+    let g2 = image.add_generation(&generation(2, g2_stage2))?;
     image.set_current(2)?;
     let disks = make_disks(inputs, &dir, &image, install_args)?;
     let entries = note_entries(out, &disks.esp, "written by install-bootloader")?;
@@ -370,17 +427,43 @@ pub fn uefi_menu(inputs: &Inputs) -> Result<Outcome> {
         || format!("expected one entry per generation, got {before:?}"),
     );
 
-    // Boot 1: nobody touches the menu → the newest generation.
+    // Boot 1: nobody touches the menu → the newest generation. systemd-boot counts its
+    // try (`+3` → `+2-1`); once boot-complete.target is reached, bless drops the counter.
     if let Some(lines) = boot_to_probe(&setup, "boot-default", Menu::Default, &mut out)? {
         check_booted(&mut out, "boot-default", &lines, &setup.g2);
+        check_blessed(
+            &mut out,
+            "boot-default",
+            &lines,
+            "nixos-generation-2+2-1.conf",
+            "nixos-generation-2.conf",
+        );
     }
-    note_entries(&mut out, &disks.esp, "after the default boot")?;
+    check_entries(
+        &mut out,
+        &disks.esp,
+        "after the default boot",
+        &["nixos-generation-1+3.conf", "nixos-generation-2.conf"],
+    )?;
 
-    // Boot 2: the older entry is second in the menu.
+    // Boot 2: the older entry is second in the menu (a good entry and an untried one sort
+    // the same way as two untried ones).
     if let Some(lines) = boot_to_probe(&setup, "boot-chosen", Menu::Down(1), &mut out)? {
         check_booted(&mut out, "boot-chosen", &lines, &setup.g1);
+        check_blessed(
+            &mut out,
+            "boot-chosen",
+            &lines,
+            "nixos-generation-1+2-1.conf",
+            "nixos-generation-1.conf",
+        );
     }
-    note_entries(&mut out, &disks.esp, "after choosing generation 1")?;
+    check_entries(
+        &mut out,
+        &disks.esp,
+        "after choosing generation 1",
+        &["nixos-generation-1.conf", "nixos-generation-2.conf"],
+    )?;
     Ok(out)
 }
 
@@ -459,16 +542,25 @@ pub fn uefi_fallback(inputs: &Inputs) -> Result<Outcome> {
         },
     );
 
-    // Boot B: nobody touches anything; the bad entry sorts last, generation 1 boots.
+    // Boot B: nobody touches anything; the bad entry sorts last, generation 1 boots,
+    // systemd-boot counts its try (`+1` → `+0-1`) and bless marks it good after
+    // boot-complete.target. Generation 2 stays bad: `+0-1`, last in the menu.
     if let Some(lines) = boot_to_probe(&setup, "boot-fallback", Menu::Default, &mut out)? {
         check_booted(&mut out, "boot-fallback", &lines, &setup.g1);
+        check_blessed(
+            &mut out,
+            "boot-fallback",
+            &lines,
+            "nixos-generation-1+0-1.conf",
+            "nixos-generation-1.conf",
+        );
     }
-    let after = note_entries(&mut out, &disks.esp, "after the fallback boot")?;
-    out.check(
-        "generation 2 stays bad",
-        after.iter().any(|e| e == "nixos-generation-2+0-1.conf"),
-        || format!("expected nixos-generation-2+0-1.conf, got {after:?}"),
-    );
+    check_entries(
+        &mut out,
+        &disks.esp,
+        "after the fallback boot",
+        &["nixos-generation-1.conf", "nixos-generation-2+0-1.conf"],
+    )?;
     Ok(out)
 }
 
@@ -490,5 +582,8 @@ mod tests {
         let esp = joined.find("drive=esp,bootindex=1").expect("esp device");
         assert!(root < esp, "{joined}");
         assert!(joined.contains("readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd"));
+        // Two virtio disks, the ESP second: the guest names it vdb.
+        assert_eq!(joined.matches("virtio-blk-pci").count(), 2, "{joined}");
+        assert_eq!(ESP_DEVICE, "/dev/vdb");
     }
 }
