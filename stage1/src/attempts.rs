@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 pub const STATE_DIR: &str = "nix/var/nix/stagehand/boot-attempts";
 /// The profile links, relative to the new root.
 pub const PROFILES_DIR: &str = "nix/var/nix/profiles";
-/// Tries of a generation when the command line has no `stagehand.tries=`.
+/// Tries when `stagehand.tries=` is malformed.
 pub const DEFAULT_TRIES: u32 = 3;
 
 /// A `+LEFT-DONE` counter.
@@ -242,10 +242,15 @@ pub fn decide(requested: &str, profiles: &[Profile], entries: &[String], tries: 
     }
 }
 
-/// `stagehand.tries=N` (0 turns counting off); `Err` names a malformed value.
+/// `stagehand.tries=N`; absent or 0 means no counting. `Err` names a malformed value.
+///
+/// Counting is opt-in: a generation is only ever marked good by something that runs after
+/// it booted (`stagehand.bless=stage2` today), so counting without a blesser would retire a
+/// perfectly good generation after N boots. Whoever writes the boot entry with
+/// `stagehand.tries=` must also arrange the blessing.
 pub fn tries_from(value: Option<&str>) -> Result<u32, String> {
     match value {
-        None => Ok(DEFAULT_TRIES),
+        None => Ok(0),
         Some(v) => v.trim().parse().map_err(|_| {
             format!("stagehand.tries={v} is not a number; using {DEFAULT_TRIES} tries")
         }),
@@ -473,7 +478,7 @@ pub fn count_boot(
     let mut init = init;
     let mut choice = None;
     match (&requested, tries) {
-        (_, 0) => log::info!("boot counting off (stagehand.tries=0)"),
+        (_, 0) => {}
         (None, _) => log::info!("boot counting skipped: {init} is not <store path>/init"),
         (Some(req), _) => match list_state(&state_dir(new_root)) {
             Err(e) => log::warn!("boot counting skipped: {e}"),
