@@ -108,7 +108,6 @@ fn run() {
                 .iter()
                 .map(|s| (s.name.clone(), s.duration.as_micros() as u64))
                 .collect();
-            log::info!("activation finished in {} ms", t.elapsed().as_millis());
             if !report.success() {
                 // NixOS ignores the activation status at boot: a half-activated system that
                 // reaches systemd is more useful than one that stops here.
