@@ -2,6 +2,7 @@
 //! (`initrd`, `activation`): the versioned binary envelope, the stage-1 configuration
 //! it carries, the kernel command line, and printk-prefixed logging to `/dev/kmsg`.
 
+pub mod atomic;
 pub mod cmdline;
 pub mod emergency;
 pub mod envelope;

@@ -435,20 +435,6 @@ pub fn stage1_json(
     s
 }
 
-/// Write `text` to `path` through a temporary file and a rename.
-pub fn write_atomic(path: &Path, text: &str) -> Result<(), String> {
-    use std::io::Write;
-    let dir = path.parent().unwrap_or(Path::new("/"));
-    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let tmp = path.with_extension("tmp");
-    let mut f =
-        std::fs::File::create(&tmp).map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
-    f.write_all(text.as_bytes())
-        .and_then(|()| f.sync_all())
-        .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path).map_err(|e| format!("cannot rename to {}: {e}", path.display()))
-}
-
 /// CLOCK_MONOTONIC in microseconds (the kernel's printk clock).
 pub fn monotonic_us() -> u64 {
     let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
@@ -536,7 +522,7 @@ pub fn count_boot(
     times.attempts_us = monotonic_us().saturating_sub(t);
     times.end_us = monotonic_us();
     let text = stage1_json(requested.as_deref(), choice.as_ref(), &init, tries, times);
-    if let Err(e) = write_atomic(Path::new(STAGE1_JSON), &text) {
+    if let Err(e) = stagehand_common::atomic::write_file(Path::new(STAGE1_JSON), text.as_bytes()) {
         log::warn!("cannot write the stage-1 receipt: {e}");
     }
     init

@@ -124,19 +124,10 @@ pub fn summary(r: &Value) -> String {
     line
 }
 
-/// Write `value` to `path` through a temporary file and a rename.
+/// Write `value` to `path` as pretty JSON, atomically.
 pub fn write_atomic(path: &Path, value: &Value) -> Result<(), String> {
-    use std::io::Write;
-    let dir = path.parent().unwrap_or(Path::new("/"));
-    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let text = serde_json::to_string_pretty(value).map_err(|e| e.to_string())? + "\n";
-    let tmp = path.with_extension("tmp");
-    let mut f =
-        std::fs::File::create(&tmp).map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
-    f.write_all(text.as_bytes())
-        .and_then(|()| f.sync_all())
-        .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path).map_err(|e| format!("cannot rename to {}: {e}", path.display()))
+    stagehand_common::atomic::write_file(path, text.as_bytes())
 }
 
 /// Is `name` a `<base>+LEFT[-DONE]` counter of `base`?
