@@ -6,13 +6,15 @@
 //! hand-over goes to the shared failure path; PID 1 never panics.
 
 mod mounts;
+mod plan;
+mod postboot;
 mod receipt;
 mod toplevel;
 
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use stagehand_activation::rootfs::Root;
@@ -20,21 +22,49 @@ use stagehand_activation::{activate, Action, ActivateOptions};
 use stagehand_common::cmdline::Cmdline;
 use stagehand_common::emergency::{fail, FailurePolicy};
 use stagehand_common::kmsg::KmsgLogger;
+use stagehand_common::mounts::mountinfo;
+
+use plan::Handoff;
 
 const HEADER: &str = "An error occurred in stage 2 of the boot process, which must activate the \
                       generation and start systemd.";
 
 fn main() {
-    let logger = KmsgLogger::install("stage2", log::LevelFilter::Info);
-    if rustix::process::getpid().as_raw_nonzero().get() != 1 {
+    // Debug records pass the logger; the global maximum (info, debug with boot.debugtrace)
+    // decides what is written.
+    let logger = KmsgLogger::install("stage2", log::LevelFilter::Debug);
+    log::set_max_level(log::LevelFilter::Info);
+    let systemd_stage1 = std::env::var("IN_NIXOS_SYSTEMD_STAGE1").ok();
+    let pid = rustix::process::getpid().as_raw_nonzero().get() as u32;
+    if systemd_stage1.as_deref() == Some("true") {
+        // A service in the initrd: its output goes to the journal.
         logger.set_mirror_to_stderr(true);
-        log::error!("stage 2 must run as PID 1 (boot with init=<toplevel>/init); refusing to run");
+    } else if pid != 1 {
+        logger.set_mirror_to_stderr(true);
+        log::error!("{}", plan::PlanError::NotPid1 { pid });
         std::process::exit(2);
     }
-    run();
+    run(pid, systemd_stage1);
 }
 
-fn run() {
+/// The one failure path: the emergency menu as PID 1; in the systemd initrd, where stage 2
+/// is a service, the error and exit 1 (systemd's initrd then goes to its emergency target).
+struct Failure {
+    policy: FailurePolicy,
+    exit: bool,
+}
+
+impl Failure {
+    fn fail(&self, step: &str, message: &str) {
+        if self.exit {
+            log::error!("{step} failed: {message}");
+            std::process::exit(1);
+        }
+        fail(&self.policy, step, message);
+    }
+}
+
+fn run(pid: u32, systemd_stage1: Option<String>) {
     let started = Instant::now();
     let mut times = receipt::Stage2Times {
         start_us: receipt::monotonic_us(),
@@ -42,8 +72,19 @@ fn run() {
     };
     let args: Vec<String> = std::env::args().collect();
     let argv0 = args.first().cloned().unwrap_or_default();
+    let mut failure = Failure {
+        policy: FailurePolicy::new(HEADER),
+        exit: systemd_stage1.as_deref() == Some("true"),
+    };
+
+    // /proc first: the command line, the mount table and the toplevel lookup need it.
+    match mounts::ensure_proc() {
+        Ok(true) => log::info!("mounted /proc"),
+        Ok(false) => {}
+        Err(e) => failure.fail("mounting /proc", &e),
+    }
     let cmdline = Cmdline::parse(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default());
-    let policy = FailurePolicy {
+    failure.policy = FailurePolicy {
         header: HEADER,
         panic_on_fail: cmdline.flag("boot.panic_on_fail"),
         shell_on_fail: cmdline.flag("boot.shell_on_fail"),
@@ -52,43 +93,74 @@ fn run() {
             .and_then(|c| c.split(',').next())
             .map(str::to_owned),
     };
-    let in_container = std::env::var_os("container").is_some();
+    let plan = loop {
+        let mounted: Vec<String> = mountinfo::read()
+            .into_iter()
+            .map(|m| m.mount_point)
+            .collect();
+        let facts = plan::Facts {
+            pid,
+            systemd_stage1: systemd_stage1.clone(),
+            container: std::env::var("container").ok(),
+            stage1_receipt: mounted.iter().any(|m| m == "/run")
+                && Path::new(receipt::STAGE1_JSON).exists(),
+            initrd_release: Path::new("/etc/initrd-release").exists(),
+            cmdline: cmdline.clone(),
+            mounted,
+        };
+        match plan::decide(&facts) {
+            Ok(p) => break p,
+            Err(e) => failure.fail("deciding how to boot", &e.to_string()),
+        }
+    };
+    if plan.debugtrace {
+        log::set_max_level(log::LevelFilter::Debug);
+    }
+    log::info!("{}", plan.mode);
+    for line in plan.describe() {
+        log::debug!("plan: {line}");
+    }
 
-    // /proc first: the toplevel lookup and everything after need it.
-    match mounts::mount_special() {
-        Ok(m) if !m.is_empty() => log::info!("mounted {}", m.join(" ")),
-        Ok(_) => {}
-        Err(e) => {
-            fail(&policy, "mounting the special filesystems", &e);
+    if let Err(e) = mounts::mount_special(&plan.special) {
+        failure.fail("mounting the special filesystems", &e);
+    }
+    if !plan.special.is_empty() {
+        log::info!("mounted {}", plan.special.join(" "));
+    }
+    if plan.bind_run {
+        if let Err(e) = mounts::bind_run(&plan.root) {
+            failure.fail("binding /run into the real root", &e);
         }
     }
     let toplevel = loop {
-        match toplevel::from_argv0(&argv0) {
+        match toplevel::from_argv0_in(&plan.root, &argv0) {
             Ok(t) => break t,
-            Err(e) => {
-                fail(&policy, "finding the generation", &e.to_string());
-            }
+            Err(e) => failure.fail("finding the generation", &e.to_string()),
         }
     };
     log::info!("booting system configuration {}", toplevel.display());
 
-    if !in_container {
+    if plan.remount_root_rw {
+        log::debug!("remounting / read-write");
         if let Err(e) = mounts::remount_root_rw() {
-            fail(&policy, "remounting / read-write", &e);
+            failure.fail("remounting / read-write", &e);
         }
     }
-    if let Err(e) = mounts::protect_store() {
-        fail(&policy, "making /nix/store read-only", &e);
+    if let Err(e) = mounts::protect_store(&plan.root, plan.store_rbind) {
+        failure.fail("making /nix/store read-only", &e);
     }
     for (dir, mode) in [("/etc", 0o755), ("/tmp", 0o1777), ("/var", 0o755)] {
-        if let Err(e) = ensure_dir(Path::new(dir), mode) {
-            fail(&policy, "creating the base directories", &e);
+        log::debug!("directory {dir} mode {mode:o}");
+        if let Err(e) = ensure_dir(&plan.host(dir), mode) {
+            failure.fail("creating the base directories", &e);
         }
     }
     // systemd marks the system tainted ("var-run-bad") unless /var/run is a link to /run;
     // NixOS makes it with tmpfiles (`L+ /var/run - - - - ../run`), too late for that check.
-    if std::fs::symlink_metadata("/var/run").is_err() {
-        if let Err(e) = std::os::unix::fs::symlink("../run", "/var/run") {
+    let var_run = plan.host("/var/run");
+    if std::fs::symlink_metadata(&var_run).is_err() {
+        log::debug!("linking /var/run -> ../run");
+        if let Err(e) = std::os::unix::fs::symlink("../run", &var_run) {
             log::warn!("cannot create /var/run -> ../run: {e}");
         }
     }
@@ -96,10 +168,14 @@ fn run() {
     let t = Instant::now();
     log::info!("running activation");
     let options = ActivateOptions {
-        root: PathBuf::from("/"),
+        root: plan.root.clone(),
         dry_run: false,
         action: Action::Boot,
     };
+    if plan.debugtrace {
+        // Snippets are bash: xtrace makes them print each command, as `set -x` did.
+        std::env::set_var("SHELLOPTS", "xtrace");
+    }
     match activate(&toplevel, &options) {
         Ok(report) => {
             times.activation_us = t.elapsed().as_micros() as u64;
@@ -117,31 +193,43 @@ fn run() {
                 );
             }
         }
-        Err(e) => {
-            fail(&policy, "activation", &e.to_string());
-        }
+        Err(e) => failure.fail("activation", &e.to_string()),
     }
+    std::env::remove_var("SHELLOPTS");
 
-    if let Err(e) = atomic_symlink(&toplevel, Path::new("/run/booted-system")) {
-        fail(&policy, "recording /run/booted-system", &e);
+    if let Err(e) = point_link(&plan.root, Path::new("/run/booted-system"), &toplevel) {
+        failure.fail("recording /run/booted-system", &e);
     }
-    if !Path::new("/run/current-system").exists() {
+    if std::fs::symlink_metadata(plan.host("/run/current-system")).is_err() {
         // Activation normally does this; a failed activation must still leave a usable system.
-        if let Err(e) = atomic_symlink(&toplevel, Path::new("/run/current-system")) {
+        if let Err(e) = point_link(&plan.root, Path::new("/run/current-system"), &toplevel) {
             log::error!("{e}");
         }
     }
+    run_post_boot(&plan, &toplevel);
     // An existing (even empty) machine-id keeps systemd's first-boot logic off.
     if let Err(e) = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open("/etc/machine-id")
+        .open(plan.host("/etc/machine-id"))
     {
         log::warn!("cannot create /etc/machine-id: {e}");
     }
 
-    let systemd = toplevel.join("systemd/lib/systemd/systemd");
-    write_receipt(&cmdline, &toplevel, &systemd, &mut times);
+    let systemd = plan.host(
+        &toplevel
+            .join("systemd/lib/systemd/systemd")
+            .to_string_lossy(),
+    );
+    write_receipt(&plan, &cmdline, &toplevel, &systemd, &mut times);
+    if plan.handoff == Handoff::Exit {
+        log::info!(
+            "{} prepared (stage 2 took {} ms); systemd switches root next",
+            plan.root.display(),
+            started.elapsed().as_millis()
+        );
+        std::process::exit(0);
+    }
     log::info!(
         "starting systemd {} (stage 2 took {} ms)",
         systemd.display(),
@@ -152,17 +240,45 @@ fn run() {
             .arg0(&systemd)
             .args(&args[1.min(args.len())..])
             .exec();
-        fail(
-            &policy,
+        failure.fail(
             "starting systemd",
             &format!("cannot execute {}: {e}", systemd.display()),
         );
     }
 }
 
+/// `boot.postBootCommands` from the manifest, if any; its failure is logged, not fatal.
+fn run_post_boot(plan: &plan::Plan, toplevel: &Path) {
+    let snippet = match postboot::read(&plan.host(&toplevel.to_string_lossy())) {
+        Ok(Some(s)) => s,
+        Ok(None) => return,
+        Err(e) => {
+            log::error!("postBootCommands: {e}");
+            return;
+        }
+    };
+    log::info!("running postBootCommands");
+    let t = Instant::now();
+    match snippet
+        .command(&plan.root, toplevel, plan.debugtrace)
+        .status()
+    {
+        Ok(st) if st.success() => log::info!(
+            "postBootCommands finished in {} µs",
+            t.elapsed().as_micros()
+        ),
+        Ok(st) => log::error!("postBootCommands failed ({st}); continuing the boot"),
+        Err(e) => log::error!(
+            "postBootCommands: cannot run {}: {e}; continuing the boot",
+            snippet.shell
+        ),
+    }
+}
+
 /// The boot receipt (and, with `stagehand.bless=stage2`, the interim bless). Never fails the
 /// boot: problems are logged.
 fn write_receipt(
+    plan: &plan::Plan,
     cmdline: &Cmdline,
     toplevel: &Path,
     systemd: &Path,
@@ -177,7 +293,7 @@ fn write_receipt(
                 "stagehand.bless=stage2: not marking this generation good, {} is not executable",
                 systemd.display()
             ),
-            Some(base) => match receipt::bless(Path::new(receipt::STATE_DIR), base) {
+            Some(base) => match receipt::bless(&plan.host(receipt::STATE_DIR), base) {
                 Ok(done) => {
                     log::info!("stagehand.bless=stage2: marked generation good: {done}");
                     blessed = Some(done);
@@ -188,14 +304,15 @@ fn write_receipt(
         }
     }
     times.end_us = receipt::monotonic_us();
-    let stage1 = receipt::read_stage1(Path::new(receipt::STAGE1_JSON));
+    let stage1 = receipt::read_stage1(&plan.host(receipt::STAGE1_JSON));
     let r = receipt::build(
+        &plan.mode.to_string(),
         stage1.as_ref(),
         &toplevel.display().to_string(),
         blessed.as_deref(),
         times,
     );
-    if let Err(e) = receipt::write_atomic(Path::new(receipt::BOOT_JSON), &r) {
+    if let Err(e) = receipt::write_atomic(&plan.host(receipt::BOOT_JSON), &r) {
         log::warn!("cannot write the boot receipt: {e}");
     }
     log::info!("{}", receipt::summary(&r));
@@ -211,9 +328,9 @@ fn ensure_dir(path: &Path, mode: u32) -> Result<(), String> {
         .map_err(|e| format!("cannot set the mode of {}: {e}", path.display()))
 }
 
-/// Point `link` at `target` without a moment where `link` is missing.
-fn atomic_symlink(target: &Path, link: &Path) -> Result<(), String> {
-    Root::open(Path::new("/"))
+/// Point `link` (inside `root`) at `target` without a moment where `link` is missing.
+fn point_link(root: &Path, link: &Path, target: &Path) -> Result<(), String> {
+    Root::open(root)
         .and_then(|root| root.set_symlink(link, target.as_os_str().as_bytes()))
         .map(drop)
         .map_err(|e| {

@@ -1,6 +1,6 @@
-//! The filesystems stage 2 sets up on the real root before activation: the special
-//! filesystems stage 1 did not pass on (or all of them when there was no stage 1), a
-//! writable `/`, and the read-only bind of `/nix/store`.
+//! The filesystems stage 2 sets up on the real root before activation, as the plan says:
+//! the special filesystems nobody passed on, a writable `/`, the read-only bind of
+//! `/nix/store`, and (systemd initrd) the initrd's `/run` on the real root's `/run`.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -9,22 +9,29 @@ use rustix::mount::{MountFlags, MountPropagationFlags};
 use stagehand_common::mounts::mountinfo;
 use stagehand_common::mounts::special::SPECIAL_FILESYSTEMS;
 
-/// Mount every special filesystem that is not mounted yet. Returns the ones it mounted.
-pub fn mount_special() -> Result<Vec<&'static str>, String> {
-    let mut mounted = Vec::new();
-    // Without /proc nothing is known to be mounted; it comes first in the table.
-    let mut present = mountinfo::read();
-    for fs in &SPECIAL_FILESYSTEMS {
-        if mountinfo::find(&present, fs.target).is_some() {
-            continue;
-        }
-        fs.mount()?;
-        mounted.push(fs.target);
-        if fs.target == "/proc" {
-            present = mountinfo::read();
-        }
+/// `/proc` if it is not there: every other fact stage 2 gathers comes from it.
+pub fn ensure_proc() -> Result<bool, String> {
+    if Path::new("/proc/self/mountinfo").exists() {
+        return Ok(false);
     }
-    Ok(mounted)
+    SPECIAL_FILESYSTEMS
+        .iter()
+        .find(|fs| fs.target == "/proc")
+        .ok_or("no /proc in the special filesystem table")?
+        .mount()?;
+    Ok(true)
+}
+
+/// Mount the special filesystems named by the plan, in table order.
+pub fn mount_special(targets: &[&str]) -> Result<(), String> {
+    for fs in SPECIAL_FILESYSTEMS
+        .iter()
+        .filter(|fs| targets.contains(&fs.target))
+    {
+        fs.mount()?;
+        log::debug!("mounted {} on {}", fs.fstype, fs.target);
+    }
+    Ok(())
 }
 
 /// `mount -o remount,rw /`, as NixOS's stage 2 does outside containers.
@@ -33,29 +40,50 @@ pub fn remount_root_rw() -> Result<(), String> {
         .map_err(|e| format!("cannot remount / read-write: {e}"))
 }
 
-/// `/nix/store` owned by root:nixbld (30000), mode 1775, and bind-mounted onto itself
+/// `mount --bind /run <root>/run`, as `initrd-nixos-activation.service` does before it
+/// chroots: what stage 2 writes to `/run` must be in the `/run` systemd moves over.
+pub fn bind_run(root: &Path) -> Result<(), String> {
+    let target = root.join("run");
+    std::fs::create_dir_all(&target)
+        .map_err(|e| format!("cannot create {}: {e}", target.display()))?;
+    rustix::mount::mount_bind("/run", &target)
+        .map_err(|e| format!("cannot bind /run onto {}: {e}", target.display()))
+}
+
+/// `<root>/nix/store` owned by root:nixbld (30000), mode 1775, and bind-mounted onto itself
 /// read-only so that only the Nix daemon (in its own mount namespace) can write to it.
-pub fn protect_store() -> Result<(), String> {
-    let store = Path::new("/nix/store");
+/// `recursive`: `--rbind` (containers, where the host may have mounted paths inside).
+pub fn protect_store(root: &Path, recursive: bool) -> Result<(), String> {
+    let store = root.join("nix/store");
     if !store.is_dir() {
-        return Err("/nix/store does not exist on the root filesystem".into());
+        return Err(format!(
+            "{} does not exist on the root filesystem",
+            store.display()
+        ));
     }
     // A read-only store (squashfs on live media) cannot change owner or mode; that is fine.
     let _ = rustix::fs::chown(
-        store,
+        &store,
         Some(rustix::fs::Uid::ROOT),
         Some(rustix::fs::Gid::from_raw(30000)),
     );
-    let _ = std::fs::set_permissions(store, std::fs::Permissions::from_mode(0o1775));
+    let _ = std::fs::set_permissions(&store, std::fs::Permissions::from_mode(0o1775));
     let mounts = mountinfo::read();
-    if mountinfo::find(&mounts, "/nix/store").is_some_and(mountinfo::Mount::is_read_only) {
+    let point = store.to_string_lossy();
+    if mountinfo::find(&mounts, &point).is_some_and(mountinfo::Mount::is_read_only) {
+        log::debug!("{point} is already a read-only mount");
         return Ok(());
     }
-    rustix::mount::mount_bind(store, store)
-        .map_err(|e| format!("cannot bind-mount /nix/store onto itself: {e}"))?;
-    rustix::mount::mount_remount(store, MountFlags::BIND | MountFlags::RDONLY, "")
-        .map_err(|e| format!("cannot remount /nix/store read-only: {e}"))?;
+    let bind = if recursive {
+        rustix::mount::mount_bind_recursive(&store, &store)
+    } else {
+        rustix::mount::mount_bind(&store, &store)
+    };
+    bind.map_err(|e| format!("cannot bind-mount {point} onto itself: {e}"))?;
+    rustix::mount::mount_remount(&store, MountFlags::BIND | MountFlags::RDONLY, "")
+        .map_err(|e| format!("cannot remount {point} read-only: {e}"))?;
     // Keep later mounts under the store from propagating anywhere surprising.
-    let _ = rustix::mount::mount_change(store, MountPropagationFlags::PRIVATE);
+    let _ = rustix::mount::mount_change(&store, MountPropagationFlags::PRIVATE);
+    log::debug!("{point}: read-only bind mount, root:30000 1775");
     Ok(())
 }

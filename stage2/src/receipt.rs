@@ -41,6 +41,7 @@ pub fn read_stage1(path: &Path) -> Option<Value> {
 
 /// The whole receipt.
 pub fn build(
+    mode: &str,
     stage1: Option<&Value>,
     toplevel: &str,
     blessed: Option<&str>,
@@ -55,6 +56,7 @@ pub fn build(
     json!({
         "version": 1,
         "toplevel": toplevel,
+        "mode": mode,
         "generation": s1.get("generation").cloned().unwrap_or(Value::Null),
         "reason": s1.get("reason").cloned().unwrap_or(json!("init=")),
         "fallback": s1.get("fallback").cloned().unwrap_or(Value::Null),
@@ -216,7 +218,14 @@ mod tests {
             steps: vec![("etc".into(), 5)],
             end_us: 90,
         };
-        let r = build(Some(&s1), "/nix/store/a", None, &t);
+        let r = build(
+            "after Stagehand's stage 1",
+            Some(&s1),
+            "/nix/store/a",
+            None,
+            &t,
+        );
+        assert_eq!(r["mode"], json!("after Stagehand's stage 1"));
         assert_eq!(r["times_us"]["stage2"]["total"], json!(40));
         assert_eq!(r["times_us"]["stage2"]["activation_steps"]["etc"], json!(5));
         let line = summary(&r);
@@ -227,7 +236,7 @@ mod tests {
             ),
             "{line}"
         );
-        let r = build(None, "/nix/store/a", Some("x"), &t);
+        let r = build("direct", None, "/nix/store/a", Some("x"), &t);
         assert!(summary(&r).starts_with(
             "boot receipt: booted /nix/store/a by init=; marked good (x); stage2 40 us"
         ));
