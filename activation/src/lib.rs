@@ -18,6 +18,8 @@ pub mod crypt;
 pub mod etc;
 pub mod manifest;
 pub mod rootfs;
+pub mod switch;
+pub mod units;
 pub mod users;
 
 pub use activate::{

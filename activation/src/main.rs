@@ -7,15 +7,19 @@
 //! stagehand compile  [--root DIR] TOPLEVEL
 //! stagehand plan     [--root DIR] TOPLEVEL      (print the compiled plan as JSON)
 //! stagehand generations | rollback | install-bootloader | bless   (see `boot::cli::USAGE`)
+//! stagehand switch-to-configuration [--root DIR] switch|boot|test|dry-activate|check TOPLEVEL
+//! <toplevel>/bin/switch-to-configuration ACTION    (this binary, started under that name)
 //! ```
 //! Every path argument is a path as the target system sees it, resolved inside `--root`
 //! (default `/`).
 
+use std::ffi::OsStr;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
+use stagehand_activation::switch;
 
 /// A plain stderr logger: this binary also runs as a normal command, where kmsg is wrong.
 struct StderrLogger(LevelFilter);
@@ -74,14 +78,21 @@ const USAGE: &str = "usage:
   stagehand activate [--root DIR] [--dry-run] [--action boot|switch|test|dry-activate] TOPLEVEL
   stagehand compile  [--root DIR] TOPLEVEL
   stagehand plan     [--root DIR] TOPLEVEL
-  stagehand generations | rollback | install-bootloader | bless  (stagehand bless --help)";
+  stagehand generations | rollback | install-bootloader | bless  (stagehand bless --help)
+  stagehand switch-to-configuration [--root DIR] switch|boot|test|dry-activate|check TOPLEVEL";
 
 fn main() -> ExitCode {
     static LOGGER: StderrLogger = StderrLogger(LevelFilter::Debug);
     if log::set_logger(&LOGGER).is_ok() {
         log::set_max_level(LevelFilter::Info);
     }
-    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let mut args = std::env::args();
+    let argv0 = args.next().unwrap_or_default();
+    let argv: Vec<String> = args.collect();
+    // Multi-call: `<toplevel>/bin/switch-to-configuration` is a link to this binary.
+    if Path::new(&argv0).file_name() == Some(OsStr::new(switch::cli::NAME)) {
+        return ExitCode::from(switch::cli::multicall(&argv0, &argv));
+    }
     let Some((cmd, rest)) = argv.split_first() else {
         eprintln!("{USAGE}");
         return ExitCode::from(2);
@@ -102,6 +113,9 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         };
+    }
+    if cmd == switch::cli::NAME {
+        return ExitCode::from(switch::cli::subcommand(rest));
     }
     // The hidden benchmark takes its own options.
     if cmd == "bench" {
