@@ -78,7 +78,11 @@ impl fmt::Display for EnvelopeError {
                 "format version {found} is not supported by this build (it reads version \
                  {supported}); rebuild the file with a matching Stagehand"
             ),
-            Self::ReservedNotZero(v) => write!(f, "reserved header field is {v}, must be 0"),
+            Self::ReservedNotZero(v) => write!(
+                f,
+                "reserved header field is {v}, must be 0: the file is corrupt or from a newer \
+                 Stagehand; rebuild it"
+            ),
             Self::TrailingBytes { extra } => {
                 write!(f, "{extra} unexpected bytes after the payload; rebuild it")
             }
@@ -87,7 +91,11 @@ impl fmt::Display for EnvelopeError {
                 "checksum mismatch: header says crc32 {stored:#010x}, payload has \
                  {computed:#010x}; the file is corrupt, rebuild it"
             ),
-            Self::Decode(e) => write!(f, "payload does not decode: {e}"),
+            Self::Decode(e) => write!(
+                f,
+                "payload does not decode: {e}; the checksum matched, so it was written by a \
+                 different Stagehand build: rebuild it with this one"
+            ),
             Self::Encode(e) => write!(f, "cannot encode payload: {e}"),
         }
     }

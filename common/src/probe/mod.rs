@@ -87,13 +87,15 @@ impl fmt::Display for ProbeError {
             Self::Io { what, error } => write!(f, "reading {what}: {error}"),
             Self::Ambivalent(types) => write!(
                 f,
-                "more than one signature on the device ({}); refusing to guess",
+                "more than one signature on the device ({}); refusing to guess: remove the \
+                 stale one with `wipefs`",
                 types.join(", ")
             ),
             Self::BadSectorSize(s) => write!(f, "unusable sector size {s}"),
             Self::BadSpec(s) => write!(
                 f,
-                "not a device path or LABEL=/UUID=/PARTUUID=/PARTLABEL= spec: {s:?}"
+                "{s:?} is not a device: use a /dev path or LABEL=, UUID=, PARTUUID=, PARTLABEL= \
+                 (in root=, resume= or the filesystem's device)"
             ),
         }
     }

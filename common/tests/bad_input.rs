@@ -1,0 +1,236 @@
+//! The bad-input matrix for what `common` parses: the envelope around our binary files, the
+//! stage-1 config inside it, device specs from `root=`/`resume=`, superblock probes and the
+//! kernel command line. Each case asserts that the message names the file or field and
+//! says what would fix it, not merely that an error came back.
+
+use std::io::Cursor;
+use std::path::Path;
+
+use stagehand_common::cmdline::Cmdline;
+use stagehand_common::envelope::HEADER_LEN;
+use stagehand_common::probe::{self, DeviceSpec};
+use stagehand_common::stage1_config::{FileSystem, Stage1Config, STAGE1_CONFIG_KIND};
+
+fn good_config() -> Vec<u8> {
+    Stage1Config {
+        filesystems: vec![FileSystem {
+            mount_point: "/".into(),
+            device: "LABEL=nixos".into(),
+            fs_type: "ext4".into(),
+            options: vec!["rw".into()],
+        }],
+        ..Stage1Config::default()
+    }
+    .encode()
+    .expect("encode")
+}
+
+/// Rewrite the header's CRC so a damaged payload gets past the checksum to the decoder.
+fn fix_crc(bytes: &mut Vec<u8>) {
+    let len = u32::try_from(bytes.len() - HEADER_LEN).expect("len");
+    bytes[12..16].copy_from_slice(&len.to_le_bytes());
+    let crc = crc32fast::hash(&bytes[HEADER_LEN..]);
+    bytes[16..20].copy_from_slice(&crc.to_le_bytes());
+}
+
+type Damage = fn(&mut Vec<u8>);
+
+/// `(case, damage, words the message must contain)`. The file name is always required too.
+const CONFIG_CASES: &[(&str, Damage, &[&str])] = &[
+    (
+        "empty file",
+        |b| b.clear(),
+        &["truncated", "expected 20 bytes, found 0", "rebuild"],
+    ),
+    (
+        "cut inside the header",
+        |b| b.truncate(11),
+        &["truncated", "found 11", "rebuild"],
+    ),
+    (
+        "cut inside the payload",
+        |b| {
+            b.pop();
+        },
+        &["truncated", "rebuild"],
+    ),
+    (
+        "one byte too many",
+        |b| b.push(0),
+        &["1 unexpected bytes after the payload", "rebuild"],
+    ),
+    (
+        "payload bit flip",
+        |b| {
+            let n = b.len() - 1;
+            b[n] ^= 0x20;
+        },
+        &["checksum mismatch", "corrupt", "rebuild"],
+    ),
+    (
+        "crc field flipped",
+        |b| b[16] ^= 1,
+        &["checksum mismatch", "rebuild"],
+    ),
+    (
+        "wrong magic (an activation plan)",
+        |b| b[..8].copy_from_slice(b"SHPLAN\0\0"),
+        &["wrong magic", "SHSTAGE1", "not the file it should be"],
+    ),
+    (
+        "version from the future",
+        |b| b[8..10].copy_from_slice(&99u16.to_le_bytes()),
+        &[
+            "format version 99",
+            "reads version 2",
+            "rebuild the file with a matching Stagehand",
+        ],
+    ),
+    (
+        "old version 1",
+        |b| b[8..10].copy_from_slice(&1u16.to_le_bytes()),
+        &["format version 1 ", "reads version 2"],
+    ),
+    (
+        "reserved field set",
+        |b| b[10] = 7,
+        &["reserved header field is 7", "must be 0", "rebuild"],
+    ),
+    (
+        "length field larger than the file",
+        |b| b[12..16].copy_from_slice(&u32::MAX.to_le_bytes()),
+        &["truncated", "rebuild"],
+    ),
+    (
+        "postcard garbage behind a valid crc",
+        |b| {
+            b.truncate(HEADER_LEN);
+            b.extend_from_slice(&[0xff; 12]);
+            fix_crc(b);
+        },
+        &["payload does not decode", "rebuild"],
+    ),
+    (
+        "postcard payload cut short behind a valid crc",
+        |b| {
+            let n = b.len() - 3;
+            b.truncate(n);
+            fix_crc(b);
+        },
+        &["payload does not decode", "rebuild"],
+    ),
+];
+
+#[test]
+fn stage1_config_files_that_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (case, damage, words) in CONFIG_CASES {
+        let mut bytes = good_config();
+        damage(&mut bytes);
+        let path = dir.path().join("stage1.cfg");
+        std::fs::write(&path, &bytes).expect("write");
+        let e = Stage1Config::read(&path).expect_err(case);
+        let msg = e.to_string();
+        assert!(
+            msg.contains(&path.display().to_string()) && msg.contains(STAGE1_CONFIG_KIND.name),
+            "{case}: the message must name the file and what it is: {msg}"
+        );
+        for w in *words {
+            assert!(msg.contains(w), "{case}: {w:?} missing from: {msg}");
+        }
+    }
+}
+
+#[test]
+fn missing_stage1_config_names_the_file() {
+    let e = Stage1Config::read(Path::new("/nonexistent/etc/stagehand/stage1.cfg"))
+        .expect_err("missing");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("/nonexistent/etc/stagehand/stage1.cfg") && msg.contains("No such file"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn device_specs_that_are_refused() {
+    // (root= value, what the message must say)
+    let cases: &[(&str, &[&str])] = &[
+        ("nixos", &["\"nixos\"", "LABEL=", "root="]),
+        ("FOO=bar", &["\"FOO=bar\"", "LABEL=, UUID="]),
+        ("", &["\"\"", "/dev path"]),
+        ("8:1", &["\"8:1\"", "root="]),
+    ];
+    for (spec, words) in cases {
+        let e = DeviceSpec::parse(spec).expect_err(spec);
+        let msg = e.to_string();
+        for w in *words {
+            assert!(msg.contains(w), "{spec:?}: {w:?} missing from: {msg}");
+        }
+    }
+}
+
+#[test]
+fn garbage_and_ambiguous_disks_are_not_guessed() {
+    // Random bytes, a zeroed disk and a disk cut mid-superblock are "nothing", not a panic.
+    let noise: Vec<u8> = (0..70_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    for (case, image) in [
+        ("noise", noise.clone()),
+        ("zeros", vec![0u8; 70_000]),
+        ("cut short", noise[..1100].to_vec()),
+        ("empty", Vec::new()),
+    ] {
+        let fs = probe::probe_filesystem(&mut Cursor::new(&image));
+        assert!(matches!(fs, Ok(None)), "{case}: {fs:?}");
+        let gpt = probe::probe_gpt(&mut Cursor::new(&image), 512);
+        assert!(matches!(gpt, Ok(None)), "{case}: {gpt:?}");
+    }
+    // A swap signature left on an ext2 volume: two answers, so none (libblkid's rule), and
+    // the message says how to get rid of the stale one.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let img = dir.path().join("both.img");
+    std::fs::File::create(&img)
+        .and_then(|f| f.set_len(8 << 20))
+        .expect("image");
+    let made = std::process::Command::new("mkfs.ext2")
+        .args(["-q", "-F"])
+        .arg(&img)
+        .status()
+        .is_ok_and(|s| s.success());
+    let mut both = std::fs::read(&img).expect("read");
+    if made {
+        both[0xff6..0x1000].copy_from_slice(b"SWAPSPACE2");
+        both[1024..1028].copy_from_slice(&1u32.to_le_bytes());
+        let e = probe::probe_filesystem(&mut Cursor::new(&both)).expect_err("two signatures");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("swap, ext2") && msg.contains("wipefs"),
+            "{msg}"
+        );
+    } else {
+        eprintln!("mkfs.ext2 not installed (e2fsprogs): two-signature case skipped");
+    }
+    let e = probe::probe_gpt(&mut Cursor::new(&both), 1000).expect_err("sector size");
+    assert!(e.to_string().contains("sector size 1000"), "{e}");
+}
+
+#[test]
+fn kernel_command_line_quoting_never_loses_later_words() {
+    // An unterminated quote swallows the rest of the line into one value, as the kernel
+    // does; the words before it stay intact.
+    let c = Cmdline::parse("root=LABEL=nixos init=/nix/store/a-system/init foo=\"a b quiet");
+    assert_eq!(c.get("root"), Some("LABEL=nixos"));
+    assert_eq!(c.get("init"), Some("/nix/store/a-system/init"));
+    assert_eq!(c.get("foo"), Some("a b quiet"));
+    assert!(!c.flag("quiet"));
+    // Quotes in the middle of a word, empty values, lone `=`, NUL and non-ASCII bytes.
+    let c = Cmdline::parse("a=\"x\"y b= = \"\" c=\u{0}\u{fffd} root=\"LABEL=my disk\"");
+    assert_eq!(c.get("a"), Some("xy"));
+    assert_eq!(c.get("b"), Some(""));
+    assert_eq!(c.get(""), Some(""));
+    assert_eq!(c.get("root"), Some("LABEL=my disk"));
+    let spec = DeviceSpec::parse(c.get("root").expect("root")).expect("quoted label");
+    assert_eq!(format!("{spec:?}").contains("my disk"), true, "{spec:?}");
+}
