@@ -94,10 +94,21 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<BootSpec, SpecError> {
             path: path.to_path_buf(),
         });
     }
-    let doc: BootJson = serde_json::from_value(value).map_err(|e| SpecError::Shape {
-        path: path.to_path_buf(),
-        detail: e.to_string(),
-    })?;
+    let doc: BootJson = match serde_json::from_value(value.clone()) {
+        Ok(doc) => doc,
+        Err(e) => {
+            // The untagged enum only says "did not match any variant"; decoding v1 directly
+            // names the missing or mistyped key.
+            let detail = match serde_json::from_value::<GenerationV1>(value) {
+                Err(v1) => format!("{v1} (in \"{V1_KEY}\" or a specialisation)"),
+                Ok(_) => e.to_string(),
+            };
+            return Err(SpecError::Shape {
+                path: path.to_path_buf(),
+                detail,
+            });
+        }
+    };
     let v1 = match doc.generation {
         AnyGeneration::V1(v1) => v1,
         // The enum is non-exhaustive; a later crate version may add schemas we do not know.
