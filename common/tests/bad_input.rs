@@ -26,7 +26,7 @@ fn good_config() -> Vec<u8> {
 }
 
 /// Rewrite the header's CRC so a damaged payload gets past the checksum to the decoder.
-fn fix_crc(bytes: &mut Vec<u8>) {
+fn fix_crc(bytes: &mut [u8]) {
     let len = u32::try_from(bytes.len() - HEADER_LEN).expect("len");
     bytes[12..16].copy_from_slice(&len.to_le_bytes());
     let crc = crc32fast::hash(&bytes[HEADER_LEN..]);
@@ -232,5 +232,5 @@ fn kernel_command_line_quoting_never_loses_later_words() {
     assert_eq!(c.get(""), Some(""));
     assert_eq!(c.get("root"), Some("LABEL=my disk"));
     let spec = DeviceSpec::parse(c.get("root").expect("root")).expect("quoted label");
-    assert_eq!(format!("{spec:?}").contains("my disk"), true, "{spec:?}");
+    assert!(format!("{spec:?}").contains("my disk"), "{spec:?}");
 }
