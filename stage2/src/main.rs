@@ -5,6 +5,8 @@
 //! PID 1 over to the generation's systemd with the kernel's arguments. A failure before the
 //! hand-over goes to the shared failure path; PID 1 never panics.
 
+mod bless_unit;
+mod blesser;
 mod mounts;
 mod plan;
 mod postboot;
@@ -17,6 +19,7 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::time::Instant;
 
+use stagehand_activation::boot::efivars::{self, EfiVars, EFIVARS_DIR};
 use stagehand_activation::rootfs::Root;
 use stagehand_activation::{activate, Action, ActivateOptions};
 use stagehand_common::cmdline::Cmdline;
@@ -34,6 +37,12 @@ fn main() {
     // decides what is written.
     let logger = KmsgLogger::install("stage2", log::LevelFilter::Debug);
     log::set_max_level(log::LevelFilter::Info);
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("bless") {
+        // Run by stagehand-bless.service; a terminal gets the lines too.
+        logger.set_mirror_to_stderr(rustix::termios::isatty(std::io::stderr()));
+        std::process::exit(blesser::run(&args[2..]));
+    }
     let systemd_stage1 = std::env::var("IN_NIXOS_SYSTEMD_STAGE1").ok();
     let pid = rustix::process::getpid().as_raw_nonzero().get() as u32;
     if systemd_stage1.as_deref() == Some("true") {
@@ -105,6 +114,7 @@ fn run(pid: u32, systemd_stage1: Option<String>) {
             stage1_receipt: mounted.iter().any(|m| m == "/run")
                 && Path::new(receipt::STAGE1_JSON).exists(),
             initrd_release: Path::new("/etc/initrd-release").exists(),
+            efi: Path::new(plan::EFIVARS).is_dir(),
             cmdline: cmdline.clone(),
             mounted,
         };
@@ -130,6 +140,13 @@ fn run(pid: u32, systemd_stage1: Option<String>) {
     if plan.bind_run {
         if let Err(e) = mounts::bind_run(&plan.root) {
             failure.fail("binding /run into the real root", &e);
+        }
+    }
+    if plan.efivarfs {
+        // Only to read the loader's counting variables; systemd would mount it anyway.
+        match mounts::mount_efivarfs() {
+            Ok(()) => log::debug!("mounted efivarfs on {}", plan::EFIVARS),
+            Err(e) => log::warn!("{e}; boot counting by the loader cannot be seen"),
         }
     }
     let toplevel = loop {
@@ -221,7 +238,22 @@ fn run(pid: u32, systemd_stage1: Option<String>) {
             .join("systemd/lib/systemd/systemd")
             .to_string_lossy(),
     );
-    write_receipt(&plan, &cmdline, &toplevel, &systemd, &mut times);
+    let blessed = bless_in_stage2(&plan, &cmdline, &toplevel, &systemd);
+    let stage1 = receipt::read_stage1(&plan.host(receipt::STAGE1_JSON));
+    write_bless_unit(
+        &plan,
+        &cmdline,
+        &toplevel,
+        stage1.as_ref(),
+        blessed.is_some(),
+    );
+    write_receipt(
+        &plan,
+        &toplevel,
+        stage1.as_ref(),
+        blessed.as_deref(),
+        &mut times,
+    );
     if plan.handoff == Handoff::Exit {
         log::info!(
             "{} prepared (stage 2 took {} ms); systemd switches root next",
@@ -275,41 +307,106 @@ fn run_post_boot(plan: &plan::Plan, toplevel: &Path) {
     }
 }
 
-/// The boot receipt (and, with `stagehand.bless=stage2`, the interim bless). Never fails the
-/// boot: problems are logged.
-fn write_receipt(
+/// `stagehand.bless=stage2`: the interim bless of stage 1's counter right before systemd
+/// (only when the systemd binary is there). Returns what was done.
+fn bless_in_stage2(
     plan: &plan::Plan,
     cmdline: &Cmdline,
     toplevel: &Path,
     systemd: &Path,
-    times: &mut receipt::Stage2Times,
-) {
-    let mut blessed = None;
-    if cmdline.get("stagehand.bless") == Some("stage2") {
-        let runnable = std::fs::metadata(systemd)
-            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
-        match toplevel.file_name().and_then(|b| b.to_str()) {
-            Some(_) if !runnable => log::warn!(
-                "stagehand.bless=stage2: not marking this generation good, {} is not executable",
-                systemd.display()
-            ),
-            Some(base) => match receipt::bless(&plan.host(receipt::STATE_DIR), base) {
-                Ok(done) => {
-                    log::info!("stagehand.bless=stage2: marked generation good: {done}");
-                    blessed = Some(done);
-                }
-                Err(e) => log::warn!("stagehand.bless=stage2: cannot mark good: {e}"),
-            },
-            None => {}
+) -> Option<String> {
+    if cmdline.get("stagehand.bless") != Some("stage2") {
+        return None;
+    }
+    let runnable = std::fs::metadata(systemd)
+        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    let base = toplevel.file_name().and_then(|b| b.to_str())?;
+    if !runnable {
+        log::warn!(
+            "stagehand.bless=stage2: not marking this generation good, {} is not executable",
+            systemd.display()
+        );
+        return None;
+    }
+    match receipt::bless(&plan.host(receipt::STATE_DIR), base) {
+        Ok(done) => {
+            log::info!("stagehand.bless=stage2: marked generation good: {done}");
+            Some(done)
+        }
+        Err(e) => {
+            log::warn!("stagehand.bless=stage2: cannot mark good: {e}");
+            None
         }
     }
+}
+
+/// The runtime bless unit when this boot is being counted. Never fails the boot: without
+/// the unit, counting only retires this generation after its tries, which is logged.
+fn write_bless_unit(
+    plan: &plan::Plan,
+    cmdline: &Cmdline,
+    toplevel: &Path,
+    stage1: Option<&serde_json::Value>,
+    blessed_in_stage2: bool,
+) {
+    let loader = if matches!(plan.mode, plan::Mode::Container(_)) {
+        None
+    } else {
+        let root = Root::open(Path::new("/")).ok();
+        root.and_then(|r| {
+            let vars = EfiVars::new(&r, Path::new(EFIVARS_DIR));
+            match efivars::loader_vars(&vars) {
+                Ok(v) => v.boot_count_path,
+                Err(e) => {
+                    log::warn!("cannot read the boot loader's variables: {e}");
+                    None
+                }
+            }
+        })
+    };
+    let counting = bless_unit::Counting {
+        loader,
+        stage1: bless_unit::stage1_counting(stage1, blessed_in_stage2),
+    };
+    if !counting.active() {
+        log::debug!("boot counting is not in effect: no bless unit");
+        return;
+    }
+    let files = bless_unit::files(
+        &toplevel.join("init"),
+        cmdline.get("stagehand.esp"),
+        bless_unit::has_boot_complete(&plan.root),
+    );
+    match bless_unit::write(&plan.root, &files) {
+        Ok(()) => log::info!(
+            "this boot is counted ({}): {}/{} marks it good after {}",
+            counting.describe(),
+            bless_unit::UNIT_DIR,
+            bless_unit::UNIT,
+            bless_unit::BOOT_COMPLETE
+        ),
+        Err(e) => log::error!(
+            "this boot is counted ({}) but the bless unit cannot be written: {e}; the \
+             generation will not be marked good",
+            counting.describe()
+        ),
+    }
+}
+
+/// The boot receipt: `/run/stagehand/boot.json` and its kmsg line. Never fails the boot.
+fn write_receipt(
+    plan: &plan::Plan,
+    toplevel: &Path,
+    stage1: Option<&serde_json::Value>,
+    blessed: Option<&str>,
+    times: &mut receipt::Stage2Times,
+) {
     times.end_us = receipt::monotonic_us();
-    let stage1 = receipt::read_stage1(&plan.host(receipt::STAGE1_JSON));
     let r = receipt::build(
         &plan.mode.to_string(),
-        stage1.as_ref(),
+        stage1,
         &toplevel.display().to_string(),
-        blessed.as_deref(),
+        blessed,
         times,
     );
     if let Err(e) = receipt::write_atomic(&plan.host(receipt::BOOT_JSON), &r) {

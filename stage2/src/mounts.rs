@@ -34,6 +34,18 @@ pub fn mount_special(targets: &[&str]) -> Result<(), String> {
     Ok(())
 }
 
+/// efivarfs on `/sys/firmware/efi/efivars`, with systemd's flags.
+pub fn mount_efivarfs() -> Result<(), String> {
+    let flags = MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
+    match rustix::mount::mount("efivarfs", crate::plan::EFIVARS, "efivarfs", flags, None) {
+        Ok(()) | Err(rustix::io::Errno::BUSY) => Ok(()),
+        Err(e) => Err(format!(
+            "cannot mount efivarfs on {}: {e}",
+            crate::plan::EFIVARS
+        )),
+    }
+}
+
 /// `mount -o remount,rw /`, as NixOS's stage 2 does outside containers.
 pub fn remount_root_rw() -> Result<(), String> {
     rustix::mount::mount_remount("/", MountFlags::empty(), "")

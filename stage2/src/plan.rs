@@ -24,6 +24,9 @@ use stagehand_common::mounts::special::{SpecialFs, SPECIAL_FILESYSTEMS};
 
 /// Where the systemd initrd mounts the real root.
 pub const SYSROOT: &str = "/sysroot";
+/// Where efivarfs belongs (systemd mounts it too; stage 2 needs it earlier, to see whether
+/// the boot loader is counting this boot).
+pub const EFIVARS: &str = "/sys/firmware/efi/efivars";
 
 /// What stage 2 observed before deciding. `mounted` is the mount points of
 /// `/proc/self/mountinfo`, read after `/proc` is guaranteed.
@@ -40,6 +43,8 @@ pub struct Facts {
     pub initrd_release: bool,
     /// `/run/stagehand/stage1.json` exists on a mounted `/run`.
     pub stage1_receipt: bool,
+    /// `/sys/firmware/efi/efivars` exists: booted by UEFI firmware.
+    pub efi: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,6 +96,8 @@ pub struct Plan {
     pub remount_root_rw: bool,
     /// Bind `/nix/store` with `MS_REC` (containers: keep the host's submounts).
     pub store_rbind: bool,
+    /// Mount efivarfs on [`EFIVARS`] (UEFI boots, not in containers).
+    pub efivarfs: bool,
     /// `boot.debugtrace`: log every step at debug level and trace snippets (`set -x`).
     pub debugtrace: bool,
     pub handoff: Handoff,
@@ -155,6 +162,7 @@ pub fn decide(f: &Facts) -> Result<Plan, PlanError> {
             bind_run: !chrooted && !is_mounted(&format!("{SYSROOT}/run")),
             remount_root_rw: false,
             store_rbind: false,
+            efivarfs: f.efi && !is_mounted(EFIVARS),
             // NixOS ignores boot.debugtrace here: the service's output is the journal.
             debugtrace: false,
             handoff: Handoff::Exit,
@@ -172,6 +180,7 @@ pub fn decide(f: &Facts) -> Result<Plan, PlanError> {
             bind_run: false,
             remount_root_rw: false,
             store_rbind: true,
+            efivarfs: false,
             debugtrace,
             handoff: Handoff::ExecSystemd,
         },
@@ -186,6 +195,7 @@ pub fn decide(f: &Facts) -> Result<Plan, PlanError> {
             bind_run: false,
             remount_root_rw: true,
             store_rbind: false,
+            efivarfs: f.efi && !is_mounted(EFIVARS),
             debugtrace,
             handoff: Handoff::ExecSystemd,
         },
@@ -204,6 +214,9 @@ impl Plan {
         });
         if self.bind_run {
             lines.push(format!("bind /run onto {SYSROOT}/run"));
+        }
+        if self.efivarfs {
+            lines.push(format!("mount efivarfs on {EFIVARS}"));
         }
         lines.push(format!(
             "remount / read-write: {}; /nix/store bind{}",
@@ -246,7 +259,12 @@ mod tests {
         assert_eq!(p.mode, Mode::AfterStage1);
         assert_eq!(p.special, ["/dev/shm", "/dev/pts"]);
         assert!(p.remount_root_rw && !p.store_rbind && !p.bind_run && !p.debugtrace);
+        assert!(!p.efivarfs, "not a UEFI boot");
         assert_eq!(p.handoff, Handoff::ExecSystemd);
+        f.efi = true;
+        assert!(decide(&f).expect("plan").efivarfs);
+        f.mounted.push(EFIVARS.into());
+        assert!(!decide(&f).expect("plan").efivarfs, "already mounted");
         assert_eq!(p.root, PathBuf::from("/"));
     }
 
@@ -270,6 +288,11 @@ mod tests {
         assert_eq!(p.mode, Mode::Container("systemd-nspawn".into()));
         assert_eq!(p.special, ["/run", "/dev/shm", "/dev/pts"]);
         assert!(!p.remount_root_rw && p.store_rbind);
+        f.efi = true;
+        assert!(
+            !decide(&f).expect("plan").efivarfs,
+            "the manager's business"
+        );
         // Even with nothing mounted, devtmpfs and sysfs are not attempted.
         f.mounted.clear();
         let p = decide(&f).expect("plan");
