@@ -174,12 +174,38 @@ fn users_run(root: &Root, spec: &UsersSpec) -> Result<Duration, String> {
     Ok(t.elapsed())
 }
 
+/// `--prepare DIR [--stress]`: write one size's inputs into `DIR` (a root holding the etc
+/// trees of generations `gena` and `genb` and the users specs `/a.json`, `/b.json`) and
+/// stop, so that whole-process runs of `stagehand etc` / `stagehand users` can be timed or
+/// traced from outside (hyperfine, strace).
+fn prepare(dir: &Path, size: &Size) -> Result<(), String> {
+    io(std::fs::create_dir_all(dir.join("nix/store")), "store")?;
+    let a = make_etc(dir, "gena", size.etc_entries, false)?;
+    let b = make_etc(dir, "genb", size.etc_entries, true)?;
+    for (name, changed) in [("a.json", false), ("b.json", true)] {
+        io(
+            std::fs::write(dir.join(name), make_users(size.users, size.groups, changed)),
+            "users spec",
+        )?;
+    }
+    println!("{a}\n{b}\n/a.json\n/b.json");
+    Ok(())
+}
+
 pub fn run(args: &[String]) -> Result<(), String> {
     let mut reps = 5usize;
     let mut base: Option<PathBuf> = None;
+    let mut prepare_dir: Option<PathBuf> = None;
+    let mut stress = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
+            "--prepare" => {
+                prepare_dir = Some(PathBuf::from(
+                    it.next().ok_or("--prepare needs a directory")?,
+                ));
+            }
+            "--stress" => stress = true,
             "--reps" => {
                 reps = it
                     .next()
@@ -189,6 +215,9 @@ pub fn run(args: &[String]) -> Result<(), String> {
             "--dir" => base = Some(PathBuf::from(it.next().ok_or("--dir needs a directory")?)),
             other => return Err(format!("usage: unknown bench argument {other:?}")),
         }
+    }
+    if let Some(dir) = prepare_dir {
+        return prepare(&dir, &SIZES[usize::from(stress)]);
     }
     let mut report = String::new();
     for size in &SIZES {

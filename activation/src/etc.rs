@@ -23,14 +23,19 @@
 //!
 //! Files and links that no generation declared are never touched.
 
+#[path = "etc_cache.rs"]
+pub mod cache;
+
 use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{FileType, Mode};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+use rustix::io::Errno;
 use serde::{Deserialize, Serialize};
 
 use crate::rootfs::{self, Node, Perms, Root};
@@ -39,14 +44,14 @@ use crate::rootfs::{self, Node, Perms, Root};
 const STATIC: &str = "/etc/static";
 
 /// One path in the etc tree, relative to the tree's top (`ssh/sshd_config`).
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Hash)]
 pub struct TreeEntry {
     pub rel: String,
     pub kind: EntryKind,
     pub install: Install,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Hash)]
 pub enum EntryKind {
     Dir,
     /// A symlink, with its target as stored (normally a store path).
@@ -56,7 +61,7 @@ pub enum EntryKind {
 }
 
 /// What ends up at `/etc/<rel>`.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Install {
     /// Directories and plain files: only the parent directory is made.
     Nothing,
@@ -74,14 +79,14 @@ pub enum Install {
     Invalid(EtcIssue),
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Owner {
     Id(u32),
     Name(String),
 }
 
 /// The etc tree of a generation.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Hash)]
 pub struct EtcTree {
     /// Canonical in-root path of the tree (`/nix/store/…-etc/etc`): the target of `/etc/static`.
     pub path: String,
@@ -91,7 +96,7 @@ pub struct EtcTree {
 
 /// A problem with one entry. Such problems do not stop the others (as in NixOS), but make
 /// the step fail at the end.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Hash)]
 pub enum EtcIssue {
     BadMode { sidecar: String, value: String },
     MissingSidecar { sidecar: String },
@@ -240,7 +245,7 @@ fn walk_tree(
     prefix: &str,
     out: &mut Vec<TreeEntry>,
 ) -> io::Result<()> {
-    let listing = rootfs::list_dir(dir)?;
+    let listing = rootfs::list_new_dir(dir)?;
     let names: HashSet<&OsStr> = listing.iter().map(|(n, _)| n.as_os_str()).collect();
     for (name, ty) in &listing {
         let name_str = name.to_string_lossy();
@@ -397,6 +402,155 @@ pub struct EtcState {
     pub old_clean: Vec<String>,
     pub nixos_tag: bool,
     pub owners: Owners,
+    /// Inode stamps taken while observing, for the no-change cache ([`cache`]).
+    pub stamps: cache::Stamps,
+}
+
+/// Reads files by in-root path, following symlinks inside the root like [`Root::read`],
+/// but keeping the descriptors of the directories it meets: the copies' sources are
+/// mostly in one or two store directories, which are then resolved once per run.
+struct InRoot<'r> {
+    root: &'r Root,
+    dirs: HashMap<PathBuf, (OwnedFd, PathBuf)>,
+}
+
+impl<'r> InRoot<'r> {
+    fn new(root: &'r Root) -> Self {
+        InRoot {
+            root,
+            dirs: HashMap::new(),
+        }
+    }
+
+    /// The contents, canonical in-root path and `fstat` of the regular file at `path`.
+    fn read(&mut self, path: &Path) -> io::Result<(Vec<u8>, PathBuf, rustix::fs::Stat)> {
+        let mut path = path.to_path_buf();
+        for _ in 0..40 {
+            let name = rootfs::final_name(&path)?;
+            let parent = path.parent().unwrap_or(Path::new("/")).to_path_buf();
+            if !self.dirs.contains_key(&parent) {
+                let (fd, canon, _) = self.root.dir(&parent, None)?;
+                self.dirs.insert(parent.clone(), (fd, canon));
+            }
+            let Some((dir, canon)) = self.dirs.get(&parent) else {
+                return Err(io::Error::other("directory cache lost an entry"));
+            };
+            // O_NONBLOCK: a FIFO planted here must not hang the activation.
+            let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
+            match rustix::fs::openat(dir, name.as_os_str(), flags, Mode::empty()) {
+                Ok(fd) => {
+                    let st = rustix::fs::fstat(&fd)?;
+                    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidInput,
+                            format!("{} is not a regular file", canon.join(&name).display()),
+                        ));
+                    }
+                    let size = usize::try_from(st.st_size).unwrap_or(0);
+                    let mut buf = vec![0u8; size + 1];
+                    let mut n = 0;
+                    loop {
+                        if n == buf.len() {
+                            buf.resize(n * 2 + 64, 0);
+                        }
+                        let got = rustix::io::read(&fd, &mut buf[n..])?;
+                        if got == 0 {
+                            break;
+                        }
+                        n += got;
+                    }
+                    buf.truncate(n);
+                    return Ok((buf, canon.join(&name), st));
+                }
+                Err(Errno::LOOP) => {
+                    let target = rustix::fs::readlinkat(dir, name.as_os_str(), Vec::new())?;
+                    let t = PathBuf::from(OsStr::from_bytes(target.as_bytes()));
+                    path = if t.is_absolute() { t } else { canon.join(t) };
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Errno::LOOP.into())
+    }
+}
+
+/// Does any copy take its owner by name (so that the root's passwd/group are needed)?
+fn uses_owner_names(tree: &EtcTree) -> bool {
+    tree.entries.iter().any(|e| {
+        matches!(&e.install, Install::Copy { user, group, .. }
+            if matches!(user, Owner::Name(_)) || matches!(group, Owner::Name(_)))
+    })
+}
+
+/// Directory descriptors under `/etc`, opened once per run. A directory is opened relative
+/// to its parent's descriptor, one component at a time and without following symlinks; a
+/// symlink met on the way (a user's link to a directory, which `setup-etc.pl` follows) is
+/// resolved from the root instead, inside it.
+struct Dirs<'r> {
+    root: &'r Root,
+    open: HashMap<String, OwnedFd>,
+}
+
+impl<'r> Dirs<'r> {
+    fn new(root: &'r Root) -> Self {
+        Dirs {
+            root,
+            open: HashMap::new(),
+        }
+    }
+
+    fn get(&mut self, rel: &str, create: bool) -> io::Result<&OwnedFd> {
+        if !self.open.contains_key(rel) {
+            let fd = self.open_dir(rel, create)?;
+            self.open.insert(rel.to_owned(), fd);
+        }
+        self.open
+            .get(rel)
+            .ok_or_else(|| io::Error::other("directory cache lost an entry"))
+    }
+
+    fn open_dir(&mut self, rel: &str, create: bool) -> io::Result<OwnedFd> {
+        let mode = create.then(|| Mode::from_raw_mode(0o755));
+        let from_root = |root: &Root| -> io::Result<OwnedFd> {
+            let path = if rel.is_empty() {
+                PathBuf::from("/etc")
+            } else {
+                Path::new("/etc").join(rel)
+            };
+            Ok(root.dir(&path, mode)?.0)
+        };
+        if rel.is_empty() {
+            return from_root(self.root);
+        }
+        let (parent, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+        let parent_fd = self.get(parent, create)?;
+        let opened = match rustix::fs::openat(parent_fd, name, dir_open_flags(), Mode::empty()) {
+            Err(Errno::NOENT) if create => {
+                match rustix::fs::mkdirat(parent_fd, name, Mode::from_raw_mode(0o755)) {
+                    Ok(()) | Err(Errno::EXIST) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                rustix::fs::openat(parent_fd, name, dir_open_flags(), Mode::empty())
+            }
+            r => r,
+        };
+        match opened {
+            Ok(fd) => Ok(fd),
+            Err(Errno::NOTDIR | Errno::LOOP) => from_root(self.root),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The directory holding `rel` and the final name.
+    fn parent(&mut self, rel: &str, create: bool) -> io::Result<(&OwnedFd, OsString)> {
+        let (dir, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+        Ok((self.get(dir, create)?, OsString::from(name)))
+    }
+
+    fn forget_under(&mut self, rel: &str) {
+        let prefix = format!("{rel}/");
+        self.open.retain(|k, _| k != rel && !k.starts_with(&prefix));
+    }
 }
 
 /// Read the current `/etc` under `root`.
@@ -406,9 +560,15 @@ pub fn observe(root: &Root, tree: &EtcTree) -> Result<EtcState, EtcError> {
         error,
     };
     let mut st = EtcState {
-        owners: Owners::read(root),
+        owners: if uses_owner_names(tree) {
+            Owners::read(root)
+        } else {
+            Owners::default()
+        },
         ..EtcState::default()
     };
+    // Before the first stamp: see `cache` on racy time stamps.
+    st.stamps.clock = cache::coarse_now();
     let etc = match root.dir(Path::new("/etc"), None) {
         Ok((fd, _, _)) => Some(fd),
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
@@ -422,7 +582,7 @@ pub fn observe(root: &Root, tree: &EtcTree) -> Result<EtcState, EtcError> {
         Some(Node::Symlink(t)) => Some(Some(String::from_utf8_lossy(&t).into_owned())),
         Some(_) => Some(None),
     };
-    walk_etc(&etc, "", &mut st.nodes).map_err(obs_err)?;
+    walk_etc(&etc, "", &mut st.nodes, &mut st.stamps).map_err(obs_err)?;
     if let Ok(b) = rootfs::read_at(&etc, OsStr::new(".clean")) {
         st.old_clean = String::from_utf8_lossy(&b)
             .lines()
@@ -448,20 +608,29 @@ pub fn observe(root: &Root, tree: &EtcTree) -> Result<EtcState, EtcError> {
 
     let by_rel: HashMap<&str, &TreeEntry> =
         tree.entries.iter().map(|e| (e.rel.as_str(), e)).collect();
+    let mut sources = InRoot::new(root);
+    let mut dests = Dirs::new(root);
     for e in &tree.entries {
         if !matches!(e.install, Install::Copy { .. }) || !is_safe_rel(&e.rel) {
             continue;
         }
         if let Some(Node::File { size, .. }) = st.nodes.get(&e.rel) {
             let source = Path::new(&tree.path).join(&e.rel);
-            let dest = Path::new("/etc").join(&e.rel);
+            let (parent, name) = e.rel.rsplit_once('/').unwrap_or(("", &e.rel));
             let same = (|| -> io::Result<bool> {
-                let src = root.read(&source)?;
+                let (src, canon, src_st) = sources.read(&source)?;
+                st.stamps.sources.insert(
+                    e.rel.clone(),
+                    (
+                        canon.to_string_lossy().into_owned(),
+                        cache::Stamp::of(&src_st),
+                    ),
+                );
                 if src.len() as u64 != *size {
                     return Ok(false);
                 }
-                let (dir, name) = root.parent(&dest, None)?;
-                Ok(rootfs::read_at(&dir, &name)? == src)
+                let dir = dests.get(parent, false)?;
+                Ok(rootfs::read_at(dir, OsStr::new(name))? == src)
             })()
             .unwrap_or(false);
             if same {
@@ -494,8 +663,23 @@ pub fn observe(root: &Root, tree: &EtcTree) -> Result<EtcState, EtcError> {
     Ok(st)
 }
 
-fn walk_etc(dir: &OwnedFd, prefix: &str, out: &mut HashMap<String, Node>) -> io::Result<()> {
-    for (name, ty) in rootfs::list_dir(dir)? {
+/// Flags for opening one directory component: never through a symlink.
+fn dir_open_flags() -> OFlags {
+    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC
+}
+
+fn walk_etc(
+    dir: &OwnedFd,
+    prefix: &str,
+    out: &mut HashMap<String, Node>,
+    stamps: &mut cache::Stamps,
+) -> io::Result<()> {
+    // The stamp is taken before the listing: a change after it shows in a later stamp.
+    stamps.dirs.push((
+        prefix.to_owned(),
+        cache::Stamp::of(&rustix::fs::fstat(dir)?),
+    ));
+    for (name, ty) in rootfs::list_new_dir(dir)? {
         let name_str = name.to_string_lossy();
         if prefix.is_empty() && name_str == "static" {
             continue;
@@ -514,16 +698,38 @@ fn walk_etc(dir: &OwnedFd, prefix: &str, out: &mut HashMap<String, Node>) -> io:
                 uid: 0,
                 gid: 0,
             },
-            _ => match rootfs::lstat_at(dir, &name)? {
-                Some(n) => n,
-                None => continue,
-            },
+            _ => {
+                let s = match rustix::fs::statat(dir, name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW) {
+                    Ok(s) => s,
+                    Err(Errno::NOENT) => continue,
+                    Err(e) => return Err(e.into()),
+                };
+                match FileType::from_raw_mode(s.st_mode) {
+                    FileType::RegularFile => {
+                        stamps.files.insert(rel.clone(), cache::Stamp::of(&s));
+                        Node::File {
+                            mode: s.st_mode & 0o7777,
+                            uid: s.st_uid,
+                            gid: s.st_gid,
+                            size: u64::try_from(s.st_size).unwrap_or(0),
+                        }
+                    }
+                    // Replaced between readdir and stat: look again the slow way.
+                    FileType::Symlink | FileType::Directory => {
+                        match rootfs::lstat_at(dir, &name)? {
+                            Some(n) => n,
+                            None => continue,
+                        }
+                    }
+                    _ => Node::Other,
+                }
+            }
         };
         let descend = matches!(node, Node::Dir { .. }) && rel != "nixos";
         out.insert(rel.clone(), node);
         if descend {
             match rootfs::open_subdir(dir, &name) {
-                Ok(sub) => walk_etc(&sub, &rel, out)?,
+                Ok(sub) => walk_etc(&sub, &rel, out, stamps)?,
                 // Replaced by a symlink between readdir and open: it is not a directory now.
                 Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {}
                 Err(e) => return Err(e),
@@ -551,6 +757,9 @@ pub enum EtcAction {
     Link {
         rel: String,
         target: String,
+        /// Nothing was at `/etc/<rel>`: the link can be made in place (creating a name is
+        /// atomic), without a temporary name and a rename.
+        fresh: bool,
     },
     Copy {
         rel: String,
@@ -578,7 +787,7 @@ impl fmt::Display for EtcAction {
                     "remove directory /etc/{rel} (only links into /etc/static)"
                 )
             }
-            Self::Link { rel, target } => write!(f, "link /etc/{rel} -> {target}"),
+            Self::Link { rel, target, .. } => write!(f, "link /etc/{rel} -> {target}"),
             Self::Copy { rel, source, perms } => write!(
                 f,
                 "copy {source} to /etc/{rel} (mode {:04o}, owner {}:{})",
@@ -722,6 +931,7 @@ pub fn plan(tree: &EtcTree, state: &EtcState, opts: EtcOptions) -> EtcPlan {
                 p.actions.push(EtcAction::Link {
                     rel: e.rel.clone(),
                     target,
+                    fresh: current.is_none() && !state.nodes.contains_key(&e.rel),
                 });
             }
         };
@@ -813,41 +1023,6 @@ pub struct EtcOutcome {
     pub issues: Vec<EtcIssue>,
 }
 
-/// Directory descriptors under `/etc`, opened once per run.
-struct Dirs<'r> {
-    root: &'r Root,
-    open: HashMap<String, OwnedFd>,
-}
-
-impl<'r> Dirs<'r> {
-    fn get(&mut self, rel: &str, create: bool) -> io::Result<&OwnedFd> {
-        if !self.open.contains_key(rel) {
-            let path = if rel.is_empty() {
-                PathBuf::from("/etc")
-            } else {
-                Path::new("/etc").join(rel)
-            };
-            let mode = create.then(|| Mode::from_raw_mode(0o755));
-            let (fd, _, _) = self.root.dir(&path, mode)?;
-            self.open.insert(rel.to_owned(), fd);
-        }
-        self.open
-            .get(rel)
-            .ok_or_else(|| io::Error::other("directory cache lost an entry"))
-    }
-
-    /// The directory holding `rel` and the final name.
-    fn parent(&mut self, rel: &str, create: bool) -> io::Result<(&OwnedFd, OsString)> {
-        let (dir, name) = rel.rsplit_once('/').unwrap_or(("", rel));
-        Ok((self.get(dir, create)?, OsString::from(name)))
-    }
-
-    fn forget_under(&mut self, rel: &str) {
-        let prefix = format!("{rel}/");
-        self.open.retain(|k, _| k != rel && !k.starts_with(&prefix));
-    }
-}
-
 /// Carry out `plan` under `root`. With `dry_run` nothing is written; every action is logged
 /// as what would be done.
 pub fn apply(root: &Root, plan: &EtcPlan, dry_run: bool) -> Result<EtcOutcome, EtcError> {
@@ -862,19 +1037,19 @@ pub fn apply(root: &Root, plan: &EtcPlan, dry_run: bool) -> Result<EtcOutcome, E
         out.changed = plan.actions.len();
         return Ok(out);
     }
-    let mut dirs = Dirs {
-        root,
-        open: HashMap::new(),
-    };
+    let mut dirs = Dirs::new(root);
+    let mut sources = InRoot::new(root);
     // Stage every file first and flush them together, so that each rename below publishes
     // contents that are already on disk — with one sync instead of one per file.
     let mut staged: HashMap<usize, io::Result<()>> = HashMap::new();
     for (i, a) in plan.actions.iter().enumerate() {
         let staging = match a {
-            EtcAction::Copy { rel, source, perms } => root.read(Path::new(source)).and_then(|b| {
-                let (d, n) = dirs.parent(rel, true)?;
-                rootfs::write_tmp(d, &rootfs::tmp_name(&n), &b, *perms, false)
-            }),
+            EtcAction::Copy { rel, source, perms } => {
+                sources.read(Path::new(source)).and_then(|(b, _, _)| {
+                    let (d, n) = dirs.parent(rel, true)?;
+                    rootfs::write_tmp(d, &rootfs::tmp_name(&n), &b, *perms, false)
+                })
+            }
             EtcAction::WriteClean { contents } => dirs.parent(".clean", true).and_then(|(d, n)| {
                 rootfs::write_tmp(
                     d,
@@ -926,9 +1101,19 @@ pub fn apply(root: &Root, plan: &EtcPlan, dry_run: bool) -> Result<EtcOutcome, E
                 dirs.forget_under(rel);
                 r
             }
-            EtcAction::Link { rel, target } => dirs
-                .parent(rel, true)
-                .and_then(|(d, n)| rootfs::atomic_symlink(d, &n, target.as_bytes())),
+            EtcAction::Link { rel, target, fresh } => {
+                dirs.parent(rel, true).and_then(|(d, n)| {
+                    let t = OsStr::from_bytes(target.as_bytes());
+                    match fresh.then(|| rustix::fs::symlinkat(t, d, n.as_os_str())) {
+                        Some(Ok(())) => Ok(()),
+                        // Something appeared since we looked (or it was not fresh).
+                        Some(Err(Errno::EXIST)) | None => {
+                            rootfs::atomic_symlink(d, &n, target.as_bytes())
+                        }
+                        Some(Err(e)) => Err(e.into()),
+                    }
+                })
+            }
             EtcAction::Copy { rel, .. } => match staged.remove(&i) {
                 Some(Ok(())) => dirs
                     .parent(rel, true)
@@ -977,14 +1162,47 @@ pub fn own_perms(mode: u32) -> Perms {
     }
 }
 
-/// The whole `etc` step: observe, plan, apply.
+/// The whole `etc` step: observe, plan, apply — unless the cache of the last verified run
+/// shows that nothing changed since (see [`cache`]: a few `stat` calls instead of a walk).
 pub fn setup_etc(
     root: &Root,
     tree: &EtcTree,
     opts: EtcOptions,
     dry_run: bool,
 ) -> Result<EtcOutcome, EtcError> {
+    let raw_cache = cache::read_raw(root);
+    if let Some(raw) = &raw_cache {
+        if cache::still_valid(root, tree, opts, raw) {
+            log::debug!("/etc is as the last activation left it (checked against its cache)");
+            return Ok(EtcOutcome::default());
+        }
+    }
     let state = observe(root, tree)?;
     let plan = plan(tree, &state, opts);
-    apply(root, &plan, dry_run)
+    let out = apply(root, &plan, dry_run)?;
+    if dry_run || !out.issues.is_empty() {
+        return Ok(out);
+    }
+    if plan.actions.is_empty() {
+        // Nothing to do: what we observed is a state the cache may vouch for. (Written only
+        // when it differs from the cache already there, which was then stale.)
+        if let Some(c) = cache::build(tree, opts, &state.stamps, &state.old_clean) {
+            cache::store(root, &c, raw_cache.as_deref());
+        }
+        return Ok(out);
+    }
+    // We changed /etc. The cache must vouch for what is there, not for what we believe we
+    // made (someone may have changed /etc meanwhile), so observe once more — after the
+    // coarse clock has moved on, so that the stamps of our own changes are not racy — and
+    // record only if that finds nothing left to do.
+    cache::wait_past(cache::coarse_now());
+    if let Ok(again) = observe(root, tree) {
+        let check = self::plan(tree, &again, opts);
+        if check.actions.is_empty() && check.issues.is_empty() {
+            if let Some(c) = cache::build(tree, opts, &again.stamps, &again.old_clean) {
+                cache::store(root, &c, raw_cache.as_deref());
+            }
+        }
+    }
+    Ok(out)
 }

@@ -455,6 +455,31 @@ pub fn list_dir<Fd: AsFd>(dirfd: Fd) -> io::Result<Vec<(OsString, FileType)>> {
     Ok(out)
 }
 
+/// [`list_dir`] of a directory descriptor that was just opened and never read: the
+/// descriptor is read directly instead of re-opened, three system calls less per directory
+/// (the walks of `/etc` and of the etc tree do this for every directory).
+pub fn list_new_dir<Fd: AsFd>(dirfd: Fd) -> io::Result<Vec<(OsString, FileType)>> {
+    let mut out = Vec::new();
+    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 16 * 1024];
+    let mut dir = rfs::RawDir::new(dirfd.as_fd(), &mut buf);
+    while let Some(entry) = dir.next() {
+        let entry = entry?;
+        let name = entry.file_name().to_bytes();
+        if name == b"." || name == b".." {
+            continue;
+        }
+        let name = OsStr::from_bytes(name).to_os_string();
+        let mut ty = entry.file_type();
+        if ty == FileType::Unknown {
+            let st = rfs::statat(&dirfd, name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW)?;
+            ty = FileType::from_raw_mode(st.st_mode);
+        }
+        out.push((name, ty));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
 /// Open subdirectory `name` of `dirfd` without following a symlink.
 pub fn open_subdir<Fd: AsFd>(dirfd: Fd, name: &OsStr) -> io::Result<OwnedFd> {
     rfs::openat(dirfd, name, dir_flags(), Mode::empty()).map_err(Into::into)
