@@ -371,3 +371,60 @@ pub fn still_valid(root: &Root, tree: &EtcTree, opts: EtcOptions, raw: &[u8]) ->
     }
     true
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stamp(ctime: Time, dir: bool) -> Stamp {
+        Stamp {
+            dev: 1,
+            ino: 2,
+            mode: if dir { 0o040_755 } else { 0o100_644 },
+            uid: 0,
+            gid: 0,
+            nlink: 1,
+            size: 0,
+            mtime: ctime,
+            ctime,
+        }
+    }
+
+    #[test]
+    fn racy_stamps_are_not_vouched_for() {
+        let tree = EtcTree {
+            path: "/nix/store/x-etc/etc".into(),
+            entries: Vec::new(),
+        };
+        let clock = Time {
+            sec: 1000,
+            nsec: 500,
+        };
+        let mut st = Stamps {
+            clock,
+            ..Stamps::default()
+        };
+        let older = Time {
+            sec: 1000,
+            nsec: 499,
+        };
+        st.dirs.push((String::new(), stamp(older, true)));
+        st.files.insert(".clean".into(), stamp(older, false));
+        let opts = EtcOptions::default();
+        assert!(build(&tree, opts, &st, &[]).is_some());
+        // Changed in the tick the walk started in: a second change could hide behind it.
+        st.dirs.push(("ssh".into(), stamp(clock, true)));
+        assert!(build(&tree, opts, &st, &[]).is_none());
+        st.dirs.pop();
+        // Whole seconds only: two seconds of margin.
+        st.files
+            .insert(".clean".into(), stamp(Time { sec: 999, nsec: 0 }, false));
+        assert!(build(&tree, opts, &st, &[]).is_none());
+        st.files
+            .insert(".clean".into(), stamp(Time { sec: 997, nsec: 0 }, false));
+        assert!(build(&tree, opts, &st, &[]).is_some());
+        // Without /etc's own stamp there is nothing to vouch with.
+        st.dirs.clear();
+        assert!(build(&tree, opts, &st, &[]).is_none());
+    }
+}
