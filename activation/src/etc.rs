@@ -1195,7 +1195,7 @@ pub fn setup_etc(
     // made (someone may have changed /etc meanwhile), so observe once more — after the
     // coarse clock has moved on, so that the stamps of our own changes are not racy — and
     // record only if that finds nothing left to do.
-    cache::wait_past(cache::coarse_now());
+    cache::wait_past(cache::precise_now());
     if let Ok(again) = observe(root, tree) {
         let check = self::plan(tree, &again, opts);
         if check.actions.is_empty() && check.issues.is_empty() {

@@ -39,9 +39,10 @@
 //! change gets a ctime of at least `clock`, so a stamp whose ctime is *before* `clock` would
 //! change. A stamp whose ctime is not before `clock` is racy, and the cache is not written
 //! at all. File systems that keep whole seconds only (ctime nanoseconds of zero) need a
-//! two-second margin instead of a tick. A run that changed `/etc` therefore first waits for
-//! the next tick (nothing on a disk, where the flush takes longer than a tick), then walks
-//! `/etc` once more to verify and record.
+//! two-second margin instead of a tick. A run that changed `/etc` therefore first waits until
+//! the coarse clock has passed the precise time of its last change (one or two ticks; about
+//! nothing on a disk, where the flush takes longer), then walks `/etc` once more to verify
+//! and record.
 //!
 //! Anything unexpected — no cache, a damaged one (envelope checksum), another tree, a stamp
 //! that differs, a path that cannot be stat'ed, an entry under `/etc/nixos` — means the full
@@ -142,8 +143,20 @@ pub fn coarse_now() -> Time {
     }
 }
 
-/// Wait (at most ~50 ms) until the coarse clock has moved past `t`, so that stamps taken
-/// from now on are not racy with respect to changes made before `t`.
+/// The precise clock. A change's time stamp is never later than this read after it: the
+/// kernel stamps from the coarse clock, which lags behind, or (multigrain time stamps, for
+/// an inode whose times were just looked at) from this very clock.
+pub fn precise_now() -> Time {
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Realtime);
+    Time {
+        sec: ts.tv_sec,
+        nsec: u32::try_from(ts.tv_nsec).unwrap_or(0),
+    }
+}
+
+/// Wait (at most ~50 ms) until the coarse clock has moved past `t`. With `t` from
+/// [`precise_now`] after our last change, every stamp taken afterwards is clear of our own
+/// changes (a coarse clock reading taken before it is later than their ctimes).
 pub fn wait_past(t: Time) {
     for _ in 0..50 {
         if coarse_now() > t {
