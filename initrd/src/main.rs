@@ -110,6 +110,10 @@ fn cmd_append_secrets(args: &[String]) -> Result<(), String> {
     }
     let appended = stagehand_initrd::secrets_archive(&secrets).map_err(|e| e.to_string())?;
     let mut bytes = std::fs::read(initrd).map_err(|e| format!("{initrd}: {e}"))?;
+    // Appending to something that is not an initrd would hide the problem until boot.
+    list(&bytes).map_err(|e| {
+        format!("{initrd}: not an initrd ({e}); append-secrets only extends an initrd it can read")
+    })?;
     bytes.extend_from_slice(&appended);
     let tmp = format!("{initrd}.tmp-stagehand");
     std::fs::write(&tmp, &bytes).map_err(|e| format!("{tmp}: {e}"))?;
