@@ -8,6 +8,8 @@
 
 mod attempts;
 #[cfg(test)]
+mod bad_input_tests;
+#[cfg(test)]
 mod boot_tests;
 mod devices;
 mod fsck;

@@ -124,7 +124,9 @@ pub fn mount_filesystem(
         ));
     }
     Err(format!(
-        "cannot mount {source} on {} (type {t}, options {:?}): {e}",
+        "cannot mount {source} on {} (type {t}, options {:?}): {e}; check that the device \
+         holds a {t} filesystem and the initrd has its module (the filesystem's fsType and \
+         options, or rootfstype=/rootflags= for the root)",
         fs.mount_point, opts.data
     ))
 }
