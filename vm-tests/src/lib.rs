@@ -10,6 +10,7 @@ pub mod kernel;
 pub mod qemu;
 pub mod scenarios;
 pub mod stage1_scenarios;
+pub mod stage2_scenarios;
 pub mod store;
 pub mod tree;
 pub mod uefi_scenarios;

@@ -19,6 +19,7 @@ use anyhow::Result;
 use stagehand_vm_tests::fallback_scenarios;
 use stagehand_vm_tests::scenarios::{self, Inputs, Outcome};
 use stagehand_vm_tests::stage1_scenarios;
+use stagehand_vm_tests::stage2_scenarios;
 use stagehand_vm_tests::uefi_scenarios;
 
 type Scenario = (&'static str, &'static str, fn(&Inputs) -> Result<Outcome>);
@@ -78,6 +79,11 @@ const SCENARIOS: &[Scenario] = &[
         "kernel-fallback",
         "QEMU -kernel: generation 2 (stagehand.tries=1) fails in stage 2; stage 1's counter boots generation 1 next",
         fallback_scenarios::kernel_fallback,
+    ),
+    (
+        "no-stage1",
+        "a foreign busybox initrd mounts only the root (read-only): stage 2 mounts every special fs itself, remounts / rw, systemd comes up",
+        stage2_scenarios::no_stage1,
     ),
 ];
 
