@@ -1,328 +1,26 @@
-//! Crash consistency: the real `stagehand` binary is killed (SIGKILL, delivered by
-//! `strace --inject` at the entry of one system call, which therefore never runs) before every
-//! file-system-mutating system call it makes, one trial per call. After each kill the root
-//! must satisfy the invariants a machine rebooting at that instant relies on, and running the
-//! same command again must leave exactly the tree an uninterrupted run leaves.
+//! Crash consistency of activation: the real `stagehand activate` SIGKILLed before each of its
+//! mutating system calls (see `crash_harness`), for a first activation, a generation change
+//! with a user added by hand in between, and the way back. After each kill the account files
+//! must be the old or the new set (each file whole; a mix only with the journal that finishes
+//! it, and never after recovery), no user that existed before is gone, nothing named shadow
+//! is readable by others, and every `/etc` entry is its old or its new version; running again
+//! must leave exactly what an uninterrupted run leaves.
 //!
-//! Kill points: a first run of the command under `strace -e trace=<mutating calls>` lists every
-//! mutating call in order (`openat` only with `O_CREAT`/`O_WRONLY`/`O_RDWR`, `write` only to a
-//! file rather than stdout/stderr, plus the `clone`/`wait4` around each snippet); trial k then
-//! runs the command on a fresh copy of the same root with
-//! `-e inject=<call>:when=<n>:signal=SIGKILL`, where the k-th mutating call is the n-th call
-//! of that name. The file system state only changes at those calls, so the trials together
-//! visit every state a kill of the process can leave behind.
-//!
-//! Needs `strace` (vm-tests/setup-host installs it); the test says so and skips without it.
+//! Needs `strace` (vm-tests/setup-host installs it); the tests say so and skip without it.
 
 mod common;
+mod crash_harness;
 
-use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::FakeRoot;
+use crash_harness::{
+    have_strace, run_ok, run_trials, scratch, snapshot, uninterrupted, Cmd, Snapshot,
+};
 use stagehand_activation::rootfs::Root;
 use stagehand_activation::users;
-
-const BIN: &str = env!("CARGO_BIN_EXE_stagehand");
-
-/// System calls that change the file system (or start/await a snippet, whose own writes are
-/// then either done or not).
-const MUTATING: &[&str] = &[
-    "openat",
-    "open",
-    "creat",
-    "write",
-    "pwrite64",
-    "writev",
-    "fsync",
-    "fdatasync",
-    "syncfs",
-    "sync",
-    "rename",
-    "renameat",
-    "renameat2",
-    "unlink",
-    "unlinkat",
-    "rmdir",
-    "symlink",
-    "symlinkat",
-    "link",
-    "linkat",
-    "mkdir",
-    "mkdirat",
-    "chown",
-    "fchown",
-    "lchown",
-    "fchownat",
-    "chmod",
-    "fchmod",
-    "fchmodat",
-    "truncate",
-    "ftruncate",
-    "fallocate",
-    "copy_file_range",
-    "sendfile",
-    "clone",
-    "clone3",
-    "vfork",
-    "wait4",
-];
-
-fn have_strace() -> bool {
-    Command::new("strace")
-        .arg("-V")
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-// ---------------------------------------------------------------------------------------------
-// Trees: copy a template root per trial, snapshot a root for comparison.
-
-/// Files that no command under test writes (the store, the bash copied in for snippets) are
-/// hard-linked into each trial's root instead of copied.
-fn shared(rel: &Path) -> bool {
-    ["nix/store", "bin/bash", "lib", "lib64", "usr/lib"]
-        .iter()
-        .any(|p| rel.starts_with(p))
-}
-
-fn copy_tree(from: &Path, to: &Path, rel: &Path) {
-    for e in std::fs::read_dir(from.join(rel)).expect("read template") {
-        let e = e.expect("entry");
-        let r = rel.join(e.file_name());
-        let (src, dst) = (from.join(&r), to.join(&r));
-        let md = std::fs::symlink_metadata(&src).expect("lstat");
-        if md.file_type().is_symlink() {
-            std::os::unix::fs::symlink(std::fs::read_link(&src).expect("readlink"), &dst)
-                .expect("symlink");
-            std::os::unix::fs::lchown(&dst, Some(md.uid()), Some(md.gid())).expect("lchown");
-            continue;
-        }
-        if md.is_dir() {
-            std::fs::create_dir(&dst).expect("mkdir");
-            copy_tree(from, to, &r);
-        } else if shared(&r) {
-            std::fs::hard_link(&src, &dst).expect("link");
-            continue;
-        } else {
-            std::fs::copy(&src, &dst).expect("copy");
-        }
-        std::os::unix::fs::chown(&dst, Some(md.uid()), Some(md.gid())).expect("chown");
-        std::fs::set_permissions(&dst, md.permissions()).expect("chmod");
-    }
-}
-
-/// A temporary directory on tmpfs when there is one: a kill loses nothing that was not
-/// synced, so the trials need no disk, and `syncfs` on a real disk would make them slow.
-fn scratch() -> tempfile::TempDir {
-    let shm = Path::new("/dev/shm");
-    if shm.is_dir() {
-        if let Ok(t) = tempfile::tempdir_in(shm) {
-            return t;
-        }
-    }
-    tempfile::tempdir().expect("tempdir")
-}
-
-fn clone_root(template: &Path) -> tempfile::TempDir {
-    let t = scratch();
-    copy_tree(template, t.path(), Path::new(""));
-    std::fs::set_permissions(
-        t.path(),
-        std::fs::symlink_metadata(template)
-            .expect("lstat")
-            .permissions(),
-    )
-    .expect("chmod root");
-    t
-}
-
-/// One line per path: type, mode, owner and contents (link target for a link). Shared
-/// (hard-linked) files are compared by size only.
-type Snapshot = BTreeMap<String, String>;
-
-fn snapshot(root: &Path) -> Snapshot {
-    let mut out = BTreeMap::new();
-    snap_walk(root, Path::new(""), &mut out);
-    out
-}
-
-fn snap_walk(root: &Path, rel: &Path, out: &mut Snapshot) {
-    let Ok(rd) = std::fs::read_dir(root.join(rel)) else {
-        return;
-    };
-    for e in rd {
-        let e = e.expect("entry");
-        let r = rel.join(e.file_name());
-        let p = root.join(&r);
-        let md = std::fs::symlink_metadata(&p).expect("lstat");
-        let who = format!("{:04o} {}:{}", md.mode() & 0o7777, md.uid(), md.gid());
-        let line = if md.file_type().is_symlink() {
-            format!(
-                "L -> {}",
-                std::fs::read_link(&p).expect("readlink").display()
-            )
-        } else if md.is_dir() {
-            snap_walk(root, &r, out);
-            format!("D {who}")
-        } else if md.nlink() > 1 {
-            format!("F {who} shared, {} bytes", md.len())
-        } else if r == Path::new("var/lib/stagehand/etc-cache") {
-            // The etc step's no-change cache holds this run's inode numbers and time
-            // stamps: compared by presence only (its checks are in tests/etc_cache.rs).
-            format!("F {who} etc cache")
-        } else {
-            let c = std::fs::read(&p).expect("read");
-            format!("F {who} {:?}", String::from_utf8_lossy(&c))
-        };
-        out.insert(format!("/{}", r.display()), line);
-    }
-}
-
-fn diff(a: &Snapshot, b: &Snapshot) -> String {
-    let mut d = String::new();
-    for (k, v) in a {
-        match b.get(k) {
-            None => d.push_str(&format!("  only after the crash and rerun: {k} {v}\n")),
-            Some(w) if w != v => d.push_str(&format!("  {k}: {v}\n    uninterrupted: {w}\n")),
-            _ => {}
-        }
-    }
-    for (k, v) in b {
-        if !a.contains_key(k) {
-            d.push_str(&format!("  only after an uninterrupted run: {k} {v}\n"));
-        }
-    }
-    d
-}
-
-// ---------------------------------------------------------------------------------------------
-// Running the binary, under strace.
-
-fn stagehand(root: &Path, args: &[&str]) -> Command {
-    let mut c = Command::new(BIN);
-    c.args(args)
-        .arg("--root")
-        .arg(root)
-        .stdin(std::process::Stdio::null());
-    c
-}
-
-fn run_ok(root: &Path, args: &[&str]) {
-    let out = stagehand(root, args).output().expect("run stagehand");
-    assert!(
-        out.status.code().is_some(),
-        "stagehand {args:?} died: {:?}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A mutating system call, named by its name and its ordinal among calls of that name.
-#[derive(Debug, Clone)]
-struct KillPoint {
-    call: String,
-    nth: usize,
-    line: String,
-}
-
-fn is_mutating(call: &str, line: &str) -> bool {
-    match call {
-        "openat" | "open" => ["O_CREAT", "O_WRONLY", "O_RDWR", "O_TRUNC"]
-            .iter()
-            .any(|f| line.contains(f)),
-        // Log lines to stdout and stderr change nothing on disk.
-        "write" | "writev" | "pwrite64" => {
-            !(line.starts_with(&format!("{call}(1,")) || line.starts_with(&format!("{call}(2,")))
-        }
-        _ => true,
-    }
-}
-
-/// Every mutating call `stagehand args` makes on a copy of `template`, in order.
-fn kill_points(template: &Path, args: &[&str]) -> Vec<KillPoint> {
-    let dir = clone_root(template);
-    let log = dir.path().join("..").join(format!(
-        "{}.strace",
-        dir.path().file_name().expect("name").to_string_lossy()
-    ));
-    let mut cmd = Command::new("strace");
-    cmd.args(["-qq", "-s", "0", "-o"])
-        .arg(&log)
-        .arg("-e")
-        .arg(format!("trace={}", MUTATING.join(",")))
-        .arg(BIN)
-        .args(args)
-        .arg("--root")
-        .arg(dir.path());
-    let out = cmd.output().expect("strace");
-    assert!(
-        out.status.success() || out.status.code() == Some(1),
-        "uninterrupted stagehand {args:?} under strace: {:?}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = std::fs::read_to_string(&log).expect("strace log");
-    let _ = std::fs::remove_file(&log);
-    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
-    let mut points = Vec::new();
-    for line in text.lines() {
-        let Some((call, _)) = line.split_once('(') else {
-            continue;
-        };
-        if !MUTATING.contains(&call) {
-            continue;
-        }
-        let n = counts.entry(call.to_owned()).or_default();
-        *n += 1;
-        if is_mutating(call, line) {
-            points.push(KillPoint {
-                call: call.to_owned(),
-                nth: *n,
-                line: line.to_owned(),
-            });
-        }
-    }
-    points
-}
-
-/// Run `stagehand args` on `root` and kill it at `p`. The process group (strace, stagehand
-/// and any snippet it started) is killed afterwards, as a power cut would.
-fn run_killed(root: &Path, args: &[&str], p: &KillPoint) {
-    let child = Command::new("strace")
-        .args(["-qq", "-o", "/dev/null", "-e"])
-        .arg(format!("trace={}", p.call))
-        .arg("-e")
-        .arg(format!("inject={}:when={}:signal=SIGKILL", p.call, p.nth))
-        .arg(BIN)
-        .args(args)
-        .arg("--root")
-        .arg(root)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .expect("strace");
-    let group = rustix::process::Pid::from_child(&child);
-    let out = child.wait_with_output().expect("wait");
-    // Normally the group is gone; a snippet that outlived stagehand dies now.
-    let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
-    assert_eq!(
-        out.status.signal(),
-        Some(9),
-        "the kill point {} #{} ({}) was not reached: {:?}\n{}",
-        p.call,
-        p.nth,
-        p.line,
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 // ---------------------------------------------------------------------------------------------
 // Activation scenarios.
 
@@ -604,9 +302,15 @@ fn shadow_modes(root: &Path) -> Result<(), String> {
 struct ActivationCase {
     name: &'static str,
     before: FakeRoot,
-    args: Vec<String>,
+    top: &'static str,
     /// Users that exist before and must exist at every kill point.
     keep: Vec<&'static str>,
+}
+
+impl ActivationCase {
+    fn args(&self) -> [&str; 4] {
+        ["activate", "--action", "boot", self.top]
+    }
 }
 
 struct Expect {
@@ -630,10 +334,8 @@ fn etc_rels() -> Vec<String> {
 }
 
 fn expectations(case: &ActivationCase) -> Expect {
-    let args: Vec<&str> = case.args.iter().map(String::as_str).collect();
     let before = case.before.path();
-    let done = clone_root(before);
-    run_ok(done.path(), &args);
+    let done = uninterrupted(before, Cmd::new(&case.args()));
     let rels = etc_rels();
     Expect {
         after: snapshot(done.path()),
@@ -663,19 +365,13 @@ fn check_killed_state(case: &ActivationCase, x: &Expect, root: &Path) -> Result<
         .exists();
     if set != x.set_before && set != x.set_after && !journal {
         return Err(
-            "the account files mix old and new versions with no journal to finish \
-                    the switch"
+            "the account files mix old and new versions with no journal to finish the switch"
                 .into(),
         );
     }
-    let passwd = set[users::SET
-        .iter()
-        .position(|p| *p == "/etc/passwd")
-        .expect("passwd")]
-    .clone()
-    .unwrap_or_default();
+    let passwd = std::fs::read(root.join("etc/passwd")).unwrap_or_default();
     let have = names(&passwd);
-    if x.set_before[5].is_some() {
+    if root.join("etc/passwd").exists() || !case.keep.is_empty() {
         for u in &case.keep {
             if !have.iter().any(|h| h == u) {
                 return Err(format!("user {u} is missing from /etc/passwd"));
@@ -703,55 +399,40 @@ fn check_killed_state(case: &ActivationCase, x: &Expect, root: &Path) -> Result<
 }
 
 fn crash_trials(case: &ActivationCase) -> usize {
-    let args: Vec<&str> = case.args.iter().map(String::as_str).collect();
     let x = expectations(case);
-    let points = kill_points(case.before.path(), &args);
-    if std::env::var_os("CRASH_SHOW_POINTS").is_some() {
-        for p in &points {
-            eprintln!("{}", p.line);
-        }
-    }
-    assert!(
-        points.len() > 50,
-        "{}: only {} kill points",
+    run_trials(
         case.name,
-        points.len()
-    );
-    let mut failures = Vec::new();
-    for (k, p) in points.iter().enumerate() {
-        let dir = clone_root(case.before.path());
-        run_killed(dir.path(), &args, p);
-        let at = format!("{} kill point {k} ({})", case.name, p.line);
-        if let Err(e) = check_killed_state(case, &x, dir.path()) {
-            failures.push(format!("{at}: {e}"));
-            continue;
-        }
-        run_ok(dir.path(), &args);
-        let d = diff(&snapshot(dir.path()), &x.after);
-        if !d.is_empty() {
-            failures.push(format!("{at}: the rerun does not converge:\n{d}"));
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "{} of {} trials failed; the first ones:\n{}",
-        failures.len(),
-        points.len(),
-        failures[..failures.len().min(5)].join("\n")
-    );
-    eprintln!(
-        "{}: {} kill points, all consistent",
-        case.name,
-        points.len()
-    );
-    points.len()
+        case.before.path(),
+        Cmd::new(&case.args()),
+        &x.after,
+        &|root: &Path| check_killed_state(case, &x, root),
+    )
 }
 
-fn activate_args(top: &str) -> Vec<String> {
-    ["activate", "--action", "boot", top]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+/// A crash during the run that recovers from a crash: first kill at the first call whose
+/// strace line contains each of `first`, then every kill point of the next run. The
+/// invariants stay those of the original switch (old = before the first run).
+fn double_crash_trials(case: &ActivationCase, first: &[&str]) -> usize {
+    let x = expectations(case);
+    let points = crash_harness::kill_points(case.before.path(), Cmd::new(&case.args()));
+    let mut n = 0;
+    for f in first {
+        let p = points
+            .iter()
+            .find(|p| p.line.contains(f))
+            .unwrap_or_else(|| panic!("{}: no kill point matches {f:?}", case.name));
+        let killed = crash_harness::clone_root(case.before.path());
+        crash_harness::run_killed(killed.path(), Cmd::new(&case.args()), p);
+        let name = format!("{}, killed again after a kill at {f}", case.name);
+        n += run_trials(
+            &name,
+            killed.path(),
+            Cmd::new(&case.args()),
+            &x.after,
+            &|root: &Path| check_killed_state(case, &x, root),
+        );
+    }
+    n
 }
 
 /// Add `dave` by hand, the way `useradd` would.
@@ -785,7 +466,7 @@ fn activation_killed_at_every_write_first_run() {
     let case = ActivationCase {
         name: "first activation",
         before: fresh_root(),
-        args: activate_args(TOP1),
+        top: TOP1,
         keep: vec![],
     };
     crash_trials(&case);
@@ -801,7 +482,7 @@ fn activation_killed_at_every_write_generation_change() {
     let case = ActivationCase {
         name: "generation 1 -> 2",
         before,
-        args: activate_args(TOP2),
+        top: TOP2,
         keep: vec!["root", "alice", "sshd", "dave"],
     };
     crash_trials(&case);
@@ -818,8 +499,28 @@ fn activation_killed_at_every_write_rollback() {
     let case = ActivationCase {
         name: "generation 2 -> 1",
         before,
-        args: activate_args(TOP1),
+        top: TOP1,
         keep: vec!["root", "alice", "sshd", "dave"],
     };
     crash_trials(&case);
+}
+
+#[test]
+fn activation_killed_again_while_recovering() {
+    if !have_strace() {
+        eprintln!("skipped: strace is not installed (vm-tests/setup-host installs it)");
+        return;
+    }
+    let case = ActivationCase {
+        name: "generation 1 -> 2",
+        before: generation_1_with_dave(),
+        top: TOP2,
+        keep: vec!["root", "alice", "sshd", "dave"],
+    };
+    // Half-way through renaming the account files (journal written), and right after
+    // /etc/static switched generations.
+    double_crash_trials(
+        &case,
+        &[r#", "passwd")"#, r#"symlinkat("/etc/static/only-in-2""#],
+    );
 }

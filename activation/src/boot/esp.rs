@@ -20,7 +20,7 @@ use rustix::io::Errno;
 
 use crate::rootfs::{self, Root};
 
-use super::plan::{FilePlan, Order, SpaceError};
+use super::plan::{FilePlan, Order, Removal, SpaceError};
 
 /// Suffix of our temporary files (see [`rootfs::tmp_name`]); a crash leaves only these.
 pub const TMP_SUFFIX: &str = ".stagehand-tmp";
@@ -276,7 +276,9 @@ pub fn apply(
         touched.insert(split(d).0.to_string());
     }
     if order == Order::RemoveThenWrite {
-        remove_all(fs, plan, &mut touched)?;
+        // Never the default entry's files: a crash before the new entries exist must still
+        // find something to boot.
+        remove_all(fs, plan, &mut touched, |r| !r.boots_now)?;
         // Removals must be on disk before we count on the space they freed.
         fs.sync()?;
     }
@@ -307,8 +309,9 @@ pub fn apply(
         write_atomic(&dirfd, name, &w.contents).map_err(fs.err(&w.dest, "write"))?;
         touched.insert(dir.to_string());
     }
-    if order == Order::WriteThenRemove {
-        remove_all(fs, plan, &mut touched)?;
+    match order {
+        Order::WriteThenRemove => remove_all(fs, plan, &mut touched, |_| true)?,
+        Order::RemoveThenWrite => remove_all(fs, plan, &mut touched, |r| r.boots_now)?,
     }
     for d in &touched {
         if let Some(dirfd) = fs.dir(d, false).map_err(fs.err(d, "open"))? {
@@ -327,8 +330,9 @@ fn remove_all(
     fs: &BootFs,
     plan: &FilePlan,
     touched: &mut BTreeSet<String>,
+    which: impl Fn(&Removal) -> bool,
 ) -> Result<(), EspError> {
-    for r in &plan.removals {
+    for r in plan.removals.iter().filter(|r| which(r)) {
         let (dir, name) = split(&r.path);
         let Some(dirfd) = fs.dir(dir, false).map_err(fs.err(dir, "open"))? else {
             continue;
@@ -560,6 +564,7 @@ pub(crate) mod tests {
                 path: "EFI/nixos/old.efi".into(),
                 size: 3,
                 tree: false,
+                boots_now: false,
             }],
             warnings: vec![],
         }

@@ -242,12 +242,20 @@ pub fn plan(
             contents: text.into_bytes(),
         });
     }
+    // Any file the current configuration names may be what boots now: it goes only after
+    // the new configuration is written.
+    let old_conf = state
+        .conf
+        .as_deref()
+        .map(String::from_utf8_lossy)
+        .unwrap_or_default();
     for f in &state.files {
         if (!f.name.starts_with('.') && !files.contains_key(&f.name)) || is_debris(&f.name) {
             fp.removals.push(Removal {
                 path: format!("{FILES_DIR}/{}", f.name),
                 size: f.size,
                 tree: f.dir,
+                boots_now: !is_debris(&f.name) && old_conf.contains(f.name.as_str()),
             });
         }
     }

@@ -32,6 +32,9 @@ pub struct Removal {
     pub path: String,
     pub size: u64,
     pub tree: bool,
+    /// The entry the partition boots by default now, or a file it names: removed only after
+    /// every new file is written, so that a crash in between still boots the old default.
+    pub boots_now: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -53,8 +56,9 @@ pub enum Order {
     /// Everything new fits beside the old: write first, remove last (a failure midway leaves
     /// every old entry bootable).
     WriteThenRemove,
-    /// It only fits once the unreferenced files are gone; removing them first is safe because
-    /// no entry we keep references them.
+    /// It only fits once some unreferenced files are gone: those the current default entry
+    /// does not need are removed first (no entry we keep references them), then the new
+    /// files are written, then the old default's files go.
     RemoveThenWrite,
 }
 
@@ -72,7 +76,8 @@ impl fmt::Display for SpaceError {
         write!(
             f,
             "not enough space on {}: the new boot files need {} bytes, {} bytes are free and \
-             removing unreferenced files would free {} more; nothing was changed. Lower the \
+             removing unreferenced files would free {} more (the files of the entry booted now \
+             stay until the new ones are written); nothing was changed. Lower the \
              number of generations kept (--limit), delete old generations \
              (nix-collect-garbage -d), or enlarge the partition",
             self.partition.display(),
@@ -117,8 +122,19 @@ impl FilePlan {
 
     /// Lower bound of what the removals give back.
     pub fn bytes_freed(&self, cluster: u64) -> u64 {
+        self.freed(cluster, |_| true)
+    }
+
+    /// Lower bound of what the removals allowed before the writes give back (all but the
+    /// current default's files).
+    pub fn bytes_freed_before_writes(&self, cluster: u64) -> u64 {
+        self.freed(cluster, |r| !r.boots_now)
+    }
+
+    fn freed(&self, cluster: u64, which: impl Fn(&Removal) -> bool) -> u64 {
         self.removals
             .iter()
+            .filter(|r| which(r))
             .map(|r| {
                 if r.tree {
                     r.size
@@ -137,7 +153,7 @@ impl FilePlan {
         cluster: u64,
     ) -> Result<Order, SpaceError> {
         let needed = self.bytes_needed(cluster);
-        let freeable = self.bytes_freed(cluster);
+        let freeable = self.bytes_freed_before_writes(cluster);
         if needed <= available {
             Ok(Order::WriteThenRemove)
         } else if needed <= available.saturating_add(freeable) {
@@ -198,6 +214,7 @@ mod tests {
                 path: "EFI/nixos/old.efi".into(),
                 size: 8_000,
                 tree: false,
+                boots_now: false,
             }],
             warnings: vec![],
         }
@@ -232,5 +249,19 @@ mod tests {
             "{msg}"
         );
         assert!(msg.contains("nothing was changed"), "{msg}");
+    }
+
+    #[test]
+    fn the_default_entrys_files_never_make_room_before_the_writes() {
+        // Removing the file the firmware boots now would make it fit, but a crash before
+        // the new entry is written would leave nothing to boot: refused instead.
+        let mut p = plan();
+        p.removals[0].boots_now = true;
+        let esp = PathBuf::from("/boot");
+        let e = p
+            .order_for(esp.clone(), 3 * 4096, 4096)
+            .expect_err("only fits without the default");
+        assert_eq!(e.freeable, 0);
+        assert_eq!(p.order_for(esp, 5 * 4096, 4096), Ok(Order::WriteThenRemove));
     }
 }

@@ -510,6 +510,15 @@ pub fn plan(
     // Removals: managed entries not kept, files in EFI/nixos nothing references (NixOS owns
     // that directory; hidden names are left alone except our own debris).
     let mut still_referenced: BTreeSet<String> = BTreeSet::new();
+    // What the firmware boots now: removed only once the new entries are written.
+    let booted_now = predicted_boot(esp);
+    let booted_files: BTreeSet<String> = booted_now
+        .as_ref()
+        .and_then(|n| esp.entry_texts.get(n))
+        .map(|t| nixos_files_named(&String::from_utf8_lossy(t)))
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
     for f in &esp.entries {
         if f.dir {
             continue;
@@ -527,6 +536,7 @@ pub fn plan(
                 path: format!("{ENTRIES_DIR}/{}", f.name),
                 size: f.size,
                 tree: false,
+                boots_now: booted_now.as_deref() == Some(f.name.as_str()),
             });
         } else if !kept_files.contains(&f.name) {
             // An entry that stays as it is (foreign, or of an unreadable generation): the
@@ -546,6 +556,7 @@ pub fn plan(
                 path: format!("{NIXOS_DIR}/{}", f.name),
                 size: f.size,
                 tree: f.dir,
+                boots_now: booted_files.contains(&f.name.to_ascii_lowercase()),
             });
         }
     }
