@@ -113,7 +113,9 @@ fn etc_entries(gen: u32) -> Vec<Entry> {
             side("0640", "alice", "users"),
         ),
     ];
-    for i in 0..12 {
+    // Generation 1 has conf.d/00..39, generation 2 conf.d/05..49; every third changes.
+    let range = if gen == 1 { 0..40 } else { 5..50 };
+    for i in range {
         v.push((
             format!("conf.d/{i:02}.conf"),
             format!("entry {i} of gen{}\n", if i % 3 == 0 { gen } else { 1 }),
@@ -473,6 +475,33 @@ fn activation_killed_at_every_write_first_run() {
 }
 
 #[test]
+fn activation_killed_at_every_write_over_an_existing_etc() {
+    if !have_strace() {
+        eprintln!("skipped: strace is not installed (vm-tests/setup-host installs it)");
+        return;
+    }
+    // A root that was not ours before: accounts and files made by someone else.
+    let before = fresh_root();
+    before.write("/etc/passwd", "root:x:0:0:root:/root:/bin/sh\ndaemon:x:1:1::/:/bin/false\ndave:x:1500:1500::/home/dave:/bin/sh\n");
+    before.write("/etc/group", "root:x:0:\ndaemon:x:1:\ndave:x:1500:\n");
+    before.write(
+        "/etc/shadow",
+        "root:*:19000:0:99999:7:::\ndaemon:*:19000::::::\ndave:!:19000::::::\n",
+    );
+    std::fs::set_permissions(before.host("/etc/shadow"), PermissionsExt::from_mode(0o600))
+        .expect("chmod");
+    before.write("/etc/hosts", "127.0.0.1 handmade\n");
+    before.write("/etc/motd", "not declared, kept\n");
+    let case = ActivationCase {
+        name: "first activation over an existing /etc",
+        before,
+        top: TOP2,
+        keep: vec!["root", "daemon", "dave"],
+    };
+    crash_trials(&case);
+}
+
+#[test]
 fn activation_killed_at_every_write_generation_change() {
     if !have_strace() {
         eprintln!("skipped: strace is not installed (vm-tests/setup-host installs it)");
@@ -511,16 +540,29 @@ fn activation_killed_again_while_recovering() {
         eprintln!("skipped: strace is not installed (vm-tests/setup-host installs it)");
         return;
     }
-    let case = ActivationCase {
+    // A first boot cut while the account files are being switched, then cut again.
+    let first = ActivationCase {
+        name: "first activation",
+        before: fresh_root(),
+        top: TOP1,
+        keep: vec![],
+    };
+    let mut n = double_crash_trials(&first, &[r#", "shadow")"#]);
+    let change = ActivationCase {
         name: "generation 1 -> 2",
         before: generation_1_with_dave(),
         top: TOP2,
         keep: vec!["root", "alice", "sshd", "dave"],
     };
-    // Half-way through renaming the account files (journal written), and right after
-    // /etc/static switched generations.
-    double_crash_trials(
-        &case,
-        &[r#", "passwd")"#, r#"symlinkat("/etc/static/only-in-2""#],
+    // Half-way through renaming the account files (journal written), right after
+    // /etc/static switched generations, and while the snippet runs.
+    n += double_crash_trials(
+        &change,
+        &[
+            r#", "passwd")"#,
+            r#"symlinkat("/etc/static/only-in-2""#,
+            "wait4(",
+        ],
     );
+    eprintln!("killed twice: {n} trials");
 }

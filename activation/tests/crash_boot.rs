@@ -130,6 +130,53 @@ fn esp_boots(root: &Path, gens: u32, may_be_empty: bool) -> Result<(), String> {
     Ok(())
 }
 
+/// The same for extlinux: `extlinux.conf`'s `DEFAULT` label exists and its `LINUX` and
+/// `INITRD` are on the partition, whole.
+fn extlinux_boots(root: &Path, gens: u32, may_be_empty: bool) -> Result<(), String> {
+    let dir = root.join("boot/extlinux");
+    let conf = match std::fs::read_to_string(dir.join("extlinux.conf")) {
+        Ok(c) => c,
+        Err(_) if may_be_empty => return Ok(()),
+        Err(e) => return Err(format!("extlinux.conf: {e}")),
+    };
+    let default = conf
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("DEFAULT "))
+        .ok_or("extlinux.conf has no DEFAULT")?;
+    let block: Vec<&str> = conf
+        .lines()
+        .skip_while(|l| l.trim() != format!("LABEL {default}"))
+        .skip(1)
+        .take_while(|l| !l.trim().starts_with("LABEL "))
+        .collect();
+    let known: Vec<Vec<u8>> = (1..=gens)
+        .flat_map(|n| [kernel(n).1, initrd(n).1])
+        .collect();
+    for key in ["LINUX ", "INITRD "] {
+        let f = block
+            .iter()
+            .find_map(|l| l.trim().strip_prefix(key))
+            .ok_or_else(|| format!("label {default} has no {key}"))?;
+        let bytes = std::fs::read(dir.join(f)).map_err(|e| format!("{default} names {f}: {e}"))?;
+        if !known.contains(&bytes) {
+            return Err(format!(
+                "{default} names {f}, which is no generation's file"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn extlinux_trials(name: &str, before: &FakeRoot, args: &[&str], gens: u32, first: bool) -> usize {
+    let cmd = Cmd::new(args);
+    let done = uninterrupted(before.path(), cmd);
+    extlinux_boots(done.path(), gens, false).expect("the uninterrupted run boots");
+    let after = snapshot(done.path());
+    run_trials(name, before.path(), cmd, &after, &|root: &Path| {
+        extlinux_boots(root, gens, first)
+    })
+}
+
 fn boot_trials(name: &str, before: &FakeRoot, cmd: Cmd<'_>, gens: u32, first: bool) -> usize {
     let done = uninterrupted(before.path(), cmd);
     esp_boots(done.path(), gens, false).expect("the uninterrupted run leaves a bootable ESP");
@@ -223,6 +270,22 @@ fn boot_entries_killed_at_every_write() {
     } else {
         eprintln!("skipped the full-ESP trials: mounting a small tmpfs needs root");
     }
+    // extlinux: one configuration file, rewritten whole.
+    let ext = ["install-bootloader", "--loader", "extlinux"];
+    n += extlinux_trials("extlinux first install", &fresh, &ext, 1, true);
+    let ext_two = FakeRoot { dir: scratch() };
+    std::fs::create_dir_all(ext_two.host("/boot")).expect("esp");
+    add_generation(&ext_two, 1);
+    run_ok(ext_two.path(), &ext);
+    add_generation(&ext_two, 2);
+    n += extlinux_trials("extlinux for generation 2", &ext_two, &ext, 2, false);
+    n += extlinux_trials(
+        "extlinux --limit 1",
+        &ext_two,
+        &["install-bootloader", "--loader", "extlinux", "--limit", "1"],
+        2,
+        false,
+    );
     eprintln!("boot partition: {n} trials");
 }
 
