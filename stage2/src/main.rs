@@ -5,6 +5,8 @@
 //! PID 1 over to the generation's systemd with the kernel's arguments. A failure before the
 //! hand-over goes to the shared failure path; PID 1 never panics.
 
+#[cfg(test)]
+mod bad_input_tests;
 mod bless_unit;
 mod blesser;
 mod mounts;
