@@ -12,13 +12,14 @@ use crate::rootfs::Root;
 use crate::users::{self, UsersSpec};
 
 /// One generated system size.
-struct Size {
-    etc_entries: usize,
-    users: usize,
-    groups: usize,
+pub struct Size {
+    pub etc_entries: usize,
+    pub users: usize,
+    pub groups: usize,
 }
 
-const SIZES: [Size; 2] = [
+/// Typical and stress sizes (also used by `vm-tests bench` for whole-process runs).
+pub const SIZES: [Size; 2] = [
     Size {
         etc_entries: 300,
         users: 30,
@@ -38,7 +39,7 @@ fn io<T>(r: std::io::Result<T>, what: &str) -> Result<T, String> {
 /// Write an etc tree of `n` entries into the store under `root_dir` for generation `gen`:
 /// about 5 % copied files with sidecars, the rest symlinks, spread over nested directories
 /// (`a.d/b.d/file`), like NixOS's. With `changed`, every tenth entry points at new contents.
-fn make_etc(root_dir: &Path, gen: &str, n: usize, changed: bool) -> Result<String, String> {
+pub fn make_etc(root_dir: &Path, gen: &str, n: usize, changed: bool) -> Result<String, String> {
     let tree = format!("/nix/store/{gen}-etc/etc");
     let host_tree = root_dir.join(tree.trim_start_matches('/'));
     for i in 0..n {
@@ -72,7 +73,7 @@ fn make_etc(root_dir: &Path, gen: &str, n: usize, changed: bool) -> Result<Strin
     Ok(tree)
 }
 
-fn make_users(n_users: usize, n_groups: usize, changed: bool) -> String {
+pub fn make_users(n_users: usize, n_groups: usize, changed: bool) -> String {
     let mut groups = Vec::new();
     for g in 0..n_groups {
         let gid = if g < n_groups / 2 {

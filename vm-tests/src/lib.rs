@@ -2,6 +2,7 @@
 //! tests) put together to build a NixOS-shaped system image, boot it in QEMU and read what
 //! the guest says.
 
+pub mod bench;
 pub mod console;
 pub mod fallback_scenarios;
 pub mod generation;

@@ -5,6 +5,7 @@
 //! vm-tests test [SCENARIO...]   run the boot scenarios, PASS/FAIL each, non-zero on failure
 //! vm-tests demo                 boot the demo generation with the console on stdout
 //! vm-tests list                 name the scenarios
+//! vm-tests bench [--boots N]    side by side with dracut and initramfs-tools (BENCHMARKS.md)
 //! ```
 //!
 //! Before booting it builds stage1, stage2 and guest-probe (`cargo build --release`),
@@ -16,6 +17,7 @@ use std::time::Instant;
 
 use anyhow::Result;
 
+use stagehand_vm_tests::bench;
 use stagehand_vm_tests::fallback_scenarios;
 use stagehand_vm_tests::scenarios::{self, Inputs, Outcome};
 use stagehand_vm_tests::stage1_scenarios;
@@ -88,7 +90,10 @@ const SCENARIOS: &[Scenario] = &[
 ];
 
 fn usage() -> ExitCode {
-    eprintln!("usage: vm-tests test [SCENARIO...] | vm-tests demo | vm-tests list");
+    eprintln!(
+        "usage: vm-tests test [SCENARIO...] | vm-tests demo | vm-tests list | \
+         vm-tests bench [--boots N]"
+    );
     ExitCode::from(2)
 }
 
@@ -97,6 +102,7 @@ fn main() -> ExitCode {
     match args.first().map(String::as_str) {
         Some("test") => run_tests(&args[1..]),
         Some("demo") if args.len() == 1 => run_demo(),
+        Some("bench") => run_bench(&args[1..]),
         Some("list") if args.len() == 1 => {
             for (name, what, _) in SCENARIOS {
                 println!("{name:<16} {what}");
@@ -193,5 +199,27 @@ fn run_demo() -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+fn run_bench(args: &[String]) -> ExitCode {
+    let boots = match args {
+        [] => bench::DEFAULT_BOOTS,
+        [flag, n] if flag == "--boots" => match n.parse::<usize>() {
+            Ok(n) if n > 0 => n,
+            _ => {
+                eprintln!("vm-tests bench: --boots needs a positive number, not {n:?}");
+                return ExitCode::from(2);
+            }
+        },
+        _ => return usage(),
+    };
+    match bench::run(boots) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("vm-tests bench: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }

@@ -1,0 +1,272 @@
+//! `vm-tests bench [--boots N]`: Stagehand side by side with the peers people use today,
+//! in one run, with public tools.
+//!
+//! 1. Initrds for the same kernel and root: ours, Debian's `dracut` and `initramfs-tools`
+//!    (with our module list, and as each builds by default), their build times, compressed
+//!    sizes and entry counts.
+//! 2. Boots of the same kernel, command line and root image with each of the three initrds,
+//!    alternating, `N` boots each (default 3), every one asserted to reach the generation's
+//!    stage 2, its systemd and the probe unit; the phases from kernel timestamps, medians
+//!    and ratios to ours.
+//! 3. Activation as whole processes (`stagehand etc` / `stagehand users`) on generated
+//!    NixOS-shaped inputs: hyperfine medians and `strace -c -f` system-call counts.
+//!
+//! Not on the test path: `vm-tests/bench-host` installs what only this needs.
+
+pub mod activation;
+pub mod boots;
+pub mod peers;
+
+use std::fmt::Write as _;
+use std::fs;
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+
+use crate::scenarios::Inputs;
+use boots::{BootResult, Milestones};
+use peers::{Built, Kind};
+
+/// Default boots per initrd.
+pub const DEFAULT_BOOTS: usize = 3;
+
+/// Run the whole benchmark; the report goes to stdout and `<target>/vm-tests/bench/report.md`.
+pub fn run(boots_each: usize) -> Result<bool> {
+    peers::check_tools()?;
+    let inputs = Inputs::prepare()?;
+    let dir = inputs.scenario_dir("bench")?;
+    inputs
+        .workspace
+        .build_release(&["-p", "stagehand-activation"])?;
+    let stagehand = inputs.workspace.release_binary("stagehand")?;
+
+    eprintln!("bench: building the initrds (ours, dracut, initramfs-tools)");
+    let t = Instant::now();
+    let (_, ours_path) = inputs.initrd_in(&dir, |_| {})?;
+    let ours = Built::measure("stagehand", &ours_path, t.elapsed(), "zstd")?;
+    let modules = peers::modules_tree(&inputs.kernel, &dir.join("kroot"))?;
+    let kroot = dir.join("kroot");
+    let dracut_path = dir.join("dracut.img");
+    let d = peers::dracut(&inputs.kernel, &modules, &dracut_path, true)?;
+    let dracut = Built::measure("dracut, our modules", &dracut_path, d, "gzip")?;
+    let itools_path = dir.join("initramfs-tools.img");
+    let d = peers::initramfs_tools(&inputs.kernel, &kroot, &dir, &itools_path, true)?;
+    let itools = Built::measure("initramfs-tools, our modules", &itools_path, d, "zstd")?;
+    let path = dir.join("dracut-generic.img");
+    let d = peers::dracut(&inputs.kernel, &modules, &path, false)?;
+    let dracut_generic = Built::measure("dracut, default (generic)", &path, d, "gzip")?;
+    let path = dir.join("initramfs-tools-most.img");
+    let d = peers::initramfs_tools(&inputs.kernel, &kroot, &dir, &path, false)?;
+    let itools_most = Built::measure("initramfs-tools, default (MODULES=most)", &path, d, "zstd")?;
+    let initrds = [ours, dracut, itools, dracut_generic, itools_most];
+
+    let (image, generation) = inputs.demo_image(&dir, &ours_path)?;
+    let mut results: Vec<BootResult> = Vec::new();
+    for round in 0..boots_each {
+        for kind in Kind::ALL {
+            let initrd = match kind {
+                Kind::Stagehand => &initrds[0].path,
+                Kind::Dracut => &initrds[1].path,
+                Kind::InitramfsTools => &initrds[2].path,
+            };
+            eprintln!(
+                "bench: boot {} of {boots_each} with {}",
+                round + 1,
+                kind.name()
+            );
+            let r = boots::boot(&inputs, &dir, kind, round, initrd, &image, &generation)?;
+            if !r.failures.is_empty() {
+                eprintln!("bench: the {} boot failed:", kind.name());
+                for f in &r.failures {
+                    eprintln!("  {f}");
+                }
+            }
+            results.push(r);
+        }
+    }
+
+    eprintln!("bench: activation (hyperfine, strace)");
+    let cases = activation::measure(&stagehand, &dir.join("activation"))?;
+
+    let mut report = String::new();
+    boot_table(&mut report, &results, boots_each)?;
+    initrd_table(&mut report, &initrds)?;
+    let kib = |p: &Path| fs::metadata(p).map_or(0, |m| m.len()).div_ceil(1024);
+    writeln!(
+        report,
+        "\nBinaries (static, release): stage1 {} KiB, stage2 {} KiB (includes the activation \
+         engine), stagehand {} KiB.",
+        kib(&inputs.bins.stage1),
+        kib(&inputs.bins.stage2),
+        kib(&stagehand)
+    )?;
+    writeln!(
+        report,
+        "\nActivation, whole process (`stagehand etc|users --root`, tmpfs), hyperfine median \
+         of 10 runs and `strace -c -f` system calls per run:\n"
+    )?;
+    report.push_str(&activation::table(&cases)?);
+    let path = dir.join("report.md");
+    fs::write(&path, &report).with_context(|| format!("writing {}", path.display()))?;
+    println!("{report}");
+    println!("(also in {}; console logs beside it)", path.display());
+    let failed = results.iter().filter(|r| !r.failures.is_empty()).count();
+    if failed > 0 {
+        println!("{failed} boot(s) failed; they are left out of the medians");
+    }
+    Ok(failed == 0)
+}
+
+/// The middle value (the mean of the two middle ones for an even count).
+pub fn median(v: &[f64]) -> Option<f64> {
+    let mut v: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    Some(if v.len().is_multiple_of(2) {
+        (v[m - 1] + v[m]) / 2.0
+    } else {
+        v[m]
+    })
+}
+
+type Phase = (&'static str, fn(&Milestones) -> Option<f64>);
+
+const PHASES: [Phase; 6] = [
+    ("kernel start → /init", |m| m.init),
+    (
+        "/init → stage 2 on the real root (the initrd's work)",
+        |m| Some(m.stage2? - m.init?),
+    ),
+    ("stage 2 → exec systemd (activation)", |m| {
+        Some(m.systemd? - m.stage2?)
+    }),
+    ("kernel start → exec systemd (service manager)", |m| {
+        m.systemd
+    }),
+    ("kernel start → probe unit runs", |m| m.probe),
+    ("QEMU start → VM off (host clock)", |m| m.host_total),
+];
+
+fn boot_table(out: &mut String, results: &[BootResult], boots_each: usize) -> Result<()> {
+    let of = |kind: Kind, phase: fn(&Milestones) -> Option<f64>| -> Option<f64> {
+        let v: Vec<f64> = results
+            .iter()
+            .filter(|r| r.kind == kind && r.failures.is_empty())
+            .filter_map(|r| phase(&r.milestones))
+            .collect();
+        median(&v)
+    };
+    let ok = |kind: Kind| {
+        results
+            .iter()
+            .filter(|r| r.kind == kind && r.failures.is_empty())
+            .count()
+    };
+    writeln!(
+        out,
+        "Boots: same kernel, command line and root image; seconds, median of {boots_each} \
+         boots each (successful: stagehand {}, dracut {}, initramfs-tools {}), alternating.\n",
+        ok(Kind::Stagehand),
+        ok(Kind::Dracut),
+        ok(Kind::InitramfsTools)
+    )?;
+    writeln!(
+        out,
+        "| phase | stagehand | dracut | initramfs-tools | dracut ÷ stagehand | initramfs-tools ÷ stagehand |\n\
+         |---|---|---|---|---|---|"
+    )?;
+    let secs = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.2}"));
+    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.1}×", a / b),
+        _ => "-".into(),
+    };
+    for (name, phase) in PHASES {
+        let (s, d, i) = (
+            of(Kind::Stagehand, phase),
+            of(Kind::Dracut, phase),
+            of(Kind::InitramfsTools, phase),
+        );
+        writeln!(
+            out,
+            "| {name} | {} | {} | {} | {} | {} |",
+            secs(s),
+            secs(d),
+            secs(i),
+            ratio(d, s),
+            ratio(i, s)
+        )?;
+    }
+    let switch = of(Kind::Stagehand, |m| Some(m.switch_root? - m.init?));
+    writeln!(
+        out,
+        "\nOurs: /init → stage 1's `switching root` line {} s (the rest of the initrd row is \
+         switch_root and exec of stage 2).",
+        secs(switch)
+    )?;
+    writeln!(
+        out,
+        "\nEvery boot (kernel clock: /init, stage 2, exec systemd, probe; host total):"
+    )?;
+    for r in results {
+        let m = &r.milestones;
+        let status = if r.failures.is_empty() {
+            "ok"
+        } else {
+            "FAILED"
+        };
+        writeln!(
+            out,
+            "- {} {status}: {} {} {} {}; {} ({})",
+            r.kind.name(),
+            secs(m.init),
+            secs(m.stage2),
+            secs(m.systemd),
+            secs(m.probe),
+            secs(m.host_total),
+            r.log.display()
+        )?;
+    }
+    Ok(())
+}
+
+fn initrd_table(out: &mut String, initrds: &[Built]) -> Result<()> {
+    let Some(ours) = initrds.first() else {
+        bail!("no initrds");
+    };
+    writeln!(
+        out,
+        "\nInitrds for the same kernel and root:\n\n\
+         | initrd | compression | size | ÷ ours | entries | build time |\n\
+         |---|---|---|---|---|---|"
+    )?;
+    for b in initrds {
+        writeln!(
+            out,
+            "| {} | {} | {} KiB | {:.1}× | {} | {:.2} s |",
+            b.label,
+            b.compression,
+            b.bytes.div_ceil(1024),
+            b.bytes as f64 / ours.bytes.max(1) as f64,
+            b.entries,
+            b.build_time.as_secs_f64()
+        )?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(&[]), None);
+        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        assert_eq!(median(&[f64::NAN, 1.0]), Some(1.0));
+    }
+}
