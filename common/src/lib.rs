@@ -10,3 +10,4 @@ pub mod kmsg;
 pub mod mounts;
 pub mod probe;
 pub mod stage1_config;
+pub mod timing;

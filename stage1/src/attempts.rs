@@ -20,6 +20,8 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use stagehand_common::timing::{json_string as json_str, monotonic_us, Spans};
+
 /// The state directory, relative to the new root.
 pub const STATE_DIR: &str = "nix/var/nix/stagehand/boot-attempts";
 /// The profile links, relative to the new root.
@@ -351,26 +353,12 @@ pub fn state_dir(new_root: &Path) -> PathBuf {
     new_root.join(STATE_DIR)
 }
 
-/// Escape a string for hand-written JSON.
-pub fn json_str(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
 /// Phase times of stage 1, microseconds of CLOCK_MONOTONIC.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Times {
     pub start_us: u64,
+    /// Every step's start and end, in order (the boot timeline).
+    pub phases: Spans,
     pub modules_us: u64,
     /// Waiting for devices, fsck and mounts (one phase in `root::mount_all`).
     pub mounts_us: u64,
@@ -423,24 +411,17 @@ pub fn stage1_json(
         _ => s.push_str(",\"reason\":\"init=\",\"counting\":false"),
     }
     s.push_str(&format!(
-        ",\"times_us\":{{\"start\":{},\"modules\":{},\"mounts\":{},\"attempts\":{},\"end\":{},\"total\":{}}}",
+        ",\"times_us\":{{\"start\":{},\"modules\":{},\"mounts\":{},\"attempts\":{},\"end\":{},\"total\":{},\"phases\":{}}}",
         times.start_us,
         times.modules_us,
         times.mounts_us,
         times.attempts_us,
         times.end_us,
-        times.end_us.saturating_sub(times.start_us)
+        times.end_us.saturating_sub(times.start_us),
+        times.phases.to_json()
     ));
     s.push_str("}\n");
     s
-}
-
-/// CLOCK_MONOTONIC in microseconds (the kernel's printk clock).
-pub fn monotonic_us() -> u64 {
-    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-    (ts.tv_sec as u64)
-        .saturating_mul(1_000_000)
-        .saturating_add(ts.tv_nsec as u64 / 1000)
 }
 
 /// Where stage 1 leaves its part of the boot receipt (moved into the new root with `/run`).
@@ -520,6 +501,7 @@ pub fn count_boot(
         },
     }
     times.attempts_us = monotonic_us().saturating_sub(t);
+    times.phases.since("boot counting", t);
     times.end_us = monotonic_us();
     let text = stage1_json(requested.as_deref(), choice.as_ref(), &init, tries, times);
     if let Err(e) = stagehand_common::atomic::write_file(Path::new(STAGE1_JSON), text.as_bytes()) {
@@ -728,6 +710,7 @@ mod tests {
             &Times::default(),
         );
         assert!(j.contains("\"reason\":\"fallback\""), "{j}");
+        assert!(j.contains(",\"phases\":[]}"), "{j}");
         assert!(j.contains("\"from_generation\":2"), "{j}");
         assert!(
             j.contains("\"counter\":{\"before\":\"untried\",\"after\":\"+0-1\"}"),

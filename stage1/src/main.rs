@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use stagehand_common::cmdline::Cmdline;
 use stagehand_common::kmsg::KmsgLogger;
 use stagehand_common::stage1_config::{Stage1Config, STAGE1_CONFIG_PATH};
+use stagehand_common::timing::monotonic_us;
 
 use plan::{BreakPoint, Plan, TARGET_ROOT};
 use stagehand_common::emergency::{fail, FailurePolicy};
@@ -48,7 +49,7 @@ fn main() {
     }
     let started = Instant::now();
     let times = attempts::Times {
-        start_us: attempts::monotonic_us(),
+        start_us: monotonic_us(),
         ..attempts::Times::default()
     };
     run(started, times);
@@ -65,6 +66,8 @@ fn run(started: Instant, mut times: attempts::Times) {
     sys::reopen_console();
     sys::make_etc_stubs();
     log::info!("started; special filesystems mounted");
+    times.phases.since("special filesystems", times.start_us);
+    let t = monotonic_us();
 
     let cmdline_text = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let cmdline = Cmdline::parse(&cmdline_text);
@@ -123,6 +126,9 @@ fn run(started: Instant, mut times: attempts::Times) {
         );
     }
 
+    times.phases.since("config", t);
+
+    let t_us = monotonic_us();
     let t = Instant::now();
     for module in &plan.modules {
         let m = Instant::now();
@@ -139,6 +145,7 @@ fn run(started: Instant, mut times: attempts::Times) {
         }
     }
     times.modules_us = t.elapsed().as_micros() as u64;
+    times.phases.since("modules", t_us);
     log::info!(
         "{} modules loaded in {} ms",
         plan.modules.len(),
@@ -157,7 +164,7 @@ fn run(started: Instant, mut times: attempts::Times) {
         fail(&policy, "creating the mount point of the new root", &e);
     }
     let t = Instant::now();
-    root::mount_all(&plan, &policy, new_root);
+    root::mount_all(&plan, &policy, new_root, &mut times.phases);
     times.mounts_us = t.elapsed().as_micros() as u64;
     if plan.break_at == Some(BreakPoint::Mounts) {
         fail(
@@ -167,6 +174,7 @@ fn run(started: Instant, mut times: attempts::Times) {
         );
     }
 
+    let t = monotonic_us();
     let init = loop {
         match init_path::resolve_init(new_root, &plan.init) {
             Ok(init) => break init,
@@ -175,6 +183,7 @@ fn run(started: Instant, mut times: attempts::Times) {
             }
         }
     };
+    times.phases.since("find init=", t);
     let init = attempts::count_boot(new_root, &cmdline, init, &mut times);
     log::info!(
         "switching root to {TARGET_ROOT}, stage 2 is {init} (stage 1 took {} ms)",

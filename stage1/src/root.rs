@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use stagehand_common::emergency::{fail, FailurePolicy};
 use stagehand_common::probe::DeviceSpec;
 use stagehand_common::stage1_config::FileSystem;
+use stagehand_common::timing::{monotonic_us, Spans};
 
 use crate::plan::Plan;
 use crate::resume::ResumePlan;
@@ -24,8 +25,9 @@ struct Wanted {
 
 /// Wait for every block device the boot needs (together, with one deadline), resume
 /// from hibernation if there is an image, then check and mount the filesystems in order.
-pub fn mount_all(plan: &Plan, policy: &FailurePolicy, new_root: &Path) {
+pub fn mount_all(plan: &Plan, policy: &FailurePolicy, new_root: &Path, phases: &mut Spans) {
     let t = Instant::now();
+    let t_us = monotonic_us();
     let mut registry = devices::Registry::system();
     let mut wanted = Vec::new();
     for fs in plan
@@ -111,6 +113,7 @@ pub fn mount_all(plan: &Plan, policy: &FailurePolicy, new_root: &Path) {
         .map(|(_, f)| f.clone())
         .collect();
     try_resume(plan, &registry, &resume_found);
+    phases.since("devices", t_us);
 
     let node_of = |mount_point: &str| {
         wanted
@@ -128,8 +131,11 @@ pub fn mount_all(plan: &Plan, policy: &FailurePolicy, new_root: &Path) {
         }
         let probed = node.as_deref().and_then(|n| registry.fs_type(n));
         if let Some(node) = &node {
+            let t = monotonic_us();
             check_filesystem(plan, policy, fs, node, probed);
+            phases.since(format!("fsck {}", fs.mount_point), t);
         }
+        let t = monotonic_us();
         match sys::mount_filesystem(new_root, fs, node.as_deref(), probed) {
             Ok(fstype) => log::info!(
                 "mounted {} ({}, {fstype}) in {} ms",
@@ -141,6 +147,7 @@ pub fn mount_all(plan: &Plan, policy: &FailurePolicy, new_root: &Path) {
                 fail(policy, &format!("mounting {}", fs.mount_point), &e);
             }
         }
+        phases.since(format!("mount {}", fs.mount_point), t);
         if fs.mount_point == "/" {
             if let Some(node) = &node {
                 // systemd and tools expect /dev/root for the root device, as NixOS's udev rule makes it.
