@@ -28,6 +28,7 @@ use stagehand_common::cmdline::Cmdline;
 use stagehand_common::emergency::{fail, FailurePolicy};
 use stagehand_common::kmsg::KmsgLogger;
 use stagehand_common::mounts::mountinfo;
+use stagehand_common::timing::monotonic_us;
 
 use plan::Handoff;
 
@@ -78,7 +79,7 @@ impl Failure {
 fn run(pid: u32, systemd_stage1: Option<String>) {
     let started = Instant::now();
     let mut times = receipt::Stage2Times {
-        start_us: receipt::monotonic_us(),
+        start_us: monotonic_us(),
         ..receipt::Stage2Times::default()
     };
     let args: Vec<String> = std::env::args().collect();
@@ -151,6 +152,7 @@ fn run(pid: u32, systemd_stage1: Option<String>) {
             Err(e) => log::warn!("{e}; boot counting by the loader cannot be seen"),
         }
     }
+    times.phases.since("special filesystems", times.start_us);
     let toplevel = loop {
         match toplevel::from_argv0_in(&plan.root, &argv0) {
             Ok(t) => break t,
@@ -159,15 +161,20 @@ fn run(pid: u32, systemd_stage1: Option<String>) {
     };
     log::info!("booting system configuration {}", toplevel.display());
 
+    let t = monotonic_us();
     if plan.remount_root_rw {
         log::debug!("remounting / read-write");
         if let Err(e) = mounts::remount_root_rw() {
             failure.fail("remounting / read-write", &e);
         }
     }
+    times.phases.since("remount / rw", t);
+    let t = monotonic_us();
     if let Err(e) = mounts::protect_store(&plan.root, plan.store_rbind) {
         failure.fail("making /nix/store read-only", &e);
     }
+    times.phases.since("read-only /nix/store", t);
+    let t = monotonic_us();
     for (dir, mode) in [("/etc", 0o755), ("/tmp", 0o1777), ("/var", 0o755)] {
         log::debug!("directory {dir} mode {mode:o}");
         if let Err(e) = ensure_dir(&plan.host(dir), mode) {
@@ -184,6 +191,9 @@ fn run(pid: u32, systemd_stage1: Option<String>) {
         }
     }
 
+    times.phases.since("base directories", t);
+
+    let t_us = monotonic_us();
     let t = Instant::now();
     log::info!("running activation");
     let options = ActivateOptions {
@@ -198,11 +208,12 @@ fn run(pid: u32, systemd_stage1: Option<String>) {
     match activate(&toplevel, &options) {
         Ok(report) => {
             times.activation_us = t.elapsed().as_micros() as u64;
-            times.steps = report
+            let steps = report
                 .steps
                 .iter()
                 .map(|s| (s.name.clone(), s.duration.as_micros() as u64))
                 .collect();
+            times.record_activation_steps(t_us, steps);
             if !report.success() {
                 // NixOS ignores the activation status at boot: a half-activated system that
                 // reaches systemd is more useful than one that stops here.
@@ -215,6 +226,9 @@ fn run(pid: u32, systemd_stage1: Option<String>) {
         Err(e) => failure.fail("activation", &e.to_string()),
     }
     std::env::remove_var("SHELLOPTS");
+    times.phases.since("activation", t_us);
+
+    let t = monotonic_us();
 
     if let Err(e) = point_link(&plan.root, Path::new("/run/booted-system"), &toplevel) {
         failure.fail("recording /run/booted-system", &e);
@@ -225,7 +239,12 @@ fn run(pid: u32, systemd_stage1: Option<String>) {
             log::error!("{e}");
         }
     }
-    run_post_boot(&plan, &toplevel);
+    times.phases.since("booted-system", t);
+    let t = monotonic_us();
+    if run_post_boot(&plan, &toplevel) {
+        times.phases.since("postBootCommands", t);
+    }
+    let t = monotonic_us();
     // An existing (even empty) machine-id keeps systemd's first-boot logic off.
     if let Err(e) = std::fs::OpenOptions::new()
         .create(true)
@@ -240,6 +259,8 @@ fn run(pid: u32, systemd_stage1: Option<String>) {
             .join("systemd/lib/systemd/systemd")
             .to_string_lossy(),
     );
+    times.phases.since("machine-id", t);
+    let t = monotonic_us();
     let blessed = bless_in_stage2(&plan, &cmdline, &toplevel, &systemd);
     let stage1 = receipt::read_stage1(&plan.host(receipt::STAGE1_JSON));
     write_bless_unit(
@@ -249,6 +270,7 @@ fn run(pid: u32, systemd_stage1: Option<String>) {
         stage1.as_ref(),
         blessed.is_some(),
     );
+    times.phases.since("bless", t);
     write_receipt(
         &plan,
         &toplevel,
@@ -282,13 +304,14 @@ fn run(pid: u32, systemd_stage1: Option<String>) {
 }
 
 /// `boot.postBootCommands` from the manifest, if any; its failure is logged, not fatal.
-fn run_post_boot(plan: &plan::Plan, toplevel: &Path) {
+/// Whether there were any to run.
+fn run_post_boot(plan: &plan::Plan, toplevel: &Path) -> bool {
     let snippet = match postboot::read(&plan.host(&toplevel.to_string_lossy())) {
         Ok(Some(s)) => s,
-        Ok(None) => return,
+        Ok(None) => return false,
         Err(e) => {
             log::error!("postBootCommands: {e}");
-            return;
+            return false;
         }
     };
     log::info!("running postBootCommands");
@@ -307,6 +330,7 @@ fn run_post_boot(plan: &plan::Plan, toplevel: &Path) {
             snippet.shell
         ),
     }
+    true
 }
 
 /// `stagehand.bless=stage2`: the interim bless of stage 1's counter right before systemd
@@ -403,7 +427,7 @@ fn write_receipt(
     blessed: Option<&str>,
     times: &mut receipt::Stage2Times,
 ) {
-    times.end_us = receipt::monotonic_us();
+    times.end_us = monotonic_us();
     let r = receipt::build(
         &plan.mode.to_string(),
         stage1,

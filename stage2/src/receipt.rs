@@ -1,7 +1,8 @@
 //! The boot receipt: `/run/stagehand/boot.json` and one kmsg line saying which generation
 //! booted, why (init= or a fallback from stage 1's boot counting), the counters before and
-//! after, and every phase's time in microseconds of CLOCK_MONOTONIC (the kernel's printk
-//! clock). Stage 1's part comes from `/run/stagehand/stage1.json`.
+//! after, and every phase's time in microseconds of CLOCK_MONOTONIC (see
+//! `common::timing`; `phases` lists each step's start and end). Stage 1's part comes from
+//! `/run/stagehand/stage1.json`.
 //!
 //! Also the interim bless: with `stagehand.bless=stage2` the booted generation's counter
 //! `<base>+LEFT-DONE` in the boot-attempts directory is renamed to `<base>.good`.
@@ -9,19 +10,12 @@
 use std::path::Path;
 
 use serde_json::{json, Value};
+use stagehand_common::timing::Spans;
 
 pub const STAGE1_JSON: &str = "/run/stagehand/stage1.json";
 pub const BOOT_JSON: &str = "/run/stagehand/boot.json";
 /// Stage 1's boot-attempts directory (see `stage1/src/attempts.rs`).
 pub const STATE_DIR: &str = "/nix/var/nix/stagehand/boot-attempts";
-
-/// CLOCK_MONOTONIC in microseconds.
-pub fn monotonic_us() -> u64 {
-    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-    (ts.tv_sec as u64)
-        .saturating_mul(1_000_000)
-        .saturating_add(ts.tv_nsec as u64 / 1000)
-}
 
 /// Stage 2's phase times.
 #[derive(Debug, Clone, Default)]
@@ -31,6 +25,32 @@ pub struct Stage2Times {
     /// Each activation step and its duration.
     pub steps: Vec<(String, u64)>,
     pub end_us: u64,
+    /// Every step's start and end, in order (the boot timeline).
+    pub phases: Spans,
+    /// The activation steps' starts and ends, in order.
+    pub activation_phases: Spans,
+}
+
+impl Stage2Times {
+    /// Record the activation steps that ran back to back from `start_us`: each starts
+    /// where the one before ended (the engine reports durations; what runs between two
+    /// steps is one log line).
+    pub fn record_activation_steps(&mut self, start_us: u64, steps: Vec<(String, u64)>) {
+        let mut at = start_us;
+        for (name, us) in &steps {
+            self.activation_phases.push(name.clone(), at, at + us);
+            at += us;
+        }
+        self.steps = steps;
+    }
+}
+
+fn spans_json(spans: &Spans) -> Value {
+    spans
+        .0
+        .iter()
+        .map(|s| json!({"name": s.name, "start": s.start_us, "end": s.end_us}))
+        .collect()
 }
 
 /// Stage 1's receipt, if it left a readable one.
@@ -70,6 +90,8 @@ pub fn build(
                 "activation_steps": steps,
                 "end": t.end_us,
                 "total": t.end_us.saturating_sub(t.start_us),
+                "phases": spans_json(&t.phases),
+                "activation_phases": spans_json(&t.activation_phases),
             },
         },
     })
@@ -212,12 +234,14 @@ mod tests {
                 "times_us":{"start":10,"modules":1,"mounts":2,"attempts":3,"end":40,"total":30}}"#,
         )
         .expect("json");
-        let t = Stage2Times {
+        let mut t = Stage2Times {
             start_us: 50,
             activation_us: 20,
-            steps: vec![("etc".into(), 5)],
             end_us: 90,
+            ..Stage2Times::default()
         };
+        t.phases.push("activation", 60, 80);
+        t.record_activation_steps(61, vec![("users".into(), 4), ("etc".into(), 5)]);
         let r = build(
             "after Stagehand's stage 1",
             Some(&s1),
@@ -228,6 +252,17 @@ mod tests {
         assert_eq!(r["mode"], json!("after Stagehand's stage 1"));
         assert_eq!(r["times_us"]["stage2"]["total"], json!(40));
         assert_eq!(r["times_us"]["stage2"]["activation_steps"]["etc"], json!(5));
+        assert_eq!(
+            r["times_us"]["stage2"]["phases"],
+            json!([{"name": "activation", "start": 60, "end": 80}])
+        );
+        assert_eq!(
+            r["times_us"]["stage2"]["activation_phases"],
+            json!([
+                {"name": "users", "start": 61, "end": 65},
+                {"name": "etc", "start": 65, "end": 70}
+            ])
+        );
         let line = summary(&r);
         assert!(
             line.starts_with(
