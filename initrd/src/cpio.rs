@@ -211,6 +211,16 @@ impl Archive {
         self.entries.iter().map(|(k, v)| (k.as_str(), v))
     }
 
+    /// Each regular file's path and contents, to rewrite them in place (stripping).
+    pub fn files_mut(&mut self) -> impl Iterator<Item = (&str, &mut Vec<u8>)> {
+        self.entries
+            .iter_mut()
+            .filter_map(|(k, v)| match &mut v.node {
+                Node::File(data) => Some((k.as_str(), data)),
+                _ => None,
+            })
+    }
+
     /// Serialise as newc. Byte order of the names is the archive order; a parent is a
     /// prefix of its children, so it always comes first.
     pub fn to_bytes(&self) -> Result<Vec<u8>, CpioError> {

@@ -23,6 +23,7 @@ pub mod cpio;
 pub mod elf;
 pub mod modules;
 pub mod objects;
+pub mod strip;
 #[cfg(test)]
 mod tests;
 
@@ -108,6 +109,11 @@ pub struct SpecExtras {
     /// Stage-1 boot policy (fsck, resume) copied into the config as it is.
     #[serde(default)]
     pub stage1_options: stage1_config::Stage1Options,
+    /// Cut every program and shared library in the initrd down to what its program
+    /// headers map (see [`strip`]): no symbol tables, debug sections or section headers.
+    /// Kernel modules are never touched.
+    #[serde(default)]
+    pub strip: bool,
 }
 
 /// The CLI's spec file: an [`InitrdSpec`] and [`SpecExtras`] in one JSON object.
@@ -159,6 +165,15 @@ pub struct SizeReport {
     /// Things that did not stop the build but may matter (missing optional modules,
     /// softdeps that resolve to nothing).
     pub warnings: Vec<String>,
+    /// With `strip`: each ELF file that got smaller, its size before and after.
+    pub stripped: Vec<Stripped>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Stripped {
+    pub path: String,
+    pub before: u64,
+    pub after: u64,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -179,6 +194,18 @@ impl fmt::Display for SizeReport {
             self.compressed,
             self.compression.name()
         )?;
+        if !self.stripped.is_empty() {
+            let (before, after) = self
+                .stripped
+                .iter()
+                .fold((0, 0), |(b, a), s| (b + s.before, a + s.after));
+            writeln!(
+                f,
+                "{:>10}  (saved by stripping {} ELF files: {before} -> {after})",
+                before - after,
+                self.stripped.len()
+            )?;
+        }
         for b in &self.builtin_modules {
             writeln!(f, "note: module {b} is built into the kernel")?;
         }
@@ -283,7 +310,12 @@ pub fn build(spec: &InitrdSpec) -> Result<Initrd, InitrdError> {
 
 /// Build with the further inputs of [`SpecExtras`].
 pub fn build_with(spec: &InitrdSpec, extras: &SpecExtras) -> Result<Initrd, InitrdError> {
-    let (archive, config, closure) = assemble(spec, extras)?;
+    let (mut archive, config, mut closure) = assemble(spec, extras)?;
+    let stripped = if extras.strip {
+        strip_files(&mut archive, &mut closure.warnings)
+    } else {
+        Vec::new()
+    };
     let cpio_bytes = archive.to_bytes().map_err(archive_err("archive"))?;
     let bytes = compress::compress(&cpio_bytes, spec.compression, spec.compression_level)
         .map_err(InitrdError::Compress)?;
@@ -304,12 +336,34 @@ pub fn build_with(spec: &InitrdSpec, extras: &SpecExtras) -> Result<Initrd, Init
         compression: spec.compression,
         builtin_modules: closure.builtin,
         warnings: closure.warnings,
+        stripped,
     };
     Ok(Initrd {
         bytes,
         report,
         config,
     })
+}
+
+/// Strip every program and library in `archive`; a file whose ELF headers are broken is
+/// kept as it is, with a warning.
+fn strip_files(archive: &mut Archive, warnings: &mut Vec<String>) -> Vec<Stripped> {
+    let mut done = Vec::new();
+    for (path, data) in archive.files_mut() {
+        match strip::strip(data) {
+            Ok(Some(smaller)) => {
+                done.push(Stripped {
+                    path: format!("/{path}"),
+                    before: data.len() as u64,
+                    after: smaller.len() as u64,
+                });
+                *data = smaller;
+            }
+            Ok(None) => {}
+            Err(e) => warnings.push(format!("/{path}: not stripped, {e}")),
+        }
+    }
+    done
 }
 
 /// The uncompressed archive and the config it carries.

@@ -185,12 +185,12 @@ pub fn read_module_file(path: &Path) -> Result<Vec<u8>, ModuleError> {
     let raw = std::fs::read(path).map_err(io)?;
     if name.ends_with(".ko.xz") {
         let mut out = Vec::new();
-        lzma_rs::xz_decompress(&mut raw.as_slice(), &mut out).map_err(|e| {
-            ModuleError::Corrupt {
+        lzma_rust2::XzReader::new(raw.as_slice(), true)
+            .read_to_end(&mut out)
+            .map_err(|e| ModuleError::Corrupt {
                 path: path.to_owned(),
                 reason: format!("cannot decompress xz: {e}"),
-            }
-        })?;
+            })?;
         return Ok(out);
     }
     let corrupt = |e: std::io::Error| ModuleError::Corrupt {

@@ -380,6 +380,9 @@ fn compressed_modules() {
     let z = zstd::stream::encode_all(zbody.as_slice(), 3).expect("zstd");
     std::fs::write(t.modules.join("kernel/zs.ko.zst"), z).expect("w");
     std::fs::write(t.modules.join("kernel/bad.ko.xz"), b"\xfd7zXZ\0trunc").expect("w");
+    let xbody = tiny_elf(&[(".modinfo", b"name=xzm\0")]);
+    let x = compress::compress(&xbody, Compression::Xz, None).expect("xz");
+    std::fs::write(t.modules.join("kernel/xzm.ko.xz"), x).expect("w");
 
     let initrd = build(&spec(&t, &["gz"], &[])).expect("build");
     let order: Vec<&str> = initrd
@@ -395,6 +398,13 @@ fn compressed_modules() {
         .find(|e| e.name == "lib/modules/gz.ko")
         .expect("gz");
     assert_eq!(gz.data, body);
+    let initrd = build(&spec(&t, &["xzm"], &[])).expect("build");
+    let entries = list(&initrd.bytes).expect("list");
+    let xzm = entries
+        .iter()
+        .find(|e| e.name == "lib/modules/xzm.ko")
+        .expect("xzm");
+    assert_eq!(xzm.data, xbody);
 
     let msg = build(&spec(&t, &["bad"], &[])).expect_err("xz").to_string();
     assert!(msg.contains("bad.ko.xz") && msg.contains("xz"), "{msg}");
@@ -403,7 +413,12 @@ fn compressed_modules() {
 #[test]
 fn builds_are_byte_identical() {
     let t = fake_kernel();
-    for c in [Compression::None, Compression::Gzip, Compression::Zstd] {
+    for c in [
+        Compression::None,
+        Compression::Gzip,
+        Compression::Zstd,
+        Compression::Xz,
+    ] {
         let mut s = spec(&t, &["fs", "blk"], &["net"]);
         s.compression = c;
         let a = build(&s).expect("first");
@@ -697,7 +712,12 @@ fn appended_secrets_are_listed_after_the_initrd() {
     }])
     .expect("secrets");
     assert_eq!(compress::detect(&secrets), Some(Compression::Gzip));
-    for c in [Compression::None, Compression::Gzip, Compression::Zstd] {
+    for c in [
+        Compression::None,
+        Compression::Gzip,
+        Compression::Zstd,
+        Compression::Xz,
+    ] {
         let mut s = spec(&t, &["fs"], &[]);
         s.compression = c;
         let mut bytes = build(&s).expect("build").bytes;
@@ -719,4 +739,100 @@ fn appended_secrets_are_listed_after_the_initrd() {
     .expect_err("missing")
     .to_string();
     assert!(msg.contains("secret") && msg.contains("missing"), "{msg}");
+}
+
+/// An xz initrd as the host's own tools read it: `xz -d` (which checks the CRC32) and then
+/// `cpio -t` list what our reader lists.
+#[test]
+fn xz_initrd_reads_back_with_xz_and_cpio() {
+    let t = fake_kernel();
+    let mut s = spec(&t, &["fs", "blk"], &[]);
+    s.compression = Compression::Xz;
+    let initrd = build(&s).expect("build");
+    assert_eq!(initrd.report.compression, Compression::Xz);
+    assert_eq!(compress::detect(&initrd.bytes), Some(Compression::Xz));
+    let out = t.root.join("initrd.xz");
+    std::fs::write(&out, &initrd.bytes).expect("write");
+    let listing = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("xz -d -c --single-stream \"$1\" | cpio -t --quiet")
+        .arg("sh")
+        .arg(&out)
+        .output();
+    let listing = match listing {
+        Ok(o) if o.status.success() => o,
+        other => {
+            if std::process::Command::new("xz")
+                .arg("--version")
+                .output()
+                .is_err()
+                || std::process::Command::new("cpio")
+                    .arg("--version")
+                    .output()
+                    .is_err()
+            {
+                println!("SKIPPED: xz or cpio not installed ({other:?})");
+                return;
+            }
+            panic!("xz -d | cpio -t failed: {other:?}");
+        }
+    };
+    let theirs: Vec<String> = String::from_utf8_lossy(&listing.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let ours: Vec<String> = list(&initrd.bytes)
+        .expect("list")
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert!(ours.contains(&"lib/modules/fs.ko".to_string()), "{ours:?}");
+    assert_eq!(theirs, ours);
+}
+
+/// `strip`: a real program from this machine and its libraries are cut down in the
+/// initrd, still run when taken back out, and the report says what was saved.
+#[test]
+fn stripped_objects_still_run() {
+    let t = fake_kernel();
+    let s = spec(&t, &[], &[]);
+    let mut extras = SpecExtras {
+        contents: vec![objects::StoreObject {
+            source: "/usr/bin/true".into(),
+            target: None,
+        }],
+        ..SpecExtras::default()
+    };
+    let plain = build_with(&s, &extras).expect("build");
+    extras.strip = true;
+    let stripped = build_with(&s, &extras).expect("build");
+    assert!(plain.report.stripped.is_empty());
+    let r = &stripped.report.stripped;
+    let paths: Vec<&str> = r.iter().map(|s| s.path.as_str()).collect();
+    assert!(paths.contains(&"/usr/bin/true"), "{paths:?}");
+    // The interpreter and libc came along and were stripped too.
+    assert!(paths.iter().any(|p| p.contains("libc.so")), "{paths:?}");
+    assert!(r.iter().all(|s| s.after < s.before), "{r:?}");
+    assert!(stripped.report.uncompressed < plain.report.uncompressed);
+    assert!(stripped.report.to_string().contains("saved by stripping"));
+    // The fake /init is not an ELF program and stays as it is.
+    let entries = list(&stripped.bytes).expect("list");
+    let init = entries.iter().find(|e| e.name == "init").expect("init");
+    assert_eq!(init.data, b"\x7fELF fake stage1");
+
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let prog = tmp.path().join("true");
+    let data = &entries
+        .iter()
+        .find(|e| e.name == "usr/bin/true")
+        .expect("true")
+        .data;
+    std::fs::write(&prog, data).expect("write");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let st = std::process::Command::new(&prog)
+        .arg("--version")
+        .output()
+        .expect("run");
+    assert!(st.status.success(), "{st:?}");
 }

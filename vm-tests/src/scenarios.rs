@@ -614,6 +614,7 @@ mod tests {
                 compression: Compression::None,
                 builtin_modules: vec![],
                 warnings: vec![],
+                stripped: vec![],
             },
             config,
         };
