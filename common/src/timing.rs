@@ -1,7 +1,8 @@
 //! Phase times for the boot receipt: each step of stage 1 and stage 2 records when it
-//! started and ended on CLOCK_MONOTONIC, in microseconds. That is the clock the kernel
-//! stamps printk lines with (both count from boot and stop during suspend), so a phase's
-//! times line up with the `[   1.234567]` stamps of the kmsg lines it logs.
+//! started and ended on CLOCK_MONOTONIC, in microseconds. It counts from about the kernel's
+//! start, as the `[   1.234567]` printk stamps do, but those come from the kernel's
+//! `local_clock()`: close to CLOCK_MONOTONIC on hardware, 60-70 ms apart under QEMU's TCG.
+//! Whoever mixes the two (the boot timeline) measures the offset.
 //!
 //! The list is written as JSON by hand (stage 1 has no JSON library):
 //! `[{"name":"modules","start":1200345,"end":1260012}, ...]`.
