@@ -6,6 +6,7 @@
 //! vm-tests demo                 boot the demo generation with the console on stdout
 //! vm-tests list                 name the scenarios
 //! vm-tests bench [--boots N]    side by side with dracut and initramfs-tools (BENCHMARKS.md)
+//! vm-tests initrd-sizes         the test initrd's size per compression, stripped or not
 //! ```
 //!
 //! Before booting it builds stage1, stage2 and guest-probe (`cargo build --release`),
@@ -19,6 +20,7 @@ use anyhow::Result;
 
 use stagehand_vm_tests::bench;
 use stagehand_vm_tests::fallback_scenarios;
+use stagehand_vm_tests::initrd_scenarios;
 use stagehand_vm_tests::scenarios::{self, Inputs, Outcome};
 use stagehand_vm_tests::stage1_scenarios;
 use stagehand_vm_tests::stage2_scenarios;
@@ -87,12 +89,17 @@ const SCENARIOS: &[Scenario] = &[
         "a foreign busybox initrd mounts only the root (read-only): stage 2 mounts every special fs itself, remounts / rw, systemd comes up",
         stage2_scenarios::no_stage1,
     ),
+    (
+        "xz-stripped",
+        "an xz initrd (CRC32) with stripped e2fsck, libraries and loader unpacks, fscks the root and boots",
+        initrd_scenarios::xz_stripped,
+    ),
 ];
 
 fn usage() -> ExitCode {
     eprintln!(
         "usage: vm-tests test [SCENARIO...] | vm-tests demo | vm-tests list | \
-         vm-tests bench [--boots N]"
+         vm-tests bench [--boots N] | vm-tests initrd-sizes"
     );
     ExitCode::from(2)
 }
@@ -103,6 +110,21 @@ fn main() -> ExitCode {
         Some("test") => run_tests(&args[1..]),
         Some("demo") if args.len() == 1 => run_demo(),
         Some("bench") => run_bench(&args[1..]),
+        Some("initrd-sizes") if args.len() == 1 => {
+            let Some(inputs) = prepare() else {
+                return ExitCode::FAILURE;
+            };
+            match initrd_scenarios::sizes(&inputs) {
+                Ok(table) => {
+                    print!("{table}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("vm-tests: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Some("list") if args.len() == 1 => {
             for (name, what, _) in SCENARIOS {
                 println!("{name:<16} {what}");
@@ -195,7 +217,26 @@ fn run_demo() -> ExitCode {
     let t = Instant::now();
     let outcome = scenarios::boot_spine(&inputs, true);
     println!("\n--- demo summary ---");
-    if print_outcome("demo", &outcome, t.elapsed().as_secs_f64()) {
+    let passed = print_outcome("demo", &outcome, t.elapsed().as_secs_f64());
+    // The scenario drew the boot's timeline next to its console log; the demo's copy sits
+    // beside the scenario directories.
+    let drawn = inputs
+        .scenario_dir("boot-spine")
+        .map(|d| d.join("timeline.svg"))
+        .ok()
+        .filter(|p| p.exists());
+    if let Some(drawn) = drawn {
+        let demo = inputs.workspace.artifacts_dir().join("demo-timeline.svg");
+        match std::fs::copy(&drawn, &demo) {
+            Ok(_) => println!("boot timeline (SVG): {}", demo.display()),
+            Err(e) => eprintln!(
+                "vm-tests: cannot copy {} to {}: {e}",
+                drawn.display(),
+                demo.display()
+            ),
+        }
+    }
+    if passed {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

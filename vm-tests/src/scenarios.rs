@@ -322,6 +322,10 @@ pub fn boot_spine(inputs: &Inputs, echo: bool) -> Result<Outcome> {
         mb_uid,
         store
     ));
+    match boot_timeline(&facts, &phases, &dir) {
+        Ok(path) => out.notes.push(format!("boot timeline: {}", path.display())),
+        Err(e) => out.failures.push(format!("boot timeline: {e}")),
+    }
     let odd = suspicious_lines(&lines);
     if !odd.is_empty() {
         let mut note = String::from("worth a look (not failures):");
@@ -334,6 +338,34 @@ pub fn boot_spine(inputs: &Inputs, echo: bool) -> Result<Outcome> {
     out.notes
         .push(format!("console log: {}", cfg.log.display()));
     Ok(out)
+}
+
+/// Draw the boot's timeline from the receipt the probe printed as `dir/timeline.svg`, and
+/// check that it shows every phase of the boot with its duration.
+fn boot_timeline(
+    facts: &BTreeMap<String, String>,
+    phases: &Phases,
+    dir: &Path,
+) -> Result<PathBuf, String> {
+    let receipt = facts
+        .get("boot-receipt")
+        .ok_or("the probe printed no boot-receipt")?;
+    let probe_clock = facts
+        .get("started.monotonic-us")
+        .and_then(|v| v.parse().ok());
+    let t = crate::timeline::from_boot(receipt, phases, probe_clock)?;
+    let svg = t.to_svg();
+    let path = dir.join("timeline.svg");
+    fs::write(&path, &svg).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    let missing = crate::timeline::missing_demo_phases(&t, &svg);
+    if !missing.is_empty() {
+        return Err(format!(
+            "{} does not show: {}",
+            path.display(),
+            missing.join("; ")
+        ));
+    }
+    Ok(path)
 }
 
 /// What the guest should report for a generation.

@@ -10,7 +10,8 @@
 //! It also writes one line to `/dev/kmsg` when it starts, so the host can read the
 //! kernel's timestamp of "systemd ran our unit".
 //!
-//! std only: it is linked statically and needs nothing from the guest's /usr.
+//! std (and the raw-syscall clock of `stagehand_common`) only: it is linked statically and
+//! needs nothing from the guest's /usr.
 
 use std::fs;
 use std::io::Write;
@@ -103,6 +104,13 @@ fn log_to_kmsg(msg: &str) {
 
 fn main() {
     log_to_kmsg("started");
+    // CLOCK_MONOTONIC right after that kmsg line got its printk stamp: the host lines the
+    // boot receipt's clock up with the console's stamps by this pair (under emulation the
+    // two clocks differ by tens of milliseconds).
+    emit(
+        "started.monotonic-us",
+        Ok(stagehand_common::timing::monotonic_us().to_string()),
+    );
     emit("pid1.comm", read_trimmed("/proc/1/comm"));
     emit("pid1.exe", readlink("/proc/1/exe"));
     emit("ppid", Ok(std::os::unix::process::parent_id().to_string()));
@@ -124,6 +132,13 @@ fn main() {
     emit(
         "uptime",
         read_trimmed("/proc/uptime").map(|u| u.split(' ').next().unwrap_or("").to_string()),
+    );
+    // Stage 2's boot receipt on one line (pretty JSON has no newline inside a string), for
+    // the host's boot timeline.
+    emit(
+        "boot-receipt",
+        read_trimmed("/run/stagehand/boot.json")
+            .map(|r| r.lines().map(str::trim).collect::<Vec<_>>().join(" ")),
     );
     log_to_kmsg("done");
     let mut out = std::io::stdout().lock();
