@@ -318,7 +318,8 @@ pub const DEMO_PHASES: &[&str] = &[
     "stage 2: read-only /nix/store",
     "stage 2: base directories",
     "stage 2: activation",
-    "stage 2: booted-system, machine-id",
+    "stage 2: booted-system",
+    "stage 2: machine-id",
     SYSTEMD_FIRST_LINE,
     SYSTEMD_TO_MARKER,
 ];
@@ -472,7 +473,8 @@ mod tests {
             {"name": "read-only /nix/store", "start": 1725000, "end": 1726000},
             {"name": "base directories", "start": 1726000, "end": 1726050},
             {"name": "activation", "start": 1726050, "end": 1756050},
-            {"name": "booted-system, machine-id", "start": 1756050, "end": 1757000}
+            {"name": "booted-system", "start": 1756050, "end": 1756500},
+            {"name": "machine-id", "start": 1756500, "end": 1757000}
           ],
           "activation_phases": [
             {"name": "users", "start": 1726100, "end": 1735100},
@@ -517,7 +519,8 @@ mod tests {
                 "stage 2: activation (30.0 ms)",
                 "activation: users (9.0 ms)",
                 "activation: etc (20.0 ms)",
-                "stage 2: booted-system, machine-id (950 µs)",
+                "stage 2: booted-system (450 µs)",
+                "stage 2: machine-id (500 µs)",
                 "systemd → stagehand-probe.service (1.140 s)",
             ]
         );
