@@ -320,6 +320,7 @@ pub const DEMO_PHASES: &[&str] = &[
     "stage 2: activation",
     "stage 2: booted-system",
     "stage 2: machine-id",
+    "stage 2: bless",
     SYSTEMD_FIRST_LINE,
     SYSTEMD_TO_MARKER,
 ];
@@ -474,7 +475,8 @@ mod tests {
             {"name": "base directories", "start": 1726000, "end": 1726050},
             {"name": "activation", "start": 1726050, "end": 1756050},
             {"name": "booted-system", "start": 1756050, "end": 1756500},
-            {"name": "machine-id", "start": 1756500, "end": 1757000}
+            {"name": "machine-id", "start": 1756500, "end": 1757000},
+            {"name": "bless", "start": 1757000, "end": 1757300}
           ],
           "activation_phases": [
             {"name": "users", "start": 1726100, "end": 1735100},
@@ -521,6 +523,7 @@ mod tests {
                 "activation: etc (20.0 ms)",
                 "stage 2: booted-system (450 µs)",
                 "stage 2: machine-id (500 µs)",
+                "stage 2: bless (300 µs)",
                 "systemd → stagehand-probe.service (1.140 s)",
             ]
         );
