@@ -76,7 +76,7 @@ pub struct InitrdSpec {
     /// stripping them saves the signature check at boot.
     #[serde(default)]
     pub keep_module_signatures: bool,
-    /// Compressor level; `None` picks the default of the format (zstd 10, gzip 9).
+    /// Compressor level; `None` picks the default of the format (zstd 10, gzip 9, xz 6).
     #[serde(default)]
     pub compression_level: Option<i32>,
 }

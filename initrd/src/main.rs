@@ -18,7 +18,7 @@ const USAGE: &str = "usage:
   stagehand-initrd append-secrets INITRD DEST=SOURCE...
       append a gzip'ed cpio holding each SOURCE at /.initrd-secrets/DEST
   stagehand-initrd list FILE
-      decompress (gzip/zstd by magic) and list the cpio entries";
+      decompress (gzip/zstd/xz by magic) and list the cpio entries";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
