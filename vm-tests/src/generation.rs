@@ -17,9 +17,10 @@ use crate::tree::{install_host_path, Node, Tree};
 
 pub const PROFILES_DIR: &str = "/nix/var/nix/profiles";
 pub const PROBE_UNIT: &str = "stagehand-probe.service";
-pub const BLESS_UNIT: &str = "stagehand-bless-boot.service";
-/// Where the bless unit mounts the ESP (on `/run`'s tmpfs: nothing on the root to create).
-pub const BLESS_ESP_MOUNT: &str = "/run/stagehand-esp";
+/// The unit stage 2 writes into `/run/systemd/system` when the boot is being counted
+/// (`stage2/src/bless_unit.rs`); the probe waits for it, so the machine powers off only
+/// after the boot was marked good.
+pub const BLESS_UNIT: &str = "stagehand-bless.service";
 
 /// The host's systemd (Debian's 252) and every shared library it loads.
 #[derive(Debug, Clone)]
@@ -179,21 +180,6 @@ pub struct GenerationSpec {
     pub users: Vec<User>,
     pub groups: Vec<Group>,
     pub etc: Vec<EtcEntry>,
-    /// Mark the booted boot-loader entry good once `boot-complete.target` is reached.
-    pub bless: Option<BlessSpec>,
-}
-
-/// What `stagehand-bless-boot.service` needs: there is no udev (so no `.device` units
-/// and no `.mount` unit for the ESP) and no util-linux, so the unit mounts the ESP itself
-/// with a static busybox and runs the static `stagehand bless` on it.
-#[derive(Debug, Clone)]
-pub struct BlessSpec {
-    /// The static `stagehand` binary (host path; copied into the store).
-    pub stagehand: PathBuf,
-    /// A static busybox (host path; copied into the store) for `mount`/`umount`.
-    pub busybox: PathBuf,
-    /// The ESP's block device in the guest (a whole-disk FAT, e.g. `/dev/vdb`).
-    pub esp_device: String,
 }
 
 impl GenerationSpec {
@@ -278,7 +264,6 @@ impl GenerationSpec {
                 },
             ],
             hostname,
-            bless: None,
         }
     }
 
@@ -332,25 +317,13 @@ impl BuiltGeneration {
     }
 }
 
-/// The bless unit's store inputs: `stagehand`'s and busybox's store paths, the ESP device.
-struct BlessUnit<'a> {
-    stagehand: &'a StorePath,
-    busybox: &'a StorePath,
-    esp_device: &'a str,
-}
-
-fn unit_files(probe: &StorePath, bless: Option<&BlessUnit<'_>>) -> Vec<(&'static str, String)> {
-    let (wants, after) = match bless {
-        Some(_) => (
-            format!("{PROBE_UNIT} {BLESS_UNIT}"),
-            format!("After={BLESS_UNIT}\n"),
-        ),
-        None => (PROBE_UNIT.to_string(), String::new()),
-    };
-    let mut units = vec![
+fn unit_files(probe: &StorePath) -> Vec<(&'static str, String)> {
+    vec![
         (
             "default.target",
-            format!("[Unit]\nDescription=Stagehand test system\nWants={wants}\nAllowIsolate=yes\n"),
+            format!(
+                "[Unit]\nDescription=Stagehand test system\nWants={PROBE_UNIT}\nAllowIsolate=yes\n"
+            ),
         ),
         (
             PROBE_UNIT,
@@ -358,7 +331,7 @@ fn unit_files(probe: &StorePath, bless: Option<&BlessUnit<'_>>) -> Vec<(&'static
                 "[Unit]\n\
                  Description=Stagehand guest probe\n\
                  DefaultDependencies=no\n\
-                 {after}\
+                 After={BLESS_UNIT}\n\
                  SuccessAction=poweroff-force\n\
                  FailureAction=poweroff-force\n\
                  \n\
@@ -371,52 +344,6 @@ fn unit_files(probe: &StorePath, bless: Option<&BlessUnit<'_>>) -> Vec<(&'static
                  TTYReset=no\n\
                  TTYVHangup=no\n",
                 probe.join("bin/guest-probe")
-            ),
-        ),
-    ];
-    if let Some(b) = bless {
-        units.extend(bless_units(b));
-    }
-    units
-}
-
-/// `boot-complete.target` (no checks of its own here: reaching it is the success) and the
-/// unit that blesses the booted entry after it, as `systemd-bless-boot.service` does
-/// (`Requires=` + `After=boot-complete.target`). The ESP is mounted by the unit (no udev
-/// for a `.mount` unit's device dependency) and unmounted whatever happened, before the
-/// probe powers the machine off.
-fn bless_units(b: &BlessUnit<'_>) -> Vec<(&'static str, String)> {
-    let busybox = b.busybox.join("bin/busybox");
-    vec![
-        (
-            "boot-complete.target",
-            "[Unit]\n\
-             Description=Boot Completion Check\n\
-             DefaultDependencies=no\n"
-                .to_string(),
-        ),
-        (
-            BLESS_UNIT,
-            format!(
-                "[Unit]\n\
-                 Description=Mark the booted boot-loader entry good\n\
-                 DefaultDependencies=no\n\
-                 Requires=boot-complete.target\n\
-                 After=boot-complete.target\n\
-                 \n\
-                 [Service]\n\
-                 Type=oneshot\n\
-                 ExecStartPre={busybox} mkdir -p {BLESS_ESP_MOUNT}\n\
-                 ExecStartPre={busybox} mount -t vfat {dev} {BLESS_ESP_MOUNT}\n\
-                 ExecStart={stagehand} bless --esp {BLESS_ESP_MOUNT}\n\
-                 ExecStopPost=-{busybox} umount {BLESS_ESP_MOUNT}\n\
-                 StandardOutput=tty\n\
-                 StandardError=tty\n\
-                 TTYPath=/dev/console\n\
-                 TTYReset=no\n\
-                 TTYVHangup=no\n",
-                dev = b.esp_device,
-                stagehand = b.stagehand.join("bin/stagehand"),
             ),
         ),
     ]
@@ -547,28 +474,7 @@ impl SystemImage {
                 }
             }
         }
-        let bless = match &spec.bless {
-            Some(b) => Some((
-                store.add(
-                    "stagehand",
-                    node_dir(&[("bin/stagehand", Node::executable(&b.stagehand))])?,
-                )?,
-                store.add(
-                    "busybox",
-                    node_dir(&[("bin/busybox", Node::executable(&b.busybox))])?,
-                )?,
-                b.esp_device.as_str(),
-            )),
-            None => None,
-        };
-        let bless = bless
-            .as_ref()
-            .map(|(stagehand, busybox, esp_device)| BlessUnit {
-                stagehand,
-                busybox,
-                esp_device,
-            });
-        for (name, text) in unit_files(&guest_probe, bless.as_ref()) {
+        for (name, text) in unit_files(&guest_probe) {
             let file = store.add_text(&store_name(name), text)?;
             etc.insert(
                 &format!("systemd/system/{name}"),
@@ -923,57 +829,20 @@ mod tests {
     }
 
     #[test]
-    fn bless_units_run_after_boot_complete_and_before_the_probe() {
+    fn the_probe_waits_for_stage2s_bless_unit() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (image, g) = demo_image(dir.path(), "stage2");
         let tree = image.tree().expect("tree");
-        assert_eq!(
-            unit_text(&tree, &g, BLESS_UNIT),
-            "",
-            "bless without a BlessSpec"
-        );
-        assert!(!unit_text(&tree, &g, PROBE_UNIT).contains("After="));
-
-        let file = |n: &str| {
-            let p = dir.path().join(n);
-            fs::write(&p, n).expect("write");
-            p
-        };
-        let boot = BootFiles {
-            kernel: file("vmlinuz"),
-            kernel_version: "6.1.0-56-amd64".into(),
-            initrd: file("initrd"),
-        };
-        let mut spec = GenerationSpec::demo(1, &file("stage2"), &file("probe"), boot);
-        spec.bless = Some(BlessSpec {
-            stagehand: file("stagehand"),
-            busybox: file("busybox"),
-            esp_device: "/dev/vdb".into(),
-        });
-        let mut image = SystemImage::new(&fake_systemd(dir.path())).expect("image");
-        let g = image.add_generation(&spec).expect("generation");
-        let tree = image.tree().expect("tree");
-        let bless = unit_text(&tree, &g, BLESS_UNIT);
-        for line in [
-            "DefaultDependencies=no\n",
-            "Requires=boot-complete.target\n",
-            "After=boot-complete.target\n",
-            "-busybox/bin/busybox mount -t vfat /dev/vdb /run/stagehand-esp\n",
-            "-stagehand/bin/stagehand bless --esp /run/stagehand-esp\n",
-            "ExecStopPost=-/nix/store/",
-            "TTYPath=/dev/console\n",
-        ] {
-            assert!(bless.contains(line), "{line:?} missing from {bless}");
-        }
-        let target = unit_text(&tree, &g, "boot-complete.target");
-        assert!(target.contains("DefaultDependencies=no\n"), "{target}");
+        // The generation ships no bless unit: stage 2 writes one when the boot is counted.
+        assert_eq!(unit_text(&tree, &g, BLESS_UNIT), "");
+        assert_eq!(unit_text(&tree, &g, "boot-complete.target"), "");
+        let probe = unit_text(&tree, &g, PROBE_UNIT);
+        assert!(probe.contains("After=stagehand-bless.service\n"), "{probe}");
         let default = unit_text(&tree, &g, "default.target");
         assert!(
-            default.contains(&format!("Wants={PROBE_UNIT} {BLESS_UNIT}\n")),
+            default.contains(&format!("Wants={PROBE_UNIT}\n")),
             "{default}"
         );
-        let probe = unit_text(&tree, &g, PROBE_UNIT);
-        assert!(probe.contains(&format!("After={BLESS_UNIT}\n")), "{probe}");
     }
 
     #[test]

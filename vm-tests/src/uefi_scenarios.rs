@@ -9,10 +9,13 @@
 //!   entry has one try, so systemd-boot renames it `+0-1` and the next boot lands on
 //!   generation 1 by itself, whose entry is then blessed while generation 2's stays bad.
 //!
-//! Blessing is `stagehand-bless-boot.service` in the generations (see
-//! [`crate::generation::BlessSpec`]): it mounts the ESP ([`ESP_DEVICE`]) with a static
-//! busybox and runs the static `stagehand bless` on it after `boot-complete.target`; the
-//! ESP image is read back with mtools after QEMU exits.
+//! Blessing is stage 2's runtime unit: systemd-boot sets `LoaderBootCountPath`, so stage 2
+//! writes `/run/systemd/system/stagehand-bless.service` (the generations ship no bless unit
+//! and no `boot-complete.target`); after `boot-complete.target` it runs `<toplevel>/init
+//! bless --esp /dev/vdb` (from `stagehand.esp=` in the entries' options: the whole-disk ESP
+//! has no partition UUID to find it by), which mounts the ESP, renames the entry and
+//! unmounts. The probe is ordered after it. The ESP image is read back with mtools after
+//! QEMU exits.
 //!
 //! The harness's [`crate::qemu::Vm`] runs the firmware from [`qemu_args`]; the boot menu is
 //! drawn with ANSI escapes and no newlines, so the boots here wait on the raw serial stream
@@ -26,11 +29,10 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 
 use crate::console::{probe_facts, shows, Phases, PROBE_DONE};
-use crate::generation::{BlessSpec, BuiltGeneration, SystemImage};
+use crate::generation::{BuiltGeneration, SystemImage};
 use crate::host::{on_path, run};
 use crate::qemu::{base_args, option_path, Line, Vm};
 use crate::scenarios::{check_probe, root_disk, Expected, Inputs, Outcome, STEP, VM_LIMIT};
-use crate::stage1_scenarios::static_busybox;
 
 pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
@@ -39,8 +41,8 @@ pub const SYSTEMD_BOOT_EFI: &str = "/usr/lib/systemd/boot/efi/systemd-bootx64.ef
 /// The ESP as the guest sees it: the second virtio disk (after the root), a whole-disk FAT.
 pub const ESP_DEVICE: &str = "/dev/vdb";
 
-/// What the bless unit needs from the initrd: stage 1 loads these before switch_root (the
-/// root has no `/lib/modules`). FAT with Debian's defaults (codepage 437, iocharset ascii,
+/// What stage 2's bless unit needs from the initrd: stage 1 loads these before switch_root
+/// (the root has no `/lib/modules`). FAT with Debian's defaults (codepage 437, iocharset ascii,
 /// utf8) for the ESP mount, efivarfs for systemd to mount `/sys/firmware/efi/efivars`.
 const BLESS_MODULES: &[&str] = &["vfat", "nls_cp437", "nls_ascii", "nls_utf8", "efivarfs"];
 
@@ -305,7 +307,7 @@ fn check_booted(out: &mut Outcome, name: &str, lines: &[Line], want: &BuiltGener
     }
 }
 
-/// `stagehand-bless-boot.service` said on the console that it renamed `from` to `to` (in
+/// Stage 2's bless unit said on the console that it renamed `from` to `to` (in
 /// `loader/entries`).
 fn check_blessed(out: &mut Outcome, name: &str, lines: &[Line], from: &str, to: &str) {
     let said: Vec<&str> = lines
@@ -359,14 +361,11 @@ fn two_generations(
         spec.modules
             .extend(BLESS_MODULES.iter().map(|m| m.to_string()))
     })?;
-    let bless = BlessSpec {
-        stagehand: build_stagehand(inputs)?,
-        busybox: static_busybox(&inputs.workspace.cache_dir())?,
-        esp_device: ESP_DEVICE.into(),
-    };
     let generation = |number: u32, stage2: &Path| {
         let mut spec = inputs.generation(number, &initrd, stage2);
-        spec.bless = Some(bless.clone());
+        // Where stage 2's bless unit finds the ESP (see the module comment).
+        spec.kernel_params
+            .push(format!("stagehand.esp={ESP_DEVICE}"));
         spec
     };
     let mut image = SystemImage::new(&inputs.systemd)?;
