@@ -569,3 +569,23 @@ fn a_read_only_root_is_named_and_left_alone() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(!r.host("/etc/hosts").exists() && !r.host("/etc/static").exists());
 }
+
+#[test]
+fn etc_entry_names_that_would_leave_etc_are_not_paths() {
+    for rel in [
+        "..",
+        "../shadow",
+        "a/../../x",
+        "/abs",
+        "a//b",
+        "./a",
+        "a/.",
+        "",
+        "a\0b",
+    ] {
+        assert!(!etc::is_safe_rel(rel), "{rel:?} accepted");
+    }
+    for rel in ["hosts", "ssh/sshd_config", "..hidden", "a..b/c"] {
+        assert!(etc::is_safe_rel(rel), "{rel:?} refused");
+    }
+}
