@@ -237,6 +237,62 @@ fn file_perms(root: &Root, path: &Path) -> io::Result<Option<Perms>> {
     })
 }
 
+/// Directory descriptors by in-root path, resolved once per run: the account files share
+/// two directories and the home directories mostly one (`/home`).
+struct DirCache<'r> {
+    root: &'r Root,
+    open: HashMap<PathBuf, std::os::fd::OwnedFd>,
+}
+
+impl<'r> DirCache<'r> {
+    fn new(root: &'r Root) -> Self {
+        DirCache {
+            root,
+            open: HashMap::new(),
+        }
+    }
+
+    /// The directory holding `path` and the final name (not looked up).
+    fn parent(&mut self, path: &Path) -> io::Result<(&std::os::fd::OwnedFd, std::ffi::OsString)> {
+        let name = rootfs::final_name(path)?;
+        let dir = path.parent().unwrap_or(Path::new("/"));
+        if !self.open.contains_key(dir) {
+            let (fd, _, _) = self.root.dir(dir, None)?;
+            self.open.insert(dir.to_path_buf(), fd);
+        }
+        let fd = self
+            .open
+            .get(dir)
+            .ok_or_else(|| io::Error::other("directory cache lost an entry"))?;
+        Ok((fd, name))
+    }
+
+    /// Owner and mode of the directory `path` (following symlinks inside the root), `None`
+    /// when there is none: one `stat` relative to the cached parent in the common case.
+    fn dir_perms(&mut self, path: &Path) -> Option<Perms> {
+        let of = |s: &rustix::fs::Stat| Perms {
+            mode: s.st_mode & 0o7777,
+            uid: s.st_uid,
+            gid: s.st_gid,
+        };
+        if let Ok((dir, name)) = self.parent(path) {
+            match rustix::fs::statat(dir, name.as_os_str(), rustix::fs::AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(s)
+                    if rustix::fs::FileType::from_raw_mode(s.st_mode)
+                        == rustix::fs::FileType::Directory =>
+                {
+                    return Some(of(&s));
+                }
+                Err(rustix::io::Errno::NOENT) => return None,
+                // A symlink (followed inside the root below), or something odd.
+                _ => {}
+            }
+        }
+        let (fd, _, _) = self.root.dir(path, None).ok()?;
+        rustix::fs::fstat(&fd).ok().map(|s| of(&s))
+    }
+}
+
 /// Read what the plan needs from the root.
 pub fn observe(root: &Root, spec: &UsersSpec) -> Result<UsersState, UsersError> {
     let mut st = UsersState {
@@ -244,6 +300,7 @@ pub fn observe(root: &Root, spec: &UsersSpec) -> Result<UsersState, UsersError> 
         egid: rustix::process::getegid().as_raw(),
         ..UsersState::default()
     };
+    let mut dirs = DirCache::new(root);
     for p in SET {
         let path = Path::new(p);
         let read_err = |error| UsersError::Read {
@@ -252,8 +309,8 @@ pub fn observe(root: &Root, spec: &UsersSpec) -> Result<UsersState, UsersError> 
         };
         // The account files are read without following a final symlink: a symlink there is
         // treated as absent and replaced by a real file.
-        let contents = match root.parent(path, None) {
-            Ok((dir, name)) => match rootfs::read_at(&dir, &name) {
+        let contents = match dirs.parent(path) {
+            Ok((dir, name)) => match rootfs::read_at(dir, &name) {
                 Ok(b) => Some(b),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => None,
                 Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => None,
@@ -279,14 +336,7 @@ pub fn observe(root: &Root, spec: &UsersSpec) -> Result<UsersState, UsersError> 
             st.password_files.insert(f.clone(), text);
         }
         if u.create_home {
-            let perms = match root.dir(Path::new(&u.home), None) {
-                Ok((fd, _, _)) => rustix::fs::fstat(&fd).ok().map(|s| Perms {
-                    mode: s.st_mode & 0o7777,
-                    uid: s.st_uid,
-                    gid: s.st_gid,
-                }),
-                Err(_) => None,
-            };
+            let perms = dirs.dir_perms(Path::new(&u.home));
             st.homes.insert(u.home.clone(), perms);
         }
     }
@@ -366,23 +416,57 @@ fn parse_map(state: &UsersState, path: &str) -> Result<BTreeMap<String, u32>, Us
         path: PathBuf::from(path),
         problem,
     };
-    let value: BTreeMap<String, serde_json::Value> = serde_json::from_slice(bytes)
+    let value: BTreeMap<String, MapId> = serde_json::from_slice(bytes)
         .map_err(|e| bad(format!("not a JSON object of name → id: {e}")))?;
-    // Perl's JSON module writes an id as a string when the script once used it as one, so
-    // both forms occur in the wild.
     value
         .into_iter()
-        .map(|(name, v)| {
-            let id = match &v {
-                serde_json::Value::Number(n) => n.as_u64(),
-                serde_json::Value::String(s) => s.parse().ok(),
-                _ => None,
-            }
-            .and_then(|n| u32::try_from(n).ok())
-            .ok_or_else(|| bad(format!("the id of {name:?} is {v}, not a number")))?;
-            Ok((name, id))
+        .map(|(name, id)| match id {
+            MapId::Id(id) => Ok((name, id)),
+            MapId::Bad(v) => Err(bad(format!("the id of {name:?} is {v}, not a number"))),
         })
         .collect()
+}
+
+/// One value of a `/var/lib/nixos` id map, decoded straight from the JSON (no intermediate
+/// `serde_json::Value` per entry: a thousand-user map is read on every run). Perl's JSON
+/// module writes an id as a string when the script once used it as one, so both forms occur
+/// in the wild.
+enum MapId {
+    Id(u32),
+    /// Anything else, as text for the message.
+    Bad(String),
+}
+
+impl<'de> serde::Deserialize<'de> for MapId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = MapId;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a uid or gid")
+            }
+            fn visit_u64<E>(self, n: u64) -> Result<MapId, E> {
+                Ok(u32::try_from(n).map_or_else(|_| MapId::Bad(n.to_string()), MapId::Id))
+            }
+            fn visit_i64<E>(self, n: i64) -> Result<MapId, E> {
+                Ok(u32::try_from(n).map_or_else(|_| MapId::Bad(n.to_string()), MapId::Id))
+            }
+            fn visit_f64<E>(self, n: f64) -> Result<MapId, E> {
+                Ok(MapId::Bad(n.to_string()))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<MapId, E> {
+                Ok(s.parse()
+                    .map_or_else(|_| MapId::Bad(format!("{s:?}")), MapId::Id))
+            }
+            fn visit_bool<E>(self, b: bool) -> Result<MapId, E> {
+                Ok(MapId::Bad(b.to_string()))
+            }
+            fn visit_unit<E>(self) -> Result<MapId, E> {
+                Ok(MapId::Bad("null".into()))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 fn text_of(state: &UsersState, path: &str) -> String {
@@ -572,8 +656,11 @@ pub fn plan(
         } else if let Some(gid) = groups_out.get(&u.group).and_then(|g| g.gid) {
             gid
         } else {
-            p.warnings
-                .push(format!("user ‘{}’ has unknown group ‘{}’", u.name, u.group));
+            p.warnings.push(format!(
+                "users.{0}.group: user ‘{0}’ has unknown group ‘{1}’, so it gets gid 65534 \
+                 (nogroup); declare users.groups.{1} or name an existing group",
+                u.name, u.group
+            ));
             65534
         };
         let existing = users_cur.get(&u.name);

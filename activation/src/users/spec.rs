@@ -283,12 +283,28 @@ impl UsersSpec {
             path: path.to_path_buf(),
             error,
         };
-        let value: serde_json::Value = serde_json::from_slice(bytes).map_err(json)?;
-        let spec = if value.get("mutableUsers").is_some() {
-            let p: PerlSpec = serde_json::from_value(value).map_err(json)?;
+        // Which schema: a first pass that only looks for the key (skipping everything else
+        // without building it), then one typed pass — cheaper than building a whole
+        // `serde_json::Value` tree and converting it.
+        /// Whether the key is there at all (even as `null`, which the typed pass refuses).
+        #[derive(Default)]
+        struct Present(bool);
+        impl<'de> Deserialize<'de> for Present {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                serde::de::IgnoredAny::deserialize(d).map(|_| Present(true))
+            }
+        }
+        #[derive(Deserialize)]
+        struct Probe {
+            #[serde(rename = "mutableUsers", default)]
+            mutable_users: Present,
+        }
+        let probe: Probe = serde_json::from_slice(bytes).map_err(json)?;
+        let spec = if probe.mutable_users.0 {
+            let p: PerlSpec = serde_json::from_slice(bytes).map_err(json)?;
             Self::from_perl(path, p)?
         } else {
-            let u: UbSpec = serde_json::from_value(value).map_err(json)?;
+            let u: UbSpec = serde_json::from_slice(bytes).map_err(json)?;
             Self::from_userborn(u)
         };
         spec.validate(path)?;
