@@ -4,7 +4,9 @@
 //! build time by `stagehand compile` and stored in the plan), [`observe`] reads what `/etc`
 //! holds now, and [`plan`] — a pure function of the two — decides what to change. [`apply`]
 //! then carries the plan out under the root. Nothing is written when `/etc` already matches,
-//! so a re-run without changes costs only the reads.
+//! and a re-run without changes does not even walk `/etc`: [`setup_etc`] first checks the
+//! [`cache`] of inode stamps that the last verified run left, and takes the full path only
+//! when anything differs.
 //!
 //! What the plan does, in `setup-etc.pl` order:
 //! 1. point `/etc/static` at the tree (atomic symlink swap);
