@@ -278,7 +278,8 @@ fn parse_check(path: &str, bytes: &[u8]) -> Result<(), String> {
     if !text.is_empty() && !text.ends_with('\n') {
         return Err(format!("{path}: last line not terminated: {text:?}"));
     }
-    for l in text.lines() {
+    // An empty database is one empty line, as update-users-groups.pl writes it.
+    for l in text.lines().filter(|l| !l.is_empty()) {
         let f: Vec<&str> = l.split(':').collect();
         if f.len() != fields || numeric.iter().any(|&i| f[i].parse::<u64>().is_err()) {
             return Err(format!("{path}: bad line {l:?}"));

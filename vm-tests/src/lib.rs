@@ -9,6 +9,7 @@ pub mod generation;
 pub mod host;
 pub mod initrd_scenarios;
 pub mod kernel;
+pub mod powercut_scenarios;
 pub mod qemu;
 pub mod scenarios;
 pub mod stage1_scenarios;

@@ -21,6 +21,7 @@ use anyhow::Result;
 use stagehand_vm_tests::bench;
 use stagehand_vm_tests::fallback_scenarios;
 use stagehand_vm_tests::initrd_scenarios;
+use stagehand_vm_tests::powercut_scenarios;
 use stagehand_vm_tests::scenarios::{self, Inputs, Outcome};
 use stagehand_vm_tests::stage1_scenarios;
 use stagehand_vm_tests::stage2_scenarios;
@@ -93,6 +94,11 @@ const SCENARIOS: &[Scenario] = &[
         "xz-stripped",
         "an xz initrd (CRC32) with stripped e2fsck, libraries and loader unpacks, fscks the root and boots",
         initrd_scenarios::xz_stripped,
+    ),
+    (
+        "power-cut",
+        "QEMU killed during generation 2's first activation: the account files are old or new, the next boot comes up",
+        powercut_scenarios::power_cut,
     ),
 ];
 

@@ -124,6 +124,20 @@ fn main() {
     emit("etc.hostname", read_trimmed("/etc/hostname"));
     emit("hostname", read_trimmed("/proc/sys/kernel/hostname"));
     emit("etc.static.link", readlink("/etc/static"));
+    // The whole account databases (names only for shadow), `|` between lines.
+    for db in ["/etc/passwd", "/etc/group", "/etc/subuid", "/etc/subgid"] {
+        emit(
+            &format!("db{}", db.replace('/', ".")),
+            read_trimmed(db).map(|t| t.replace('\n', "|")),
+        );
+    }
+    emit(
+        "db.etc.shadow.names",
+        read_trimmed("/etc/shadow").map(|t| {
+            let names: Vec<&str> = t.lines().filter_map(|l| l.split(':').next()).collect();
+            names.join("|")
+        }),
+    );
     emit("etc.secret", ownership("/etc/stagehand-secret"));
     emit("etc.shadow", ownership("/etc/shadow"));
     emit("etc.machine-id", ownership("/etc/machine-id"));
