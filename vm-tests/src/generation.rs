@@ -64,7 +64,7 @@ impl HostSystemd {
 
 /// The shared-library closure of `bin` according to `ldd` (which follows RUNPATH and
 /// transitive DT_NEEDED the way the loader will).
-fn ldd(bin: &Path) -> Result<Vec<PathBuf>> {
+pub fn ldd(bin: &Path) -> Result<Vec<PathBuf>> {
     parse_ldd(&run(Command::new("ldd").arg(bin))?)
         .with_context(|| format!("reading `ldd {}`", bin.display()))
 }
@@ -180,6 +180,9 @@ pub struct GenerationSpec {
     pub users: Vec<User>,
     pub groups: Vec<Group>,
     pub etc: Vec<EtcEntry>,
+    /// The static `stagehand` binary (host path), linked as the generation's
+    /// `bin/switch-to-configuration` (it dispatches on that name).
+    pub switch_to_configuration: Option<PathBuf>,
 }
 
 impl GenerationSpec {
@@ -264,6 +267,7 @@ impl GenerationSpec {
                 },
             ],
             hostname,
+            switch_to_configuration: None,
         }
     }
 
@@ -496,6 +500,13 @@ impl SystemImage {
             "usersGroups": users_groups.as_str(),
             "snippets": [],
         });
+        let switcher = match &spec.switch_to_configuration {
+            Some(bin) => Some(store.add(
+                "stagehand",
+                node_dir(&[("bin/stagehand", Node::executable(bin))])?,
+            )?),
+            None => None,
+        };
         let kernel_params = spec.kernel_params.clone();
         let toplevel_tree = |toplevel: &str| -> Result<Node> {
             let bootspec = json!({
@@ -510,7 +521,7 @@ impl SystemImage {
                 },
                 "org.nixos.specialisation.v1": {},
             });
-            node_dir(&[
+            let mut entries = vec![
                 ("init", Node::symlink(stage2.join("bin/stage2"))),
                 ("etc", Node::symlink(etc_dir.clone())),
                 ("systemd", Node::symlink(systemd.as_str())),
@@ -529,7 +540,14 @@ impl SystemImage {
                     Node::text(format!("stagehand-{}", spec.number)),
                 ),
                 ("kernel-params", Node::text(kernel_params.join(" "))),
-            ])
+            ];
+            if let Some(s) = &switcher {
+                entries.push((
+                    "bin/switch-to-configuration",
+                    Node::symlink(s.join("bin/stagehand")),
+                ));
+            }
+            node_dir(&entries)
         };
         let toplevel = store.add_self_referential(&spec.toplevel_name(), toplevel_tree)?;
 

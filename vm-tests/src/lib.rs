@@ -15,6 +15,7 @@ pub mod scenarios;
 pub mod stage1_scenarios;
 pub mod stage2_scenarios;
 pub mod store;
+pub mod switch_scenarios;
 pub mod timeline;
 pub mod tree;
 pub mod uefi_scenarios;

@@ -25,6 +25,7 @@ use stagehand_vm_tests::powercut_scenarios;
 use stagehand_vm_tests::scenarios::{self, Inputs, Outcome};
 use stagehand_vm_tests::stage1_scenarios;
 use stagehand_vm_tests::stage2_scenarios;
+use stagehand_vm_tests::switch_scenarios;
 use stagehand_vm_tests::uefi_scenarios;
 
 type Scenario = (&'static str, &'static str, fn(&Inputs) -> Result<Outcome>);
@@ -99,6 +100,11 @@ const SCENARIOS: &[Scenario] = &[
         "power-cut",
         "QEMU killed during generation 2's first activation: the account files are old or new, the next boot comes up",
         powercut_scenarios::power_cut,
+    ),
+    (
+        "switch-live",
+        "live switch-to-configuration under systemd: 1 → 2 restarts changed A, stops removed B, starts new D, keeps C; back to 1; a no-op",
+        switch_scenarios::switch_live,
     ),
 ];
 

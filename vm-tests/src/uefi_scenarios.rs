@@ -107,7 +107,7 @@ fn check_uefi_host() -> Result<()> {
 
 /// `cargo build --release --bin stagehand` (the CLI whose `install-bootloader` writes the
 /// ESP); its path.
-fn build_stagehand(inputs: &Inputs) -> Result<PathBuf> {
+pub(crate) fn build_stagehand(inputs: &Inputs) -> Result<PathBuf> {
     let ws = &inputs.workspace;
     ws.build_release(&["-p", "stagehand-activation", "--bin", "stagehand"])?;
     ws.release_binary("stagehand")

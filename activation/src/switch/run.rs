@@ -24,7 +24,7 @@ use crate::rootfs::Root;
 use crate::units::files::RootUnitFiles;
 use crate::units::fstab::{self, Fstab};
 use crate::units::rules::{self, UnitError};
-use crate::units::{ActiveUnits, FileState, Gen, UnitFiles, UnitPlan};
+use crate::units::{ActiveUnits, FileState, Gen, Pending, UnitFiles, UnitPlan};
 
 use super::loader::BootLoader;
 use super::lock::{self, LOCK_PATH};
@@ -379,11 +379,25 @@ fn live_switch(
 ) -> u8 {
     let dry = opts.action == SwitchAction::DryActivate;
     let files = RootUnitFiles::new(root, toplevel);
-    let active = match manager.list_units() {
-        Ok(a) => a,
+    let reexec = systemd_changed(root, toplevel, opts.pid1_exe.as_deref());
+    let current = root.canonicalize(Path::new("/run/current-system")).ok();
+    let same_generation = current.as_deref() == Some(toplevel);
+    // The running generation again, nothing left over, systemd unchanged: every unit file
+    // compares equal, so there is nothing to ask systemd (each question is a process start).
+    let fast = same_generation && pending::read_pending(root) == Pending::default() && !reexec;
+    let list = |manager: &mut dyn ServiceManager, say: &mut Say<'_>| match manager.list_units() {
+        Ok(a) => Some(a),
         Err(e) => {
             say.line(format!("cannot list the running units: {e}"));
-            return exit::FAILED;
+            None
+        }
+    };
+    let mut active = if fast {
+        ActiveUnits::new()
+    } else {
+        match list(manager, say) {
+            Some(a) => a,
+            None => return exit::FAILED,
         }
     };
     let mut plan = match plan_units(root, toplevel, &active, &files, manager.is_live()) {
@@ -393,9 +407,6 @@ fn live_switch(
             return exit::FAILED;
         }
     };
-    let reexec = systemd_changed(root, toplevel, opts.pid1_exe.as_deref());
-    let current = root.canonicalize(Path::new("/run/current-system")).ok();
-    let same_generation = current.as_deref() == Some(toplevel);
     let all = opts.display_all_units;
 
     if dry {
@@ -490,6 +501,12 @@ fn live_switch(
     let restart_req = pending::read_list(root, ACTIVATION_RESTART_LIST);
     let reload_req = pending::read_list(root, ACTIVATION_RELOAD_LIST);
     let requested = !restart_req.is_empty() || !reload_req.is_empty();
+    if requested && fast {
+        match list(manager, say) {
+            Some(a) => active = a,
+            None => fail(&mut code, exit::UNITS_FAILED),
+        }
+    }
     if let Err(e) =
         rules::fold_activation_requests(&mut plan, &restart_req, &reload_req, &active, &files)
     {
@@ -510,14 +527,15 @@ fn live_switch(
         }
     }
     // A no-op switch (the running generation again, nothing left over, nothing asked for)
-    // leaves systemd's unit state alone: reloading it is what makes NixOS's no-op switches
-    // slow.
+    // leaves systemd alone: no reload, no target starts, no report of old failures.
+    // Reloading and re-running sysinit-reactivation.target is what makes NixOS's no-op
+    // switches slow.
     let no_op = same_generation && plan.is_empty() && !requested && !reexec;
-    if manager.is_live() {
+    if manager.is_live() && !no_op {
         if let Err(e) = manager.reset_failed() {
             say.line(format!("Failed to reset failed units: {e}"));
         }
-        if !no_op {
+        {
             if let Err(e) = manager.daemon_reload() {
                 say.line(format!("Failed to reload systemd: {e}"));
                 fail(&mut code, exit::UNITS_FAILED);
@@ -564,7 +582,7 @@ fn live_switch(
         }
     }
 
-    if manager.is_live() {
+    if manager.is_live() && !no_op {
         report_units(&active, manager, say, &mut code);
     }
 
@@ -712,10 +730,13 @@ mod tests {
         log: Log,
         /// Units whose start fails.
         broken: BTreeSet<String>,
+        /// How often the units were listed.
+        lists: usize,
     }
 
     impl ServiceManager for FakeSystemd {
         fn list_units(&mut self) -> Result<ActiveUnits, String> {
+            self.lists += 1;
             Ok(self.units.clone())
         }
         fn jobs(&mut self, verb: Verb, units: &[String]) -> Result<(), String> {
@@ -910,6 +931,7 @@ mod tests {
             units: running(),
             log: log.clone(),
             broken: BTreeSet::new(),
+            lists: 0,
         };
         let mut loader = LoggingLoader {
             log: log.clone(),
@@ -1042,6 +1064,7 @@ mod tests {
             units: running(),
             log: log.clone(),
             broken: ["e.service".to_string()].into_iter().collect(),
+            lists: 0,
         };
         let mut loader = LoggingLoader {
             log: log.clone(),
@@ -1084,6 +1107,7 @@ mod tests {
             units,
             log: log.clone(),
             broken: BTreeSet::new(),
+            lists: 0,
         };
         let mut loader = LoggingLoader {
             log: log.clone(),
@@ -1098,8 +1122,28 @@ mod tests {
             &mut std::io::sink(),
         );
         assert_eq!(out.code, exit::OK, "{:#?}", out.lines);
-        // Only the active targets are started again (a no-op job for systemd).
-        assert_eq!(*log.borrow(), ["start default.target"]);
+        // Not one question to systemd, let alone a job.
+        assert!(log.borrow().is_empty(), "{:?}", log.borrow());
+        assert_eq!(sd.lists, 0);
+        // An activation that asks for a restart turns it into a real (small) switch.
+        std::fs::write(
+            t.path().join("run/nixos/activation-restart-list"),
+            "c.service\n",
+        )
+        .expect("request");
+        let out = switch(
+            &opts(&t, SwitchAction::Test),
+            &mut sd,
+            &mut loader,
+            &mut std::io::sink(),
+        );
+        assert_eq!(out.code, exit::OK, "{:#?}", out.lines);
+        assert_eq!(
+            *log.borrow(),
+            ["daemon-reload", "restart c.service"],
+            "{:#?}",
+            out.lines
+        );
     }
 
     #[test]
