@@ -10,6 +10,9 @@
 //!    and ratios to ours.
 //! 3. Activation as whole processes (`stagehand etc` / `stagehand users`) on generated
 //!    NixOS-shaped inputs: hyperfine medians and `strace -c -f` system-call counts.
+//! 4. The rest of BENCHMARKS.md, so that this one command reproduces every figure in it:
+//!    activation in process (`stagehand bench`), one boot of ours phase by phase with its
+//!    timeline SVG (the boot-spine scenario), and the initrd compression/stripping table.
 //!
 //! Not on the test path: `vm-tests/bench-host` installs what only this needs.
 
@@ -20,6 +23,7 @@ pub mod peers;
 use std::fmt::Write as _;
 use std::fs;
 use std::path::Path;
+use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -107,6 +111,49 @@ pub fn run(boots_each: usize) -> Result<bool> {
          of 10 runs and `strace -c -f` system calls per run:\n"
     )?;
     report.push_str(&activation::table(&cases)?);
+    // The rest of BENCHMARKS.md, so that this one command reproduces every figure in it.
+    eprintln!("bench: activation in process (stagehand bench --reps 9 --dir /dev/shm)");
+    let in_process = Command::new(&stagehand)
+        .args(["bench", "--reps", "9", "--dir", "/dev/shm"])
+        .output()
+        .with_context(|| format!("running {} bench", stagehand.display()))?;
+    if !in_process.status.success() {
+        bail!(
+            "{} bench failed: {}",
+            stagehand.display(),
+            String::from_utf8_lossy(&in_process.stderr).trim()
+        );
+    }
+    writeln!(
+        report,
+        "\nActivation in process (`stagehand bench --reps 9 --dir /dev/shm`; \
+         activation/BENCHMARKS.md):\n\n```\n{}```",
+        String::from_utf8_lossy(&in_process.stdout)
+    )?;
+
+    eprintln!(
+        "bench: one boot of ours, phase by phase (the boot-spine scenario), and its timeline"
+    );
+    let spine = crate::scenarios::boot_spine(&inputs, false)?;
+    writeln!(report, "\nOne boot, phase by phase (boot-spine):\n")?;
+    for note in &spine.notes {
+        writeln!(report, "{note}")?;
+    }
+    let spine_ok = spine.failures.is_empty();
+    for f in &spine.failures {
+        writeln!(report, "boot-spine FAILED: {f}")?;
+    }
+    let drawn = inputs.scenario_dir("boot-spine")?.join("timeline.svg");
+    if drawn.exists() {
+        let svg = dir.join("timeline.svg");
+        fs::copy(&drawn, &svg).with_context(|| format!("copying {}", drawn.display()))?;
+        writeln!(report, "\nBoot timeline (SVG): {}", svg.display())?;
+    }
+
+    eprintln!("bench: initrd compression and stripping (vm-tests initrd-sizes)");
+    writeln!(report, "\nInitrd compression and stripping:\n")?;
+    report.push_str(&crate::initrd_scenarios::sizes(&inputs)?);
+
     let path = dir.join("report.md");
     fs::write(&path, &report).with_context(|| format!("writing {}", path.display()))?;
     println!("{report}");
@@ -115,7 +162,7 @@ pub fn run(boots_each: usize) -> Result<bool> {
     if failed > 0 {
         println!("{failed} boot(s) failed; they are left out of the medians");
     }
-    Ok(failed == 0)
+    Ok(failed == 0 && spine_ok)
 }
 
 /// The middle value (the mean of the two middle ones for an even count).
