@@ -435,24 +435,9 @@ pub fn remove_tree_at<Fd: AsFd>(dirfd: Fd, name: &OsStr) -> io::Result<()> {
 /// The entries of a directory with their types from `readdir` (no `stat` unless the file
 /// system does not report types). Sorted by name so that every walk is deterministic.
 pub fn list_dir<Fd: AsFd>(dirfd: Fd) -> io::Result<Vec<(OsString, FileType)>> {
-    let mut out = Vec::new();
-    let dir = rfs::Dir::read_from(&dirfd)?;
-    for entry in dir {
-        let entry = entry?;
-        let name = entry.file_name().to_bytes();
-        if name == b"." || name == b".." {
-            continue;
-        }
-        let name = OsStr::from_bytes(name).to_os_string();
-        let mut ty = entry.file_type();
-        if ty == FileType::Unknown {
-            let st = rfs::statat(&dirfd, name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW)?;
-            ty = FileType::from_raw_mode(st.st_mode);
-        }
-        out.push((name, ty));
-    }
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(out)
+    // A fresh descriptor of the same directory, so that the caller's offset is untouched.
+    let fresh = rfs::openat(&dirfd, ".", dir_flags(), Mode::empty())?;
+    list_new_dir(fresh)
 }
 
 /// [`list_dir`] of a directory descriptor that was just opened and never read: the

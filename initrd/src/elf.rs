@@ -76,13 +76,14 @@ const SHT_NOBITS: u32 = 8;
 /// An upper bound on what we are willing to read for one section: `.modinfo` is a few KiB.
 const MAX_SECTION: u64 = 16 << 20;
 
-fn u16_at(b: &[u8], at: usize) -> u16 {
+/// Little-endian readers; callers check `at` against the length first.
+pub(crate) fn u16_at(b: &[u8], at: usize) -> u16 {
     u16::from_le_bytes([b[at], b[at + 1]])
 }
-fn u32_at(b: &[u8], at: usize) -> u32 {
+pub(crate) fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
-fn u64_at(b: &[u8], at: usize) -> u64 {
+pub(crate) fn u64_at(b: &[u8], at: usize) -> u64 {
     let mut a = [0u8; 8];
     a.copy_from_slice(&b[at..at + 8]);
     u64::from_le_bytes(a)

@@ -10,7 +10,7 @@
 //! segment nor a section accounts for (a payload appended to a binary) is left alone, as
 //! is anything not 64-bit little-endian ELF.
 
-use crate::elf::ElfError;
+use crate::elf::{u16_at, u32_at, u64_at, ElfError};
 
 const ET_EXEC: u16 = 2;
 const ET_DYN: u16 = 3;
@@ -18,18 +18,6 @@ const EHDR_LEN: u64 = 64;
 const PHDR_LEN: u64 = 56;
 const SHDR_LEN: u64 = 64;
 const SHT_NOBITS: u32 = 8;
-
-fn u16_at(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
-}
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(a)
-}
 
 /// The end of a table of `count` entries of `size` bytes at `offset`, if inside `len`.
 fn table_end(offset: u64, count: u64, size: u64, len: u64) -> Result<u64, ElfError> {
