@@ -479,3 +479,34 @@ fn waits_for_the_pwd_lock_held_by_another_process() {
     child.wait().expect("wait");
     assert!(r.read("/etc/passwd").contains("alice"));
 }
+
+#[test]
+fn hand_made_lines_with_a_non_numeric_id_are_written_back_unchanged() {
+    // A line we do not manage keeps its text, even an id field that is not a number
+    // (update-users-groups.pl copies such lines as they are).
+    let r = FakeRoot::new();
+    let g0 = spec(GEN0);
+    run(&r, &g0);
+    let mut passwd = r.read("/etc/passwd");
+    passwd.push_str("odd:x:abc:100:Odd:/home/odd:/bin/sh\n");
+    std::fs::write(r.host("/etc/passwd"), passwd).expect("write");
+    let mut group = r.read("/etc/group");
+    group.push_str("oddgrp:x:xyz:\n");
+    std::fs::write(r.host("/etc/group"), group).expect("write");
+    // A change elsewhere makes the run rewrite both files.
+    let gen1 = GEN0.replace("\"Alice\"", "\"Alice A.\"");
+    let out = run(&r, &spec(&gen1));
+    assert!(out.changed);
+    assert!(
+        r.read("/etc/passwd")
+            .contains("odd:x:abc:100:Odd:/home/odd:/bin/sh\n"),
+        "{}",
+        r.read("/etc/passwd")
+    );
+    assert!(r.read("/etc/passwd").contains("Alice A."));
+    assert!(
+        r.read("/etc/group").contains("oddgrp:x:xyz:\n"),
+        "{}",
+        r.read("/etc/group")
+    );
+}

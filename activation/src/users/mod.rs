@@ -131,6 +131,9 @@ struct GroupLine {
     name: String,
     password: String,
     gid: Option<u32>,
+    /// The id field's text when it is not a number, so that a line we do not manage is
+    /// written back as it was rather than with the field emptied.
+    unparsed_id: String,
     members: String,
 }
 
@@ -139,6 +142,9 @@ struct PasswdLine {
     name: String,
     password: String,
     uid: Option<u32>,
+    /// The id field's text when it is not a number, so that a line we do not manage is
+    /// written back as it was rather than with the field emptied.
+    unparsed_id: String,
     gid: String,
     description: String,
     home: String,
@@ -160,6 +166,7 @@ fn parse_group(text: &str) -> Vec<GroupLine> {
             let f = fields(l, 4);
             GroupLine {
                 gid: f[2].parse().ok(),
+                unparsed_id: f[2].clone(),
                 name: f[0].clone(),
                 password: f[1].clone(),
                 members: f[3].clone(),
@@ -175,6 +182,7 @@ fn parse_passwd(text: &str) -> Vec<PasswdLine> {
             let f = fields(l, 7);
             PasswdLine {
                 uid: f[2].parse().ok(),
+                unparsed_id: f[2].clone(),
                 name: f[0].clone(),
                 password: f[1].clone(),
                 gid: f[3].clone(),
@@ -188,6 +196,11 @@ fn parse_passwd(text: &str) -> Vec<PasswdLine> {
 
 fn id_text(id: Option<u32>) -> String {
     id.map(|i| i.to_string()).unwrap_or_default()
+}
+
+/// An id field as written back: the number, or the text it had when it was not one.
+fn id_field(id: Option<u32>, unparsed: &str) -> String {
+    id.map_or_else(|| unparsed.to_owned(), |i| i.to_string())
 }
 
 // ---- observed state --------------------------------------------------------------------------
@@ -575,6 +588,7 @@ pub fn plan(
                     name: g.name.clone(),
                     password: existing.password.clone(),
                     gid,
+                    unparsed_id: String::new(),
                     members: String::new(),
                 }
             }
@@ -587,6 +601,7 @@ pub fn plan(
                     name: g.name.clone(),
                     password: "x".to_owned(),
                     gid: Some(gid),
+                    unparsed_id: String::new(),
                     members: String::new(),
                 }
             }
@@ -636,7 +651,7 @@ pub fn plan(
                 "{}:{}:{}:{}\n",
                 g.name,
                 g.password,
-                id_text(g.gid),
+                id_field(g.gid, &g.unparsed_id),
                 g.members
             )
         })
@@ -778,6 +793,7 @@ pub fn plan(
                     name: u.name.clone(),
                     password: existing.map_or_else(|| "x".to_owned(), |e| e.password.clone()),
                     uid: Some(uid),
+                    unparsed_id: String::new(),
                     gid: gid.to_string(),
                     description: u.description.clone(),
                     home: u.home.clone(),
@@ -848,7 +864,7 @@ pub fn plan(
                 "{}:{}:{}:{}:{}:{}:{}\n",
                 l.name,
                 l.password,
-                id_text(l.uid),
+                id_field(l.uid, &l.unparsed_id),
                 l.gid,
                 l.description,
                 l.home,
