@@ -130,6 +130,35 @@ fn slow_generation(inputs: &Inputs, initrd: &Path) -> crate::generation::Generat
     spec
 }
 
+/// Boot `img` with `cmdline` through activation to the probe unit and a clean power-off.
+/// `None` when the boot did not get there; the failure and the console's tail are in `out`.
+fn boot_to_probe(
+    inputs: &Inputs,
+    initrd: &Path,
+    img: &Path,
+    cmdline: String,
+    log: std::path::PathBuf,
+    what: &str,
+    out: &mut Outcome,
+) -> Result<Option<Vm>> {
+    out.log = Some(log.clone());
+    let mut vm = Vm::start(&inputs.vm_config(initrd, vec![img.to_path_buf()], cmdline, log))?;
+    let result = (|| -> Result<()> {
+        vm.wait_for("stage2: activation finished", FIRST_LINE)?;
+        vm.wait_for(PROBE_DONE, STEP)?;
+        vm.wait_exit(STEP)?;
+        Ok(())
+    })();
+    match result {
+        Ok(()) => Ok(Some(vm)),
+        Err(e) => {
+            out.failures.push(format!("{what}: {e:#}"));
+            out.notes.push(vm.failure_context(40));
+            Ok(None)
+        }
+    }
+}
+
 /// `power-cut`: see the module documentation.
 pub fn power_cut(inputs: &Inputs) -> Result<Outcome> {
     let dir = inputs.scenario_dir("power-cut")?;
@@ -143,19 +172,10 @@ pub fn power_cut(inputs: &Inputs) -> Result<Outcome> {
 
     // Boot 1: generation 1, to the probe and a clean power-off.
     let log = dir.join("boot-1.console.log");
-    out.log = Some(log.clone());
-    let mut vm = Vm::start(&inputs.vm_config(&initrd, vec![img.clone()], g1.cmdline(), log))?;
-    let result = (|| -> Result<()> {
-        vm.wait_for("stage2: activation finished", FIRST_LINE)?;
-        vm.wait_for(PROBE_DONE, STEP)?;
-        vm.wait_exit(STEP)?;
-        Ok(())
-    })();
-    if let Err(e) = result {
-        out.failures.push(format!("boot 1: {e:#}"));
-        out.notes.push(vm.failure_context(40));
+    let Some(vm) = boot_to_probe(inputs, &initrd, &img, g1.cmdline(), log, "boot 1", &mut out)?
+    else {
         return Ok(out);
-    }
+    };
     drop(vm);
     let old = account_set(&img)?;
 
@@ -246,19 +266,10 @@ pub fn power_cut(inputs: &Inputs) -> Result<Outcome> {
 
     // Boot 3: generation 2 again, which must come up.
     let log = dir.join("boot-3.console.log");
-    out.log = Some(log.clone());
-    let mut vm = Vm::start(&inputs.vm_config(&initrd, vec![img.clone()], g2.cmdline(), log))?;
-    let result = (|| -> Result<()> {
-        vm.wait_for("stage2: activation finished", FIRST_LINE)?;
-        vm.wait_for(PROBE_DONE, STEP)?;
-        vm.wait_exit(STEP)?;
-        Ok(())
-    })();
-    if let Err(e) = result {
-        out.failures.push(format!("boot 3 after the cut: {e:#}"));
-        out.notes.push(vm.failure_context(40));
+    let what = "boot 3 after the cut";
+    let Some(vm) = boot_to_probe(inputs, &initrd, &img, g2.cmdline(), log, what, &mut out)? else {
         return Ok(out);
-    }
+    };
     let facts = probe_facts(&vm.lines());
     drop(vm);
     for bad in check_probe(&facts, &Expected::of(&g2)) {
