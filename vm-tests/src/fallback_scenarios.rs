@@ -11,7 +11,7 @@ use std::process::Command;
 
 use anyhow::Result;
 
-use crate::console::{probe_facts, shows, PROBE_DONE};
+use crate::console::{probe_facts, PROBE_DONE};
 use crate::generation::SystemImage;
 use crate::host::run;
 use crate::qemu::Vm;
@@ -66,15 +66,7 @@ pub fn kernel_fallback(inputs: &Inputs) -> Result<Outcome> {
         switch.contains(&format!("stage 2 is {}/init", g2.toplevel)),
         || format!("expected stage 2 in {}, got {switch:?}", g2.toplevel),
     );
-    out.check(
-        "boot-bad never reached the probe",
-        !shows(&lines, PROBE_DONE),
-        || "the failing generation ran the probe unit".into(),
-    );
-    out.notes.push(format!(
-        "boot-bad: QEMU start → PID 1 died, VM gone {:.1} s",
-        vm.elapsed().as_secs_f64()
-    ));
+    out.check_bad_boot(&lines, &vm);
     drop(vm);
 
     // Boot 2: the same command line; stage 1 falls back to generation 1.

@@ -234,6 +234,20 @@ impl Outcome {
             self.failures.push(format!("{what}: {}", detail()));
         }
     }
+
+    /// A boot of a generation whose stage 2 fails: it must not have reached the probe
+    /// unit; how long it took until PID 1 died is noted.
+    pub fn check_bad_boot(&mut self, lines: &[Line], vm: &Vm) {
+        self.check(
+            "boot-bad never reached the probe",
+            !shows(lines, PROBE_DONE),
+            || "the failing generation ran the probe unit".into(),
+        );
+        self.notes.push(format!(
+            "boot-bad: QEMU start → PID 1 died, VM gone {:.1} s",
+            vm.elapsed().as_secs_f64()
+        ));
+    }
 }
 
 fn sizes_note(inputs: &Inputs, initrd: &Initrd) -> String {

@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use crate::console::{probe_facts, shows, Phases, PROBE_DONE};
+use crate::console::{probe_facts, Phases, PROBE_DONE};
 use crate::generation::{BuiltGeneration, SystemImage};
 use crate::host::{on_path, run};
 use crate::qemu::{base_args, option_path, Line, Vm};
@@ -517,15 +517,7 @@ pub fn uefi_fallback(inputs: &Inputs) -> Result<Outcome> {
                 cmdline.contains(&want),
                 || format!("expected {want} on the kernel command line, got {cmdline:?}"),
             );
-            out.check(
-                "boot-bad never reached the probe",
-                !shows(&lines, PROBE_DONE),
-                || "the failing generation ran the probe unit".into(),
-            );
-            out.notes.push(format!(
-                "boot-bad: QEMU start → PID 1 died, VM gone {:.1} s",
-                vm.elapsed().as_secs_f64()
-            ));
+            out.check_bad_boot(&lines, &vm);
         }
     }
     drop(vm);
