@@ -6,7 +6,7 @@
 //! is readable by others, and every `/etc` entry is its old or its new version; running again
 //! must leave exactly what an uninterrupted run leaves.
 //!
-//! Needs `strace` (vm-tests/setup-host installs it); the tests say so and skip without it.
+//! Needs `strace` (vm-tests/setup-host installs it); without it the tests fail and say so.
 
 mod common;
 mod crash_harness;
@@ -17,7 +17,7 @@ use std::process::Command;
 
 use common::FakeRoot;
 use crash_harness::{
-    have_strace, run_ok, run_trials, scratch, snapshot, uninterrupted, Cmd, Snapshot,
+    require_strace, run_ok, run_trials, scratch, snapshot, uninterrupted, Cmd, Snapshot,
 };
 use stagehand_activation::rootfs::Root;
 use stagehand_activation::users;
@@ -462,10 +462,7 @@ fn generation_1_with_dave() -> FakeRoot {
 
 #[test]
 fn activation_killed_at_every_write_first_run() {
-    if !have_strace() {
-        eprintln!("skipped: strace is not installed (vm-tests/setup-host installs it)");
-        return;
-    }
+    require_strace();
     let case = ActivationCase {
         name: "first activation",
         before: fresh_root(),
@@ -477,10 +474,7 @@ fn activation_killed_at_every_write_first_run() {
 
 #[test]
 fn activation_killed_at_every_write_over_an_existing_etc() {
-    if !have_strace() {
-        eprintln!("skipped: strace is not installed (vm-tests/setup-host installs it)");
-        return;
-    }
+    require_strace();
     // A root that was not ours before: accounts and files made by someone else.
     let before = fresh_root();
     before.write("/etc/passwd", "root:x:0:0:root:/root:/bin/sh\ndaemon:x:1:1::/:/bin/false\ndave:x:1500:1500::/home/dave:/bin/sh\n");
@@ -504,10 +498,7 @@ fn activation_killed_at_every_write_over_an_existing_etc() {
 
 #[test]
 fn activation_killed_at_every_write_generation_change() {
-    if !have_strace() {
-        eprintln!("skipped: strace is not installed (vm-tests/setup-host installs it)");
-        return;
-    }
+    require_strace();
     let before = generation_1_with_dave();
     let case = ActivationCase {
         name: "generation 1 -> 2",
@@ -520,10 +511,7 @@ fn activation_killed_at_every_write_generation_change() {
 
 #[test]
 fn activation_killed_at_every_write_rollback() {
-    if !have_strace() {
-        eprintln!("skipped: strace is not installed (vm-tests/setup-host installs it)");
-        return;
-    }
+    require_strace();
     let before = generation_1_with_dave();
     run_ok(before.path(), &["activate", "--action", "switch", TOP2]);
     let case = ActivationCase {
@@ -537,10 +525,7 @@ fn activation_killed_at_every_write_rollback() {
 
 #[test]
 fn activation_killed_again_while_recovering() {
-    if !have_strace() {
-        eprintln!("skipped: strace is not installed (vm-tests/setup-host installs it)");
-        return;
-    }
+    require_strace();
     // A first boot cut while the account files are being switched, then cut again.
     let first = ActivationCase {
         name: "first activation",

@@ -5,7 +5,7 @@
 //! initrd are on the ESP, whole; the profile link must name a generation; running the command
 //! again must leave exactly what an uninterrupted run leaves.
 //!
-//! Needs `strace` (vm-tests/setup-host installs it); the tests say so and skip without it.
+//! Needs `strace` (vm-tests/setup-host installs it); without it the tests fail and say so.
 
 mod common;
 mod crash_harness;
@@ -13,7 +13,7 @@ mod crash_harness;
 use std::path::Path;
 
 use common::FakeRoot;
-use crash_harness::{have_strace, run_ok, run_trials, scratch, snapshot, uninterrupted, Cmd};
+use crash_harness::{require_strace, run_ok, run_trials, scratch, snapshot, uninterrupted, Cmd};
 use stagehand_activation::boot::bls::Entry;
 use stagehand_activation::boot::esp::BootFs;
 use stagehand_activation::boot::profile::Profile;
@@ -233,10 +233,7 @@ fn full_esp_trials() -> usize {
 
 #[test]
 fn boot_entries_killed_at_every_write() {
-    if !have_strace() {
-        eprintln!("skipped: strace is not installed (vm-tests/setup-host installs it)");
-        return;
-    }
+    require_strace();
     // First install on an empty ESP.
     let fresh = FakeRoot { dir: scratch() };
     std::fs::create_dir_all(fresh.host("/boot")).expect("esp");
@@ -291,10 +288,7 @@ fn boot_entries_killed_at_every_write() {
 
 #[test]
 fn profile_rollback_killed_at_every_write() {
-    if !have_strace() {
-        eprintln!("skipped: strace is not installed (vm-tests/setup-host installs it)");
-        return;
-    }
+    require_strace();
     let r = installed(2);
     run_ok(r.path(), &["install-bootloader"]);
     let profile_ok = |root: &Path| -> Result<(), String> {

@@ -63,11 +63,17 @@ const MUTATING: &[&str] = &[
     "wait4",
 ];
 
-pub fn have_strace() -> bool {
-    Command::new("strace")
+/// The trials kill the binary through `strace --inject`; without strace they would prove
+/// nothing, so a missing strace fails the test instead of passing it silently.
+pub fn require_strace() {
+    let ok = Command::new("strace")
         .arg("-V")
         .output()
-        .is_ok_and(|o| o.status.success())
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        ok,
+        "strace is not installed: run vm-tests/setup-host (apt-get install strace)"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
