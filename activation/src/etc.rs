@@ -3,10 +3,11 @@
 //! The work is split in three: [`list_tree`] reads the etc tree of a generation (done once at
 //! build time by `stagehand compile` and stored in the plan), [`observe`] reads what `/etc`
 //! holds now, and [`plan`] — a pure function of the two — decides what to change. [`apply`]
-//! then carries the plan out under the root. Nothing is written when `/etc` already matches,
-//! and a re-run without changes does not even walk `/etc`: [`setup_etc`] first checks the
-//! [`cache`] of inode stamps that the last verified run left, and takes the full path only
-//! when anything differs.
+//! then carries the plan out under the root. Nothing is written when `/etc` already matches.
+//! [`setup_etc`] does not read all of `/etc` every time: the [`cache`] remembers what earlier
+//! runs saw, with the inode stamps that vouch for it, so a run reads only the directories
+//! and files that changed since; and when the last run found nothing to do for the same
+//! input and no stamp changed, it stops after the `stat` calls.
 //!
 //! What the plan does, in `setup-etc.pl` order:
 //! 1. point `/etc/static` at the tree (atomic symlink swap);
@@ -27,6 +28,11 @@
 
 #[path = "etc_cache.rs"]
 pub mod cache;
+#[path = "etc_observe.rs"]
+mod observation;
+
+pub use observation::observe;
+use observation::{observe_with, Reuse};
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
@@ -36,7 +42,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+use rustix::fs::{FileType, Mode, OFlags};
 use rustix::io::Errno;
 use serde::{Deserialize, Serialize};
 
@@ -404,8 +410,6 @@ pub struct EtcState {
     pub old_clean: Vec<String>,
     pub nixos_tag: bool,
     pub owners: Owners,
-    /// Inode stamps taken while observing, for the no-change cache ([`cache`]).
-    pub stamps: cache::Stamps,
 }
 
 /// Reads files by in-root path, following symlinks inside the root like [`Root::read`],
@@ -555,190 +559,9 @@ impl<'r> Dirs<'r> {
     }
 }
 
-/// Read the current `/etc` under `root`.
-pub fn observe(root: &Root, tree: &EtcTree) -> Result<EtcState, EtcError> {
-    let obs_err = |error: io::Error| EtcError::Observe {
-        path: root.host_path(Path::new("/etc")),
-        error,
-    };
-    let mut st = EtcState {
-        owners: if uses_owner_names(tree) {
-            Owners::read(root)
-        } else {
-            Owners::default()
-        },
-        ..EtcState::default()
-    };
-    // Before the first stamp: see `cache` on racy time stamps.
-    st.stamps.clock = cache::coarse_now();
-    let etc = match root.dir(Path::new("/etc"), None) {
-        Ok((fd, _, _)) => Some(fd),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-        Err(e) => return Err(obs_err(e)),
-    };
-    let Some(etc) = etc else {
-        return Ok(st);
-    };
-    st.static_link = match rootfs::lstat_at(&etc, OsStr::new("static")).map_err(obs_err)? {
-        None => None,
-        Some(Node::Symlink(t)) => Some(Some(String::from_utf8_lossy(&t).into_owned())),
-        Some(_) => Some(None),
-    };
-    walk_etc(&etc, "", &mut st.nodes, &mut st.stamps).map_err(obs_err)?;
-    if let Ok(b) = rootfs::read_at(&etc, OsStr::new(".clean")) {
-        st.old_clean = String::from_utf8_lossy(&b)
-            .lines()
-            .map(str::to_owned)
-            .collect();
-    }
-    st.nixos_tag = st.nodes.contains_key("NIXOS");
-
-    // Paths under /etc/nixos are not walked (it can hold a whole nixpkgs checkout): look up
-    // the few that matter one by one.
-    let extra: Vec<String> = tree
-        .entries
-        .iter()
-        .map(|e| e.rel.clone())
-        .chain(st.old_clean.iter().cloned())
-        .filter(|r| r.starts_with("nixos/") && is_safe_rel(r))
-        .collect();
-    for rel in extra {
-        if let Ok(Some(n)) = root.lstat(&Path::new("/etc").join(&rel)) {
-            st.nodes.insert(rel, n);
-        }
-    }
-
-    let by_rel: HashMap<&str, &TreeEntry> =
-        tree.entries.iter().map(|e| (e.rel.as_str(), e)).collect();
-    let mut sources = InRoot::new(root);
-    let mut dests = Dirs::new(root);
-    for e in &tree.entries {
-        if !matches!(e.install, Install::Copy { .. }) || !is_safe_rel(&e.rel) {
-            continue;
-        }
-        if let Some(Node::File { size, .. }) = st.nodes.get(&e.rel) {
-            let source = Path::new(&tree.path).join(&e.rel);
-            let (parent, name) = e.rel.rsplit_once('/').unwrap_or(("", &e.rel));
-            let same = (|| -> io::Result<bool> {
-                let (src, canon, src_st) = sources.read(&source)?;
-                st.stamps.sources.insert(
-                    e.rel.clone(),
-                    (
-                        canon.to_string_lossy().into_owned(),
-                        cache::Stamp::of(&src_st),
-                    ),
-                );
-                if src.len() as u64 != *size {
-                    return Ok(false);
-                }
-                let dir = dests.get(parent, false)?;
-                Ok(rootfs::read_at(dir, OsStr::new(name))? == src)
-            })()
-            .unwrap_or(false);
-            if same {
-                st.same_content.insert(e.rel.clone());
-            }
-        }
-    }
-    for (rel, node) in &st.nodes {
-        let Node::Symlink(t) = node else { continue };
-        if !t.starts_with(STATIC.as_bytes()) || by_rel.contains_key(rel.as_str()) {
-            continue;
-        }
-        // Only a symlinked directory of the new tree can hold this path without listing it.
-        let mut has_linked_ancestor = false;
-        let mut cur = rel.as_str();
-        while let Some((parent, _)) = cur.rsplit_once('/') {
-            if let Some(e) = by_rel.get(parent) {
-                has_linked_ancestor = matches!(e.kind, EntryKind::Symlink(_));
-                break;
-            }
-            cur = parent;
-        }
-        if has_linked_ancestor {
-            let p = Path::new(&tree.path).join(rel);
-            if let Ok(Some(Node::Symlink(_))) = root.lstat(&p) {
-                st.deep_links.insert(rel.clone());
-            }
-        }
-    }
-    Ok(st)
-}
-
 /// Flags for opening one directory component: never through a symlink.
 fn dir_open_flags() -> OFlags {
     OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC
-}
-
-fn walk_etc(
-    dir: &OwnedFd,
-    prefix: &str,
-    out: &mut HashMap<String, Node>,
-    stamps: &mut cache::Stamps,
-) -> io::Result<()> {
-    // The stamp is taken before the listing: a change after it shows in a later stamp.
-    stamps.dirs.push((
-        prefix.to_owned(),
-        cache::Stamp::of(&rustix::fs::fstat(dir)?),
-    ));
-    for (name, ty) in rootfs::list_new_dir(dir)? {
-        let name_str = name.to_string_lossy();
-        if prefix.is_empty() && name_str == "static" {
-            continue;
-        }
-        let rel = if prefix.is_empty() {
-            name_str.into_owned()
-        } else {
-            format!("{prefix}/{name_str}")
-        };
-        let node = match ty {
-            FileType::Symlink => Node::Symlink(
-                rustix::fs::readlinkat(dir, name.as_os_str(), Vec::new())?.into_bytes(),
-            ),
-            FileType::Directory => Node::Dir {
-                mode: 0,
-                uid: 0,
-                gid: 0,
-            },
-            _ => {
-                let s = match rustix::fs::statat(dir, name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW) {
-                    Ok(s) => s,
-                    Err(Errno::NOENT) => continue,
-                    Err(e) => return Err(e.into()),
-                };
-                match FileType::from_raw_mode(s.st_mode) {
-                    FileType::RegularFile => {
-                        stamps.files.insert(rel.clone(), cache::Stamp::of(&s));
-                        Node::File {
-                            mode: s.st_mode & 0o7777,
-                            uid: s.st_uid,
-                            gid: s.st_gid,
-                            size: u64::try_from(s.st_size).unwrap_or(0),
-                        }
-                    }
-                    // Replaced between readdir and stat: look again the slow way.
-                    FileType::Symlink | FileType::Directory => {
-                        match rootfs::lstat_at(dir, &name)? {
-                            Some(n) => n,
-                            None => continue,
-                        }
-                    }
-                    _ => Node::Other,
-                }
-            }
-        };
-        let descend = matches!(node, Node::Dir { .. }) && rel != "nixos";
-        out.insert(rel.clone(), node);
-        if descend {
-            match rootfs::open_subdir(dir, &name) {
-                Ok(sub) => walk_etc(&sub, &rel, out, stamps)?,
-                // Replaced by a symlink between readdir and open: it is not a directory now.
-                Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {}
-                Err(e) => return Err(e),
-            }
-        }
-    }
-    Ok(())
 }
 
 /// One change to `/etc`. Paths are relative to `/etc`.
@@ -1164,47 +987,122 @@ pub fn own_perms(mode: u32) -> Perms {
     }
 }
 
-/// The whole `etc` step: observe, plan, apply — unless the cache of the last verified run
-/// shows that nothing changed since (see [`cache`]: a few `stat` calls instead of a walk).
+/// The whole `etc` step: observe (reading only what the [`cache`] cannot vouch for), plan,
+/// apply, and remember what is in `/etc` now for the next run. When the last run found
+/// nothing to do for the same input and nothing it rested on changed, the step stops after
+/// checking that ([`cache::Quiet`]).
 pub fn setup_etc(
     root: &Root,
     tree: &EtcTree,
     opts: EtcOptions,
     dry_run: bool,
 ) -> Result<EtcOutcome, EtcError> {
-    let raw_cache = cache::read_raw(root);
-    if let Some(raw) = &raw_cache {
-        if cache::still_valid(root, tree, opts, raw) {
-            log::debug!("/etc is as the last activation left it (checked against its cache)");
-            return Ok(EtcOutcome::default());
-        }
+    let cache = cache::read(root);
+    if cache.is_quiet(root, tree, opts) {
+        log::debug!("/etc is as the last activation left it (checked against its cache)");
+        return Ok(EtcOutcome::default());
     }
-    let state = observe(root, tree)?;
-    let plan = plan(tree, &state, opts);
+    let seen = observe_with(root, tree, cache.facts(), Reuse::IfUnchanged)?;
+    log::debug!(
+        "/etc observed: {} directories and files read, the rest from the cache",
+        seen.reads
+    );
+    let plan = plan(tree, &seen.state, opts);
     let out = apply(root, &plan, dry_run)?;
-    if dry_run || !out.issues.is_empty() {
+    if dry_run {
         return Ok(out);
     }
+    let quiet_if_empty = |seen: &observation::Seen, plan: &EtcPlan| {
+        (plan.actions.is_empty() && plan.issues.is_empty())
+            .then(|| cache::quiet(tree, opts, &seen.facts))
+            .flatten()
+    };
     if plan.actions.is_empty() {
-        // Nothing to do: what we observed is a state the cache may vouch for. (Written only
-        // when it differs from the cache already there, which was then stale.)
-        if let Some(c) = cache::build(tree, opts, &state.stamps, &state.old_clean) {
-            cache::store(root, &c, raw_cache.as_deref());
-        }
+        let quiet = quiet_if_empty(&seen, &plan);
+        cache::store(root, &seen.facts, quiet, cache.raw());
         return Ok(out);
     }
-    // We changed /etc. The cache must vouch for what is there, not for what we believe we
-    // made (someone may have changed /etc meanwhile), so observe once more — after the
-    // coarse clock has moved on, so that the stamps of our own changes are not racy — and
-    // record only if that finds nothing left to do.
+    // What this run changed is read again — once the coarse clock has passed our last
+    // change, so that the new stamps are not racy. The rest of what was seen before stays
+    // true of the stamps it was seen with. If the state read back needs nothing more (as it
+    // should, unless someone changed /etc meanwhile), the next run may stop early.
     cache::wait_past(cache::precise_now());
-    if let Ok(again) = observe(root, tree) {
-        let check = self::plan(tree, &again, opts);
-        if check.actions.is_empty() && check.issues.is_empty() {
-            if let Some(c) = cache::build(tree, opts, &again.stamps, &again.old_clean) {
-                cache::store(root, &c, raw_cache.as_deref());
+    let (dirs, files) = touched(&plan);
+    let reuse = Reuse::Except {
+        dirs: &dirs,
+        files: &files,
+    };
+    match observe_with(root, tree, seen.facts, reuse) {
+        Ok(again) => {
+            let check = self::plan(tree, &again.state, opts);
+            cache::store(
+                root,
+                &again.facts,
+                quiet_if_empty(&again, &check),
+                cache.raw(),
+            );
+        }
+        Err(e) => log::debug!("etc cache not updated: {e}"),
+    }
+    Ok(out)
+}
+
+/// The directories (relative to `/etc`) whose entries `plan` changes, and the files whose
+/// contents it rewrites.
+fn touched(plan: &EtcPlan) -> (HashSet<String>, HashSet<String>) {
+    let mut dirs = HashSet::new();
+    let mut files = HashSet::new();
+    let parent = |rel: &str| rel.rsplit_once('/').map_or("", |(p, _)| p).to_owned();
+    for a in &plan.actions {
+        match a {
+            EtcAction::SetStatic { .. } | EtcAction::TouchNixos => {
+                dirs.insert(String::new());
+            }
+            EtcAction::WriteClean { .. } => {
+                dirs.insert(String::new());
+                files.insert(".clean".to_owned());
+            }
+            EtcAction::RemoveObsoleteLink { rel }
+            | EtcAction::RemoveObsoleteFile { rel }
+            | EtcAction::RemoveStaticDir { rel }
+            | EtcAction::Link { rel, .. } => {
+                dirs.insert(parent(rel));
+            }
+            EtcAction::Copy { rel, .. } => {
+                dirs.insert(parent(rel));
+                files.insert(rel.clone());
+            }
+            // Missing ancestors are made too, each in its parent.
+            EtcAction::EnsureDir { rel } => {
+                let mut cur = rel.as_str();
+                dirs.insert(cur.to_owned());
+                while let Some((up, _)) = cur.rsplit_once('/') {
+                    dirs.insert(up.to_owned());
+                    cur = up;
+                }
+                dirs.insert(String::new());
             }
         }
     }
-    Ok(out)
+    (dirs, files)
+}
+
+/// What the next run of [`setup_etc`] would find, without changing anything: how many
+/// directories and files it would have to read rather than take from the cache, and its plan.
+#[derive(Debug)]
+pub struct Preview {
+    /// The run would stop after checking stamps ([`cache::Quiet`]).
+    pub quiet: bool,
+    pub reads: usize,
+    pub plan: EtcPlan,
+}
+
+pub fn preview(root: &Root, tree: &EtcTree, opts: EtcOptions) -> Result<Preview, EtcError> {
+    let cache = cache::read(root);
+    let seen = observe_with(root, tree, cache.facts(), Reuse::IfUnchanged)?;
+    Ok(Preview {
+        quiet: cache.is_quiet(root, tree, opts),
+        reads: seen.reads,
+        plan: plan(tree, &seen.state, opts),
+    })
 }

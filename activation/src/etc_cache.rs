@@ -1,54 +1,54 @@
-//! The no-change fast path of the etc step: a cache of what the last verified run saw.
+//! The memory of the etc step: what earlier runs saw in `/etc`, so that a run reads only
+//! what changed since.
 //!
-//! A re-run with nothing to do is the common case (every boot activates the generation that
-//! is already in place), and the full path pays for it with a walk of all of `/etc`: one
-//! open, two `getdents` and a close per directory, a `readlink` per symlink and a byte
-//! comparison of every copied file. The cache lets such a run check a handful of inode
-//! stamps instead.
+//! Every boot activates the generation that is already in place, and a switch usually
+//! changes a handful of entries; reading all of `/etc` each time (an open, two `getdents`
+//! and a close per directory, a `readlink` per link, a byte comparison per copied file)
+//! would cost most of the step. So each observation also yields [`Facts`], each paired
+//! with the inode [`Stamp`] taken just before it was read:
+//! * a directory's entries: names, types, the targets of the links, and for files their
+//!   mode, owner and size as listed ([`DirFact`]);
+//! * whether a copied file has its source's bytes, with the stamps of both ([`CopyFact`]);
+//! * the lines of `/etc/.clean` ([`CleanFact`]).
 //!
-//! # What is recorded
-//! After a run that *observed* `/etc` in a state for which [`super::plan`] has nothing to do
-//! and nothing to report, `/var/lib/stagehand/etc-cache` records:
-//! * the input: the etc tree (its canonical path and a hash of the whole listing, sidecars
-//!   included), the options, and [`RULES`], the version of the planning rules;
-//! * a [`Stamp`] (device, inode, type and mode, owner, size, link count, mtime and ctime) of
-//!   every directory the walk listed — `/etc` itself and all below it except `/etc/nixos`'s
-//!   contents, which the full path does not walk either;
-//! * a stamp of every copied file, of `/etc/.clean`, and of every copy's source file.
+//! They are kept in `/var/lib/stagehand/etc-cache`. The next observation stats what a fact
+//! is about and uses the fact when the stamp is unchanged; anything else — no cache, a
+//! damaged one, a stamp that differs, a path that cannot be stat'ed — is read again. The
+//! plan is then computed from the observation as always: the facts only save reading.
 //!
-//! # Why matching stamps mean the plan is still empty
-//! The plan is a function of the tree (same hash), the options, the names and types of the
-//! entries of every walked directory, the targets of the symlinks among them, the contents,
-//! mode and owner of the copied files and `/etc/.clean`, the sources' contents, and, for
-//! owners given by name, `/etc/passwd` and `/etc/group`.
-//! * Creating, removing or renaming anything in a directory — which is the only way to
-//!   change a symlink's target or an entry's type — changes the directory's mtime and ctime.
-//!   A directory made or replaced anywhere below `/etc` therefore shows in its parent, which
-//!   is stamped too, down from `/etc`. A mount over a stamped path shows as another device
-//!   and inode.
+//! One shortcut decides more: a run whose plan came out empty records its input and the
+//! stamps of all its facts ([`Quiet`]). A next run with the same input whose stamps all
+//! match would observe the same state and plan the same nothing, so it stops there — the
+//! common case of every boot, at the cost of one `stat` per directory and copied file.
+//!
+//! # Why an unchanged stamp means an unchanged fact
+//! * Creating, removing or renaming anything in a directory — the only way to change a
+//!   symlink's target or an entry's type — changes the directory's mtime and ctime. A
+//!   directory replaced by another shows in its parent (also stamped, down from `/etc`) and
+//!   as another inode; a mount over it as another device and inode.
 //! * Writing to a file, or `chmod`/`chown` of it, changes its ctime. Unlike the mtime, the
 //!   ctime cannot be set from user space (`touch -d` and `rsync -t` set the mtime and bump
-//!   the ctime to *now*), so a hand edit cannot hide behind a restored mtime.
-//! * Owner names are resolved again from the root's passwd/group on every fast run and
-//!   must give the ids the copies have.
+//!   the ctime to *now*), so a hand edit cannot hide behind a restored mtime. That is why
+//!   the copied files and `.clean` are stat'ed on every run: their directory does not
+//!   change when they do. Other files' mode, owner and size are not used by the plan.
+//! * A fact is true of the state its stamp describes, whatever happened afterwards. So a
+//!   run that changed `/etc` reads again only the directories and files it changed, and
+//!   keeps the facts it took before for the rest; a change someone else made meanwhile
+//!   shows as a new stamp next time.
 //!
 //! # Time stamps that are too new to trust ("racily clean", as git calls it)
 //! The kernel stamps a change with its coarse clock (a tick: 4 ms here). A change made in
 //! the same tick as the stamp we recorded, but after we took it, would leave the stamp
-//! unchanged. Every stamp is taken after reading `CLOCK_REALTIME_COARSE` (`clock`); a later
-//! change gets a ctime of at least `clock`, so a stamp whose ctime is *before* `clock` would
-//! change. A stamp whose ctime is not before `clock` is racy, and the cache is not written
-//! at all. File systems that keep whole seconds only (ctime nanoseconds of zero) need a
-//! two-second margin instead of a tick. A run that changed `/etc` therefore first waits until
-//! the coarse clock has passed the precise time of its last change (one or two ticks; about
-//! nothing on a disk, where the flush takes longer), then walks `/etc` once more to verify
-//! and record.
-//!
-//! Anything unexpected — no cache, a damaged one (envelope checksum), another tree, a stamp
-//! that differs, a path that cannot be stat'ed, an entry under `/etc/nixos` — means the full
-//! path runs. The cache is only ever a reason to skip work that would find nothing to do.
+//! unchanged. Every observation reads `CLOCK_REALTIME_COARSE` before its first stamp; a
+//! later change gets a ctime of at least that, so a stamp whose ctime is *before* it would
+//! change. A fact whose stamp is not before it is racy: it is used within the run but
+//! never kept. File systems that keep whole seconds only (ctime nanoseconds of zero) need a
+//! two-second margin instead of a tick. A run that changed `/etc` therefore waits until the
+//! coarse clock has passed the precise time of its last change (at most a tick; nothing on
+//! a disk, where the flush takes longer) before it reads those places again.
 
 use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::io;
 use std::path::Path;
@@ -57,22 +57,30 @@ use rustix::fs::{self as rfs, AtFlags, FileType, Mode};
 use serde::{Deserialize, Serialize};
 use stagehand_common::envelope::{self, Kind};
 
-use super::{EtcOptions, EtcTree, Install, Owner, Owners};
-use crate::rootfs::{self, Root};
+use super::{EtcOptions, EtcTree, Install, Owner};
+use crate::rootfs::{self, Node, Root};
 
-/// Where the cache lives: outside `/etc`, so that writing it does not change the stamp of
-/// `/etc` it records.
+/// Where the cache lives: outside `/etc`, so that writing it does not change a stamp it
+/// records.
 pub const CACHE_DIR: &str = "/var/lib/stagehand";
 pub const CACHE_NAME: &str = "etc-cache";
 
-/// Bump when [`super::plan`]'s rules change, so that a cache written by an older build
-/// cannot vouch for a state the new rules would change.
-const RULES: u32 = 1;
+/// Bump when what a fact means changes, so that a cache written by an older build is not
+/// read as something it is not.
+const RULES: u32 = 2;
 
-const KIND: Kind = Kind {
+/// The cache file is two envelopes one after the other: a small head (which build wrote
+/// it, and the [`Quiet`] record), then the facts. A run that finds its input quiet decodes
+/// the head only.
+const HEAD: Kind = Kind {
     magic: *b"SHETCCAC",
-    version: 1,
+    version: 2,
     name: "etc cache",
+};
+const FACTS: Kind = Kind {
+    magic: *b"SHETCFAC",
+    version: 1,
+    name: "etc cache facts",
 };
 
 /// A point in time as the kernel stamps files: seconds and nanoseconds.
@@ -118,12 +126,12 @@ impl Stamp {
         }
     }
 
-    fn is_dir(&self) -> bool {
+    pub fn is_dir(&self) -> bool {
         FileType::from_raw_mode(self.mode) == FileType::Directory
     }
 
     /// Could a change after this stamp was taken still produce the same stamp?
-    fn is_racy(&self, clock: Time) -> bool {
+    pub fn is_racy(&self, clock: Time) -> bool {
         if self.ctime.nsec == 0 {
             // Whole-second file systems (or an exact second by chance: then we only lose
             // the fast path once).
@@ -166,30 +174,161 @@ pub fn wait_past(t: Time) {
     }
 }
 
-/// The stamps one observation of `/etc` took.
+/// One directory entry, as much as the plan needs of it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    Dir,
+    Link(Vec<u8>),
+    File {
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        size: u64,
+    },
+    Other,
+}
+
+impl Entry {
+    pub fn node(&self) -> Node {
+        match self {
+            Entry::Dir => Node::Dir {
+                mode: 0,
+                uid: 0,
+                gid: 0,
+            },
+            Entry::Link(t) => Node::Symlink(t.clone()),
+            Entry::File {
+                mode,
+                uid,
+                gid,
+                size,
+            } => Node::File {
+                mode: *mode,
+                uid: *uid,
+                gid: *gid,
+                size: *size,
+            },
+            Entry::Other => Node::Other,
+        }
+    }
+
+    pub fn of_node(node: Node) -> Entry {
+        match node {
+            Node::Dir { .. } => Entry::Dir,
+            Node::Symlink(t) => Entry::Link(t),
+            Node::File {
+                mode,
+                uid,
+                gid,
+                size,
+            } => Entry::File {
+                mode,
+                uid,
+                gid,
+                size,
+            },
+            Node::Other => Entry::Other,
+        }
+    }
+}
+
+/// A directory's entries (sorted by name), listed after `stamp` was taken.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct DirFact {
+    pub stamp: Stamp,
+    pub entries: Vec<(String, Entry)>,
+}
+
+/// Whether the copied file (stamped `dest`) had the bytes of the regular file at the
+/// in-root path `source` (stamped `source_stamp`, reached without a symlink).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct CopyFact {
+    pub dest: Stamp,
+    pub source: String,
+    pub source_stamp: Stamp,
+    pub same: bool,
+}
+
+/// The lines of `/etc/.clean`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct CleanFact {
+    pub stamp: Stamp,
+    pub lines: Vec<String>,
+}
+
+/// A fact, and whether its stamp is too recent for a later run to trust.
+#[derive(Debug, Clone)]
+pub struct Held<T> {
+    pub fact: T,
+    pub racy: bool,
+}
+
+/// Everything one observation established. Keys are paths relative to `/etc` (`""` is
+/// `/etc` itself); copies are keyed by their tree entry.
 #[derive(Debug, Clone, Default)]
-pub struct Stamps {
-    /// The coarse clock read before the first stamp.
-    pub clock: Time,
-    /// Every walked directory, `""` being `/etc` itself.
-    pub dirs: Vec<(String, Stamp)>,
-    /// Regular files under `/etc` (relative path).
-    pub files: std::collections::HashMap<String, Stamp>,
-    /// Copy sources: tree-relative entry → (canonical in-root path, stamp).
-    pub sources: std::collections::HashMap<String, (String, Stamp)>,
+pub struct Facts {
+    pub dirs: HashMap<String, Held<DirFact>>,
+    pub copies: HashMap<String, Held<CopyFact>>,
+    pub clean: Option<Held<CleanFact>>,
+}
+
+/// The facts a later run may trust, in a stable order so that the same facts give the
+/// same bytes (and an unchanged cache is not rewritten).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+struct Snapshot {
+    dirs: Vec<(String, DirFact)>,
+    copies: Vec<(String, CopyFact)>,
+    clean: Option<CleanFact>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-pub struct EtcCache {
+struct Head {
     rules: u32,
     build: String,
+    quiet: Option<Quiet>,
+}
+
+/// Left by a run that found nothing to do: the input it had and the stamps of everything
+/// its observation rested on. When the next run has the same input and every stamp is
+/// unchanged, its observation would be the same and so would its (empty) plan: it can stop
+/// after a `stat` per directory and copied file, without decoding a listing or planning.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Quiet {
     key: u64,
-    tree_path: String,
     dirs: Vec<(String, Stamp)>,
-    /// Copied files and `.clean`, relative to `/etc`.
-    files: Vec<(String, Stamp)>,
-    /// Copy sources by canonical in-root path.
-    sources: Vec<(String, Stamp)>,
+    copies: Vec<QuietCopy>,
+    clean: Stamp,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+struct QuietCopy {
+    rel: String,
+    dest: Stamp,
+    source: String,
+    source_stamp: Stamp,
+}
+
+/// The facts of `m` a later run may trust, sorted by key.
+fn trusted<T: Clone>(m: &HashMap<String, Held<T>>) -> Vec<(String, T)> {
+    let mut v: Vec<(String, T)> = m
+        .iter()
+        .filter(|(_, h)| !h.racy)
+        .map(|(k, h)| (k.clone(), h.fact.clone()))
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+fn snapshot(facts: &Facts) -> Snapshot {
+    Snapshot {
+        dirs: trusted(&facts.dirs),
+        copies: trusted(&facts.copies),
+        clean: facts
+            .clean
+            .as_ref()
+            .filter(|h| !h.racy)
+            .map(|h| h.fact.clone()),
+    }
 }
 
 /// The identity of the input: the whole listing (sidecars included) and the options.
@@ -200,58 +339,177 @@ fn input_key(tree: &EtcTree, opts: EtcOptions) -> u64 {
     h.finish()
 }
 
-/// Trees with entries under `/etc/nixos` are not cached: that directory is not walked, so
-/// its changes would not show.
-fn cacheable(tree: &EtcTree) -> bool {
-    !tree
-        .entries
-        .iter()
-        .any(|e| e.rel == "nixos" || e.rel.starts_with("nixos/"))
-}
-
-/// Build the cache for a state that needed no change, or `None` when it cannot vouch for it.
-pub fn build(
-    tree: &EtcTree,
-    opts: EtcOptions,
-    stamps: &Stamps,
-    old_clean: &[String],
-) -> Option<EtcCache> {
-    if !cacheable(tree) || old_clean.iter().any(|r| r.starts_with("nixos/")) {
+/// The [`Quiet`] record for a run that observed `facts` and planned nothing for `tree`, or
+/// `None` when the facts cannot vouch for that on their own: one of them is racy, or the
+/// state also rests on paths under `/etc/nixos` (looked up one by one, never recorded).
+pub fn quiet(tree: &EtcTree, opts: EtcOptions, facts: &Facts) -> Option<Quiet> {
+    let under_nixos = |r: &String| r == "nixos" || r.starts_with("nixos/");
+    if tree.entries.iter().any(|e| under_nixos(&e.rel)) {
         return None;
     }
-    let mut files = Vec::new();
-    let mut sources = Vec::new();
+    let clean = facts.clean.as_ref().filter(|h| !h.racy)?;
+    if clean.fact.lines.iter().any(under_nixos) {
+        return None;
+    }
+    let mut dirs = Vec::with_capacity(facts.dirs.len());
+    for (rel, h) in &facts.dirs {
+        if h.racy {
+            return None;
+        }
+        dirs.push((rel.clone(), h.fact.stamp));
+    }
+    dirs.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut copies = Vec::new();
     for e in &tree.entries {
         if let Install::Copy { .. } = e.install {
-            files.push((e.rel.clone(), *stamps.files.get(&e.rel)?));
-            let (path, st) = stamps.sources.get(&e.rel)?;
-            sources.push((path.clone(), *st));
+            let h = facts.copies.get(&e.rel).filter(|h| !h.racy)?;
+            copies.push(QuietCopy {
+                rel: e.rel.clone(),
+                dest: h.fact.dest,
+                source: h.fact.source.clone(),
+                source_stamp: h.fact.source_stamp,
+            });
         }
     }
-    files.push((".clean".to_owned(), *stamps.files.get(".clean")?));
-    let cache = EtcCache {
-        rules: RULES,
-        build: env!("CARGO_PKG_VERSION").to_owned(),
+    Some(Quiet {
         key: input_key(tree, opts),
-        tree_path: tree.path.clone(),
-        dirs: stamps.dirs.clone(),
-        files,
-        sources,
+        dirs,
+        copies,
+        clean: clean.fact.stamp,
+    })
+}
+
+/// The cache as read at the start of a run.
+#[derive(Debug, Default)]
+pub struct Cache {
+    raw: Option<Vec<u8>>,
+    head: Option<Head>,
+}
+
+/// Read the cache (an empty one when there is none or it is unusable).
+pub fn read(root: &Root) -> Cache {
+    let Some(raw) = read_raw(root) else {
+        return Cache::default();
     };
-    if !matches!(cache.dirs.first(), Some((r, _)) if r.is_empty()) {
-        return None;
+    // The facts are decoded only when needed, but checked now: a damaged cache is not
+    // used at all.
+    let head = envelope::split_first(&raw)
+        .ok_or_else(|| "truncated".to_owned())
+        .and_then(|(h, f)| {
+            envelope::verify(FACTS, f).map_err(|e| e.to_string())?;
+            envelope::decode::<Head>(HEAD, h).map_err(|e| e.to_string())
+        });
+    let head = match head {
+        Ok(h) if h.rules == RULES && h.build == env!("CARGO_PKG_VERSION") => Some(h),
+        Ok(_) => {
+            log::debug!("etc cache is from another build, reading /etc afresh");
+            None
+        }
+        Err(e) => {
+            log::debug!("etc cache unreadable ({e}), reading /etc afresh");
+            None
+        }
+    };
+    Cache {
+        raw: Some(raw),
+        head,
     }
-    let racy = cache
-        .dirs
-        .iter()
-        .chain(&cache.files)
-        .chain(&cache.sources)
-        .any(|(_, s)| s.is_racy(stamps.clock));
-    if racy {
-        log::debug!("etc cache not written: a time stamp is too recent to trust");
-        return None;
+}
+
+impl Cache {
+    pub fn raw(&self) -> Option<&[u8]> {
+        self.raw.as_deref()
     }
-    Some(cache)
+
+    /// The remembered facts (none when the cache is unusable).
+    pub fn facts(&self) -> Facts {
+        fn held<T>(fact: T) -> Held<T> {
+            Held { fact, racy: false }
+        }
+        let (Some(raw), Some(_)) = (&self.raw, &self.head) else {
+            return Facts::default();
+        };
+        let snap = envelope::split_first(raw)
+            .ok_or_else(|| "truncated".to_owned())
+            .and_then(|(_, f)| envelope::decode::<Snapshot>(FACTS, f).map_err(|e| e.to_string()));
+        match snap {
+            Ok(snap) => Facts {
+                dirs: snap.dirs.into_iter().map(|(k, f)| (k, held(f))).collect(),
+                copies: snap.copies.into_iter().map(|(k, f)| (k, held(f))).collect(),
+                clean: snap.clean.map(held),
+            },
+            Err(e) => {
+                log::debug!("etc cache facts unreadable ({e}), reading /etc afresh");
+                Facts::default()
+            }
+        }
+    }
+
+    /// Did the last run find nothing to do for this input, and is every stamp its
+    /// observation rested on unchanged (see [`Quiet`])?
+    pub fn is_quiet(&self, root: &Root, tree: &EtcTree, opts: EtcOptions) -> bool {
+        let Some(q) = self.head.as_ref().and_then(|h| h.quiet.as_ref()) else {
+            return false;
+        };
+        if q.key != input_key(tree, opts) {
+            return false;
+        }
+        let Ok((etc, _, _)) = root.dir(Path::new("/etc"), None) else {
+            return false;
+        };
+        let same = |rel: &str, want: &Stamp| matches!(stat_rel(&etc, rel), Ok(s) if s == *want);
+        if !q
+            .dirs
+            .iter()
+            .all(|(rel, want)| same(rel, want) && want.is_dir())
+        {
+            log::debug!("etc cache: a directory changed");
+            return false;
+        }
+        if !same(".clean", &q.clean) || !q.copies.iter().all(|c| same(&c.rel, &c.dest)) {
+            log::debug!("etc cache: a copied file changed");
+            return false;
+        }
+        // Relative to the root's descriptor: a symlink on the way would lead elsewhere and
+        // give another stamp, so this can only fail towards reading.
+        let source_same = |c: &QuietCopy| {
+            let rel = c.source.trim_start_matches('/');
+            matches!(rfs::statat(root.fd(), rel, AtFlags::SYMLINK_NOFOLLOW),
+                Ok(st) if Stamp::of(&st) == c.source_stamp)
+        };
+        if !q.copies.iter().all(source_same) {
+            log::debug!("etc cache: the source of a copy changed");
+            return false;
+        }
+        // Owners given by name: the copies must still carry what the names resolve to now.
+        if super::uses_owner_names(tree) {
+            let owners = super::Owners::read(root);
+            let dests: HashMap<&str, &Stamp> =
+                q.copies.iter().map(|c| (c.rel.as_str(), &c.dest)).collect();
+            for e in &tree.entries {
+                let Install::Copy { user, group, .. } = &e.install else {
+                    continue;
+                };
+                let Some(st) = dests.get(e.rel.as_str()) else {
+                    return false;
+                };
+                let resolves = |o: &Owner, table: &HashMap<String, u32>, have: u32| match o {
+                    Owner::Id(_) => true,
+                    Owner::Name(n) => table.get(n) == Some(&have),
+                };
+                if !resolves(user, &owners.users, st.uid)
+                    || !resolves(group, &owners.groups, st.gid)
+                {
+                    log::debug!(
+                        "etc cache: owner of /etc/{} resolves differently now",
+                        e.rel
+                    );
+                    return false;
+                }
+            }
+        }
+        true
+    }
 }
 
 /// The cache file's bytes, `None` when there is none or it cannot be read.
@@ -260,11 +518,20 @@ pub fn read_raw(root: &Root) -> Option<Vec<u8>> {
     rootfs::read_at(&dir, CACHE_NAME.as_ref()).ok()
 }
 
-/// Write `cache` unless `old` already holds exactly these bytes. Failure only costs the fast
-/// path next time, so it is logged, not reported. Not flushed: a cache lost or torn by a
-/// crash fails its checksum or its stamps, and the full path runs.
-pub fn store(root: &Root, cache: &EtcCache, old: Option<&[u8]>) {
-    let bytes = match envelope::encode(KIND, cache) {
+/// Keep the trusted part of `facts` (and `quiet`), unless `old` already holds exactly that.
+/// Failure only costs reading next time, so it is logged, not reported. Not flushed: a
+/// cache lost or torn by a crash fails its checksum or its stamps, and `/etc` is read.
+pub fn store(root: &Root, facts: &Facts, quiet: Option<Quiet>, old: Option<&[u8]>) {
+    let head = Head {
+        rules: RULES,
+        build: env!("CARGO_PKG_VERSION").to_owned(),
+        quiet,
+    };
+    let bytes = envelope::encode(HEAD, &head).and_then(|mut b| {
+        b.extend(envelope::encode(FACTS, &snapshot(facts))?);
+        Ok(b)
+    });
+    let bytes = match bytes {
         Ok(b) => b,
         Err(e) => {
             log::debug!("etc cache not written: {e}");
@@ -292,97 +559,15 @@ pub fn store(root: &Root, cache: &EtcCache, old: Option<&[u8]>) {
     }
 }
 
-fn stat_rel(dir: &std::os::fd::OwnedFd, rel: &str) -> io::Result<Stamp> {
+/// The stamp of `rel` under the directory `dir` (`""`: `dir` itself), not following a
+/// final symlink.
+pub fn stat_rel(dir: &std::os::fd::OwnedFd, rel: &str) -> io::Result<Stamp> {
     let st = if rel.is_empty() {
         rfs::fstat(dir)?
     } else {
         rfs::statat(dir, rel, AtFlags::SYMLINK_NOFOLLOW)?
     };
     Ok(Stamp::of(&st))
-}
-
-/// Does the cache in `raw` vouch that `/etc` under `root` needs nothing for `tree`?
-pub fn still_valid(root: &Root, tree: &EtcTree, opts: EtcOptions, raw: &[u8]) -> bool {
-    let Ok(cache) = envelope::decode::<EtcCache>(KIND, raw) else {
-        log::debug!("etc cache unreadable, taking the full path");
-        return false;
-    };
-    if cache.rules != RULES
-        || cache.build != env!("CARGO_PKG_VERSION")
-        || cache.tree_path != tree.path
-        || cache.key != input_key(tree, opts)
-    {
-        log::debug!("etc cache is for another input, taking the full path");
-        return false;
-    }
-    let Ok((etc, _, _)) = root.dir(Path::new("/etc"), None) else {
-        return false;
-    };
-    // Directories first (most likely to differ after a hand edit), then files.
-    for (rel, want) in &cache.dirs {
-        match stat_rel(&etc, rel) {
-            Ok(have) if have == *want && have.is_dir() => {}
-            _ => {
-                log::debug!("etc cache: /etc/{rel} changed, taking the full path");
-                return false;
-            }
-        }
-    }
-    for (rel, want) in &cache.files {
-        match stat_rel(&etc, rel) {
-            Ok(have) if have == *want => {}
-            _ => {
-                log::debug!("etc cache: /etc/{rel} changed, taking the full path");
-                return false;
-            }
-        }
-    }
-    for (path, want) in &cache.sources {
-        // Relative to the root's descriptor: a symlink on the way would lead elsewhere
-        // and give another stamp, so this can only fail towards the full path.
-        let rel = path.trim_start_matches('/');
-        match rfs::statat(root.fd(), rel, AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(st) if Stamp::of(&st) == *want => {}
-            _ => {
-                log::debug!("etc cache: source {path} changed, taking the full path");
-                return false;
-            }
-        }
-    }
-    // Owners given by name: the copies must still carry what the names resolve to now.
-    let named = tree.entries.iter().any(|e| {
-        matches!(&e.install, Install::Copy { user, group, .. }
-            if matches!(user, Owner::Name(_)) || matches!(group, Owner::Name(_)))
-    });
-    if named {
-        let owners = Owners::read(root);
-        let stamps: std::collections::HashMap<&str, &Stamp> =
-            cache.files.iter().map(|(r, s)| (r.as_str(), s)).collect();
-        for e in &tree.entries {
-            let Install::Copy { user, group, .. } = &e.install else {
-                continue;
-            };
-            let Some(st) = stamps.get(e.rel.as_str()) else {
-                return false;
-            };
-            let uid_ok = match user {
-                Owner::Id(_) => true,
-                Owner::Name(n) => owners.users.get(n) == Some(&st.uid),
-            };
-            let gid_ok = match group {
-                Owner::Id(_) => true,
-                Owner::Name(n) => owners.groups.get(n) == Some(&st.gid),
-            };
-            if !(uid_ok && gid_ok) {
-                log::debug!(
-                    "etc cache: owner of /etc/{} resolves differently now",
-                    e.rel
-                );
-                return false;
-            }
-        }
-    }
-    true
 }
 
 #[cfg(test)]
@@ -404,40 +589,47 @@ mod tests {
     }
 
     #[test]
-    fn racy_stamps_are_not_vouched_for() {
-        let tree = EtcTree {
-            path: "/nix/store/x-etc/etc".into(),
-            entries: Vec::new(),
-        };
+    fn racy_stamps_are_recognised() {
         let clock = Time {
             sec: 1000,
             nsec: 500,
-        };
-        let mut st = Stamps {
-            clock,
-            ..Stamps::default()
         };
         let older = Time {
             sec: 1000,
             nsec: 499,
         };
-        st.dirs.push((String::new(), stamp(older, true)));
-        st.files.insert(".clean".into(), stamp(older, false));
-        let opts = EtcOptions::default();
-        assert!(build(&tree, opts, &st, &[]).is_some());
-        // Changed in the tick the walk started in: a second change could hide behind it.
-        st.dirs.push(("ssh".into(), stamp(clock, true)));
-        assert!(build(&tree, opts, &st, &[]).is_none());
-        st.dirs.pop();
+        assert!(!stamp(older, true).is_racy(clock));
+        // Changed in the tick the observation started in: a second change could hide.
+        assert!(stamp(clock, true).is_racy(clock));
         // Whole seconds only: two seconds of margin.
-        st.files
-            .insert(".clean".into(), stamp(Time { sec: 999, nsec: 0 }, false));
-        assert!(build(&tree, opts, &st, &[]).is_none());
-        st.files
-            .insert(".clean".into(), stamp(Time { sec: 997, nsec: 0 }, false));
-        assert!(build(&tree, opts, &st, &[]).is_some());
-        // Without /etc's own stamp there is nothing to vouch with.
-        st.dirs.clear();
-        assert!(build(&tree, opts, &st, &[]).is_none());
+        assert!(stamp(Time { sec: 999, nsec: 0 }, false).is_racy(clock));
+        assert!(!stamp(Time { sec: 997, nsec: 0 }, false).is_racy(clock));
+    }
+
+    #[test]
+    fn only_trusted_facts_are_kept_in_a_stable_order() {
+        let clock = Time { sec: 10, nsec: 5 };
+        let mut facts = Facts::default();
+        for (rel, t, racy) in [("b", 1, false), ("a", 2, false), ("c", 3, true)] {
+            let st = stamp(Time { sec: t, nsec: 1 }, true);
+            facts.dirs.insert(
+                rel.into(),
+                Held {
+                    fact: DirFact {
+                        stamp: st,
+                        entries: vec![("x".into(), Entry::Link(b"/etc/static/x".to_vec()))],
+                    },
+                    racy: racy || st.is_racy(clock),
+                },
+            );
+        }
+        let snap = snapshot(&facts);
+        let names: Vec<&str> = snap.dirs.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+        let again = snapshot(&facts.clone());
+        assert_eq!(
+            envelope::encode(FACTS, &snap).ok(),
+            envelope::encode(FACTS, &again).ok()
+        );
     }
 }

@@ -1,6 +1,6 @@
-//! The no-change fast path of the etc step (`etc::cache`): it must be taken when nothing
-//! changed, and every kind of change made since the last run must send the run down the
-//! full path, which then repairs `/etc`.
+//! The memory of the etc step (`etc::cache`): a run after which nothing changed reads
+//! nothing from `/etc` and writes nothing, and every kind of change made since the last run
+//! is read again and repaired.
 
 mod common;
 
@@ -31,11 +31,24 @@ fn run(r: &FakeRoot, t: &EtcTree) -> etc::EtcOutcome {
     out
 }
 
-/// Would the next run take the fast path?
+/// Would the next run stop after checking the stamps the last one left? When it would, an
+/// observation must agree: nothing to read, nothing to do.
 fn fast(r: &FakeRoot, t: &EtcTree) -> bool {
     let root = Root::open(r.path()).expect("root");
-    cache::read_raw(&root)
-        .is_some_and(|raw| cache::still_valid(&root, t, EtcOptions::default(), &raw))
+    let p = etc::preview(&root, t, EtcOptions::default()).expect("preview");
+    if p.quiet {
+        assert_eq!(p.reads, 0, "quiet, but the observation had to read");
+        assert!(p.plan.actions.is_empty(), "quiet, but {:?}", p.plan.actions);
+    }
+    p.quiet
+}
+
+/// How many directories and files the next run would read from `/etc`.
+fn reads(r: &FakeRoot, t: &EtcTree) -> usize {
+    let root = Root::open(r.path()).expect("root");
+    etc::preview(&root, t, EtcOptions::default())
+        .expect("preview")
+        .reads
 }
 
 /// A generation with links at the top and in nested directories and two copied files.
@@ -183,7 +196,7 @@ fn removed_or_retargeted_link_is_noticed_and_restored() {
 }
 
 #[test]
-fn changed_sidecar_or_tree_or_options_miss_the_cache() {
+fn changed_sidecar_or_tree_is_planned_for() {
     let (r, tree, t) = setup();
     // The same tree path with a changed sidecar (a store would never do this, a test can).
     r.write(&format!("{tree}/sudoers.mode"), "0400\n");
@@ -196,15 +209,40 @@ fn changed_sidecar_or_tree_or_options_miss_the_cache() {
         .mode();
     assert_eq!(mode & 0o7777, 0o400);
     assert!(fast(&r, &t2));
-    assert!(!fast(&r, &t), "the cache is for the new listing only");
+    // The old listing reads nothing either (the cache is about /etc, not the input), but
+    // its plan puts the old mode back.
+    assert_eq!(reads(&r, &t), 0);
+    assert!(!fast(&r, &t));
+}
 
-    // Other options are another input.
-    let root = Root::open(r.path()).expect("root");
-    let raw = cache::read_raw(&root).expect("cache");
-    let opts = EtcOptions {
-        skip_resolv_conf: true,
-    };
-    assert!(!cache::still_valid(&root, &t2, opts, &raw));
+#[test]
+fn a_changed_run_reads_only_what_changed() {
+    let (r, _, t) = setup();
+    // A hand edit deep down: one directory to read again, nothing else.
+    r.symlink(
+        "/etc/systemd/system/old.service",
+        "/etc/static/systemd/system/old.service",
+    );
+    assert_eq!(reads(&r, &t), 1);
+    // A second generation that changes one link target and adds a directory: the run
+    // after it reads nothing.
+    let (u, g) = me();
+    let tree2 = r.etc_tree(
+        "c1",
+        &[
+            ("hosts", "127.0.0.2 localhost\n", None),
+            ("ssh/sshd_config", "Port 22\n", None),
+            ("systemd/system/a.service", "[Unit]\n", None),
+            ("systemd/user/b.service", "[Unit]\n", None),
+            ("sudoers", "root ALL=(ALL) ALL\n", Some(("0440", &u, &g))),
+            ("ssh/known_hosts", "host key\n", Some(("0644", &u, &g))),
+        ],
+    );
+    let t2 = tree_of(&r, &tree2);
+    assert!(run(&r, &t2).changed > 0);
+    assert!(!r.host("/etc/systemd/system/old.service").is_symlink());
+    assert_eq!(r.read("/etc/systemd/user/b.service"), "[Unit]\n");
+    assert!(fast(&r, &t2));
 }
 
 #[test]

@@ -147,6 +147,12 @@ pub fn encode<T: Serialize>(kind: Kind, value: &T) -> Result<Vec<u8>, EnvelopeEr
 
 /// Check the header and checksum and decode the payload.
 pub fn decode<T: DeserializeOwned>(kind: Kind, bytes: &[u8]) -> Result<T, EnvelopeError> {
+    let body = verify(kind, bytes)?;
+    postcard::from_bytes(body).map_err(|e| EnvelopeError::Decode(e.to_string()))
+}
+
+/// Check the header and checksum without decoding; the payload.
+pub fn verify(kind: Kind, bytes: &[u8]) -> Result<&[u8], EnvelopeError> {
     let header = bytes.get(..HEADER_LEN).ok_or(EnvelopeError::Truncated {
         expected: HEADER_LEN,
         found: bytes.len(),
@@ -192,7 +198,16 @@ pub fn decode<T: DeserializeOwned>(kind: Kind, bytes: &[u8]) -> Result<T, Envelo
     if computed != stored {
         return Err(EnvelopeError::ChecksumMismatch { stored, computed });
     }
-    postcard::from_bytes(body).map_err(|e| EnvelopeError::Decode(e.to_string()))
+    Ok(body)
+}
+
+/// Split `bytes` after the first envelope, for files that hold several one after another
+/// (so that a reader can decode only the first). `None` when the first is truncated.
+pub fn split_first(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
+    let len = bytes.get(12..16)?;
+    let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+    let end = HEADER_LEN.checked_add(len)?;
+    (end <= bytes.len()).then(|| bytes.split_at(end))
 }
 
 /// Read and decode an envelope file, naming the file in any error.
@@ -226,6 +241,18 @@ mod tests {
     fn round_trips() {
         let v: (String, u32, Vec<u8>) = decode(K, &sample()).expect("decode");
         assert_eq!(v, ("hello".into(), 42, vec![1, 2, 3]));
+    }
+
+    #[test]
+    fn concatenated_envelopes_split() {
+        let mut two = sample();
+        let second = encode(K, &7u8).expect("encode");
+        two.extend_from_slice(&second);
+        let (a, b) = split_first(&two).expect("split");
+        assert_eq!(a, sample().as_slice());
+        assert_eq!(decode::<u8>(K, b).expect("second"), 7);
+        assert!(split_first(&two[..sample().len() - 1]).is_none());
+        assert!(split_first(&two[..5]).is_none());
     }
 
     #[test]

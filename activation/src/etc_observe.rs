@@ -1,0 +1,414 @@
+//! Reading what `/etc` holds now, for the plan — using what the [`cache`] of earlier runs
+//! still vouches for instead of reading it again.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsStr;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::path::Path;
+
+use rustix::fs::{AtFlags, FileType};
+use rustix::io::Errno;
+
+use super::cache::{self, CleanFact, CopyFact, DirFact, Entry, Facts, Held, Stamp, Time};
+use super::{
+    is_safe_rel, uses_owner_names, EntryKind, EtcError, EtcState, EtcTree, InRoot, Install, Owners,
+    TreeEntry, STATIC,
+};
+use crate::rootfs::{self, Node, Root};
+
+/// Which remembered facts an observation may use without reading again.
+pub(crate) enum Reuse<'a> {
+    /// Those whose stamps still match what is on disk (one `stat` each).
+    IfUnchanged,
+    /// All but those about the directories and files named here, without looking: for a
+    /// run that changed exactly those. Every other fact was taken by this run before it
+    /// changed anything and is true of the state its stamp describes.
+    Except {
+        dirs: &'a HashSet<String>,
+        files: &'a HashSet<String>,
+    },
+}
+
+/// One observation: the state for the plan, the facts for the cache, and how many
+/// directories and files had to be read (rather than taken from facts).
+pub(crate) struct Seen {
+    pub state: EtcState,
+    pub facts: Facts,
+    pub reads: usize,
+}
+
+/// Read the current `/etc` under `root`, all of it.
+pub fn observe(root: &Root, tree: &EtcTree) -> Result<EtcState, EtcError> {
+    observe_with(root, tree, Facts::default(), Reuse::IfUnchanged).map(|s| s.state)
+}
+
+fn gone(e: &io::Error) -> bool {
+    [Errno::NOENT, Errno::LOOP, Errno::NOTDIR]
+        .iter()
+        .any(|n| e.raw_os_error() == Some(n.raw_os_error()))
+}
+
+fn child(rel: &str, name: &str) -> String {
+    if rel.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{rel}/{name}")
+    }
+}
+
+/// Read `/etc`, taking from `prior` what `reuse` allows.
+pub(crate) fn observe_with(
+    root: &Root,
+    tree: &EtcTree,
+    prior: Facts,
+    reuse: Reuse,
+) -> Result<Seen, EtcError> {
+    let obs_err = |error: io::Error| EtcError::Observe {
+        path: root.host_path(Path::new("/etc")),
+        error,
+    };
+    let mut state = EtcState {
+        owners: if uses_owner_names(tree) {
+            Owners::read(root)
+        } else {
+            Owners::default()
+        },
+        ..EtcState::default()
+    };
+    // Before the first stamp: see `cache` on racy time stamps.
+    let clock = cache::coarse_now();
+    let etc = match root.dir(Path::new("/etc"), None) {
+        Ok((fd, _, _)) => fd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Ok(Seen {
+                state,
+                facts: Facts::default(),
+                reads: 0,
+            })
+        }
+        Err(e) => return Err(obs_err(e)),
+    };
+    state.static_link = match rustix::fs::readlinkat(&etc, "static", Vec::new()) {
+        Ok(t) => Some(Some(String::from_utf8_lossy(t.as_bytes()).into_owned())),
+        Err(Errno::NOENT) => None,
+        Err(Errno::INVAL) => Some(None),
+        Err(e) => return Err(obs_err(e.into())),
+    };
+    let mut walk = Walk {
+        etc: &etc,
+        prior,
+        reuse: &reuse,
+        clock,
+        nodes: HashMap::new(),
+        facts: Facts::default(),
+        reads: 0,
+    };
+    walk.visit(None, "").map_err(obs_err)?;
+    walk.copies(root, tree);
+    walk.clean();
+    let Walk {
+        nodes,
+        facts,
+        reads,
+        ..
+    } = walk;
+    state.nodes = nodes;
+    state.old_clean = facts
+        .clean
+        .as_ref()
+        .map(|h| h.fact.lines.clone())
+        .unwrap_or_default();
+    for rel in facts
+        .copies
+        .iter()
+        .filter(|(_, h)| h.fact.same)
+        .map(|(r, _)| r)
+    {
+        state.same_content.insert(rel.clone());
+    }
+    state.nixos_tag = state.nodes.contains_key("NIXOS");
+    look_up_extras(root, tree, &mut state);
+    Ok(Seen {
+        state,
+        facts,
+        reads,
+    })
+}
+
+/// The paths the walk does not cover: those under `/etc/nixos` (not walked: it can hold a
+/// whole nixpkgs checkout), looked up one by one, and stale-link candidates that the new
+/// tree still has as links through a symlinked directory.
+fn look_up_extras(root: &Root, tree: &EtcTree, st: &mut EtcState) {
+    let extra: Vec<String> = tree
+        .entries
+        .iter()
+        .map(|e| e.rel.clone())
+        .chain(st.old_clean.iter().cloned())
+        .filter(|r| r.starts_with("nixos/") && is_safe_rel(r))
+        .collect();
+    for rel in extra {
+        if let Ok(Some(n)) = root.lstat(&Path::new("/etc").join(&rel)) {
+            st.nodes.insert(rel, n);
+        }
+    }
+    let by_rel: HashMap<&str, &TreeEntry> =
+        tree.entries.iter().map(|e| (e.rel.as_str(), e)).collect();
+    for (rel, node) in &st.nodes {
+        let Node::Symlink(t) = node else { continue };
+        if !t.starts_with(STATIC.as_bytes()) || by_rel.contains_key(rel.as_str()) {
+            continue;
+        }
+        // Only a symlinked directory of the new tree can hold this path without listing it.
+        let mut has_linked_ancestor = false;
+        let mut cur = rel.as_str();
+        while let Some((parent, _)) = cur.rsplit_once('/') {
+            if let Some(e) = by_rel.get(parent) {
+                has_linked_ancestor = matches!(e.kind, EntryKind::Symlink(_));
+                break;
+            }
+            cur = parent;
+        }
+        if has_linked_ancestor {
+            let p = Path::new(&tree.path).join(rel);
+            if let Ok(Some(Node::Symlink(_))) = root.lstat(&p) {
+                st.deep_links.insert(rel.clone());
+            }
+        }
+    }
+}
+
+struct Walk<'a> {
+    etc: &'a OwnedFd,
+    prior: Facts,
+    reuse: &'a Reuse<'a>,
+    clock: Time,
+    nodes: HashMap<String, Node>,
+    facts: Facts,
+    reads: usize,
+}
+
+impl Walk<'_> {
+    /// The remembered listing of directory `rel`, if it may be used.
+    fn reusable(&mut self, rel: &str) -> Option<Held<DirFact>> {
+        let held = self.prior.dirs.remove(rel).filter(|h| !h.racy)?;
+        let ok = match self.reuse {
+            Reuse::Except { dirs, .. } => !dirs.contains(rel),
+            Reuse::IfUnchanged => matches!(cache::stat_rel(self.etc, rel),
+                Ok(now) if now == held.fact.stamp && now.is_dir()),
+        };
+        ok.then_some(held)
+    }
+
+    /// Observe directory `rel` and everything below it. `parent` is the descriptor of its
+    /// parent when that was read (not taken from a fact) in this walk.
+    fn visit(&mut self, parent: Option<&OwnedFd>, rel: &str) -> io::Result<()> {
+        let (held, fd) = match self.reusable(rel) {
+            Some(h) => (h, None),
+            None => {
+                let fd = if rel.is_empty() {
+                    None
+                } else {
+                    let name = rel.rsplit_once('/').map_or(rel, |(_, n)| n);
+                    // Relative to the parent just read when there is one; otherwise through
+                    // ancestors whose stamps were just checked.
+                    let opened = match parent {
+                        Some(p) => rootfs::open_subdir(p, OsStr::new(name)),
+                        None => rootfs::open_subdir(self.etc, OsStr::new(rel)),
+                    };
+                    match opened {
+                        Ok(fd) => Some(fd),
+                        // Removed or replaced by a symlink since its parent was listed: it is
+                        // not a directory to walk now (its parent's stamp shows that next time).
+                        Err(e) if gone(&e) => return Ok(()),
+                        Err(e) => return Err(e),
+                    }
+                };
+                let held = read_dir(fd.as_ref().unwrap_or(self.etc), rel, self.clock)?;
+                self.reads += 1;
+                (held, fd)
+            }
+        };
+        let mut subdirs = Vec::new();
+        for (name, entry) in &held.fact.entries {
+            let path = child(rel, name);
+            if matches!(entry, Entry::Dir) && path != "nixos" {
+                subdirs.push(path.clone());
+            }
+            self.nodes.insert(path, entry.node());
+        }
+        self.facts.dirs.insert(rel.to_owned(), held);
+        for sub in subdirs {
+            self.visit(fd.as_ref(), &sub)?;
+        }
+        Ok(())
+    }
+
+    /// Whether each copied entry already has its source's bytes (and the current mode and
+    /// owner of the copies, which can change without their directory).
+    fn copies(&mut self, root: &Root, tree: &EtcTree) {
+        let mut sources = InRoot::new(root);
+        for e in &tree.entries {
+            if !matches!(e.install, Install::Copy { .. }) || !is_safe_rel(&e.rel) {
+                continue;
+            }
+            let prior = self.prior.copies.remove(&e.rel).filter(|h| !h.racy);
+            // (A racy fact is looked at again: by now its stamps may be trusted.)
+            let mut prior = prior;
+            if let Reuse::Except { files, .. } = self.reuse {
+                if !files.contains(&e.rel) {
+                    if let Some(h) = prior.take() {
+                        self.facts.copies.insert(e.rel.clone(), h);
+                        continue;
+                    }
+                }
+            }
+            if !matches!(self.nodes.get(&e.rel), Some(Node::File { .. })) {
+                continue;
+            }
+            let Ok(st) = rustix::fs::statat(self.etc, e.rel.as_str(), AtFlags::SYMLINK_NOFOLLOW)
+            else {
+                continue;
+            };
+            if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+                continue;
+            }
+            let size = u64::try_from(st.st_size).unwrap_or(0);
+            self.nodes.insert(
+                e.rel.clone(),
+                Node::File {
+                    mode: st.st_mode & 0o7777,
+                    uid: st.st_uid,
+                    gid: st.st_gid,
+                    size,
+                },
+            );
+            let dest = Stamp::of(&st);
+            // The store file the tree entry links to, when the link leads straight to it.
+            let first = match &e.kind {
+                EntryKind::Symlink(t) if t.starts_with('/') => Some(t.as_str()),
+                _ => None,
+            };
+            if let Some(h) = prior {
+                let f = &h.fact;
+                let source_unchanged = || {
+                    let rel = f.source.trim_start_matches('/');
+                    matches!(rustix::fs::statat(root.fd(), rel, AtFlags::SYMLINK_NOFOLLOW),
+                        Ok(s) if Stamp::of(&s) == f.source_stamp)
+                };
+                if f.dest == dest && first == Some(f.source.as_str()) && source_unchanged() {
+                    self.facts.copies.insert(e.rel.clone(), h);
+                    continue;
+                }
+            }
+            self.reads += 1;
+            let source = Path::new(&tree.path).join(&e.rel);
+            let compared = (|| -> io::Result<(bool, String, Stamp)> {
+                let (src, canon, src_st) = sources.read(&source)?;
+                let same = src.len() as u64 == size
+                    && rootfs::read_at(self.etc, OsStr::new(&e.rel))? == src;
+                Ok((
+                    same,
+                    canon.to_string_lossy().into_owned(),
+                    Stamp::of(&src_st),
+                ))
+            })();
+            if let Ok((same, canon, source_stamp)) = compared {
+                // Kept only when a later run can check the source with one `stat`.
+                let racy = first != Some(canon.as_str())
+                    || dest.is_racy(self.clock)
+                    || source_stamp.is_racy(self.clock);
+                self.facts.copies.insert(
+                    e.rel.clone(),
+                    Held {
+                        fact: CopyFact {
+                            dest,
+                            source: canon,
+                            source_stamp,
+                            same,
+                        },
+                        racy,
+                    },
+                );
+            }
+        }
+    }
+
+    /// The lines of `/etc/.clean`, when it is a regular file.
+    fn clean(&mut self) {
+        let prior = self.prior.clean.take().filter(|h| !h.racy);
+        if let Reuse::Except { files, .. } = self.reuse {
+            if !files.contains(".clean") && prior.is_some() {
+                self.facts.clean = prior;
+                return;
+            }
+        }
+        if !matches!(self.nodes.get(".clean"), Some(Node::File { .. })) {
+            return;
+        }
+        let Ok(stamp) = cache::stat_rel(self.etc, ".clean") else {
+            return;
+        };
+        if let Some(h) = prior.filter(|h| h.fact.stamp == stamp) {
+            self.facts.clean = Some(h);
+            return;
+        }
+        self.reads += 1;
+        if let Ok(b) = rootfs::read_at(self.etc, OsStr::new(".clean")) {
+            let lines = String::from_utf8_lossy(&b)
+                .lines()
+                .map(str::to_owned)
+                .collect();
+            self.facts.clean = Some(Held {
+                fact: CleanFact { stamp, lines },
+                racy: stamp.is_racy(self.clock),
+            });
+        }
+    }
+}
+
+/// List the directory open as `dir` (`rel` under `/etc`).
+fn read_dir(dir: &OwnedFd, rel: &str, clock: Time) -> io::Result<Held<DirFact>> {
+    // The stamp is taken before the listing: a change after it shows in a later stamp.
+    let stamp = Stamp::of(&rustix::fs::fstat(dir)?);
+    let mut entries = Vec::new();
+    for (name, ty) in rootfs::list_new_dir(dir)? {
+        if rel.is_empty() && name == "static" {
+            continue;
+        }
+        let entry = match ty {
+            FileType::Symlink => {
+                Entry::Link(rustix::fs::readlinkat(dir, name.as_os_str(), Vec::new())?.into_bytes())
+            }
+            FileType::Directory => Entry::Dir,
+            _ => {
+                let s = match rustix::fs::statat(dir, name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW) {
+                    Ok(s) => s,
+                    Err(Errno::NOENT) => continue,
+                    Err(e) => return Err(e.into()),
+                };
+                match FileType::from_raw_mode(s.st_mode) {
+                    FileType::RegularFile => Entry::File {
+                        mode: s.st_mode & 0o7777,
+                        uid: s.st_uid,
+                        gid: s.st_gid,
+                        size: u64::try_from(s.st_size).unwrap_or(0),
+                    },
+                    // Replaced between readdir and stat: look again the slow way.
+                    FileType::Symlink | FileType::Directory => {
+                        match rootfs::lstat_at(dir, &name)? {
+                            Some(n) => Entry::of_node(n),
+                            None => continue,
+                        }
+                    }
+                    _ => Entry::Other,
+                }
+            }
+        };
+        entries.push((name.to_string_lossy().into_owned(), entry));
+    }
+    Ok(Held {
+        fact: DirFact { stamp, entries },
+        racy: stamp.is_racy(clock),
+    })
+}
