@@ -1,0 +1,998 @@
+//! The pure core of the users step: from the spec and the files as found, the new files.
+//!
+//! It runs on every activation, usually to find that nothing changes, so it is written to
+//! do little per account: lines are parsed into fields borrowed from the files as read (no
+//! `String` per field), lookups use a cheap hash, and a free id is found by scanning a
+//! bitmap from where the previous search of the same range stopped (allocating 1000 ids was
+//! quadratic before). The rules themselves are described in [`crate::users`].
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt::{self, Write as _};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::path::PathBuf;
+
+use super::{
+    Flavor, HomeAction, UserSpec, UsersError, UsersPlan, UsersSpec, UsersState, NOLOGIN, SET,
+};
+use crate::crypt;
+use crate::rootfs::Perms;
+
+// ---- fast lookups ------------------------------------------------------------------------------
+
+/// The Fx hash (rustc's): a multiply and a rotate per word. The keys are account names from
+/// the spec and from root-owned files, so the flooding resistance of the default SipHash
+/// buys nothing here and costs most of a lookup.
+#[derive(Default, Clone, Copy)]
+struct FxHasher(u64);
+
+impl FxHasher {
+    const K: u64 = 0xf135_7aea_2e62_a9c5;
+
+    fn add(&mut self, word: u64) {
+        self.0 = self.0.wrapping_add(word).wrapping_mul(Self::K);
+    }
+}
+
+impl Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.add(u64::from_le_bytes(w));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut w = [0u8; 8];
+            w[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(w) ^ ((rest.len() as u64) << 59));
+        }
+    }
+
+    fn write_u8(&mut self, n: u8) {
+        self.add(u64::from(n));
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.add(u64::from(n));
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.add(n);
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.add(n as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        // The table takes its control bits from the top and its position from the bottom;
+        // the multiply leaves the best-mixed bits at the top, so bring some down.
+        self.0.rotate_left(26)
+    }
+}
+
+type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+type FastSet<K> = HashSet<K, BuildHasherDefault<FxHasher>>;
+
+/// A set of ids: a bitmap for the ids the allocator hands out (all below 32768), a hash set
+/// for the rest.
+struct IdSet {
+    low: Vec<u64>,
+    high: FastSet<u32>,
+}
+
+impl IdSet {
+    const LOW: u32 = 32768;
+
+    fn new() -> Self {
+        IdSet {
+            low: vec![0; (Self::LOW / 64) as usize],
+            high: FastSet::default(),
+        }
+    }
+
+    fn contains(&self, id: u32) -> bool {
+        if id < Self::LOW {
+            self.low[(id / 64) as usize] & (1 << (id % 64)) != 0
+        } else {
+            self.high.contains(&id)
+        }
+    }
+
+    fn insert(&mut self, id: u32) {
+        if id < Self::LOW {
+            self.low[(id / 64) as usize] |= 1 << (id % 64);
+        } else {
+            self.high.insert(id);
+        }
+    }
+}
+
+impl FromIterator<u32> for IdSet {
+    fn from_iter<I: IntoIterator<Item = u32>>(it: I) -> Self {
+        let mut s = IdSet::new();
+        for id in it {
+            s.insert(id);
+        }
+        s
+    }
+}
+
+/// Id allocation state, as in `allocId`: `used` are ids taken in this run (declared, in the
+/// files, or handed out), `prev` ids ever recorded in the map.
+struct Ids {
+    used: IdSet,
+    prev: IdSet,
+    /// Per searched range and direction, where the last search stopped. Every id it passed
+    /// was marked used and `used` only grows, so a later search would only step over them
+    /// again: starting there gives the same id without the quadratic walk.
+    resume: Vec<((u32, u32, bool), u32)>,
+}
+
+impl Ids {
+    fn alloc(
+        &mut self,
+        min: u32,
+        max: u32,
+        up: bool,
+        what: &'static str,
+    ) -> Result<u32, UsersError> {
+        let key = (min, max, up);
+        let mut id = self
+            .resume
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map_or(if up { min } else { max }, |(_, at)| *at);
+        while (min..=max).contains(&id) {
+            let free = !self.used.contains(id) && !self.prev.contains(id);
+            self.used.insert(id);
+            if free {
+                match self.resume.iter_mut().find(|(k, _)| *k == key) {
+                    Some((_, at)) => *at = id,
+                    None => self.resume.push((key, id)),
+                }
+                return Ok(id);
+            }
+            id = match if up {
+                id.checked_add(1)
+            } else {
+                id.checked_sub(1)
+            } {
+                Some(next) => next,
+                None => break,
+            };
+        }
+        Err(UsersError::OutOfIds { what, min, max })
+    }
+}
+
+// ---- the account files -------------------------------------------------------------------------
+
+/// An id field as found: the number, or the text when it is not one, so that a line we do
+/// not manage is written back as it was rather than with the field emptied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct IdField<'a> {
+    id: Option<u32>,
+    text: &'a str,
+}
+
+impl<'a> IdField<'a> {
+    fn parse(text: &'a str) -> Self {
+        IdField {
+            id: text.parse().ok(),
+            text,
+        }
+    }
+
+    fn num(id: u32) -> Self {
+        IdField {
+            id: Some(id),
+            text: "",
+        }
+    }
+}
+
+impl fmt::Display for IdField<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.id {
+            Some(id) => write!(f, "{id}"),
+            None => f.write_str(self.text),
+        }
+    }
+}
+
+/// A group file line, its fields borrowed from the file or the spec.
+#[derive(Debug, Clone)]
+struct GroupLine<'a> {
+    name: &'a str,
+    password: &'a str,
+    gid: IdField<'a>,
+    members: Cow<'a, str>,
+}
+
+/// A passwd file line, its fields borrowed from the file or the spec.
+#[derive(Debug, Clone)]
+struct PasswdLine<'a> {
+    name: &'a str,
+    password: &'a str,
+    uid: IdField<'a>,
+    /// The primary group field: the file's text, or the number we decided.
+    gid: IdField<'a>,
+    description: &'a str,
+    home: &'a str,
+    shell: &'a str,
+}
+
+/// Split a line into exactly `N` fields; missing ones are empty, extra ones dropped (as
+/// Perl's list assignment from `split` does).
+fn fields<const N: usize>(line: &str) -> [&str; N] {
+    let mut f = [""; N];
+    for (slot, v) in f.iter_mut().zip(line.split(':')) {
+        *slot = v;
+    }
+    f
+}
+
+fn parse_group(text: &str) -> impl Iterator<Item = GroupLine<'_>> {
+    text.lines().filter(|l| !l.is_empty()).map(|l| {
+        let [name, password, gid, members] = fields::<4>(l);
+        GroupLine {
+            name,
+            password,
+            gid: IdField::parse(gid),
+            members: Cow::Borrowed(members),
+        }
+    })
+}
+
+fn parse_passwd(text: &str) -> impl Iterator<Item = PasswdLine<'_>> {
+    text.lines().filter(|l| !l.is_empty()).map(|l| {
+        let [name, password, uid, gid, description, home, shell] = fields::<7>(l);
+        PasswdLine {
+            name,
+            password,
+            uid: IdField::parse(uid),
+            gid: IdField {
+                id: None,
+                text: gid,
+            },
+            description,
+            home,
+            shell,
+        }
+    })
+}
+
+fn id_text(id: Option<u32>) -> String {
+    id.map(|i| i.to_string()).unwrap_or_default()
+}
+
+fn text_of<'a>(state: &'a UsersState, path: &str) -> Cow<'a, str> {
+    state
+        .files
+        .get(path)
+        .and_then(|f| f.contents.as_deref())
+        .map(String::from_utf8_lossy)
+        .unwrap_or_default()
+}
+
+// ---- the /var/lib/nixos maps -------------------------------------------------------------------
+
+/// A name → id map, the names borrowed from the file where JSON allows it.
+type IdMap<'a> = BTreeMap<Cow<'a, str>, u32>;
+
+fn parse_map<'a>(state: &'a UsersState, path: &str) -> Result<IdMap<'a>, UsersError> {
+    let Some(bytes) = state.files.get(path).and_then(|f| f.contents.as_deref()) else {
+        return Ok(IdMap::new());
+    };
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(IdMap::new());
+    }
+    let bad = |problem: String| UsersError::State {
+        path: PathBuf::from(path),
+        problem,
+    };
+    let value: BTreeMap<Name<'a>, MapId> = serde_json::from_slice(bytes)
+        .map_err(|e| bad(format!("not a JSON object of name → id: {e}")))?;
+    value
+        .into_iter()
+        .map(|(Name(name), id)| match id {
+            MapId::Id(id) => Ok((name, id)),
+            MapId::Bad(v) => Err(bad(format!("the id of {name:?} is {v}, not a number"))),
+        })
+        .collect()
+}
+
+fn to_json_map(m: &IdMap<'_>) -> String {
+    // Sorted keys: Perl's `canonical => 1`.
+    serde_json::to_string(m).unwrap_or_else(|_| "{}".to_owned())
+}
+
+/// A map key, borrowed from the file unless it holds escapes.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct Name<'a>(Cow<'a, str>);
+
+impl<'de> serde::Deserialize<'de> for Name<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Name<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a name")
+            }
+            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Name<'de>, E> {
+                Ok(Name(Cow::Borrowed(s)))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Name<'de>, E> {
+                Ok(Name(Cow::Owned(s.to_owned())))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// One value of a `/var/lib/nixos` id map, decoded straight from the JSON (no intermediate
+/// `serde_json::Value` per entry). Perl's JSON module writes an id as a string when the
+/// script once used it as one, so both forms occur in the wild.
+enum MapId {
+    Id(u32),
+    /// Anything else, as text for the message.
+    Bad(String),
+}
+
+impl<'de> serde::Deserialize<'de> for MapId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = MapId;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a uid or gid")
+            }
+            fn visit_u64<E>(self, n: u64) -> Result<MapId, E> {
+                Ok(u32::try_from(n).map_or_else(|_| MapId::Bad(n.to_string()), MapId::Id))
+            }
+            fn visit_i64<E>(self, n: i64) -> Result<MapId, E> {
+                Ok(u32::try_from(n).map_or_else(|_| MapId::Bad(n.to_string()), MapId::Id))
+            }
+            fn visit_f64<E>(self, n: f64) -> Result<MapId, E> {
+                Ok(MapId::Bad(n.to_string()))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<MapId, E> {
+                Ok(s.parse()
+                    .map_or_else(|_| MapId::Bad(format!("{s:?}")), MapId::Id))
+            }
+            fn visit_bool<E>(self, b: bool) -> Result<MapId, E> {
+                Ok(MapId::Bad(b.to_string()))
+            }
+            fn visit_unit<E>(self) -> Result<MapId, E> {
+                Ok(MapId::Bad("null".into()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+// ---- the plan ----------------------------------------------------------------------------------
+
+/// Accounts by name in the order they were added, with an index for lookups (replacing an
+/// entry of the same name, as a map insert would).
+struct Accounts<'a, T> {
+    list: Vec<T>,
+    index: FastMap<&'a str, usize>,
+}
+
+impl<'a, T> Accounts<'a, T> {
+    fn with_capacity(n: usize) -> Self {
+        Accounts {
+            list: Vec::with_capacity(n),
+            index: FastMap::with_capacity_and_hasher(n, BuildHasherDefault::default()),
+        }
+    }
+
+    fn insert(&mut self, name: &'a str, v: T) {
+        match self.index.get(name) {
+            Some(&i) => self.list[i] = v,
+            None => {
+                self.index.insert(name, self.list.len());
+                self.list.push(v);
+            }
+        }
+    }
+
+    fn get(&self, name: &str) -> Option<&T> {
+        self.index.get(name).map(|&i| &self.list[i])
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.index.contains_key(name)
+    }
+
+    /// The names, sorted.
+    fn sorted_names(&self) -> Vec<&'a str> {
+        let mut v: Vec<&'a str> = self.index.keys().copied().collect();
+        v.sort_unstable();
+        v
+    }
+}
+
+/// A passwd line of the new file and what goes with it into `/etc/shadow`.
+struct Out<'a> {
+    line: PasswdLine<'a>,
+    hashed: Option<Cow<'a, str>>,
+    expires: Option<i64>,
+    /// Index of the declaring spec entry; `None` for a kept undeclared account.
+    spec: Option<usize>,
+}
+
+/// Decide the new account files. Pure apart from `salt`, which supplies password salts.
+pub fn plan(
+    spec: &UsersSpec,
+    state: &UsersState,
+    dry: bool,
+    salt: &mut dyn FnMut() -> Result<String, UsersError>,
+) -> Result<UsersPlan, UsersError> {
+    let mut p = UsersPlan::default();
+    let say = |p: &mut UsersPlan, now: &str, would: &str, what: String| {
+        let verb = if dry { would } else { now };
+        p.messages.push(format!("{verb} {what}"));
+    };
+    let mutable = spec.mutable_users;
+
+    let mut uid_map = parse_map(state, "/var/lib/nixos/uid-map")?;
+    let mut gid_map = parse_map(state, "/var/lib/nixos/gid-map")?;
+    let mut sub_map = parse_map(state, "/var/lib/nixos/auto-subuid-map")?;
+    let decl_groups_cur = text_of(state, "/var/lib/nixos/declarative-groups");
+    let decl_groups: FastSet<&str> = decl_groups_cur
+        .split(' ')
+        .filter(|s| !s.is_empty())
+        .collect();
+    let decl_users_cur = text_of(state, "/var/lib/nixos/declarative-users");
+    let decl_users: FastSet<&str> = decl_users_cur
+        .split(' ')
+        .filter(|s| !s.is_empty())
+        .collect();
+
+    let mut gids = Ids {
+        used: spec.groups.iter().filter_map(|g| g.gid).collect(),
+        prev: gid_map.values().copied().collect(),
+        resume: Vec::new(),
+    };
+    let mut uids = Ids {
+        used: spec.users.iter().filter_map(|u| u.uid).collect(),
+        prev: uid_map.values().copied().collect(),
+        resume: Vec::new(),
+    };
+
+    let group_file = text_of(state, "/etc/group");
+    let mut groups_cur: Accounts<GroupLine> = Accounts::with_capacity(spec.groups.len());
+    for g in parse_group(&group_file) {
+        if let Some(gid) = g.gid.id {
+            gids.used.insert(gid);
+        }
+        groups_cur.insert(g.name, g);
+    }
+    let passwd_file = text_of(state, "/etc/passwd");
+    let mut users_cur: Accounts<PasswdLine> = Accounts::with_capacity(spec.users.len());
+    for u in parse_passwd(&passwd_file) {
+        if let Some(uid) = u.uid.id {
+            uids.used.insert(uid);
+        }
+        users_cur.insert(u.name, u);
+    }
+    let shadow_file = text_of(state, "/etc/shadow");
+    let shadow_cur: Vec<[&str; 9]> = shadow_file
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(fields::<9>)
+        .collect();
+    let mut shadow_hash: FastMap<&str, &str> = FastMap::default();
+    for f in &shadow_cur {
+        shadow_hash.insert(f[0], f[1]);
+    }
+
+    // Groups.
+    let mut groups_out: Accounts<GroupLine> =
+        Accounts::with_capacity(spec.groups.len() + groups_cur.list.len());
+    let mut members: Vec<&str> = Vec::new();
+    for g in &spec.groups {
+        members.clear();
+        members.extend(g.members.iter().map(String::as_str));
+        let (password, gid) = match groups_cur.get(&g.name) {
+            Some(existing) => {
+                let mut gid = g.gid.or(existing.gid.id);
+                if gid != existing.gid.id && existing.gid.id.is_some() {
+                    p.warnings.push(format!(
+                        "{} GID change of group ‘{}’ ({} -> {}) in /etc/group",
+                        if dry {
+                            "would not apply"
+                        } else {
+                            "not applying"
+                        },
+                        g.name,
+                        id_text(existing.gid.id),
+                        id_text(gid)
+                    ));
+                    gid = existing.gid.id;
+                }
+                let gid = match gid {
+                    Some(gid) => gid,
+                    None => alloc_gid(&mut p, &mut gids, &gid_map, &g.name, dry)?,
+                };
+                if mutable {
+                    members.extend(
+                        existing
+                            .members
+                            .split(',')
+                            .filter(|m| !m.is_empty() && !decl_users.contains(m)),
+                    );
+                }
+                (existing.password, gid)
+            }
+            None => {
+                let gid = match g.gid {
+                    Some(gid) => gid,
+                    None => alloc_gid(&mut p, &mut gids, &gid_map, &g.name, dry)?,
+                };
+                ("x", gid)
+            }
+        };
+        members.sort_unstable();
+        members.dedup();
+        gid_map.insert(Cow::Borrowed(g.name.as_str()), gid);
+        groups_out.insert(
+            &g.name,
+            GroupLine {
+                name: &g.name,
+                password,
+                gid: IdField::num(gid),
+                members: Cow::Owned(members.join(",")),
+            },
+        );
+    }
+    let decl_groups_text = groups_out.sorted_names().join(" ");
+    for name in groups_cur.sorted_names() {
+        if groups_out.contains(name) {
+            continue;
+        }
+        if !mutable || decl_groups.contains(name) {
+            say(
+                &mut p,
+                "removing group",
+                "would remove group",
+                format!("‘{name}’"),
+            );
+        } else if let Some(g) = groups_cur.get(name) {
+            groups_out.insert(name, g.clone());
+        }
+    }
+    let mut glines: Vec<&GroupLine> = groups_out.list.iter().collect();
+    glines.sort_unstable_by(|a, b| {
+        a.gid
+            .id
+            .unwrap_or(0)
+            .cmp(&b.gid.id.unwrap_or(0))
+            .then(a.name.cmp(b.name))
+    });
+    let mut group_text = String::with_capacity(group_file.len() + 64);
+    for g in &glines {
+        let _ = writeln!(
+            group_text,
+            "{}:{}:{}:{}",
+            g.name, g.password, g.gid, g.members
+        );
+    }
+
+    // Users.
+    let mut users_out: Accounts<Out> =
+        Accounts::with_capacity(spec.users.len() + users_cur.list.len());
+    for (i, u) in spec.users.iter().enumerate() {
+        let gid: u32 = if !u.group.is_empty() && u.group.bytes().all(|b| b.is_ascii_digit()) {
+            u.group.parse().unwrap_or(65534)
+        } else if let Some(gid) = groups_out.get(&u.group).and_then(|g| g.gid.id) {
+            gid
+        } else {
+            p.warnings.push(format!(
+                "users.{0}.group: user ‘{0}’ has unknown group ‘{1}’, so it gets gid 65534 \
+                 (nogroup); declare users.groups.{1} or name an existing group",
+                u.name, u.group
+            ));
+            65534
+        };
+        let existing = users_cur.get(&u.name);
+        let mut hashed = u.hashed_password.as_deref().map(Cow::Borrowed);
+        let uid = match existing {
+            Some(ex) => {
+                let mut uid = u.uid.or(ex.uid.id);
+                if uid != ex.uid.id && ex.uid.id.is_some() {
+                    p.warnings.push(format!(
+                        "{} UID change of user ‘{}’ ({} -> {}) in /etc/passwd",
+                        if dry {
+                            "would not apply"
+                        } else {
+                            "not applying"
+                        },
+                        u.name,
+                        id_text(ex.uid.id),
+                        id_text(uid)
+                    ));
+                    uid = ex.uid.id;
+                }
+                match uid {
+                    Some(uid) => uid,
+                    None => alloc_uid(&mut p, &mut uids, &uid_map, u, dry)?,
+                }
+            }
+            None => {
+                let uid = match u.uid {
+                    Some(uid) => uid,
+                    None => alloc_uid(&mut p, &mut uids, &uid_map, u, dry)?,
+                };
+                if hashed.is_none() {
+                    if let Some(pw) = &u.initial_password {
+                        hashed = Some(Cow::Owned(hash_with(pw, salt)?));
+                    } else if let Some(h) = &u.initial_hashed_password {
+                        hashed = Some(Cow::Borrowed(h));
+                    }
+                }
+                uid
+            }
+        };
+        if existing.is_some() && mutable && u.linger.is_some() {
+            p.warnings.push(format!(
+                "{} lingering setting of mutable user '{}'",
+                if dry {
+                    "would not apply"
+                } else {
+                    "not applying"
+                },
+                u.name
+            ));
+        }
+        if u.create_home {
+            let want = Perms {
+                mode: u.home_mode,
+                uid,
+                gid,
+            };
+            match state.homes.get(&u.home) {
+                Some(Some(have)) if *have == want => {}
+                Some(Some(_)) => p.homes.push(HomeAction {
+                    path: u.home.clone(),
+                    create: false,
+                    perms: want,
+                }),
+                _ => p.homes.push(HomeAction {
+                    path: u.home.clone(),
+                    create: true,
+                    perms: want,
+                }),
+            }
+        }
+        if let Some(f) = &u.hashed_password_file {
+            match state.password_files.get(f).and_then(Option::as_deref) {
+                Some(text) => {
+                    let text = text.strip_suffix('\n').unwrap_or(text);
+                    if text.contains(':') || text.contains('\n') {
+                        p.warnings.push(format!(
+                            "password file ‘{f}’ of user ‘{}’ holds ':' or several lines, \
+                             ignored; it must hold one crypt(3) hash",
+                            u.name
+                        ));
+                    } else {
+                        hashed = Some(Cow::Borrowed(text));
+                    }
+                }
+                None => p
+                    .warnings
+                    .push(format!("password file ‘{f}’ does not exist")),
+            }
+        } else if let Some(pw) = &u.password {
+            // Keep the current hash when it still matches: re-hashing would change
+            // /etc/shadow on every run for nothing.
+            hashed = match shadow_hash.get(u.name.as_str()) {
+                Some(h) if crypt::verify(pw, h) => Some(Cow::Borrowed(*h)),
+                _ => Some(Cow::Owned(hash_with(pw, salt)?)),
+            };
+        }
+        let shell = match (&u.shell, existing) {
+            (Some(s), _) => s.as_str(),
+            (None, Some(ex)) => ex.shell,
+            (None, None) => {
+                p.warnings.push(format!(
+                    "no declarative or previous shell for ‘{}’, setting shell to nologin",
+                    u.name
+                ));
+                NOLOGIN
+            }
+        };
+        uid_map.insert(Cow::Borrowed(u.name.as_str()), uid);
+        users_out.insert(
+            &u.name,
+            Out {
+                line: PasswdLine {
+                    name: &u.name,
+                    password: existing.map_or("x", |e| e.password),
+                    uid: IdField::num(uid),
+                    gid: IdField::num(gid),
+                    description: &u.description,
+                    home: &u.home,
+                    shell,
+                },
+                hashed,
+                expires: u.expires,
+                spec: Some(i),
+            },
+        );
+    }
+    let decl_users_text = users_out.sorted_names().join(" ");
+    let mut locked: FastSet<&str> = FastSet::default();
+    for name in users_cur.sorted_names() {
+        if users_out.contains(name) {
+            continue;
+        }
+        let Some(cur) = users_cur.get(name) else {
+            continue;
+        };
+        let was_declared = decl_users.contains(name);
+        if spec.flavor == Flavor::Userborn && was_declared {
+            // userborn never deletes an account; it locks it.
+            say(
+                &mut p,
+                "locking user",
+                "would lock user",
+                format!("‘{name}’"),
+            );
+            locked.insert(name);
+        } else if !mutable || was_declared {
+            say(
+                &mut p,
+                "removing user",
+                "would remove user",
+                format!("‘{name}’"),
+            );
+            if state.lingering.contains(name) {
+                p.linger.push((name.to_owned(), false));
+            }
+            continue;
+        }
+        users_out.insert(
+            name,
+            Out {
+                line: cur.clone(),
+                hashed: None,
+                expires: None,
+                spec: None,
+            },
+        );
+    }
+    let mut ulines: Vec<&Out> = users_out.list.iter().collect();
+    ulines.sort_unstable_by(|a, b| {
+        a.line
+            .uid
+            .id
+            .unwrap_or(0)
+            .cmp(&b.line.uid.id.unwrap_or(0))
+            .then(a.line.name.cmp(b.line.name))
+    });
+    let mut passwd_text = String::with_capacity(passwd_file.len() + 64);
+    for o in &ulines {
+        let l = &o.line;
+        let _ = writeln!(
+            passwd_text,
+            "{}:{}:{}:{}:{}:{}:{}",
+            l.name, l.password, l.uid, l.gid, l.description, l.home, l.shell
+        );
+    }
+
+    // Shadow: existing lines keep their order and fields; new accounts are appended.
+    let mut shadow_text = String::with_capacity(shadow_file.len() + 64);
+    let mut seen: FastSet<&str> = FastSet::default();
+    for f in &shadow_cur {
+        let Some(o) = users_out.get(f[0]) else {
+            continue;
+        };
+        if !seen.insert(f[0]) {
+            continue;
+        }
+        let mut hash = Cow::Borrowed(f[1]);
+        if !mutable {
+            hash = Cow::Borrowed(o.hashed.as_deref().unwrap_or("!"));
+        }
+        if locked.contains(f[0]) && !hash.starts_with('!') {
+            hash = Cow::Owned(format!("!*{hash}"));
+        }
+        let _ = write!(shadow_text, "{}:{hash}", f[0]);
+        for field in &f[2..7] {
+            shadow_text.push(':');
+            shadow_text.push_str(field);
+        }
+        let _ = match o.expires {
+            Some(days) => writeln!(shadow_text, ":{days}:{}", f[8]),
+            None => writeln!(shadow_text, ":{}:{}", f[7], f[8]),
+        };
+    }
+    for o in &ulines {
+        if seen.contains(o.line.name) {
+            continue;
+        }
+        let hash = o.hashed.as_deref().unwrap_or("!");
+        let _ = write!(shadow_text, "{}:{hash}:1:::::", o.line.name);
+        if let Some(days) = o.expires {
+            let _ = write!(shadow_text, "{days}");
+        }
+        shadow_text.push_str(":\n");
+    }
+
+    // Subordinate ids.
+    let mut sub_uids = String::new();
+    let mut sub_gids = String::new();
+    let prev_starts: FastSet<u32> = sub_map.values().copied().collect();
+    let mut starts_used: FastSet<u32> = FastSet::default();
+    // Where the search for a free slot resumes: every slot below it is taken for good (the
+    // sets only grow), as in [`Ids`].
+    let mut next_slot: u64 = 0;
+    for o in &ulines {
+        let Some(u) = o.spec.and_then(|i| spec.users.get(i)) else {
+            continue;
+        };
+        for (start, count) in &u.sub_uids {
+            let _ = writeln!(sub_uids, "{}:{start}:{count}", u.name);
+        }
+        for (start, count) in &u.sub_gids {
+            let _ = writeln!(sub_gids, "{}:{start}:{count}", u.name);
+        }
+        if u.auto_subid {
+            let start = match sub_map.get(u.name.as_str()) {
+                Some(s) if !starts_used.contains(s) => *s,
+                _ => loop {
+                    let s = 100_000u64 + next_slot * 65_536;
+                    let Ok(s) = u32::try_from(s) else {
+                        return Err(UsersError::OutOfIds {
+                            what: "subordinate id ranges",
+                            min: 100_000,
+                            max: u32::MAX,
+                        });
+                    };
+                    if !starts_used.contains(&s) && !prev_starts.contains(&s) {
+                        break s;
+                    }
+                    next_slot += 1;
+                },
+            };
+            starts_used.insert(start);
+            sub_map.insert(Cow::Borrowed(u.name.as_str()), start);
+            let _ = writeln!(sub_uids, "{}:{start}:65536", u.name);
+            let _ = writeln!(sub_gids, "{}:{start}:65536", u.name);
+        }
+    }
+    // Like Perl's `join("\n", @lines) . "\n"`: no lines is one empty line.
+    if sub_uids.is_empty() {
+        sub_uids.push('\n');
+    }
+    if sub_gids.is_empty() {
+        sub_gids.push('\n');
+    }
+
+    // Linger, for declared users.
+    for o in &ulines {
+        let Some(u) = o.spec.and_then(|i| spec.users.get(i)) else {
+            continue;
+        };
+        let Some(want) = u.linger else { continue };
+        if mutable && users_cur.contains(&u.name) {
+            continue;
+        }
+        if want != state.lingering.contains(&u.name) {
+            say(
+                &mut p,
+                if want { "enabling" } else { "disabling" },
+                if want {
+                    "would enable"
+                } else {
+                    "would disable"
+                },
+                format!("lingering for user(s) '{}'", u.name),
+            );
+            p.linger.push((u.name.clone(), want));
+        }
+    }
+
+    let (uid, gid, shadow_gid) = if state.euid == 0 {
+        (
+            0,
+            0,
+            groups_out.get("shadow").and_then(|g| g.gid.id).unwrap_or(0),
+        )
+    } else {
+        (state.euid, state.egid, state.egid)
+    };
+    let plain = Perms {
+        mode: 0o644,
+        uid,
+        gid,
+    };
+    let shadow_perms = Perms {
+        mode: 0o640,
+        uid,
+        gid: shadow_gid,
+    };
+    let sub_map_text = format!("{}\n", to_json_map(&sub_map));
+    let new_files: [(&str, String, Perms); 10] = [
+        (SET[0], decl_groups_text, plain),
+        (SET[1], to_json_map(&gid_map), plain),
+        (SET[2], group_text, plain),
+        (SET[3], decl_users_text, plain),
+        (SET[4], to_json_map(&uid_map), plain),
+        (SET[5], passwd_text, plain),
+        (SET[6], shadow_text, shadow_perms),
+        (SET[7], sub_uids, plain),
+        (SET[8], sub_gids, plain),
+        (SET[9], sub_map_text, plain),
+    ];
+    for (path, text, perms) in new_files {
+        let cur = state.files.get(path);
+        let same_bytes = cur.and_then(|f| f.contents.as_deref()) == Some(text.as_bytes());
+        let same_perms = path != "/etc/shadow" || cur.and_then(|f| f.perms) == Some(perms);
+        if !(same_bytes && same_perms) {
+            p.writes.push((path.to_owned(), text.into_bytes(), perms));
+        }
+    }
+    Ok(p)
+}
+
+fn hash_with(
+    pw: &str,
+    salt: &mut dyn FnMut() -> Result<String, UsersError>,
+) -> Result<String, UsersError> {
+    let s = salt()?;
+    crypt::hash_with_salt(pw, &s, None)
+        .ok_or_else(|| UsersError::Random(format!("salt {s:?} is not in the crypt alphabet")))
+}
+
+fn alloc_gid(
+    p: &mut UsersPlan,
+    gids: &mut Ids,
+    gid_map: &IdMap<'_>,
+    name: &str,
+    dry: bool,
+) -> Result<u32, UsersError> {
+    if let Some(&prev) = gid_map.get(name) {
+        if !gids.used.contains(prev) {
+            p.messages.push(format!(
+                "{} group '{name}' with GID {prev}",
+                if dry { "would revive" } else { "reviving" }
+            ));
+            gids.used.insert(prev);
+            return Ok(prev);
+        }
+    }
+    gids.alloc(400, 999, false, "GIDs")
+}
+
+fn alloc_uid(
+    p: &mut UsersPlan,
+    uids: &mut Ids,
+    uid_map: &IdMap<'_>,
+    u: &UserSpec,
+    dry: bool,
+) -> Result<u32, UsersError> {
+    let (min, max, up) = if u.is_system {
+        (400, 999, false)
+    } else {
+        (1000, 29999, true)
+    };
+    if let Some(&prev) = uid_map.get(u.name.as_str()) {
+        if (min..=max).contains(&prev) && !uids.used.contains(prev) {
+            p.messages.push(format!(
+                "{} user '{}' with UID {prev}",
+                if dry { "would revive" } else { "reviving" },
+                u.name
+            ));
+            uids.used.insert(prev);
+            return Ok(prev);
+        }
+    }
+    uids.alloc(min, max, up, "UIDs")
+}
