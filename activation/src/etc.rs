@@ -34,7 +34,7 @@ mod observation;
 pub use observation::observe;
 use observation::{observe_with, Reuse};
 
-use std::collections::{HashMap, HashSet};
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::io;
@@ -424,7 +424,7 @@ impl<'r> InRoot<'r> {
     fn new(root: &'r Root) -> Self {
         InRoot {
             root,
-            dirs: HashMap::new(),
+            dirs: HashMap::default(),
         }
     }
 
@@ -501,7 +501,7 @@ impl<'r> Dirs<'r> {
     fn new(root: &'r Root) -> Self {
         Dirs {
             root,
-            open: HashMap::new(),
+            open: HashMap::default(),
         }
     }
 
@@ -644,7 +644,7 @@ fn starts_with_static_slash(t: &[u8]) -> bool {
 
 /// Directories under `/etc` that hold something other than links into `/etc/static/`.
 fn non_static_dirs(nodes: &HashMap<String, Node>) -> HashSet<&str> {
-    let mut out = HashSet::new();
+    let mut out = HashSet::default();
     for (rel, node) in nodes {
         let leaf_static = match node {
             Node::Symlink(t) => starts_with_static_slash(t),
@@ -706,7 +706,7 @@ pub fn plan(tree: &EtcTree, state: &EtcState, opts: EtcOptions) -> EtcPlan {
     }
 
     let non_static = non_static_dirs(&state.nodes);
-    let mut ensured: HashSet<String> = HashSet::new();
+    let mut ensured: HashSet<&str> = HashSet::default();
     let mut copied: Vec<&str> = Vec::new();
     for e in &tree.entries {
         if !is_safe_rel(&e.rel) {
@@ -726,10 +726,13 @@ pub fn plan(tree: &EtcTree, state: &EtcState, opts: EtcOptions) -> EtcPlan {
                     rel: parent.to_owned(),
                 });
             }
-            // Everything above it exists after this, too.
+            // Everything above it exists after this, too (and once one is known to, so
+            // are the ones above it).
             let mut cur = parent;
             loop {
-                ensured.insert(cur.to_owned());
+                if !ensured.insert(cur) {
+                    break;
+                }
                 match cur.rsplit_once('/') {
                     Some((up, _)) => cur = up,
                     None => break,
@@ -750,9 +753,25 @@ pub fn plan(tree: &EtcTree, state: &EtcState, opts: EtcOptions) -> EtcPlan {
                     .push(EtcAction::RemoveStaticDir { rel: e.rel.clone() });
             }
         }
+        // Whether the link is already there, decided without building its target first:
+        // this runs for every entry.
+        let links_to = |target: &[&[u8]]| match current {
+            Some(Node::Symlink(t)) => {
+                t.len() == target.iter().map(|p| p.len()).sum::<usize>() && {
+                    let mut rest = t.as_slice();
+                    target.iter().all(|part| match rest.strip_prefix(*part) {
+                        Some(r) => {
+                            rest = r;
+                            true
+                        }
+                        None => false,
+                    })
+                }
+            }
+            _ => false,
+        };
         let link_to = |target: String, p: &mut EtcPlan| {
-            let same = matches!(current, Some(Node::Symlink(t)) if *t == target.as_bytes());
-            if !same {
+            if !links_to(&[target.as_bytes()]) {
                 p.actions.push(EtcAction::Link {
                     rel: e.rel.clone(),
                     target,
@@ -763,7 +782,11 @@ pub fn plan(tree: &EtcTree, state: &EtcState, opts: EtcOptions) -> EtcPlan {
         match &e.install {
             Install::Nothing => {}
             Install::Invalid(issue) => p.issues.push(issue.clone()),
-            Install::Link => link_to(format!("{STATIC}/{}", e.rel), &mut p),
+            Install::Link => {
+                if !links_to(&[STATIC.as_bytes(), b"/", e.rel.as_bytes()]) {
+                    link_to(format!("{STATIC}/{}", e.rel), &mut p);
+                }
+            }
             Install::Direct(target) => {
                 link_to(target.clone(), &mut p);
                 copied.push(&e.rel);
@@ -830,8 +853,16 @@ pub fn plan(tree: &EtcTree, state: &EtcState, opts: EtcOptions) -> EtcPlan {
     }
 
     copied.sort_unstable();
-    let clean: String = copied.iter().map(|r| format!("{r}\n")).collect();
-    let old: String = state.old_clean.iter().map(|r| format!("{r}\n")).collect();
+    let lines = |rels: &mut dyn Iterator<Item = &str>| {
+        let mut text = String::new();
+        for r in rels {
+            text.push_str(r);
+            text.push('\n');
+        }
+        text
+    };
+    let clean = lines(&mut copied.iter().copied());
+    let old = lines(&mut state.old_clean.iter().map(String::as_str));
     if clean != old || !matches!(state.nodes.get(".clean"), Some(Node::File { .. })) {
         p.actions.push(EtcAction::WriteClean { contents: clean });
     }
@@ -866,7 +897,7 @@ pub fn apply(root: &Root, plan: &EtcPlan, dry_run: bool) -> Result<EtcOutcome, E
     let mut sources = InRoot::new(root);
     // Stage every file first and flush them together, so that each rename below publishes
     // contents that are already on disk — with one sync instead of one per file.
-    let mut staged: HashMap<usize, io::Result<()>> = HashMap::new();
+    let mut staged: HashMap<usize, io::Result<()>> = HashMap::default();
     for (i, a) in plan.actions.iter().enumerate() {
         let staging = match a {
             EtcAction::Copy { rel, source, perms } => {
@@ -998,7 +1029,8 @@ pub fn setup_etc(
     dry_run: bool,
 ) -> Result<EtcOutcome, EtcError> {
     let cache = cache::read(root);
-    if cache.is_quiet(root, tree, opts) {
+    let key = cache::input_key(tree, opts);
+    if cache.is_quiet(root, tree, key) {
         log::debug!("/etc is as the last activation left it (checked against its cache)");
         return Ok(EtcOutcome::default());
     }
@@ -1014,7 +1046,7 @@ pub fn setup_etc(
     }
     let quiet_if_empty = |seen: &observation::Seen, plan: &EtcPlan| {
         (plan.actions.is_empty() && plan.issues.is_empty())
-            .then(|| cache::quiet(tree, opts, &seen.facts))
+            .then(|| cache::quiet(tree, key, &seen.facts))
             .flatten()
     };
     if plan.actions.is_empty() {
@@ -1050,8 +1082,8 @@ pub fn setup_etc(
 /// The directories (relative to `/etc`) whose entries `plan` changes, and the files whose
 /// contents it rewrites.
 fn touched(plan: &EtcPlan) -> (HashSet<String>, HashSet<String>) {
-    let mut dirs = HashSet::new();
-    let mut files = HashSet::new();
+    let mut dirs = HashSet::default();
+    let mut files = HashSet::default();
     let parent = |rel: &str| rel.rsplit_once('/').map_or("", |(p, _)| p).to_owned();
     for a in &plan.actions {
         match a {
@@ -1101,7 +1133,7 @@ pub fn preview(root: &Root, tree: &EtcTree, opts: EtcOptions) -> Result<Preview,
     let cache = cache::read(root);
     let seen = observe_with(root, tree, cache.facts(), Reuse::IfUnchanged)?;
     Ok(Preview {
-        quiet: cache.is_quiet(root, tree, opts),
+        quiet: cache.is_quiet(root, tree, cache::input_key(tree, opts)),
         reads: seen.reads,
         plan: plan(tree, &seen.state, opts),
     })

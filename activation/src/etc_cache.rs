@@ -47,8 +47,8 @@
 //! coarse clock has passed the precise time of its last change (at most a tick; nothing on
 //! a disk, where the flush takes longer) before it reads those places again.
 
+use rustc_hash::FxHashMap as HashMap;
 use std::collections::hash_map::DefaultHasher;
-use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::io;
 use std::path::Path;
@@ -308,31 +308,35 @@ struct QuietCopy {
     source_stamp: Stamp,
 }
 
+/// [`Snapshot`] as written: borrowed from the facts (the same encoding, without copying).
+#[derive(Serialize)]
+struct SnapshotRef<'a> {
+    dirs: Vec<(&'a str, &'a DirFact)>,
+    copies: Vec<(&'a str, &'a CopyFact)>,
+    clean: Option<&'a CleanFact>,
+}
+
 /// The facts of `m` a later run may trust, sorted by key.
-fn trusted<T: Clone>(m: &HashMap<String, Held<T>>) -> Vec<(String, T)> {
-    let mut v: Vec<(String, T)> = m
+fn trusted<T>(m: &HashMap<String, Held<T>>) -> Vec<(&str, &T)> {
+    let mut v: Vec<(&str, &T)> = m
         .iter()
         .filter(|(_, h)| !h.racy)
-        .map(|(k, h)| (k.clone(), h.fact.clone()))
+        .map(|(k, h)| (k.as_str(), &h.fact))
         .collect();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v.sort_unstable_by(|a, b| a.0.cmp(b.0));
     v
 }
 
-fn snapshot(facts: &Facts) -> Snapshot {
-    Snapshot {
+fn snapshot(facts: &Facts) -> SnapshotRef<'_> {
+    SnapshotRef {
         dirs: trusted(&facts.dirs),
         copies: trusted(&facts.copies),
-        clean: facts
-            .clean
-            .as_ref()
-            .filter(|h| !h.racy)
-            .map(|h| h.fact.clone()),
+        clean: facts.clean.as_ref().filter(|h| !h.racy).map(|h| &h.fact),
     }
 }
 
 /// The identity of the input: the whole listing (sidecars included) and the options.
-fn input_key(tree: &EtcTree, opts: EtcOptions) -> u64 {
+pub fn input_key(tree: &EtcTree, opts: EtcOptions) -> u64 {
     let mut h = DefaultHasher::new();
     tree.hash(&mut h);
     opts.skip_resolv_conf.hash(&mut h);
@@ -342,7 +346,7 @@ fn input_key(tree: &EtcTree, opts: EtcOptions) -> u64 {
 /// The [`Quiet`] record for a run that observed `facts` and planned nothing for `tree`, or
 /// `None` when the facts cannot vouch for that on their own: one of them is racy, or the
 /// state also rests on paths under `/etc/nixos` (looked up one by one, never recorded).
-pub fn quiet(tree: &EtcTree, opts: EtcOptions, facts: &Facts) -> Option<Quiet> {
+pub fn quiet(tree: &EtcTree, key: u64, facts: &Facts) -> Option<Quiet> {
     let under_nixos = |r: &String| r == "nixos" || r.starts_with("nixos/");
     if tree.entries.iter().any(|e| under_nixos(&e.rel)) {
         return None;
@@ -372,7 +376,7 @@ pub fn quiet(tree: &EtcTree, opts: EtcOptions, facts: &Facts) -> Option<Quiet> {
         }
     }
     Some(Quiet {
-        key: input_key(tree, opts),
+        key,
         dirs,
         copies,
         clean: clean.fact.stamp,
@@ -445,13 +449,13 @@ impl Cache {
         }
     }
 
-    /// Did the last run find nothing to do for this input, and is every stamp its
-    /// observation rested on unchanged (see [`Quiet`])?
-    pub fn is_quiet(&self, root: &Root, tree: &EtcTree, opts: EtcOptions) -> bool {
+    /// Did the last run find nothing to do for this input (`key`: [`input_key`]), and is
+    /// every stamp its observation rested on unchanged (see [`Quiet`])?
+    pub fn is_quiet(&self, root: &Root, tree: &EtcTree, key: u64) -> bool {
         let Some(q) = self.head.as_ref().and_then(|h| h.quiet.as_ref()) else {
             return false;
         };
-        if q.key != input_key(tree, opts) {
+        if q.key != key {
             return false;
         }
         let Ok((etc, _, _)) = root.dir(Path::new("/etc"), None) else {
@@ -624,9 +628,10 @@ mod tests {
             );
         }
         let snap = snapshot(&facts);
-        let names: Vec<&str> = snap.dirs.iter().map(|(k, _)| k.as_str()).collect();
+        let names: Vec<&str> = snap.dirs.iter().map(|(k, _)| *k).collect();
         assert_eq!(names, ["a", "b"]);
-        let again = snapshot(&facts.clone());
+        let copy = facts.clone();
+        let again = snapshot(&copy);
         assert_eq!(
             envelope::encode(FACTS, &snap).ok(),
             envelope::encode(FACTS, &again).ok()

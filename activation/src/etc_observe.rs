@@ -1,7 +1,7 @@
 //! Reading what `/etc` holds now, for the plan — using what the [`cache`] of earlier runs
 //! still vouches for instead of reading it again.
 
-use std::collections::{HashMap, HashSet};
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::ffi::OsStr;
 use std::io;
 use std::os::fd::OwnedFd;
@@ -51,10 +51,13 @@ fn gone(e: &io::Error) -> bool {
 
 fn child(rel: &str, name: &str) -> String {
     if rel.is_empty() {
-        name.to_owned()
-    } else {
-        format!("{rel}/{name}")
+        return name.to_owned();
     }
+    let mut path = String::with_capacity(rel.len() + 1 + name.len());
+    path.push_str(rel);
+    path.push('/');
+    path.push_str(name);
+    path
 }
 
 /// Read `/etc`, taking from `prior` what `reuse` allows.
@@ -100,7 +103,7 @@ pub(crate) fn observe_with(
         prior,
         reuse: &reuse,
         clock,
-        nodes: HashMap::new(),
+        nodes: HashMap::default(),
         facts: Facts::default(),
         reads: 0,
     };
@@ -143,9 +146,10 @@ fn look_up_extras(root: &Root, tree: &EtcTree, st: &mut EtcState) {
     let extra: Vec<String> = tree
         .entries
         .iter()
-        .map(|e| e.rel.clone())
-        .chain(st.old_clean.iter().cloned())
+        .map(|e| &e.rel)
+        .chain(&st.old_clean)
         .filter(|r| r.starts_with("nixos/") && is_safe_rel(r))
+        .cloned()
         .collect();
     for rel in extra {
         if let Ok(Some(n)) = root.lstat(&Path::new("/etc").join(&rel)) {
