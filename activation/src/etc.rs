@@ -394,7 +394,7 @@ impl Owners {
 }
 
 /// What `/etc` holds now, as far as the plan needs to know.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EtcState {
     /// Target of `/etc/static`, `None` when absent; `Some(None)` when it is not a symlink.
     pub static_link: Option<Option<String>>,
@@ -551,6 +551,19 @@ impl<'r> Dirs<'r> {
     fn parent(&mut self, rel: &str, create: bool) -> io::Result<(&OwnedFd, OsString)> {
         let (dir, name) = rel.rsplit_once('/').unwrap_or(("", rel));
         Ok((self.get(dir, create)?, OsString::from(name)))
+    }
+
+    /// Make directory `rel`, which the plan found missing: `mkdir` first, without the
+    /// `open` that would fail.
+    fn make(&mut self, rel: &str) -> io::Result<()> {
+        if !rel.is_empty() && !self.open.contains_key(rel) {
+            let (parent, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+            let parent_fd = self.get(parent, true)?;
+            // Whatever is in the way (a user's symlink to a directory, to be followed; a
+            // file) is left to `get`, as without this shortcut.
+            let _ = rustix::fs::mkdirat(parent_fd, name, Mode::from_raw_mode(0o755));
+        }
+        self.get(rel, true).map(|_| ())
     }
 
     fn forget_under(&mut self, rel: &str) {
@@ -882,6 +895,16 @@ pub struct EtcOutcome {
 /// Carry out `plan` under `root`. With `dry_run` nothing is written; every action is logged
 /// as what would be done.
 pub fn apply(root: &Root, plan: &EtcPlan, dry_run: bool) -> Result<EtcOutcome, EtcError> {
+    apply_keeping_dirs(root, plan, dry_run).map(|(out, _)| out)
+}
+
+/// [`apply`], also returning the descriptors of the directories it opened under `/etc`
+/// (by path relative to it), so that reading them back needs no second `open`.
+fn apply_keeping_dirs(
+    root: &Root,
+    plan: &EtcPlan,
+    dry_run: bool,
+) -> Result<(EtcOutcome, HashMap<String, OwnedFd>), EtcError> {
     let mut out = EtcOutcome {
         changed: 0,
         issues: plan.issues.clone(),
@@ -891,7 +914,7 @@ pub fn apply(root: &Root, plan: &EtcPlan, dry_run: bool) -> Result<EtcOutcome, E
             log::info!("would {a}");
         }
         out.changed = plan.actions.len();
-        return Ok(out);
+        return Ok((out, HashMap::default()));
     }
     let mut dirs = Dirs::new(root);
     let mut sources = InRoot::new(root);
@@ -949,7 +972,7 @@ pub fn apply(root: &Root, plan: &EtcPlan, dry_run: bool) -> Result<EtcOutcome, E
                 dirs.parent(rel, false)
                     .and_then(|(d, n)| rootfs::unlink_at(d, &n))
             }
-            EtcAction::EnsureDir { rel } => dirs.get(rel, true).map(|_| ()),
+            EtcAction::EnsureDir { rel } => dirs.make(rel),
             EtcAction::RemoveStaticDir { rel } => {
                 let r = dirs
                     .parent(rel, false)
@@ -1006,7 +1029,7 @@ pub fn apply(root: &Root, plan: &EtcPlan, dry_run: bool) -> Result<EtcOutcome, E
             let _ = rootfs::sync_fs(fd.as_fd());
         }
     }
-    Ok(out)
+    Ok((out, dirs.open))
 }
 
 /// Owned by whoever runs us (root on a real system) with `mode`: for bookkeeping files.
@@ -1034,13 +1057,19 @@ pub fn setup_etc(
         log::debug!("/etc is as the last activation left it (checked against its cache)");
         return Ok(EtcOutcome::default());
     }
-    let seen = observe_with(root, tree, cache.facts(), Reuse::IfUnchanged)?;
+    let seen = observe_with(
+        root,
+        tree,
+        cache.facts(),
+        Reuse::IfUnchanged,
+        HashMap::default(),
+    )?;
     log::debug!(
         "/etc observed: {} directories and files read, the rest from the cache",
         seen.reads
     );
     let plan = plan(tree, &seen.state, opts);
-    let out = apply(root, &plan, dry_run)?;
+    let (out, open) = apply_keeping_dirs(root, &plan, dry_run)?;
     if dry_run {
         return Ok(out);
     }
@@ -1064,7 +1093,7 @@ pub fn setup_etc(
         dirs: &dirs,
         files: &files,
     };
-    match observe_with(root, tree, seen.facts, reuse) {
+    match observe_with(root, tree, seen.facts, reuse, open) {
         Ok(again) => {
             let check = self::plan(tree, &again.state, opts);
             cache::store(
@@ -1126,15 +1155,24 @@ pub struct Preview {
     /// The run would stop after checking stamps ([`cache::Quiet`]).
     pub quiet: bool,
     pub reads: usize,
+    /// The state it would plan from, made of remembered facts and what it read.
+    pub state: EtcState,
     pub plan: EtcPlan,
 }
 
 pub fn preview(root: &Root, tree: &EtcTree, opts: EtcOptions) -> Result<Preview, EtcError> {
     let cache = cache::read(root);
-    let seen = observe_with(root, tree, cache.facts(), Reuse::IfUnchanged)?;
+    let seen = observe_with(
+        root,
+        tree,
+        cache.facts(),
+        Reuse::IfUnchanged,
+        HashMap::default(),
+    )?;
     Ok(Preview {
         quiet: cache.is_quiet(root, tree, cache::input_key(tree, opts)),
         reads: seen.reads,
         plan: plan(tree, &seen.state, opts),
+        state: seen.state,
     })
 }

@@ -34,7 +34,12 @@
 //! * A fact is true of the state its stamp describes, whatever happened afterwards. So a
 //!   run that changed `/etc` reads again only the directories and files it changed, and
 //!   keeps the facts it took before for the rest; a change someone else made meanwhile
-//!   shows as a new stamp next time.
+//!   shows as a new stamp next time. In a directory it read again, a link whose inode
+//!   number is the one it saw before its changes keeps the target read then (a symlink's
+//!   target is fixed for the life of its inode); the one change that would go unseen is
+//!   someone else deleting and re-creating that link during the run with the freed inode
+//!   number reused. Facts from earlier runs never get this: their listings are used only
+//!   when the directory's stamp is unchanged.
 //!
 //! # Time stamps that are too new to trust ("racily clean", as git calls it)
 //! The kernel stamps a change with its coarse clock (a tick: 4 ms here). A change made in
@@ -232,11 +237,12 @@ impl Entry {
     }
 }
 
-/// A directory's entries (sorted by name), listed after `stamp` was taken.
+/// A directory's entries (sorted by name, each with its inode number), listed after
+/// `stamp` was taken.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct DirFact {
     pub stamp: Stamp,
-    pub entries: Vec<(String, Entry)>,
+    pub entries: Vec<(String, u64, Entry)>,
 }
 
 /// Whether the copied file (stamped `dest`) had the bytes of the regular file at the
@@ -621,7 +627,7 @@ mod tests {
                 Held {
                     fact: DirFact {
                         stamp: st,
-                        entries: vec![("x".into(), Entry::Link(b"/etc/static/x".to_vec()))],
+                        entries: vec![("x".into(), 7, Entry::Link(b"/etc/static/x".to_vec()))],
                     },
                     racy: racy || st.is_racy(clock),
                 },

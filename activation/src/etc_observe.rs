@@ -40,7 +40,14 @@ pub(crate) struct Seen {
 
 /// Read the current `/etc` under `root`, all of it.
 pub fn observe(root: &Root, tree: &EtcTree) -> Result<EtcState, EtcError> {
-    observe_with(root, tree, Facts::default(), Reuse::IfUnchanged).map(|s| s.state)
+    observe_with(
+        root,
+        tree,
+        Facts::default(),
+        Reuse::IfUnchanged,
+        HashMap::default(),
+    )
+    .map(|s| s.state)
 }
 
 fn gone(e: &io::Error) -> bool {
@@ -60,12 +67,14 @@ fn child(rel: &str, name: &str) -> String {
     path
 }
 
-/// Read `/etc`, taking from `prior` what `reuse` allows.
+/// Read `/etc`, taking from `prior` what `reuse` allows. Directories that have to be read
+/// are read through the descriptors in `open` (by path relative to `/etc`) when it has them.
 pub(crate) fn observe_with(
     root: &Root,
     tree: &EtcTree,
     prior: Facts,
     reuse: Reuse,
+    open: HashMap<String, OwnedFd>,
 ) -> Result<Seen, EtcError> {
     let obs_err = |error: io::Error| EtcError::Observe {
         path: root.host_path(Path::new("/etc")),
@@ -102,6 +111,7 @@ pub(crate) fn observe_with(
         etc: &etc,
         prior,
         reuse: &reuse,
+        open,
         clock,
         nodes: HashMap::default(),
         facts: Facts::default(),
@@ -186,6 +196,8 @@ struct Walk<'a> {
     etc: &'a OwnedFd,
     prior: Facts,
     reuse: &'a Reuse<'a>,
+    /// Descriptors of directories under `/etc`, never read from (see [`observe_with`]).
+    open: HashMap<String, OwnedFd>,
     clock: Time,
     nodes: HashMap<String, Node>,
     facts: Facts,
@@ -193,24 +205,35 @@ struct Walk<'a> {
 }
 
 impl Walk<'_> {
-    /// The remembered listing of directory `rel`, if it may be used.
-    fn reusable(&mut self, rel: &str) -> Option<Held<DirFact>> {
-        let held = self.prior.dirs.remove(rel).filter(|h| !h.racy)?;
-        let ok = match self.reuse {
-            Reuse::Except { dirs, .. } => !dirs.contains(rel),
-            Reuse::IfUnchanged => matches!(cache::stat_rel(self.etc, rel),
-                Ok(now) if now == held.fact.stamp && now.is_dir()),
-        };
-        ok.then_some(held)
+    /// The remembered listing of directory `rel` when it may be used as it is (`Ok`);
+    /// otherwise (`Err`) what this run saw there before it changed it, if anything.
+    fn reusable(&mut self, rel: &str) -> Result<Held<DirFact>, Option<DirFact>> {
+        let held = self.prior.dirs.remove(rel).ok_or(None)?;
+        match self.reuse {
+            Reuse::Except { dirs, .. } if held.racy || dirs.contains(rel) => Err(Some(held.fact)),
+            Reuse::Except { .. } => Ok(held),
+            Reuse::IfUnchanged => {
+                let same = !held.racy
+                    && matches!(cache::stat_rel(self.etc, rel),
+                        Ok(now) if now == held.fact.stamp && now.is_dir());
+                if same {
+                    Ok(held)
+                } else {
+                    Err(None)
+                }
+            }
+        }
     }
 
     /// Observe directory `rel` and everything below it. `parent` is the descriptor of its
     /// parent when that was read (not taken from a fact) in this walk.
     fn visit(&mut self, parent: Option<&OwnedFd>, rel: &str) -> io::Result<()> {
         let (held, fd) = match self.reusable(rel) {
-            Some(h) => (h, None),
-            None => {
-                let fd = if rel.is_empty() {
+            Ok(h) => (h, None),
+            Err(before) => {
+                let fd = if let Some(fd) = self.open.remove(rel) {
+                    Some(fd)
+                } else if rel.is_empty() {
                     None
                 } else {
                     let name = rel.rsplit_once('/').map_or(rel, |(_, n)| n);
@@ -228,13 +251,14 @@ impl Walk<'_> {
                         Err(e) => return Err(e),
                     }
                 };
-                let held = read_dir(fd.as_ref().unwrap_or(self.etc), rel, self.clock)?;
+                let dir = fd.as_ref().unwrap_or(self.etc);
+                let held = read_dir(dir, rel, self.clock, before.as_ref())?;
                 self.reads += 1;
                 (held, fd)
             }
         };
         let mut subdirs = Vec::new();
-        for (name, entry) in &held.fact.entries {
+        for (name, _, entry) in &held.fact.entries {
             let path = child(rel, name);
             if matches!(entry, Entry::Dir) && path != "nixos" {
                 subdirs.push(path.clone());
@@ -371,19 +395,45 @@ impl Walk<'_> {
     }
 }
 
-/// List the directory open as `dir` (`rel` under `/etc`).
-fn read_dir(dir: &OwnedFd, rel: &str, clock: Time) -> io::Result<Held<DirFact>> {
+/// List the directory open as `dir` (`rel` under `/etc`). `before` is what this run saw
+/// there before changing it: a link whose name and inode number are unchanged since still
+/// has the target read then (a symlink's target never changes; a link replaced by another,
+/// as by `ln -sfn` or by us, is another inode), so it is not read again. Only a link
+/// deleted and re-created under the same name by someone else during this run, reusing the
+/// freed inode number, would go unseen.
+fn read_dir(
+    dir: &OwnedFd,
+    rel: &str,
+    clock: Time,
+    before: Option<&DirFact>,
+) -> io::Result<Held<DirFact>> {
     // The stamp is taken before the listing: a change after it shows in a later stamp.
     let stamp = Stamp::of(&rustix::fs::fstat(dir)?);
+    let before = before.map_or(&[][..], |b| &b.entries);
+    // Both listings are sorted by name.
+    let known = |name: &str, ino: u64| {
+        let i = before
+            .binary_search_by(|(n, _, _)| n.as_str().cmp(name))
+            .ok()?;
+        match &before[i] {
+            (_, was, Entry::Link(t)) if *was == ino => Some(t.clone()),
+            _ => None,
+        }
+    };
     let mut entries = Vec::new();
-    for (name, ty) in rootfs::list_new_dir(dir)? {
+    for (name, ty, ino) in rootfs::list_new_dir_ino(dir)? {
         if rel.is_empty() && name == "static" {
             continue;
         }
+        let name_str = name.to_string_lossy().into_owned();
+        let mut ino = ino;
         let entry = match ty {
-            FileType::Symlink => {
-                Entry::Link(rustix::fs::readlinkat(dir, name.as_os_str(), Vec::new())?.into_bytes())
-            }
+            FileType::Symlink => match known(&name_str, ino) {
+                Some(t) => Entry::Link(t),
+                None => Entry::Link(
+                    rustix::fs::readlinkat(dir, name.as_os_str(), Vec::new())?.into_bytes(),
+                ),
+            },
             FileType::Directory => Entry::Dir,
             _ => {
                 let s = match rustix::fs::statat(dir, name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW) {
@@ -398,8 +448,10 @@ fn read_dir(dir: &OwnedFd, rel: &str, clock: Time) -> io::Result<Held<DirFact>> 
                         gid: s.st_gid,
                         size: u64::try_from(s.st_size).unwrap_or(0),
                     },
-                    // Replaced between readdir and stat: look again the slow way.
+                    // Replaced between readdir and stat: look again the slow way (and
+                    // record no inode number: the one read belonged to what was replaced).
                     FileType::Symlink | FileType::Directory => {
+                        ino = 0;
                         match rootfs::lstat_at(dir, &name)? {
                             Some(n) => Entry::of_node(n),
                             None => continue,
@@ -409,7 +461,7 @@ fn read_dir(dir: &OwnedFd, rel: &str, clock: Time) -> io::Result<Held<DirFact>> 
                 }
             }
         };
-        entries.push((name.to_string_lossy().into_owned(), entry));
+        entries.push((name_str, ino, entry));
     }
     Ok(Held {
         fact: DirFact { stamp, entries },

@@ -444,6 +444,14 @@ pub fn list_dir<Fd: AsFd>(dirfd: Fd) -> io::Result<Vec<(OsString, FileType)>> {
 /// descriptor is read directly instead of re-opened, three system calls less per directory
 /// (the walks of `/etc` and of the etc tree do this for every directory).
 pub fn list_new_dir<Fd: AsFd>(dirfd: Fd) -> io::Result<Vec<(OsString, FileType)>> {
+    Ok(list_new_dir_ino(dirfd)?
+        .into_iter()
+        .map(|(name, ty, _)| (name, ty))
+        .collect())
+}
+
+/// [`list_new_dir`] with each entry's inode number as `readdir` reports it.
+pub fn list_new_dir_ino<Fd: AsFd>(dirfd: Fd) -> io::Result<Vec<(OsString, FileType, u64)>> {
     let mut out = Vec::new();
     let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 16 * 1024];
     let mut dir = rfs::RawDir::new(dirfd.as_fd(), &mut buf);
@@ -459,7 +467,7 @@ pub fn list_new_dir<Fd: AsFd>(dirfd: Fd) -> io::Result<Vec<(OsString, FileType)>
             let st = rfs::statat(&dirfd, name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW)?;
             ty = FileType::from_raw_mode(st.st_mode);
         }
-        out.push((name, ty));
+        out.push((name, ty, entry.ino()));
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(out)

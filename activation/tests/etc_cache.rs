@@ -31,11 +31,20 @@ fn run(r: &FakeRoot, t: &EtcTree) -> etc::EtcOutcome {
     out
 }
 
+/// What the next run would see, checked against a walk of all of `/etc`: the remembered
+/// facts must never describe anything but what is there.
+fn preview(r: &FakeRoot, t: &EtcTree) -> etc::Preview {
+    let root = Root::open(r.path()).expect("root");
+    let p = etc::preview(&root, t, EtcOptions::default()).expect("preview");
+    let walked = etc::observe(&root, t).expect("observe");
+    assert_eq!(p.state, walked, "the cache describes another /etc");
+    p
+}
+
 /// Would the next run stop after checking the stamps the last one left? When it would, an
 /// observation must agree: nothing to read, nothing to do.
 fn fast(r: &FakeRoot, t: &EtcTree) -> bool {
-    let root = Root::open(r.path()).expect("root");
-    let p = etc::preview(&root, t, EtcOptions::default()).expect("preview");
+    let p = preview(r, t);
     if p.quiet {
         assert_eq!(p.reads, 0, "quiet, but the observation had to read");
         assert!(p.plan.actions.is_empty(), "quiet, but {:?}", p.plan.actions);
@@ -45,10 +54,7 @@ fn fast(r: &FakeRoot, t: &EtcTree) -> bool {
 
 /// How many directories and files the next run would read from `/etc`.
 fn reads(r: &FakeRoot, t: &EtcTree) -> usize {
-    let root = Root::open(r.path()).expect("root");
-    etc::preview(&root, t, EtcOptions::default())
-        .expect("preview")
-        .reads
+    preview(r, t).reads
 }
 
 /// A generation with links at the top and in nested directories and two copied files.
@@ -63,6 +69,7 @@ fn setup() -> (FakeRoot, String, EtcTree) {
             ("systemd/system/a.service", "[Unit]\n", None),
             ("sudoers", "root ALL=(ALL) ALL\n", Some(("0440", &u, &g))),
             ("ssh/known_hosts", "host key\n", Some(("0644", &u, &g))),
+            ("motd", "welcome\n", Some(("direct-symlink", &u, &g))),
         ],
     );
     let t = tree_of(&r, &tree);
@@ -236,12 +243,16 @@ fn a_changed_run_reads_only_what_changed() {
             ("systemd/user/b.service", "[Unit]\n", None),
             ("sudoers", "root ALL=(ALL) ALL\n", Some(("0440", &u, &g))),
             ("ssh/known_hosts", "host key\n", Some(("0644", &u, &g))),
+            // Retargeted in a directory this run changes anyway (/etc): the link is
+            // replaced by a new inode, whose target must be read, not remembered.
+            ("motd", "welcome to c1\n", Some(("direct-symlink", &u, &g))),
         ],
     );
     let t2 = tree_of(&r, &tree2);
     assert!(run(&r, &t2).changed > 0);
     assert!(!r.host("/etc/systemd/system/old.service").is_symlink());
     assert_eq!(r.read("/etc/systemd/user/b.service"), "[Unit]\n");
+    assert_eq!(r.read("/etc/motd"), "welcome to c1\n");
     assert!(fast(&r, &t2));
 }
 
