@@ -409,14 +409,12 @@ fn read_dir(
 ) -> io::Result<Held<DirFact>> {
     // The stamp is taken before the listing: a change after it shows in a later stamp.
     let stamp = Stamp::of(&rustix::fs::fstat(dir)?);
-    let before = before.map_or(&[][..], |b| &b.entries);
-    // Both listings are sorted by name.
-    let known = |name: &str, ino: u64| {
-        let i = before
-            .binary_search_by(|(n, _, _)| n.as_str().cmp(name))
-            .ok()?;
-        match &before[i] {
-            (_, was, Entry::Link(t)) if *was == ino => Some(t.clone()),
+    // Both listings are sorted by name: one pass over `before` alongside.
+    let mut before = before.map_or(&[][..], |b| &b.entries).iter().peekable();
+    let mut known = |name: &str, ino: u64| {
+        while before.next_if(|(n, _, _)| n.as_str() < name).is_some() {}
+        match before.peek() {
+            Some((n, was, Entry::Link(t))) if n == name && *was == ino => Some(t.clone()),
             _ => None,
         }
     };
