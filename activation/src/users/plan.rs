@@ -20,9 +20,11 @@ use crate::rootfs::Perms;
 
 // ---- fast lookups ------------------------------------------------------------------------------
 
-/// The Fx hash (rustc's): a multiply and a rotate per word. The keys are account names from
-/// the spec and from root-owned files, so the flooding resistance of the default SipHash
-/// buys nothing here and costs most of a lookup.
+/// A word-at-a-time hash (Fx, as in rustc: rotate, xor, multiply) with murmur3's final mix,
+/// so that the top bits the table uses as tags depend on every byte (names like `user123`
+/// differ only in their high bytes). The keys are account names from the spec and from
+/// root-owned files, so the flooding resistance of the default SipHash buys nothing here
+/// and costs most of a lookup.
 #[derive(Default, Clone, Copy)]
 struct FxHasher(u64);
 
@@ -30,7 +32,7 @@ impl FxHasher {
     const K: u64 = 0xf135_7aea_2e62_a9c5;
 
     fn add(&mut self, word: u64) {
-        self.0 = self.0.wrapping_add(word).wrapping_mul(Self::K);
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(Self::K);
     }
 }
 
@@ -67,9 +69,12 @@ impl Hasher for FxHasher {
     }
 
     fn finish(&self) -> u64 {
-        // The table takes its control bits from the top and its position from the bottom;
-        // the multiply leaves the best-mixed bits at the top, so bring some down.
-        self.0.rotate_left(26)
+        let mut h = self.0;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^ (h >> 33)
     }
 }
 
