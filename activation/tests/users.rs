@@ -510,3 +510,67 @@ fn hand_made_lines_with_a_non_numeric_id_are_written_back_unchanged() {
         r.read("/etc/group")
     );
 }
+
+#[test]
+fn home_directories_behind_symlinks_nested_or_blocked() {
+    let r = FakeRoot::new();
+    // /home is a symlink into /data (resolved inside the root); /home/c is a symlink to
+    // an existing directory; /home/d exists with the wrong mode; /nohome is a file.
+    std::fs::create_dir_all(r.host("/data/home")).expect("mkdir");
+    std::fs::create_dir_all(r.host("/data/c-real")).expect("mkdir");
+    std::fs::create_dir_all(r.host("/data/home/d")).expect("mkdir");
+    std::fs::set_permissions(
+        r.host("/data/home/d"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .expect("chmod");
+    r.symlink("/home", "/data/home");
+    r.symlink("/data/home/c", "/data/c-real");
+    r.write("/nohome", "a file\n");
+    let user = |name: &str, uid: u32, home: &str, mode: &str| {
+        format!(
+            r#"{{"name": "{name}", "uid": {uid}, "group": "users", "home": "{home}",
+                "homeMode": "{mode}", "createHome": true, "shell": "/bin/sh"}}"#
+        )
+    };
+    let s = spec(&format!(
+        r#"{{"mutableUsers": false, "users": [{}, {}, {}, {}, {}],
+            "groups": [{{"name": "users", "gid": 100, "members": []}}]}}"#,
+        user("a", 1000, "/home/a", "750"),
+        user("b", 1001, "/srv/deep/b", "700"),
+        user("c", 1002, "/home/c", "700"),
+        user("d", 1003, "/home/d", "700"),
+        user("e", 1004, "/nohome/e", "700"),
+    ));
+    let mode = |p: &str| {
+        std::fs::metadata(r.host(p))
+            .expect("home exists")
+            .permissions()
+            .mode()
+            & 0o7777
+    };
+    for _ in 0..2 {
+        let out = run(&r, &s);
+        assert_eq!(out.errors.len(), 1, "{:?}", out.errors);
+        assert!(out.errors[0].contains("/nohome/e"), "{:?}", out.errors);
+        assert_eq!(mode("/data/home/a"), 0o750);
+        assert_eq!(mode("/srv/deep"), 0o755);
+        assert_eq!(mode("/srv/deep/b"), 0o700);
+        assert_eq!(mode("/data/c-real"), 0o700);
+        assert!(std::fs::symlink_metadata(r.host("/data/home/c"))
+            .expect("link")
+            .file_type()
+            .is_symlink());
+        assert_eq!(mode("/data/home/d"), 0o700);
+        if is_root() {
+            let owner = |p: &str| {
+                let m = std::fs::metadata(r.host(p)).expect("home");
+                (m.uid(), m.gid())
+            };
+            assert_eq!(owner("/data/home/a"), (1000, 100));
+            assert_eq!(owner("/srv/deep/b"), (1001, 100));
+            assert_eq!(owner("/data/c-real"), (1002, 100));
+            assert_eq!(owner("/data/home/d"), (1003, 100));
+        }
+    }
+}

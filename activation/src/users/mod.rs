@@ -34,7 +34,10 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use std::os::fd::OwnedFd;
+
 use rustix::fs::{FlockOperation, Mode, OFlags};
+use rustix::io::Errno;
 
 pub use self::plan::plan;
 use crate::crypt;
@@ -174,33 +177,41 @@ fn file_perms(root: &Root, path: &Path) -> io::Result<Option<Perms>> {
 }
 
 /// Directory descriptors by in-root path, resolved once per run: the account files share
-/// two directories and the home directories mostly one (`/home`).
+/// two directories and the home directories mostly one (`/home`). A directory that cannot
+/// be opened is remembered too, so that a missing `/home` costs one lookup, not one per
+/// user.
 struct DirCache<'r> {
     root: &'r Root,
-    open: HashMap<PathBuf, std::os::fd::OwnedFd>,
+    /// The mode missing directories are created with; `None` leaves them missing.
+    create: Option<Mode>,
+    open: HashMap<PathBuf, Result<OwnedFd, i32>>,
 }
 
 impl<'r> DirCache<'r> {
-    fn new(root: &'r Root) -> Self {
+    fn new(root: &'r Root, create: Option<Mode>) -> Self {
         DirCache {
             root,
+            create,
             open: HashMap::new(),
         }
     }
 
     /// The directory holding `path` and the final name (not looked up).
-    fn parent(&mut self, path: &Path) -> io::Result<(&std::os::fd::OwnedFd, std::ffi::OsString)> {
+    fn parent(&mut self, path: &Path) -> io::Result<(&OwnedFd, std::ffi::OsString)> {
         let name = rootfs::final_name(path)?;
         let dir = path.parent().unwrap_or(Path::new("/"));
         if !self.open.contains_key(dir) {
-            let (fd, _, _) = self.root.dir(dir, None)?;
+            let fd = match self.root.dir(dir, self.create) {
+                Ok((fd, _, _)) => Ok(fd),
+                Err(e) => Err(e.raw_os_error().unwrap_or(Errno::IO.raw_os_error())),
+            };
             self.open.insert(dir.to_path_buf(), fd);
         }
-        let fd = self
-            .open
-            .get(dir)
-            .ok_or_else(|| io::Error::other("directory cache lost an entry"))?;
-        Ok((fd, name))
+        match self.open.get(dir) {
+            Some(Ok(fd)) => Ok((fd, name)),
+            Some(Err(errno)) => Err(io::Error::from_raw_os_error(*errno)),
+            None => Err(io::Error::other("directory cache lost an entry")),
+        }
     }
 
     /// Owner and mode of the directory `path` (following symlinks inside the root), `None`
@@ -211,18 +222,33 @@ impl<'r> DirCache<'r> {
             uid: s.st_uid,
             gid: s.st_gid,
         };
-        if let Ok((dir, name)) = self.parent(path) {
-            match rustix::fs::statat(dir, name.as_os_str(), rustix::fs::AtFlags::SYMLINK_NOFOLLOW) {
-                Ok(s)
-                    if rustix::fs::FileType::from_raw_mode(s.st_mode)
-                        == rustix::fs::FileType::Directory =>
-                {
-                    return Some(of(&s));
+        match self.parent(path) {
+            Ok((dir, name)) => {
+                match rustix::fs::statat(
+                    dir,
+                    name.as_os_str(),
+                    rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+                ) {
+                    Ok(s)
+                        if rustix::fs::FileType::from_raw_mode(s.st_mode)
+                            == rustix::fs::FileType::Directory =>
+                    {
+                        return Some(of(&s));
+                    }
+                    Err(Errno::NOENT) => return None,
+                    // A symlink (followed inside the root below), or something odd.
+                    _ => {}
                 }
-                Err(rustix::io::Errno::NOENT) => return None,
-                // A symlink (followed inside the root below), or something odd.
-                _ => {}
             }
+            // No parent directory, so no home directory in it either.
+            Err(e)
+                if [Errno::NOENT, Errno::NOTDIR]
+                    .iter()
+                    .any(|n| e.raw_os_error() == Some(n.raw_os_error())) =>
+            {
+                return None;
+            }
+            Err(_) => {}
         }
         let (fd, _, _) = self.root.dir(path, None).ok()?;
         rustix::fs::fstat(&fd).ok().map(|s| of(&s))
@@ -236,7 +262,7 @@ pub fn observe(root: &Root, spec: &UsersSpec) -> Result<UsersState, UsersError> 
         egid: rustix::process::getegid().as_raw(),
         ..UsersState::default()
     };
-    let mut dirs = DirCache::new(root);
+    let mut dirs = DirCache::new(root, None);
     for p in SET {
         let path = Path::new(p);
         let read_err = |error| UsersError::Read {
@@ -401,8 +427,9 @@ pub fn update_users(
         return Ok(out);
     }
     commit::commit(root, &plan.writes, commit::StopAt::Never)?;
+    let mut home_dirs = DirCache::new(root, Some(Mode::from_raw_mode(0o755)));
     for h in &plan.homes {
-        if let Err(e) = apply_home(root, h) {
+        if let Err(e) = apply_home(&mut home_dirs, h) {
             out.errors.push(format!(
                 "home directory {}: {e}; create it by hand with owner {}:{} and mode {:o}",
                 root.host_path(Path::new(&h.path)).display(),
@@ -424,8 +451,14 @@ pub fn update_users(
     Ok(out)
 }
 
-fn apply_home(root: &Root, h: &HomeAction) -> io::Result<()> {
-    let (fd, _, _) = root.dir(Path::new(&h.path), Some(Mode::from_raw_mode(0o755)))?;
+fn apply_home(dirs: &mut DirCache, h: &HomeAction) -> io::Result<()> {
+    let path = Path::new(&h.path);
+    let fd = match open_home(dirs, path, h.create) {
+        Some(fd) => fd,
+        // A symlink to follow inside the root, or a parent that could not be made: the
+        // general path resolves it (and reports what is wrong).
+        None => dirs.root.dir(path, Some(Mode::from_raw_mode(0o755)))?.0,
+    };
     let st = rustix::fs::fstat(&fd)?;
     if st.st_uid != h.perms.uid || st.st_gid != h.perms.gid {
         rustix::fs::fchown(
@@ -438,6 +471,25 @@ fn apply_home(root: &Root, h: &HomeAction) -> io::Result<()> {
         rustix::fs::fchmod(&fd, Mode::from_raw_mode(h.perms.mode))?;
     }
     Ok(())
+}
+
+/// The home directory `path` as a plain directory in its (cached) parent, made first when
+/// `create`: `mkdirat` and `openat` without walking the path from the root again. A new
+/// directory starts 0700, so that nobody else can enter it before its owner and mode are
+/// set. `None` when it is not a plain directory there.
+fn open_home(dirs: &mut DirCache, path: &Path, create: bool) -> Option<OwnedFd> {
+    let (parent, name) = dirs.parent(path).ok()?;
+    if create {
+        // EEXIST: made meanwhile, or a symlink (the open below refuses it).
+        let _ = rustix::fs::mkdirat(parent, name.as_os_str(), Mode::from_raw_mode(0o700));
+    }
+    rustix::fs::openat(
+        parent,
+        name.as_os_str(),
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()
 }
 
 /// Without logind to ask (we may run before it, or under a root prefix), lingering is the
