@@ -404,7 +404,7 @@ pub struct EtcState {
     /// Copied entries whose current file already has the source's bytes.
     pub same_content: HashSet<String>,
     /// Stale-link candidates not listed in the tree that are still symlinks in the new tree
-    /// through a symlinked directory of it.
+    /// through a symlinked directory of it (see [`plan_observed`]).
     pub deep_links: HashSet<String>,
     /// `/etc/.clean` as read, one entry per line.
     pub old_clean: Vec<String>,
@@ -885,6 +885,23 @@ pub fn plan(tree: &EtcTree, state: &EtcState, opts: EtcOptions) -> EtcPlan {
     p
 }
 
+/// [`plan`] for a state from [`observe_with`], which leaves `deep_links` empty: when the
+/// plan removes links the tree does not list, ask the store which of them its symlinked
+/// directories still hold, and plan again with that.
+fn plan_observed(root: &Root, tree: &EtcTree, state: &mut EtcState, opts: EtcOptions) -> EtcPlan {
+    let p = plan(tree, state, opts);
+    let stale = p.actions.iter().filter_map(|a| match a {
+        EtcAction::RemoveObsoleteLink { rel } => Some(rel.as_str()),
+        _ => None,
+    });
+    state.deep_links = observation::deep_links(root, tree, stale);
+    if state.deep_links.is_empty() {
+        p
+    } else {
+        plan(tree, state, opts)
+    }
+}
+
 /// What applying a plan did.
 #[derive(Debug, Default)]
 pub struct EtcOutcome {
@@ -1057,7 +1074,7 @@ pub fn setup_etc(
         log::debug!("/etc is as the last activation left it (checked against its cache)");
         return Ok(EtcOutcome::default());
     }
-    let seen = observe_with(
+    let mut seen = observe_with(
         root,
         tree,
         cache.facts(),
@@ -1068,7 +1085,7 @@ pub fn setup_etc(
         "/etc observed: {} directories and files read, the rest from the cache",
         seen.reads
     );
-    let plan = plan(tree, &seen.state, opts);
+    let plan = plan_observed(root, tree, &mut seen.state, opts);
     let (out, open) = apply_keeping_dirs(root, &plan, dry_run)?;
     if dry_run {
         return Ok(out);
@@ -1094,8 +1111,8 @@ pub fn setup_etc(
         files: &files,
     };
     match observe_with(root, tree, seen.facts, reuse, open) {
-        Ok(again) => {
-            let check = self::plan(tree, &again.state, opts);
+        Ok(mut again) => {
+            let check = plan_observed(root, tree, &mut again.state, opts);
             cache::store(
                 root,
                 &again.facts,
@@ -1162,7 +1179,7 @@ pub struct Preview {
 
 pub fn preview(root: &Root, tree: &EtcTree, opts: EtcOptions) -> Result<Preview, EtcError> {
     let cache = cache::read(root);
-    let seen = observe_with(
+    let mut seen = observe_with(
         root,
         tree,
         cache.facts(),
@@ -1172,7 +1189,7 @@ pub fn preview(root: &Root, tree: &EtcTree, opts: EtcOptions) -> Result<Preview,
     Ok(Preview {
         quiet: cache.is_quiet(root, tree, cache::input_key(tree, opts)),
         reads: seen.reads,
-        plan: plan(tree, &seen.state, opts),
+        plan: plan_observed(root, tree, &mut seen.state, opts),
         state: seen.state,
     })
 }

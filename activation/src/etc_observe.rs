@@ -40,14 +40,22 @@ pub(crate) struct Seen {
 
 /// Read the current `/etc` under `root`, all of it.
 pub fn observe(root: &Root, tree: &EtcTree) -> Result<EtcState, EtcError> {
-    observe_with(
+    let mut state = observe_with(
         root,
         tree,
         Facts::default(),
         Reuse::IfUnchanged,
         HashMap::default(),
-    )
-    .map(|s| s.state)
+    )?
+    .state;
+    let links = state.nodes.iter().filter_map(|(rel, n)| match n {
+        Node::Symlink(t) if t.starts_with(STATIC.as_bytes()) && !rel.starts_with("nixos/") => {
+            Some(rel.as_str())
+        }
+        _ => None,
+    });
+    state.deep_links = deep_links(root, tree, links);
+    Ok(state)
 }
 
 fn gone(e: &io::Error) -> bool {
@@ -150,8 +158,7 @@ pub(crate) fn observe_with(
 }
 
 /// The paths the walk does not cover: those under `/etc/nixos` (not walked: it can hold a
-/// whole nixpkgs checkout), looked up one by one, and stale-link candidates that the new
-/// tree still has as links through a symlinked directory.
+/// whole nixpkgs checkout), looked up one by one.
 fn look_up_extras(root: &Root, tree: &EtcTree, st: &mut EtcState) {
     let extra: Vec<String> = tree
         .entries
@@ -166,16 +173,27 @@ fn look_up_extras(root: &Root, tree: &EtcTree, st: &mut EtcState) {
             st.nodes.insert(rel, n);
         }
     }
-    let by_rel: HashMap<&str, &TreeEntry> =
-        tree.entries.iter().map(|e| (e.rel.as_str(), e)).collect();
-    for (rel, node) in &st.nodes {
-        let Node::Symlink(t) = node else { continue };
-        if !t.starts_with(STATIC.as_bytes()) || by_rel.contains_key(rel.as_str()) {
+}
+
+/// Which of the links `candidates` (paths under `/etc` that the tree does not list) the new
+/// tree still has as links, through one of its symlinked directories: those are not stale.
+/// Asked only about links the plan would otherwise remove — rarely any — because it needs
+/// the whole listing indexed and an `lstat` in the store per candidate.
+pub(crate) fn deep_links<'c>(
+    root: &Root,
+    tree: &EtcTree,
+    candidates: impl Iterator<Item = &'c str>,
+) -> HashSet<String> {
+    let mut out = HashSet::default();
+    let mut by_rel: Option<HashMap<&str, &TreeEntry>> = None;
+    for rel in candidates {
+        let by_rel = by_rel
+            .get_or_insert_with(|| tree.entries.iter().map(|e| (e.rel.as_str(), e)).collect());
+        if by_rel.contains_key(rel) {
             continue;
         }
-        // Only a symlinked directory of the new tree can hold this path without listing it.
         let mut has_linked_ancestor = false;
-        let mut cur = rel.as_str();
+        let mut cur = rel;
         while let Some((parent, _)) = cur.rsplit_once('/') {
             if let Some(e) = by_rel.get(parent) {
                 has_linked_ancestor = matches!(e.kind, EntryKind::Symlink(_));
@@ -186,10 +204,11 @@ fn look_up_extras(root: &Root, tree: &EtcTree, st: &mut EtcState) {
         if has_linked_ancestor {
             let p = Path::new(&tree.path).join(rel);
             if let Ok(Some(Node::Symlink(_))) = root.lstat(&p) {
-                st.deep_links.insert(rel.clone());
+                out.insert(rel.to_owned());
             }
         }
     }
+    out
 }
 
 struct Walk<'a> {

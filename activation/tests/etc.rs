@@ -371,3 +371,44 @@ fn dry_run_writes_nothing_and_lists_changes() {
     let p = plan(&r, &tree);
     assert!(matches!(p.actions[0], EtcAction::SetStatic { .. }));
 }
+
+#[test]
+fn links_kept_through_a_symlinked_directory_of_the_new_tree_are_not_stale() {
+    let r = FakeRoot::new();
+    let gen0 = r.etc_tree("k0", &[("foo/a", "a\n", None), ("foo/b", "b\n", None)]);
+    run(&r, &gen0);
+    // The next generation has `foo` as a link to a store directory, where `a` is still a
+    // link (so /etc/foo/a is not obsolete, as `setup-etc.pl`'s `-l /etc/static/foo/a`
+    // finds) and `b` a plain file (so /etc/foo/b is).
+    r.write("/nix/store/k1-foo/a-target", "a\n");
+    r.symlink("/nix/store/k1-foo/a", "/nix/store/k1-foo/a-target");
+    r.write("/nix/store/k1-foo/b", "b\n");
+    std::fs::create_dir_all(r.host("/nix/store/k1-etc/etc")).expect("tree");
+    r.symlink("/nix/store/k1-etc/etc/foo", "/nix/store/k1-foo");
+    let gen1 = "/nix/store/k1-etc/etc";
+
+    let removed = |actions: &[EtcAction]| -> Vec<String> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                EtcAction::RemoveObsoleteLink { rel } => Some(rel.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    // From a full walk of /etc, and from what the cache remembers.
+    assert_eq!(removed(&plan(&r, gen1).actions), ["foo/b"]);
+    let root = Root::open(r.path()).expect("root");
+    let t = etc::list_tree(&root, Path::new(gen1)).expect("tree");
+    let p = etc::preview(&root, &t, EtcOptions::default()).expect("preview");
+    assert_eq!(removed(&p.plan.actions), ["foo/b"]);
+    assert_eq!(p.state, etc::observe(&root, &t).expect("observe"));
+
+    let out = run(&r, gen1);
+    assert!(out.issues.is_empty(), "{:?}", out.issues);
+    assert_eq!(
+        std::fs::read_link(r.host("/etc/foo")).expect("foo is a link now"),
+        Path::new("/etc/static/foo")
+    );
+    assert_eq!(r.read("/etc/foo/b"), "b\n");
+}
