@@ -170,6 +170,7 @@ struct Times {
     changed: Vec<Sample>,
     listing: Vec<Sample>,
     observe: Vec<Sample>,
+    floor: Vec<Sample>,
 }
 
 /// "best wall / median CPU" in milliseconds.
@@ -194,6 +195,35 @@ fn sum(a: &[Sample], b: &[Sample]) -> Vec<Sample> {
             cpu: x.cpu + y.cpu,
         })
         .collect()
+}
+
+/// The least a first run can cost: one `mkdir` per directory and one `symlink` per link of
+/// the tree, made in an empty directory with nothing checked, copied or flushed.
+fn floor_run(scratch: &Path, listing: &etc::EtcTree) -> Result<Sample, String> {
+    use rustix::fs::{Mode, OFlags};
+    let dir = scratch.join("floor");
+    io(std::fs::create_dir(&dir), "floor dir")?;
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let fd = io(
+        rustix::fs::open(&dir, flags, Mode::empty()).map_err(Into::into),
+        "floor dir",
+    )?;
+    let (_, t) = timed(|| {
+        for e in &listing.entries {
+            let made = match &e.kind {
+                etc::EntryKind::Dir => {
+                    rustix::fs::mkdirat(&fd, e.rel.as_str(), Mode::from_raw_mode(0o755))
+                }
+                etc::EntryKind::Symlink(t) => {
+                    rustix::fs::symlinkat(t.as_str(), &fd, e.rel.as_str())
+                }
+                etc::EntryKind::File => continue,
+            };
+            io(made.map_err(Into::into), "floor")?;
+        }
+        Ok(())
+    })?;
+    Ok(t)
 }
 
 fn etc_run(root: &Root, tree: &str) -> Result<(Sample, Sample), String> {
@@ -297,6 +327,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
             let listing = etc::list_tree(&root, Path::new(&gen_a)).map_err(|e| e.to_string())?;
             let (_state, t) = timed(|| etc::observe(&root, &listing).map_err(|e| e.to_string()))?;
             etc_t.observe.push(t);
+            etc_t.floor.push(floor_run(r, &listing)?);
             etc_t.again.push(etc_run(&root, &gen_a)?.1);
             etc_t.changed.push(etc_run(&root, &gen_b)?.1);
         }
@@ -329,6 +360,11 @@ pub fn run(args: &[String]) -> Result<(), String> {
             report,
             "| (a full walk of /etc, what the no-change run costs without its cache) | – | {} | – | – |",
             cell(&etc_t.observe),
+        );
+        let _ = writeln!(
+            report,
+            "| (floor: only a mkdir or symlink per tree directory or link) | {} | – | – | – |",
+            cell(&etc_t.floor),
         );
     }
     println!("milliseconds: best wall-clock time / median CPU time of the thread, of {reps} runs");
