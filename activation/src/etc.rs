@@ -452,20 +452,7 @@ impl<'r> InRoot<'r> {
                             format!("{} is not a regular file", canon.join(&name).display()),
                         ));
                     }
-                    let size = usize::try_from(st.st_size).unwrap_or(0);
-                    let mut buf = vec![0u8; size + 1];
-                    let mut n = 0;
-                    loop {
-                        if n == buf.len() {
-                            buf.resize(n * 2 + 64, 0);
-                        }
-                        let got = rustix::io::read(&fd, &mut buf[n..])?;
-                        if got == 0 {
-                            break;
-                        }
-                        n += got;
-                    }
-                    buf.truncate(n);
+                    let buf = rootfs::read_fd(&fd, usize::try_from(st.st_size).unwrap_or(0))?;
                     return Ok((buf, canon.join(&name), st));
                 }
                 Err(Errno::LOOP) => {
@@ -915,13 +902,21 @@ pub fn apply(root: &Root, plan: &EtcPlan, dry_run: bool) -> Result<EtcOutcome, E
     apply_keeping_dirs(root, plan, dry_run).map(|(out, _)| out)
 }
 
-/// [`apply`], also returning the descriptors of the directories it opened under `/etc`
-/// (by path relative to it), so that reading them back needs no second `open`.
+/// What [`apply`] leaves for reading its work back: the descriptors of the directories it
+/// opened under `/etc` (by path relative to it), so that reading them needs no second
+/// `open`, and the sources of the files it copied, as read.
+#[derive(Default)]
+struct Applied {
+    dirs: HashMap<String, OwnedFd>,
+    written: HashMap<String, observation::Written>,
+}
+
+/// [`apply`], also returning what it opened and read ([`Applied`]).
 fn apply_keeping_dirs(
     root: &Root,
     plan: &EtcPlan,
     dry_run: bool,
-) -> Result<(EtcOutcome, HashMap<String, OwnedFd>), EtcError> {
+) -> Result<(EtcOutcome, Applied), EtcError> {
     let mut out = EtcOutcome {
         changed: 0,
         issues: plan.issues.clone(),
@@ -931,19 +926,27 @@ fn apply_keeping_dirs(
             log::info!("would {a}");
         }
         out.changed = plan.actions.len();
-        return Ok((out, HashMap::default()));
+        return Ok((out, Applied::default()));
     }
     let mut dirs = Dirs::new(root);
     let mut sources = InRoot::new(root);
     // Stage every file first and flush them together, so that each rename below publishes
     // contents that are already on disk — with one sync instead of one per file.
     let mut staged: HashMap<usize, io::Result<()>> = HashMap::default();
+    let mut written: HashMap<String, observation::Written> = HashMap::default();
     for (i, a) in plan.actions.iter().enumerate() {
         let staging = match a {
             EtcAction::Copy { rel, source, perms } => {
-                sources.read(Path::new(source)).and_then(|(b, _, _)| {
+                sources.read(Path::new(source)).and_then(|(b, canon, st)| {
                     let (d, n) = dirs.parent(rel, true)?;
-                    rootfs::write_tmp(d, &rootfs::tmp_name(&n), &b, *perms, false)
+                    rootfs::write_tmp(d, &rootfs::tmp_name(&n), &b, *perms, false)?;
+                    let source = observation::Written {
+                        canon: canon.to_string_lossy().into_owned(),
+                        stamp: cache::Stamp::of(&st),
+                        bytes: b,
+                    };
+                    written.insert(rel.clone(), source);
+                    Ok(())
                 })
             }
             EtcAction::WriteClean { contents } => dirs.parent(".clean", true).and_then(|(d, n)| {
@@ -1046,7 +1049,13 @@ fn apply_keeping_dirs(
             let _ = rootfs::sync_fs(fd.as_fd());
         }
     }
-    Ok((out, dirs.open))
+    Ok((
+        out,
+        Applied {
+            dirs: dirs.open,
+            written,
+        },
+    ))
 }
 
 /// Owned by whoever runs us (root on a real system) with `mode`: for bookkeeping files.
@@ -1086,7 +1095,7 @@ pub fn setup_etc(
         seen.reads
     );
     let plan = plan_observed(root, tree, &mut seen.state, opts);
-    let (out, open) = apply_keeping_dirs(root, &plan, dry_run)?;
+    let (out, applied) = apply_keeping_dirs(root, &plan, dry_run)?;
     if dry_run {
         return Ok(out);
     }
@@ -1109,8 +1118,9 @@ pub fn setup_etc(
     let reuse = Reuse::Except {
         dirs: &dirs,
         files: &files,
+        written: &applied.written,
     };
-    match observe_with(root, tree, seen.facts, reuse, open) {
+    match observe_with(root, tree, seen.facts, reuse, applied.dirs) {
         Ok(mut again) => {
             let check = plan_observed(root, tree, &mut again.state, opts);
             cache::store(

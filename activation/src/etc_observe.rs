@@ -27,7 +27,17 @@ pub(crate) enum Reuse<'a> {
     Except {
         dirs: &'a HashSet<String>,
         files: &'a HashSet<String>,
+        /// The sources of the copies this run wrote, as it read them then.
+        written: &'a HashMap<String, Written>,
     },
+}
+
+/// A copy's source as [`super::apply`] read it: its in-root path after following links,
+/// its stamp (taken before the read) and its bytes.
+pub(crate) struct Written {
+    pub canon: String,
+    pub stamp: Stamp,
+    pub bytes: Vec<u8>,
 }
 
 /// One observation: the state for the plan, the facts for the cache, and how many
@@ -349,16 +359,29 @@ impl Walk<'_> {
                 }
             }
             self.reads += 1;
+            let written = match self.reuse {
+                Reuse::Except { written, .. } => written.get(&e.rel),
+                Reuse::IfUnchanged => None,
+            };
             let source = Path::new(&tree.path).join(&e.rel);
             let compared = (|| -> io::Result<(bool, String, Stamp)> {
-                let (src, canon, src_st) = sources.read(&source)?;
+                // What this run copied is compared with the source it copied from (read
+                // then, with the stamp taken before): the source need not be read again.
+                let (src, canon, src_stamp) = match written {
+                    Some(w) => (
+                        std::borrow::Cow::Borrowed(&w.bytes),
+                        w.canon.clone(),
+                        w.stamp,
+                    ),
+                    None => {
+                        let (b, canon, st) = sources.read(&source)?;
+                        let canon = canon.to_string_lossy().into_owned();
+                        (std::borrow::Cow::Owned(b), canon, Stamp::of(&st))
+                    }
+                };
                 let same = src.len() as u64 == size
-                    && rootfs::read_at(self.etc, OsStr::new(&e.rel))? == src;
-                Ok((
-                    same,
-                    canon.to_string_lossy().into_owned(),
-                    Stamp::of(&src_st),
-                ))
+                    && rootfs::read_at(self.etc, OsStr::new(&e.rel))? == *src;
+                Ok((same, canon, src_stamp))
             })();
             if let Ok((same, canon, source_stamp)) = compared {
                 // Kept only when a later run can check the source with one `stat`.

@@ -278,9 +278,28 @@ pub fn read_at<Fd: AsFd>(dirfd: Fd, name: &OsStr) -> io::Result<Vec<u8>> {
         OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::empty(),
     )?;
-    let mut file = std::fs::File::from(fd);
-    let mut buf = Vec::new();
-    io::Read::read_to_end(&mut file, &mut buf)?;
+    let size = rfs::fstat(&fd)?.st_size;
+    read_fd(&fd, usize::try_from(size).unwrap_or(0))
+}
+
+/// Read `fd` to its end, expecting about `size` bytes: one read for the whole file and one
+/// to see the end, where the standard library's `read_to_end` also asks for the size and
+/// the position first.
+pub fn read_fd<Fd: AsFd>(fd: Fd, size: usize) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; size.saturating_add(1)];
+    let mut n = 0;
+    loop {
+        if n == buf.len() {
+            buf.resize(n * 2 + 64, 0);
+        }
+        match rustix::io::read(&fd, &mut buf[n..]) {
+            Ok(0) => break,
+            Ok(got) => n += got,
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    buf.truncate(n);
     Ok(buf)
 }
 
