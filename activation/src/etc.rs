@@ -1083,13 +1083,7 @@ pub fn setup_etc(
         log::debug!("/etc is as the last activation left it (checked against its cache)");
         return Ok(EtcOutcome::default());
     }
-    let mut seen = observe_with(
-        root,
-        tree,
-        cache.facts(),
-        Reuse::IfUnchanged,
-        HashMap::default(),
-    )?;
+    let mut seen = observe_with(root, tree, cache.facts(), Reuse::IfUnchanged, no_dirs())?;
     log::debug!(
         "/etc observed: {} directories and files read, the rest from the cache",
         seen.reads
@@ -1133,6 +1127,11 @@ pub fn setup_etc(
         Err(e) => log::debug!("etc cache not updated: {e}"),
     }
     Ok(out)
+}
+
+/// No directory descriptors to read through ([`observe_with`]).
+fn no_dirs() -> HashMap<String, OwnedFd> {
+    HashMap::default()
 }
 
 /// The directories (relative to `/etc`) whose entries `plan` changes, and the files whose
@@ -1189,13 +1188,7 @@ pub struct Preview {
 
 pub fn preview(root: &Root, tree: &EtcTree, opts: EtcOptions) -> Result<Preview, EtcError> {
     let cache = cache::read(root);
-    let mut seen = observe_with(
-        root,
-        tree,
-        cache.facts(),
-        Reuse::IfUnchanged,
-        HashMap::default(),
-    )?;
+    let mut seen = observe_with(root, tree, cache.facts(), Reuse::IfUnchanged, no_dirs())?;
     Ok(Preview {
         quiet: cache.is_quiet(root, tree, cache::input_key(tree, opts)),
         reads: seen.reads,

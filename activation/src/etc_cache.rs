@@ -179,70 +179,13 @@ pub fn wait_past(t: Time) {
     }
 }
 
-/// One directory entry, as much as the plan needs of it.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-pub enum Entry {
-    Dir,
-    Link(Vec<u8>),
-    File {
-        mode: u32,
-        uid: u32,
-        gid: u32,
-        size: u64,
-    },
-    Other,
-}
-
-impl Entry {
-    pub fn node(&self) -> Node {
-        match self {
-            Entry::Dir => Node::Dir {
-                mode: 0,
-                uid: 0,
-                gid: 0,
-            },
-            Entry::Link(t) => Node::Symlink(t.clone()),
-            Entry::File {
-                mode,
-                uid,
-                gid,
-                size,
-            } => Node::File {
-                mode: *mode,
-                uid: *uid,
-                gid: *gid,
-                size: *size,
-            },
-            Entry::Other => Node::Other,
-        }
-    }
-
-    pub fn of_node(node: Node) -> Entry {
-        match node {
-            Node::Dir { .. } => Entry::Dir,
-            Node::Symlink(t) => Entry::Link(t),
-            Node::File {
-                mode,
-                uid,
-                gid,
-                size,
-            } => Entry::File {
-                mode,
-                uid,
-                gid,
-                size,
-            },
-            Node::Other => Entry::Other,
-        }
-    }
-}
-
 /// A directory's entries (sorted by name, each with its inode number), listed after
-/// `stamp` was taken.
+/// `stamp` was taken. Subdirectories are listed as `Node::Dir` with mode and owner zero
+/// (the walk does not look at them); files with what `stat` said when listed.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct DirFact {
     pub stamp: Stamp,
-    pub entries: Vec<(String, u64, Entry)>,
+    pub entries: Vec<(String, u64, Node)>,
 }
 
 /// Whether the copied file (stamped `dest`) had the bytes of the regular file at the
@@ -627,7 +570,7 @@ mod tests {
                 Held {
                     fact: DirFact {
                         stamp: st,
-                        entries: vec![("x".into(), 7, Entry::Link(b"/etc/static/x".to_vec()))],
+                        entries: vec![("x".into(), 7, Node::Symlink(b"/etc/static/x".to_vec()))],
                     },
                     racy: racy || st.is_racy(clock),
                 },

@@ -10,7 +10,7 @@ use std::path::Path;
 use rustix::fs::{AtFlags, FileType};
 use rustix::io::Errno;
 
-use super::cache::{self, CleanFact, CopyFact, DirFact, Entry, Facts, Held, Stamp, Time};
+use super::cache::{self, CleanFact, CopyFact, DirFact, Facts, Held, Stamp, Time};
 use super::{
     is_safe_rel, uses_owner_names, EntryKind, EtcError, EtcState, EtcTree, InRoot, Install, Owners,
     TreeEntry, STATIC,
@@ -289,10 +289,10 @@ impl Walk<'_> {
         let mut subdirs = Vec::new();
         for (name, _, entry) in &held.fact.entries {
             let path = child(rel, name);
-            if matches!(entry, Entry::Dir) && path != "nixos" {
+            if matches!(entry, Node::Dir { .. }) && path != "nixos" {
                 subdirs.push(path.clone());
             }
-            self.nodes.insert(path, entry.node());
+            self.nodes.insert(path, entry.clone());
         }
         self.facts.dirs.insert(rel.to_owned(), held);
         for sub in subdirs {
@@ -437,6 +437,13 @@ impl Walk<'_> {
     }
 }
 
+/// A subdirectory as listed (its own mode and owner are not looked at).
+const DIR: Node = Node::Dir {
+    mode: 0,
+    uid: 0,
+    gid: 0,
+};
+
 /// List the directory open as `dir` (`rel` under `/etc`). `before` is what this run saw
 /// there before changing it: a link whose name and inode number are unchanged since still
 /// has the target read then (a symlink's target never changes; a link replaced by another,
@@ -456,7 +463,7 @@ fn read_dir(
     let mut known = |name: &str, ino: u64| {
         while before.next_if(|(n, _, _)| n.as_str() < name).is_some() {}
         match before.peek() {
-            Some((n, was, Entry::Link(t))) if n == name && *was == ino => Some(t.clone()),
+            Some((n, was, Node::Symlink(t))) if n == name && *was == ino => Some(t.clone()),
             _ => None,
         }
     };
@@ -469,12 +476,12 @@ fn read_dir(
         let mut ino = ino;
         let entry = match ty {
             FileType::Symlink => match known(&name_str, ino) {
-                Some(t) => Entry::Link(t),
-                None => Entry::Link(
+                Some(t) => Node::Symlink(t),
+                None => Node::Symlink(
                     rustix::fs::readlinkat(dir, name.as_os_str(), Vec::new())?.into_bytes(),
                 ),
             },
-            FileType::Directory => Entry::Dir,
+            FileType::Directory => DIR,
             _ => {
                 let s = match rustix::fs::statat(dir, name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW) {
                     Ok(s) => s,
@@ -482,7 +489,7 @@ fn read_dir(
                     Err(e) => return Err(e.into()),
                 };
                 match FileType::from_raw_mode(s.st_mode) {
-                    FileType::RegularFile => Entry::File {
+                    FileType::RegularFile => Node::File {
                         mode: s.st_mode & 0o7777,
                         uid: s.st_uid,
                         gid: s.st_gid,
@@ -493,11 +500,12 @@ fn read_dir(
                     FileType::Symlink | FileType::Directory => {
                         ino = 0;
                         match rootfs::lstat_at(dir, &name)? {
-                            Some(n) => Entry::of_node(n),
+                            Some(Node::Dir { .. }) => DIR,
+                            Some(n) => n,
                             None => continue,
                         }
                     }
-                    _ => Entry::Other,
+                    _ => Node::Other,
                 }
             }
         };

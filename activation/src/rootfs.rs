@@ -37,7 +37,7 @@ pub struct Root {
 }
 
 /// What `lstat` found at a path, without following a final symlink.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Node {
     Dir {
         mode: u32,
