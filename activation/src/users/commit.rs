@@ -22,7 +22,7 @@ use std::path::Path;
 use rustix::fs::Mode;
 use rustix::io::Errno;
 
-use super::{UsersError, SET};
+use super::{DirCache, UsersError, SET};
 use crate::rootfs::{self, Perms, Root};
 
 pub const JOURNAL: &str = "/etc/.stagehand-users.commit";
@@ -137,8 +137,14 @@ fn sync_all(root: &Root, dirs: &BTreeMap<String, OwnedFd>) -> Result<(), UsersEr
 
 /// Finish or discard a commit that a crash interrupted.
 pub fn recover(root: &Root) -> Result<(), UsersError> {
-    let journal = match root.parent(Path::new(JOURNAL), None) {
-        Ok((etc, name)) => match rootfs::read_at(&etc, &name) {
+    recover_in(&mut DirCache::new(root, None))
+}
+
+/// [`recover`] with directories the caller opened (and goes on using).
+pub(super) fn recover_in(dirs: &mut DirCache) -> Result<(), UsersError> {
+    let root = dirs.root;
+    let journal = match dirs.parent(Path::new(JOURNAL)) {
+        Ok((etc, name)) => match rootfs::read_at(etc, &name) {
             Ok(b) => Some(b),
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => {
@@ -164,9 +170,9 @@ pub fn recover(root: &Root) -> Result<(), UsersError> {
         }
         None => {
             for path in SET {
-                if let Ok((dir, name)) = root.parent(Path::new(path), None) {
+                if let Ok((dir, name)) = dirs.parent(Path::new(path)) {
                     let tmp = rootfs::tmp_name(&name);
-                    if rootfs::unlink_at(&dir, &tmp).is_ok() {
+                    if rootfs::unlink_at(dir, &tmp).is_ok() {
                         log::warn!("discarded an unfinished update of {path}");
                     }
                 }

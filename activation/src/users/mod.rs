@@ -41,7 +41,7 @@ use rustix::io::Errno;
 
 pub use self::plan::plan;
 use crate::crypt;
-use crate::rootfs::{self, Node, Perms, Root};
+use crate::rootfs::{self, Perms, Root};
 pub use spec::{Flavor, GroupSpec, SpecError, UserSpec, UsersSpec};
 
 pub const STATE_DIR: &str = "/var/lib/nixos";
@@ -169,13 +169,6 @@ pub const SET: [&str; 10] = [
     "/var/lib/nixos/auto-subuid-map",
 ];
 
-fn file_perms(root: &Root, path: &Path) -> io::Result<Option<Perms>> {
-    Ok(match root.lstat(path)? {
-        Some(Node::File { mode, uid, gid, .. }) => Some(Perms { mode, uid, gid }),
-        _ => None,
-    })
-}
-
 /// Directory descriptors by in-root path, resolved once per run: the account files share
 /// two directories and the home directories mostly one (`/home`). A directory that cannot
 /// be opened is remembered too, so that a missing `/home` costs one lookup, not one per
@@ -255,14 +248,55 @@ impl<'r> DirCache<'r> {
     }
 }
 
+/// Read the regular file `name` in `dir` without following a final symlink, with its owner
+/// and mode (`None` when it is not a regular file): an open, a `fstat`, reads until the end,
+/// a close — the `fstat` sizes the buffer and stands in for a separate `lstat`.
+fn read_with_perms(dir: &OwnedFd, name: &std::ffi::OsStr) -> io::Result<(Vec<u8>, Option<Perms>)> {
+    let fd = rustix::fs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let st = rustix::fs::fstat(&fd)?;
+    let perms = (rustix::fs::FileType::from_raw_mode(st.st_mode)
+        == rustix::fs::FileType::RegularFile)
+        .then_some(Perms {
+            mode: st.st_mode & 0o7777,
+            uid: st.st_uid,
+            gid: st.st_gid,
+        });
+    // One byte more than the size, so that the first read ends short and the second finds
+    // the end; a file that grew meanwhile is read on.
+    let mut buf = vec![0u8; usize::try_from(st.st_size).unwrap_or(0) + 1];
+    let mut len = 0;
+    loop {
+        if len == buf.len() {
+            buf.resize(buf.len() * 2, 0);
+        }
+        match rustix::io::read(&fd, &mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    buf.truncate(len);
+    Ok((buf, perms))
+}
+
 /// Read what the plan needs from the root.
 pub fn observe(root: &Root, spec: &UsersSpec) -> Result<UsersState, UsersError> {
+    observe_in(&mut DirCache::new(root, None), spec)
+}
+
+fn observe_in(dirs: &mut DirCache, spec: &UsersSpec) -> Result<UsersState, UsersError> {
+    let root = dirs.root;
     let mut st = UsersState {
         euid: rustix::process::geteuid().as_raw(),
         egid: rustix::process::getegid().as_raw(),
         ..UsersState::default()
     };
-    let mut dirs = DirCache::new(root, None);
     for p in SET {
         let path = Path::new(p);
         let read_err = |error| UsersError::Read {
@@ -271,21 +305,18 @@ pub fn observe(root: &Root, spec: &UsersSpec) -> Result<UsersState, UsersError> 
         };
         // The account files are read without following a final symlink: a symlink there is
         // treated as absent and replaced by a real file.
-        let contents = match dirs.parent(path) {
-            Ok((dir, name)) => match rootfs::read_at(dir, &name) {
-                Ok(b) => Some(b),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-                Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => None,
+        let (contents, perms) = match dirs.parent(path) {
+            Ok((dir, name)) => match read_with_perms(dir, &name) {
+                Ok((b, perms)) => (Some(b), perms),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => (None, None),
+                Err(e) if e.raw_os_error() == Some(Errno::LOOP.raw_os_error()) => (None, None),
                 Err(e) => return Err(read_err(e)),
             },
-            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => (None, None),
             Err(e) => return Err(read_err(e)),
         };
-        let perms = if p == "/etc/shadow" {
-            file_perms(root, path).map_err(read_err)?
-        } else {
-            None
-        };
+        // Only the ownership and mode of /etc/shadow matter to the plan.
+        let perms = if p == "/etc/shadow" { perms } else { None };
         st.files.insert(p.to_owned(), FileState { contents, perms });
     }
     for u in &spec.users {
@@ -399,10 +430,14 @@ pub fn update_users(
     dry_run: bool,
 ) -> Result<UsersOutcome, UsersError> {
     let _lock = if dry_run { None } else { Some(lock(root)?) };
+    // One set of directory descriptors for recovery and observation: /etc and
+    // /var/lib/nixos are opened once, not once per file.
+    let mut dirs = DirCache::new(root, None);
     if !dry_run {
-        commit::recover(root)?;
+        commit::recover_in(&mut dirs)?;
     }
-    let state = observe(root, spec)?;
+    let state = observe_in(&mut dirs, spec)?;
+    drop(dirs);
     let mut salt = || crypt::random_salt().map_err(|e| UsersError::Random(e.to_string()));
     let plan = plan(spec, &state, dry_run, &mut salt)?;
     let mut out = UsersOutcome {
