@@ -199,13 +199,40 @@ impl<'a> IdField<'a> {
     }
 }
 
-impl fmt::Display for IdField<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl IdField<'_> {
+    fn push_to(&self, out: &mut String) {
         match self.id {
-            Some(id) => write!(f, "{id}"),
-            None => f.write_str(self.text),
+            Some(id) => push_num(out, id.into()),
+            None => out.push_str(self.text),
         }
     }
+}
+
+/// Append `n` in decimal (what `write!` does, without the formatting machinery, which is
+/// most of the cost of writing a thousand lines).
+fn push_num(out: &mut String, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.push_str(std::str::from_utf8(&buf[i..]).unwrap_or_default());
+}
+
+/// Append `fields` joined by `:` and a newline.
+fn push_line(out: &mut String, fields: &[&str]) {
+    for (i, f) in fields.iter().enumerate() {
+        if i > 0 {
+            out.push(':');
+        }
+        out.push_str(f);
+    }
+    out.push('\n');
 }
 
 /// A group file line, its fields borrowed from the file or the spec.
@@ -295,6 +322,12 @@ fn parse_map<'a>(state: &'a UsersState, path: &str) -> Result<IdMap<'a>, UsersEr
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(IdMap::new());
     }
+    if let Some(entries) = parse_plain_map(bytes) {
+        return Ok(entries
+            .into_iter()
+            .map(|(name, id)| (Cow::Borrowed(name), id))
+            .collect());
+    }
     let bad = |problem: String| UsersError::State {
         path: PathBuf::from(path),
         problem,
@@ -308,6 +341,60 @@ fn parse_map<'a>(state: &'a UsersState, path: &str) -> Result<IdMap<'a>, UsersEr
             MapId::Bad(v) => Err(bad(format!("the id of {name:?} is {v}, not a number"))),
         })
         .collect()
+}
+
+/// The map as we (and Perl's canonical JSON) write it — `{"name":id,...}`, no spaces,
+/// names without escapes and in sorted order, ids as plain numbers or digit strings —
+/// read without the general JSON parser. `None` for anything else (which the general
+/// parser then reads, or refuses with its message), so both read the same map.
+fn parse_plain_map(bytes: &[u8]) -> Option<Vec<(&str, u32)>> {
+    let ws = |b: &u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r');
+    let start = bytes.iter().position(|b| !ws(b))?;
+    let end = bytes.iter().rposition(|b| !ws(b))?;
+    let body = bytes
+        .get(start..=end)?
+        .strip_prefix(b"{")?
+        .strip_suffix(b"}")?;
+    let mut out: Vec<(&str, u32)> = Vec::with_capacity(body.len() / 16);
+    if body.is_empty() {
+        return Some(out);
+    }
+    for entry in body.split(|b| *b == b',') {
+        let entry = entry.strip_prefix(b"\"")?;
+        let close = entry.iter().position(|b| *b == b'"')?;
+        let (name, rest) = entry.split_at(close);
+        if name.iter().any(|b| *b == b'\\' || *b < 0x20) {
+            return None;
+        }
+        let name = std::str::from_utf8(name).ok()?;
+        let value = rest.strip_prefix(b"\":")?;
+        let id: u32 = match value.strip_prefix(b"\"") {
+            // A digit string: the general reader parses its text as a number.
+            Some(quoted) => {
+                let digits = quoted.strip_suffix(b"\"")?;
+                if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+                    return None;
+                }
+                std::str::from_utf8(digits).ok()?.parse().ok()?
+            }
+            // A JSON number: no leading zeros.
+            None => {
+                if value.is_empty()
+                    || !value.iter().all(u8::is_ascii_digit)
+                    || (value.len() > 1 && value[0] == b'0')
+                {
+                    return None;
+                }
+                std::str::from_utf8(value).ok()?.parse().ok()?
+            }
+        };
+        // Sorted and unique, so the map needs no reordering and no duplicate rule.
+        if out.last().is_some_and(|(prev, _)| *prev >= name) {
+            return None;
+        }
+        out.push((name, id));
+    }
+    Some(out)
 }
 
 fn to_json_map(m: &IdMap<'_>) -> String {
@@ -416,7 +503,20 @@ impl<'a, T> Accounts<'a, T> {
 
     /// The names, sorted.
     fn sorted_names(&self) -> Vec<&'a str> {
-        let mut v: Vec<&'a str> = self.index.keys().copied().collect();
+        self.sorted_names_not_in(None::<&Accounts<()>>)
+    }
+
+    /// The names that `other` does not have, sorted (usually none, so nothing to sort).
+    fn sorted_names_not_in<U>(&self, other: Option<&Accounts<U>>) -> Vec<&'a str> {
+        let mut v: Vec<&'a str> = self
+            .index
+            .keys()
+            .copied()
+            .filter(|n| match other {
+                Some(o) => !o.contains(n),
+                None => true,
+            })
+            .collect();
         v.sort_unstable();
         v
     }
@@ -492,9 +592,12 @@ pub fn plan(
         .filter(|l| !l.is_empty())
         .map(fields::<9>)
         .collect();
+    // Current hashes by name, needed only for plaintext `password`s.
     let mut shadow_hash: FastMap<&str, &str> = FastMap::default();
-    for f in &shadow_cur {
-        shadow_hash.insert(f[0], f[1]);
+    if spec.users.iter().any(|u| u.password.is_some()) {
+        for f in &shadow_cur {
+            shadow_hash.insert(f[0], f[1]);
+        }
     }
 
     // Groups.
@@ -557,10 +660,7 @@ pub fn plan(
         );
     }
     let decl_groups_text = groups_out.sorted_names().join(" ");
-    for name in groups_cur.sorted_names() {
-        if groups_out.contains(name) {
-            continue;
-        }
+    for name in groups_cur.sorted_names_not_in(Some(&groups_out)) {
         if !mutable || decl_groups.contains(name) {
             say(
                 &mut p,
@@ -582,11 +682,14 @@ pub fn plan(
     });
     let mut group_text = String::with_capacity(group_file.len() + 64);
     for g in &glines {
-        let _ = writeln!(
-            group_text,
-            "{}:{}:{}:{}",
-            g.name, g.password, g.gid, g.members
-        );
+        group_text.push_str(g.name);
+        group_text.push(':');
+        group_text.push_str(g.password);
+        group_text.push(':');
+        g.gid.push_to(&mut group_text);
+        group_text.push(':');
+        group_text.push_str(&g.members);
+        group_text.push('\n');
     }
 
     // Users.
@@ -733,10 +836,7 @@ pub fn plan(
     }
     let decl_users_text = users_out.sorted_names().join(" ");
     let mut locked: FastSet<&str> = FastSet::default();
-    for name in users_cur.sorted_names() {
-        if users_out.contains(name) {
-            continue;
-        }
+    for name in users_cur.sorted_names_not_in(Some(&users_out)) {
         let Some(cur) = users_cur.get(name) else {
             continue;
         };
@@ -784,11 +884,15 @@ pub fn plan(
     let mut passwd_text = String::with_capacity(passwd_file.len() + 64);
     for o in &ulines {
         let l = &o.line;
-        let _ = writeln!(
-            passwd_text,
-            "{}:{}:{}:{}:{}:{}:{}",
-            l.name, l.password, l.uid, l.gid, l.description, l.home, l.shell
-        );
+        passwd_text.push_str(l.name);
+        passwd_text.push(':');
+        passwd_text.push_str(l.password);
+        passwd_text.push(':');
+        l.uid.push_to(&mut passwd_text);
+        passwd_text.push(':');
+        l.gid.push_to(&mut passwd_text);
+        passwd_text.push(':');
+        push_line(&mut passwd_text, &[l.description, l.home, l.shell]);
     }
 
     // Shadow: existing lines keep their order and fields; new accounts are appended.
@@ -808,22 +912,29 @@ pub fn plan(
         if locked.contains(f[0]) && !hash.starts_with('!') {
             hash = Cow::Owned(format!("!*{hash}"));
         }
-        let _ = write!(shadow_text, "{}:{hash}", f[0]);
-        for field in &f[2..7] {
-            shadow_text.push(':');
-            shadow_text.push_str(field);
+        match o.expires {
+            Some(days) => {
+                let days = days.to_string();
+                push_line(
+                    &mut shadow_text,
+                    &[f[0], &hash, f[2], f[3], f[4], f[5], f[6], &days, f[8]],
+                );
+            }
+            None => push_line(
+                &mut shadow_text,
+                &[f[0], &hash, f[2], f[3], f[4], f[5], f[6], f[7], f[8]],
+            ),
         }
-        let _ = match o.expires {
-            Some(days) => writeln!(shadow_text, ":{days}:{}", f[8]),
-            None => writeln!(shadow_text, ":{}:{}", f[7], f[8]),
-        };
     }
     for o in &ulines {
         if seen.contains(o.line.name) {
             continue;
         }
         let hash = o.hashed.as_deref().unwrap_or("!");
-        let _ = write!(shadow_text, "{}:{hash}:1:::::", o.line.name);
+        shadow_text.push_str(o.line.name);
+        shadow_text.push(':');
+        shadow_text.push_str(hash);
+        shadow_text.push_str(":1:::::");
         if let Some(days) = o.expires {
             let _ = write!(shadow_text, "{days}");
         }
@@ -1000,4 +1111,57 @@ fn alloc_uid(
         }
     }
     uids.alloc(min, max, up, "UIDs")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::users::FileState;
+
+    fn map_of(text: &str) -> Result<Vec<(String, u32)>, String> {
+        let mut st = UsersState::default();
+        st.files.insert(
+            "/m".into(),
+            FileState {
+                contents: Some(text.as_bytes().to_vec()),
+                perms: None,
+            },
+        );
+        parse_map(&st, "/m")
+            .map(|m| m.into_iter().map(|(k, v)| (k.into_owned(), v)).collect())
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn plain_maps_take_the_short_reader_and_others_read_the_same() {
+        let canonical = "{\"a\":1,\"b\":\"2\",\"c\":30000}\n";
+        assert_eq!(
+            parse_plain_map(canonical.as_bytes()),
+            Some(vec![("a", 1), ("b", 2), ("c", 30000)])
+        );
+        assert_eq!(parse_plain_map(b"{}"), Some(vec![]));
+        let want = map_of(canonical).expect("map");
+        // Whatever the short reader declines, the JSON parser reads to the same map.
+        for other in [
+            "{ \"a\": 1, \"b\": \"2\", \"c\": 30000 }",
+            "{\"c\":30000,\"a\":1,\"b\":\"2\"}",
+            "{\"\\u0061\":1,\"b\":2,\"c\":30000}",
+            "{\"a\":1,\"b\":\"+2\",\"c\":30000}",
+            "{\"a\":1,\"b\":2,\"c\":30000,\"a\":1}",
+        ] {
+            assert_eq!(parse_plain_map(other.as_bytes()), None, "{other}");
+            assert_eq!(map_of(other).expect(other), want, "{other}");
+        }
+        // Refused by both: the general parser's message names the entry.
+        for bad in [
+            "{\"a\":01}",
+            "{\"a\":1.5}",
+            "{\"a\":-1}",
+            "{\"a\":4294967296}",
+            "{\"a\":\"x\"}",
+        ] {
+            assert_eq!(parse_plain_map(bad.as_bytes()), None, "{bad}");
+            assert!(map_of(bad).is_err(), "{bad}");
+        }
+    }
 }
