@@ -164,6 +164,7 @@ pub fn activate(
         plan: &plan,
         dry,
         action: opts.action,
+        etc_recheck: std::cell::RefCell::new(None),
     };
     log::info!(
         "activating {} ({}{})",
@@ -183,6 +184,14 @@ pub fn activate(
             outcome,
             messages,
         });
+    }
+    if let (Some(recheck), Some(tree)) = (ctx.etc_recheck.take(), &plan.etc) {
+        let t = Instant::now();
+        recheck.finish(&root, tree);
+        log::debug!(
+            "/etc read back for the next run in {} µs",
+            t.elapsed().as_micros()
+        );
     }
     if !dry {
         let t = Instant::now();
@@ -240,6 +249,9 @@ struct Ctx<'a> {
     plan: &'a Plan,
     dry: bool,
     action: Action,
+    /// Left by the etc step when it changed `/etc`: done after the other steps, by when
+    /// the clock tick it has to wait for has passed ([`etc::Recheck`]).
+    etc_recheck: std::cell::RefCell<Option<etc::Recheck>>,
 }
 
 type StepResult = (Outcome, Vec<String>);
@@ -320,7 +332,12 @@ impl Ctx<'_> {
         let opts = etc::EtcOptions {
             skip_resolv_conf: std::env::var_os("IN_NIXOS_ENTER").is_some(),
         };
-        match etc::setup_etc(self.root, tree, opts, self.dry) {
+        let done =
+            etc::setup_etc_deferred(self.root, tree, opts, self.dry).map(|(out, recheck)| {
+                *self.etc_recheck.borrow_mut() = recheck;
+                out
+            });
+        match done {
             Ok(out) if out.issues.is_empty() => (changed(out.changed > 0), Vec::new()),
             Ok(out) => {
                 let msgs: Vec<String> = out.issues.iter().map(ToString::to_string).collect();

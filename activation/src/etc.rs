@@ -1077,11 +1077,75 @@ pub fn setup_etc(
     opts: EtcOptions,
     dry_run: bool,
 ) -> Result<EtcOutcome, EtcError> {
+    let (out, recheck) = setup_etc_deferred(root, tree, opts, dry_run)?;
+    if let Some(r) = recheck {
+        r.finish(root, tree);
+    }
+    Ok(out)
+}
+
+/// What is left of a run that changed `/etc`: reading back what it changed and remembering
+/// it for the next run. That has to wait until the coarse clock has passed the last change
+/// (so that the new stamps are not racy: see [`cache`]), so an activation does it after its
+/// other steps, when that time has passed anyway.
+pub struct Recheck {
+    facts: cache::Facts,
+    dirs: HashSet<String>,
+    files: HashSet<String>,
+    applied: Applied,
+    key: u64,
+    opts: EtcOptions,
+    old: Option<Vec<u8>>,
+    changed_at: cache::Time,
+}
+
+impl Recheck {
+    /// Read back what the run changed (the rest of what it saw before stays true of the
+    /// stamps it was seen with) and keep it. If the state read back needs nothing more (as
+    /// it should, unless someone changed /etc meanwhile), the next run may stop early.
+    pub fn finish(self, root: &Root, tree: &EtcTree) {
+        cache::wait_past(self.changed_at);
+        let reuse = Reuse::Except {
+            dirs: &self.dirs,
+            files: &self.files,
+            written: &self.applied.written,
+        };
+        match observe_with(root, tree, self.facts, reuse, self.applied.dirs) {
+            Ok(mut again) => {
+                let check = plan_observed(root, tree, &mut again.state, self.opts);
+                let quiet = quiet_if_empty(tree, self.key, &again.facts, &check);
+                cache::store(root, &again.facts, quiet, self.old.as_deref());
+            }
+            Err(e) => log::debug!("etc cache not updated: {e}"),
+        }
+    }
+}
+
+/// The [`cache::Quiet`] record for facts whose plan is `plan`, when that is empty.
+fn quiet_if_empty(
+    tree: &EtcTree,
+    key: u64,
+    facts: &cache::Facts,
+    plan: &EtcPlan,
+) -> Option<cache::Quiet> {
+    (plan.actions.is_empty() && plan.issues.is_empty())
+        .then(|| cache::quiet(tree, key, facts))
+        .flatten()
+}
+
+/// [`setup_etc`] up to the point where only [`Recheck::finish`] is left (`None` when the
+/// run changed nothing, or in a dry run).
+pub fn setup_etc_deferred(
+    root: &Root,
+    tree: &EtcTree,
+    opts: EtcOptions,
+    dry_run: bool,
+) -> Result<(EtcOutcome, Option<Recheck>), EtcError> {
     let cache = cache::read(root);
     let key = cache::input_key(tree, opts);
     if cache.is_quiet(root, tree, key) {
         log::debug!("/etc is as the last activation left it (checked against its cache)");
-        return Ok(EtcOutcome::default());
+        return Ok((EtcOutcome::default(), None));
     }
     let mut seen = observe_with(root, tree, cache.facts(), Reuse::IfUnchanged, no_dirs())?;
     log::debug!(
@@ -1091,42 +1155,26 @@ pub fn setup_etc(
     let plan = plan_observed(root, tree, &mut seen.state, opts);
     let (out, applied) = apply_keeping_dirs(root, &plan, dry_run)?;
     if dry_run {
-        return Ok(out);
+        return Ok((out, None));
     }
-    let quiet_if_empty = |seen: &observation::Seen, plan: &EtcPlan| {
-        (plan.actions.is_empty() && plan.issues.is_empty())
-            .then(|| cache::quiet(tree, key, &seen.facts))
-            .flatten()
-    };
     if plan.actions.is_empty() {
-        let quiet = quiet_if_empty(&seen, &plan);
+        let quiet = quiet_if_empty(tree, key, &seen.facts, &plan);
         cache::store(root, &seen.facts, quiet, cache.raw());
-        return Ok(out);
+        return Ok((out, None));
     }
-    // What this run changed is read again — once the coarse clock has passed our last
-    // change, so that the new stamps are not racy. The rest of what was seen before stays
-    // true of the stamps it was seen with. If the state read back needs nothing more (as it
-    // should, unless someone changed /etc meanwhile), the next run may stop early.
-    cache::wait_past(cache::precise_now());
+    let changed_at = cache::precise_now();
     let (dirs, files) = touched(&plan);
-    let reuse = Reuse::Except {
-        dirs: &dirs,
-        files: &files,
-        written: &applied.written,
+    let recheck = Recheck {
+        facts: seen.facts,
+        dirs,
+        files,
+        applied,
+        key,
+        opts,
+        old: cache.into_raw(),
+        changed_at,
     };
-    match observe_with(root, tree, seen.facts, reuse, applied.dirs) {
-        Ok(mut again) => {
-            let check = plan_observed(root, tree, &mut again.state, opts);
-            cache::store(
-                root,
-                &again.facts,
-                quiet_if_empty(&again, &check),
-                cache.raw(),
-            );
-        }
-        Err(e) => log::debug!("etc cache not updated: {e}"),
-    }
-    Ok(out)
+    Ok((out, Some(recheck)))
 }
 
 /// No directory descriptors to read through ([`observe_with`]).

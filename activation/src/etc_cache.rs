@@ -374,6 +374,10 @@ impl Cache {
         self.raw.as_deref()
     }
 
+    pub fn into_raw(self) -> Option<Vec<u8>> {
+        self.raw
+    }
+
     /// The remembered facts (none when the cache is unusable).
     pub fn facts(&self) -> Facts {
         fn held<T>(fact: T) -> Held<T> {

@@ -4,9 +4,8 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use common::FakeRoot;
 use stagehand_activation::etc::{self, cache, EtcOptions, EtcTree};
@@ -82,39 +81,13 @@ fn setup() -> (FakeRoot, String, EtcTree) {
     (r, tree, t)
 }
 
-/// Every path under the root with its inode, ctime and mtime: any write shows.
-fn stamps(dir: &Path) -> BTreeMap<PathBuf, (u64, i64, i64, i64, i64)> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).expect("read_dir") {
-            let p = e.expect("entry").path();
-            let m = std::fs::symlink_metadata(&p).expect("lstat");
-            out.insert(
-                p.clone(),
-                (
-                    m.ino(),
-                    m.ctime(),
-                    m.ctime_nsec(),
-                    m.mtime(),
-                    m.mtime_nsec(),
-                ),
-            );
-            if m.is_dir() {
-                stack.push(p);
-            }
-        }
-    }
-    out
-}
-
 #[test]
 fn no_change_run_takes_the_fast_path_and_writes_nothing() {
     let (r, _, t) = setup();
-    let before = stamps(r.path());
+    let before = r.stamps();
     let out = run(&r, &t);
     assert_eq!(out.changed, 0);
-    assert_eq!(stamps(r.path()), before, "a no-change run wrote something");
+    assert_eq!(r.stamps(), before, "a no-change run wrote something");
     assert!(fast(&r, &t));
 }
 

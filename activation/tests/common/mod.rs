@@ -2,6 +2,7 @@
 //! textual snapshot of a directory tree.
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -61,6 +62,32 @@ impl FakeRoot {
             }
         }
         tree
+    }
+
+    /// Every path under the root with its inode, ctime and mtime: any write shows.
+    pub fn stamps(&self) -> BTreeMap<PathBuf, (u64, i64, i64, i64, i64)> {
+        let mut out = BTreeMap::new();
+        let mut stack = vec![self.path().to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).expect("read_dir") {
+                let p = e.expect("entry").path();
+                let m = std::fs::symlink_metadata(&p).expect("lstat");
+                out.insert(
+                    p.clone(),
+                    (
+                        m.ino(),
+                        m.ctime(),
+                        m.ctime_nsec(),
+                        m.mtime(),
+                        m.mtime_nsec(),
+                    ),
+                );
+                if m.is_dir() {
+                    stack.push(p);
+                }
+            }
+        }
+        out
     }
 
     /// Every path under `dir` (in-root), one per line: `path L target`, `path D`,
