@@ -266,22 +266,7 @@ fn read_with_perms(dir: &OwnedFd, name: &std::ffi::OsStr) -> io::Result<(Vec<u8>
             uid: st.st_uid,
             gid: st.st_gid,
         });
-    // One byte more than the size, so that the first read ends short and the second finds
-    // the end; a file that grew meanwhile is read on.
-    let mut buf = vec![0u8; usize::try_from(st.st_size).unwrap_or(0) + 1];
-    let mut len = 0;
-    loop {
-        if len == buf.len() {
-            buf.resize(buf.len() * 2, 0);
-        }
-        match rustix::io::read(&fd, &mut buf[len..]) {
-            Ok(0) => break,
-            Ok(n) => len += n,
-            Err(Errno::INTR) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    buf.truncate(len);
+    let buf = rootfs::read_fd(&fd, usize::try_from(st.st_size).unwrap_or(0))?;
     Ok((buf, perms))
 }
 
