@@ -283,9 +283,11 @@ impl UsersSpec {
             path: path.to_path_buf(),
             error,
         };
-        // Which schema: a first pass that only looks for the key (skipping everything else
-        // without building it), then one typed pass — cheaper than building a whole
-        // `serde_json::Value` tree and converting it.
+        // Which schema: NixOS's is tried first, in one typed pass. Only when that fails does
+        // a second pass look for the key (skipping everything else without building it),
+        // to tell which error to report — the probe's own (a syntax error), NixOS's (the key
+        // is there), or none (userborn's schema, parsed next). This picks the same schema
+        // and error as probing first, since NixOS's schema requires the key.
         /// Whether the key is there at all (even as `null`, which the typed pass refuses).
         #[derive(Default)]
         struct Present(bool);
@@ -299,13 +301,16 @@ impl UsersSpec {
             #[serde(rename = "mutableUsers", default)]
             mutable_users: Present,
         }
-        let probe: Probe = serde_json::from_slice(bytes).map_err(json)?;
-        let spec = if probe.mutable_users.0 {
-            let p: PerlSpec = serde_json::from_slice(bytes).map_err(json)?;
-            Self::from_perl(path, p)?
-        } else {
-            let u: UbSpec = serde_json::from_slice(bytes).map_err(json)?;
-            Self::from_userborn(u)
+        let spec = match serde_json::from_slice::<PerlSpec>(bytes) {
+            Ok(p) => Self::from_perl(path, p)?,
+            Err(perl_error) => {
+                let probe: Probe = serde_json::from_slice(bytes).map_err(json)?;
+                if probe.mutable_users.0 {
+                    return Err(json(perl_error));
+                }
+                let u: UbSpec = serde_json::from_slice(bytes).map_err(json)?;
+                Self::from_userborn(u)
+            }
         };
         spec.validate(path)?;
         Ok(spec)
@@ -584,6 +589,31 @@ impl<'a> Identities<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn error_of(json: &str) -> String {
+        match UsersSpec::from_json(Path::new("/u.json"), json.as_bytes()) {
+            Ok(_) => "parsed".into(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn the_schema_and_the_error_reported() {
+        // A syntax error is reported as such, even after a field of the wrong type.
+        let e = error_of(r#"{"mutableUsers": true, "users": [{"name": 5}], "groups": ["#);
+        assert!(e.contains("EOF while parsing"), "{e}");
+        // NixOS's schema (the key is there, even as null): its own type errors.
+        let e = error_of(r#"{"mutableUsers": true, "users": [{"name": 5}]}"#);
+        assert!(e.contains("invalid type: integer `5`"), "{e}");
+        let e = error_of(r#"{"mutableUsers": null, "users": []}"#);
+        assert!(e.contains("invalid type: null, expected a boolean"), "{e}");
+        // Without the key: userborn's schema.
+        let spec = UsersSpec::from_json(Path::new("/u.json"), br#"{"users": [{"name": "a"}]}"#)
+            .expect("userborn spec");
+        assert_eq!(spec.flavor, Flavor::Userborn);
+        let e = error_of(r#"{"users": [{"name": 5}]}"#);
+        assert!(e.contains("invalid type: integer `5`"), "{e}");
+    }
 
     #[test]
     fn dates() {
