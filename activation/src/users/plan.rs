@@ -7,6 +7,7 @@
 //! quadratic before). The rules themselves are described in [`crate::users`].
 
 use std::borrow::Cow;
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::{self, Write as _};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -472,6 +473,8 @@ impl<'de> serde::Deserialize<'de> for MapId {
 /// entry of the same name, as a map insert would).
 struct Accounts<'a, T> {
     list: Vec<T>,
+    /// The names in the order they were first added (the spec's, usually sorted already).
+    names: Vec<&'a str>,
     index: FastMap<&'a str, usize>,
 }
 
@@ -479,16 +482,18 @@ impl<'a, T> Accounts<'a, T> {
     fn with_capacity(n: usize) -> Self {
         Accounts {
             list: Vec::with_capacity(n),
+            names: Vec::with_capacity(n),
             index: FastMap::with_capacity_and_hasher(n, BuildHasherDefault::default()),
         }
     }
 
     fn insert(&mut self, name: &'a str, v: T) {
-        match self.index.get(name) {
-            Some(&i) => self.list[i] = v,
-            None => {
-                self.index.insert(name, self.list.len());
+        match self.index.entry(name) {
+            Entry::Occupied(e) => self.list[*e.get()] = v,
+            Entry::Vacant(e) => {
+                e.insert(self.list.len());
                 self.list.push(v);
+                self.names.push(name);
             }
         }
     }
@@ -503,19 +508,18 @@ impl<'a, T> Accounts<'a, T> {
 
     /// The names, sorted.
     fn sorted_names(&self) -> Vec<&'a str> {
-        self.sorted_names_not_in(None::<&Accounts<()>>)
+        let mut v = self.names.clone();
+        v.sort_unstable();
+        v
     }
 
     /// The names that `other` does not have, sorted (usually none, so nothing to sort).
-    fn sorted_names_not_in<U>(&self, other: Option<&Accounts<U>>) -> Vec<&'a str> {
+    fn sorted_names_not_in<U>(&self, other: &Accounts<U>) -> Vec<&'a str> {
         let mut v: Vec<&'a str> = self
-            .index
-            .keys()
+            .names
+            .iter()
             .copied()
-            .filter(|n| match other {
-                Some(o) => !o.contains(n),
-                None => true,
-            })
+            .filter(|n| !other.contains(n))
             .collect();
         v.sort_unstable();
         v
@@ -660,7 +664,7 @@ pub fn plan(
         );
     }
     let decl_groups_text = groups_out.sorted_names().join(" ");
-    for name in groups_cur.sorted_names_not_in(Some(&groups_out)) {
+    for name in groups_cur.sorted_names_not_in(&groups_out) {
         if !mutable || decl_groups.contains(name) {
             say(
                 &mut p,
@@ -836,7 +840,7 @@ pub fn plan(
     }
     let decl_users_text = users_out.sorted_names().join(" ");
     let mut locked: FastSet<&str> = FastSet::default();
-    for name in users_cur.sorted_names_not_in(Some(&users_out)) {
+    for name in users_cur.sorted_names_not_in(&users_out) {
         let Some(cur) = users_cur.get(name) else {
             continue;
         };
