@@ -14,9 +14,7 @@
 //! and temporary files without a journal — a crash before the commit point — are deleted.
 //! A boot therefore sees the old set or the new set, never a mix.
 
-use std::collections::BTreeMap;
 use std::io;
-use std::os::fd::OwnedFd;
 use std::path::Path;
 
 use rustix::fs::Mode;
@@ -53,64 +51,55 @@ pub fn commit(
     if writes.is_empty() {
         return Ok(());
     }
-    let mut dirs: BTreeMap<String, OwnedFd> = BTreeMap::new();
+    // The directories are opened once for the whole set (missing ones made 0755).
+    let mut dirs = DirCache::new(root, Some(Mode::from_raw_mode(0o755)));
     for (path, contents, perms) in writes {
-        let (dir, name) = root
-            .parent(Path::new(path), Some(Mode::from_raw_mode(0o755)))
+        let (dir, name) = dirs
+            .parent(Path::new(path))
             .map_err(|e| write_err(root, path, e))?;
-        rootfs::write_tmp(&dir, &rootfs::tmp_name(&name), contents, *perms, false)
+        rootfs::write_tmp(dir, &rootfs::tmp_name(&name), contents, *perms, false)
             .map_err(|e| write_err(root, path, e))?;
-        let parent = Path::new(path)
-            .parent()
-            .map(|p| p.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        dirs.entry(parent).or_insert(dir);
     }
-    sync_all(root, &dirs)?;
+    sync_all(&dirs)?;
     if stop == StopAt::AfterTemps {
         return Ok(());
     }
     let journal: String = writes.iter().map(|(p, _, _)| format!("{p}\n")).collect();
-    let (etc, jname) = root
-        .parent(Path::new(JOURNAL), Some(Mode::from_raw_mode(0o755)))
+    let (etc, jname) = dirs
+        .parent(Path::new(JOURNAL))
         .map_err(|e| write_err(root, JOURNAL, e))?;
     rootfs::atomic_write(
-        &etc,
+        etc,
         &jname,
         journal.as_bytes(),
         crate::etc::own_perms(0o600),
     )
-    .and_then(|()| rootfs::fsync_dir(&etc))
+    .and_then(|()| rootfs::fsync_dir(etc))
     .map_err(|e| write_err(root, JOURNAL, e))?;
     if stop == StopAt::AfterJournal {
         return Ok(());
     }
     let paths: Vec<&str> = writes.iter().map(|(p, _, _)| p.as_str()).collect();
-    roll_forward(root, &paths)
+    roll_forward(&mut dirs, &paths)
 }
 
-fn roll_forward(root: &Root, paths: &[&str]) -> Result<(), UsersError> {
-    let mut dirs: BTreeMap<String, OwnedFd> = BTreeMap::new();
+fn roll_forward(dirs: &mut DirCache, paths: &[&str]) -> Result<(), UsersError> {
+    let root = dirs.root;
     for path in paths {
-        let (dir, name) = root
-            .parent(Path::new(path), None)
+        let (dir, name) = dirs
+            .parent(Path::new(path))
             .map_err(|e| write_err(root, path, e))?;
         let tmp = rootfs::tmp_name(&name);
-        match rustix::fs::renameat(&dir, tmp.as_os_str(), &dir, name.as_os_str()) {
+        match rustix::fs::renameat(dir, tmp.as_os_str(), dir, name.as_os_str()) {
             Ok(()) | Err(Errno::NOENT) => {}
             Err(e) => return Err(write_err(root, path, e.into())),
         }
-        let parent = Path::new(path)
-            .parent()
-            .map(|p| p.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        dirs.entry(parent).or_insert(dir);
     }
-    sync_all(root, &dirs)?;
-    let (etc, jname) = root
-        .parent(Path::new(JOURNAL), None)
+    sync_all(dirs)?;
+    let (etc, jname) = dirs
+        .parent(Path::new(JOURNAL))
         .map_err(|e| write_err(root, JOURNAL, e))?;
-    match rootfs::unlink_at(&etc, &jname) {
+    match rootfs::unlink_at(etc, &jname) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => {
             return Err(write_err(root, JOURNAL, e));
         }
@@ -121,15 +110,16 @@ fn roll_forward(root: &Root, paths: &[&str]) -> Result<(), UsersError> {
     Ok(())
 }
 
-/// `syncfs` once per file system among `dirs`.
-fn sync_all(root: &Root, dirs: &BTreeMap<String, OwnedFd>) -> Result<(), UsersError> {
+/// `syncfs` once per file system among the directories opened so far (those of the files
+/// in the set, and of the journal).
+fn sync_all(dirs: &DirCache) -> Result<(), UsersError> {
     let mut done = Vec::new();
-    for (d, fd) in dirs {
+    for (d, fd) in dirs.opened() {
         let dev = rustix::fs::fstat(fd).map(|s| s.st_dev).ok();
         if dev.is_some() && done.contains(&dev) {
             continue;
         }
-        rootfs::sync_fs(fd).map_err(|e| write_err(root, d, e))?;
+        rootfs::sync_fs(fd).map_err(|e| write_err(dirs.root, &d.to_string_lossy(), e))?;
         done.push(dev);
     }
     Ok(())
@@ -166,7 +156,7 @@ pub(super) fn recover_in(dirs: &mut DirCache) -> Result<(), UsersError> {
                 "completing an interrupted update of the account files ({} files)",
                 paths.len()
             );
-            roll_forward(root, &paths)
+            roll_forward(dirs, &paths)
         }
         None => {
             for path in SET {

@@ -207,6 +207,13 @@ impl<'r> DirCache<'r> {
         }
     }
 
+    /// The directories opened so far, with their in-root paths.
+    fn opened(&self) -> impl Iterator<Item = (&Path, &OwnedFd)> {
+        self.open
+            .iter()
+            .filter_map(|(p, fd)| fd.as_ref().ok().map(|fd| (p.as_path(), fd)))
+    }
+
     /// Owner and mode of the directory `path` (following symlinks inside the root), `None`
     /// when there is none: one `stat` relative to the cached parent in the common case.
     fn dir_perms(&mut self, path: &Path) -> Option<Perms> {
