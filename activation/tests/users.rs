@@ -574,3 +574,38 @@ fn home_directories_behind_symlinks_nested_or_blocked() {
         }
     }
 }
+
+#[test]
+fn a_declared_id_change_is_not_applied_and_says_so() {
+    // update-users-groups.pl keeps the id an account already has and warns; so do we.
+    let r = FakeRoot::new();
+    run(&r, &spec(GEN0));
+    assert!(r.read("/etc/passwd").contains("alice:x:1000:"));
+    let gen1 = GEN0
+        .replace(
+            r#""name": "alice", "uid": null"#,
+            r#""name": "alice", "uid": 1234"#,
+        )
+        .replace(
+            r#""name": "users", "gid": 100"#,
+            r#""name": "users", "gid": 101"#,
+        );
+    let root = Root::open(r.path()).expect("root");
+    let dry = users::update_users(&root, &spec(&gen1), true).expect("dry run");
+    assert!(
+        dry.warnings.iter().any(
+            |w| w == "would not apply UID change of user ‘alice’ (1000 -> 1234) in /etc/passwd"
+        ),
+        "{:?}",
+        dry.warnings
+    );
+    let out = run(&r, &spec(&gen1));
+    for want in [
+        "not applying UID change of user ‘alice’ (1000 -> 1234) in /etc/passwd",
+        "not applying GID change of group ‘users’ (100 -> 101) in /etc/group",
+    ] {
+        assert!(out.warnings.iter().any(|w| w == want), "{:?}", out.warnings);
+    }
+    assert!(r.read("/etc/passwd").contains("alice:x:1000:100:"));
+    assert!(r.read("/etc/group").contains("users:x:100:"));
+}

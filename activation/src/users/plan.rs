@@ -298,6 +298,28 @@ fn parse_passwd(text: &str) -> impl Iterator<Item = PasswdLine<'_>> {
     })
 }
 
+/// NixOS's warning when the spec declares another id than the file has: the file's is kept.
+/// `what` is (the id's name, the account kind, the file).
+fn id_change_kept(
+    dry: bool,
+    what: (&str, &str, &str),
+    name: &str,
+    old: Option<u32>,
+    new: Option<u32>,
+) -> String {
+    let (id, kind, file) = what;
+    let verb = if dry {
+        "would not apply"
+    } else {
+        "not applying"
+    };
+    format!(
+        "{verb} {id} change of {kind} ‘{name}’ ({} -> {}) in {file}",
+        id_text(old),
+        id_text(new)
+    )
+}
+
 fn id_text(id: Option<u32>) -> String {
     id.map(|i| i.to_string()).unwrap_or_default()
 }
@@ -615,16 +637,12 @@ pub fn plan(
             Some(existing) => {
                 let mut gid = g.gid.or(existing.gid.id);
                 if gid != existing.gid.id && existing.gid.id.is_some() {
-                    p.warnings.push(format!(
-                        "{} GID change of group ‘{}’ ({} -> {}) in /etc/group",
-                        if dry {
-                            "would not apply"
-                        } else {
-                            "not applying"
-                        },
-                        g.name,
-                        id_text(existing.gid.id),
-                        id_text(gid)
+                    p.warnings.push(id_change_kept(
+                        dry,
+                        ("GID", "group", "/etc/group"),
+                        &g.name,
+                        existing.gid.id,
+                        gid,
                     ));
                     gid = existing.gid.id;
                 }
@@ -718,16 +736,12 @@ pub fn plan(
             Some(ex) => {
                 let mut uid = u.uid.or(ex.uid.id);
                 if uid != ex.uid.id && ex.uid.id.is_some() {
-                    p.warnings.push(format!(
-                        "{} UID change of user ‘{}’ ({} -> {}) in /etc/passwd",
-                        if dry {
-                            "would not apply"
-                        } else {
-                            "not applying"
-                        },
-                        u.name,
-                        id_text(ex.uid.id),
-                        id_text(uid)
+                    p.warnings.push(id_change_kept(
+                        dry,
+                        ("UID", "user", "/etc/passwd"),
+                        &u.name,
+                        ex.uid.id,
+                        uid,
                     ));
                     uid = ex.uid.id;
                 }
