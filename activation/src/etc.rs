@@ -517,13 +517,13 @@ impl<'r> Dirs<'r> {
         }
         let (parent, name) = rel.rsplit_once('/').unwrap_or(("", rel));
         let parent_fd = self.get(parent, create)?;
-        let opened = match rustix::fs::openat(parent_fd, name, dir_open_flags(), Mode::empty()) {
+        let opened = match rustix::fs::openat(parent_fd, name, rootfs::dir_flags(), Mode::empty()) {
             Err(Errno::NOENT) if create => {
                 match rustix::fs::mkdirat(parent_fd, name, Mode::from_raw_mode(0o755)) {
                     Ok(()) | Err(Errno::EXIST) => {}
                     Err(e) => return Err(e.into()),
                 }
-                rustix::fs::openat(parent_fd, name, dir_open_flags(), Mode::empty())
+                rustix::fs::openat(parent_fd, name, rootfs::dir_flags(), Mode::empty())
             }
             r => r,
         };
@@ -557,11 +557,6 @@ impl<'r> Dirs<'r> {
         let prefix = format!("{rel}/");
         self.open.retain(|k, _| k != rel && !k.starts_with(&prefix));
     }
-}
-
-/// Flags for opening one directory component: never through a symlink.
-fn dir_open_flags() -> OFlags {
-    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC
 }
 
 /// One change to `/etc`. Paths are relative to `/etc`.

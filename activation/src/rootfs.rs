@@ -25,7 +25,8 @@ const MAX_SYMLINKS: usize = 40;
 /// with a dot so that a crash leaves only hidden debris, which the next run removes.
 const TMP_SUFFIX: &str = ".stagehand-tmp";
 
-fn dir_flags() -> OFlags {
+/// Flags for opening one directory component: never through a symlink.
+pub(crate) fn dir_flags() -> OFlags {
     OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC
 }
 
