@@ -507,15 +507,7 @@ fn system_cpio_reads_the_archive() {
         }
     };
     assert!(listing.status.success(), "{listing:?}");
-    let theirs: Vec<String> = String::from_utf8_lossy(&listing.stdout)
-        .lines()
-        .map(str::to_owned)
-        .collect();
-    let ours: Vec<String> = list(&initrd.bytes)
-        .expect("list")
-        .into_iter()
-        .map(|e| e.name)
-        .collect();
+    let (theirs, ours) = listings(&listing.stdout, &initrd.bytes);
     assert_eq!(theirs, ours);
 
     // And cpio can extract it byte-for-byte (skip the device node: no mknod needed).
@@ -777,15 +769,7 @@ fn xz_initrd_reads_back_with_xz_and_cpio() {
             panic!("xz -d | cpio -t failed: {other:?}");
         }
     };
-    let theirs: Vec<String> = String::from_utf8_lossy(&listing.stdout)
-        .lines()
-        .map(str::to_owned)
-        .collect();
-    let ours: Vec<String> = list(&initrd.bytes)
-        .expect("list")
-        .into_iter()
-        .map(|e| e.name)
-        .collect();
+    let (theirs, ours) = listings(&listing.stdout, &initrd.bytes);
     assert!(ours.contains(&"lib/modules/fs.ko".to_string()), "{ours:?}");
     assert_eq!(theirs, ours);
 }
@@ -835,4 +819,19 @@ fn stripped_objects_still_run() {
         .output()
         .expect("run");
     assert!(st.status.success(), "{st:?}");
+}
+
+/// The names `cpio -t` printed (`stdout`) and the names our reader finds in `archive`, both
+/// in archive order, for comparing the two.
+fn listings(stdout: &[u8], archive: &[u8]) -> (Vec<String>, Vec<String>) {
+    let theirs = String::from_utf8_lossy(stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let ours = list(archive)
+        .expect("list")
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    (theirs, ours)
 }
