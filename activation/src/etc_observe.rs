@@ -309,15 +309,13 @@ impl Walk<'_> {
             if !matches!(e.install, Install::Copy { .. }) || !is_safe_rel(&e.rel) {
                 continue;
             }
-            let prior = self.prior.copies.remove(&e.rel).filter(|h| !h.racy);
-            // (A racy fact is looked at again: by now its stamps may be trusted.)
-            let mut prior = prior;
+            // A racy fact is never taken as it is: it is looked at again, and by now its
+            // stamps may be trusted.
+            let mut prior = self.prior.copies.remove(&e.rel).filter(|h| !h.racy);
             if let Reuse::Except { files, .. } = self.reuse {
-                if !files.contains(&e.rel) {
-                    if let Some(h) = prior.take() {
-                        self.facts.copies.insert(e.rel.clone(), h);
-                        continue;
-                    }
+                if let Some(h) = prior.take_if(|_| !files.contains(&e.rel)) {
+                    self.facts.copies.insert(e.rel.clone(), h);
+                    continue;
                 }
             }
             if !matches!(self.nodes.get(&e.rel), Some(Node::File { .. })) {
