@@ -19,8 +19,8 @@ use stagehand_common::mounts::mountinfo;
 use stagehand_common::mounts::special::SPECIAL_FILESYSTEMS;
 
 use crate::manifest::{self, Plan, PlanError};
-use crate::rootfs::{self, Node, Root};
 use crate::{etc, users};
+use stagehand_common::rootfs::{self, Node, Root};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {

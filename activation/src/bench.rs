@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::etc::{self, EtcOptions};
-use crate::rootfs::Root;
 use crate::users::{self, UsersSpec};
+use stagehand_common::rootfs::Root;
 
 /// One generated system size.
 pub struct Size {
@@ -317,7 +317,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
             let root = io(Root::open(r), "root")?;
             // The generated inputs must be on disk before timing starts: the first run's
             // syncfs would otherwise pay for writing them, which a real store never needs.
-            io(crate::rootfs::sync_fs(root.fd()), "sync")?;
+            io(stagehand_common::rootfs::sync_fs(root.fd()), "sync")?;
             let spec_a = UsersSpec::from_json(
                 Path::new("a.json"),
                 make_users(size.users, size.groups, false).as_bytes(),
@@ -330,7 +330,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
             .map_err(|e| e.to_string())?;
 
             users_t.first.push(users_run(&root, &spec_a)?);
-            io(crate::rootfs::sync_fs(root.fd()), "sync")?;
+            io(stagehand_common::rootfs::sync_fs(root.fd()), "sync")?;
             users_t.again.push(users_run(&root, &spec_a)?);
             users_t.changed.push(users_run(&root, &spec_b)?);
 

@@ -46,7 +46,7 @@ use rustix::fs::{FileType, Mode, OFlags};
 use rustix::io::Errno;
 use serde::{Deserialize, Serialize};
 
-use crate::rootfs::{self, Node, Perms, Root};
+use stagehand_common::rootfs::{self, Node, Perms, Root};
 
 /// The static link `setup-etc.pl` maintains, and the prefix that marks a link as ours.
 const STATIC: &str = "/etc/static";

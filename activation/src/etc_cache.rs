@@ -63,7 +63,7 @@ use serde::{Deserialize, Serialize};
 use stagehand_common::envelope::{self, Kind};
 
 use super::{EtcOptions, EtcTree, Install, Owner};
-use crate::rootfs::{self, Node, Root};
+use stagehand_common::rootfs::{self, Node, Root};
 
 /// Where the cache lives: outside `/etc`, so that writing it does not change a stamp it
 /// records.

@@ -15,7 +15,7 @@ use super::{
     is_safe_rel, uses_owner_names, EntryKind, EtcError, EtcState, EtcTree, InRoot, Install, Owners,
     TreeEntry, STATIC,
 };
-use crate::rootfs::{self, Node, Root};
+use stagehand_common::rootfs::{self, Node, Root};
 
 /// Which remembered facts an observation may use without reading again.
 pub(crate) enum Reuse<'a> {

@@ -5,21 +5,16 @@
 //! * [`etc`] — `/etc` with `setup-etc.pl` semantics; [`users`] — accounts with
 //!   `update-users-groups.pl` semantics; [`manifest`] — `activation.json` and the compiled
 //!   `activation.plan`.
-//! * [`rootfs`] — every write goes through it, confined to a root prefix.
+//! * `stagehand_common::rootfs` — every write goes through it, confined to a root prefix.
 //!
 //! Each step is a pure planner over what it observed plus a thin executor; see the modules.
 
 pub mod activate;
 #[doc(hidden)]
 pub mod bench;
-pub mod boot;
-pub mod cli;
 pub mod crypt;
 pub mod etc;
 pub mod manifest;
-pub mod rootfs;
-pub mod switch;
-pub mod units;
 pub mod users;
 
 pub use activate::{

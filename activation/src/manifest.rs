@@ -31,8 +31,8 @@ use serde::{Deserialize, Deserializer, Serialize};
 use stagehand_common::envelope::{self, EnvelopeError, Kind};
 
 use crate::etc::{self, EtcTree};
-use crate::rootfs::Root;
 use crate::users::UsersSpec;
+use stagehand_common::rootfs::Root;
 
 pub const MANIFEST_NAME: &str = "activation.json";
 pub const PLAN_NAME: &str = "activation.plan";
@@ -443,13 +443,13 @@ pub fn compile(root: &Root, toplevel: &Path) -> Result<Plan, PlanError> {
     let bytes = envelope::encode(PLAN_KIND, &plan)
         .map_err(|e| werr(std::io::Error::other(e.to_string())))?;
     let (dir, _, _) = root.dir(top, None).map_err(werr)?;
-    crate::rootfs::atomic_write(
+    stagehand_common::rootfs::atomic_write(
         &dir,
         PLAN_NAME.as_ref(),
         &bytes,
         crate::etc::own_perms(0o444),
     )
-    .and_then(|()| crate::rootfs::fsync_dir(&dir))
+    .and_then(|()| stagehand_common::rootfs::fsync_dir(&dir))
     .map_err(werr)?;
     Ok(plan)
 }

@@ -1,13 +1,11 @@
 //! Whole activations of fake generations on temporary roots.
 
-mod common;
-
 use std::path::Path;
 
-use common::FakeRoot;
 use stagehand_activation::manifest;
-use stagehand_activation::rootfs::Root;
 use stagehand_activation::{activate, Action, ActivateOptions, ActivationError, Outcome};
+use stagehand_common::rootfs::Root;
+use stagehand_testkit::FakeRoot;
 
 fn is_root() -> bool {
     rustix::process::geteuid().is_root()

@@ -1,12 +1,10 @@
 //! `/etc` setup over successive generations, on temporary roots.
 
-mod common;
-
 use std::path::Path;
 
-use common::FakeRoot;
 use stagehand_activation::etc::{self, EtcAction, EtcIssue, EtcOptions, EtcTree, Install};
-use stagehand_activation::rootfs::Root;
+use stagehand_common::rootfs::Root;
+use stagehand_testkit::FakeRoot;
 
 fn is_root() -> bool {
     rustix::process::geteuid().is_root()

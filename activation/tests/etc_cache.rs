@@ -2,14 +2,12 @@
 //! nothing from `/etc` and writes nothing, and every kind of change made since the last run
 //! is read again and repaired.
 
-mod common;
-
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
-use common::FakeRoot;
 use stagehand_activation::etc::{self, cache, EtcOptions, EtcTree};
-use stagehand_activation::rootfs::Root;
+use stagehand_common::rootfs::Root;
+use stagehand_testkit::FakeRoot;
 
 fn me() -> (String, String) {
     (

@@ -1,14 +1,12 @@
 //! Users and groups over successive generations, on temporary roots.
 
-mod common;
-
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
-use common::FakeRoot;
 use stagehand_activation::crypt;
-use stagehand_activation::rootfs::Root;
 use stagehand_activation::users::{self, commit, SpecError, UsersError, UsersSpec};
+use stagehand_common::rootfs::Root;
+use stagehand_testkit::FakeRoot;
 
 fn is_root() -> bool {
     rustix::process::geteuid().is_root()

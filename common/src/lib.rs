@@ -8,6 +8,6 @@ pub mod emergency;
 pub mod envelope;
 pub mod kmsg;
 pub mod mounts;
-pub mod probe;
+pub mod rootfs;
 pub mod stage1_config;
 pub mod timing;

@@ -4,9 +4,9 @@
 //! entry whose file name is its first line.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use stagehand_activation::boot::bls::{self, Entry};
-use stagehand_activation::boot::entry_name::EntryName;
-use stagehand_activation::boot::sdboot::{self, EspState};
+use stagehand_boot::bls::{self, Entry};
+use stagehand_boot::entry_name::EntryName;
+use stagehand_boot::sdboot::{self, EspState};
 
 fuzz_target!(|data: &[u8]| {
     let mut parts = data.split(|b| *b == 0xff);

@@ -2,7 +2,7 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use std::path::Path;
-use stagehand_activation::boot::spec;
+use stagehand_boot::spec;
 
 fuzz_target!(|data: &[u8]| {
     let _ = spec::parse(Path::new("/nix/store/x-system/boot.json"), data);

@@ -3,7 +3,7 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use stagehand_common::cmdline::Cmdline;
-use stagehand_common::probe::DeviceSpec;
+use stagehand_stage1::probe::DeviceSpec;
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);

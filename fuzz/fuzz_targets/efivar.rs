@@ -3,7 +3,7 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use std::path::Path;
-use stagehand_activation::boot::efivars;
+use stagehand_boot::efivars;
 
 fuzz_target!(|data: &[u8]| {
     let path = Path::new("/sys/firmware/efi/efivars/LoaderEntries-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f");

@@ -3,7 +3,7 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use std::io::Cursor;
-use stagehand_common::probe::{self, by_links};
+use stagehand_stage1::probe::{self, by_links};
 
 fuzz_target!(|data: &[u8]| {
     let fs = probe::probe_filesystem(&mut Cursor::new(data)).ok().flatten();

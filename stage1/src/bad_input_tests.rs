@@ -7,8 +7,8 @@
 
 use std::os::unix::fs::{symlink, PermissionsExt};
 
+use crate::probe::DeviceSpec;
 use stagehand_common::cmdline::Cmdline;
-use stagehand_common::probe::DeviceSpec;
 use stagehand_common::stage1_config::{FileSystem, Stage1Config};
 
 use crate::attempts;

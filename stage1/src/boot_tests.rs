@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use crate::probe::DeviceSpec;
 use stagehand_common::cmdline::Cmdline;
-use stagehand_common::probe::DeviceSpec;
 use stagehand_common::stage1_config::{FileSystem, Stage1Config};
 
 use crate::devices::Registry;

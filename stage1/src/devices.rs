@@ -2,7 +2,7 @@
 //!
 //! The kernel lists every block device in `/sys/class/block` and creates its node in
 //! devtmpfs; we probe each new device once (superblock, partition table) with
-//! [`stagehand_common::probe`], create the `/dev/disk/by-*` links udev would have made (so
+//! [`crate::probe`], create the `/dev/disk/by-*` links udev would have made (so
 //! stage 2 and systemd find them), and resolve `LABEL=`/`UUID=`/`PARTUUID=`/`PARTLABEL=`
 //! and `/dev/disk/by-*` specs against what we found.
 //!
@@ -16,9 +16,9 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::probe::{self, DeviceSpec, FsInfo, PartIds};
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::fs::inotify;
-use stagehand_common::probe::{self, DeviceSpec, FsInfo, PartIds};
 
 /// The partition-table identifiers of one partition, owned.
 #[derive(Debug, Clone, PartialEq, Eq)]

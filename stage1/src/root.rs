@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::probe::DeviceSpec;
 use stagehand_common::emergency::{fail, FailurePolicy};
-use stagehand_common::probe::DeviceSpec;
 use stagehand_common::stage1_config::FileSystem;
 use stagehand_common::timing::{monotonic_us, Spans};
 

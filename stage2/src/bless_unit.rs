@@ -17,7 +17,7 @@
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
-use stagehand_activation::rootfs::Root;
+use stagehand_common::rootfs::Root;
 
 pub const UNIT: &str = "stagehand-bless.service";
 pub const UNIT_DIR: &str = "/run/systemd/system";

@@ -13,11 +13,11 @@
 
 use std::path::{Path, PathBuf};
 
-use stagehand_activation::boot::bless::{self, Decision};
-use stagehand_activation::boot::efivars::{self, EfiVars, EFIVARS_DIR};
-use stagehand_activation::boot::esp::BootFs;
-use stagehand_activation::rootfs::Root;
+use stagehand_boot::bless::{self, Decision};
+use stagehand_boot::efivars::{self, EfiVars, EFIVARS_DIR};
+use stagehand_boot::esp::BootFs;
 use stagehand_common::mounts::mountinfo;
+use stagehand_common::rootfs::Root;
 
 use crate::{bless_unit, receipt};
 

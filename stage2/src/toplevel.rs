@@ -7,7 +7,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use stagehand_activation::rootfs::Root;
+use stagehand_common::rootfs::Root;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ToplevelError {

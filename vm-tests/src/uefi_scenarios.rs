@@ -109,7 +109,7 @@ fn check_uefi_host() -> Result<()> {
 /// ESP); its path.
 pub(crate) fn build_stagehand(inputs: &Inputs) -> Result<PathBuf> {
     let ws = &inputs.workspace;
-    ws.build_release(&["-p", "stagehand-activation", "--bin", "stagehand"])?;
+    ws.build_release(&["-p", "stagehand-cli", "--bin", "stagehand"])?;
     ws.release_binary("stagehand")
 }
 

@@ -21,7 +21,7 @@ use rustix::fs::Mode;
 use rustix::io::Errno;
 
 use super::{DirCache, UsersError, SET};
-use crate::rootfs::{self, Perms, Root};
+use stagehand_common::rootfs::{self, Perms, Root};
 
 pub const JOURNAL: &str = "/etc/.stagehand-users.commit";
 

@@ -41,8 +41,8 @@ use rustix::io::Errno;
 
 pub use self::plan::plan;
 use crate::crypt;
-use crate::rootfs::{self, Perms, Root};
 pub use spec::{Flavor, GroupSpec, SpecError, UserSpec, UsersSpec};
+use stagehand_common::rootfs::{self, Perms, Root};
 
 pub const STATE_DIR: &str = "/var/lib/nixos";
 pub const LINGER_DIR: &str = "/var/lib/systemd/linger";

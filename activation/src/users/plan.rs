@@ -17,7 +17,7 @@ use super::{
     Flavor, HomeAction, UserSpec, UsersError, UsersPlan, UsersSpec, UsersState, NOLOGIN, SET,
 };
 use crate::crypt;
-use crate::rootfs::Perms;
+use stagehand_common::rootfs::Perms;
 
 // ---- fast lookups ------------------------------------------------------------------------------
 

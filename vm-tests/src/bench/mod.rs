@@ -40,9 +40,7 @@ pub fn run(boots_each: usize) -> Result<bool> {
     peers::check_tools()?;
     let inputs = Inputs::prepare()?;
     let dir = inputs.scenario_dir("bench")?;
-    inputs
-        .workspace
-        .build_release(&["-p", "stagehand-activation"])?;
+    inputs.workspace.build_release(&["-p", "stagehand-cli"])?;
     let stagehand = inputs.workspace.release_binary("stagehand")?;
 
     eprintln!("bench: building the initrds (ours, dracut, initramfs-tools)");

@@ -1,0 +1,28 @@
+//! Stagehand's boot loader side: generations, boot-loader entries, rollback, boot counting.
+//!
+//! * [`profile`] — the system profile (`/nix/var/nix/profiles/system-N-link`): list, add,
+//!   switch, roll back.
+//! * [`spec`] — the parts of `boot.json` (bootspec v1) that entries need.
+//! * [`gather`] — reads generations and measures their boot files (the only I/O planners see).
+//! * [`sdboot`] / [`extlinux`] — pure planners: generations + partition state → [`plan::FilePlan`].
+//! * [`install`] — `install-bootloader` as one library call (for `switch`/`boot`).
+//! * [`esp`] — the executor: free-space check, temp + fsync + rename, syncfs.
+//! * [`bls`], [`version`], [`entry_name`] — Boot Loader Specification entries, menu order,
+//!   UAPI version comparison, boot-counter file names and tolerant entry IDs.
+//! * [`efivars`] — systemd-boot's loader variables from efivarfs.
+//! * [`bless`] — mark the booted entry good once the system reached boot-complete.
+
+pub mod bless;
+pub mod bls;
+pub mod date;
+pub mod efivars;
+pub mod entry_name;
+pub mod esp;
+pub mod extlinux;
+pub mod gather;
+pub mod install;
+pub mod plan;
+pub mod profile;
+pub mod sdboot;
+pub mod spec;
+pub mod version;

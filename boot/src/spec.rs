@@ -1,0 +1,261 @@
+//! What a generation's `boot.json` (bootspec v1, RFC 0125) tells the boot-loader code.
+//!
+//! Parsing goes through the `bootspec` crate so that we accept exactly what NixOS writes; this
+//! module flattens it into the handful of fields entries need and reads the one extension
+//! that changes entries (`org.nixos.systemd-boot`: `sortKey`, `devicetree`).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use ::bootspec::generation::Generation as AnyGeneration;
+use ::bootspec::v1::GenerationV1;
+use ::bootspec::{BootJson, Extensions};
+
+/// Key of the systemd-boot extension NixOS adds to `boot.json`.
+pub const SYSTEMD_BOOT_EXTENSION: &str = "org.nixos.systemd-boot";
+/// Key of the v1 document inside `boot.json`.
+pub const V1_KEY: &str = "org.nixos.bootspec.v1";
+
+/// One bootable configuration: a generation or one of its specialisations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootSpec {
+    /// `NixOS <codeName> <label> (Linux <modDirVersion>)`.
+    pub label: String,
+    /// Store path of the kernel image.
+    pub kernel: PathBuf,
+    /// Store path of the initrd; absent when the configuration boots without one.
+    pub initrd: Option<PathBuf>,
+    /// Program that appends secrets to a copy of the initrd (`initrdSecrets`).
+    pub initrd_secrets: Option<PathBuf>,
+    pub kernel_params: Vec<String>,
+    /// `<toplevel>/init`: what stage 1 execs, passed as `init=`.
+    pub init: PathBuf,
+    pub toplevel: PathBuf,
+    /// Nix system double, e.g. `x86_64-linux`.
+    pub system: String,
+    /// `org.nixos.systemd-boot.sortKey` (NixOS's default is `nixos`).
+    pub sort_key: Option<String>,
+    /// `org.nixos.systemd-boot.devicetree`: a device tree blob for systemd-boot to load.
+    pub devicetree: Option<PathBuf>,
+    /// Specialisations by name (empty for a specialisation itself: they do not nest).
+    pub specialisations: BTreeMap<String, BootSpec>,
+}
+
+#[derive(Debug)]
+pub enum SpecError {
+    /// The file is not JSON at all.
+    Json {
+        path: PathBuf,
+        error: serde_json::Error,
+    },
+    /// JSON, but no `org.nixos.bootspec.v1` object.
+    NotV1 { path: PathBuf },
+    /// The v1 object or an extension does not have the shape RFC 0125 gives it.
+    Shape { path: PathBuf, detail: String },
+}
+
+impl fmt::Display for SpecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SpecError::Json { path, error } => write!(
+                f,
+                "{}: not valid JSON ({error}); the generation's boot.json is damaged, rebuild it",
+                path.display()
+            ),
+            SpecError::NotV1 { path } => write!(
+                f,
+                "{}: no \"{V1_KEY}\" object; only bootspec v1 is understood (NixOS writes it \
+                 since 23.05)",
+                path.display()
+            ),
+            SpecError::Shape { path, detail } => write!(
+                f,
+                "{}: {detail}; the file does not follow bootspec v1 (RFC 0125)",
+                path.display()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for SpecError {}
+
+/// Parse the bytes of a `boot.json`; `path` is only used in messages.
+pub fn parse(path: &Path, bytes: &[u8]) -> Result<BootSpec, SpecError> {
+    // A first pass as plain JSON tells "not JSON" and "not v1" apart, which the crate's
+    // untagged enum reports only as "did not match any variant".
+    let value: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|error| SpecError::Json {
+            path: path.to_path_buf(),
+            error,
+        })?;
+    if !value.get(V1_KEY).is_some_and(serde_json::Value::is_object) {
+        return Err(SpecError::NotV1 {
+            path: path.to_path_buf(),
+        });
+    }
+    let doc: BootJson = match serde_json::from_value(value.clone()) {
+        Ok(doc) => doc,
+        Err(e) => {
+            // The untagged enum only says "did not match any variant"; decoding v1 directly
+            // names the missing or mistyped key.
+            let detail = match serde_json::from_value::<GenerationV1>(value) {
+                Err(v1) => format!("{v1} (in \"{V1_KEY}\" or a specialisation)"),
+                Ok(_) => e.to_string(),
+            };
+            return Err(SpecError::Shape {
+                path: path.to_path_buf(),
+                detail,
+            });
+        }
+    };
+    let v1 = match doc.generation {
+        AnyGeneration::V1(v1) => v1,
+        // The enum is non-exhaustive; a later crate version may add schemas we do not know.
+        #[allow(unreachable_patterns)]
+        _ => {
+            return Err(SpecError::NotV1 {
+                path: path.to_path_buf(),
+            })
+        }
+    };
+    from_v1(path, &v1, &doc.extensions, true)
+}
+
+fn from_v1(
+    path: &Path,
+    v1: &GenerationV1,
+    extensions: &Extensions,
+    with_specialisations: bool,
+) -> Result<BootSpec, SpecError> {
+    let b = &v1.bootspec;
+    let (sort_key, devicetree) = systemd_boot_extension(path, extensions)?;
+    let mut specialisations = BTreeMap::new();
+    if with_specialisations {
+        for (name, s) in &v1.specialisations {
+            let mut child = from_v1(path, &s.generation, &s.extensions, false)?;
+            // NixOS copies the parent's extensions into each child's document, but a
+            // hand-written child may lack them; entries of one generation should sort together.
+            if child.sort_key.is_none() {
+                child.sort_key.clone_from(&sort_key);
+            }
+            specialisations.insert(name.0.clone(), child);
+        }
+    }
+    Ok(BootSpec {
+        label: b.label.clone(),
+        kernel: b.kernel.clone(),
+        initrd: b.initrd.clone(),
+        initrd_secrets: b.initrd_secrets.clone(),
+        kernel_params: b.kernel_params.clone(),
+        init: b.init.clone(),
+        toplevel: b.toplevel.0.clone(),
+        system: b.system.clone(),
+        sort_key,
+        devicetree,
+        specialisations,
+    })
+}
+
+/// `sortKey` and `devicetree` of the `org.nixos.systemd-boot` extension, when present.
+fn systemd_boot_extension(
+    path: &Path,
+    extensions: &Extensions,
+) -> Result<(Option<String>, Option<PathBuf>), SpecError> {
+    let Some(ext) = extensions.get(SYSTEMD_BOOT_EXTENSION) else {
+        return Ok((None, None));
+    };
+    let field = |key: &str| -> Result<Option<String>, SpecError> {
+        match ext.get(key) {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
+            Some(other) => Err(SpecError::Shape {
+                path: path.to_path_buf(),
+                detail: format!("\"{SYSTEMD_BOOT_EXTENSION}\".{key} must be a string, not {other}"),
+            }),
+        }
+    };
+    Ok((field("sortKey")?, field("devicetree")?.map(PathBuf::from)))
+}
+
+/// Fixtures for tests in this crate and the crates above it.
+#[doc(hidden)]
+pub mod fixture {
+
+    /// A boot.json as NixOS writes it (keys sorted by `jq --sort-keys`).
+    pub fn sample_json(toplevel: &str, label: &str, specs: &[(&str, &str)]) -> String {
+        let v1 = |top: &str, label: &str| {
+            format!(
+                r#""org.nixos.bootspec.v1": {{
+    "init": "{top}/init",
+    "initrd": "/nix/store/iiii-initrd-linux-6.1/initrd",
+    "kernel": "/nix/store/kkkk-linux-6.1/bzImage",
+    "kernelParams": ["console=ttyS0", "loglevel=4"],
+    "label": "{label}",
+    "system": "x86_64-linux",
+    "toplevel": "{top}"
+  }},
+  "org.nixos.systemd-boot": {{ "sortKey": "nixos" }}"#
+            )
+        };
+        let mut s = String::from("{\n  ");
+        s.push_str(&v1(toplevel, label));
+        s.push_str(",\n  \"org.nixos.specialisation.v1\": {");
+        for (i, (name, top)) in specs.iter().enumerate() {
+            if i > 0 {
+                s.push(',');
+            }
+            s.push_str(&format!("\n    \"{name}\": {{ {} }}", v1(top, label)));
+        }
+        s.push_str("\n  }\n}\n");
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixture::sample_json;
+    use super::*;
+
+    #[test]
+    fn parses_nixos_boot_json_with_specialisations() {
+        let json = sample_json(
+            "/nix/store/aaaa-nixos-system-x-26.05",
+            "NixOS 26.05 (Linux 6.1)",
+            &[("debug", "/nix/store/dddd-nixos-system-x-26.05")],
+        );
+        let spec = parse(Path::new("/x/boot.json"), json.as_bytes()).expect("parse");
+        assert_eq!(spec.label, "NixOS 26.05 (Linux 6.1)");
+        assert_eq!(
+            spec.init,
+            PathBuf::from("/nix/store/aaaa-nixos-system-x-26.05/init")
+        );
+        assert_eq!(spec.kernel_params, vec!["console=ttyS0", "loglevel=4"]);
+        assert_eq!(spec.sort_key.as_deref(), Some("nixos"));
+        let debug = spec.specialisations.get("debug").expect("specialisation");
+        assert_eq!(
+            debug.toplevel,
+            PathBuf::from("/nix/store/dddd-nixos-system-x-26.05")
+        );
+        assert!(debug.specialisations.is_empty());
+    }
+
+    #[test]
+    fn errors_name_the_file_and_the_problem() {
+        let p = Path::new("/nix/store/x/boot.json");
+        let e = parse(p, b"{nope").expect_err("not json");
+        assert!(e
+            .to_string()
+            .starts_with("/nix/store/x/boot.json: not valid JSON"));
+        let e = parse(p, b"{\"org.nixos.bootspec.v2\": {}}").expect_err("not v1");
+        assert!(e
+            .to_string()
+            .contains("no \"org.nixos.bootspec.v1\" object"));
+        let e = parse(p, b"{\"org.nixos.bootspec.v1\": {\"label\": 1}}").expect_err("shape");
+        assert!(e.to_string().contains("does not follow bootspec v1"), "{e}");
+        let bad_ext = sample_json("/nix/store/a", "L", &[])
+            .replace("{ \"sortKey\": \"nixos\" }", "{ \"sortKey\": 7 }");
+        let e = parse(p, bad_ext.as_bytes()).expect_err("extension");
+        assert!(e.to_string().contains("sortKey must be a string"), "{e}");
+    }
+}

@@ -1,0 +1,469 @@
+//! The boot subcommands of `stagehand`. The binary hands us its arguments after the command
+//! name; every path option names a path as the target system sees it, inside `--root`.
+
+use std::path::{Path, PathBuf};
+
+use stagehand_common::rootfs::Root;
+
+use stagehand_boot::bless::{self, Decision};
+use stagehand_boot::date;
+use stagehand_boot::entry_name::EntryName;
+use stagehand_boot::esp::{BootFs, Statvfs};
+use stagehand_boot::extlinux::ExtlinuxConfig;
+use stagehand_boot::install::{self, InstallOptions, Loader, DEFAULT_ESP};
+use stagehand_boot::profile::{self, GenerationInfo, Profile};
+use stagehand_boot::sdboot::{self, EntryStatus, EspState, SdBootConfig};
+use std::collections::BTreeMap;
+
+pub const USAGE: &str = "usage:
+  stagehand generations        [--root DIR] [--json]
+  stagehand rollback           [--root DIR]
+  stagehand install-bootloader [--root DIR] [--esp DIR] [--loader systemd-boot|extlinux]
+                               [--timeout SECS] [--limit N] [--tries N | --no-counting]
+                               [--editor] [--console-mode MODE] [--dry-run] [TOPLEVEL]
+  stagehand boot-entries       (same as install-bootloader)
+  stagehand bless              [--root DIR] [--esp DIR] [--efivars DIR] [--dry-run]";
+
+/// Options of the boot subcommands (each uses the ones that apply to it).
+#[derive(Debug, Clone)]
+struct Opts {
+    root: PathBuf,
+    esp: Option<PathBuf>,
+    efivars: PathBuf,
+    loader: Loader,
+    json: bool,
+    dry_run: bool,
+    sd: SdBootConfig,
+    positional: Vec<String>,
+}
+
+fn number<T: std::str::FromStr>(name: &str, v: &str) -> Result<T, String> {
+    v.parse()
+        .map_err(|_| format!("usage: {name} wants a non-negative number, not {v:?}"))
+}
+
+fn parse(args: &[String]) -> Result<Opts, String> {
+    let mut o = Opts {
+        root: PathBuf::from("/"),
+        esp: None,
+        efivars: PathBuf::from(stagehand_boot::efivars::EFIVARS_DIR),
+        loader: Loader::SystemdBoot,
+        json: false,
+        dry_run: false,
+        sd: SdBootConfig::default(),
+        positional: Vec::new(),
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = |name: &str| {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("usage: {name} needs a value"))
+        };
+        match a.as_str() {
+            "--root" => o.root = PathBuf::from(value("--root")?),
+            "--esp" | "--boot" => o.esp = Some(PathBuf::from(value("--esp")?)),
+            "--efivars" => o.efivars = PathBuf::from(value("--efivars")?),
+            "--loader" => {
+                o.loader = match value("--loader")?.as_str() {
+                    "systemd-boot" => Loader::SystemdBoot,
+                    "extlinux" => Loader::Extlinux,
+                    other => {
+                        return Err(format!(
+                            "usage: --loader is systemd-boot or extlinux, not {other:?}"
+                        ))
+                    }
+                }
+            }
+            "--timeout" => o.sd.timeout = Some(number("--timeout", &value("--timeout")?)?),
+            "--limit" => o.sd.configuration_limit = Some(number("--limit", &value("--limit")?)?),
+            "--tries" => {
+                let n: u32 = number("--tries", &value("--tries")?)?;
+                // Zero tries would write entries that are bad from the start.
+                if n == 0 {
+                    return Err("usage: --tries must be at least 1 (or --no-counting)".into());
+                }
+                o.sd.tries = Some(n);
+            }
+            "--no-counting" => o.sd.tries = None,
+            "--editor" => o.sd.editor = true,
+            "--console-mode" => o.sd.console_mode = Some(value("--console-mode")?),
+            "--json" => o.json = true,
+            "--dry-run" => o.dry_run = true,
+            s if s.starts_with("--") => return Err(format!("usage: unknown option {s}")),
+            _ => o.positional.push(a.clone()),
+        }
+    }
+    Ok(o)
+}
+
+fn open_root(root: &Path) -> Result<Root, String> {
+    Root::open(root).map_err(|e| format!("cannot open root {}: {e}", root.display()))
+}
+
+/// Run boot subcommand `cmd` with the arguments that followed it; `Ok` is the exit status.
+/// Errors starting with `usage` are argument mistakes (the binary exits 2 for those).
+pub fn run(cmd: &str, args: &[String]) -> Result<u8, String> {
+    let o = parse(args)?;
+    match cmd {
+        "generations" => {
+            let root = open_root(&o.root)?;
+            let profile = Profile::system(&root);
+            let gens = profile::list(&root, &profile).map_err(|e| e.to_string())?;
+            // The ESP is optional here: without it the listing just has no entry column.
+            let esp_path = o.esp.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_ESP));
+            let esp = BootFs::open(&root, &esp_path)
+                .ok()
+                .and_then(|fs| sdboot::scan(&fs).ok());
+            let text = if o.json {
+                generations_json(&gens, esp.as_ref())
+            } else {
+                generations_table(&gens, esp.as_ref())
+            };
+            print!("{text}");
+            Ok(0)
+        }
+        "rollback" => {
+            let root = open_root(&o.root)?;
+            let profile = Profile::system(&root);
+            let (from, to) = profile.rollback().map_err(|e| e.to_string())?;
+            println!(
+                "{}: generation {from} -> {to}",
+                root.host_path(&profile.path()).display()
+            );
+            Ok(0)
+        }
+        "install-bootloader" | "boot-entries" => install_cmd(&o),
+        "bless" => {
+            let root = open_root(&o.root)?;
+            let esp_path = o.esp.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_ESP));
+            let fs = BootFs::open(&root, &esp_path).map_err(|e| e.to_string())?;
+            let d = bless::bless(&root, &fs, &o.efivars, o.dry_run).map_err(|e| e.to_string())?;
+            let verb = if o.dry_run { "would rename" } else { "renamed" };
+            match d {
+                Decision::Rename { dir, from, to } => {
+                    println!("boot entry marked good: {verb} {dir}/{from} -> {dir}/{to}")
+                }
+                Decision::AlreadyGood { file } => {
+                    println!("boot entry {file} is already good")
+                }
+                Decision::Nothing(why) => println!("nothing to bless: {why}"),
+            }
+            Ok(0)
+        }
+        _ => Err(format!("usage: unknown boot command {cmd:?}")),
+    }
+}
+
+fn install_cmd(o: &Opts) -> Result<u8, String> {
+    let root = open_root(&o.root)?;
+    let opts = InstallOptions {
+        esp: o.esp.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_ESP)),
+        loader: o.loader,
+        systemd_boot: o.sd.clone(),
+        extlinux: ExtlinuxConfig {
+            timeout: o.sd.timeout,
+            configuration_limit: o.sd.configuration_limit,
+            ..ExtlinuxConfig::default()
+        },
+        default: o.positional.first().map(PathBuf::from),
+        dry_run: o.dry_run,
+        efivars: Some(o.efivars.clone()),
+    };
+    let report = install::install(&root, &opts, &Statvfs).map_err(|e| e.to_string())?;
+    for w in &report.plan.warnings {
+        log::warn!("{w}");
+    }
+    if o.dry_run {
+        if !report.menu.is_empty() {
+            println!("menu (as systemd-boot will order it; the first is booted by default):");
+            for m in &report.menu {
+                println!("  {m}");
+            }
+        }
+        print!("{}", report.plan.describe());
+        return Ok(0);
+    }
+    if let Some(done) = &report.applied {
+        log::info!(
+            "boot entries installed in {}: default generation {}, {} bytes needed, {} were free",
+            root.host_path(&opts.esp).display(),
+            report.default_generation,
+            done.needed,
+            done.available
+        );
+    }
+    Ok(0)
+}
+
+/// Per generation: the entry file's state, and whether it is the one booted next.
+fn entry_info(esp: Option<&EspState>) -> (BTreeMap<u64, EntryStatus>, Option<String>) {
+    match esp {
+        Some(e) => (sdboot::entry_statuses(e), sdboot::predicted_boot(e)),
+        None => (BTreeMap::new(), None),
+    }
+}
+
+/// The table `stagehand generations` prints, oldest first like `nix-env --list-generations`.
+pub fn generations_table(gens: &[GenerationInfo], esp: Option<&EspState>) -> String {
+    let (entries, next) = entry_info(esp);
+    let mut out = String::from("GEN   DATE        KERNEL      ENTRY              LABEL\n");
+    for g in gens {
+        let label = match &g.spec {
+            Ok(s) => s.label.clone(),
+            Err(e) => format!("(unreadable: {e})"),
+        };
+        let entry = entries.get(&g.number);
+        let mut marks = Vec::new();
+        if g.current {
+            marks.push("current");
+        }
+        if g.booted {
+            marks.push("booted");
+        }
+        if entry.is_some() && entry.map(|e| &e.file_name) == next.as_ref() {
+            marks.push("boots next");
+        }
+        let marks = if marks.is_empty() {
+            String::new()
+        } else {
+            format!("  ({})", marks.join(", "))
+        };
+        let state = match entry {
+            Some(e) => match EntryName::from_file_name(&e.file_name).and_then(|n| n.counter) {
+                Some(c) => format!("{} {c}", e.state),
+                None => e.state.to_string(),
+            },
+            None => "-".to_string(),
+        };
+        out.push_str(&format!(
+            "{:<5} {}  {:<10}  {state:<17}  {label}{marks}\n",
+            g.number,
+            date::date(g.created),
+            g.kernel_version.as_deref().unwrap_or("?"),
+        ));
+    }
+    out
+}
+
+/// The same as JSON, one object per generation, for scripts and tests.
+pub fn generations_json(gens: &[GenerationInfo], esp: Option<&EspState>) -> String {
+    let (entries, next) = entry_info(esp);
+    let items: Vec<serde_json::Value> = gens
+        .iter()
+        .map(|g| {
+            let entry = entries.get(&g.number);
+            serde_json::json!({
+                "generation": g.number,
+                "date": date::date(g.created),
+                "created": g.created,
+                "toplevel": g.toplevel.to_string_lossy(),
+                "label": g.spec.as_ref().ok().map(|s| s.label.clone()),
+                "error": g.spec.as_ref().err(),
+                "kernel": g.kernel_version,
+                "current": g.current,
+                "booted": g.booted,
+                "entry": entry.map(|e| e.file_name.clone()),
+                "entry_state": entry.map(|e| e.state.to_string()),
+                "boots_next": entry.is_some() && entry.map(|e| &e.file_name) == next.as_ref(),
+            })
+        })
+        .collect();
+    let mut s = serde_json::Value::Array(items).to_string();
+    s.push('\n');
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stagehand_boot::efivars::fixture::{encode, write_var};
+    use stagehand_boot::spec;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    /// A root with two system toplevels sharing a kernel and initrd, and an empty /boot.
+    fn system_root() -> tempfile::TempDir {
+        let t = tempfile::tempdir().expect("tempdir");
+        let r = t.path();
+        for (top, label) in [
+            (
+                "/nix/store/aaaa-nixos-system-a",
+                "NixOS 26.05 A (Linux 6.1.0)",
+            ),
+            (
+                "/nix/store/bbbb-nixos-system-b",
+                "NixOS 26.05 B (Linux 6.1.0)",
+            ),
+        ] {
+            let dir = r.join(top.trim_start_matches('/'));
+            std::fs::create_dir_all(dir.join("kernel-modules/lib/modules/6.1.0")).expect("mkdir");
+            std::fs::write(
+                dir.join("boot.json"),
+                spec::fixture::sample_json(top, label, &[]),
+            )
+            .expect("write");
+            std::fs::write(dir.join("nixos-version"), "26.05\n").expect("write");
+        }
+        std::fs::create_dir_all(r.join("nix/store/kkkk-linux-6.1")).expect("mkdir");
+        std::fs::write(r.join("nix/store/kkkk-linux-6.1/bzImage"), vec![1u8; 4096]).expect("w");
+        std::fs::create_dir_all(r.join("nix/store/iiii-initrd-linux-6.1")).expect("mkdir");
+        std::fs::write(
+            r.join("nix/store/iiii-initrd-linux-6.1/initrd"),
+            vec![2u8; 2048],
+        )
+        .expect("w");
+        std::fs::create_dir_all(r.join("boot")).expect("mkdir");
+        t
+    }
+
+    fn entries(t: &tempfile::TempDir) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(t.path().join("boot/loader/entries"))
+            .expect("ls")
+            .map(|e| e.expect("e").file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn install_bless_rollback_end_to_end() {
+        let t = system_root();
+        let root_arg = t.path().to_string_lossy().into_owned();
+        let root = Root::open(t.path()).expect("root");
+        let profile = Profile::system(&root);
+        profile
+            .set(Path::new("/nix/store/aaaa-nixos-system-a"))
+            .expect("set");
+
+        let install = |extra: &[&str]| {
+            let mut args = s(&["--root", &root_arg]);
+            args.extend(s(extra));
+            run("install-bootloader", &args)
+        };
+        assert_eq!(install(&[]), Ok(0));
+        assert_eq!(entries(&t), ["nixos-generation-1+3.conf"]);
+        let b = t.path().join("boot");
+        assert!(b.join("EFI/nixos/kkkk-linux-6.1-bzImage.efi").is_file());
+        assert!(b
+            .join("EFI/nixos/iiii-initrd-linux-6.1-initrd.efi")
+            .is_file());
+        let conf = std::fs::read_to_string(b.join("loader/loader.conf")).expect("conf");
+        assert!(conf.contains("default nixos-generation-*\n"), "{conf}");
+
+        // The firmware tries generation 1 and the system comes up: bless it.
+        std::fs::rename(
+            b.join("loader/entries/nixos-generation-1+3.conf"),
+            b.join("loader/entries/nixos-generation-1+2-1.conf"),
+        )
+        .expect("firmware rename");
+        let efivars = t.path().join("sys/firmware/efi/efivars");
+        write_var(
+            &efivars,
+            "LoaderBootCountPath",
+            &encode(6, "\\loader\\entries\\nixos-generation-1+2-1.conf"),
+        );
+        assert_eq!(run("bless", &s(&["--root", &root_arg])), Ok(0));
+        assert_eq!(entries(&t), ["nixos-generation-1.conf"]);
+
+        // A second generation: new entry counted, the blessed one stays good.
+        profile
+            .set(Path::new("/nix/store/bbbb-nixos-system-b"))
+            .expect("set");
+        assert_eq!(install(&["--tries", "2"]), Ok(0));
+        assert_eq!(
+            entries(&t),
+            ["nixos-generation-1.conf", "nixos-generation-2+2.conf"]
+        );
+        let e2 = std::fs::read_to_string(b.join("loader/entries/nixos-generation-2+2.conf"))
+            .expect("read");
+        assert!(e2.contains("\nsort-key nixos\n"), "{e2}");
+        assert!(
+            e2.contains("options init=/nix/store/bbbb-nixos-system-b/init "),
+            "{e2}"
+        );
+
+        // Roll back: generation 1 becomes the default entry (sorts first), 2 keeps its counter.
+        assert_eq!(run("rollback", &s(&["--root", &root_arg])), Ok(0));
+        assert_eq!(install(&[]), Ok(0));
+        assert_eq!(
+            entries(&t),
+            ["nixos-generation-1.conf", "nixos-generation-2+2.conf"]
+        );
+        let e1 = std::fs::read_to_string(b.join("loader/entries/nixos-generation-1.conf"))
+            .expect("read");
+        assert!(e1.contains("\nsort-key nixos\n"), "{e1}");
+        let e2 = std::fs::read_to_string(b.join("loader/entries/nixos-generation-2+2.conf"))
+            .expect("read");
+        assert!(e2.contains("\nsort-key nixos-generation-newer\n"), "{e2}");
+
+        // The listing shows each generation's entry and which one boots next.
+        let fs = BootFs::open(&root, Path::new("/boot")).expect("esp");
+        let esp = sdboot::scan(&fs).expect("scan");
+        let gens = profile::list(&root, &profile).expect("list");
+        let table = generations_table(&gens, Some(&esp));
+        println!("{table}");
+        let line1 = table.lines().nth(1).expect("gen 1");
+        assert!(line1.starts_with("1 "), "{table}");
+        assert!(line1.contains(" good "), "{table}");
+        assert!(line1.ends_with("(current, boots next)"), "{table}");
+        let line2 = table.lines().nth(2).expect("gen 2");
+        assert!(line2.contains(" indeterminate +2 "), "{table}");
+        let json = generations_json(&gens, Some(&esp));
+        assert!(
+            json.contains("\"entry\":\"nixos-generation-2+2.conf\""),
+            "{json}"
+        );
+
+        // A limit of one drops generation 2's entry; shared files stay referenced.
+        assert_eq!(install(&["--limit", "1", "--dry-run"]), Ok(0));
+        assert_eq!(entries(&t).len(), 2, "dry run changed the ESP");
+        assert_eq!(
+            install(&["--limit", "1", "/nix/var/nix/profiles/system-1-link"]),
+            Ok(0)
+        );
+        assert_eq!(entries(&t), ["nixos-generation-1.conf"]);
+        assert!(b.join("EFI/nixos/kkkk-linux-6.1-bzImage.efi").is_file());
+
+        // extlinux on the same root.
+        assert_eq!(install(&["--loader", "extlinux"]), Ok(0));
+        let x = std::fs::read_to_string(b.join("extlinux/extlinux.conf")).expect("extlinux");
+        assert!(x.contains("LABEL nixos-1-default\n"), "{x}");
+        assert!(x.contains("LABEL nixos-2-default\n"), "{x}");
+        assert!(b.join("nixos/kkkk-linux-6.1-bzImage").is_file());
+
+        assert_eq!(
+            run("generations", &s(&["--root", &root_arg, "--json"])),
+            Ok(0)
+        );
+    }
+
+    #[test]
+    fn usage_errors() {
+        assert!(run("install-bootloader", &s(&["--tries", "0"]))
+            .expect_err("zero")
+            .starts_with("usage"));
+        assert!(run("install-bootloader", &s(&["--loader", "grub"]))
+            .expect_err("grub")
+            .starts_with("usage"));
+        assert!(run("frobnicate", &[])
+            .expect_err("cmd")
+            .starts_with("usage"));
+        let t = system_root();
+        let root_arg = t.path().to_string_lossy().into_owned();
+        let e = run("install-bootloader", &s(&["--root", &root_arg])).expect_err("no gens");
+        assert!(e.contains("points at no generation"), "{e}");
+        let e = run(
+            "install-bootloader",
+            &s(&["--root", &root_arg, "/nix/store/aaaa-nixos-system-a"]),
+        )
+        .expect_err("not a generation");
+        assert!(
+            e.contains("is not a generation of the system profile"),
+            "{e}"
+        );
+        assert_eq!(run("bless", &s(&["--root", &root_arg])), Ok(0));
+    }
+}

@@ -1,0 +1,186 @@
+//! The boot sequence of stage 1, step by step.
+//!
+//! Mounts the special filesystems, reads the compiled stage-1 config, loads the kernel
+//! modules, mounts the root (and whatever else boot needs) under `/mnt-root`, finds the
+//! generation named by `init=` inside it and `switch_root`s into that generation's stage 2.
+//! Every failure goes through [`fail`]; PID 1 never panics and never exits except
+//! on purpose (`boot.panic_on_fail`).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use stagehand_common::cmdline::Cmdline;
+use stagehand_common::kmsg::KmsgLogger;
+use stagehand_common::stage1_config::{Stage1Config, STAGE1_CONFIG_PATH};
+use stagehand_common::timing::monotonic_us;
+
+use crate::plan::{BreakPoint, Plan, TARGET_ROOT};
+use crate::{attempts, init_path, root, secrets, sys};
+use stagehand_common::emergency::{fail, FailurePolicy};
+
+const STAGE1_HEADER: &str =
+    "An error occurred in stage 1 of the boot process, which must mount the \
+     root filesystem on /mnt-root and then start stage 2.";
+
+/// The whole of stage 1, as `/init` runs it.
+pub fn main() {
+    // The logger passes debug records; the global level starts at info and `boot.trace`
+    // lowers it once the command line is read.
+    let logger = KmsgLogger::install("stage1", log::LevelFilter::Debug);
+    log::set_max_level(log::LevelFilter::Info);
+    if rustix::process::getpid().as_raw_nonzero().get() != 1 {
+        logger.set_mirror_to_stderr(true);
+        log::error!(
+            "stage 1 must run as PID 1 (the initrd's /init); refusing to touch this system"
+        );
+        std::process::exit(2);
+    }
+    let started = Instant::now();
+    let times = attempts::Times {
+        start_us: monotonic_us(),
+        ..attempts::Times::default()
+    };
+    run(started, times);
+}
+
+/// The boot, step by step. Returns only if `switch_root` itself failed and the user chose to
+/// continue, in which case there is nothing left to try.
+fn run(started: Instant, mut times: attempts::Times) {
+    let mut policy = FailurePolicy::new(STAGE1_HEADER);
+
+    if let Err(e) = sys::mount_special() {
+        fail(&policy, "mounting the special filesystems", &e);
+    }
+    sys::reopen_console();
+    sys::make_etc_stubs();
+    log::info!("started; special filesystems mounted");
+    times.phases.since("special filesystems", times.start_us);
+    let t = monotonic_us();
+
+    let cmdline_text = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let cmdline = Cmdline::parse(&cmdline_text);
+
+    let config = match Stage1Config::read(Path::new(STAGE1_CONFIG_PATH)) {
+        Ok(c) => c,
+        Err(e) => {
+            // Use what the command line says about failing, even without a config.
+            policy.panic_on_fail =
+                cmdline.flag("boot.panic_on_fail") || cmdline.flag("stage1panic");
+            fail(&policy, "reading the stage-1 config", &e.to_string());
+            Stage1Config::default()
+        }
+    };
+
+    let plan = loop {
+        match Plan::new(&cmdline, &config) {
+            Ok(p) => break p,
+            Err(e) => {
+                fail(&policy, "planning the boot", &e.to_string());
+            }
+        }
+    };
+    policy = FailurePolicy {
+        header: STAGE1_HEADER,
+        panic_on_fail: plan.panic_on_fail,
+        shell_on_fail: plan.shell_on_fail,
+        console: plan.console.clone(),
+    };
+    if plan.trace {
+        log::set_max_level(log::LevelFilter::Debug);
+        log::debug!("boot.trace: logging every step");
+    }
+    for w in &plan.warnings {
+        log::warn!("{w}");
+    }
+    log::debug!("command line: {}", cmdline_text.trim());
+    log::debug!("plan: {plan:?}");
+
+    match secrets::install(Path::new(secrets::SECRETS_DIR), Path::new("/")) {
+        Ok(installed) if installed.is_empty() => log::debug!("no initrd secrets"),
+        Ok(installed) => log::info!(
+            "installed {} initrd secret(s): {}",
+            installed.len(),
+            installed.join(", ")
+        ),
+        Err(e) => {
+            fail(&policy, "installing the initrd secrets", &e);
+        }
+    }
+    if plan.break_at == Some(BreakPoint::Start) {
+        fail(
+            &policy,
+            "rd.break=start",
+            "stopped before anything was mounted, as requested",
+        );
+    }
+
+    times.phases.since("config", t);
+
+    let t_us = monotonic_us();
+    let t = Instant::now();
+    for module in &plan.modules {
+        let m = Instant::now();
+        match sys::load_module(module) {
+            Ok(()) => log::info!(
+                "loading module {}: done in {} ms",
+                module.name,
+                m.elapsed().as_millis()
+            ),
+            Err(e) if module.optional => log::warn!("optional module skipped: {e}"),
+            Err(e) => {
+                fail(&policy, "loading kernel modules", &e);
+            }
+        }
+    }
+    times.modules_us = t.elapsed().as_micros() as u64;
+    times.phases.since("modules", t_us);
+    log::info!(
+        "{} modules loaded in {} ms",
+        plan.modules.len(),
+        t.elapsed().as_millis()
+    );
+    if plan.break_at == Some(BreakPoint::Modules) {
+        fail(
+            &policy,
+            "rd.break=modules",
+            "stopped after loading modules, as requested",
+        );
+    }
+
+    let new_root = Path::new(TARGET_ROOT);
+    if let Err(e) = sys::mkdir_p(new_root, 0o755) {
+        fail(&policy, "creating the mount point of the new root", &e);
+    }
+    let t = Instant::now();
+    root::mount_all(&plan, &policy, new_root, &mut times.phases);
+    times.mounts_us = t.elapsed().as_micros() as u64;
+    if plan.break_at == Some(BreakPoint::Mounts) {
+        fail(
+            &policy,
+            "rd.break=mounts",
+            "stopped after mounting the filesystems, as requested",
+        );
+    }
+
+    let t = monotonic_us();
+    let init = loop {
+        match init_path::resolve_init(new_root, &plan.init) {
+            Ok(init) => break init,
+            Err(e) => {
+                fail(&policy, "finding stage 2", &e.to_string());
+            }
+        }
+    };
+    times.phases.since("find init=", t);
+    let init = attempts::count_boot(new_root, &cmdline, init, &mut times);
+    log::info!(
+        "switching root to {TARGET_ROOT}, stage 2 is {init} (stage 1 took {} ms)",
+        started.elapsed().as_millis()
+    );
+    let e = sys::switch_root(new_root, &init);
+    fail(&policy, "switching to the new root", &e);
+    log::error!("nothing left to try after a failed switch_root; waiting for a reboot");
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}

@@ -1,0 +1,18 @@
+//! Stagehand stage 2: `<toplevel>/init`, PID 1 on the real root.
+//!
+//! Finishes the special filesystems, protects `/nix/store`, activates the generation
+//! (users, `/etc`, ...) with the activation engine, records `/run/booted-system` and hands
+//! PID 1 over to the generation's systemd with the kernel's arguments. A failure before the
+//! hand-over goes to the shared failure path; PID 1 never panics. [`boot`] is the sequence;
+//! [`plan`] the pure decision of what this boot must do.
+
+#[cfg(test)]
+mod bad_input_tests;
+pub mod bless_unit;
+pub mod blesser;
+pub mod boot;
+pub mod mounts;
+pub mod plan;
+pub mod postboot;
+pub mod receipt;
+pub mod toplevel;
