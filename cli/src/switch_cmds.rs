@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use stagehand_switch::loader::BootLoaderCommand;
 use stagehand_switch::manager::{Offline, ServiceManager, Systemctl};
-use stagehand_switch::run::{exit, switch, SwitchAction, SwitchOptions};
+use stagehand_switch::{exit, switch, SwitchAction, SwitchOptions};
 
 /// The name the binary answers to.
 pub const NAME: &str = "switch-to-configuration";

@@ -1,4 +1,5 @@
-//! One `switch-to-configuration` run: check, lock, plan, print, apply.
+//! One `switch-to-configuration` run, top-down: the checks that may refuse it, then either
+//! the boot entries alone (`boot`) or the live switch ([`crate::live`]).
 //!
 //! Order (NixOS's, with the boot loader moved to the end — NixOS makes the new generation
 //! the boot default *before* activating it, so a generation whose activation fails still
@@ -6,169 +7,104 @@
 //! 1. refuse a root that is not NixOS-shaped (`/etc/NIXOS` or os-release `ID`), take the lock,
 //!    run the pre-switch check (`check` stops here);
 //! 2. `boot`: write the boot entries, sync, done;
-//! 3. refuse an incompatible init (`init-interface-version`, exit 100); plan the units from
-//!    the running system's files and the new generation's; `dry-activate` prints the plan,
+//! 3. refuse an incompatible init (`init-interface-version`, exit 100); decide the units from
+//!    the running system's files and the new generation's; `dry-activate` prints the decision,
 //!    dry-runs activation and stops;
 //! 4. record the pending start/restart/reload lists, stop, activate (failure: exit 2, go
 //!    on), fold in the activation's restart/reload requests, re-exec systemd if it changed,
 //!    reload it, reload / restart / start, report failed units (exit 4) and new ones;
 //! 5. `switch`: only when activation succeeded, make the generation the boot default.
 
-use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use crate::units::files::RootUnitFiles;
-use crate::units::fstab::{self, Fstab};
-use crate::units::rules::{self, UnitError};
-use crate::units::{ActiveUnits, FileState, Gen, Pending, UnitFiles, UnitPlan};
-use stagehand_activation::activate::{activate, Action, ActivateOptions};
 use stagehand_common::rootfs::Root;
 
-use super::loader::BootLoader;
-use super::lock::{self, LOCK_PATH};
-use super::manager::{ServiceManager, Verb};
-use super::pending::{self, *};
+use crate::live::{live_switch, read_text};
+use crate::loader::BootLoader;
+use crate::lock::{self, SwitchLock, LOCK_PATH};
+use crate::manager::ServiceManager;
+use crate::options::{exit, SwitchAction, SwitchOptions, SwitchOutcome};
+use crate::say::Say;
 
-/// The exit codes NixOS's `switch-to-configuration` uses.
-pub mod exit {
-    pub const OK: u8 = 0;
-    /// Usage errors, not a NixOS root, failed pre-switch check or boot-loader install.
-    pub const FAILED: u8 = 1;
-    pub const ACTIVATION_FAILED: u8 = 2;
-    pub const UNITS_FAILED: u8 = 4;
-    /// The lock is held (NixOS exits with the errno, EWOULDBLOCK).
-    pub const LOCKED: u8 = 11;
-    /// The new init cannot take over the running system; reboot into it.
-    pub const INCOMPATIBLE_INIT: u8 = 100;
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SwitchAction {
-    Switch,
-    Boot,
-    Test,
-    DryActivate,
-    Check,
-}
-
-impl SwitchAction {
-    pub fn parse(s: &str) -> Option<SwitchAction> {
-        Some(match s {
-            "switch" => Self::Switch,
-            "boot" => Self::Boot,
-            "test" => Self::Test,
-            "dry-activate" => Self::DryActivate,
-            "check" => Self::Check,
-            _ => return None,
-        })
-    }
-
-    /// `NIXOS_ACTION`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Switch => "switch",
-            Self::Boot => "boot",
-            Self::Test => "test",
-            Self::DryActivate => "dry-activate",
-            Self::Check => "check",
-        }
-    }
-
-    fn activation(self) -> Action {
-        match self {
-            Self::Switch => Action::Switch,
-            Self::Boot | Self::Check => Action::Boot,
-            Self::Test => Action::Test,
-            Self::DryActivate => Action::DryActivate,
-        }
+/// Run `switch-to-configuration ACTION` for `opts.toplevel`.
+pub fn switch(
+    opts: &SwitchOptions,
+    manager: &mut dyn ServiceManager,
+    loader: &mut dyn BootLoader,
+    out: &mut dyn Write,
+) -> SwitchOutcome {
+    let start = Instant::now();
+    let mut say = Say::new(out);
+    let code = run(opts, manager, loader, &mut say).unwrap_or_else(|refused| refused);
+    SwitchOutcome {
+        code,
+        lines: say.lines,
+        elapsed: start.elapsed(),
     }
 }
 
-/// Inputs that NixOS takes from its wrapper's environment (see [`SwitchOptions::from_env`]).
-#[derive(Debug, Clone)]
-pub struct SwitchOptions {
-    pub root: PathBuf,
-    /// The new generation as the system sees it.
-    pub toplevel: PathBuf,
-    pub action: SwitchAction,
-    /// `PRE_SWITCH_CHECK`: run with `TOPLEVEL ACTION` appended, unless `NIXOS_NO_CHECK=1`.
-    pub pre_switch_check: Option<String>,
-    pub no_check: bool,
-    /// `NIXOS_NO_SYNC=1`: skip `syncfs` of `/nix/store`.
-    pub no_sync: bool,
-    /// `DISTRO_ID` (default `nixos`).
-    pub distro_id: String,
-    /// `STC_DISPLAY_ALL_UNITS=1`: also print the targets that are always started.
-    pub display_all_units: bool,
-    /// What PID 1 runs (`/proc/1/exe`), to tell whether systemd changed; `None` = unknown
-    /// (never re-exec).
-    pub pid1_exe: Option<PathBuf>,
-}
-
-impl SwitchOptions {
-    pub fn from_env(root: &Path, toplevel: &Path, action: SwitchAction) -> SwitchOptions {
-        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-        let pid1_exe = if root == Path::new("/") {
-            std::fs::read_link("/proc/1/exe").ok()
-        } else {
-            None
-        };
-        SwitchOptions {
-            root: root.to_path_buf(),
-            toplevel: toplevel.to_path_buf(),
-            action,
-            pre_switch_check: var("PRE_SWITCH_CHECK"),
-            no_check: var("NIXOS_NO_CHECK").as_deref() == Some("1"),
-            no_sync: var("NIXOS_NO_SYNC").as_deref() == Some("1"),
-            distro_id: var("DISTRO_ID").unwrap_or_else(|| "nixos".into()),
-            display_all_units: var("STC_DISPLAY_ALL_UNITS").as_deref() == Some("1"),
-            pid1_exe,
-        }
+/// `Err` is a refusal's exit code, its message already printed.
+fn run(
+    opts: &SwitchOptions,
+    manager: &mut dyn ServiceManager,
+    loader: &mut dyn BootLoader,
+    say: &mut Say<'_>,
+) -> Result<u8, u8> {
+    let root = open_root(&opts.root, say)?;
+    let toplevel = resolve_generation(&root, &opts.toplevel, say)?;
+    refuse_unless_nixos(&root, &opts.distro_id, say)?;
+    let _lock = lock_out_other_switches(&root, say)?;
+    pre_switch_check(opts, &toplevel, say)?;
+    match opts.action {
+        SwitchAction::Check => return Ok(exit::OK),
+        SwitchAction::Boot => return Ok(install_boot_entries(opts, &root, &toplevel, loader, say)),
+        SwitchAction::Switch | SwitchAction::Test | SwitchAction::DryActivate => {}
     }
+    sync_store(&root, opts, say);
+    refuse_incompatible_init(&root, &toplevel, say)?;
+    Ok(live_switch(opts, &root, &toplevel, manager, loader, say))
 }
 
-/// What happened: the exit code and every line printed (also written to stderr).
-#[derive(Debug, Clone, Default)]
-pub struct SwitchOutcome {
-    pub code: u8,
-    pub lines: Vec<String>,
-    pub elapsed: Duration,
+fn open_root(path: &Path, say: &mut Say<'_>) -> Result<Root, u8> {
+    Root::open(path).map_err(|e| {
+        say.line(format!("cannot open the root {}: {e}", path.display()));
+        exit::FAILED
+    })
 }
 
-struct Say<'a> {
-    lines: Vec<String>,
-    out: &'a mut dyn Write,
-}
-
-impl Say<'_> {
-    fn line(&mut self, s: impl Into<String>) {
-        let s = s.into();
-        // A closed stderr must not stop a switch half-way.
-        let _ = writeln!(self.out, "{s}");
-        self.lines.push(s);
+/// The generation, resolved inside the root; refused unless it looks like a system
+/// generation (`nixos-version`, `activation.json` or `boot.json`).
+fn resolve_generation(root: &Root, toplevel: &Path, say: &mut Say<'_>) -> Result<PathBuf, u8> {
+    let t = root.canonicalize(toplevel).map_err(|e| {
+        say.line(format!(
+            "cannot resolve the generation {}: {e}",
+            root.host_path(toplevel).display()
+        ));
+        exit::FAILED
+    })?;
+    let has = |name: &str| root.lstat(&t.join(name)).ok().flatten().is_some();
+    if has("nixos-version") || has("activation.json") || has("boot.json") {
+        return Ok(t);
     }
-
-    fn units(&mut self, what: &str, units: &[&str]) {
-        if !units.is_empty() {
-            let mut sorted = units.to_vec();
-            sorted.sort_by_key(|u| u.to_lowercase());
-            self.line(format!("{what}: {}", sorted.join(", ")));
-        }
-    }
+    say.line(format!(
+        "{} is not a system generation (no nixos-version, boot.json or activation.json)",
+        root.host_path(&t).display()
+    ));
+    Err(exit::FAILED)
 }
 
-fn shown<'a>(plan: &'a UnitPlan, set: &'a BTreeSet<String>, all: bool) -> Vec<&'a str> {
-    if all {
-        set.iter().map(String::as_str).collect()
-    } else {
-        plan.shown(set).collect()
+fn refuse_unless_nixos(root: &Root, distro_id: &str, say: &mut Say<'_>) -> Result<(), u8> {
+    if is_nixos(root, distro_id) {
+        return Ok(());
     }
-}
-
-fn vec(set: &BTreeSet<String>) -> Vec<String> {
-    set.iter().cloned().collect()
+    say.line(format!(
+        "This is not a NixOS installation! ({} has no /etc/NIXOS and os-release ID is not {})",
+        root.path().display(),
+        distro_id
+    ));
+    Err(exit::FAILED)
 }
 
 /// Is this a system `switch-to-configuration` may touch?
@@ -190,25 +126,37 @@ fn is_nixos(root: &Root, distro_id: &str) -> bool {
     })
 }
 
-fn read_text(root: &Root, path: &Path) -> Option<String> {
-    let b = root.read_opt(path).ok().flatten()?;
-    Some(String::from_utf8_lossy(&b).into_owned())
+/// `/run/nixos` (mode 0755) and the lock in it, held until the switch ends.
+fn lock_out_other_switches(root: &Root, say: &mut Say<'_>) -> Result<SwitchLock, u8> {
+    let run_nixos = root.host_path(Path::new("/run/nixos"));
+    if let Err(e) = std::fs::create_dir_all(&run_nixos).and_then(|()| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&run_nixos, std::fs::Permissions::from_mode(0o755))
+    }) {
+        say.line(format!("cannot create {}: {e}", run_nixos.display()));
+        return Err(exit::FAILED);
+    }
+    lock::take(&root.host_path(Path::new(LOCK_PATH))).map_err(|e| {
+        say.line(e.to_string());
+        match e {
+            lock::LockError::Busy(_) => exit::LOCKED,
+            lock::LockError::Io { .. } => exit::FAILED,
+        }
+    })
 }
 
-/// Does the new generation need systemd to re-execute itself?
-fn systemd_changed(root: &Root, toplevel: &Path, pid1_exe: Option<&Path>) -> bool {
-    let Some(running) = pid1_exe else {
-        return false;
-    };
-    let canon = |p: &Path| root.canonicalize(p).ok();
-    let new_systemd = canon(&toplevel.join("systemd/lib/systemd/systemd"));
-    let Some(new_systemd) = new_systemd else {
-        return false;
-    };
-    let conf = |p: &Path| canon(p).filter(|c| root.lstat(c).ok().flatten().is_some());
-    running != new_systemd
-        || conf(Path::new("/etc/systemd/system.conf"))
-            != conf(&toplevel.join("etc/systemd/system.conf"))
+/// `PRE_SWITCH_CHECK TOPLEVEL ACTION`, unless `NIXOS_NO_CHECK=1`.
+fn pre_switch_check(opts: &SwitchOptions, toplevel: &Path, say: &mut Say<'_>) -> Result<(), u8> {
+    if opts.no_check {
+        return Ok(());
+    }
+    match &opts.pre_switch_check {
+        Some(cmd) if !run_check(cmd, toplevel, opts.action) => {
+            say.line("Pre-switch checks failed");
+            Err(exit::FAILED)
+        }
+        _ => Ok(()),
+    }
 }
 
 fn run_check(cmd: &str, toplevel: &Path, action: SwitchAction) -> bool {
@@ -224,136 +172,25 @@ fn run_check(cmd: &str, toplevel: &Path, action: SwitchAction) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// Run `switch-to-configuration ACTION` for `opts.toplevel`.
-pub fn switch(
+/// `boot`: the generation becomes the boot default; nothing runs.
+fn install_boot_entries(
     opts: &SwitchOptions,
-    manager: &mut dyn ServiceManager,
-    loader: &mut dyn BootLoader,
-    out: &mut dyn Write,
-) -> SwitchOutcome {
-    let start = Instant::now();
-    let mut say = Say {
-        lines: Vec::new(),
-        out,
-    };
-    let code = run(opts, manager, loader, &mut say);
-    SwitchOutcome {
-        code,
-        lines: say.lines,
-        elapsed: start.elapsed(),
-    }
-}
-
-fn run(
-    opts: &SwitchOptions,
-    manager: &mut dyn ServiceManager,
+    root: &Root,
+    toplevel: &Path,
     loader: &mut dyn BootLoader,
     say: &mut Say<'_>,
 ) -> u8 {
-    let root = match Root::open(&opts.root) {
-        Ok(r) => r,
-        Err(e) => {
-            say.line(format!("cannot open the root {}: {e}", opts.root.display()));
-            return exit::FAILED;
-        }
-    };
-    let toplevel = match root.canonicalize(&opts.toplevel) {
-        Ok(t)
-            if root
-                .lstat(&t.join("nixos-version"))
-                .ok()
-                .flatten()
-                .is_some()
-                || root
-                    .lstat(&t.join("activation.json"))
-                    .ok()
-                    .flatten()
-                    .is_some()
-                || root.lstat(&t.join("boot.json")).ok().flatten().is_some() =>
-        {
-            t
-        }
-        Ok(t) => {
-            say.line(format!(
-                "{} is not a system generation (no nixos-version, boot.json or activation.json)",
-                root.host_path(&t).display()
-            ));
-            return exit::FAILED;
+    match loader.install(root, toplevel) {
+        Ok(msg) => {
+            say.line(msg);
+            sync_store(root, opts, say);
+            exit::OK
         }
         Err(e) => {
-            say.line(format!(
-                "cannot resolve the generation {}: {e}",
-                root.host_path(&opts.toplevel).display()
-            ));
-            return exit::FAILED;
-        }
-    };
-    if !is_nixos(&root, &opts.distro_id) {
-        say.line(format!(
-            "This is not a NixOS installation! ({} has no /etc/NIXOS and os-release ID is not {})",
-            root.path().display(),
-            opts.distro_id
-        ));
-        return exit::FAILED;
-    }
-    let run_nixos = root.host_path(Path::new("/run/nixos"));
-    if let Err(e) = std::fs::create_dir_all(&run_nixos).and_then(|()| {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&run_nixos, std::fs::Permissions::from_mode(0o755))
-    }) {
-        say.line(format!("cannot create {}: {e}", run_nixos.display()));
-        return exit::FAILED;
-    }
-    let _lock = match lock::take(&root.host_path(Path::new(LOCK_PATH))) {
-        Ok(l) => l,
-        Err(e) => {
-            say.line(e.to_string());
-            return match e {
-                lock::LockError::Busy(_) => exit::LOCKED,
-                lock::LockError::Io { .. } => exit::FAILED,
-            };
-        }
-    };
-
-    if !opts.no_check {
-        if let Some(cmd) = &opts.pre_switch_check {
-            if !run_check(cmd, &toplevel, opts.action) {
-                say.line("Pre-switch checks failed");
-                return exit::FAILED;
-            }
+            say.line(format!("Failed to install bootloader: {e}"));
+            exit::FAILED
         }
     }
-    if opts.action == SwitchAction::Check {
-        return exit::OK;
-    }
-    if opts.action == SwitchAction::Boot {
-        return match loader.install(&root, &toplevel) {
-            Ok(msg) => {
-                say.line(msg);
-                sync_store(&root, opts, say);
-                exit::OK
-            }
-            Err(e) => {
-                say.line(format!("Failed to install bootloader: {e}"));
-                exit::FAILED
-            }
-        };
-    }
-    sync_store(&root, opts, say);
-
-    let iv = |p: &Path| read_text(&root, &p.join("init-interface-version"));
-    if let (Some(cur), Some(new)) = (iv(Path::new("/run/current-system")), iv(&toplevel)) {
-        if cur != new {
-            say.line(
-                "Warning: the new NixOS configuration has an ‘init’ that is incompatible with \
-                 the current configuration. The new configuration won't take effect until you \
-                 reboot the system.",
-            );
-            return exit::INCOMPATIBLE_INIT;
-        }
-    }
-
-    live_switch(opts, &root, &toplevel, manager, loader, say)
 }
 
 fn sync_store(root: &Root, opts: &SwitchOptions, say: &mut Say<'_>) {
@@ -368,357 +205,33 @@ fn sync_store(root: &Root, opts: &SwitchOptions, say: &mut Say<'_>) {
     }
 }
 
-/// Everything after the checks: plan, print, apply (or, for `dry-activate`, print only).
-fn live_switch(
-    opts: &SwitchOptions,
-    root: &Root,
-    toplevel: &Path,
-    manager: &mut dyn ServiceManager,
-    loader: &mut dyn BootLoader,
-    say: &mut Say<'_>,
-) -> u8 {
-    let dry = opts.action == SwitchAction::DryActivate;
-    let files = RootUnitFiles::new(root, toplevel);
-    let reexec = systemd_changed(root, toplevel, opts.pid1_exe.as_deref());
-    let current = root.canonicalize(Path::new("/run/current-system")).ok();
-    let same_generation = current.as_deref() == Some(toplevel);
-    // The running generation again, nothing left over, systemd unchanged: every unit file
-    // compares equal, so there is nothing to ask systemd (each question is a process start).
-    let fast = same_generation && pending::read_pending(root) == Pending::default() && !reexec;
-    let list = |manager: &mut dyn ServiceManager, say: &mut Say<'_>| match manager.list_units() {
-        Ok(a) => Some(a),
-        Err(e) => {
-            say.line(format!("cannot list the running units: {e}"));
-            None
-        }
-    };
-    let mut active = if fast {
-        ActiveUnits::new()
-    } else {
-        match list(manager, say) {
-            Some(a) => a,
-            None => return exit::FAILED,
-        }
-    };
-    let mut plan = match plan_units(root, toplevel, &active, &files, manager.is_live()) {
-        Ok(p) => p,
-        Err(e) => {
-            say.line(e.to_string());
-            return exit::FAILED;
-        }
-    };
-    let all = opts.display_all_units;
-
-    if dry {
-        say.units(
-            "would stop the following units",
-            &shown(&plan, &plan.stop, all),
-        );
-        say.units(
-            "would NOT stop the following changed units",
-            &shown(&plan, &plan.skip, all),
-        );
-        for dev in &plan.swapoff {
-            say.line(format!("would stop swap device: {dev}"));
-        }
-        say.line("would activate the configuration...");
-        if !run_activation(opts, toplevel, say) {
-            say.line("dry activation reported failures");
-        }
-        let restart = pending::read_list(root, DRY_ACTIVATION_RESTART_LIST);
-        let reload = pending::read_list(root, DRY_ACTIVATION_RELOAD_LIST);
-        if let Err(e) =
-            rules::fold_activation_requests(&mut plan, &restart, &reload, &active, &files)
-        {
-            say.line(e.to_string());
-        }
-        for l in [DRY_ACTIVATION_RESTART_LIST, DRY_ACTIVATION_RELOAD_LIST] {
-            if let Err(e) = pending::remove(root, l) {
-                say.line(e);
-            }
-        }
-        if reexec {
-            say.line("would restart systemd");
-        }
-        say.units(
-            "would reload the following units",
-            &shown(&plan, &plan.reload, all),
-        );
-        say.units(
-            "would restart the following units",
-            &shown(&plan, &plan.restart, all),
-        );
-        say.units(
-            "would start the following units",
-            &shown(&plan, &plan.start, all),
-        );
-        return exit::OK;
-    }
-
-    let mut code = exit::OK;
-    let record = |say: &mut Say<'_>, plan: &UnitPlan| {
-        for (path, set) in [
-            (START_LIST, &plan.start),
-            (RESTART_LIST, &plan.restart),
-            (RELOAD_LIST, &plan.reload),
-        ] {
-            if let Err(e) = pending::write_list(root, path, set) {
-                say.line(format!("warning: cannot record pending units: {e}"));
-            }
-        }
-    };
-    record(say, &plan);
-
-    say.units(
-        "stopping the following units",
-        &shown(&plan, &plan.stop, all),
-    );
-    if !plan.stop.is_empty() && manager.jobs(Verb::Stop, &vec(&plan.stop)).is_err() {
-        fail(&mut code, exit::UNITS_FAILED);
-    }
-    say.units(
-        "NOT restarting the following changed units",
-        &shown(&plan, &plan.skip, all),
-    );
-    for dev in &plan.swapoff {
-        say.line(format!("stopping swap device: {dev}"));
-        let ok = std::process::Command::new("swapoff")
-            .arg(dev)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            say.line(format!("Failed to stop swapping to {dev}"));
+/// A new init that cannot take over the running system (its `init-interface-version`
+/// differs) only takes effect after a reboot.
+fn refuse_incompatible_init(root: &Root, toplevel: &Path, say: &mut Say<'_>) -> Result<(), u8> {
+    let iv = |p: &Path| read_text(root, &p.join("init-interface-version"));
+    if let (Some(cur), Some(new)) = (iv(Path::new("/run/current-system")), iv(toplevel)) {
+        if cur != new {
+            say.line(
+                "Warning: the new NixOS configuration has an ‘init’ that is incompatible with \
+                 the current configuration. The new configuration won't take effect until you \
+                 reboot the system.",
+            );
+            return Err(exit::INCOMPATIBLE_INIT);
         }
     }
-
-    say.line("activating the configuration...");
-    let activated = run_activation(opts, toplevel, say);
-    if !activated {
-        say.line("Failed to run activate script");
-        fail(&mut code, exit::ACTIVATION_FAILED);
-    }
-
-    let restart_req = pending::read_list(root, ACTIVATION_RESTART_LIST);
-    let reload_req = pending::read_list(root, ACTIVATION_RELOAD_LIST);
-    let requested = !restart_req.is_empty() || !reload_req.is_empty();
-    if requested && fast {
-        match list(manager, say) {
-            Some(a) => active = a,
-            None => fail(&mut code, exit::UNITS_FAILED),
-        }
-    }
-    if let Err(e) =
-        rules::fold_activation_requests(&mut plan, &restart_req, &reload_req, &active, &files)
-    {
-        say.line(e.to_string());
-    }
-    record(say, &plan);
-    for l in [ACTIVATION_RESTART_LIST, ACTIVATION_RELOAD_LIST] {
-        if let Err(e) = pending::remove(root, l) {
-            say.line(e);
-        }
-    }
-
-    if reexec {
-        say.line("restarting systemd...");
-        if let Err(e) = manager.daemon_reexec() {
-            say.line(format!("Failed to restart systemd: {e}"));
-            fail(&mut code, exit::UNITS_FAILED);
-        }
-    }
-    // A no-op switch (the running generation again, nothing left over, nothing asked for)
-    // leaves systemd alone: no reload, no target starts, no report of old failures.
-    // Reloading and re-running sysinit-reactivation.target is what makes NixOS's no-op
-    // switches slow.
-    let no_op = same_generation && plan.is_empty() && !requested && !reexec;
-    if manager.is_live() && !no_op {
-        if let Err(e) = manager.reset_failed() {
-            say.line(format!("Failed to reset failed units: {e}"));
-        }
-        {
-            if let Err(e) = manager.daemon_reload() {
-                say.line(format!("Failed to reload systemd: {e}"));
-                fail(&mut code, exit::UNITS_FAILED);
-            }
-            let reactivation = "sysinit-reactivation.target";
-            if !same_generation && files.state(Gen::New, reactivation) == FileState::Present {
-                say.line(format!("restarting {reactivation}"));
-                if manager.jobs(Verb::Restart, &[reactivation.into()]).is_err() {
-                    fail(&mut code, exit::UNITS_FAILED);
-                }
-            }
-        }
-    }
-
-    if !plan.reload.is_empty() {
-        let now = manager.active_now(&vec(&plan.reload)).unwrap_or_default();
-        if let Err(e) = rules::reload_or_start(&mut plan, &|u| now.contains(u), &files) {
-            say.line(e.to_string());
-        }
-    }
-    for (verb, what, path) in [
-        (Verb::Reload, "reloading the following units", RELOAD_LIST),
-        (
-            Verb::Restart,
-            "restarting the following units",
-            RESTART_LIST,
-        ),
-        (Verb::Start, "starting the following units", START_LIST),
-    ] {
-        let set = match verb {
-            Verb::Reload => &plan.reload,
-            Verb::Restart => &plan.restart,
-            _ => &plan.start,
-        };
-        if set.is_empty() {
-            continue;
-        }
-        say.units(what, &shown(&plan, set, all));
-        if manager.jobs(verb, &vec(set)).is_err() {
-            fail(&mut code, exit::UNITS_FAILED);
-        }
-        if let Err(e) = pending::remove(root, path) {
-            say.line(e);
-        }
-    }
-
-    if manager.is_live() && !no_op {
-        report_units(&active, manager, say, &mut code);
-    }
-
-    if opts.action == SwitchAction::Switch {
-        if activated {
-            match loader.install(root, toplevel) {
-                Ok(msg) => say.line(msg),
-                Err(e) => {
-                    say.line(format!("Failed to install bootloader: {e}"));
-                    fail(&mut code, exit::FAILED);
-                }
-            }
-        } else {
-            say.line(format!(
-                "not making {} the boot default: its activation failed",
-                toplevel.display()
-            ));
-        }
-    }
-    if code == exit::OK {
-        log::info!(
-            "finished switching to system configuration {}",
-            toplevel.display()
-        );
-    } else {
-        log::error!(
-            "switching to system configuration {} failed (status {code})",
-            toplevel.display()
-        );
-    }
-    code
-}
-
-/// Keep the first failure's code.
-fn fail(code: &mut u8, c: u8) {
-    if *code == exit::OK {
-        *code = c;
-    }
-}
-
-fn run_activation(opts: &SwitchOptions, toplevel: &Path, say: &mut Say<'_>) -> bool {
-    let a = ActivateOptions {
-        root: opts.root.clone(),
-        dry_run: opts.action == SwitchAction::DryActivate,
-        action: opts.action.activation(),
-    };
-    match activate(toplevel, &a) {
-        Ok(report) => report.success(),
-        Err(e) => {
-            say.line(format!("activation: {e}"));
-            false
-        }
-    }
-}
-
-/// The unit diff plus the fstab diff.
-fn plan_units(
-    root: &Root,
-    toplevel: &Path,
-    active: &ActiveUnits,
-    files: &RootUnitFiles<'_>,
-    live: bool,
-) -> Result<UnitPlan, UnitError> {
-    let pending = pending::read_pending(root);
-    let mut plan = rules::plan(active, files, &pending)?;
-    if !live {
-        return Ok(plan);
-    }
-    let fstab = |p: &Path| Fstab::parse(&read_text(root, p).unwrap_or_default());
-    let changes = fstab::diff(
-        &fstab(Path::new("/etc/fstab")),
-        &fstab(&toplevel.join("etc/fstab")),
-    );
-    plan.reload.extend(changes.reload);
-    for u in changes.restart {
-        plan.reload.remove(&u);
-        plan.restart.insert(u);
-    }
-    plan.stop.extend(changes.stop);
-    plan.skip.extend(changes.skip);
-    plan.swapoff = changes.swapoff;
-    Ok(plan)
-}
-
-/// Failed units (and services stuck restarting after a failure) make the switch fail;
-/// units that were not running before are listed as new.
-fn report_units(
-    before: &ActiveUnits,
-    manager: &mut dyn ServiceManager,
-    say: &mut Say<'_>,
-    code: &mut u8,
-) {
-    let now = match manager.list_units() {
-        Ok(n) => n,
-        Err(e) => {
-            say.line(format!("cannot list the units after switching: {e}"));
-            return;
-        }
-    };
-    let mut failed = Vec::new();
-    let mut new = Vec::new();
-    for (unit, st) in &now {
-        if st.active == "failed" {
-            failed.push(unit.clone());
-            continue;
-        }
-        if st.sub == "auto-restart"
-            && unit.ends_with(".service")
-            && manager.exec_main_status(unit).is_some_and(|s| s != 0)
-        {
-            failed.push(unit.clone());
-            continue;
-        }
-        if !before.contains_key(unit) && !unit.ends_with(".scope") {
-            new.push(unit.as_str());
-        }
-    }
-    say.units("the following new units were started", &new);
-    if !failed.is_empty() {
-        let names: Vec<&str> = failed.iter().map(String::as_str).collect();
-        say.units("warning: the following units failed", &names);
-        manager.show_status(&failed);
-        if *code == exit::OK {
-            *code = exit::UNITS_FAILED;
-        }
-    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::loader::BootLoaderCommand;
-    use crate::units::UnitState;
+    use crate::manager::Verb;
+    use crate::pending::{self, START_LIST};
+    use crate::units::{ActiveUnits, UnitState};
     use stagehand_boot::spec;
     use std::cell::RefCell;
-    use std::collections::BTreeMap;
+    use std::collections::{BTreeMap, BTreeSet};
     use std::os::unix::fs::symlink;
     use std::rc::Rc;
 
