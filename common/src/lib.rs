@@ -4,6 +4,7 @@
 
 pub mod atomic;
 pub mod cmdline;
+pub mod date;
 pub mod emergency;
 pub mod envelope;
 pub mod kmsg;

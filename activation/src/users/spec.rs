@@ -239,37 +239,12 @@ struct UbGroup {
 pub fn date_to_days(date: &str) -> Option<i64> {
     let mut it = date.split('-');
     let y: i64 = it.next()?.parse().ok()?;
-    let m: i64 = it.next()?.parse().ok()?;
-    let d: i64 = it.next()?.parse().ok()?;
-    if it.next().is_some() || !(1..=12).contains(&m) || d < 1 {
+    let m: u32 = it.next()?.parse().ok()?;
+    let d: u32 = it.next()?.parse().ok()?;
+    if it.next().is_some() {
         return None;
     }
-    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
-    let dim = [
-        31,
-        if leap { 29 } else { 28 },
-        31,
-        30,
-        31,
-        30,
-        31,
-        31,
-        30,
-        31,
-        30,
-        31,
-    ];
-    if d > dim[usize::try_from(m - 1).ok()?] {
-        return None;
-    }
-    // Howard Hinnant's days_from_civil.
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = if y >= 0 { y } else { y - 399 } / 400;
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    Some(era * 146_097 + doe - 719_468)
+    stagehand_common::date::days_from_date(y, m, d)
 }
 
 fn default_shell_for(shell: Option<String>) -> Option<String> {
@@ -623,5 +598,8 @@ mod tests {
         assert_eq!(date_to_days("2023-02-29"), None);
         assert_eq!(date_to_days("2023-13-01"), None);
         assert_eq!(date_to_days("soon"), None);
+        // Used to overflow (a panic in debug builds, a wrong day in release).
+        assert_eq!(date_to_days("9223372036854775807-03-01"), None);
+        assert_eq!(date_to_days("9999-12-31"), Some(2_932_896));
     }
 }
