@@ -3,6 +3,8 @@
 
 use std::cmp::Ordering;
 
+use stagehand_common::glob;
+
 use super::entry_name::{BootState, EntryName};
 use super::version;
 
@@ -181,102 +183,11 @@ pub fn select_default(items: &[MenuItem], default_glob: Option<&str>) -> Option<
                 i.name.counter.map(|c| c.to_string()).unwrap_or_default()
             )
             .to_ascii_lowercase();
-            glob_match(pattern.as_bytes(), without.as_bytes())
-                || glob_match(pattern.as_bytes(), with_suffix.as_bytes())
+            glob::matches(pattern.as_bytes(), without.as_bytes())
+                || glob::matches(pattern.as_bytes(), with_suffix.as_bytes())
         })
         // systemd-boot falls back to the first entry when the pattern matches nothing.
         .or(if items.is_empty() { None } else { Some(0) })
-}
-
-/// fnmatch(3) without flags: `*`, `?`, `[...]` (with `!`/`^` negation and ranges), `\`
-/// escapes. Iterative with single-star backtracking, so no input makes it slow.
-pub fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
-    let (mut p, mut t) = (0usize, 0usize);
-    let mut star: Option<(usize, usize)> = None;
-    while t < text.len() {
-        if p < pattern.len() {
-            match pattern[p] {
-                b'*' => {
-                    star = Some((p, t));
-                    p += 1;
-                    continue;
-                }
-                b'?' => {
-                    p += 1;
-                    t += 1;
-                    continue;
-                }
-                b'[' => {
-                    if let Some((matched, next)) = class_match(pattern, p, text[t]) {
-                        if matched {
-                            p = next;
-                            t += 1;
-                            continue;
-                        }
-                    } else if text[t] == b'[' {
-                        // An unclosed `[` is a literal.
-                        p += 1;
-                        t += 1;
-                        continue;
-                    }
-                }
-                b'\\' if p + 1 < pattern.len() => {
-                    if pattern[p + 1] == text[t] {
-                        p += 2;
-                        t += 1;
-                        continue;
-                    }
-                }
-                c => {
-                    if c == text[t] {
-                        p += 1;
-                        t += 1;
-                        continue;
-                    }
-                }
-            }
-        }
-        match star {
-            Some((sp, st)) => {
-                p = sp + 1;
-                t = st + 1;
-                star = Some((sp, st + 1));
-            }
-            None => return false,
-        }
-    }
-    pattern[p..].iter().all(|c| *c == b'*')
-}
-
-/// Match `c` against the bracket expression starting at `pattern[start] == '['`. Returns
-/// whether it matched and the index after `]`, or `None` if the bracket is not closed.
-fn class_match(pattern: &[u8], start: usize, c: u8) -> Option<(bool, usize)> {
-    let mut i = start + 1;
-    let negate = matches!(pattern.get(i), Some(b'!') | Some(b'^'));
-    if negate {
-        i += 1;
-    }
-    let mut matched = false;
-    let mut first = true;
-    loop {
-        let lo = *pattern.get(i)?;
-        if lo == b']' && !first {
-            return Some((matched != negate, i + 1));
-        }
-        first = false;
-        if pattern.get(i + 1) == Some(&b'-') && pattern.get(i + 2).is_some_and(|h| *h != b']') {
-            let hi = *pattern.get(i + 2)?;
-            if lo <= c && c <= hi {
-                matched = true;
-            }
-            i += 3;
-        } else {
-            if lo == c {
-                matched = true;
-            }
-            i += 1;
-        }
-    }
 }
 
 #[cfg(test)]
@@ -429,7 +340,7 @@ mod tests {
 
     #[test]
     fn glob() {
-        let m = |p: &str, t: &str| glob_match(p.as_bytes(), t.as_bytes());
+        let m = |p: &str, t: &str| glob::matches(p.as_bytes(), t.as_bytes());
         assert!(m("nixos-generation-*", "nixos-generation-5+3"));
         assert!(m("*", ""));
         assert!(m("a*b*c", "axxbyyc"));

@@ -7,6 +7,7 @@ pub mod cmdline;
 pub mod date;
 pub mod emergency;
 pub mod envelope;
+pub mod glob;
 pub mod kmsg;
 pub mod mounts;
 pub mod rootfs;

@@ -33,5 +33,5 @@ fuzz_target!(|data: &[u8]| {
     let _ = sdboot::predicted_boot(&esp);
     let _ = sdboot::entry_statuses(&esp);
     let conf_text = String::from_utf8_lossy(conf);
-    let _ = bls::glob_match(conf_text.as_bytes(), b"nixos-generation-12+3-1.conf");
+    let _ = stagehand_common::glob::matches(conf_text.as_bytes(), b"nixos-generation-12+3-1.conf");
 });

@@ -14,6 +14,6 @@ fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
     let _ = modules::normalize_name(&text);
     if let Some((pattern, name)) = text.split_once('\n') {
-        let _ = modules::glob_match(pattern, name);
+        let _ = stagehand_common::glob::matches(pattern.as_bytes(), name.as_bytes());
     }
 });

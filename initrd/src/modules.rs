@@ -16,6 +16,8 @@ use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use stagehand_common::glob;
+
 use crate::elf;
 
 /// `'-'` and `'_'` are the same in module names; the kernel uses `_`.
@@ -219,89 +221,6 @@ fn module_stem(file_name: &str) -> Option<String> {
         .map(normalize_name)
 }
 
-/// `fnmatch`-style match with `*`, `?` and `[...]` classes, as module aliases use them.
-pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let t: Vec<char> = text.chars().collect();
-    // Iterative matcher with one backtrack point for the last `*`.
-    let (mut pi, mut ti) = (0usize, 0usize);
-    let mut star: Option<(usize, usize)> = None;
-    while ti < t.len() {
-        if pi < p.len() {
-            match p[pi] {
-                '*' => {
-                    star = Some((pi, ti));
-                    pi += 1;
-                    continue;
-                }
-                '?' => {
-                    pi += 1;
-                    ti += 1;
-                    continue;
-                }
-                '[' => {
-                    if let Some((matched, next)) = match_class(&p, pi, t[ti]) {
-                        if matched {
-                            pi = next;
-                            ti += 1;
-                            continue;
-                        }
-                    } else if t[ti] == '[' {
-                        pi += 1;
-                        ti += 1;
-                        continue;
-                    }
-                }
-                c if c == t[ti] => {
-                    pi += 1;
-                    ti += 1;
-                    continue;
-                }
-                _ => {}
-            }
-        }
-        match star {
-            Some((sp, st)) => {
-                pi = sp + 1;
-                ti = st + 1;
-                star = Some((sp, st + 1));
-            }
-            None => return false,
-        }
-    }
-    p[pi..].iter().all(|&c| c == '*')
-}
-
-/// Match `c` against the class starting at `p[start] == '['`. Returns (matched, index after
-/// the class), or `None` when the class is not closed (then `[` is literal).
-fn match_class(p: &[char], start: usize, c: char) -> Option<(bool, usize)> {
-    let mut i = start + 1;
-    let negate = matches!(p.get(i), Some('!' | '^'));
-    if negate {
-        i += 1;
-    }
-    let mut matched = false;
-    let mut first = true;
-    while i < p.len() {
-        if p[i] == ']' && !first {
-            return Some((matched != negate, i + 1));
-        }
-        first = false;
-        if i + 2 < p.len() && p[i + 1] == '-' && p[i + 2] != ']' {
-            if p[i] <= c && c <= p[i + 2] {
-                matched = true;
-            }
-            i += 3;
-        } else {
-            if p[i] == c {
-                matched = true;
-            }
-            i += 1;
-        }
-    }
-    None
-}
-
 /// A module chosen for the initrd.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResolvedModule {
@@ -439,7 +358,7 @@ impl ModuleIndex {
         let mut found: Vec<String> = self
             .alias_table()?
             .iter()
-            .filter(|(pattern, _)| glob_match(pattern, alias))
+            .filter(|(pattern, _)| glob::matches(pattern.as_bytes(), alias.as_bytes()))
             .map(|(_, name)| name.clone())
             .collect();
         found.sort_by_key(|n| (self.order.get(n).copied().unwrap_or(usize::MAX), n.clone()));
@@ -768,6 +687,7 @@ mod tests {
 
     #[test]
     fn globbing() {
+        let glob_match = |p: &str, t: &str| glob::matches(p.as_bytes(), t.as_bytes());
         assert!(glob_match("crc32c", "crc32c"));
         assert!(!glob_match("crc32c", "crc32"));
         assert!(glob_match(
