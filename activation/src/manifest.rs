@@ -447,7 +447,7 @@ pub fn compile(root: &Root, toplevel: &Path) -> Result<Plan, PlanError> {
         &dir,
         PLAN_NAME.as_ref(),
         &bytes,
-        crate::etc::own_perms(0o444),
+        stagehand_common::rootfs::own_perms(0o444),
     )
     .and_then(|()| stagehand_common::rootfs::fsync_dir(&dir))
     .map_err(werr)?;

@@ -356,6 +356,15 @@ pub struct Perms {
     pub gid: u32,
 }
 
+/// Owned by whoever runs us (root on a real system) with `mode`: for bookkeeping files.
+pub fn own_perms(mode: u32) -> Perms {
+    Perms {
+        mode,
+        uid: rustix::process::geteuid().as_raw(),
+        gid: rustix::process::getegid().as_raw(),
+    }
+}
+
 /// Write the file `tmp` in `dirfd` with final ownership and mode set *before* any content is
 /// written; with `durable`, flush it to disk. The file is created 0600 so it is never
 /// readable by others, not even for an instant before `fchmod` (which matters for

@@ -72,7 +72,7 @@ pub fn commit(
         etc,
         &jname,
         journal.as_bytes(),
-        crate::etc::own_perms(0o600),
+        stagehand_common::rootfs::own_perms(0o600),
     )
     .and_then(|()| rootfs::fsync_dir(etc))
     .map_err(|e| write_err(root, JOURNAL, e))?;

@@ -525,7 +525,7 @@ fn apply_linger(root: &Root, user: &str, enable: bool) -> io::Result<()> {
     let mode = enable.then(|| Mode::from_raw_mode(0o755));
     let (dir, _, _) = root.dir(Path::new(LINGER_DIR), mode)?;
     if enable {
-        rootfs::atomic_write(&dir, user.as_ref(), b"", crate::etc::own_perms(0o644))
+        rootfs::atomic_write(&dir, user.as_ref(), b"", rootfs::own_perms(0o644))
     } else {
         match rootfs::unlink_at(&dir, user.as_ref()) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),

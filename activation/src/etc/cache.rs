@@ -62,7 +62,8 @@ use rustix::fs::{self as rfs, AtFlags, FileType, Mode};
 use serde::{Deserialize, Serialize};
 use stagehand_common::envelope::{self, Kind};
 
-use super::{EtcOptions, EtcTree, Install, Owner};
+use super::tree::{EtcTree, Install, Owner};
+use super::EtcOptions;
 use stagehand_common::rootfs::{self, Node, Root};
 
 /// Where the cache lives: outside `/etc`, so that writing it does not change a stamp it
@@ -439,8 +440,8 @@ impl Cache {
             return false;
         }
         // Owners given by name: the copies must still carry what the names resolve to now.
-        if super::uses_owner_names(tree) {
-            let owners = super::Owners::read(root);
+        if super::tree::uses_owner_names(tree) {
+            let owners = super::observe::Owners::read(root);
             let dests: HashMap<&str, &Stamp> =
                 q.copies.iter().map(|c| (c.rel.as_str(), &c.dest)).collect();
             for e in &tree.entries {
@@ -506,7 +507,7 @@ pub fn store(root: &Root, facts: &Facts, quiet: Option<Quiet>, old: Option<&[u8]
                 &dir,
                 &rootfs::tmp_name(name),
                 &bytes,
-                super::own_perms(0o644),
+                rootfs::own_perms(0o644),
                 false,
             )?;
             rootfs::rename_tmp(&dir, name)

@@ -11,10 +11,9 @@ use rustix::fs::{AtFlags, FileType};
 use rustix::io::Errno;
 
 use super::cache::{self, CleanFact, CopyFact, DirFact, Facts, Held, Stamp, Time};
-use super::{
-    is_safe_rel, uses_owner_names, EntryKind, EtcError, EtcState, EtcTree, InRoot, Install, Owners,
-    TreeEntry, STATIC,
-};
+use super::sources::InRoot;
+use super::tree::{uses_owner_names, EntryKind, EtcTree, Install, TreeEntry};
+use super::{is_safe_rel, EtcError, STATIC};
 use stagehand_common::rootfs::{self, Node, Root};
 
 /// Which remembered facts an observation may use without reading again.
@@ -32,7 +31,7 @@ pub(crate) enum Reuse<'a> {
     },
 }
 
-/// A copy's source as [`super::apply`] read it: its in-root path after following links,
+/// A copy's source as [`super::apply()`] read it: its in-root path after following links,
 /// its stamp (taken before the read) and its bytes.
 pub(crate) struct Written {
     pub canon: String,
@@ -513,4 +512,55 @@ fn read_dir(
         fact: DirFact { stamp, entries },
         racy: stamp.is_racy(clock),
     })
+}
+
+/// User and group names of the target system, from its own `/etc/passwd` and `/etc/group`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Owners {
+    pub users: HashMap<String, u32>,
+    pub groups: HashMap<String, u32>,
+}
+
+impl Owners {
+    pub fn read(root: &Root) -> Owners {
+        let table = |path: &str| -> HashMap<String, u32> {
+            let text = root
+                .read_opt(Path::new(path))
+                .ok()
+                .flatten()
+                .unwrap_or_default();
+            String::from_utf8_lossy(&text)
+                .lines()
+                .filter_map(|l| {
+                    let mut f = l.split(':');
+                    let name = f.next()?;
+                    let id = f.nth(1)?.parse().ok()?;
+                    Some((name.to_owned(), id))
+                })
+                .collect()
+        };
+        Owners {
+            users: table("/etc/passwd"),
+            groups: table("/etc/group"),
+        }
+    }
+}
+
+/// What `/etc` holds now, as far as the plan needs to know.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EtcState {
+    /// Target of `/etc/static`, `None` when absent; `Some(None)` when it is not a symlink.
+    pub static_link: Option<Option<String>>,
+    /// Everything under `/etc` except `/etc/static` and the contents of `/etc/nixos`, plus
+    /// individually looked-up tree entries and `.clean` entries under `/etc/nixos`.
+    pub nodes: HashMap<String, Node>,
+    /// Copied entries whose current file already has the source's bytes.
+    pub same_content: HashSet<String>,
+    /// Stale-link candidates not listed in the tree that are still symlinks in the new tree
+    /// through a symlinked directory of it (filled by `plan::plan_observed`).
+    pub deep_links: HashSet<String>,
+    /// `/etc/.clean` as read, one entry per line.
+    pub old_clean: Vec<String>,
+    pub nixos_tag: bool,
+    pub owners: Owners,
 }

@@ -1,0 +1,346 @@
+//! `/etc` from the generation's etc tree, with the semantics of NixOS's `setup-etc.pl`.
+//!
+//! The work is split in three: [`list_tree`] reads the etc tree of a generation (done once at
+//! build time by `stagehand compile` and stored in the plan), [`observe`] reads what `/etc`
+//! holds now, and [`plan`] — a pure function of the two — decides what to change. [`apply`]
+//! then carries the plan out under the root. Nothing is written when `/etc` already matches.
+//! [`setup_etc`] does not read all of `/etc` every time: the [`cache`] remembers what earlier
+//! runs saw, with the inode stamps that vouch for it, so a run reads only the directories
+//! and files that changed since; and when the last run found nothing to do for the same
+//! input and no stamp changed, it stops after the `stat` calls.
+//!
+//! What the plan does, in `setup-etc.pl` order:
+//! 1. point `/etc/static` at the tree (atomic symlink swap);
+//! 2. remove every symlink under `/etc` (not under `/etc/nixos`) whose target starts with
+//!    `/etc/static` and whose counterpart in the new tree is no longer a symlink;
+//! 3. for each tree entry, in pre-order: create the parent directory; if the entry is a symlink
+//!    and `/etc/<rel>` is a real directory, delete the directory when it holds only links into
+//!    `/etc/static/`, else warn that it holds user files; then
+//!    * `<rel>.mode` = `direct-symlink`: `/etc/<rel>` links straight to the tree link's target;
+//!    * other `<rel>.mode`: copy the file with that mode and the owner from `<rel>.uid` /
+//!      `<rel>.gid` (`+N` numeric, or a name looked up in the root's `/etc/passwd` /
+//!      `/etc/group`, never the host's);
+//!    * other symlinks: `/etc/<rel>` → `/etc/static/<rel>`, replacing whatever is there;
+//! 4. delete files listed in the previous `/etc/.clean` that the new tree no longer has;
+//! 5. rewrite `/etc/.clean` (sorted list of copied entries) and create `/etc/NIXOS`.
+//!
+//! Files and links that no generation declared are never touched.
+//!
+//! One submodule per part: `tree` (the generation's etc tree and its sidecars), `observe`
+//! (what `/etc` holds now), [`cache`] (what earlier runs saw), `plan` (the pure decision),
+//! `apply` (carrying it out), `sources` (reading the copies' sources). This file runs the
+//! step: [`setup_etc`], [`preview`].
+
+mod apply;
+pub mod cache;
+mod observe;
+mod plan;
+mod sources;
+mod tree;
+
+pub use apply::{apply, EtcOutcome};
+pub use observe::{observe, EtcState, Owners};
+pub use plan::{plan, EtcAction, EtcOptions, EtcPlan};
+pub use tree::{list_tree, EntryKind, EtcTree, Install, Owner, TreeEntry};
+
+use apply::{apply_keeping_dirs, Applied};
+use observe::{observe_with, Reuse};
+use plan::plan_observed;
+
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
+use std::fmt;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use stagehand_common::rootfs::Root;
+
+/// The static link `setup-etc.pl` maintains, and the prefix that marks a link as ours.
+const STATIC: &str = "/etc/static";
+
+/// A problem with one entry. Such problems do not stop the others (as in NixOS), but make
+/// the step fail at the end.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Hash)]
+pub enum EtcIssue {
+    BadMode { sidecar: String, value: String },
+    MissingSidecar { sidecar: String },
+    UnreadableSidecar { sidecar: String, error: String },
+    DirectNotSymlink { entry: String },
+    UnsafePath { rel: String },
+    UnknownUser { sidecar: String, name: String },
+    UnknownGroup { sidecar: String, name: String },
+    UserFilesInDir { path: String },
+    Io { action: String, error: String },
+}
+
+impl fmt::Display for EtcIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::BadMode { sidecar, value } => write!(
+                f,
+                "{sidecar}: mode {value:?} is neither an octal mode (like 0440) nor \
+                 \"direct-symlink\"; fix environment.etc.<name>.mode"
+            ),
+            Self::MissingSidecar { sidecar } => write!(
+                f,
+                "{sidecar} is missing although the .mode sidecar exists; rebuild the etc tree"
+            ),
+            Self::UnreadableSidecar { sidecar, error } => {
+                write!(f, "{sidecar}: cannot read: {error}; rebuild the etc tree")
+            }
+            Self::DirectNotSymlink { entry } => write!(
+                f,
+                "{entry}: mode is direct-symlink but the tree entry is not a symlink; \
+                 rebuild the etc tree"
+            ),
+            Self::UnsafePath { rel } => write!(
+                f,
+                "etc entry {rel:?} is not a plain relative path inside /etc (it has '..', \
+                 '.', an empty or absolute component); the plan or tree is corrupt, rebuild it"
+            ),
+            Self::UnknownUser { sidecar, name } => write!(
+                f,
+                "{sidecar}: user {name:?} is not in the system's /etc/passwd, the file was \
+                 installed owned by root; declare users.users.{name} or use \"+<uid>\""
+            ),
+            Self::UnknownGroup { sidecar, name } => write!(
+                f,
+                "{sidecar}: group {name:?} is not in the system's /etc/group, the file was \
+                 installed owned by group root; declare users.groups.{name} or use \"+<gid>\""
+            ),
+            Self::UserFilesInDir { path } => write!(
+                f,
+                "{path} is a directory that contains user files, so it cannot become a \
+                 symlink; move the files away and activate again"
+            ),
+            Self::Io { action, error } => write!(f, "cannot {action}: {error}"),
+        }
+    }
+}
+
+/// Problems that stop the whole step.
+#[derive(Debug)]
+pub enum EtcError {
+    /// The etc tree cannot be read.
+    Tree { path: PathBuf, error: io::Error },
+    /// `/etc` cannot be read.
+    Observe { path: PathBuf, error: io::Error },
+    /// `/etc/static` cannot be pointed at the new tree (fatal in NixOS too).
+    Static { path: PathBuf, error: io::Error },
+}
+
+impl fmt::Display for EtcError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Tree { path, error } => write!(
+                f,
+                "cannot read the etc tree {}: {error}; check that the generation is complete \
+                 (nix-store --verify-path)",
+                path.display()
+            ),
+            Self::Observe { path, error } => write!(
+                f,
+                "cannot read the current /etc at {}: {error}; check that the root is mounted \
+                 and readable",
+                path.display()
+            ),
+            Self::Static { path, error } => write!(
+                f,
+                "cannot point {} at the new etc tree: {error}; /etc must be writable and \
+                 /etc/static must not be a directory",
+                path.display()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for EtcError {}
+
+/// `rel` is usable as a path under `/etc`: plain names only.
+pub fn is_safe_rel(rel: &str) -> bool {
+    !rel.is_empty()
+        && !rel.contains('\0')
+        && rel
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != "..")
+}
+
+/// The whole `etc` step: observe (reading only what the [`cache`] cannot vouch for), plan,
+/// apply, and remember what is in `/etc` now for the next run. When the last run found
+/// nothing to do for the same input and nothing it rested on changed, the step stops after
+/// checking that ([`cache::Quiet`]).
+pub fn setup_etc(
+    root: &Root,
+    tree: &EtcTree,
+    opts: EtcOptions,
+    dry_run: bool,
+) -> Result<EtcOutcome, EtcError> {
+    let (out, recheck) = setup_etc_deferred(root, tree, opts, dry_run)?;
+    if let Some(r) = recheck {
+        r.finish(root, tree);
+    }
+    Ok(out)
+}
+
+/// What is left of a run that changed `/etc`: reading back what it changed and remembering
+/// it for the next run. That has to wait until the coarse clock has passed the last change
+/// (so that the new stamps are not racy: see [`cache`]), so an activation does it after its
+/// other steps, when that time has passed anyway.
+pub struct Recheck {
+    facts: cache::Facts,
+    dirs: HashSet<String>,
+    files: HashSet<String>,
+    applied: Applied,
+    key: u64,
+    opts: EtcOptions,
+    old: Option<Vec<u8>>,
+    changed_at: cache::Time,
+}
+
+impl Recheck {
+    /// Read back what the run changed (the rest of what it saw before stays true of the
+    /// stamps it was seen with) and keep it. If the state read back needs nothing more (as
+    /// it should, unless someone changed /etc meanwhile), the next run may stop early.
+    pub fn finish(self, root: &Root, tree: &EtcTree) {
+        cache::wait_past(self.changed_at);
+        let reuse = Reuse::Except {
+            dirs: &self.dirs,
+            files: &self.files,
+            written: &self.applied.written,
+        };
+        match observe_with(root, tree, self.facts, reuse, self.applied.dirs) {
+            Ok(mut again) => {
+                let check = plan_observed(root, tree, &mut again.state, self.opts);
+                let quiet = quiet_if_empty(tree, self.key, &again.facts, &check);
+                cache::store(root, &again.facts, quiet, self.old.as_deref());
+            }
+            Err(e) => log::debug!("etc cache not updated: {e}"),
+        }
+    }
+}
+
+/// The [`cache::Quiet`] record for facts whose plan is `plan`, when that is empty.
+fn quiet_if_empty(
+    tree: &EtcTree,
+    key: u64,
+    facts: &cache::Facts,
+    plan: &EtcPlan,
+) -> Option<cache::Quiet> {
+    (plan.actions.is_empty() && plan.issues.is_empty())
+        .then(|| cache::quiet(tree, key, facts))
+        .flatten()
+}
+
+/// [`setup_etc`] up to the point where only [`Recheck::finish`] is left (`None` when the
+/// run changed nothing, or in a dry run).
+pub fn setup_etc_deferred(
+    root: &Root,
+    tree: &EtcTree,
+    opts: EtcOptions,
+    dry_run: bool,
+) -> Result<(EtcOutcome, Option<Recheck>), EtcError> {
+    let cache = cache::read(root);
+    let key = cache::input_key(tree, opts);
+    if cache.is_quiet(root, tree, key) {
+        log::debug!("/etc is as the last activation left it (checked against its cache)");
+        return Ok((EtcOutcome::default(), None));
+    }
+    let mut seen = observe_with(root, tree, cache.facts(), Reuse::IfUnchanged, no_dirs())?;
+    log::debug!(
+        "/etc observed: {} directories and files read, the rest from the cache",
+        seen.reads
+    );
+    let plan = plan_observed(root, tree, &mut seen.state, opts);
+    let (out, applied) = apply_keeping_dirs(root, &plan, dry_run)?;
+    if dry_run {
+        return Ok((out, None));
+    }
+    if plan.actions.is_empty() {
+        let quiet = quiet_if_empty(tree, key, &seen.facts, &plan);
+        cache::store(root, &seen.facts, quiet, cache.raw());
+        return Ok((out, None));
+    }
+    let changed_at = cache::precise_now();
+    let (dirs, files) = touched(&plan);
+    let recheck = Recheck {
+        facts: seen.facts,
+        dirs,
+        files,
+        applied,
+        key,
+        opts,
+        old: cache.into_raw(),
+        changed_at,
+    };
+    Ok((out, Some(recheck)))
+}
+
+/// No directory descriptors to read through ([`observe_with`]).
+fn no_dirs() -> HashMap<String, OwnedFd> {
+    HashMap::default()
+}
+
+/// The directories (relative to `/etc`) whose entries `plan` changes, and the files whose
+/// contents it rewrites.
+fn touched(plan: &EtcPlan) -> (HashSet<String>, HashSet<String>) {
+    let mut dirs = HashSet::default();
+    let mut files = HashSet::default();
+    let parent = |rel: &str| rel.rsplit_once('/').map_or("", |(p, _)| p).to_owned();
+    for a in &plan.actions {
+        match a {
+            EtcAction::SetStatic { .. } | EtcAction::TouchNixos => {
+                dirs.insert(String::new());
+            }
+            EtcAction::WriteClean { .. } => {
+                dirs.insert(String::new());
+                files.insert(".clean".to_owned());
+            }
+            EtcAction::RemoveObsoleteLink { rel }
+            | EtcAction::RemoveObsoleteFile { rel }
+            | EtcAction::RemoveStaticDir { rel }
+            | EtcAction::Link { rel, .. } => {
+                dirs.insert(parent(rel));
+            }
+            EtcAction::Copy { rel, .. } => {
+                dirs.insert(parent(rel));
+                files.insert(rel.clone());
+            }
+            // Missing ancestors are made too, each in its parent.
+            EtcAction::EnsureDir { rel } => {
+                let mut cur = rel.as_str();
+                dirs.insert(cur.to_owned());
+                while let Some((up, _)) = cur.rsplit_once('/') {
+                    dirs.insert(up.to_owned());
+                    cur = up;
+                }
+                dirs.insert(String::new());
+            }
+        }
+    }
+    (dirs, files)
+}
+
+/// What the next run of [`setup_etc`] would find, without changing anything: how many
+/// directories and files it would have to read rather than take from the cache, and its plan.
+#[derive(Debug)]
+pub struct Preview {
+    /// The run would stop after checking stamps ([`cache::Quiet`]).
+    pub quiet: bool,
+    pub reads: usize,
+    /// The state it would plan from, made of remembered facts and what it read.
+    pub state: EtcState,
+    pub plan: EtcPlan,
+}
+
+pub fn preview(root: &Root, tree: &EtcTree, opts: EtcOptions) -> Result<Preview, EtcError> {
+    let cache = cache::read(root);
+    let mut seen = observe_with(root, tree, cache.facts(), Reuse::IfUnchanged, no_dirs())?;
+    Ok(Preview {
+        quiet: cache.is_quiet(root, tree, cache::input_key(tree, opts)),
+        reads: seen.reads,
+        plan: plan_observed(root, tree, &mut seen.state, opts),
+        state: seen.state,
+    })
+}
