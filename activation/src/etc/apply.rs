@@ -141,10 +141,50 @@ pub(super) fn apply_keeping_dirs(
         return Ok((out, Applied::default()));
     }
     let mut dirs = Dirs::new(root);
+    let (mut staged, written) = stage_files(root, plan, &mut dirs);
+    if !staged.is_empty() {
+        if let Ok(fd) = dirs.get("", false) {
+            let _ = rootfs::sync_fs(fd.as_fd());
+        }
+    }
+    for (i, a) in plan.actions.iter().enumerate() {
+        log::debug!("{a}");
+        match carry_out(root, &mut dirs, &mut staged, i, a)? {
+            Ok(()) => out.changed += 1,
+            Err(e) => out.issues.push(EtcIssue::Io {
+                action: format!("{a} under {}", root.path().display()),
+                error: e.to_string(),
+            }),
+        }
+    }
+    // One sync makes every rename, link and removal durable.
+    if !plan.actions.is_empty() {
+        if let Ok(fd) = dirs.get("", false) {
+            let _ = rootfs::sync_fs(fd.as_fd());
+        }
+    }
+    Ok((
+        out,
+        Applied {
+            dirs: dirs.open,
+            written,
+        },
+    ))
+}
+
+/// Files staged under temporary names, by the index of their action, with how staging went.
+type Staged = HashMap<usize, io::Result<()>>;
+
+/// Stage every file first (unflushed) and flush them together, so that each rename in
+/// [`carry_out`] publishes contents that are already on disk — with one sync instead of one
+/// per file. Also returns the copies' sources as read.
+fn stage_files(
+    root: &Root,
+    plan: &EtcPlan,
+    dirs: &mut Dirs<'_>,
+) -> (Staged, HashMap<String, Written>) {
     let mut sources = InRoot::new(root);
-    // Stage every file first and flush them together, so that each rename below publishes
-    // contents that are already on disk — with one sync instead of one per file.
-    let mut staged: HashMap<usize, io::Result<()>> = HashMap::default();
+    let mut staged: Staged = HashMap::default();
     let mut written: HashMap<String, Written> = HashMap::default();
     for (i, a) in plan.actions.iter().enumerate() {
         let staging = match a {
@@ -177,95 +217,76 @@ pub(super) fn apply_keeping_dirs(
         };
         staged.insert(i, staging);
     }
-    if !staged.is_empty() {
-        if let Ok(fd) = dirs.get("", false) {
-            let _ = rootfs::sync_fs(fd.as_fd());
+    (staged, written)
+}
+
+/// Carry out action `i`, `a`. The inner result is the action's own (a failure is reported
+/// and the other actions still run); the outer error stops the step: `/etc/static` could
+/// not be set.
+fn carry_out(
+    root: &Root,
+    dirs: &mut Dirs<'_>,
+    staged: &mut Staged,
+    i: usize,
+    a: &EtcAction,
+) -> Result<io::Result<()>, EtcError> {
+    Ok(match a {
+        EtcAction::SetStatic { target } => {
+            let res = root
+                .dir(Path::new("/etc"), Some(Mode::from_raw_mode(0o755)))
+                .and_then(|(etc, _, _)| {
+                    rootfs::atomic_symlink(&etc, OsStr::new("static"), target.as_bytes())
+                });
+            if let Err(error) = res {
+                return Err(EtcError::Static {
+                    path: root.host_path(Path::new(STATIC)),
+                    error,
+                });
+            }
+            Ok(())
         }
-    }
-    for (i, a) in plan.actions.iter().enumerate() {
-        log::debug!("{a}");
-        let r: io::Result<()> = match a {
-            EtcAction::SetStatic { target } => {
-                let res = root
-                    .dir(Path::new("/etc"), Some(Mode::from_raw_mode(0o755)))
-                    .and_then(|(etc, _, _)| {
-                        rootfs::atomic_symlink(&etc, OsStr::new("static"), target.as_bytes())
-                    });
-                if let Err(error) = res {
-                    return Err(EtcError::Static {
-                        path: root.host_path(Path::new(STATIC)),
-                        error,
-                    });
-                }
-                Ok(())
+        EtcAction::RemoveObsoleteLink { rel } | EtcAction::RemoveObsoleteFile { rel } => {
+            log::info!("removing obsolete /etc/{rel}");
+            dirs.parent(rel, false)
+                .and_then(|(d, n)| rootfs::unlink_at(d, &n))
+        }
+        EtcAction::EnsureDir { rel } => dirs.make(rel),
+        EtcAction::RemoveStaticDir { rel } => {
+            let r = dirs
+                .parent(rel, false)
+                .and_then(|(d, n)| rootfs::remove_tree_at(d, &n));
+            dirs.forget_under(rel);
+            r
+        }
+        EtcAction::Link { rel, target, fresh } => dirs.parent(rel, true).and_then(|(d, n)| {
+            let t = OsStr::from_bytes(target.as_bytes());
+            match fresh.then(|| rustix::fs::symlinkat(t, d, n.as_os_str())) {
+                Some(Ok(())) => Ok(()),
+                // Something appeared since we looked (or it was not fresh).
+                Some(Err(Errno::EXIST)) | None => rootfs::atomic_symlink(d, &n, target.as_bytes()),
+                Some(Err(e)) => Err(e.into()),
             }
-            EtcAction::RemoveObsoleteLink { rel } | EtcAction::RemoveObsoleteFile { rel } => {
-                log::info!("removing obsolete /etc/{rel}");
-                dirs.parent(rel, false)
-                    .and_then(|(d, n)| rootfs::unlink_at(d, &n))
-            }
-            EtcAction::EnsureDir { rel } => dirs.make(rel),
-            EtcAction::RemoveStaticDir { rel } => {
-                let r = dirs
-                    .parent(rel, false)
-                    .and_then(|(d, n)| rootfs::remove_tree_at(d, &n));
-                dirs.forget_under(rel);
-                r
-            }
-            EtcAction::Link { rel, target, fresh } => {
-                dirs.parent(rel, true).and_then(|(d, n)| {
-                    let t = OsStr::from_bytes(target.as_bytes());
-                    match fresh.then(|| rustix::fs::symlinkat(t, d, n.as_os_str())) {
-                        Some(Ok(())) => Ok(()),
-                        // Something appeared since we looked (or it was not fresh).
-                        Some(Err(Errno::EXIST)) | None => {
-                            rootfs::atomic_symlink(d, &n, target.as_bytes())
-                        }
-                        Some(Err(e)) => Err(e.into()),
-                    }
-                })
-            }
-            EtcAction::Copy { rel, .. } => match staged.remove(&i) {
+        }),
+        EtcAction::Copy { rel, .. } => match staged.remove(&i) {
+            Some(Ok(())) => dirs
+                .parent(rel, true)
+                .and_then(|(d, n)| rootfs::rename_tmp(d, &n)),
+            Some(Err(e)) => Err(e),
+            None => Err(io::Error::other("not staged")),
+        },
+        EtcAction::WriteClean { .. } | EtcAction::TouchNixos => {
+            let name = if matches!(a, EtcAction::TouchNixos) {
+                "NIXOS"
+            } else {
+                ".clean"
+            };
+            match staged.remove(&i) {
                 Some(Ok(())) => dirs
-                    .parent(rel, true)
+                    .parent(name, true)
                     .and_then(|(d, n)| rootfs::rename_tmp(d, &n)),
                 Some(Err(e)) => Err(e),
                 None => Err(io::Error::other("not staged")),
-            },
-            EtcAction::WriteClean { .. } | EtcAction::TouchNixos => {
-                let name = if matches!(a, EtcAction::TouchNixos) {
-                    "NIXOS"
-                } else {
-                    ".clean"
-                };
-                match staged.remove(&i) {
-                    Some(Ok(())) => dirs
-                        .parent(name, true)
-                        .and_then(|(d, n)| rootfs::rename_tmp(d, &n)),
-                    Some(Err(e)) => Err(e),
-                    None => Err(io::Error::other("not staged")),
-                }
             }
-        };
-        match r {
-            Ok(()) => out.changed += 1,
-            Err(e) => out.issues.push(EtcIssue::Io {
-                action: format!("{a} under {}", root.path().display()),
-                error: e.to_string(),
-            }),
         }
-    }
-    // One sync makes every rename, link and removal durable.
-    if !plan.actions.is_empty() {
-        if let Ok(fd) = dirs.get("", false) {
-            let _ = rootfs::sync_fs(fd.as_fd());
-        }
-    }
-    Ok((
-        out,
-        Applied {
-            dirs: dirs.open,
-            written,
-        },
-    ))
+    })
 }

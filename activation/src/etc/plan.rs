@@ -120,11 +120,22 @@ pub fn plan(tree: &EtcTree, state: &EtcState, opts: EtcOptions) -> EtcPlan {
             target: tree.path.clone(),
         });
     }
-
     let by_rel: HashMap<&str, &TreeEntry> =
         tree.entries.iter().map(|e| (e.rel.as_str(), e)).collect();
+    let removed = plan_stale_links(state, &by_rel, &mut p);
+    let copied = plan_entries(tree, state, opts, &removed, &mut p);
+    plan_obsolete_files(state, &by_rel, &removed, &mut p);
+    plan_clean_and_tag(state, copied, &mut p);
+    p
+}
 
-    // Stale links, in sorted order so that plans are reproducible.
+/// Links into `/etc/static` that the new tree no longer has as links are removed, in sorted
+/// order so that plans are reproducible. Returns them: the later phases treat them as gone.
+fn plan_stale_links<'s>(
+    state: &'s EtcState,
+    by_rel: &HashMap<&str, &TreeEntry>,
+    p: &mut EtcPlan,
+) -> HashSet<&'s str> {
     let mut stale: Vec<&str> = state
         .nodes
         .iter()
@@ -148,7 +159,18 @@ pub fn plan(tree: &EtcTree, state: &EtcState, opts: EtcOptions) -> EtcPlan {
             rel: (*rel).to_owned(),
         });
     }
+    removed
+}
 
+/// Every tree entry, in pre-order: its parent directory, a directory in the way of its link,
+/// and what it installs. Returns the entries `/etc/.clean` lists (copies and direct links).
+fn plan_entries<'t>(
+    tree: &'t EtcTree,
+    state: &EtcState,
+    opts: EtcOptions,
+    removed: &HashSet<&str>,
+    p: &mut EtcPlan,
+) -> Vec<&'t str> {
     let non_static = non_static_dirs(&state.nodes);
     let mut ensured: HashSet<&str> = HashSet::default();
     let mut copied: Vec<&str> = Vec::new();
@@ -160,28 +182,8 @@ pub fn plan(tree: &EtcTree, state: &EtcState, opts: EtcOptions) -> EtcPlan {
         if opts.skip_resolv_conf && e.rel == "resolv.conf" {
             continue;
         }
-        // make_path(dirname): a parent that is not a real directory now is created (or, for a
-        // user's symlink to a directory, followed inside the root by the executor).
         if let Some((parent, _)) = e.rel.rsplit_once('/') {
-            let is_dir = matches!(state.nodes.get(parent), Some(Node::Dir { .. }))
-                && !removed.contains(parent);
-            if !is_dir && !ensured.contains(parent) {
-                p.actions.push(EtcAction::EnsureDir {
-                    rel: parent.to_owned(),
-                });
-            }
-            // Everything above it exists after this, too (and once one is known to, so
-            // are the ones above it).
-            let mut cur = parent;
-            loop {
-                if !ensured.insert(cur) {
-                    break;
-                }
-                match cur.rsplit_once('/') {
-                    Some((up, _)) => cur = up,
-                    None => break,
-                }
-            }
+            plan_parent_dir(parent, state, removed, &mut ensured, p);
         }
         let current = state
             .nodes
@@ -197,87 +199,157 @@ pub fn plan(tree: &EtcTree, state: &EtcState, opts: EtcOptions) -> EtcPlan {
                     .push(EtcAction::RemoveStaticDir { rel: e.rel.clone() });
             }
         }
-        // Whether the link is already there, decided without building its target first:
-        // this runs for every entry.
-        let links_to = |target: &[&[u8]]| match current {
-            Some(Node::Symlink(t)) => {
-                t.len() == target.iter().map(|p| p.len()).sum::<usize>() && {
-                    let mut rest = t.as_slice();
-                    target.iter().all(|part| match rest.strip_prefix(*part) {
-                        Some(r) => {
-                            rest = r;
-                            true
-                        }
-                        None => false,
-                    })
-                }
-            }
-            _ => false,
-        };
-        let link_to = |target: String, p: &mut EtcPlan| {
-            if !links_to(&[target.as_bytes()]) {
-                p.actions.push(EtcAction::Link {
-                    rel: e.rel.clone(),
-                    target,
-                    fresh: current.is_none() && !state.nodes.contains_key(&e.rel),
-                });
-            }
-        };
-        match &e.install {
-            Install::Nothing => {}
-            Install::Invalid(issue) => p.issues.push(issue.clone()),
-            Install::Link => {
-                if !links_to(&[STATIC.as_bytes(), b"/", e.rel.as_bytes()]) {
-                    link_to(format!("{STATIC}/{}", e.rel), &mut p);
-                }
-            }
-            Install::Direct(target) => {
-                link_to(target.clone(), &mut p);
-                copied.push(&e.rel);
-            }
-            Install::Copy { mode, user, group } => {
-                let sidecar = |ext: &str| format!("{}/{}{ext}", tree.path, e.rel);
-                let uid = match user {
-                    Owner::Id(n) => *n,
-                    Owner::Name(n) => state.owners.users.get(n).copied().unwrap_or_else(|| {
-                        p.issues.push(EtcIssue::UnknownUser {
-                            sidecar: sidecar(".uid"),
-                            name: n.clone(),
-                        });
-                        0
-                    }),
-                };
-                let gid = match group {
-                    Owner::Id(n) => *n,
-                    Owner::Name(n) => state.owners.groups.get(n).copied().unwrap_or_else(|| {
-                        p.issues.push(EtcIssue::UnknownGroup {
-                            sidecar: sidecar(".gid"),
-                            name: n.clone(),
-                        });
-                        0
-                    }),
-                };
-                let perms = Perms {
-                    mode: *mode,
-                    uid,
-                    gid,
-                };
-                let up_to_date = matches!(current, Some(Node::File { mode, uid, gid, .. })
-                    if *mode == perms.mode && *uid == perms.uid && *gid == perms.gid)
-                    && state.same_content.contains(&e.rel);
-                if !up_to_date {
-                    p.actions.push(EtcAction::Copy {
-                        rel: e.rel.clone(),
-                        source: format!("{}/{}", tree.path, e.rel),
-                        perms,
-                    });
-                }
-                copied.push(&e.rel);
-            }
+        if plan_install(tree, e, current, state, p) {
+            copied.push(&e.rel);
         }
     }
+    copied
+}
 
-    // Files copied by an earlier generation that this one does not have at all.
+/// make_path(dirname): a parent that is not a real directory now is created (or, for a
+/// user's symlink to a directory, followed inside the root by the executor). `ensured`
+/// holds the directories known to exist once the actions so far are done.
+fn plan_parent_dir<'t>(
+    parent: &'t str,
+    state: &EtcState,
+    removed: &HashSet<&str>,
+    ensured: &mut HashSet<&'t str>,
+    p: &mut EtcPlan,
+) {
+    let is_dir =
+        matches!(state.nodes.get(parent), Some(Node::Dir { .. })) && !removed.contains(parent);
+    if !is_dir && !ensured.contains(parent) {
+        p.actions.push(EtcAction::EnsureDir {
+            rel: parent.to_owned(),
+        });
+    }
+    // Everything above it exists after this, too (and once one is known to, so
+    // are the ones above it).
+    let mut cur = parent;
+    loop {
+        if !ensured.insert(cur) {
+            break;
+        }
+        match cur.rsplit_once('/') {
+            Some((up, _)) => cur = up,
+            None => break,
+        }
+    }
+}
+
+/// Whether `current` is a link to the concatenation of `target`'s parts, decided without
+/// building the target first: this runs for every entry.
+fn links_to(current: Option<&Node>, target: &[&[u8]]) -> bool {
+    match current {
+        Some(Node::Symlink(t)) => {
+            t.len() == target.iter().map(|p| p.len()).sum::<usize>() && {
+                let mut rest = t.as_slice();
+                target.iter().all(|part| match rest.strip_prefix(*part) {
+                    Some(r) => {
+                        rest = r;
+                        true
+                    }
+                    None => false,
+                })
+            }
+        }
+        _ => false,
+    }
+}
+
+/// What entry `e` installs at `/etc/<rel>`, where `current` is what is there now (`None`
+/// also when the stale-link phase removes it). Returns whether `/etc/.clean` lists the
+/// entry (a copy or a direct link).
+fn plan_install(
+    tree: &EtcTree,
+    e: &TreeEntry,
+    current: Option<&Node>,
+    state: &EtcState,
+    p: &mut EtcPlan,
+) -> bool {
+    let link_to = |target: String, p: &mut EtcPlan| {
+        if !links_to(current, &[target.as_bytes()]) {
+            p.actions.push(EtcAction::Link {
+                rel: e.rel.clone(),
+                target,
+                fresh: current.is_none() && !state.nodes.contains_key(&e.rel),
+            });
+        }
+    };
+    match &e.install {
+        Install::Nothing => false,
+        Install::Invalid(issue) => {
+            p.issues.push(issue.clone());
+            false
+        }
+        Install::Link => {
+            if !links_to(current, &[STATIC.as_bytes(), b"/", e.rel.as_bytes()]) {
+                link_to(format!("{STATIC}/{}", e.rel), p);
+            }
+            false
+        }
+        Install::Direct(target) => {
+            link_to(target.clone(), p);
+            true
+        }
+        Install::Copy { mode, user, group } => {
+            let perms = copy_perms(tree, e, *mode, (user, group), state, p);
+            let up_to_date = matches!(current, Some(Node::File { mode, uid, gid, .. })
+                if *mode == perms.mode && *uid == perms.uid && *gid == perms.gid)
+                && state.same_content.contains(&e.rel);
+            if !up_to_date {
+                p.actions.push(EtcAction::Copy {
+                    rel: e.rel.clone(),
+                    source: format!("{}/{}", tree.path, e.rel),
+                    perms,
+                });
+            }
+            true
+        }
+    }
+}
+
+/// The owner and mode of a copy: names are looked up in the root's `/etc/passwd` and
+/// `/etc/group`; an unknown one is reported and becomes root (0).
+fn copy_perms(
+    tree: &EtcTree,
+    e: &TreeEntry,
+    mode: u32,
+    (user, group): (&Owner, &Owner),
+    state: &EtcState,
+    p: &mut EtcPlan,
+) -> Perms {
+    let sidecar = |ext: &str| format!("{}/{}{ext}", tree.path, e.rel);
+    let uid = match user {
+        Owner::Id(n) => *n,
+        Owner::Name(n) => state.owners.users.get(n).copied().unwrap_or_else(|| {
+            p.issues.push(EtcIssue::UnknownUser {
+                sidecar: sidecar(".uid"),
+                name: n.clone(),
+            });
+            0
+        }),
+    };
+    let gid = match group {
+        Owner::Id(n) => *n,
+        Owner::Name(n) => state.owners.groups.get(n).copied().unwrap_or_else(|| {
+            p.issues.push(EtcIssue::UnknownGroup {
+                sidecar: sidecar(".gid"),
+                name: n.clone(),
+            });
+            0
+        }),
+    };
+    Perms { mode, uid, gid }
+}
+
+/// Files copied by an earlier generation that this one does not have at all are removed.
+fn plan_obsolete_files(
+    state: &EtcState,
+    by_rel: &HashMap<&str, &TreeEntry>,
+    removed: &HashSet<&str>,
+    p: &mut EtcPlan,
+) {
     for rel in &state.old_clean {
         if by_rel.contains_key(rel.as_str()) {
             continue;
@@ -295,7 +367,11 @@ pub fn plan(tree: &EtcTree, state: &EtcState, opts: EtcOptions) -> EtcPlan {
                 .push(EtcAction::RemoveObsoleteFile { rel: rel.clone() });
         }
     }
+}
 
+/// `/etc/.clean` is rewritten when its list of `copied` entries changes (or it is not a
+/// file), and `/etc/NIXOS` is created when missing.
+fn plan_clean_and_tag(state: &EtcState, mut copied: Vec<&str>, p: &mut EtcPlan) {
     copied.sort_unstable();
     let lines = |rels: &mut dyn Iterator<Item = &str>| {
         let mut text = String::new();
@@ -313,7 +389,6 @@ pub fn plan(tree: &EtcTree, state: &EtcState, opts: EtcOptions) -> EtcPlan {
     if !state.nixos_tag {
         p.actions.push(EtcAction::TouchNixos);
     }
-    p
 }
 
 /// [`plan`] for a state from [`observe_with`], which leaves `deep_links` empty: when the
