@@ -419,146 +419,17 @@ impl SystemImage {
     /// Add a generation to the store and its `system-N-link`; the first one added also
     /// becomes the current `system` profile.
     pub fn add_generation(&mut self, spec: &GenerationSpec) -> Result<BuiltGeneration> {
-        let store = &mut self.store;
-        let stage2 = store.add(
-            "stagehand-stage2",
-            node_dir(&[("bin/stage2", Node::executable(&spec.stage2))])?,
-        )?;
-        let guest_probe = store.add(
-            "guest-probe",
-            node_dir(&[("bin/guest-probe", Node::executable(&spec.guest_probe))])?,
-        )?;
-        let systemd = store.add(
-            &format!("systemd-{}", self.systemd.version),
-            node_dir(&[
-                (
-                    "lib/systemd/systemd",
-                    Node::executable(&self.systemd.systemd),
-                ),
-                (
-                    "lib/systemd/systemd-shutdown",
-                    Node::executable(&self.systemd.shutdown),
-                ),
-            ])?,
-        )?;
-        let kernel = store.add(
-            &format!("linux-{}", spec.boot.kernel_version),
-            node_dir(&[("bzImage", Node::host_file(&spec.boot.kernel, 0o444))])?,
-        )?;
-        let initrd = store.add(
-            &format!("initrd-linux-{}", spec.boot.kernel_version),
-            node_dir(&[("initrd", Node::host_file(&spec.boot.initrd, 0o444))])?,
-        )?;
-        let users_groups = store.add_text(
-            "users-groups.json",
-            serde_json::to_string_pretty(&spec.users_groups_json())?,
-        )?;
-
-        // The etc tree: every entry a link to a store file, sidecars as plain files.
-        let mut etc = Tree::new();
-        for entry in &spec.etc {
-            match entry {
-                EtcEntry::Text { path, text } => {
-                    let file = store.add_text(&store_name(path), text.clone())?;
-                    etc.insert(path, Node::symlink(file.as_str()))?;
-                }
-                EtcEntry::Link { path, target } => etc.insert(path, Node::symlink(target))?,
-                EtcEntry::Copied {
-                    path,
-                    text,
-                    mode,
-                    uid,
-                    gid,
-                } => {
-                    let file = store.add_text(&store_name(path), text.clone())?;
-                    etc.insert(path, Node::symlink(file.as_str()))?;
-                    etc.insert(&format!("{path}.mode"), Node::text(format!("{mode}\n")))?;
-                    etc.insert(&format!("{path}.uid"), Node::text(format!("{uid}\n")))?;
-                    etc.insert(&format!("{path}.gid"), Node::text(format!("{gid}\n")))?;
-                }
-            }
-        }
-        for (name, text) in unit_files(&guest_probe) {
-            let file = store.add_text(&store_name(name), text)?;
-            etc.insert(
-                &format!("systemd/system/{name}"),
-                Node::symlink(file.as_str()),
-            )?;
-        }
-        for name in MASKED_UNITS {
-            etc.insert(
-                &format!("systemd/system/{name}"),
-                Node::symlink("/dev/null"),
-            )?;
-        }
-        let etc_path = store.add("etc", node_dir(&[("etc", Node::Dir(etc))])?)?;
-        let etc_dir = etc_path.join("etc");
-
-        let activation = json!({
-            "version": 1,
-            "etc": etc_dir,
-            "usersGroups": users_groups.as_str(),
-            "snippets": [],
-        });
-        let switcher = match &spec.switch_to_configuration {
-            Some(bin) => Some(store.add(
-                "stagehand",
-                node_dir(&[("bin/stagehand", Node::executable(bin))])?,
-            )?),
-            None => None,
-        };
-        let kernel_params = spec.kernel_params.clone();
-        let toplevel_tree = |toplevel: &str| -> Result<Node> {
-            let bootspec = json!({
-                "org.nixos.bootspec.v1": {
-                    "system": "x86_64-linux",
-                    "init": format!("{toplevel}/init"),
-                    "initrd": initrd.join("initrd"),
-                    "kernel": kernel.join("bzImage"),
-                    "kernelParams": kernel_params,
-                    "label": spec.label,
-                    "toplevel": toplevel,
-                },
-                "org.nixos.specialisation.v1": {},
-            });
-            let mut entries = vec![
-                ("init", Node::symlink(stage2.join("bin/stage2"))),
-                ("etc", Node::symlink(etc_dir.clone())),
-                ("systemd", Node::symlink(systemd.as_str())),
-                ("kernel", Node::symlink(kernel.join("bzImage"))),
-                ("initrd", Node::symlink(initrd.join("initrd"))),
-                (
-                    "boot.json",
-                    Node::text(serde_json::to_string_pretty(&bootspec)?),
-                ),
-                (
-                    "activation.json",
-                    Node::text(serde_json::to_string_pretty(&activation)?),
-                ),
-                (
-                    "nixos-version",
-                    Node::text(format!("stagehand-{}", spec.number)),
-                ),
-                ("kernel-params", Node::text(kernel_params.join(" "))),
-            ];
-            if let Some(s) = &switcher {
-                entries.push((
-                    "bin/switch-to-configuration",
-                    Node::symlink(s.join("bin/stagehand")),
-                ));
-            }
-            node_dir(&entries)
-        };
-        let toplevel = store.add_self_referential(&spec.toplevel_name(), toplevel_tree)?;
-
+        let parts = GenerationParts::add(&mut self.store, spec, &self.systemd)?;
+        let etc = add_etc(&mut self.store, spec, &parts.guest_probe)?;
+        let toplevel = add_toplevel(&mut self.store, spec, &parts, &etc)?;
         let built = BuiltGeneration {
             number: spec.number,
             toplevel: toplevel.clone(),
-            etc: etc_path,
-            systemd,
-            stage2,
-            guest_probe,
-            users_groups,
+            etc,
+            systemd: parts.systemd,
+            stage2: parts.stage2,
+            guest_probe: parts.guest_probe,
+            users_groups: parts.users_groups,
             kernel_params: spec.kernel_params.clone(),
             hostname: spec.hostname.clone(),
         };
@@ -599,6 +470,182 @@ impl SystemImage {
     pub fn write_ext4(&self, out: &Path, size_mb: u32, label: &str) -> Result<()> {
         write_ext4(&self.tree()?, out, size_mb, label)
     }
+}
+
+/// The store paths a generation's toplevel links to, apart from `etc`.
+struct GenerationParts {
+    stage2: StorePath,
+    guest_probe: StorePath,
+    systemd: StorePath,
+    kernel: StorePath,
+    initrd: StorePath,
+    users_groups: StorePath,
+    /// `stagehand`, when the generation has a `switch-to-configuration`.
+    switcher: Option<StorePath>,
+}
+
+impl GenerationParts {
+    fn add(
+        store: &mut StoreBuilder,
+        spec: &GenerationSpec,
+        host_systemd: &HostSystemd,
+    ) -> Result<GenerationParts> {
+        let stage2 = store.add(
+            "stagehand-stage2",
+            node_dir(&[("bin/stage2", Node::executable(&spec.stage2))])?,
+        )?;
+        let guest_probe = store.add(
+            "guest-probe",
+            node_dir(&[("bin/guest-probe", Node::executable(&spec.guest_probe))])?,
+        )?;
+        let systemd = store.add(
+            &format!("systemd-{}", host_systemd.version),
+            node_dir(&[
+                (
+                    "lib/systemd/systemd",
+                    Node::executable(&host_systemd.systemd),
+                ),
+                (
+                    "lib/systemd/systemd-shutdown",
+                    Node::executable(&host_systemd.shutdown),
+                ),
+            ])?,
+        )?;
+        let kernel = store.add(
+            &format!("linux-{}", spec.boot.kernel_version),
+            node_dir(&[("bzImage", Node::host_file(&spec.boot.kernel, 0o444))])?,
+        )?;
+        let initrd = store.add(
+            &format!("initrd-linux-{}", spec.boot.kernel_version),
+            node_dir(&[("initrd", Node::host_file(&spec.boot.initrd, 0o444))])?,
+        )?;
+        let users_groups = store.add_text(
+            "users-groups.json",
+            serde_json::to_string_pretty(&spec.users_groups_json())?,
+        )?;
+        let switcher = match &spec.switch_to_configuration {
+            Some(bin) => Some(store.add(
+                "stagehand",
+                node_dir(&[("bin/stagehand", Node::executable(bin))])?,
+            )?),
+            None => None,
+        };
+        Ok(GenerationParts {
+            stage2,
+            guest_probe,
+            systemd,
+            kernel,
+            initrd,
+            users_groups,
+            switcher,
+        })
+    }
+}
+
+/// The etc tree in the store: every entry a link to a store file, sidecars as plain files,
+/// the test units and the masked ones. Returns the store path that holds `etc/`.
+fn add_etc(
+    store: &mut StoreBuilder,
+    spec: &GenerationSpec,
+    guest_probe: &StorePath,
+) -> Result<StorePath> {
+    let mut etc = Tree::new();
+    for entry in &spec.etc {
+        match entry {
+            EtcEntry::Text { path, text } => {
+                let file = store.add_text(&store_name(path), text.clone())?;
+                etc.insert(path, Node::symlink(file.as_str()))?;
+            }
+            EtcEntry::Link { path, target } => etc.insert(path, Node::symlink(target))?,
+            EtcEntry::Copied {
+                path,
+                text,
+                mode,
+                uid,
+                gid,
+            } => {
+                let file = store.add_text(&store_name(path), text.clone())?;
+                etc.insert(path, Node::symlink(file.as_str()))?;
+                etc.insert(&format!("{path}.mode"), Node::text(format!("{mode}\n")))?;
+                etc.insert(&format!("{path}.uid"), Node::text(format!("{uid}\n")))?;
+                etc.insert(&format!("{path}.gid"), Node::text(format!("{gid}\n")))?;
+            }
+        }
+    }
+    for (name, text) in unit_files(guest_probe) {
+        let file = store.add_text(&store_name(name), text)?;
+        etc.insert(
+            &format!("systemd/system/{name}"),
+            Node::symlink(file.as_str()),
+        )?;
+    }
+    for name in MASKED_UNITS {
+        etc.insert(
+            &format!("systemd/system/{name}"),
+            Node::symlink("/dev/null"),
+        )?;
+    }
+    store.add("etc", node_dir(&[("etc", Node::Dir(etc))])?)
+}
+
+/// The toplevel: `init`, `etc`, `systemd`, kernel and initrd links, `boot.json`,
+/// `activation.json`, and `bin/switch-to-configuration` when there is one.
+fn add_toplevel(
+    store: &mut StoreBuilder,
+    spec: &GenerationSpec,
+    parts: &GenerationParts,
+    etc: &StorePath,
+) -> Result<StorePath> {
+    let etc_dir = etc.join("etc");
+    let activation = json!({
+        "version": 1,
+        "etc": etc_dir,
+        "usersGroups": parts.users_groups.as_str(),
+        "snippets": [],
+    });
+    let kernel_params = spec.kernel_params.clone();
+    let toplevel_tree = |toplevel: &str| -> Result<Node> {
+        let bootspec = json!({
+            "org.nixos.bootspec.v1": {
+                "system": "x86_64-linux",
+                "init": format!("{toplevel}/init"),
+                "initrd": parts.initrd.join("initrd"),
+                "kernel": parts.kernel.join("bzImage"),
+                "kernelParams": kernel_params,
+                "label": spec.label,
+                "toplevel": toplevel,
+            },
+            "org.nixos.specialisation.v1": {},
+        });
+        let mut entries = vec![
+            ("init", Node::symlink(parts.stage2.join("bin/stage2"))),
+            ("etc", Node::symlink(etc_dir.clone())),
+            ("systemd", Node::symlink(parts.systemd.as_str())),
+            ("kernel", Node::symlink(parts.kernel.join("bzImage"))),
+            ("initrd", Node::symlink(parts.initrd.join("initrd"))),
+            (
+                "boot.json",
+                Node::text(serde_json::to_string_pretty(&bootspec)?),
+            ),
+            (
+                "activation.json",
+                Node::text(serde_json::to_string_pretty(&activation)?),
+            ),
+            (
+                "nixos-version",
+                Node::text(format!("stagehand-{}", spec.number)),
+            ),
+            ("kernel-params", Node::text(kernel_params.join(" "))),
+        ];
+        if let Some(s) = &parts.switcher {
+            entries.push((
+                "bin/switch-to-configuration",
+                Node::symlink(s.join("bin/stagehand")),
+            ));
+        }
+        node_dir(&entries)
+    };
+    store.add_self_referential(&spec.toplevel_name(), toplevel_tree)
 }
 
 impl SystemImage {

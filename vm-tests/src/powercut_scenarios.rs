@@ -19,7 +19,7 @@ use std::process::Command;
 use anyhow::{Context, Result};
 
 use crate::console::{probe_facts, shows, PROBE_DONE};
-use crate::generation::{EtcEntry, Group, User};
+use crate::generation::{BuiltGeneration, EtcEntry, Group, User};
 use crate::host::run;
 use crate::qemu::Vm;
 use crate::scenarios::{check_probe, root_disk, Expected, Inputs, Outcome, FIRST_LINE, STEP};
@@ -179,16 +179,40 @@ pub fn power_cut(inputs: &Inputs) -> Result<Outcome> {
     drop(vm);
     let old = account_set(&img)?;
 
-    // Boot 2: generation 2, cut once its users step is done (its etc step is under way).
+    // Boot 2: generation 2, cut during its activation.
     let log = dir.join("boot-2-cut.console.log");
     out.log = Some(log.clone());
-    let mut vm = Vm::start(&inputs.vm_config(&initrd, vec![img.clone()], g2.cmdline(), log))?;
+    let vm = Vm::start(&inputs.vm_config(&initrd, vec![img.clone()], g2.cmdline(), log))?;
+    if !cut_during_activation(vm, &mut out) {
+        return Ok(out);
+    }
+    let at_cut = inspect_cut_image(&img, &dir, [&g1, &g2], &mut out)?;
+
+    // Boot 3: generation 2 again, which must come up.
+    let log = dir.join("boot-3.console.log");
+    let what = "boot 3 after the cut";
+    let Some(vm) = boot_to_probe(inputs, &initrd, &img, g2.cmdline(), log, what, &mut out)? else {
+        return Ok(out);
+    };
+    let facts = probe_facts(&vm.lines());
+    drop(vm);
+    for bad in check_probe(&facts, &Expected::of(&g2)) {
+        out.failures.push(format!("boot 3 (generation 2): {bad}"));
+    }
+    let new = account_set(&img)?;
+    check_accounts_after_recovery(&facts, &old, &at_cut, &new, &mut out);
+    Ok(out)
+}
+
+/// Boot 2: cut the power once the users step is done (its etc step is under way). `false`
+/// when the console never got there (the failure is in `out`).
+fn cut_during_activation(mut vm: Vm, out: &mut Outcome) -> bool {
     let cut_at = match vm.wait_for("stage2: activation step users:", FIRST_LINE) {
         Ok(line) => line,
         Err(e) => {
             out.failures.push(format!("boot 2: {e:#}"));
             out.notes.push(vm.failure_context(40));
-            return Ok(out);
+            return false;
         }
     };
     // Dropping the VM SIGKILLs QEMU (and its `timeout`): the power cut.
@@ -208,10 +232,20 @@ pub fn power_cut(inputs: &Inputs) -> Result<Outcome> {
             && !shows(&lines, "stage2: activation finished"),
         || "the etc step had finished before QEMU was killed: make it slower".into(),
     );
+    true
+}
 
-    // The image as the cut left it, journal replayed on a copy.
+/// The image as the cut left it, journal replayed on a copy: it is repairable, the account
+/// files parse, shadow files are not readable by others. Returns the account files at the
+/// cut and whether the users journal was there.
+fn inspect_cut_image(
+    img: &Path,
+    dir: &Path,
+    [g1, g2]: [&BuiltGeneration; 2],
+    out: &mut Outcome,
+) -> Result<AtCut> {
     let cut = dir.join("root-after-cut.img");
-    std::fs::copy(&img, &cut).with_context(|| format!("copying {}", img.display()))?;
+    std::fs::copy(img, &cut).with_context(|| format!("copying {}", img.display()))?;
     let fsck = Command::new("e2fsck")
         .args(["-fy"])
         .arg(&cut)
@@ -223,10 +257,10 @@ pub fn power_cut(inputs: &Inputs) -> Result<Outcome> {
         matches!(fsck.status.code(), Some(0..=2)),
         || format!("e2fsck exited {:?}", fsck.status),
     );
-    let at_cut = account_set(&cut)?;
+    let accounts = account_set(&cut)?;
     let journal = image_file(&cut, USERS_JOURNAL)?.is_some();
     for (i, path) in ACCOUNT_FILES.iter().enumerate() {
-        if let Some(text) = &at_cut[i] {
+        if let Some(text) = &accounts[i] {
             out.check(
                 &format!("{path} parses after the cut"),
                 parses(path, text),
@@ -263,19 +297,27 @@ pub fn power_cut(inputs: &Inputs) -> Result<Outcome> {
         "after the cut /etc/static pointed at {static_at_cut}; temporaries in /etc: {debris:?}"
     ));
     std::fs::remove_file(&cut).ok();
+    Ok(AtCut { accounts, journal })
+}
 
-    // Boot 3: generation 2 again, which must come up.
-    let log = dir.join("boot-3.console.log");
-    let what = "boot 3 after the cut";
-    let Some(vm) = boot_to_probe(inputs, &initrd, &img, g2.cmdline(), log, what, &mut out)? else {
-        return Ok(out);
-    };
-    let facts = probe_facts(&vm.lines());
-    drop(vm);
-    for bad in check_probe(&facts, &Expected::of(&g2)) {
-        out.failures.push(format!("boot 3 (generation 2): {bad}"));
-    }
-    let new = account_set(&img)?;
+/// The account files as the cut left them.
+struct AtCut {
+    accounts: Vec<Option<String>>,
+    /// The users step's journal was on disk.
+    journal: bool,
+}
+
+/// After boot 3: the guest sees the image's accounts, generation 2's and every old one;
+/// at the cut each file was its old or new version, the set old, new, or a mix the journal
+/// finishes.
+fn check_accounts_after_recovery(
+    facts: &BTreeMap<String, String>,
+    old: &[Option<String>],
+    cut: &AtCut,
+    new: &[Option<String>],
+    out: &mut Outcome,
+) {
+    let at_cut = &cut.accounts;
     let passwd = new[0].clone().unwrap_or_default();
     let printed = facts.get("db.etc.passwd").cloned().unwrap_or_default();
     out.check(
@@ -300,7 +342,7 @@ pub fn power_cut(inputs: &Inputs) -> Result<Outcome> {
     };
     out.notes.push(format!(
         "after the cut the account files were {which}{}",
-        if journal {
+        if cut.journal {
             ", with the users journal"
         } else {
             ""
@@ -308,7 +350,7 @@ pub fn power_cut(inputs: &Inputs) -> Result<Outcome> {
     ));
     out.check(
         "after the cut the account files were the old or the new set, or a mix the journal finishes",
-        at_cut == old || at_cut == new || journal,
+        at_cut == old || at_cut == new || cut.journal,
         || format!("old {old:?}\nat the cut {at_cut:?}\nnew {new:?}"),
     );
     for (i, path) in ACCOUNT_FILES.iter().enumerate() {
@@ -318,5 +360,4 @@ pub fn power_cut(inputs: &Inputs) -> Result<Outcome> {
             || format!("{:?}", at_cut[i]),
         );
     }
-    Ok(out)
 }

@@ -204,26 +204,55 @@ pub fn switch_live(inputs: &Inputs) -> Result<Outcome> {
 }
 
 fn check(out: &mut Outcome, lines: &[Line], g1: &BuiltGeneration, g2: &BuiltGeneration) {
-    let snaps = snapshots(lines);
-    let empty = BTreeMap::new();
-    let snap = |label: &str| snaps.get(label).unwrap_or(&empty);
-    let get = |label: &str, k: &str| snap(label).get(k).cloned().unwrap_or_default();
-    let pid = |label: &str, s: &str| get(label, s).parse::<u32>().unwrap_or(0);
+    let snaps = Snapshots(snapshots(lines));
     for label in ["gen1", "gen2", "back", "again"] {
-        out.notes.push(format!("{label}: {:?}", snap(label)));
+        out.notes.push(format!("{label}: {:?}", snaps.snap(label)));
     }
-    let running =
-        |label: &str, s: &str| pid(label, s) > 0 && get(label, &format!("{s}.state")) == "active";
-    let stopped =
-        |label: &str, s: &str| pid(label, s) == 0 && get(label, &format!("{s}.state")) != "active";
+    check_units(out, &snaps, g1, g2);
+    check_printed(out, lines);
+    out.check("no kernel panic", !shows(lines, "Kernel panic"), || {
+        "panic on the console".into()
+    });
+}
 
+/// The driver's snapshots by label, read leniently (a missing value is empty, PID 0).
+struct Snapshots(BTreeMap<String, BTreeMap<String, String>>);
+
+impl Snapshots {
+    fn snap(&self, label: &str) -> BTreeMap<String, String> {
+        self.0.get(label).cloned().unwrap_or_default()
+    }
+
+    fn get(&self, label: &str, k: &str) -> String {
+        self.0
+            .get(label)
+            .and_then(|s| s.get(k))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn pid(&self, label: &str, s: &str) -> u32 {
+        self.get(label, s).parse::<u32>().unwrap_or(0)
+    }
+
+    fn running(&self, label: &str, s: &str) -> bool {
+        self.pid(label, s) > 0 && self.get(label, &format!("{s}.state")) == "active"
+    }
+
+    fn stopped(&self, label: &str, s: &str) -> bool {
+        self.pid(label, s) == 0 && self.get(label, &format!("{s}.state")) != "active"
+    }
+}
+
+/// Which services ran, with which PIDs, after each switch; every switch exited 0.
+fn check_units(out: &mut Outcome, s: &Snapshots, g1: &BuiltGeneration, g2: &BuiltGeneration) {
     out.check(
         "generation 1 boots with A, B, C running and no D",
-        running("gen1", "a")
-            && running("gen1", "b")
-            && running("gen1", "c")
-            && stopped("gen1", "d"),
-        || format!("{:?}", snap("gen1")),
+        s.running("gen1", "a")
+            && s.running("gen1", "b")
+            && s.running("gen1", "c")
+            && s.stopped("gen1", "d"),
+        || format!("{:?}", s.snap("gen1")),
     );
     for (step, label) in [
         ("switched-to-2", "switch to 2"),
@@ -232,72 +261,81 @@ fn check(out: &mut Outcome, lines: &[Line], g1: &BuiltGeneration, g2: &BuiltGene
     ] {
         out.check(
             &format!("{label} exits 0"),
-            get(step, "exit") == "0",
-            || format!("exit {:?}", get(step, "exit")),
+            s.get(step, "exit") == "0",
+            || format!("exit {:?}", s.get(step, "exit")),
         );
     }
-    out.check(
-        "after 1 → 2: A restarted (new PID)",
-        running("gen2", "a") && pid("gen2", "a") != pid("gen1", "a"),
-        || {
-            format!(
-                "A was {} now {} ({})",
-                pid("gen1", "a"),
-                pid("gen2", "a"),
-                get("gen2", "a.state")
-            )
-        },
-    );
-    out.check("after 1 → 2: B stopped", stopped("gen2", "b"), || {
-        format!("{:?}", snap("gen2"))
-    });
-    out.check(
-        "after 1 → 2: C kept its PID",
-        running("gen2", "c") && pid("gen2", "c") == pid("gen1", "c"),
-        || format!("C was {} now {}", pid("gen1", "c"), pid("gen2", "c")),
-    );
-    out.check("after 1 → 2: D started", running("gen2", "d"), || {
-        format!("{:?}", snap("gen2"))
-    });
-    out.check(
-        "after 1 → 2: /run/current-system is generation 2",
-        get("gen2", "current") == g2.toplevel.as_str(),
-        || get("gen2", "current"),
-    );
-
-    out.check(
-        "after 2 → 1: A restarted again",
-        running("back", "a") && pid("back", "a") != pid("gen2", "a"),
-        || format!("A was {} now {}", pid("gen2", "a"), pid("back", "a")),
-    );
-    out.check(
-        "after 2 → 1: B running again",
-        running("back", "b"),
-        || format!("{:?}", snap("back")),
-    );
-    out.check(
-        "after 2 → 1: C still has its first PID",
-        pid("back", "c") == pid("gen1", "c") && running("back", "c"),
-        || format!("C was {} now {}", pid("gen1", "c"), pid("back", "c")),
-    );
-    out.check("after 2 → 1: D stopped", stopped("back", "d"), || {
-        format!("{:?}", snap("back"))
-    });
-    out.check(
-        "after 2 → 1: /run/current-system is generation 1",
-        get("back", "current") == g1.toplevel.as_str(),
-        || get("back", "current"),
-    );
-
+    check_switch_to_2(out, s, g2);
+    check_switch_back(out, s, g1);
     out.check(
         "the no-op switch kept every PID",
         ["a", "b", "c"]
             .iter()
-            .all(|s| pid("again", s) == pid("back", s) && running("again", s)),
-        || format!("{:?} then {:?}", snap("back"), snap("again")),
+            .all(|u| s.pid("again", u) == s.pid("back", u) && s.running("again", u)),
+        || format!("{:?} then {:?}", s.snap("back"), s.snap("again")),
     );
+}
 
-    // What the switches printed.
+fn check_switch_to_2(out: &mut Outcome, s: &Snapshots, g2: &BuiltGeneration) {
+    out.check(
+        "after 1 → 2: A restarted (new PID)",
+        s.running("gen2", "a") && s.pid("gen2", "a") != s.pid("gen1", "a"),
+        || {
+            format!(
+                "A was {} now {} ({})",
+                s.pid("gen1", "a"),
+                s.pid("gen2", "a"),
+                s.get("gen2", "a.state")
+            )
+        },
+    );
+    out.check("after 1 → 2: B stopped", s.stopped("gen2", "b"), || {
+        format!("{:?}", s.snap("gen2"))
+    });
+    out.check(
+        "after 1 → 2: C kept its PID",
+        s.running("gen2", "c") && s.pid("gen2", "c") == s.pid("gen1", "c"),
+        || format!("C was {} now {}", s.pid("gen1", "c"), s.pid("gen2", "c")),
+    );
+    out.check("after 1 → 2: D started", s.running("gen2", "d"), || {
+        format!("{:?}", s.snap("gen2"))
+    });
+    out.check(
+        "after 1 → 2: /run/current-system is generation 2",
+        s.get("gen2", "current") == g2.toplevel.as_str(),
+        || s.get("gen2", "current"),
+    );
+}
+
+fn check_switch_back(out: &mut Outcome, s: &Snapshots, g1: &BuiltGeneration) {
+    out.check(
+        "after 2 → 1: A restarted again",
+        s.running("back", "a") && s.pid("back", "a") != s.pid("gen2", "a"),
+        || format!("A was {} now {}", s.pid("gen2", "a"), s.pid("back", "a")),
+    );
+    out.check(
+        "after 2 → 1: B running again",
+        s.running("back", "b"),
+        || format!("{:?}", s.snap("back")),
+    );
+    out.check(
+        "after 2 → 1: C still has its first PID",
+        s.pid("back", "c") == s.pid("gen1", "c") && s.running("back", "c"),
+        || format!("C was {} now {}", s.pid("gen1", "c"), s.pid("back", "c")),
+    );
+    out.check("after 2 → 1: D stopped", s.stopped("back", "d"), || {
+        format!("{:?}", s.snap("back"))
+    });
+    out.check(
+        "after 2 → 1: /run/current-system is generation 1",
+        s.get("back", "current") == g1.toplevel.as_str(),
+        || s.get("back", "current"),
+    );
+}
+
+/// What the switches printed: the first switch's unit lists, a silent no-op switch, and
+/// each switch's timing as a note.
+fn check_printed(out: &mut Outcome, lines: &[Line]) {
     let text: Vec<&str> = lines.iter().map(|l| l.text.as_str()).collect();
     let between = |from: &str, to: &str| -> Vec<&str> {
         let start = text
@@ -334,9 +372,6 @@ fn check(out: &mut Outcome, lines: &[Line], g1: &BuiltGeneration, g2: &BuiltGene
     {
         out.notes.push(l.trim().to_string());
     }
-    out.check("no kernel panic", !shows(lines, "Kernel panic"), || {
-        "panic on the console".into()
-    });
 }
 
 #[cfg(test)]

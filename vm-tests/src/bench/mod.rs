@@ -43,51 +43,8 @@ pub fn run(boots_each: usize) -> Result<bool> {
     inputs.workspace.build_release(&["-p", "stagehand-cli"])?;
     let stagehand = inputs.workspace.release_binary("stagehand")?;
 
-    eprintln!("bench: building the initrds (ours, dracut, initramfs-tools)");
-    let t = Instant::now();
-    let (_, ours_path) = inputs.initrd_in(&dir, |_| {})?;
-    let ours = Built::measure("stagehand", &ours_path, t.elapsed(), "zstd")?;
-    let modules = peers::modules_tree(&inputs.kernel, &dir.join("kroot"))?;
-    let kroot = dir.join("kroot");
-    let dracut_path = dir.join("dracut.img");
-    let d = peers::dracut(&inputs.kernel, &modules, &dracut_path, true)?;
-    let dracut = Built::measure("dracut, our modules", &dracut_path, d, "gzip")?;
-    let itools_path = dir.join("initramfs-tools.img");
-    let d = peers::initramfs_tools(&inputs.kernel, &kroot, &dir, &itools_path, true)?;
-    let itools = Built::measure("initramfs-tools, our modules", &itools_path, d, "zstd")?;
-    let path = dir.join("dracut-generic.img");
-    let d = peers::dracut(&inputs.kernel, &modules, &path, false)?;
-    let dracut_generic = Built::measure("dracut, default (generic)", &path, d, "gzip")?;
-    let path = dir.join("initramfs-tools-most.img");
-    let d = peers::initramfs_tools(&inputs.kernel, &kroot, &dir, &path, false)?;
-    let itools_most = Built::measure("initramfs-tools, default (MODULES=most)", &path, d, "zstd")?;
-    let initrds = [ours, dracut, itools, dracut_generic, itools_most];
-
-    let (image, generation) = inputs.demo_image(&dir, &ours_path)?;
-    let mut results: Vec<BootResult> = Vec::new();
-    for round in 0..boots_each {
-        for kind in Kind::ALL {
-            let initrd = match kind {
-                Kind::Stagehand => &initrds[0].path,
-                Kind::Dracut => &initrds[1].path,
-                Kind::InitramfsTools => &initrds[2].path,
-            };
-            eprintln!(
-                "bench: boot {} of {boots_each} with {}",
-                round + 1,
-                kind.name()
-            );
-            let r = boots::boot(&inputs, &dir, kind, round, initrd, &image, &generation)?;
-            if !r.failures.is_empty() {
-                eprintln!("bench: the {} boot failed:", kind.name());
-                for f in &r.failures {
-                    eprintln!("  {f}");
-                }
-            }
-            results.push(r);
-        }
-    }
-
+    let initrds = build_initrds(&inputs, &dir)?;
+    let results = boot_each_initrd(&inputs, &dir, &initrds, boots_each)?;
     eprintln!("bench: activation (hyperfine, strace)");
     let cases = activation::measure(&stagehand, &dir.join("activation"))?;
 
@@ -110,8 +67,86 @@ pub fn run(boots_each: usize) -> Result<bool> {
     )?;
     report.push_str(&activation::table(&cases)?);
     // The rest of BENCHMARKS.md, so that this one command reproduces every figure in it.
+    activation_in_process(&mut report, &stagehand)?;
+    let spine_ok = boot_spine(&mut report, &inputs, &dir)?;
+    eprintln!("bench: initrd compression and stripping (vm-tests initrd-sizes)");
+    writeln!(report, "\nInitrd compression and stripping:\n")?;
+    report.push_str(&crate::initrd_scenarios::sizes(&inputs)?);
+
+    let path = dir.join("report.md");
+    fs::write(&path, &report).with_context(|| format!("writing {}", path.display()))?;
+    println!("{report}");
+    println!("(also in {}; console logs beside it)", path.display());
+    let failed = results.iter().filter(|r| !r.failures.is_empty()).count();
+    if failed > 0 {
+        println!("{failed} boot(s) failed; they are left out of the medians");
+    }
+    Ok(failed == 0 && spine_ok)
+}
+
+/// Ours, dracut and initramfs-tools with our module list (the three that boot), then the
+/// two peers as they build by default; in that order.
+fn build_initrds(inputs: &Inputs, dir: &Path) -> Result<[Built; 5]> {
+    eprintln!("bench: building the initrds (ours, dracut, initramfs-tools)");
+    let t = Instant::now();
+    let (_, ours_path) = inputs.initrd_in(dir, |_| {})?;
+    let ours = Built::measure("stagehand", &ours_path, t.elapsed(), "zstd")?;
+    let modules = peers::modules_tree(&inputs.kernel, &dir.join("kroot"))?;
+    let kroot = dir.join("kroot");
+    let dracut_path = dir.join("dracut.img");
+    let d = peers::dracut(&inputs.kernel, &modules, &dracut_path, true)?;
+    let dracut = Built::measure("dracut, our modules", &dracut_path, d, "gzip")?;
+    let itools_path = dir.join("initramfs-tools.img");
+    let d = peers::initramfs_tools(&inputs.kernel, &kroot, dir, &itools_path, true)?;
+    let itools = Built::measure("initramfs-tools, our modules", &itools_path, d, "zstd")?;
+    let path = dir.join("dracut-generic.img");
+    let d = peers::dracut(&inputs.kernel, &modules, &path, false)?;
+    let dracut_generic = Built::measure("dracut, default (generic)", &path, d, "gzip")?;
+    let path = dir.join("initramfs-tools-most.img");
+    let d = peers::initramfs_tools(&inputs.kernel, &kroot, dir, &path, false)?;
+    let itools_most = Built::measure("initramfs-tools, default (MODULES=most)", &path, d, "zstd")?;
+    Ok([ours, dracut, itools, dracut_generic, itools_most])
+}
+
+/// `boots_each` rounds, each booting the demo image once with each of the first three
+/// initrds, alternating.
+fn boot_each_initrd(
+    inputs: &Inputs,
+    dir: &Path,
+    initrds: &[Built; 5],
+    boots_each: usize,
+) -> Result<Vec<BootResult>> {
+    let (image, generation) = inputs.demo_image(dir, &initrds[0].path)?;
+    let mut results: Vec<BootResult> = Vec::new();
+    for round in 0..boots_each {
+        for kind in Kind::ALL {
+            let initrd = match kind {
+                Kind::Stagehand => &initrds[0].path,
+                Kind::Dracut => &initrds[1].path,
+                Kind::InitramfsTools => &initrds[2].path,
+            };
+            eprintln!(
+                "bench: boot {} of {boots_each} with {}",
+                round + 1,
+                kind.name()
+            );
+            let r = boots::boot(inputs, dir, kind, round, initrd, &image, &generation)?;
+            if !r.failures.is_empty() {
+                eprintln!("bench: the {} boot failed:", kind.name());
+                for f in &r.failures {
+                    eprintln!("  {f}");
+                }
+            }
+            results.push(r);
+        }
+    }
+    Ok(results)
+}
+
+/// `stagehand bench`'s table, as activation/BENCHMARKS.md shows it.
+fn activation_in_process(report: &mut String, stagehand: &Path) -> Result<()> {
     eprintln!("bench: activation in process (stagehand bench --reps 9 --dir /dev/shm)");
-    let in_process = Command::new(&stagehand)
+    let in_process = Command::new(stagehand)
         .args(["bench", "--reps", "9", "--dir", "/dev/shm"])
         .output()
         .with_context(|| format!("running {} bench", stagehand.display()))?;
@@ -128,16 +163,20 @@ pub fn run(boots_each: usize) -> Result<bool> {
          activation/BENCHMARKS.md):\n\n```\n{}```",
         String::from_utf8_lossy(&in_process.stdout)
     )?;
+    Ok(())
+}
 
+/// One boot of ours phase by phase (the boot-spine scenario) and its timeline; `false`
+/// when that boot failed.
+fn boot_spine(report: &mut String, inputs: &Inputs, dir: &Path) -> Result<bool> {
     eprintln!(
         "bench: one boot of ours, phase by phase (the boot-spine scenario), and its timeline"
     );
-    let spine = crate::scenarios::boot_spine(&inputs, false)?;
+    let spine = crate::scenarios::boot_spine(inputs, false)?;
     writeln!(report, "\nOne boot, phase by phase (boot-spine):\n")?;
     for note in &spine.notes {
         writeln!(report, "{note}")?;
     }
-    let spine_ok = spine.failures.is_empty();
     for f in &spine.failures {
         writeln!(report, "boot-spine FAILED: {f}")?;
     }
@@ -147,20 +186,7 @@ pub fn run(boots_each: usize) -> Result<bool> {
         fs::copy(&drawn, &svg).with_context(|| format!("copying {}", drawn.display()))?;
         writeln!(report, "\nBoot timeline (SVG): {}", svg.display())?;
     }
-
-    eprintln!("bench: initrd compression and stripping (vm-tests initrd-sizes)");
-    writeln!(report, "\nInitrd compression and stripping:\n")?;
-    report.push_str(&crate::initrd_scenarios::sizes(&inputs)?);
-
-    let path = dir.join("report.md");
-    fs::write(&path, &report).with_context(|| format!("writing {}", path.display()))?;
-    println!("{report}");
-    println!("(also in {}; console logs beside it)", path.display());
-    let failed = results.iter().filter(|r| !r.failures.is_empty()).count();
-    if failed > 0 {
-        println!("{failed} boot(s) failed; they are left out of the medians");
-    }
-    Ok(failed == 0 && spine_ok)
+    Ok(spine.failures.is_empty())
 }
 
 /// The middle value (the mean of the two middle ones for an even count).
