@@ -372,6 +372,61 @@ fn assemble(
     extras: &SpecExtras,
 ) -> Result<(Archive, Stage1Config, modules::Closure), InitrdError> {
     let mut archive = Archive::new();
+    add_skeleton(&mut archive)?;
+    let stage1 = read_input(&spec.stage1, "stage-1 binary")?;
+    archive
+        .add(
+            "/init",
+            Entry {
+                perm: 0o755,
+                node: Node::File(stage1),
+            },
+        )
+        .map_err(archive_err("/init"))?;
+
+    let mut closure = module_closure(spec)?;
+    let config_modules = add_modules(&mut archive, spec, extras, &mut closure)?;
+    add_firmware(&mut archive, extras, &mut closure)?;
+    let config = Stage1Config {
+        modules: config_modules,
+        filesystems: spec.filesystems.clone(),
+        device_timeout_ms: spec.device_timeout_ms,
+        panic_on_fail: spec.panic_on_fail,
+        options: extras.stage1_options.clone(),
+    };
+    archive
+        .add(
+            stage1_config::STAGE1_CONFIG_PATH,
+            Entry {
+                perm: 0o644,
+                node: Node::File(config.encode().map_err(InitrdError::Config)?),
+            },
+        )
+        .map_err(archive_err(stage1_config::STAGE1_CONFIG_PATH))?;
+
+    // After the modules: on a merged-/usr host the objects' `/lib/...` paths then go
+    // through the initrd's real /lib directory (see objects.rs).
+    let library_dirs: Vec<PathBuf> = match &extras.library_dirs {
+        Some(dirs) => dirs.clone(),
+        None => objects::DEFAULT_LIBRARY_DIRS
+            .iter()
+            .map(PathBuf::from)
+            .collect(),
+    };
+    objects::add_objects(
+        &mut archive,
+        &extras.contents,
+        &library_dirs,
+        &mut closure.warnings,
+    )?;
+    for extra in &spec.extra_files {
+        add_extra(&mut archive, extra)?;
+    }
+    Ok((archive, config, closure))
+}
+
+/// The directories stage 1 mounts onto, and `/dev/console`.
+fn add_skeleton(archive: &mut Archive) -> Result<(), InitrdError> {
     for dir in SKELETON_DIRS {
         archive
             .add(
@@ -396,20 +451,18 @@ fn assemble(
         )
         .map_err(archive_err("/dev/console"))?;
     // /tmp is world-writable with the sticky bit, as everywhere.
-    archive_set_perm(&mut archive, "/tmp", 0o1777)?;
+    archive_set_perm(archive, "/tmp", 0o1777)
+}
 
-    let stage1 = read_input(&spec.stage1, "stage-1 binary")?;
-    archive
-        .add(
-            "/init",
-            Entry {
-                perm: 0o755,
-                node: Node::File(stage1),
-            },
-        )
-        .map_err(archive_err("/init"))?;
-
-    let mut closure = module_closure(spec)?;
+/// The closure's modules as `/lib/modules/<name>.ko` (signatures stripped unless kept),
+/// and their entries for the config, with their parameters. A parameter for a module that
+/// is not loaded is a warning.
+fn add_modules(
+    archive: &mut Archive,
+    spec: &InitrdSpec,
+    extras: &SpecExtras,
+    closure: &mut modules::Closure,
+) -> Result<Vec<stage1_config::Module>, InitrdError> {
     let params: BTreeMap<String, &String> = extras
         .module_params
         .iter()
@@ -453,44 +506,7 @@ fn assemble(
             optional: m.optional,
         });
     }
-    add_firmware(&mut archive, extras, &mut closure)?;
-
-    let config = Stage1Config {
-        modules: config_modules,
-        filesystems: spec.filesystems.clone(),
-        device_timeout_ms: spec.device_timeout_ms,
-        panic_on_fail: spec.panic_on_fail,
-        options: extras.stage1_options.clone(),
-    };
-    archive
-        .add(
-            stage1_config::STAGE1_CONFIG_PATH,
-            Entry {
-                perm: 0o644,
-                node: Node::File(config.encode().map_err(InitrdError::Config)?),
-            },
-        )
-        .map_err(archive_err(stage1_config::STAGE1_CONFIG_PATH))?;
-
-    // After the modules: on a merged-/usr host the objects' `/lib/...` paths then go
-    // through the initrd's real /lib directory (see objects.rs).
-    let library_dirs: Vec<PathBuf> = match &extras.library_dirs {
-        Some(dirs) => dirs.clone(),
-        None => objects::DEFAULT_LIBRARY_DIRS
-            .iter()
-            .map(PathBuf::from)
-            .collect(),
-    };
-    objects::add_objects(
-        &mut archive,
-        &extras.contents,
-        &library_dirs,
-        &mut closure.warnings,
-    )?;
-    for extra in &spec.extra_files {
-        add_extra(&mut archive, extra)?;
-    }
-    Ok((archive, config, closure))
+    Ok(config_modules)
 }
 
 /// Copy the firmware the chosen modules name. Modules list every file any supported

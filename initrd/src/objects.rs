@@ -120,21 +120,25 @@ fn name_of(path: &Path) -> String {
     path.to_string_lossy().into_owned()
 }
 
+/// The error for an I/O failure on `path` while copying an object.
+fn object_io(path: &Path) -> impl FnOnce(std::io::Error) -> InitrdError {
+    let path = path.to_owned();
+    move |error| InitrdError::Io {
+        path,
+        what: "object",
+        error,
+    }
+}
+
 impl Copier<'_> {
+    /// Walk `job.path` a component at a time: a symlink on the way is copied and its target
+    /// queued (with the rest of the path), the last component is copied.
     fn process(&mut self, job: Job) -> Result<(), InitrdError> {
         match self.seen.get(&job.path) {
             Some(&whole) if whole || !job.whole_tree => return Ok(()),
             _ => {}
         }
         self.seen.insert(job.path.clone(), job.whole_tree);
-        let io = |path: &Path| {
-            let path = path.to_owned();
-            move |error| InitrdError::Io {
-                path,
-                what: "object",
-                error,
-            }
-        };
 
         let parts: Vec<Component> = job.path.components().collect();
         let mut cur = PathBuf::from("/");
@@ -149,97 +153,126 @@ impl Copier<'_> {
             };
             let next = cur.join(&name);
             let last = i + 1 == parts.len();
-            let meta = std::fs::symlink_metadata(&next).map_err(io(&next))?;
+            let meta = std::fs::symlink_metadata(&next).map_err(object_io(&next))?;
             if meta.file_type().is_symlink() {
-                let in_archive = self.archive.get(&name_of(&next));
-                if !last
-                    && matches!(
-                        in_archive,
-                        Some(Entry {
-                            node: Node::Dir,
-                            ..
-                        })
-                    )
-                {
+                if !last && self.is_dir_in_archive(&next) {
                     cur = next;
                     continue;
                 }
-                let target = std::fs::read_link(&next).map_err(io(&next))?;
-                self.archive
-                    .add(
-                        &name_of(&next),
-                        Entry {
-                            perm: 0o777,
-                            node: Node::Symlink(target.to_string_lossy().into_owned()),
-                        },
-                    )
-                    .map_err(archive_err(format!("object {}", job.path.display())))?;
-                if job.links >= MAX_LINKS {
-                    return Err(InitrdError::SymlinkLoop { path: job.path });
-                }
-                // The link's target, then whatever of the path was left after the link.
-                let mut resolved = if target.is_absolute() {
-                    target
-                } else {
-                    cur.join(target)
-                };
-                for rest in &parts[i + 1..] {
-                    resolved.push(rest.as_os_str());
-                }
-                self.queue.push_back(Job {
-                    path: resolved,
-                    whole_tree: job.whole_tree,
-                    links: job.links + 1,
-                });
-                return Ok(());
+                return self.follow_symlink(&job, &cur, &next, &parts[i + 1..]);
             }
             if !last {
                 cur = next;
                 continue;
             }
-            if meta.is_dir() {
-                self.archive
-                    .add(
-                        &name_of(&next),
-                        Entry {
-                            perm: 0o755,
-                            node: Node::Dir,
-                        },
-                    )
-                    .map_err(archive_err(format!("object {}", job.path.display())))?;
-                if job.whole_tree {
-                    let mut children: Vec<PathBuf> = std::fs::read_dir(&next)
-                        .map_err(io(&next))?
-                        .map(|e| e.map(|e| e.path()))
-                        .collect::<Result<_, _>>()
-                        .map_err(io(&next))?;
-                    children.sort();
-                    for child in children {
-                        self.queue.push_back(Job {
-                            path: child,
-                            whole_tree: true,
-                            links: 0,
-                        });
-                    }
+            self.copy_node(&job, &next, &meta)?;
+        }
+        Ok(())
+    }
+
+    /// A link on the way that the archive already has as a directory (merged /usr: the
+    /// initrd's real `/lib`) is walked through, not copied.
+    fn is_dir_in_archive(&self, path: &Path) -> bool {
+        matches!(
+            self.archive.get(&name_of(path)),
+            Some(Entry {
+                node: Node::Dir,
+                ..
+            })
+        )
+    }
+
+    /// Copy the link at `link` (in directory `dir`) and queue its target followed by
+    /// `rest`, the part of the path after the link.
+    fn follow_symlink(
+        &mut self,
+        job: &Job,
+        dir: &Path,
+        link: &Path,
+        rest: &[Component],
+    ) -> Result<(), InitrdError> {
+        let target = std::fs::read_link(link).map_err(object_io(link))?;
+        self.archive
+            .add(
+                &name_of(link),
+                Entry {
+                    perm: 0o777,
+                    node: Node::Symlink(target.to_string_lossy().into_owned()),
+                },
+            )
+            .map_err(archive_err(format!("object {}", job.path.display())))?;
+        if job.links >= MAX_LINKS {
+            return Err(InitrdError::SymlinkLoop {
+                path: job.path.clone(),
+            });
+        }
+        // The link's target, then whatever of the path was left after the link.
+        let mut resolved = if target.is_absolute() {
+            target
+        } else {
+            dir.join(target)
+        };
+        for part in rest {
+            resolved.push(part.as_os_str());
+        }
+        self.queue.push_back(Job {
+            path: resolved,
+            whole_tree: job.whole_tree,
+            links: job.links + 1,
+        });
+        Ok(())
+    }
+
+    /// The object itself: a directory (its children queued when the whole tree is wanted),
+    /// a file (its ELF dependencies queued), anything else a warning.
+    fn copy_node(
+        &mut self,
+        job: &Job,
+        path: &Path,
+        meta: &std::fs::Metadata,
+    ) -> Result<(), InitrdError> {
+        if meta.is_dir() {
+            self.archive
+                .add(
+                    &name_of(path),
+                    Entry {
+                        perm: 0o755,
+                        node: Node::Dir,
+                    },
+                )
+                .map_err(archive_err(format!("object {}", job.path.display())))?;
+            if job.whole_tree {
+                let mut children: Vec<PathBuf> = std::fs::read_dir(path)
+                    .map_err(object_io(path))?
+                    .map(|e| e.map(|e| e.path()))
+                    .collect::<Result<_, _>>()
+                    .map_err(object_io(path))?;
+                children.sort();
+                for child in children {
+                    self.queue.push_back(Job {
+                        path: child,
+                        whole_tree: true,
+                        links: 0,
+                    });
                 }
-            } else if meta.is_file() {
-                let data = std::fs::read(&next).map_err(io(&next))?;
-                self.elf_dependencies(&next, &data);
-                self.archive
-                    .add(
-                        &name_of(&next),
-                        Entry {
-                            perm: default_perm(&meta),
-                            node: Node::File(data),
-                        },
-                    )
-                    .map_err(archive_err(format!("object {}", job.path.display())))?;
-            } else {
-                self.warnings.push(format!(
-                    "{}: not a file, directory or symlink; skipped",
-                    next.display()
-                ));
             }
+        } else if meta.is_file() {
+            let data = std::fs::read(path).map_err(object_io(path))?;
+            self.elf_dependencies(path, &data);
+            self.archive
+                .add(
+                    &name_of(path),
+                    Entry {
+                        perm: default_perm(meta),
+                        node: Node::File(data),
+                    },
+                )
+                .map_err(archive_err(format!("object {}", job.path.display())))?;
+        } else {
+            self.warnings.push(format!(
+                "{}: not a file, directory or symlink; skipped",
+                path.display()
+            ));
         }
         Ok(())
     }
