@@ -153,36 +153,32 @@ pub fn decode<T: DeserializeOwned>(kind: Kind, bytes: &[u8]) -> Result<T, Envelo
 
 /// Check the header and checksum without decoding; the payload.
 pub fn verify(kind: Kind, bytes: &[u8]) -> Result<&[u8], EnvelopeError> {
-    let header = bytes.get(..HEADER_LEN).ok_or(EnvelopeError::Truncated {
-        expected: HEADER_LEN,
-        found: bytes.len(),
-    })?;
-    let field = |at: usize, n: usize| &header[at..at + n];
-    let mut magic = [0u8; 8];
-    magic.copy_from_slice(field(0, 8));
+    let Some((header, body)) = bytes.split_first_chunk::<HEADER_LEN>() else {
+        return Err(EnvelopeError::Truncated {
+            expected: HEADER_LEN,
+            found: bytes.len(),
+        });
+    };
+    let [magic @ .., v0, v1, r0, r1, l0, l1, l2, l3, c0, c1, c2, c3] = *header;
     if magic != kind.magic {
         return Err(EnvelopeError::BadMagic {
             expected: kind.magic,
             found: magic,
         });
     }
-    let version = u16::from_le_bytes([header[8], header[9]]);
+    let version = u16::from_le_bytes([v0, v1]);
     if version != kind.version {
         return Err(EnvelopeError::UnsupportedVersion {
             supported: kind.version,
             found: version,
         });
     }
-    let reserved = u16::from_le_bytes([header[10], header[11]]);
+    let reserved = u16::from_le_bytes([r0, r1]);
     if reserved != 0 {
         return Err(EnvelopeError::ReservedNotZero(reserved));
     }
-    let le32 = |at: usize| {
-        u32::from_le_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
-    };
-    let len = le32(12) as usize;
-    let stored = le32(16);
-    let body = &bytes[HEADER_LEN..];
+    let len = u32::from_le_bytes([l0, l1, l2, l3]) as usize;
+    let stored = u32::from_le_bytes([c0, c1, c2, c3]);
     if body.len() < len {
         return Err(EnvelopeError::Truncated {
             expected: HEADER_LEN + len,
@@ -204,8 +200,8 @@ pub fn verify(kind: Kind, bytes: &[u8]) -> Result<&[u8], EnvelopeError> {
 /// Split `bytes` after the first envelope, for files that hold several one after another
 /// (so that a reader can decode only the first). `None` when the first is truncated.
 pub fn split_first(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
-    let len = bytes.get(12..16)?;
-    let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+    let len = bytes.get(12..16)?.try_into().ok()?;
+    let len = u32::from_le_bytes(len) as usize;
     let end = HEADER_LEN.checked_add(len)?;
     (end <= bytes.len()).then(|| bytes.split_at(end))
 }

@@ -293,7 +293,8 @@ pub fn read_fd<Fd: AsFd>(fd: Fd, size: usize) -> io::Result<Vec<u8>> {
         if n == buf.len() {
             buf.resize(n * 2 + 64, 0);
         }
-        match rustix::io::read(&fd, &mut buf[n..]) {
+        let Some(rest) = buf.get_mut(n..) else { break };
+        match rustix::io::read(&fd, rest) {
             Ok(0) => break,
             Ok(got) => n += got,
             Err(Errno::INTR) => {}
@@ -309,11 +310,7 @@ pub fn tmp_name(name: &OsStr) -> OsString {
     // Keep well under NAME_MAX (255) even for long names: a long name is shortened; the
     // temp file only has to be unique per target within one directory and one run.
     let bytes = name.as_bytes();
-    let stem = if bytes.len() > 200 {
-        &bytes[..200]
-    } else {
-        bytes
-    };
+    let stem = bytes.get(..200).unwrap_or(bytes);
     let mut t = OsString::from(".");
     t.push(OsStr::from_bytes(stem));
     t.push(TMP_SUFFIX);

@@ -3,6 +3,9 @@
 //! are stage 1's: `stage1/tests/bad_input.rs`). Each case asserts that the message names the
 //! file or field and says what would fix it, not merely that an error came back.
 
+// A test may index, expect and panic: a failure should stop at the line that failed.
+#![allow(clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
 use std::path::Path;
 
 use stagehand_common::cmdline::Cmdline;
