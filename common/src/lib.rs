@@ -3,7 +3,10 @@
 //! it carries, the kernel command line, and printk-prefixed logging to `/dev/kmsg`.
 
 // Tests may index, expect and panic: a failing test should stop at the line that failed.
-#![cfg_attr(test, allow(clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
+#![cfg_attr(
+    test,
+    allow(clippy::expect_used, clippy::panic, clippy::indexing_slicing)
+)]
 
 pub mod atomic;
 pub mod cmdline;
