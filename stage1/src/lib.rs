@@ -6,6 +6,12 @@
 //! [`boot`] is the sequence; the other modules are its steps. A library as well as a binary so
 //! that the planners and the prober can be tested and fuzzed on their own.
 
+// Tests may index, expect and panic: a failing test should stop at the line that failed.
+#![cfg_attr(
+    test,
+    allow(clippy::expect_used, clippy::panic, clippy::indexing_slicing)
+)]
+
 pub mod attempts;
 #[cfg(test)]
 mod bad_input_tests;

@@ -8,8 +8,8 @@
 use std::io::{Read, Seek};
 
 use super::util::{
-    be16, be32, be64, byte, bytes, crc32c_update, crc32c_update_skipping, has_magic, label, le16,
-    le32, uuid_bytes,
+    array, be16, be32, be64, byte, bytes, crc32c_update, crc32c_update_skipping, has_magic, label,
+    le16, le32, uuid_bytes,
 };
 use super::{Disk, FsInfo, ProbeError, HEAD_LEN};
 
@@ -283,12 +283,12 @@ fn search_fat_label<R: Read + Seek>(
         let Some(chunk) = disk.read(off + u64::from(done) * 32, n as usize * 32)? else {
             return Ok(None);
         };
-        for ent in chunk.chunks_exact(32) {
-            let name0 = ent[0];
+        for ent in chunk.as_chunks::<32>().0 {
+            let &[name0, ..] = ent;
             if name0 == 0x00 {
                 return Ok(None);
             }
-            let attr = ent[11];
+            let attr = byte(ent, 11);
             let cluster_high = le16(ent, 20);
             let cluster_low = le16(ent, 26);
             if name0 == 0xE5 || cluster_high != 0 || cluster_low != 0 || attr & 0x3F == 0x0F {
@@ -296,8 +296,9 @@ fn search_fat_label<R: Read + Seek>(
             }
             // Volume-ID bit set, directory bit clear.
             if attr & 0x18 == 0x08 {
-                let mut name = [0u8; 11];
-                name.copy_from_slice(&ent[..11]);
+                let Some(mut name) = array::<11>(ent, 0) else {
+                    continue;
+                };
                 // 0x05 stands for a leading 0xE5 byte (0xE5 itself means "deleted").
                 if name[0] == 0x05 {
                     name[0] = 0xE5;

@@ -170,8 +170,10 @@ fn read_header<R: Read + Seek>(
 /// `blkid_rtrim_whitespace`, so the name equals udev's `ID_PART_ENTRY_NAME`.
 fn utf16le_name(raw: &[u8]) -> String {
     let units: Vec<u16> = raw
-        .chunks_exact(2)
-        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .as_chunks::<2>()
+        .0
+        .iter()
+        .map(|&pair| u16::from_le_bytes(pair))
         .take_while(|&u| u != 0)
         .collect();
     let mut name: String = char::decode_utf16(units)

@@ -193,8 +193,8 @@ pub fn udev_unescape(s: &str) -> String {
     let src = s.as_bytes();
     let mut out = Vec::with_capacity(src.len());
     let mut i = 0;
-    while i < src.len() {
-        if src[i] == b'\\' && src.get(i + 1) == Some(&b'x') {
+    while let Some(&byte) = src.get(i) {
+        if byte == b'\\' && src.get(i + 1) == Some(&b'x') {
             let hex = src
                 .get(i + 2..i + 4)
                 .and_then(|h| std::str::from_utf8(h).ok());
@@ -204,7 +204,7 @@ pub fn udev_unescape(s: &str) -> String {
                 continue;
             }
         }
-        out.push(src[i]);
+        out.push(byte);
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
