@@ -36,7 +36,7 @@ pub fn main() {
     if args.get(1).map(String::as_str) == Some("bless") {
         // Run by stagehand-bless.service; a terminal gets the lines too.
         logger.set_mirror_to_stderr(rustix::termios::isatty(std::io::stderr()));
-        std::process::exit(blesser::run(&args[2..]));
+        std::process::exit(blesser::run(args.get(2..).unwrap_or_default()));
     }
     let systemd_stage1 = std::env::var("IN_NIXOS_SYSTEMD_STAGE1").ok();
     let pid = rustix::process::getpid().as_raw_nonzero().get() as u32;
@@ -286,7 +286,7 @@ fn run(pid: u32, systemd_stage1: Option<String>) {
     loop {
         let e = std::process::Command::new(&systemd)
             .arg0(&systemd)
-            .args(&args[1.min(args.len())..])
+            .args(args.get(1..).unwrap_or_default())
             .exec();
         failure.fail(
             "starting systemd",

@@ -6,6 +6,12 @@
 //! hand-over goes to the shared failure path; PID 1 never panics. [`boot`] is the sequence;
 //! [`plan`] the pure decision of what this boot must do.
 
+// Tests may index, expect and panic: a failing test should stop at the line that failed.
+#![cfg_attr(
+    test,
+    allow(clippy::expect_used, clippy::panic, clippy::indexing_slicing)
+)]
+
 #[cfg(test)]
 mod bad_input_tests;
 pub mod bless_unit;

@@ -98,6 +98,7 @@ impl PostBoot {
             let root: PathBuf = root.to_path_buf();
             // SAFETY: the closure runs in the forked child before exec and only makes the
             // chroot and chdir system calls, which are async-signal-safe.
+            #[allow(unsafe_code)] // pre_exec has no safe wrapper
             unsafe {
                 std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
                     rustix::process::chroot(&root)?;
