@@ -596,6 +596,7 @@ impl Ctx<'_> {
             let root = self.root.path().to_path_buf();
             // SAFETY: the closure runs in the forked child before exec and only makes the
             // chroot and chdir system calls, which are async-signal-safe.
+            #[allow(unsafe_code)] // pre_exec has no safe wrapper
             unsafe {
                 std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
                     rustix::process::chroot(&root)?;
