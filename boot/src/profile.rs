@@ -309,6 +309,14 @@ impl<'r> Profile<'r> {
     /// `nix-env --rollback`. Returns `(from, to)`.
     pub fn rollback(&self) -> Result<(u64, u64), ProfileError> {
         let _lock = self.lock()?;
+        let (current, previous) = self.rollback_target()?;
+        self.switch_to_locked(previous)?;
+        Ok((current, previous))
+    }
+
+    /// What [`Profile::rollback`] would do, `(from, to)`, without taking the lock or
+    /// changing anything (`stagehand rollback --dry-run`).
+    pub fn rollback_target(&self) -> Result<(u64, u64), ProfileError> {
         let gens = self.generations()?;
         let current = match self.current()? {
             Some(n) => n,
@@ -328,7 +336,6 @@ impl<'r> Profile<'r> {
                 profile: self.root.host_path(&self.path()),
                 current,
             })?;
-        self.switch_to_locked(previous)?;
         Ok((current, previous))
     }
 }

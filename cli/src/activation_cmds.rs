@@ -1,103 +1,121 @@
-//! The subcommands of the `stagehand` binary, here so they can be tested as a library.
+//! The activation commands: `etc`, `users`, `activate`, `compile`, `plan` and the hidden
+//! `bench`. Each returns the exit status, or the error the binary prints.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use stagehand_activation::activate::{activate, Action, ActivateOptions};
+use anyhow::{Context, Result};
+use clap::ValueEnum;
+use stagehand_activation::activate::{activate as run_activation, Action, ActivateOptions};
 use stagehand_activation::{etc, manifest, users};
 use stagehand_common::rootfs::Root;
 
-fn one(positional: &[String], what: &str) -> Result<PathBuf, String> {
-    match positional {
-        [p] => Ok(PathBuf::from(p)),
-        _ => Err(format!("usage: exactly one {what} argument expected")),
-    }
+use crate::{
+    ActivateAction, ActivateArgs, BenchArgs, EtcArgs, ToplevelArgs, UsageError, UsersArgs,
+};
+
+fn open_root(root: &Path) -> Result<Root> {
+    Root::open(root).with_context(|| format!("cannot open root {}", root.display()))
 }
 
-fn open_root(root: &Path) -> Result<Root, String> {
-    Root::open(root).map_err(|e| format!("cannot open root {}: {e}", root.display()))
+/// `stagehand etc`: 1 when some entries could not be set up (each is logged).
+pub fn etc(a: &EtcArgs) -> Result<u8> {
+    let root = open_root(&a.root.root)?;
+    log::info!("setting up /etc...");
+    let tree = etc::list_tree(&root, &a.tree)?;
+    let opts = etc::EtcOptions {
+        skip_resolv_conf: std::env::var_os("IN_NIXOS_ENTER").is_some(),
+    };
+    let out = etc::setup_etc(&root, &tree, opts, a.dry_run)?;
+    for i in &out.issues {
+        log::error!("{i}");
+    }
+    Ok(u8::from(!out.issues.is_empty()))
 }
 
-/// Run subcommand `cmd`; `Ok` carries the exit status.
-pub fn run(
-    cmd: &str,
-    root: &Path,
-    dry_run: bool,
-    action: Option<&str>,
-    positional: &[String],
-) -> Result<u8, String> {
-    match cmd {
-        "etc" => {
-            let tree_path = one(positional, "ETC_TREE")?;
-            let root = open_root(root)?;
-            log::info!("setting up /etc...");
-            let tree = etc::list_tree(&root, &tree_path).map_err(|e| e.to_string())?;
-            let opts = etc::EtcOptions {
-                skip_resolv_conf: std::env::var_os("IN_NIXOS_ENTER").is_some(),
-            };
-            let out = etc::setup_etc(&root, &tree, opts, dry_run).map_err(|e| e.to_string())?;
-            for i in &out.issues {
-                log::error!("{i}");
-            }
-            Ok(u8::from(!out.issues.is_empty()))
-        }
-        "users" => {
-            let spec_path = one(positional, "USERS_JSON")?;
-            let root = open_root(root)?;
-            let bytes = root.read(&spec_path).map_err(|error| {
-                users::SpecError::Read {
-                    path: root.host_path(&spec_path),
-                    error,
-                }
-                .to_string()
-            })?;
-            let spec = users::UsersSpec::from_json(&root.host_path(&spec_path), &bytes)
-                .map_err(|e| e.to_string())?;
-            let out = users::update_users(&root, &spec, dry_run).map_err(|e| e.to_string())?;
-            for e in &out.errors {
-                log::error!("{e}");
-            }
-            Ok(u8::from(!out.errors.is_empty()))
-        }
-        "activate" => {
-            let toplevel = one(positional, "TOPLEVEL")?;
-            let action = match action {
-                Some(a) => a.to_owned(),
-                None => std::env::var("NIXOS_ACTION").unwrap_or_else(|_| "switch".to_owned()),
-            };
-            let action = Action::parse(&action).ok_or_else(|| {
-                format!("usage: unknown action {action:?} (boot, switch, test, dry-activate)")
-            })?;
-            let opts = ActivateOptions {
-                root: root.to_path_buf(),
-                dry_run,
-                action,
-            };
-            let report = activate(&toplevel, &opts).map_err(|e| e.to_string())?;
-            Ok(u8::from(!report.success()))
-        }
-        "compile" => {
-            let toplevel = one(positional, "TOPLEVEL")?;
-            let root = open_root(root)?;
-            let plan = manifest::compile(&root, &toplevel).map_err(|e| e.to_string())?;
-            log::info!(
-                "wrote {}/{} ({} etc entries, {} users, {} steps)",
-                plan.toplevel,
-                manifest::PLAN_NAME,
-                plan.etc.as_ref().map_or(0, |t| t.entries.len()),
-                plan.users.as_ref().map_or(0, |u| u.users.len()),
-                plan.order.len()
-            );
-            Ok(0)
-        }
-        "plan" => {
-            let toplevel = one(positional, "TOPLEVEL")?;
-            let root = open_root(root)?;
-            let plan = manifest::load(&root, &toplevel).map_err(|e| e.to_string())?;
-            let json = serde_json::to_string_pretty(&plan).map_err(|e| e.to_string())?;
-            println!("{json}");
-            Ok(0)
-        }
-        "bench" => stagehand_activation::bench::run(positional).map(|()| 0),
-        _ => Err(format!("usage: unknown command {cmd:?}")),
+/// `stagehand users`: 1 when some users or groups could not be updated (each is logged).
+pub fn users(a: &UsersArgs) -> Result<u8> {
+    let root = open_root(&a.root.root)?;
+    let bytes = root.read(&a.spec).map_err(|error| users::SpecError::Read {
+        path: root.host_path(&a.spec),
+        error,
+    })?;
+    let spec = users::UsersSpec::from_json(&root.host_path(&a.spec), &bytes)?;
+    let out = users::update_users(&root, &spec, a.dry_run)?;
+    for e in &out.errors {
+        log::error!("{e}");
     }
+    Ok(u8::from(!out.errors.is_empty()))
+}
+
+/// `--action`, else `NIXOS_ACTION`, else `switch`. A bad `NIXOS_ACTION` is a usage error
+/// (exit 2), as a bad `--action` is.
+fn action(a: &ActivateArgs) -> Result<Action> {
+    let chosen = match (a.action, std::env::var("NIXOS_ACTION")) {
+        (Some(chosen), _) => chosen,
+        (None, Err(_)) => ActivateAction::Switch,
+        (None, Ok(v)) => ActivateAction::from_str(&v, false).map_err(|_| {
+            UsageError(format!(
+                "NIXOS_ACTION={v:?} is not an action (boot, switch, test, dry-activate); \
+                 pass --action or fix the variable"
+            ))
+        })?,
+    };
+    Ok(match chosen {
+        ActivateAction::Boot => Action::Boot,
+        ActivateAction::Switch => Action::Switch,
+        ActivateAction::Test => Action::Test,
+        ActivateAction::DryActivate => Action::DryActivate,
+    })
+}
+
+/// `stagehand activate`: 1 when some step failed (the report logged which).
+pub fn activate(a: &ActivateArgs) -> Result<u8> {
+    let opts = ActivateOptions {
+        root: a.root.root.clone(),
+        dry_run: a.dry_run,
+        action: action(a)?,
+    };
+    let report = run_activation(&a.toplevel, &opts)?;
+    Ok(u8::from(!report.success()))
+}
+
+/// `stagehand compile`: writes TOPLEVEL/activation.plan.
+pub fn compile(a: &ToplevelArgs) -> Result<u8> {
+    let root = open_root(&a.root.root)?;
+    let plan = manifest::compile(&root, &a.toplevel)?;
+    log::info!(
+        "wrote {}/{} ({} etc entries, {} users, {} steps)",
+        plan.toplevel,
+        manifest::PLAN_NAME,
+        plan.etc.as_ref().map_or(0, |t| t.entries.len()),
+        plan.users.as_ref().map_or(0, |u| u.users.len()),
+        plan.order.len()
+    );
+    Ok(0)
+}
+
+/// `stagehand plan`: the compiled plan as pretty JSON on stdout.
+pub fn plan(a: &ToplevelArgs) -> Result<u8> {
+    let root = open_root(&a.root.root)?;
+    let plan = manifest::load(&root, &a.toplevel)?;
+    let json = serde_json::to_string_pretty(&plan).context("encoding the plan as JSON")?;
+    println!("{json}");
+    Ok(0)
+}
+
+/// `stagehand bench`: the benchmark keeps its own option reader (in the activation crate),
+/// so the options clap checked are handed on in its spelling.
+pub fn bench(a: &BenchArgs) -> Result<u8> {
+    let mut args = vec!["--reps".to_owned(), a.reps.to_string()];
+    if let Some(dir) = &a.dir {
+        args.extend(["--dir".to_owned(), dir.clone()]);
+    }
+    if let Some(dir) = &a.prepare {
+        args.extend(["--prepare".to_owned(), dir.clone()]);
+    }
+    if a.stress {
+        args.push("--stress".to_owned());
+    }
+    stagehand_activation::bench::run(&args).map_err(anyhow::Error::msg)?;
+    Ok(0)
 }

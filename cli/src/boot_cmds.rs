@@ -1,180 +1,125 @@
-//! The boot subcommands of `stagehand`. The binary hands us its arguments after the command
-//! name; every path option names a path as the target system sees it, inside `--root`.
+//! The generations and boot-loader commands: `generations`, `rollback`,
+//! `install-bootloader` (also spelled `boot-entries`) and `bless`. Every path option names a
+//! path as the target system sees it, inside `--root`.
 
-use std::path::{Path, PathBuf};
+use std::collections::BTreeMap;
+use std::path::Path;
 
+use anyhow::{Context, Result};
 use stagehand_common::rootfs::Root;
 
-use stagehand_boot::bless::{self, Decision};
+use stagehand_boot::bless::{self as blessing, Decision};
 use stagehand_boot::date;
 use stagehand_boot::entry_name::EntryName;
 use stagehand_boot::esp::{BootFs, Statvfs};
 use stagehand_boot::extlinux::ExtlinuxConfig;
-use stagehand_boot::install::{self, InstallOptions, Loader, DEFAULT_ESP};
+use stagehand_boot::install::{self, InstallOptions, Loader};
 use stagehand_boot::profile::{self, GenerationInfo, Profile};
 use stagehand_boot::sdboot::{self, EntryStatus, EspState, SdBootConfig};
-use std::collections::BTreeMap;
 
-pub const USAGE: &str = "usage:
-  stagehand generations        [--root DIR] [--json]
-  stagehand rollback           [--root DIR]
-  stagehand install-bootloader [--root DIR] [--esp DIR] [--loader systemd-boot|extlinux]
-                               [--timeout SECS] [--limit N] [--tries N | --no-counting]
-                               [--editor] [--console-mode MODE] [--dry-run] [TOPLEVEL]
-  stagehand boot-entries       (same as install-bootloader)
-  stagehand bless              [--root DIR] [--esp DIR] [--efivars DIR] [--dry-run]";
+use crate::{BlessArgs, GenerationsArgs, InstallArgs, LoaderArg, RollbackArgs};
 
-/// Options of the boot subcommands (each uses the ones that apply to it).
-#[derive(Debug, Clone)]
-struct Opts {
-    root: PathBuf,
-    esp: Option<PathBuf>,
-    efivars: PathBuf,
-    loader: Loader,
-    json: bool,
-    dry_run: bool,
-    sd: SdBootConfig,
-    positional: Vec<String>,
+fn open_root(root: &Path) -> Result<Root> {
+    Root::open(root).with_context(|| format!("cannot open root {}", root.display()))
 }
 
-fn number<T: std::str::FromStr>(name: &str, v: &str) -> Result<T, String> {
-    v.parse()
-        .map_err(|_| format!("usage: {name} wants a non-negative number, not {v:?}"))
-}
-
-fn parse(args: &[String]) -> Result<Opts, String> {
-    let mut o = Opts {
-        root: PathBuf::from("/"),
-        esp: None,
-        efivars: PathBuf::from(stagehand_boot::efivars::EFIVARS_DIR),
-        loader: Loader::SystemdBoot,
-        json: false,
-        dry_run: false,
-        sd: SdBootConfig::default(),
-        positional: Vec::new(),
+/// `stagehand generations`: the table (or JSON) on stdout.
+pub fn generations(a: &GenerationsArgs) -> Result<u8> {
+    let root = open_root(&a.root.root)?;
+    let profile = Profile::system(&root);
+    let gens = profile::list(&root, &profile)?;
+    // The ESP is optional here: without it the listing just has no entry column.
+    let esp = BootFs::open(&root, &a.esp.esp)
+        .ok()
+        .and_then(|fs| sdboot::scan(&fs).ok());
+    let text = if a.json {
+        generations_json(&gens, esp.as_ref())
+    } else {
+        generations_table(&gens, esp.as_ref())
     };
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut value = |name: &str| {
-            it.next()
-                .cloned()
-                .ok_or_else(|| format!("usage: {name} needs a value"))
-        };
-        match a.as_str() {
-            "--root" => o.root = PathBuf::from(value("--root")?),
-            "--esp" | "--boot" => o.esp = Some(PathBuf::from(value("--esp")?)),
-            "--efivars" => o.efivars = PathBuf::from(value("--efivars")?),
-            "--loader" => {
-                o.loader = match value("--loader")?.as_str() {
-                    "systemd-boot" => Loader::SystemdBoot,
-                    "extlinux" => Loader::Extlinux,
-                    other => {
-                        return Err(format!(
-                            "usage: --loader is systemd-boot or extlinux, not {other:?}"
-                        ))
-                    }
-                }
-            }
-            "--timeout" => o.sd.timeout = Some(number("--timeout", &value("--timeout")?)?),
-            "--limit" => o.sd.configuration_limit = Some(number("--limit", &value("--limit")?)?),
-            "--tries" => {
-                let n: u32 = number("--tries", &value("--tries")?)?;
-                // Zero tries would write entries that are bad from the start.
-                if n == 0 {
-                    return Err("usage: --tries must be at least 1 (or --no-counting)".into());
-                }
-                o.sd.tries = Some(n);
-            }
-            "--no-counting" => o.sd.tries = None,
-            "--editor" => o.sd.editor = true,
-            "--console-mode" => o.sd.console_mode = Some(value("--console-mode")?),
-            "--json" => o.json = true,
-            "--dry-run" => o.dry_run = true,
-            s if s.starts_with("--") => return Err(format!("usage: unknown option {s}")),
-            _ => o.positional.push(a.clone()),
+    print!("{text}");
+    Ok(0)
+}
+
+/// `stagehand rollback`: the profile link moves to the previous generation; with
+/// `--dry-run` only the line saying so is printed.
+pub fn rollback(a: &RollbackArgs) -> Result<u8> {
+    let root = open_root(&a.root.root)?;
+    let profile = Profile::system(&root);
+    let (from, to) = if a.dry_run {
+        profile.rollback_target()?
+    } else {
+        profile.rollback()?
+    };
+    let would = if a.dry_run {
+        " (dry run: would switch)"
+    } else {
+        ""
+    };
+    println!(
+        "{}: generation {from} -> {to}{would}",
+        root.host_path(&profile.path()).display()
+    );
+    Ok(0)
+}
+
+/// `stagehand bless`: rename the entry this boot was counted on to its good name.
+pub fn bless(a: &BlessArgs) -> Result<u8> {
+    let root = open_root(&a.root.root)?;
+    let fs = BootFs::open(&root, &a.esp.esp)?;
+    let d = blessing::bless(&root, &fs, &a.efivars.efivars, a.dry_run)?;
+    let verb = if a.dry_run { "would rename" } else { "renamed" };
+    match d {
+        Decision::Rename { dir, from, to } => {
+            println!("boot entry marked good: {verb} {dir}/{from} -> {dir}/{to}")
         }
+        Decision::AlreadyGood { file } => println!("boot entry {file} is already good"),
+        Decision::Nothing(why) => println!("nothing to bless: {why}"),
     }
-    Ok(o)
+    Ok(0)
 }
 
-fn open_root(root: &Path) -> Result<Root, String> {
-    Root::open(root).map_err(|e| format!("cannot open root {}: {e}", root.display()))
-}
-
-/// Run boot subcommand `cmd` with the arguments that followed it; `Ok` is the exit status.
-/// Errors starting with `usage` are argument mistakes (the binary exits 2 for those).
-pub fn run(cmd: &str, args: &[String]) -> Result<u8, String> {
-    let o = parse(args)?;
-    match cmd {
-        "generations" => {
-            let root = open_root(&o.root)?;
-            let profile = Profile::system(&root);
-            let gens = profile::list(&root, &profile).map_err(|e| e.to_string())?;
-            // The ESP is optional here: without it the listing just has no entry column.
-            let esp_path = o.esp.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_ESP));
-            let esp = BootFs::open(&root, &esp_path)
-                .ok()
-                .and_then(|fs| sdboot::scan(&fs).ok());
-            let text = if o.json {
-                generations_json(&gens, esp.as_ref())
-            } else {
-                generations_table(&gens, esp.as_ref())
-            };
-            print!("{text}");
-            Ok(0)
-        }
-        "rollback" => {
-            let root = open_root(&o.root)?;
-            let profile = Profile::system(&root);
-            let (from, to) = profile.rollback().map_err(|e| e.to_string())?;
-            println!(
-                "{}: generation {from} -> {to}",
-                root.host_path(&profile.path()).display()
-            );
-            Ok(0)
-        }
-        "install-bootloader" | "boot-entries" => install_cmd(&o),
-        "bless" => {
-            let root = open_root(&o.root)?;
-            let esp_path = o.esp.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_ESP));
-            let fs = BootFs::open(&root, &esp_path).map_err(|e| e.to_string())?;
-            let d = bless::bless(&root, &fs, &o.efivars, o.dry_run).map_err(|e| e.to_string())?;
-            let verb = if o.dry_run { "would rename" } else { "renamed" };
-            match d {
-                Decision::Rename { dir, from, to } => {
-                    println!("boot entry marked good: {verb} {dir}/{from} -> {dir}/{to}")
-                }
-                Decision::AlreadyGood { file } => {
-                    println!("boot entry {file} is already good")
-                }
-                Decision::Nothing(why) => println!("nothing to bless: {why}"),
-            }
-            Ok(0)
-        }
-        _ => Err(format!("usage: unknown boot command {cmd:?}")),
+/// The systemd-boot settings from the command line, over the defaults.
+fn sdboot_config(a: &InstallArgs) -> SdBootConfig {
+    let defaults = SdBootConfig::default();
+    SdBootConfig {
+        timeout: a.timeout.or(defaults.timeout),
+        editor: a.editor,
+        console_mode: a.console_mode.clone(),
+        configuration_limit: a.limit,
+        tries: if a.no_counting {
+            None
+        } else {
+            a.tries.or(defaults.tries)
+        },
     }
 }
 
-fn install_cmd(o: &Opts) -> Result<u8, String> {
-    let root = open_root(&o.root)?;
+/// `stagehand install-bootloader`: write the entries, or with `--dry-run` print the plan.
+pub fn install(a: &InstallArgs) -> Result<u8> {
+    let root = open_root(&a.root.root)?;
+    let sd = sdboot_config(a);
     let opts = InstallOptions {
-        esp: o.esp.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_ESP)),
-        loader: o.loader,
-        systemd_boot: o.sd.clone(),
+        esp: a.esp.esp.clone(),
+        loader: match a.loader {
+            LoaderArg::SystemdBoot => Loader::SystemdBoot,
+            LoaderArg::Extlinux => Loader::Extlinux,
+        },
         extlinux: ExtlinuxConfig {
-            timeout: o.sd.timeout,
-            configuration_limit: o.sd.configuration_limit,
+            timeout: sd.timeout,
+            configuration_limit: sd.configuration_limit,
             ..ExtlinuxConfig::default()
         },
-        default: o.positional.first().map(PathBuf::from),
-        dry_run: o.dry_run,
-        efivars: Some(o.efivars.clone()),
+        systemd_boot: sd,
+        default: a.default.clone(),
+        dry_run: a.dry_run,
+        efivars: Some(a.efivars.efivars.clone()),
     };
-    let report = install::install(&root, &opts, &Statvfs).map_err(|e| e.to_string())?;
+    let report = install::install(&root, &opts, &Statvfs)?;
     for w in &report.plan.warnings {
         log::warn!("{w}");
     }
-    if o.dry_run {
+    if a.dry_run {
         if !report.menu.is_empty() {
             println!("menu (as systemd-boot will order it; the first is booted by default):");
             for m in &report.menu {
@@ -277,8 +222,26 @@ pub fn generations_json(gens: &[GenerationInfo], esp: Option<&EspState>) -> Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Cli;
+    use clap::Parser;
     use stagehand_boot::efivars::fixture::{encode, write_var};
     use stagehand_boot::spec;
+
+    /// `stagehand CMD ARGS…` parsed as the binary parses it and run in process; the error
+    /// as the binary would print it.
+    fn run<S: AsRef<str>>(cmd: &str, args: &[S]) -> Result<u8, String> {
+        let argv = ["stagehand", cmd]
+            .into_iter()
+            .chain(args.iter().map(AsRef::as_ref));
+        let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
+        crate::run(cli.command).map_err(|e| format!("{e:#}"))
+    }
+
+    /// Whether clap refuses `stagehand CMD ARGS…` as a usage error (exit 2).
+    fn refused(cmd: &str, args: &[&str]) -> bool {
+        let argv = ["stagehand", cmd].into_iter().chain(args.iter().copied());
+        Cli::try_parse_from(argv).is_err_and(|e| e.exit_code() == 2)
+    }
 
     fn s(v: &[&str]) -> Vec<String> {
         v.iter().map(|x| x.to_string()).collect()
@@ -442,15 +405,19 @@ mod tests {
 
     #[test]
     fn usage_errors() {
-        assert!(run("install-bootloader", &s(&["--tries", "0"]))
-            .expect_err("zero")
-            .starts_with("usage"));
-        assert!(run("install-bootloader", &s(&["--loader", "grub"]))
-            .expect_err("grub")
-            .starts_with("usage"));
-        assert!(run("frobnicate", &[])
-            .expect_err("cmd")
-            .starts_with("usage"));
+        assert!(refused("install-bootloader", &["--tries", "0"]));
+        assert!(refused(
+            "install-bootloader",
+            &["--tries", "2", "--no-counting"]
+        ));
+        assert!(refused("install-bootloader", &["--loader", "grub"]));
+        assert!(refused("install-bootloader", &["--timeout", "-1"]));
+        assert!(refused("frobnicate", &[]));
+        assert!(refused("generations", &["--dry-run"]));
+        assert!(!refused(
+            "boot-entries",
+            &["--boot", "/efi", "--limit", "2"]
+        ));
         let t = system_root();
         let root_arg = t.path().to_string_lossy().into_owned();
         let e = run("install-bootloader", &s(&["--root", &root_arg])).expect_err("no gens");

@@ -3,11 +3,14 @@
 //! binary dispatches on the name it was started as and finds the generation from the path,
 //! as stage 2 does with `TOPLEVEL/init`).
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use stagehand_switch::loader::BootLoaderCommand;
 use stagehand_switch::manager::{Offline, ServiceManager, Systemctl};
 use stagehand_switch::{exit, switch, SwitchAction, SwitchOptions};
+
+use crate::{SwitchActionArg, SwitchArgs};
 
 /// The name the binary answers to.
 pub const NAME: &str = "switch-to-configuration";
@@ -20,14 +23,24 @@ test:         activate the configuration, but don't make it the boot default
 dry-activate: show what would be done if this configuration were activated
 (as a stagehand subcommand: stagehand switch-to-configuration [--root DIR] ACTION TOPLEVEL)";
 
+/// `switch-to-configuration --help`'s after-text: NixOS's exit statuses, which both ways in
+/// keep (a usage error is 1 here, not 2: 2 means the activation failed).
+pub const EXIT_STATUS: &str = "\
+Exit status (NixOS's):
+  0    success
+  1    usage error, not a NixOS root, failed pre-switch check or boot-loader install
+  2    the activation failed
+  4    units failed to start, restart or reload
+  11   another switch holds the lock
+  100  the new init cannot take over the running system; reboot into it";
+
 /// `<toplevel>/bin/switch-to-configuration` → `<toplevel>`, with every link resolved (the
 /// last component is not followed: it is a link to the stagehand binary).
-pub fn toplevel_from_argv0(argv0: &str) -> Result<PathBuf, String> {
-    let p = Path::new(argv0);
-    let top = p
+pub fn toplevel_from_argv0(argv0: &Path) -> Result<PathBuf, String> {
+    let top = argv0
         .parent()
         .and_then(Path::parent)
-        .filter(|_| p.is_absolute())
+        .filter(|_| argv0.is_absolute())
         .ok_or_else(|| {
             format!(
                 "started as {argv0:?}: run it by its full path, \
@@ -37,10 +50,12 @@ pub fn toplevel_from_argv0(argv0: &str) -> Result<PathBuf, String> {
     std::fs::canonicalize(top).map_err(|e| format!("cannot resolve {}: {e}", top.display()))
 }
 
-/// `TOPLEVEL/bin/switch-to-configuration ACTION`.
-pub fn multicall(argv0: &str, args: &[String]) -> u8 {
+/// `TOPLEVEL/bin/switch-to-configuration ACTION`: NixOS's interface exactly, one ACTION and
+/// nothing else (not even `--help`), its usage text and exit 1 on anything else. Kept off
+/// clap on purpose: NixOS's program has no options to offer.
+pub fn multicall(argv0: &Path, args: &[OsString]) -> u8 {
     let action = match args {
-        [a] => SwitchAction::parse(a),
+        [a] => a.to_str().and_then(SwitchAction::parse),
         _ => None,
     };
     let Some(action) = action else {
@@ -56,40 +71,16 @@ pub fn multicall(argv0: &str, args: &[String]) -> u8 {
     }
 }
 
-/// `stagehand switch-to-configuration [--root DIR] ACTION TOPLEVEL`.
-pub fn subcommand(args: &[String]) -> u8 {
-    let mut root = PathBuf::from("/");
-    let mut pos = Vec::new();
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--root" => match it.next() {
-                Some(r) => root = PathBuf::from(r),
-                None => {
-                    eprintln!("{NAME}: --root needs a directory\n{USAGE}");
-                    return exit::FAILED;
-                }
-            },
-            s if s.starts_with("--") => {
-                eprintln!("{NAME}: unknown option {s}\n{USAGE}");
-                return exit::FAILED;
-            }
-            _ => pos.push(a.as_str()),
-        }
-    }
-    match pos.as_slice() {
-        [action, top] => match SwitchAction::parse(action) {
-            Some(a) => go(&root, Path::new(top), a),
-            None => {
-                eprintln!("{NAME}: unknown action {action:?}\n{USAGE}");
-                exit::FAILED
-            }
-        },
-        _ => {
-            eprintln!("{USAGE}");
-            exit::FAILED
-        }
-    }
+/// `stagehand switch-to-configuration [--root DIR] ACTION TOPLEVEL` (clap checked it).
+pub fn subcommand(a: &SwitchArgs) -> u8 {
+    let action = match a.action {
+        SwitchActionArg::Switch => SwitchAction::Switch,
+        SwitchActionArg::Boot => SwitchAction::Boot,
+        SwitchActionArg::Test => SwitchAction::Test,
+        SwitchActionArg::DryActivate => SwitchAction::DryActivate,
+        SwitchActionArg::Check => SwitchAction::Check,
+    };
+    go(&a.root.root, &a.toplevel, action)
 }
 
 fn go(root: &Path, toplevel: &Path, action: SwitchAction) -> u8 {
@@ -140,14 +131,13 @@ mod tests {
         let profile = t.path().join("system-2-link");
         std::os::unix::fs::symlink(&top, &profile).expect("ln");
         let argv0 = profile.join("bin/switch-to-configuration");
-        let got = toplevel_from_argv0(&argv0.to_string_lossy()).expect("toplevel");
+        let got = toplevel_from_argv0(&argv0).expect("toplevel");
         assert_eq!(got, std::fs::canonicalize(&top).expect("canon"));
-        let e = toplevel_from_argv0("switch-to-configuration").expect_err("relative");
+        let e = toplevel_from_argv0(Path::new("switch-to-configuration")).expect_err("relative");
         assert!(e.contains("full path"), "{e}");
         assert_eq!(
-            multicall("/x/bin/switch-to-configuration", &[]),
+            multicall(Path::new("/x/bin/switch-to-configuration"), &[]),
             exit::FAILED
         );
-        assert_eq!(subcommand(&["frob".into(), "/x".into()]), exit::FAILED);
     }
 }
