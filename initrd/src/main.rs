@@ -1,90 +1,158 @@
-//! `stagehand-initrd`: build an initrd from a JSON spec, or list what one contains.
-//!
-//! ```text
-//! stagehand-initrd build --spec SPEC.json -o OUT [--report]
-//! stagehand-initrd list FILE
-//! ```
+//! `stagehand-initrd`: build an initrd from a JSON spec, list what one contains, or append
+//! secrets to one. The argument structs (clap derive) and one function per command;
+//! `stagehand-initrd --help` and `stagehand-initrd COMMAND --help` say the rest.
 
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use stagehand_initrd::{build_with, cpio, list, FullSpec};
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use stagehand_initrd::objects::StoreObject;
+use stagehand_initrd::{build_with, cpio, list, FullSpec, Secret};
 
-const USAGE: &str = "usage:
-  stagehand-initrd build --spec SPEC.json -o OUT [--contents LIST.json]... [--report]
-      SPEC.json is an InitrdSpec as JSON (plus SpecExtras keys); LIST.json is a
-      make-initrd-ng input list ([{source, target}, ...]) added to `contents`;
-      --report prints the size of every file, largest first
-  stagehand-initrd append-secrets INITRD DEST=SOURCE...
-      append a gzip'ed cpio holding each SOURCE at /.initrd-secrets/DEST
-  stagehand-initrd list FILE
-      decompress (gzip/zstd/xz by magic) and list the cpio entries";
+const EXIT_STATUS: &str = "\
+Exit status:
+  0  success
+  1  the operation failed (the message names the file or key, and the output is not written)
+  2  usage error: unknown option, missing or stray argument, bad value";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "stagehand-initrd",
+    version,
+    about = "Build a reproducible initrd for stagehand's stage 1, list one, or append secrets",
+    after_help = EXIT_STATUS,
+    subcommand_required = true,
+    arg_required_else_help = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Build an initrd from a spec (see initrd/README.md for its keys)
+    #[command(after_help = EXIT_STATUS)]
+    Build(BuildArgs),
+    /// Decompress an initrd (gzip, zstd or xz, by magic) and list its cpio entries
+    #[command(after_help = EXIT_STATUS)]
+    List(ListArgs),
+    /// Append a gzip'ed cpio holding each SOURCE at /.initrd-secrets/DEST
+    #[command(after_help = EXIT_STATUS)]
+    AppendSecrets(AppendSecretsArgs),
+}
+
+#[derive(Debug, Args)]
+struct BuildArgs {
+    /// The spec: an InitrdSpec as JSON, plus the SpecExtras keys
+    #[arg(long, value_name = "SPEC.json")]
+    spec: PathBuf,
+    /// Where the initrd goes (written whole or not at all)
+    #[arg(short = 'o', long = "output", value_name = "OUT")]
+    output: PathBuf,
+    /// A make-initrd-ng list, [{"source": …, "target": …}, …], added to the spec's contents
+    /// (may be given more than once)
+    #[arg(long, value_name = "LIST.json")]
+    contents: Vec<PathBuf>,
+    /// Print the size of every file, largest first
+    #[arg(long)]
+    report: bool,
+}
+
+#[derive(Debug, Args)]
+struct ListArgs {
+    /// The initrd to list
+    #[arg(value_name = "FILE")]
+    file: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct AppendSecretsArgs {
+    /// The initrd to extend (it must be one this tool can read)
+    #[arg(value_name = "INITRD")]
+    initrd: PathBuf,
+    /// A secret: its path at boot, `=`, the file to copy now
+    #[arg(value_name = "DEST=SOURCE", value_parser = parse_secret)]
+    secrets: Vec<Secret>,
+}
+
+/// `DEST=SOURCE` → [`Secret`].
+fn parse_secret(pair: &str) -> Result<Secret, String> {
+    let (dest, source) = pair
+        .split_once('=')
+        .ok_or_else(|| format!("{pair:?} is not DEST=SOURCE"))?;
+    Ok(Secret {
+        dest: dest.to_owned(),
+        source: PathBuf::from(source),
+    })
+}
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match run(&args) {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Build(a) => build(a),
+        Command::List(a) => list_cmd(a),
+        Command::AppendSecrets(a) => append_secrets(a),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(msg) => {
-            eprintln!("stagehand-initrd: {msg}");
+        Err(e) => {
+            eprintln!("stagehand-initrd: {e:#}");
             ExitCode::FAILURE
         }
     }
 }
 
-fn run(args: &[String]) -> Result<(), String> {
-    match args.first().map(String::as_str) {
-        Some("build") => cmd_build(&args[1..]),
-        Some("list") => cmd_list(&args[1..]),
-        Some("append-secrets") => cmd_append_secrets(&args[1..]),
-        Some("-h" | "--help" | "help") => {
-            println!("{USAGE}");
-            Ok(())
-        }
-        _ => Err(USAGE.to_owned()),
+/// Write `bytes` next to `path`, fsync, and rename it over: a reader (or a crash) never
+/// leaves half a file under the name.
+fn replace(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp-stagehand");
+    let tmp = PathBuf::from(tmp);
+    let written = std::fs::File::create(&tmp).and_then(|mut f| {
+        f.write_all(bytes)?;
+        f.sync_all()
+    });
+    if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, path)) {
+        // Nothing more to report if the leftover cannot go either.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("writing {}", path.display()));
     }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("fsync {}", dir.display()))
 }
 
-fn cmd_build(args: &[String]) -> Result<(), String> {
-    let mut spec_path: Option<PathBuf> = None;
-    let mut out: Option<PathBuf> = None;
-    let mut report = false;
-    let mut content_lists: Vec<PathBuf> = Vec::new();
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--spec" => spec_path = it.next().map(PathBuf::from),
-            "-o" | "--output" => out = it.next().map(PathBuf::from),
-            "--report" => report = true,
-            "--contents" => content_lists.extend(it.next().map(PathBuf::from)),
-            other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
-        }
-    }
-    let (Some(spec_path), Some(out)) = (spec_path, out) else {
-        return Err(format!("build needs --spec and -o\n{USAGE}"));
-    };
-    let text =
-        std::fs::read_to_string(&spec_path).map_err(|e| format!("{}: {e}", spec_path.display()))?;
-    let spec: FullSpec = serde_json::from_str(&text)
-        .map_err(|e| format!("{}: not a valid initrd spec: {e}", spec_path.display()))?;
-    let mut spec = spec;
+/// The spec at `path` with every `--contents` list added to its contents.
+fn read_spec(path: &Path, content_lists: &[PathBuf]) -> Result<FullSpec> {
+    let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
+    let mut spec: FullSpec = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not a valid initrd spec", path.display()))?;
     for list_path in content_lists {
-        let text = std::fs::read_to_string(&list_path)
-            .map_err(|e| format!("{}: {e}", list_path.display()))?;
-        let objects: Vec<stagehand_initrd::objects::StoreObject> = serde_json::from_str(&text)
-            .map_err(|e| {
-                format!(
-                    "{}: not a make-initrd-ng list of {{source, target}}: {e}",
-                    list_path.display()
-                )
-            })?;
+        let text =
+            std::fs::read_to_string(list_path).with_context(|| list_path.display().to_string())?;
+        let objects: Vec<StoreObject> = serde_json::from_str(&text).with_context(|| {
+            format!(
+                "{}: not a make-initrd-ng list of {{source, target}}",
+                list_path.display()
+            )
+        })?;
         spec.extras.contents.extend(objects);
     }
-    let initrd = build_with(&spec.spec, &spec.extras).map_err(|e| e.to_string())?;
-    // Write next to the target and rename, so a reader never sees half an initrd.
-    let tmp = out.with_extension("tmp-stagehand");
-    std::fs::write(&tmp, &initrd.bytes).map_err(|e| format!("{}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, &out).map_err(|e| format!("{}: {e}", out.display()))?;
-    if report {
+    Ok(spec)
+}
+
+fn build(a: &BuildArgs) -> Result<()> {
+    let spec = read_spec(&a.spec, &a.contents)?;
+    let initrd = build_with(&spec.spec, &spec.extras)?;
+    replace(&a.output, &initrd.bytes)?;
+    if a.report {
         print!("{}", initrd.report);
     } else {
         for w in &initrd.report.warnings {
@@ -94,39 +162,25 @@ fn cmd_build(args: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-fn cmd_append_secrets(args: &[String]) -> Result<(), String> {
-    let [initrd, pairs @ ..] = args else {
-        return Err(format!("append-secrets needs the initrd file\n{USAGE}"));
-    };
-    let mut secrets = Vec::new();
-    for pair in pairs {
-        let (dest, source) = pair
-            .split_once('=')
-            .ok_or_else(|| format!("{pair:?} is not DEST=SOURCE\n{USAGE}"))?;
-        secrets.push(stagehand_initrd::Secret {
-            dest: dest.to_owned(),
-            source: PathBuf::from(source),
-        });
-    }
-    let appended = stagehand_initrd::secrets_archive(&secrets).map_err(|e| e.to_string())?;
-    let mut bytes = std::fs::read(initrd).map_err(|e| format!("{initrd}: {e}"))?;
+fn append_secrets(a: &AppendSecretsArgs) -> Result<()> {
+    let appended = stagehand_initrd::secrets_archive(&a.secrets)?;
+    let initrd = &a.initrd;
+    let mut bytes = std::fs::read(initrd).with_context(|| initrd.display().to_string())?;
     // Appending to something that is not an initrd would hide the problem until boot.
-    list(&bytes).map_err(|e| {
-        format!("{initrd}: not an initrd ({e}); append-secrets only extends an initrd it can read")
-    })?;
+    if let Err(e) = list(&bytes) {
+        bail!(
+            "{}: not an initrd ({e}); append-secrets only extends an initrd it can read",
+            initrd.display()
+        );
+    }
     bytes.extend_from_slice(&appended);
-    let tmp = format!("{initrd}.tmp-stagehand");
-    std::fs::write(&tmp, &bytes).map_err(|e| format!("{tmp}: {e}"))?;
-    std::fs::rename(&tmp, initrd).map_err(|e| format!("{initrd}: {e}"))?;
-    Ok(())
+    replace(initrd, &bytes)
 }
 
-fn cmd_list(args: &[String]) -> Result<(), String> {
-    let [file] = args else {
-        return Err(format!("list takes one file\n{USAGE}"));
-    };
-    let bytes = std::fs::read(file).map_err(|e| format!("{file}: {e}"))?;
-    let entries = list(&bytes).map_err(|e| format!("{file}: {e}"))?;
+fn list_cmd(a: &ListArgs) -> Result<()> {
+    let file = &a.file;
+    let bytes = std::fs::read(file).with_context(|| file.display().to_string())?;
+    let entries = list(&bytes).with_context(|| file.display().to_string())?;
     for e in entries {
         let kind = match e.mode & cpio::S_IFMT {
             cpio::S_IFDIR => 'd',
