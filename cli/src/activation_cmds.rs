@@ -99,7 +99,7 @@ pub fn plan(a: &ToplevelArgs) -> Result<u8> {
     let root = open_root(&a.root.root)?;
     let plan = manifest::load(&root, &a.toplevel)?;
     let json = serde_json::to_string_pretty(&plan).context("encoding the plan as JSON")?;
-    println!("{json}");
+    crate::print_stdout(&format!("{json}\n"))?;
     Ok(0)
 }
 

@@ -37,7 +37,7 @@ pub fn generations(a: &GenerationsArgs) -> Result<u8> {
     } else {
         generations_table(&gens, esp.as_ref())
     };
-    print!("{text}");
+    crate::print_stdout(&text)?;
     Ok(0)
 }
 
@@ -120,13 +120,17 @@ pub fn install(a: &InstallArgs) -> Result<u8> {
         log::warn!("{w}");
     }
     if a.dry_run {
+        let mut text = String::new();
         if !report.menu.is_empty() {
-            println!("menu (as systemd-boot will order it; the first is booted by default):");
+            text.push_str(
+                "menu (as systemd-boot will order it; the first is booted by default):\n",
+            );
             for m in &report.menu {
-                println!("  {m}");
+                text.push_str(&format!("  {m}\n"));
             }
         }
-        print!("{}", report.plan.describe());
+        text.push_str(&report.plan.describe());
+        crate::print_stdout(&text)?;
         return Ok(0);
     }
     if let Some(done) = &report.applied {

@@ -347,6 +347,17 @@ impl Log for StderrLogger {
     fn flush(&self) {}
 }
 
+/// Write a command's output to stdout. A reader that stopped early (`stagehand generations
+/// | head`) is not an error; any other write error is.
+fn print_stdout(text: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(anyhow::Error::new(e).context("writing to stdout")),
+        Ok(()) => Ok(()),
+    }
+}
+
 /// Run one parsed command; `Ok` is the exit status (1 when the command did its work but
 /// some of it failed, as `etc` and `users` report), `Err` an operation that failed.
 fn run(command: Command) -> anyhow::Result<u8> {

@@ -312,3 +312,19 @@ fn switch_to_configuration_by_name_keeps_nixos_interface() {
     assert!(err.contains("run it by its full path"), "{err}");
     assert!(!err.contains("Usage:"), "{err}");
 }
+
+#[test]
+fn output_into_a_closed_pipe_is_not_a_crash() {
+    let r = two_generations();
+    // The reader is gone before the table is written (`stagehand generations | head -0`).
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let out = Command::new(BIN)
+        .args(["generations", "--root", r.path().to_str().expect("utf8")])
+        .stdout(writer)
+        .output()
+        .expect("run stagehand");
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.is_empty(), "{err}");
+}

@@ -181,25 +181,36 @@ fn list_cmd(a: &ListArgs) -> Result<()> {
     let file = &a.file;
     let bytes = std::fs::read(file).with_context(|| file.display().to_string())?;
     let entries = list(&bytes).with_context(|| file.display().to_string())?;
-    for e in entries {
-        let kind = match e.mode & cpio::S_IFMT {
-            cpio::S_IFDIR => 'd',
-            cpio::S_IFLNK => 'l',
-            cpio::S_IFCHR => 'c',
-            cpio::S_IFREG => '-',
-            _ => '?',
-        };
-        let extra = match kind {
-            'l' => format!(" -> {}", String::from_utf8_lossy(&e.data)),
-            'c' => format!(" ({},{})", e.rdevmajor, e.rdevminor),
-            _ => String::new(),
-        };
-        println!(
-            "{kind}{:04o} {:>10} /{}{extra}",
-            e.mode & 0o7777,
-            e.data.len(),
-            e.name
-        );
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let written = entries
+        .iter()
+        .try_for_each(|e| writeln!(out, "{}", list_line(e)))
+        .and_then(|()| out.flush());
+    match written {
+        // `list FILE | head` closed the pipe: what was wanted has been read.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.context("writing the listing"),
     }
-    Ok(())
+}
+
+/// One entry as `list` prints it: type and mode, size, path, link target or device.
+fn list_line(e: &cpio::ReadEntry) -> String {
+    let kind = match e.mode & cpio::S_IFMT {
+        cpio::S_IFDIR => 'd',
+        cpio::S_IFLNK => 'l',
+        cpio::S_IFCHR => 'c',
+        cpio::S_IFREG => '-',
+        _ => '?',
+    };
+    let extra = match kind {
+        'l' => format!(" -> {}", String::from_utf8_lossy(&e.data)),
+        'c' => format!(" ({},{})", e.rdevmajor, e.rdevminor),
+        _ => String::new(),
+    };
+    format!(
+        "{kind}{:04o} {:>10} /{}{extra}",
+        e.mode & 0o7777,
+        e.data.len(),
+        e.name
+    )
 }

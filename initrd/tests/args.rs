@@ -113,3 +113,32 @@ fn a_failed_operation_exits_1_naming_the_file() {
         "{err}"
     );
 }
+
+#[test]
+fn list_into_a_closed_pipe_is_not_a_crash() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("stage1"), b"\x7fELF fake stage1").expect("stage1");
+    std::fs::write(
+        dir.path().join("spec.json"),
+        r#"{"stage1": "stage1", "compression": "none"}"#,
+    )
+    .expect("spec");
+    let out = Command::new(BIN)
+        .args(["build", "--spec", "spec.json", "-o", "initrd.img"])
+        .current_dir(dir.path())
+        .output()
+        .expect("build");
+    assert!(out.status.success(), "{out:?}");
+    // The reader is gone before the listing starts (`list FILE | head -0`).
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let out = Command::new(BIN)
+        .args(["list", "initrd.img"])
+        .current_dir(dir.path())
+        .stdout(writer)
+        .output()
+        .expect("list");
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.is_empty(), "{err}");
+}
