@@ -69,7 +69,7 @@ pub fn fail(policy: &FailurePolicy, step: &str, message: &str) {
         menu.push_str("  r) to reboot immediately\n  *) to ignore the error and continue\n");
         let key = ask(&console_path, &menu);
         match (key, shell) {
-            (Some(b'r'), _) => reboot(),
+            (Some(b'r'), _) => reboot_from_menu(),
             (Some(b'i'), Some(sh)) => run_shell(sh, &console_path),
             (Some(b'f'), Some(sh)) => exec_shell(sh, &console_path),
             (Some(_), _) => {
@@ -112,12 +112,22 @@ fn ask(console: &str, prompt: &str) -> Option<u8> {
     got
 }
 
-fn reboot() -> ! {
-    log::warn!("rebooting");
+/// Flush the filesystems and restart the machine now. Returns only when the kernel refused
+/// (no CAP_SYS_BOOT, which PID 1 has), with the message to show.
+pub fn reboot() -> String {
     rustix::fs::sync();
+    match rustix::system::reboot(rustix::system::RebootCommand::Restart) {
+        Ok(()) => "reboot returned".into(),
+        Err(e) => format!("cannot reboot: {e}"),
+    }
+}
+
+/// The menu's `r`: reboot, and keep trying rather than return to a menu the user left.
+fn reboot_from_menu() -> ! {
+    log::warn!("rebooting");
     loop {
-        // Only fails without CAP_SYS_BOOT, which PID 1 has; keep trying rather than exit.
-        let _ = rustix::system::reboot(rustix::system::RebootCommand::Restart);
+        let e = reboot();
+        log::error!("{e}; trying again");
         std::thread::sleep(Duration::from_secs(1));
     }
 }

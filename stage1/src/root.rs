@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::probe::DeviceSpec;
-use stagehand_common::emergency::{fail, FailurePolicy};
+use stagehand_common::emergency::{fail, reboot, FailurePolicy};
 use stagehand_common::stage1_config::FileSystem;
 use stagehand_common::timing::{monotonic_us, Spans};
 
@@ -276,7 +276,7 @@ fn check_filesystem(
             // The message is the only explanation the user gets for the reboot; give
             // the console a moment to show it, as NixOS does.
             std::thread::sleep(Duration::from_secs(3));
-            let e = sys::reboot();
+            let e = reboot();
             fail(policy, &what, &e);
         }
         fsck::Outcome::Unrepaired(_) => {

@@ -267,16 +267,6 @@ pub fn run_fsck(cmd: &crate::fsck::Command, node: &Path) -> Result<Option<i32>, 
     Ok(output.status.code())
 }
 
-/// Restart the machine now (after a checker asked for it); only returns if the kernel
-/// refused, which PID 1 with CAP_SYS_BOOT does not see.
-pub fn reboot() -> String {
-    rustix::fs::sync();
-    match rustix::system::reboot(rustix::system::RebootCommand::Restart) {
-        Ok(()) => "reboot returned".into(),
-        Err(e) => format!("cannot reboot: {e}"),
-    }
-}
-
 /// Does this kernel support resuming from hibernation?
 pub fn can_resume() -> bool {
     Path::new("/sys/power/resume").exists() && Path::new("/sys/power/disk").exists()
