@@ -1,4 +1,6 @@
-//! Mark the booted entry good: rename its file to drop the boot counter.
+//! Mark the booted entry good: rename its file to drop the boot counter; and mark the
+//! generation stage 1 counts good ([`bless_generation`]: its attempt file
+//! `<base>+LEFT-DONE` becomes `<base>.good`).
 //!
 //! Run once the system reached its boot-complete point (what `systemd-bless-boot.service`
 //! does after `boot-complete.target`). The entry comes from `LoaderBootCountPath`, which
@@ -7,8 +9,9 @@
 //! tolerantly against the entry files.
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
+use stagehand_common::boot_counting::split_counter;
 use stagehand_common::rootfs::Root;
 
 use super::efivars::{self, EfiVarError, EfiVars, LoaderVars};
@@ -212,6 +215,74 @@ pub fn bless(
     Ok(decision)
 }
 
+/// A failure on stage 1's attempt files.
+#[derive(Debug)]
+pub struct AttemptsError {
+    pub action: &'static str,
+    pub path: PathBuf,
+    pub error: std::io::Error,
+}
+
+impl fmt::Display for AttemptsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "cannot {} {}: {}",
+            self.action,
+            self.path.display(),
+            self.error
+        )
+    }
+}
+
+impl std::error::Error for AttemptsError {}
+
+/// Mark generation `base` good in stage 1's attempts directory `dir`
+/// ([`ATTEMPTS_DIR`](crate::receipt::ATTEMPTS_DIR) under the root): its counter
+/// `<base>+LEFT-DONE` is renamed to `<base>.good` (created when there is none), other
+/// counters of it removed, the directory fsynced. Returns what was done.
+pub fn bless_generation(dir: &Path, base: &str) -> Result<String, AttemptsError> {
+    let err = |action, path: &Path| {
+        let path = path.to_owned();
+        move |error| AttemptsError {
+            action,
+            path,
+            error,
+        }
+    };
+    let good = dir.join(format!("{base}.good"));
+    if good.exists() {
+        return Ok(format!("{base} already good"));
+    }
+    std::fs::create_dir_all(dir).map_err(err("create", dir))?;
+    let mut counters: Vec<String> = std::fs::read_dir(dir)
+        .map_err(err("list", dir))?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| split_counter(n).is_some_and(|(stem, _)| stem == base))
+        .collect();
+    counters.sort();
+    let done = match counters.split_first() {
+        Some((first, rest)) => {
+            std::fs::rename(dir.join(first), &good).map_err(err("rename to", &good))?;
+            for r in rest {
+                let _ = std::fs::remove_file(dir.join(r));
+            }
+            format!("{first} -> {base}.good")
+        }
+        None => {
+            std::fs::File::create(&good)
+                .and_then(|f| f.sync_all())
+                .map_err(err("create", &good))?;
+            format!("created {base}.good")
+        }
+    };
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(err("sync", dir))?;
+    Ok(done)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -378,5 +449,37 @@ mod tests {
             bless(&root, &fs, Path::new(EFIVARS_DIR), false),
             Ok(Decision::AlreadyGood { .. })
         ));
+    }
+
+    #[test]
+    fn bless_generation_renames_stage1s_counter() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("boot-attempts");
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        for name in ["a-sys+0-1", "a-sys+2", "a-sys-2+1-0", "a-sys+x"] {
+            std::fs::write(dir.join(name), "").expect("write");
+        }
+        assert_eq!(
+            bless_generation(&dir, "a-sys").expect("bless"),
+            "a-sys+0-1 -> a-sys.good"
+        );
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .expect("list")
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["a-sys+x", "a-sys-2+1-0", "a-sys.good"]);
+        assert_eq!(
+            bless_generation(&dir, "a-sys").expect("bless"),
+            "a-sys already good"
+        );
+        assert_eq!(
+            bless_generation(&dir, "b").expect("bless"),
+            "created b.good"
+        );
+        let file = tmp.path().join("file");
+        std::fs::write(&file, "").expect("write");
+        let e = bless_generation(&file.join("dir"), "a").expect_err("not a directory");
+        assert!(e.to_string().starts_with("cannot create "), "{e}");
     }
 }

@@ -6,29 +6,10 @@
 
 use std::fmt;
 
-/// The boot counter of an entry: `+LEFT` or `+LEFT-DONE`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Counter {
-    /// Tries left; 0 means the entry is bad.
-    pub left: u32,
-    /// Tries done, when the name carries it (missing means 0).
-    pub done: Option<u32>,
-}
+use stagehand_common::boot_counting;
 
-impl Counter {
-    pub fn done_or_zero(self) -> u32 {
-        self.done.unwrap_or(0)
-    }
-}
-
-impl fmt::Display for Counter {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.done {
-            Some(d) => write!(f, "+{}-{d}", self.left),
-            None => write!(f, "+{}", self.left),
-        }
-    }
-}
+/// The boot counter of an entry (the grammar is common's, shared with stage 1 and stage 2).
+pub use stagehand_common::boot_counting::Counter;
 
 /// What boot counting says about an entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -142,31 +123,10 @@ fn split_suffix(name: &str) -> Option<(&str, &str)> {
 /// Split a trailing `+LEFT[-DONE]` off a name. A `+` followed by anything else is part of
 /// the name, as is a number too large to be a counter.
 fn split_counter(base: &str) -> (&str, Option<Counter>) {
-    let Some(plus) = base.rfind('+') else {
-        return (base, None);
-    };
-    let tail = &base[plus + 1..];
-    let (left, done) = match tail.split_once('-') {
-        Some((l, d)) => (l, Some(d)),
-        None => (tail, None),
-    };
-    let number = |s: &str| -> Option<u32> {
-        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        s.parse().ok()
-    };
-    let Some(left) = number(left) else {
-        return (base, None);
-    };
-    let done = match done {
-        Some(d) => match number(d) {
-            Some(d) => Some(d),
-            None => return (base, None),
-        },
-        None => None,
-    };
-    (&base[..plus], Some(Counter { left, done }))
+    match boot_counting::split_counter(base) {
+        Some((stem, counter)) => (stem, Some(counter)),
+        None => (base, None),
+    }
 }
 
 #[cfg(test)]

@@ -10,7 +10,10 @@
 //! * [`bls`], [`version`], [`entry_name`] — Boot Loader Specification entries, menu order,
 //!   UAPI version comparison, boot-counter file names and tolerant entry IDs.
 //! * [`efivars`] — systemd-boot's loader variables from efivarfs.
-//! * [`bless`] — mark the booted entry good once the system reached boot-complete.
+//! * [`bless`] — mark the booted entry (and stage 1's counted generation) good once the
+//!   system reached boot-complete.
+//! * [`receipt`] — the typed hand-offs of boot counting: stage 1's receipt and the boot
+//!   receipt stage 2 writes.
 
 pub mod bless;
 pub mod bls;
@@ -23,6 +26,7 @@ pub mod gather;
 pub mod install;
 pub mod plan;
 pub mod profile;
+pub mod receipt;
 pub mod sdboot;
 pub mod spec;
 pub mod version;

@@ -9,6 +9,7 @@
 )]
 
 pub mod atomic;
+pub mod boot_counting;
 pub mod cmdline;
 pub mod date;
 pub mod emergency;

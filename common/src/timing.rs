@@ -4,8 +4,11 @@
 //! `local_clock()`: close to CLOCK_MONOTONIC on hardware, 60-70 ms apart under QEMU's TCG.
 //! Whoever mixes the two (the boot timeline) measures the offset.
 //!
-//! The list is written as JSON by hand (stage 1 has no JSON library):
+//! Stage 1 writes the list as JSON by hand ([`Spans::to_json`]: it has no JSON library);
+//! stage 2 and the boot crate's receipts read and write the same form through serde:
 //! `[{"name":"modules","start":1200345,"end":1260012}, ...]`.
+
+use serde::{Deserialize, Serialize};
 
 /// CLOCK_MONOTONIC in microseconds.
 pub fn monotonic_us() -> u64 {
@@ -16,15 +19,19 @@ pub fn monotonic_us() -> u64 {
 }
 
 /// One phase: its name and its start and end in microseconds of CLOCK_MONOTONIC.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Span {
     pub name: String,
+    #[serde(rename = "start")]
     pub start_us: u64,
+    #[serde(rename = "end")]
     pub end_us: u64,
 }
 
 /// The phases of one boot stage, in the order they ran.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
 pub struct Spans(pub Vec<Span>);
 
 impl Spans {

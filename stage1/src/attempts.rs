@@ -1,6 +1,6 @@
 //! Boot counting for loaders that cannot count (QEMU `-kernel`, kexec, extlinux).
 //!
-//! State lives on the root filesystem in [`STATE_DIR`], one entry per generation toplevel
+//! State lives on the root filesystem in [`ATTEMPTS_DIR`], one entry per generation toplevel
 //! (named by the toplevel's store basename, e.g. `abc…-nixos-system-host-2`):
 //!
 //! - `<base>+LEFT-DONE` — an empty file, BLS-style: the generation is being tried, LEFT boots
@@ -15,32 +15,21 @@
 //! the console. When no generation qualifies the requested one boots anyway — never brick.
 //!
 //! The decision ([`decide`]) is pure over a listing of the state directory and the profile
-//! links; [`apply`] is the one rename (or create) on disk.
+//! links; [`apply`] is the one rename (or create) on disk. The counter grammar and the paths
+//! are common's (`common/src/boot_counting.rs`), shared with stage 2 and the boot crate;
+//! [`stage1_json`] writes the receipt that `stagehand_boot::receipt::Stage1Receipt` reads
+//! (by hand: stage 1 carries no JSON library). boot/README.md maps it all.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 
+use stagehand_common::boot_counting::split_counter;
+pub use stagehand_common::boot_counting::{Counter, ATTEMPTS_DIR, STAGE1_RECEIPT};
 use stagehand_common::timing::{json_string as json_str, monotonic_us, Spans};
 
-/// The state directory, relative to the new root.
-pub const STATE_DIR: &str = "nix/var/nix/stagehand/boot-attempts";
 /// The profile links, relative to the new root.
 pub const PROFILES_DIR: &str = "nix/var/nix/profiles";
 /// Tries when `stagehand.tries=` is malformed.
 pub const DEFAULT_TRIES: u32 = 3;
-
-/// A `+LEFT-DONE` counter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Counter {
-    pub left: u32,
-    pub done: u32,
-}
-
-impl fmt::Display for Counter {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "+{}-{}", self.left, self.done)
-    }
-}
 
 /// What the state directory says about one generation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,31 +93,6 @@ pub struct Choice {
     pub after: State,
 }
 
-/// Parse a state entry name: `<base>+LEFT-DONE` or `<base>+LEFT`.
-pub fn parse_counter(name: &str) -> Option<(&str, Counter)> {
-    let (base, tail) = name.rsplit_once('+')?;
-    if base.is_empty() {
-        return None;
-    }
-    let num = |s: &str| -> Option<u32> {
-        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        s.parse().ok()
-    };
-    let counter = match tail.split_once('-') {
-        Some((l, d)) => Counter {
-            left: num(l)?,
-            done: num(d)?,
-        },
-        None => Counter {
-            left: num(tail)?,
-            done: 0,
-        },
-    };
-    Some((base, counter))
-}
-
 /// The state of `base` in a listing of the state directory. A `.good` marker wins over a
 /// counter left behind; of several counters the one with the fewest tries left wins.
 pub fn state_of(base: &str, entries: &[String]) -> State {
@@ -141,11 +105,11 @@ pub fn state_of(base: &str, entries: &[String]) -> State {
     entries
         .iter()
         .filter_map(|e| {
-            parse_counter(e)
+            split_counter(e)
                 .filter(|(b, _)| *b == base)
                 .map(|(_, c)| (c, e))
         })
-        .min_by_key(|(c, _)| (c.left, u32::MAX - c.done))
+        .min_by_key(|(c, _)| (c.left, u32::MAX - c.done_or_zero()))
         .map_or(State::Untried, |(counter, file)| State::Counting {
             counter,
             file: file.clone(),
@@ -168,15 +132,12 @@ fn after_boot(state: &State, tries: u32) -> State {
         State::Untried => State::Counting {
             counter: Counter {
                 left: tries.max(1) - 1,
-                done: 1,
+                done: Some(1),
             },
             file: String::new(),
         },
         State::Counting { counter, .. } => State::Counting {
-            counter: Counter {
-                left: counter.left.saturating_sub(1),
-                done: counter.done.saturating_add(1),
-            },
+            counter: counter.after_boot(),
             file: String::new(),
         },
     }
@@ -194,7 +155,7 @@ pub fn decide(requested: &str, profiles: &[Profile], entries: &[String], tries: 
     };
     let before = state_of(requested, entries);
     let failed_boots = match &before {
-        State::Counting { counter, .. } if counter.left == 0 => counter.done,
+        State::Counting { counter, .. } if counter.left == 0 => counter.done_or_zero(),
         _ => {
             return Choice {
                 base: requested.into(),
@@ -350,7 +311,7 @@ pub fn toplevel_base(init: &str) -> Option<String> {
 
 /// The state directory inside the new root.
 pub fn state_dir(new_root: &Path) -> PathBuf {
-    new_root.join(STATE_DIR)
+    new_root.join(ATTEMPTS_DIR.trim_start_matches('/'))
 }
 
 /// Phase times of stage 1, microseconds of CLOCK_MONOTONIC.
@@ -366,7 +327,8 @@ pub struct Times {
     pub end_us: u64,
 }
 
-/// The JSON stage 1 leaves in `/run/stagehand/stage1.json` for stage 2's receipt.
+/// The JSON stage 1 leaves in [`STAGE1_RECEIPT`] for stage 2 and the blesser: the form
+/// `stagehand_boot::receipt::Stage1Receipt` reads (a test here holds the two together).
 pub fn stage1_json(
     requested: Option<&str>,
     choice: Option<&Choice>,
@@ -424,11 +386,8 @@ pub fn stage1_json(
     s
 }
 
-/// Where stage 1 leaves its part of the boot receipt (moved into the new root with `/run`).
-pub const STAGE1_JSON: &str = "/run/stagehand/stage1.json";
-
 /// The boot-counting step: after `init` (a resolved `/nix/store/<base>/init`) is known,
-/// count this boot or pick a fallback, write [`STAGE1_JSON`], and return the init to exec.
+/// count this boot or pick a fallback, write [`STAGE1_RECEIPT`], and return the init to exec.
 /// Problems with the state are logged and never stop the boot.
 pub fn count_boot(
     new_root: &Path,
@@ -504,7 +463,8 @@ pub fn count_boot(
     times.phases.since("boot counting", t);
     times.end_us = monotonic_us();
     let text = stage1_json(requested.as_deref(), choice.as_ref(), &init, tries, times);
-    if let Err(e) = stagehand_common::atomic::write_file(Path::new(STAGE1_JSON), text.as_bytes()) {
+    if let Err(e) = stagehand_common::atomic::write_file(Path::new(STAGE1_RECEIPT), text.as_bytes())
+    {
         log::warn!("cannot write the stage-1 receipt: {e}");
     }
     init
@@ -528,19 +488,7 @@ mod tests {
     }
 
     #[test]
-    fn counter_names() {
-        assert_eq!(
-            parse_counter("abc-sys+2-1"),
-            Some(("abc-sys", Counter { left: 2, done: 1 }))
-        );
-        assert_eq!(
-            parse_counter("abc-sys+3"),
-            Some(("abc-sys", Counter { left: 3, done: 0 }))
-        );
-        assert_eq!(parse_counter("abc-sys"), None);
-        assert_eq!(parse_counter("abc+x-1"), None);
-        assert_eq!(parse_counter("abc+1-"), None);
-        assert_eq!(parse_counter("+1-0"), None);
+    fn profile_numbers() {
         assert_eq!(profile_number("system-12-link"), Some(12));
         assert_eq!(profile_number("system-link"), None);
         assert_eq!(profile_number("system"), None);
@@ -548,11 +496,14 @@ mod tests {
 
     #[test]
     fn states() {
-        let e = names(&["a+1-2", "b.good", "b+0-3", "c+0-1", "c+2-0"]);
+        let e = names(&["a+1-2", "b.good", "b+0-3", "c+0-1", "c+2-0", "+0-1", "d+x"]);
         assert_eq!(
             state_of("a", &e),
             State::Counting {
-                counter: Counter { left: 1, done: 2 },
+                counter: Counter {
+                    left: 1,
+                    done: Some(2)
+                },
                 file: "a+1-2".into()
             }
         );
@@ -628,7 +579,7 @@ mod tests {
     #[test]
     fn apply_renames_on_disk() {
         let tmp = tempfile::tempdir().expect("test setup");
-        let dir = tmp.path().join(STATE_DIR);
+        let dir = state_dir(tmp.path());
         let base = "h2-nixos-system-x-2";
         let run = |tries| {
             let e = list_state(&dir).expect("test setup");
@@ -716,5 +667,161 @@ mod tests {
             j.contains("\"counter\":{\"before\":\"untried\",\"after\":\"+0-1\"}"),
             "{j}"
         );
+    }
+
+    /// What stage 1 writes by hand is what stage 2 and the blesser read through the typed,
+    /// strict reader, for every kind of decision, with the times and phases intact.
+    #[test]
+    fn the_receipt_round_trips_through_the_typed_reader() {
+        use stagehand_boot::receipt::{self as typed, CounterState, Stage1Receipt};
+        let mut times = Times {
+            start_us: 100,
+            modules_us: 7,
+            mounts_us: 30,
+            attempts_us: 2,
+            end_us: 190,
+            ..Times::default()
+        };
+        times.phases.push("modules", 110, 117);
+        times.phases.push("mount \"/\" \\ \u{1}é", 120, 150);
+        let p = profiles();
+        let untried = decide("h3-nixos-system-x-3", &p, &[], 3);
+        let counting = decide(
+            "h3-nixos-system-x-3",
+            &p,
+            &names(&["h3-nixos-system-x-3+1-2"]),
+            3,
+        );
+        let good = decide(
+            "h3-nixos-system-x-3",
+            &p,
+            &names(&["h3-nixos-system-x-3.good"]),
+            3,
+        );
+        let failed = names(&["h3-nixos-system-x-3+0-3", "h1-nixos-system-x-1.good"]);
+        let fallback = decide("h3-nixos-system-x-3", &p, &failed, 3);
+        let exhausted = decide(
+            "h1-nixos-system-x-1",
+            &p,
+            &names(&["h1-nixos-system-x-1+0-2"]),
+            3,
+        );
+        // A failed generation no profile link names: from_generation is null.
+        let unnumbered = decide("h9-sys", &p, &names(&["h9-sys+0-1"]), 1);
+        let c = |left, done| {
+            CounterState::Counting(Counter {
+                left,
+                done: Some(done),
+            })
+        };
+        let cases = [
+            (
+                Some(&untried),
+                typed::Reason::Requested,
+                Some(3),
+                (CounterState::Untried, c(2, 1)),
+            ),
+            (
+                Some(&counting),
+                typed::Reason::Requested,
+                Some(3),
+                (c(1, 2), c(0, 3)),
+            ),
+            (
+                Some(&good),
+                typed::Reason::Requested,
+                Some(3),
+                (CounterState::Good, CounterState::Good),
+            ),
+            (
+                Some(&fallback),
+                typed::Reason::Fallback,
+                Some(1),
+                (CounterState::Good, CounterState::Good),
+            ),
+            (
+                Some(&exhausted),
+                typed::Reason::Exhausted,
+                Some(1),
+                (c(0, 2), c(0, 2)),
+            ),
+            (
+                Some(&unnumbered),
+                typed::Reason::Fallback,
+                Some(3),
+                (CounterState::Untried, c(0, 1)),
+            ),
+        ];
+        let path = Path::new(STAGE1_RECEIPT);
+        for (choice, reason, generation, (before, after)) in cases {
+            let choice = choice.expect("case");
+            let init = format!("/nix/store/{}/init", choice.base);
+            let text = stage1_json(Some("h3-nixos-system-x-3"), Some(choice), &init, 3, &times);
+            let r = Stage1Receipt::parse(path, text.as_bytes())
+                .unwrap_or_else(|e| panic!("{e}\n{text}"));
+            assert_eq!(r.version, typed::VERSION, "{text}");
+            assert_eq!((r.init.as_str(), r.tries), (init.as_str(), 3), "{text}");
+            assert_eq!(
+                r.requested.as_deref(),
+                Some("h3-nixos-system-x-3"),
+                "{text}"
+            );
+            assert_eq!(r.booted.as_deref(), Some(choice.base.as_str()), "{text}");
+            assert_eq!((r.reason, r.generation), (reason, generation), "{text}");
+            let counter = r.counter.expect("counter");
+            assert_eq!((counter.before, counter.after), (before, after), "{text}");
+            assert_eq!(r.counting, None, "{text}");
+            match &choice.reason {
+                Reason::Fallback {
+                    from,
+                    from_number,
+                    failed_boots,
+                } => {
+                    assert_eq!(
+                        r.fallback,
+                        Some(typed::Fallback {
+                            from: from.clone(),
+                            from_generation: *from_number,
+                            failed_boots: *failed_boots,
+                        }),
+                        "{text}"
+                    );
+                    assert_eq!(r.failed_boots, None, "{text}");
+                }
+                Reason::Exhausted { failed_boots } => {
+                    assert_eq!(r.fallback, None, "{text}");
+                    assert_eq!(r.failed_boots, Some(*failed_boots), "{text}");
+                }
+                Reason::Requested => {
+                    assert_eq!((&r.fallback, r.failed_boots), (&None, None), "{text}")
+                }
+            }
+            let t = &r.times_us;
+            assert_eq!(
+                (
+                    t.start_us,
+                    t.modules_us,
+                    t.mounts_us,
+                    t.attempts_us,
+                    t.end_us,
+                    t.total_us
+                ),
+                (100, 7, 30, 2, 190, 90),
+                "{text}"
+            );
+            assert_eq!(t.phases, times.phases, "{text}");
+        }
+        // Not counting: no decision, and the receipt says so.
+        let text = stage1_json(None, None, "/init", 0, &Times::default());
+        let r = Stage1Receipt::parse(path, text.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (r.reason, r.counting, r.tries),
+            (typed::Reason::Requested, Some(false), 0)
+        );
+        assert_eq!(
+            (r.booted.as_deref(), r.counter, r.counted_generation()),
+            (None, None, None)
+        );
+        assert!(r.times_us.phases.0.is_empty());
     }
 }

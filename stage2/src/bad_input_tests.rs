@@ -4,8 +4,8 @@
 
 use std::path::Path;
 
-use crate::receipt;
 use crate::toplevel::{from_argv0, from_argv0_in, ToplevelError};
+use stagehand_boot::receipt::Stage1Receipt;
 
 fn says(case: &str, msg: &str, words: &[&str]) {
     for w in words {
@@ -68,17 +68,36 @@ fn argv0_that_names_no_generation() {
     );
 }
 
+/// A missing stage-1 receipt is normal (no counting); an unreadable one is an error naming
+/// the file and, where there is one, the field: stage 2 logs it and boots without stage 1's
+/// counting rather than guess.
 #[test]
-fn an_unreadable_stage1_receipt_is_ignored() {
+fn an_unreadable_stage1_receipt_names_the_file_and_the_field() {
     let dir = tempfile::tempdir().expect("tempdir");
-    for (case, bytes) in [
-        ("not JSON", &b"{\"stage1\": "[..]),
-        ("binary", &b"\xff\xfe\x00\x01"[..]),
-        ("empty", &b""[..]),
+    let p = dir.path().join("stage1.json");
+    let file = p.display().to_string();
+    for (case, bytes, words) in [
+        (
+            "not JSON",
+            &b"{\"stage1\": "[..],
+            &["field stage1", "unknown field"][..],
+        ),
+        ("binary", &b"\xff\xfe\x00\x01"[..], &["expected value"][..]),
+        ("empty", &b""[..], &["EOF"][..]),
+        (
+            "renamed key",
+            &br#"{"version":1,"init":"/init","tries":0,"reason":"init=","counting":false,
+                  "times":{}}"#[..],
+            &["field times", "unknown field"][..],
+        ),
     ] {
-        let p = dir.path().join("stage1.json");
         std::fs::write(&p, bytes).expect("write");
-        assert_eq!(receipt::read_stage1(&p), None, "{case}");
+        let e = Stage1Receipt::read(&p).expect_err(case).to_string();
+        says(case, &e, &[&file]);
+        says(case, &e, words);
     }
-    assert_eq!(receipt::read_stage1(&dir.path().join("missing.json")), None);
+    assert!(matches!(
+        Stage1Receipt::read(&dir.path().join("missing.json")),
+        Ok(None)
+    ));
 }

@@ -1,6 +1,7 @@
 //! The runtime bless unit. When this boot is being counted — systemd-boot set
 //! `LoaderBootCountPath` (the entry file carries `+LEFT-DONE`), or stage 1's own counter is
-//! running for this generation (`/run/stagehand/stage1.json`) — stage 2 writes
+//! running for this generation (its receipt `/run/stagehand/stage1.json`, read through
+//! `stagehand_boot::receipt`) — stage 2 writes
 //! `/run/systemd/system/stagehand-bless.service` and pulls it into the boot, so a generation
 //! is marked good once the system reached `boot-complete.target` without having to ship a
 //! unit of its own. Without it, counting would retire a perfectly good generation after its
@@ -16,7 +17,7 @@
 
 use std::path::{Path, PathBuf};
 
-use serde_json::Value;
+use stagehand_boot::receipt::Stage1Receipt;
 use stagehand_common::rootfs::Root;
 
 pub const UNIT: &str = "stagehand-bless.service";
@@ -61,14 +62,11 @@ impl Counting {
 /// Stage 1's counting, from its receipt: active when it counted this boot and the counter is
 /// not already `good` (nor blessed by `stagehand.bless=stage2` just now).
 pub fn stage1_counting(
-    stage1: Option<&Value>,
+    stage1: Option<&Stage1Receipt>,
     blessed_in_stage2: bool,
 ) -> Option<(String, String)> {
-    let s1 = stage1?;
-    let after = s1.get("counter")?.get("after")?.as_str()?;
-    let base = s1.get("booted")?.as_str()?;
-    let counting = after.starts_with('+') && !blessed_in_stage2;
-    counting.then(|| (base.to_owned(), after.to_owned()))
+    let (base, after) = stage1?.counted_generation()?;
+    (!blessed_in_stage2).then(|| (base.to_owned(), after.to_string()))
 }
 
 /// The unit. `init` is `<toplevel>/init`; `esp` is passed on from `stagehand.esp=`.
@@ -165,19 +163,32 @@ pub fn has_boot_complete(root: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+
+    fn receipt(fields: &str) -> Stage1Receipt {
+        let text = format!(
+            r#"{{"version":1,"init":"/nix/store/abc-sys-2/init","tries":3,{fields},
+                "times_us":{{"start":1,"modules":0,"mounts":0,"attempts":0,"end":2,"total":1,
+                            "phases":[]}}}}"#
+        );
+        Stage1Receipt::parse(Path::new("stage1.json"), text.as_bytes()).expect("receipt")
+    }
 
     #[test]
     fn stage1_counting_only_while_a_counter_runs() {
-        let s1 = json!({"booted": "abc-sys-2", "counter": {"before": "untried", "after": "+2-1"}});
+        let s1 = receipt(
+            r#""booted":"abc-sys-2","reason":"init=",
+               "counter":{"before":"untried","after":"+2-1"}"#,
+        );
         assert_eq!(
             stage1_counting(Some(&s1), false),
             Some(("abc-sys-2".into(), "+2-1".into()))
         );
         assert_eq!(stage1_counting(Some(&s1), true), None, "blessed in stage 2");
-        let good = json!({"booted": "abc", "counter": {"before": "good", "after": "good"}});
+        let good = receipt(
+            r#""booted":"abc","reason":"init=","counter":{"before":"good","after":"good"}"#,
+        );
         assert_eq!(stage1_counting(Some(&good), false), None);
-        let off = json!({"reason": "init=", "counting": false});
+        let off = receipt(r#""reason":"init=","counting":false"#);
         assert_eq!(stage1_counting(Some(&off), false), None);
         assert_eq!(stage1_counting(None, false), None);
     }

@@ -3,7 +3,8 @@
 //! in the kernel log, the journal and on the console) and exits non-zero when a part failed.
 //!
 //! * stage 1's counter: `<base>+LEFT-DONE` in the boot-attempts directory becomes
-//!   `<base>.good` (the booted generation from `/run/stagehand/stage1.json`);
+//!   `<base>.good` (the booted generation from `/run/stagehand/stage1.json`), through the boot
+//!   crate's `bless_generation`;
 //! * the boot loader's counter: the entry named by `LoaderBootCountPath` loses its
 //!   `+LEFT-DONE`, through the activation library's `bless` (what `stagehand bless` runs).
 //!   The ESP is `--esp DIR` or `--esp DEVICE` (mounted under `/run/stagehand/esp` for the
@@ -16,13 +17,13 @@ use std::path::{Path, PathBuf};
 use stagehand_boot::bless::{self, Decision};
 use stagehand_boot::efivars::{self, EfiVars, EFIVARS_DIR};
 use stagehand_boot::esp::BootFs;
+use stagehand_boot::receipt::{Stage1Receipt, ATTEMPTS_DIR, STAGE1_RECEIPT};
+/// Where a device ESP is mounted for the rename.
+pub use stagehand_common::boot_counting::ESP_MOUNT;
 use stagehand_common::mounts::mountinfo;
 use stagehand_common::rootfs::Root;
 
-use crate::{bless_unit, receipt};
-
-/// Where a device ESP is mounted for the rename.
-pub const ESP_MOUNT: &str = "/run/stagehand/esp";
+use crate::bless_unit;
 const ESP_DIRS: [&str; 3] = ["/boot", "/efi", "/boot/efi"];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,9 +82,16 @@ pub fn run(args: &[String]) -> i32 {
     };
     let mut status = 0;
     // Stage 1's counter.
-    let stage1 = receipt::read_stage1(Path::new(receipt::STAGE1_JSON));
+    let stage1 = match Stage1Receipt::read(Path::new(STAGE1_RECEIPT)) {
+        Ok(r) => r,
+        Err(e) => {
+            log::error!("cannot tell whether stage 1 counts this boot: {e}");
+            status = 1;
+            None
+        }
+    };
     match bless_unit::stage1_counting(stage1.as_ref(), false) {
-        Some((base, _)) => match receipt::bless(Path::new(receipt::STATE_DIR), &base) {
+        Some((base, _)) => match bless::bless_generation(Path::new(ATTEMPTS_DIR), &base) {
             Ok(done) => log::info!("generation marked good: {done}"),
             Err(e) => {
                 log::error!("cannot mark generation {base} good: {e}");

@@ -12,7 +12,11 @@ use std::path::Path;
 use std::time::Instant;
 
 use stagehand_activation::{activate, Action, ActivateOptions};
+use stagehand_boot::bless::bless_generation;
 use stagehand_boot::efivars::{self, EfiVars, EFIVARS_DIR};
+use stagehand_boot::receipt::{
+    BootReceipt, Stage1Receipt, Stage2Times, ATTEMPTS_DIR, BOOT_RECEIPT, STAGE1_RECEIPT,
+};
 use stagehand_common::cmdline::Cmdline;
 use stagehand_common::emergency::{fail, FailurePolicy};
 use stagehand_common::kmsg::KmsgLogger;
@@ -21,7 +25,7 @@ use stagehand_common::rootfs::Root;
 use stagehand_common::timing::monotonic_us;
 
 use crate::plan::{self, Handoff};
-use crate::{bless_unit, blesser, mounts, postboot, receipt, toplevel};
+use crate::{bless_unit, blesser, mounts, postboot, toplevel};
 
 const HEADER: &str = "An error occurred in stage 2 of the boot process, which must activate the \
                       generation and start systemd.";
@@ -68,20 +72,44 @@ impl Failure {
     }
 }
 
+/// Stage 2 as PID 1 (or the systemd initrd's service): the phases in order. Each phase that
+/// fails goes to the one failure path, [`Failure::fail`].
 fn run(pid: u32, systemd_stage1: Option<String>) {
     let started = Instant::now();
-    let mut times = receipt::Stage2Times {
-        start_us: monotonic_us(),
-        ..receipt::Stage2Times::default()
-    };
+    let mut times = Stage2Times::starting_at(monotonic_us());
     let args: Vec<String> = std::env::args().collect();
     let argv0 = args.first().cloned().unwrap_or_default();
+
+    let (failure, cmdline) = read_command_line(systemd_stage1.as_deref());
+    let plan = decide_plan(&failure, pid, systemd_stage1, &cmdline);
+    mount_filesystems(&failure, &plan);
+    times.phases.since("special filesystems", times.start_us);
+    let toplevel = loop {
+        match toplevel::from_argv0_in(&plan.root, &argv0) {
+            Ok(t) => break t,
+            Err(e) => failure.fail("finding the generation", &e.to_string()),
+        }
+    };
+    log::info!("booting system configuration {}", toplevel.display());
+    prepare_root(&failure, &plan, &mut times);
+    run_activation(&failure, &plan, &toplevel, &mut times);
+    record_the_boot(&failure, &plan, &toplevel, &mut times);
+    let systemd = plan.host(
+        &toplevel
+            .join("systemd/lib/systemd/systemd")
+            .to_string_lossy(),
+    );
+    count_and_report(&plan, &cmdline, &toplevel, &systemd, times);
+    hand_over(&failure, &plan, &systemd, &args, started);
+}
+
+/// `/proc` first (the command line, the mount table and the toplevel lookup need it), then
+/// the command line, and the failure path as the command line wants it.
+fn read_command_line(systemd_stage1: Option<&str>) -> (Failure, Cmdline) {
     let mut failure = Failure {
         policy: FailurePolicy::new(HEADER),
-        exit: systemd_stage1.as_deref() == Some("true"),
+        exit: systemd_stage1 == Some("true"),
     };
-
-    // /proc first: the command line, the mount table and the toplevel lookup need it.
     match mounts::ensure_proc() {
         Ok(true) => log::info!("mounted /proc"),
         Ok(false) => {}
@@ -97,6 +125,17 @@ fn run(pid: u32, systemd_stage1: Option<String>) {
             .and_then(|c| c.split(',').next())
             .map(str::to_owned),
     };
+    (failure, cmdline)
+}
+
+/// What this boot must do (`plan::decide` over the facts), logged; with `boot.debugtrace`
+/// the log level goes to debug from here on.
+fn decide_plan(
+    failure: &Failure,
+    pid: u32,
+    systemd_stage1: Option<String>,
+    cmdline: &Cmdline,
+) -> plan::Plan {
     let plan = loop {
         let mounted: Vec<String> = mountinfo::read()
             .into_iter()
@@ -107,7 +146,7 @@ fn run(pid: u32, systemd_stage1: Option<String>) {
             systemd_stage1: systemd_stage1.clone(),
             container: std::env::var("container").ok(),
             stage1_receipt: mounted.iter().any(|m| m == "/run")
-                && Path::new(receipt::STAGE1_JSON).exists(),
+                && Path::new(STAGE1_RECEIPT).exists(),
             initrd_release: Path::new("/etc/initrd-release").exists(),
             efi: Path::new(plan::EFIVARS).is_dir(),
             cmdline: cmdline.clone(),
@@ -125,7 +164,11 @@ fn run(pid: u32, systemd_stage1: Option<String>) {
     for line in plan.describe() {
         log::debug!("plan: {line}");
     }
+    plan
+}
 
+/// The special filesystems the plan lists, `/run` bound into the real root, efivarfs.
+fn mount_filesystems(failure: &Failure, plan: &plan::Plan) {
     if let Err(e) = mounts::mount_special(&plan.special) {
         failure.fail("mounting the special filesystems", &e);
     }
@@ -144,15 +187,10 @@ fn run(pid: u32, systemd_stage1: Option<String>) {
             Err(e) => log::warn!("{e}; boot counting by the loader cannot be seen"),
         }
     }
-    times.phases.since("special filesystems", times.start_us);
-    let toplevel = loop {
-        match toplevel::from_argv0_in(&plan.root, &argv0) {
-            Ok(t) => break t,
-            Err(e) => failure.fail("finding the generation", &e.to_string()),
-        }
-    };
-    log::info!("booting system configuration {}", toplevel.display());
+}
 
+/// `/` read-write, `/nix/store` read-only, the base directories and `/var/run`.
+fn prepare_root(failure: &Failure, plan: &plan::Plan, times: &mut Stage2Times) {
     let t = monotonic_us();
     if plan.remount_root_rw {
         log::debug!("remounting / read-write");
@@ -182,9 +220,11 @@ fn run(pid: u32, systemd_stage1: Option<String>) {
             log::warn!("cannot create /var/run -> ../run: {e}");
         }
     }
-
     times.phases.since("base directories", t);
+}
 
+/// The activation engine (`Action::Boot`). Failed steps are logged and the boot goes on.
+fn run_activation(failure: &Failure, plan: &plan::Plan, toplevel: &Path, times: &mut Stage2Times) {
     let t_us = monotonic_us();
     let t = Instant::now();
     log::info!("running activation");
@@ -197,7 +237,7 @@ fn run(pid: u32, systemd_stage1: Option<String>) {
         // Snippets are bash: xtrace makes them print each command, as `set -x` did.
         std::env::set_var("SHELLOPTS", "xtrace");
     }
-    match activate(&toplevel, &options) {
+    match activate(toplevel, &options) {
         Ok(report) => {
             times.activation_us = t.elapsed().as_micros() as u64;
             let steps = report
@@ -219,21 +259,24 @@ fn run(pid: u32, systemd_stage1: Option<String>) {
     }
     std::env::remove_var("SHELLOPTS");
     times.phases.since("activation", t_us);
+}
 
+/// `/run/booted-system` (and `/run/current-system` when activation did not set it),
+/// `postBootCommands`, an empty `/etc/machine-id` when there is none.
+fn record_the_boot(failure: &Failure, plan: &plan::Plan, toplevel: &Path, times: &mut Stage2Times) {
     let t = monotonic_us();
-
-    if let Err(e) = point_link(&plan.root, Path::new("/run/booted-system"), &toplevel) {
+    if let Err(e) = point_link(&plan.root, Path::new("/run/booted-system"), toplevel) {
         failure.fail("recording /run/booted-system", &e);
     }
     if std::fs::symlink_metadata(plan.host("/run/current-system")).is_err() {
         // Activation normally does this; a failed activation must still leave a usable system.
-        if let Err(e) = point_link(&plan.root, Path::new("/run/current-system"), &toplevel) {
+        if let Err(e) = point_link(&plan.root, Path::new("/run/current-system"), toplevel) {
             log::error!("{e}");
         }
     }
     times.phases.since("booted-system", t);
     let t = monotonic_us();
-    if run_post_boot(&plan, &toplevel) {
+    if run_post_boot(plan, toplevel) {
         times.phases.since("postBootCommands", t);
     }
     let t = monotonic_us();
@@ -245,31 +288,41 @@ fn run(pid: u32, systemd_stage1: Option<String>) {
     {
         log::warn!("cannot create /etc/machine-id: {e}");
     }
-
-    let systemd = plan.host(
-        &toplevel
-            .join("systemd/lib/systemd/systemd")
-            .to_string_lossy(),
-    );
     times.phases.since("machine-id", t);
+}
+
+/// Boot counting and the receipt: `stagehand.bless=stage2`, the runtime bless unit when
+/// this boot is counted, and the boot receipt. Never fails the boot.
+fn count_and_report(
+    plan: &plan::Plan,
+    cmdline: &Cmdline,
+    toplevel: &Path,
+    systemd: &Path,
+    mut times: Stage2Times,
+) {
     let t = monotonic_us();
-    let blessed = bless_in_stage2(&plan, &cmdline, &toplevel, &systemd);
-    let stage1 = receipt::read_stage1(&plan.host(receipt::STAGE1_JSON));
-    write_bless_unit(
-        &plan,
-        &cmdline,
-        &toplevel,
-        stage1.as_ref(),
-        blessed.is_some(),
-    );
+    let blessed = bless_in_stage2(plan, cmdline, toplevel, systemd);
+    let stage1 = match Stage1Receipt::read(&plan.host(STAGE1_RECEIPT)) {
+        Ok(r) => r,
+        Err(e) => {
+            log::error!("{e}; this boot goes on without stage 1's counting");
+            None
+        }
+    };
+    write_bless_unit(plan, cmdline, toplevel, stage1.as_ref(), blessed.is_some());
     times.phases.since("bless", t);
-    write_receipt(
-        &plan,
-        &toplevel,
-        stage1.as_ref(),
-        blessed.as_deref(),
-        &mut times,
-    );
+    write_receipt(plan, toplevel, stage1.as_ref(), blessed.as_deref(), times);
+}
+
+/// Exit 0 in the systemd initrd (it switches root next), else exec the generation's systemd
+/// with the kernel's arguments.
+fn hand_over(
+    failure: &Failure,
+    plan: &plan::Plan,
+    systemd: &Path,
+    args: &[String],
+    started: Instant,
+) {
     if plan.handoff == Handoff::Exit {
         log::info!(
             "{} prepared (stage 2 took {} ms); systemd switches root next",
@@ -284,8 +337,8 @@ fn run(pid: u32, systemd_stage1: Option<String>) {
         started.elapsed().as_millis()
     );
     loop {
-        let e = std::process::Command::new(&systemd)
-            .arg0(&systemd)
+        let e = std::process::Command::new(systemd)
+            .arg0(systemd)
             .args(args.get(1..).unwrap_or_default())
             .exec();
         failure.fail(
@@ -346,7 +399,7 @@ fn bless_in_stage2(
         );
         return None;
     }
-    match receipt::bless(&plan.host(receipt::STATE_DIR), base) {
+    match bless_generation(&plan.host(ATTEMPTS_DIR), base) {
         Ok(done) => {
             log::info!("stagehand.bless=stage2: marked generation good: {done}");
             Some(done)
@@ -364,7 +417,7 @@ fn write_bless_unit(
     plan: &plan::Plan,
     cmdline: &Cmdline,
     toplevel: &Path,
-    stage1: Option<&serde_json::Value>,
+    stage1: Option<&Stage1Receipt>,
     blessed_in_stage2: bool,
 ) {
     let loader = if matches!(plan.mode, plan::Mode::Container(_)) {
@@ -415,22 +468,22 @@ fn write_bless_unit(
 fn write_receipt(
     plan: &plan::Plan,
     toplevel: &Path,
-    stage1: Option<&serde_json::Value>,
+    stage1: Option<&Stage1Receipt>,
     blessed: Option<&str>,
-    times: &mut receipt::Stage2Times,
+    mut times: Stage2Times,
 ) {
-    times.end_us = monotonic_us();
-    let r = receipt::build(
+    times.finish(monotonic_us());
+    let r = BootReceipt::new(
         &plan.mode.to_string(),
         stage1,
         &toplevel.display().to_string(),
         blessed,
         times,
     );
-    if let Err(e) = receipt::write_atomic(&plan.host(receipt::BOOT_JSON), &r) {
+    if let Err(e) = r.write(&plan.host(BOOT_RECEIPT)) {
         log::warn!("cannot write the boot receipt: {e}");
     }
-    log::info!("{}", receipt::summary(&r));
+    log::info!("{}", r.summary());
 }
 
 fn ensure_dir(path: &Path, mode: u32) -> Result<(), String> {

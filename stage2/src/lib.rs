@@ -20,5 +20,4 @@ pub mod boot;
 pub mod mounts;
 pub mod plan;
 pub mod postboot;
-pub mod receipt;
 pub mod toplevel;

@@ -10,6 +10,7 @@ use std::path::Path;
 use std::process::Command;
 
 use anyhow::Result;
+use stagehand_common::boot_counting::ATTEMPTS_DIR;
 
 use crate::console::{probe_facts, PROBE_DONE};
 use crate::generation::SystemImage;
@@ -19,9 +20,6 @@ use crate::scenarios::{check_probe, root_disk, Expected, Inputs, Outcome, FIRST_
 
 /// A stage 2 that exits at once (as in the UEFI fallback scenario).
 const FAILING_STAGE2: &str = "/usr/bin/false";
-
-/// Stage 1's boot-counting directory, inside the root filesystem.
-const ATTEMPTS_DIR: &str = "/nix/var/nix/stagehand/boot-attempts";
 
 /// `kernel-fallback`: boot 1 uses generation 2's only try and dies; boot 2 sees `+0-1`,
 /// says so, and boots generation 1 by itself.
