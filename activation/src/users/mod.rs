@@ -25,6 +25,10 @@
 //!   removed, as userborn does.
 
 pub mod commit;
+mod fasthash;
+mod idmap;
+mod ids;
+mod lines;
 mod plan;
 pub mod spec;
 
