@@ -24,6 +24,7 @@
 //!   previously declared user that disappears is locked (`!*` in `/etc/shadow`) instead of
 //!   removed, as userborn does.
 
+mod accounts;
 pub mod commit;
 mod fasthash;
 mod idmap;
@@ -31,6 +32,7 @@ mod ids;
 mod lines;
 mod plan;
 pub mod spec;
+mod subids;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
