@@ -306,7 +306,14 @@ pub fn apply(
             .dir(dir, true)
             .map_err(fs.err(dir, "create directory"))?
             .ok_or_else(|| fs.err(dir, "open")(io::Error::from(io::ErrorKind::NotFound)))?;
-        write_atomic(&dirfd, name, &w.contents).map_err(fs.err(&w.dest, "write"))?;
+        // FAT has no modes or owners: the file gets what the mount options say.
+        rootfs::atomic_write(
+            &dirfd,
+            OsStr::new(name),
+            &w.contents,
+            rootfs::NewFile::FileSystemDefault,
+        )
+        .map_err(fs.err(&w.dest, "write"))?;
         touched.insert(dir.to_string());
     }
     match order {
@@ -356,24 +363,6 @@ fn unlink_quiet<Fd: AsFd>(dirfd: Fd, name: &OsStr) -> io::Result<()> {
         None => Ok(()),
         Some(_) => rootfs::remove_tree_at(&dirfd, name),
     }
-}
-
-/// Create `name` in `dirfd` with `contents`: temporary, fsync, rename over.
-pub fn write_atomic<Fd: AsFd>(dirfd: Fd, name: &str, contents: &[u8]) -> io::Result<()> {
-    let tmp = rootfs::tmp_name(OsStr::new(name));
-    unlink_quiet(&dirfd, &tmp)?;
-    let result = (|| {
-        let fd = create_file(&dirfd, &tmp)?;
-        let mut file = std::fs::File::from(fd);
-        io::Write::write_all(&mut file, contents)?;
-        file.sync_all()?;
-        rfs::renameat(&dirfd, tmp.as_os_str(), &dirfd, name)?;
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = unlink_quiet(&dirfd, &tmp);
-    }
-    result
 }
 
 fn create_file<Fd: AsFd>(dirfd: Fd, name: &OsStr) -> io::Result<OwnedFd> {

@@ -404,7 +404,8 @@ impl BootReceipt {
         let text = serde_json::to_string_pretty(self)
             .map_err(|e| format!("cannot encode the boot receipt: {e}"))?
             + "\n";
-        stagehand_common::atomic::write_file(path, text.as_bytes())
+        stagehand_common::atomic::write_file(path, text.as_bytes(), 0o644)
+            .map_err(|e| e.to_string())
     }
 }
 

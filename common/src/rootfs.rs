@@ -362,37 +362,67 @@ pub fn own_perms(mode: u32) -> Perms {
     }
 }
 
+/// What a file we write is made with, set *before* any content is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NewFile {
+    /// Exactly this owner and mode (the owner is changed only when it differs).
+    Perms(Perms),
+    /// Whatever the file system gives a new file. For FAT (the ESP), which has no owners or
+    /// modes: there `fchmod` fails with `EPERM` unless the mount's mask already yields the
+    /// mode, so we must not ask.
+    FileSystemDefault,
+}
+
+impl From<Perms> for NewFile {
+    fn from(perms: Perms) -> NewFile {
+        NewFile::Perms(perms)
+    }
+}
+
 /// Write the file `tmp` in `dirfd` with final ownership and mode set *before* any content is
-/// written; with `durable`, flush it to disk. The file is created 0600 so it is never
-/// readable by others, not even for an instant before `fchmod` (which matters for
-/// `/etc/shadow`). Callers that write many files pass `durable = false` and flush them all
-/// with one [`sync_fs`] before renaming: one journal commit instead of one per file.
+/// written; with `durable`, flush it to disk. The file is created exclusively (`O_EXCL`, so
+/// whatever a crash or anyone else left under the name, a planted symlink included, is
+/// removed and never written through) and 0600, so it is never readable by others, not even
+/// for an instant before `fchmod` (which matters for `/etc/shadow`). Callers that write many
+/// files pass `durable = false` and flush them all with one [`sync_fs`] before renaming: one
+/// journal commit instead of one per file.
 pub fn write_tmp<Fd: AsFd>(
     dirfd: Fd,
     tmp: &OsStr,
     contents: &[u8],
-    perms: Perms,
+    new_file: impl Into<NewFile>,
     durable: bool,
 ) -> io::Result<()> {
+    let new_file = new_file.into();
     let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    let fd = match rfs::openat(&dirfd, tmp, flags, Mode::from_raw_mode(0o600)) {
+    let create_mode = match new_file {
+        // FAT ignores the mode; anything else gets what the umask leaves of 0644.
+        NewFile::FileSystemDefault => Mode::from_raw_mode(0o644),
+        NewFile::Perms(_) => Mode::from_raw_mode(0o600),
+    };
+    let fd = match rfs::openat(&dirfd, tmp, flags, create_mode) {
         // O_EXCL: whatever a crash (or anyone) left under the name is removed, never reused.
         Err(Errno::EXIST) => {
             unlink_quiet(&dirfd, tmp)?;
-            rfs::openat(&dirfd, tmp, flags, Mode::from_raw_mode(0o600))?
+            rfs::openat(&dirfd, tmp, flags, create_mode)?
         }
         r => r?,
     };
     let result = (|| -> io::Result<()> {
-        let current = rfs::fstat(&fd)?;
-        if current.st_uid != perms.uid || current.st_gid != perms.gid {
-            rfs::fchown(
-                &fd,
-                Some(rfs::Uid::from_raw(perms.uid)),
-                Some(rfs::Gid::from_raw(perms.gid)),
-            )?;
+        match new_file {
+            NewFile::Perms(perms) => {
+                let current = rfs::fstat(&fd)?;
+                if current.st_uid != perms.uid || current.st_gid != perms.gid {
+                    rfs::fchown(
+                        &fd,
+                        Some(rfs::Uid::from_raw(perms.uid)),
+                        Some(rfs::Gid::from_raw(perms.gid)),
+                    )?;
+                }
+                rfs::fchmod(&fd, Mode::from_raw_mode(perms.mode))?;
+            }
+            NewFile::FileSystemDefault => {}
         }
-        rfs::fchmod(&fd, Mode::from_raw_mode(perms.mode))?;
         let mut file = std::fs::File::from(fd);
         io::Write::write_all(&mut file, contents)?;
         if durable {
@@ -407,16 +437,18 @@ pub fn write_tmp<Fd: AsFd>(
     Ok(())
 }
 
-/// Atomically replace `name` in `dirfd` with `contents`: temporary file, fsync, rename.
-/// The caller fsyncs the directory (once per batch of writes).
+/// Atomically replace `name` in `dirfd` with `contents`: a temporary file created
+/// exclusively next to it ([`write_tmp`]), fsync, rename over `name`. Whatever is at `name`,
+/// a symlink included, is replaced, never followed. The caller fsyncs the directory (once
+/// per batch of writes); [`crate::atomic::write_file`] does it for one file by path.
 pub fn atomic_write<Fd: AsFd>(
     dirfd: Fd,
     name: &OsStr,
     contents: &[u8],
-    perms: Perms,
+    new_file: impl Into<NewFile>,
 ) -> io::Result<()> {
     let tmp = tmp_name(name);
-    write_tmp(&dirfd, &tmp, contents, perms, true)?;
+    write_tmp(&dirfd, &tmp, contents, new_file, true)?;
     rename_tmp(&dirfd, name)
 }
 

@@ -463,7 +463,8 @@ pub fn count_boot(
     times.phases.since("boot counting", t);
     times.end_us = monotonic_us();
     let text = stage1_json(requested.as_deref(), choice.as_ref(), &init, tries, times);
-    if let Err(e) = stagehand_common::atomic::write_file(Path::new(STAGE1_RECEIPT), text.as_bytes())
+    if let Err(e) =
+        stagehand_common::atomic::write_file(Path::new(STAGE1_RECEIPT), text.as_bytes(), 0o644)
     {
         log::warn!("cannot write the stage-1 receipt: {e}");
     }

@@ -135,7 +135,8 @@ pub fn write(root: &Path, files: &[UnitFile]) -> Result<(), String> {
     for f in files {
         if let UnitFile::Text { path, text } = f {
             let host = root.join(path.strip_prefix("/").unwrap_or(path));
-            stagehand_common::atomic::write_file(&host, text.as_bytes())?;
+            stagehand_common::atomic::write_file(&host, text.as_bytes(), 0o644)
+                .map_err(|e| e.to_string())?;
         }
     }
     let r = Root::open(root).map_err(|e| format!("cannot open {}: {e}", root.display()))?;

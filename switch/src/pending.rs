@@ -58,7 +58,7 @@ pub fn write_list(root: &Root, path: &str, units: &BTreeSet<String>) -> Result<(
         text.push_str(u);
         text.push('\n');
     }
-    stagehand_common::atomic::write_file(&p, text.as_bytes())
+    stagehand_common::atomic::write_file(&p, text.as_bytes(), 0o644).map_err(|e| e.to_string())
 }
 
 pub fn remove(root: &Root, path: &str) -> Result<(), String> {
