@@ -23,6 +23,7 @@ pub mod cpio;
 pub mod elf;
 pub mod modules;
 pub mod objects;
+pub mod output;
 pub mod strip;
 #[cfg(test)]
 mod tests;

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use stagehand_initrd::objects::StoreObject;
+use stagehand_initrd::output;
 use stagehand_initrd::{build_with, cpio, list, FullSpec, Secret};
 
 const EXIT_STATUS: &str = "\
@@ -105,30 +106,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// Write `bytes` next to `path`, fsync, and rename it over: a reader (or a crash) never
-/// leaves half a file under the name.
-fn replace(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp-stagehand");
-    let tmp = PathBuf::from(tmp);
-    let written = std::fs::File::create(&tmp).and_then(|mut f| {
-        f.write_all(bytes)?;
-        f.sync_all()
-    });
-    if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, path)) {
-        // Nothing more to report if the leftover cannot go either.
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("writing {}", path.display()));
-    }
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("fsync {}", dir.display()))
-}
-
 /// The spec at `path` with every `--contents` list added to its contents.
 fn read_spec(path: &Path, content_lists: &[PathBuf]) -> Result<FullSpec> {
     let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
@@ -151,7 +128,7 @@ fn read_spec(path: &Path, content_lists: &[PathBuf]) -> Result<FullSpec> {
 fn build(a: &BuildArgs) -> Result<()> {
     let spec = read_spec(&a.spec, &a.contents)?;
     let initrd = build_with(&spec.spec, &spec.extras)?;
-    replace(&a.output, &initrd.bytes)?;
+    output::write_initrd(&a.output, &initrd.bytes, output::PLAIN_MODE)?;
     if a.report {
         print!("{}", initrd.report);
     } else {
@@ -174,7 +151,8 @@ fn append_secrets(a: &AppendSecretsArgs) -> Result<()> {
         );
     }
     bytes.extend_from_slice(&appended);
-    replace(initrd, &bytes)
+    output::write_initrd(initrd, &bytes, output::SECRETS_MODE)?;
+    Ok(())
 }
 
 fn list_cmd(a: &ListArgs) -> Result<()> {
