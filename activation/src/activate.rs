@@ -18,7 +18,8 @@ use rustix::fs::Mode;
 use stagehand_common::mounts::mountinfo;
 use stagehand_common::mounts::special::SPECIAL_FILESYSTEMS;
 
-use crate::manifest::{self, Plan, PlanError};
+use crate::compiled::{self, CompiledPlan};
+use crate::manifest::LoadError;
 use crate::{etc, users};
 use stagehand_common::rootfs::{self, Node, Root};
 
@@ -123,7 +124,7 @@ pub enum ActivationError {
         path: PathBuf,
         error: std::io::Error,
     },
-    Plan(PlanError),
+    Load(LoadError),
 }
 
 impl fmt::Display for ActivationError {
@@ -134,16 +135,16 @@ impl fmt::Display for ActivationError {
                 "{}: cannot open the root to activate in: {error}",
                 path.display()
             ),
-            Self::Plan(e) => e.fmt(f),
+            Self::Load(e) => e.fmt(f),
         }
     }
 }
 
 impl std::error::Error for ActivationError {}
 
-impl From<PlanError> for ActivationError {
-    fn from(e: PlanError) -> Self {
-        Self::Plan(e)
+impl From<LoadError> for ActivationError {
+    fn from(e: LoadError) -> Self {
+        Self::Load(e)
     }
 }
 
@@ -157,23 +158,23 @@ pub fn activate(
         path: opts.root.clone(),
         error,
     })?;
-    let plan = manifest::load(&root, toplevel)?;
+    let compiled = compiled::load(&root, toplevel)?;
     let dry = opts.dry_run || opts.action == Action::DryActivate;
     let ctx = Ctx {
         root: &root,
-        plan: &plan,
+        compiled: &compiled,
         dry,
         action: opts.action,
         etc_recheck: std::cell::RefCell::new(None),
     };
     log::info!(
         "activating {} ({}{})",
-        plan.toplevel,
+        compiled.toplevel,
         opts.action.as_str(),
         if dry { ", dry run" } else { "" }
     );
     let mut report = ActivationReport::default();
-    for name in &plan.order {
+    for name in &compiled.order {
         let t = Instant::now();
         let (outcome, messages) = ctx.step(name);
         let duration = t.elapsed();
@@ -185,7 +186,7 @@ pub fn activate(
             messages,
         });
     }
-    if let (Some(recheck), Some(tree)) = (ctx.etc_recheck.take(), &plan.etc) {
+    if let (Some(recheck), Some(tree)) = (ctx.etc_recheck.take(), &compiled.etc) {
         let t = Instant::now();
         recheck.finish(&root, tree);
         log::debug!(
@@ -195,7 +196,7 @@ pub fn activate(
     }
     if !dry {
         let t = Instant::now();
-        let outcome = match point_current_system(&root, &plan.toplevel) {
+        let outcome = match point_current_system(&root, &compiled.toplevel) {
             Ok(true) => Outcome::Changed,
             Ok(false) => Outcome::Unchanged,
             Err(e) => Outcome::Failed(format!(
@@ -246,7 +247,7 @@ fn point_current_system(root: &Root, toplevel: &str) -> std::io::Result<bool> {
 
 struct Ctx<'a> {
     root: &'a Root,
-    plan: &'a Plan,
+    compiled: &'a CompiledPlan,
     dry: bool,
     action: Action,
     /// Left by the etc step when it changed `/etc`: done after the other steps, by when
@@ -271,7 +272,7 @@ impl Ctx<'_> {
             "users" => self.users(),
             "etc" => self.etc(),
             "hashes" => self.hashes(),
-            "binsh" => self.link_step("/bin", "sh", self.plan.binsh.as_deref()),
+            "binsh" => self.link_step("/bin", "sh", self.compiled.binsh.as_deref()),
             "usrbinenv" => self.usrbinenv(),
             "modprobe" => self.modprobe(),
             "udevd" => self.udevd(),
@@ -291,7 +292,7 @@ impl Ctx<'_> {
                 Err(e) => return (Outcome::Failed(format!("{dir}: {e}")), msgs),
             }
         }
-        let Some(spec) = &self.plan.users else {
+        let Some(spec) = &self.compiled.users else {
             return (changed(any), msgs);
         };
         match users::update_users(self.root, spec, self.dry) {
@@ -323,7 +324,7 @@ impl Ctx<'_> {
     }
 
     fn etc(&self) -> StepResult {
-        let Some(tree) = &self.plan.etc else {
+        let Some(tree) = &self.compiled.etc else {
             return (
                 Outcome::Unchanged,
                 vec!["no etc tree in this generation".into()],
@@ -454,7 +455,7 @@ impl Ctx<'_> {
     }
 
     fn usrbinenv(&self) -> StepResult {
-        match &self.plan.usrbinenv {
+        match &self.compiled.usrbinenv {
             None => (Outcome::Unchanged, Vec::new()),
             Some(Some(t)) => self.link_step("/usr/bin", "env", Some(t)),
             Some(None) => {
@@ -529,7 +530,7 @@ impl Ctx<'_> {
     }
 
     fn modprobe(&self) -> StepResult {
-        let Some(m) = &self.plan.modprobe else {
+        let Some(m) = &self.compiled.modprobe else {
             return (Outcome::Unchanged, Vec::new());
         };
         match self.write_param("/proc/sys/kernel/modprobe", m) {
@@ -549,7 +550,7 @@ impl Ctx<'_> {
             Ok(c) => any |= c.unwrap_or(false),
             Err(e) => return (Outcome::Failed(e), msgs),
         }
-        if let Some(fw) = &self.plan.firmware {
+        if let Some(fw) = &self.compiled.firmware {
             match self.write_param("/sys/module/firmware_class/parameters/path", fw) {
                 Ok(Some(c)) => any |= c,
                 Ok(None) => msgs.push("no firmware_class parameters under this root".into()),
@@ -560,7 +561,7 @@ impl Ctx<'_> {
     }
 
     fn snippet(&self, name: &str) -> StepResult {
-        let Some(s) = self.plan.snippets.get(name) else {
+        let Some(s) = self.compiled.snippets.get(name) else {
             return (Outcome::Unchanged, Vec::new());
         };
         if s.text.trim().is_empty() {
@@ -573,12 +574,12 @@ impl Ctx<'_> {
             );
         }
         let shell = self
-            .plan
+            .compiled
             .shell
             .clone()
-            .or_else(|| self.plan.binsh.clone())
+            .or_else(|| self.compiled.binsh.clone())
             .unwrap_or_else(|| "/bin/sh".to_owned());
-        let quoted = self.plan.toplevel.replace('\'', "'\\''");
+        let quoted = self.compiled.toplevel.replace('\'', "'\\''");
         let script = format!(
             "systemConfig='{quoted}'\n_localstatus=0\ntrap '_localstatus=$?' ERR\numask 0022\n\
              {}\nexit $_localstatus\n",
@@ -589,7 +590,7 @@ impl Ctx<'_> {
             .arg(script)
             .env("NIXOS_ACTION", self.action.as_str())
             .stdin(Stdio::null());
-        if let Some(path) = &self.plan.path {
+        if let Some(path) = &self.compiled.path {
             cmd.env("PATH", path.join(":"));
         }
         if !self.root.is_host_root() {

@@ -1,10 +1,10 @@
 //! Stagehand activation: turns a NixOS-style system generation into a running configuration.
 //!
 //! * [`activate()`] — what stage 2 and `switch-to-configuration` call: runs every step of the
-//!   generation's plan and points `/run/current-system` at it.
+//!   generation's compiled plan and points `/run/current-system` at it.
 //! * [`etc`] — `/etc` with `setup-etc.pl` semantics; [`users`] — accounts with
-//!   `update-users-groups.pl` semantics; [`manifest`] — `activation.json` and the compiled
-//!   `activation.plan`.
+//!   `update-users-groups.pl` semantics; [`manifest`] — `activation.json`; [`compiled`] —
+//!   the compiled `activation.plan`.
 //! * `stagehand_common::rootfs` — every write goes through it, confined to a root prefix.
 //!
 //! Each step is a pure planner over what it observed plus a thin executor; see the modules.
@@ -12,6 +12,7 @@
 pub mod activate;
 #[doc(hidden)]
 pub mod bench;
+pub mod compiled;
 pub mod crypt;
 pub mod etc;
 pub mod manifest;

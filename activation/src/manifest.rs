@@ -1,5 +1,5 @@
-//! The generation manifest (`<toplevel>/activation.json`, version 1) and the compiled plan
-//! (`<toplevel>/activation.plan`).
+//! The generation manifest (`<toplevel>/activation.json`, version 1), resolved into a
+//! [`CompiledPlan`] by [`from_sources`]; the compiled file itself is [`crate::compiled`].
 //!
 //! ```json
 //! { "version": 1,
@@ -17,30 +17,20 @@
 //! (`specialfs`, `users`, `groups`, `hashes`, `etc`, `binsh`, `usrbinenv`, `modprobe`, `udevd`,
 //! `stdio`, `var`) only adds dependencies to it: its text is not run, the native step replaces
 //! it. Unknown keys are ignored, so later versions can add optional ones.
-//!
-//! The compiled plan is the [`Plan`] below, postcard-encoded inside the common envelope with
-//! magic `SHACTPLN`, version 1: the resolved manifest, the etc tree listing with its sidecars,
-//! the parsed users spec and the step order. With it, activation reads one file instead of
-//! walking the etc tree and parsing JSON.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer, Serialize};
-use stagehand_common::envelope::{self, EnvelopeError, Kind};
+use stagehand_common::envelope::EnvelopeError;
 
-use crate::etc::{self, EtcTree};
+use crate::compiled::CompiledPlan;
+use crate::etc;
 use crate::users::UsersSpec;
 use stagehand_common::rootfs::Root;
 
 pub const MANIFEST_NAME: &str = "activation.json";
-pub const PLAN_NAME: &str = "activation.plan";
-pub const PLAN_KIND: Kind = Kind {
-    magic: *b"SHACTPLN",
-    version: 1,
-    name: "activation plan",
-};
 
 /// Built-in steps and the dependencies NixOS gives them.
 pub const BUILTINS: [(&str, &[&str]); 11] = [
@@ -103,30 +93,9 @@ pub struct Snippet {
     pub supports_dry_activation: bool,
 }
 
-/// Everything activation needs, resolved.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-pub struct Plan {
-    /// Canonical in-root path of the generation.
-    pub toplevel: String,
-    pub etc: Option<EtcTree>,
-    pub users: Option<UsersSpec>,
-    /// In-root path of the users spec, for messages.
-    pub users_source: Option<String>,
-    pub binsh: Option<String>,
-    pub usrbinenv: Option<Option<String>>,
-    pub modprobe: Option<String>,
-    pub firmware: Option<String>,
-    pub shell: Option<String>,
-    pub path: Option<Vec<String>>,
-    /// Bash snippets by name (built-ins excluded).
-    pub snippets: BTreeMap<String, Snippet>,
-    /// Step names in execution order (built-ins and snippets).
-    pub order: Vec<String>,
-}
-
 /// Problems that stop activation before any step runs.
 #[derive(Debug)]
-pub enum PlanError {
+pub enum LoadError {
     Toplevel {
         path: PathBuf,
         error: std::io::Error,
@@ -147,11 +116,11 @@ pub enum PlanError {
         path: PathBuf,
         names: Vec<String>,
     },
-    Plan {
+    Compiled {
         path: PathBuf,
         error: EnvelopeError,
     },
-    PlanRead {
+    CompiledRead {
         path: PathBuf,
         error: std::io::Error,
     },
@@ -168,7 +137,7 @@ pub enum PlanError {
     },
 }
 
-impl fmt::Display for PlanError {
+impl fmt::Display for LoadError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Toplevel { path, error } => write!(
@@ -199,13 +168,13 @@ impl fmt::Display for PlanError {
                 path.display(),
                 names.join(" -> ")
             ),
-            Self::Plan { path, error } => write!(
+            Self::Compiled { path, error } => write!(
                 f,
                 "{}: refusing the compiled activation plan: {error} (delete it to fall back to \
                  activation.json, or run `stagehand compile`)",
                 path.display()
             ),
-            Self::PlanRead { path, error } => {
+            Self::CompiledRead { path, error } => {
                 write!(
                     f,
                     "{}: cannot read the activation plan: {error}",
@@ -234,11 +203,11 @@ impl fmt::Display for PlanError {
     }
 }
 
-impl std::error::Error for PlanError {}
+impl std::error::Error for LoadError {}
 
 /// NixOS's order: names alphabetically, each preceded by its dependencies (depth first),
 /// every step once. Unknown dependencies are ignored with a warning; cycles are refused.
-pub fn order(deps: &BTreeMap<String, Vec<String>>, path: &Path) -> Result<Vec<String>, PlanError> {
+pub fn order(deps: &BTreeMap<String, Vec<String>>, path: &Path) -> Result<Vec<String>, LoadError> {
     fn visit(
         name: &str,
         deps: &BTreeMap<String, Vec<String>>,
@@ -246,14 +215,14 @@ pub fn order(deps: &BTreeMap<String, Vec<String>>, path: &Path) -> Result<Vec<St
         stack: &mut Vec<String>,
         out: &mut Vec<String>,
         path: &Path,
-    ) -> Result<(), PlanError> {
+    ) -> Result<(), LoadError> {
         if done.contains(name) {
             return Ok(());
         }
         if let Some(pos) = stack.iter().position(|s| s == name) {
             let mut names = stack[pos..].to_vec();
             names.push(name.to_owned());
-            return Err(PlanError::Cycle {
+            return Err(LoadError::Cycle {
                 path: path.to_path_buf(),
                 names,
             });
@@ -284,21 +253,21 @@ fn in_root(p: &str) -> PathBuf {
 }
 
 /// The generation directory, profile links resolved inside the root.
-fn toplevel_dir(root: &Root, toplevel: &Path) -> Result<PathBuf, PlanError> {
+pub(crate) fn toplevel_dir(root: &Root, toplevel: &Path) -> Result<PathBuf, LoadError> {
     root.canonicalize(toplevel)
-        .map_err(|error| PlanError::Toplevel {
+        .map_err(|error| LoadError::Toplevel {
             path: root.host_path(toplevel),
             error,
         })
 }
 
-/// Build the plan from `activation.json` and the files it names.
-pub fn from_sources(root: &Root, toplevel: &Path) -> Result<Plan, PlanError> {
+/// Resolve `activation.json` and the files it names into the plan activation runs.
+pub fn from_sources(root: &Root, toplevel: &Path) -> Result<CompiledPlan, LoadError> {
     let top = toplevel_dir(root, toplevel)?;
     let mpath = top.join(MANIFEST_NAME);
     let m: ManifestJson = match root.read_opt(&mpath) {
         Ok(Some(bytes)) => {
-            serde_json::from_slice(&bytes).map_err(|error| PlanError::ManifestJson {
+            serde_json::from_slice(&bytes).map_err(|error| LoadError::ManifestJson {
                 path: root.host_path(&mpath),
                 error,
             })?
@@ -322,14 +291,14 @@ pub fn from_sources(root: &Root, toplevel: &Path) -> Result<Plan, PlanError> {
             }
         }
         Err(error) => {
-            return Err(PlanError::ManifestRead {
+            return Err(LoadError::ManifestRead {
                 path: root.host_path(&mpath),
                 error,
             })
         }
     };
     if m.version != 1 {
-        return Err(PlanError::ManifestVersion {
+        return Err(LoadError::ManifestVersion {
             path: root.host_path(&mpath),
             found: m.version,
         });
@@ -342,19 +311,19 @@ pub fn from_sources(root: &Root, toplevel: &Path) -> Result<Plan, PlanError> {
         }
     };
     let etc = match etc_path {
-        Some(p) => Some(etc::list_tree(root, &p).map_err(PlanError::Etc)?),
+        Some(p) => Some(etc::list_tree(root, &p).map_err(LoadError::Etc)?),
         None => None,
     };
     let users = match &m.users_groups {
         Some(p) => {
             let path = in_root(p);
             let bytes = root.read(&path).map_err(|error| {
-                PlanError::Users(crate::users::SpecError::Read {
+                LoadError::Users(crate::users::SpecError::Read {
                     path: root.host_path(&path),
                     error,
                 })
             })?;
-            Some(UsersSpec::from_json(&root.host_path(&path), &bytes).map_err(PlanError::Users)?)
+            Some(UsersSpec::from_json(&root.host_path(&path), &bytes).map_err(LoadError::Users)?)
         }
         None => None,
     };
@@ -384,7 +353,7 @@ pub fn from_sources(root: &Root, toplevel: &Path) -> Result<Plan, PlanError> {
         }
     }
     let order = order(&deps, &root.host_path(&mpath))?;
-    Ok(Plan {
+    Ok(CompiledPlan {
         toplevel: top.to_string_lossy().into_owned(),
         etc,
         users,
@@ -398,60 +367,6 @@ pub fn from_sources(root: &Root, toplevel: &Path) -> Result<Plan, PlanError> {
         snippets,
         order,
     })
-}
-
-/// The plan for `toplevel`: the compiled one when present (refused if damaged), else built
-/// from the JSON sources.
-pub fn load(root: &Root, toplevel: &Path) -> Result<Plan, PlanError> {
-    let top = toplevel_dir(root, toplevel)?;
-    let ppath = top.join(PLAN_NAME);
-    match root.read_opt(&ppath) {
-        Ok(Some(bytes)) => {
-            let plan: Plan =
-                envelope::decode(PLAN_KIND, &bytes).map_err(|error| PlanError::Plan {
-                    path: root.host_path(&ppath),
-                    error,
-                })?;
-            let want = top.to_string_lossy();
-            if plan.toplevel != want {
-                return Err(PlanError::Mismatch {
-                    path: root.host_path(&ppath),
-                    compiled_for: plan.toplevel,
-                    toplevel: want.into_owned(),
-                });
-            }
-            Ok(plan)
-        }
-        Ok(None) => from_sources(root, &top),
-        Err(error) => Err(PlanError::PlanRead {
-            path: root.host_path(&ppath),
-            error,
-        }),
-    }
-}
-
-/// `stagehand compile`: build the plan from the sources and write it atomically into the
-/// generation.
-pub fn compile(root: &Root, toplevel: &Path) -> Result<Plan, PlanError> {
-    let plan = from_sources(root, toplevel)?;
-    let top = Path::new(&plan.toplevel);
-    let ppath = top.join(PLAN_NAME);
-    let werr = |error| PlanError::Write {
-        path: root.host_path(&ppath),
-        error,
-    };
-    let bytes = envelope::encode(PLAN_KIND, &plan)
-        .map_err(|e| werr(std::io::Error::other(e.to_string())))?;
-    let (dir, _, _) = root.dir(top, None).map_err(werr)?;
-    stagehand_common::rootfs::atomic_write(
-        &dir,
-        PLAN_NAME.as_ref(),
-        &bytes,
-        stagehand_common::rootfs::own_perms(0o444),
-    )
-    .and_then(|()| stagehand_common::rootfs::fsync_dir(&dir))
-    .map_err(werr)?;
-    Ok(plan)
 }
 
 #[cfg(test)]

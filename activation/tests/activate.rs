@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use stagehand_activation::manifest;
+use stagehand_activation::compiled;
 use stagehand_activation::{activate, Action, ActivateOptions, ActivationError, Outcome};
 use stagehand_common::rootfs::Root;
 use stagehand_testkit::FakeRoot;
@@ -177,7 +177,7 @@ fn compiled_plan_is_used_and_a_damaged_one_refused() {
     let r = FakeRoot::new();
     generation(&r, "[]");
     let root = Root::open(r.path()).expect("root");
-    let plan = manifest::compile(&root, Path::new(TOP)).expect("compile");
+    let plan = compiled::compile(&root, Path::new(TOP)).expect("compile");
     assert_eq!(plan.toplevel, TOP);
     assert!(r.host(&format!("{TOP}/activation.plan")).exists());
     // The plan, not the JSON, is what activation reads now.
@@ -201,7 +201,7 @@ fn compiled_plan_is_used_and_a_damaged_one_refused() {
     // Without the plan, the JSON is used again — and a broken one is reported by name.
     std::fs::remove_file(&p).expect("rm");
     let e = activate(Path::new(TOP), &opts(&r, Action::Boot)).expect_err("bad json");
-    assert!(matches!(e, ActivationError::Plan(_)));
+    assert!(matches!(e, ActivationError::Load(_)));
     assert!(e.to_string().contains("activation.json"), "{e}");
 }
 
@@ -210,7 +210,7 @@ fn plan_copied_from_another_generation_is_refused() {
     let r = FakeRoot::new();
     generation(&r, "[]");
     let root = Root::open(r.path()).expect("root");
-    manifest::compile(&root, Path::new(TOP)).expect("compile");
+    compiled::compile(&root, Path::new(TOP)).expect("compile");
     let other = "/nix/store/def-nixos-system-other";
     std::fs::create_dir_all(r.host(other)).expect("mkdir");
     std::fs::copy(

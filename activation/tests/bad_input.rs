@@ -7,8 +7,8 @@
 
 use std::path::Path;
 
+use stagehand_activation::compiled;
 use stagehand_activation::etc::{self, EtcIssue, EtcOptions};
-use stagehand_activation::manifest;
 use stagehand_activation::users::{self, UsersSpec};
 use stagehand_activation::{activate, Action, ActivateOptions};
 use stagehand_common::rootfs::Root;
@@ -84,7 +84,7 @@ fn damaged_compiled_plans_are_refused_by_name_and_nothing_is_activated() {
             "another payload behind a good crc",
             |b| {
                 *b = stagehand_common::envelope::encode(
-                    manifest::PLAN_KIND,
+                    compiled::PLAN_KIND,
                     &("not", 1u8, "a plan"),
                 )
                 .expect("encode");
@@ -96,7 +96,7 @@ fn damaged_compiled_plans_are_refused_by_name_and_nothing_is_activated() {
         let r = FakeRoot::new();
         generation(&r, None);
         let root = Root::open(r.path()).expect("root");
-        manifest::compile(&root, Path::new(TOP)).expect("compile");
+        compiled::compile(&root, Path::new(TOP)).expect("compile");
         let p = r.host(&format!("{TOP}/activation.plan"));
         let mut bytes = std::fs::read(&p).expect("read");
         damage(&mut bytes);

@@ -6,7 +6,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use clap::ValueEnum;
 use stagehand_activation::activate::{activate as run_activation, Action, ActivateOptions};
-use stagehand_activation::{etc, manifest, users};
+use stagehand_activation::{compiled, etc, users};
 use stagehand_common::rootfs::Root;
 
 use crate::{
@@ -82,11 +82,11 @@ pub fn activate(a: &ActivateArgs) -> Result<u8> {
 /// `stagehand compile`: writes TOPLEVEL/activation.plan.
 pub fn compile(a: &ToplevelArgs) -> Result<u8> {
     let root = open_root(&a.root.root)?;
-    let plan = manifest::compile(&root, &a.toplevel)?;
+    let plan = compiled::compile(&root, &a.toplevel)?;
     log::info!(
         "wrote {}/{} ({} etc entries, {} users, {} steps)",
         plan.toplevel,
-        manifest::PLAN_NAME,
+        compiled::PLAN_NAME,
         plan.etc.as_ref().map_or(0, |t| t.entries.len()),
         plan.users.as_ref().map_or(0, |u| u.users.len()),
         plan.order.len()
@@ -97,7 +97,7 @@ pub fn compile(a: &ToplevelArgs) -> Result<u8> {
 /// `stagehand plan`: the compiled plan as pretty JSON on stdout.
 pub fn plan(a: &ToplevelArgs) -> Result<u8> {
     let root = open_root(&a.root.root)?;
-    let plan = manifest::load(&root, &a.toplevel)?;
+    let plan = compiled::load(&root, &a.toplevel)?;
     let json = serde_json::to_string_pretty(&plan).context("encoding the plan as JSON")?;
     crate::print_stdout(&format!("{json}\n"))?;
     Ok(0)

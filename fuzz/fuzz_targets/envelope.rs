@@ -3,7 +3,7 @@
 //! recomputed for half the inputs so the fuzzer also reaches the postcard decoders.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use stagehand_activation::manifest::{Plan, PLAN_KIND};
+use stagehand_activation::compiled::{CompiledPlan, PLAN_KIND};
 use stagehand_common::envelope::{self, HEADER_LEN};
 use stagehand_common::stage1_config::{Stage1Config, STAGE1_CONFIG_KIND};
 
@@ -32,8 +32,8 @@ fuzz_target!(|data: &[u8]| {
         let again = c.encode().expect("re-encode stage-1 config");
         assert_eq!(Stage1Config::decode(&again).expect("decode re-encoded"), c);
     }
-    if let Ok(p) = envelope::decode::<Plan>(PLAN_KIND, &bytes) {
+    if let Ok(p) = envelope::decode::<CompiledPlan>(PLAN_KIND, &bytes) {
         let again = envelope::encode(PLAN_KIND, &p).expect("re-encode plan");
-        assert_eq!(envelope::decode::<Plan>(PLAN_KIND, &again).expect("decode"), p);
+        assert_eq!(envelope::decode::<CompiledPlan>(PLAN_KIND, &again).expect("decode"), p);
     }
 });
