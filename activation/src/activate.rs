@@ -594,17 +594,7 @@ impl Ctx<'_> {
             cmd.env("PATH", path.join(":"));
         }
         if !self.root.is_host_root() {
-            let root = self.root.path().to_path_buf();
-            // SAFETY: the closure runs in the forked child before exec and only makes the
-            // chroot and chdir system calls, which are async-signal-safe.
-            #[allow(unsafe_code)] // pre_exec has no safe wrapper
-            unsafe {
-                std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
-                    rustix::process::chroot(&root)?;
-                    rustix::process::chdir("/")?;
-                    Ok(())
-                });
-            }
+            stagehand_common::chroot::chroot_command(&mut cmd, self.root.path());
         }
         match cmd.status() {
             Ok(st) if st.success() => (Outcome::Changed, Vec::new()),

@@ -10,6 +10,7 @@
 
 pub mod atomic;
 pub mod boot_counting;
+pub mod chroot;
 pub mod cmdline;
 pub mod date;
 pub mod emergency;

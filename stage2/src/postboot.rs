@@ -4,7 +4,7 @@
 //! else `/bin/sh`) and `path`, as NixOS's stage 2 runs `@shell@ @postBootCommands@`. Its
 //! exit status is logged and otherwise ignored, as there.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use serde_json::Value;
@@ -95,17 +95,7 @@ impl PostBoot {
             cmd.env("PATH", p);
         }
         if root != Path::new("/") {
-            let root: PathBuf = root.to_path_buf();
-            // SAFETY: the closure runs in the forked child before exec and only makes the
-            // chroot and chdir system calls, which are async-signal-safe.
-            #[allow(unsafe_code)] // pre_exec has no safe wrapper
-            unsafe {
-                std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
-                    rustix::process::chroot(&root)?;
-                    rustix::process::chdir("/")?;
-                    Ok(())
-                });
-            }
+            stagehand_common::chroot::chroot_command(&mut cmd, root);
         }
         cmd
     }
