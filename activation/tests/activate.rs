@@ -5,34 +5,8 @@ use std::path::Path;
 use stagehand_activation::compiled;
 use stagehand_activation::{activate, Action, ActivateOptions, ActivationError, Outcome};
 use stagehand_common::rootfs::Root;
+use stagehand_testkit::host::{install_bash, require_root};
 use stagehand_testkit::FakeRoot;
-
-fn is_root() -> bool {
-    rustix::process::geteuid().is_root()
-}
-
-/// Copy the host's bash and the libraries it needs into the root, so snippets can run
-/// chrooted into it (chroot needs root privileges).
-fn install_bash(r: &FakeRoot) -> bool {
-    let Ok(out) = std::process::Command::new("ldd").arg("/bin/bash").output() else {
-        return false;
-    };
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut files = vec!["/bin/bash".to_owned()];
-    for l in text.lines() {
-        if let Some(p) = l.split_whitespace().find(|w| w.starts_with('/')) {
-            files.push(p.to_owned());
-        }
-    }
-    for f in files {
-        let dest = r.host(&f);
-        std::fs::create_dir_all(dest.parent().expect("parent")).expect("mkdir");
-        if std::fs::copy(&f, &dest).is_err() {
-            return false;
-        }
-    }
-    true
-}
 
 const TOP: &str = "/nix/store/abc-nixos-system-demo";
 
@@ -129,15 +103,9 @@ fn activation_runs_builtins_and_sets_current_system() {
 
 #[test]
 fn snippets_run_in_order_failures_do_not_stop_the_rest() {
-    if !is_root() {
-        eprintln!("skipped: snippets run chrooted, which needs root");
-        return;
-    }
+    require_root("running snippets chrooted into the root");
     let r = FakeRoot::new();
-    if !install_bash(&r) {
-        eprintln!("skipped: cannot copy bash into the root");
-        return;
-    }
+    install_bash(r.path());
     generation(
         &r,
         r#"[

@@ -452,14 +452,11 @@ fn waits_for_the_pwd_lock_held_by_another_process() {
         "import fcntl,time,sys\nf=open({:?},'w')\nfcntl.lockf(f,fcntl.LOCK_EX)\nprint('locked',flush=True)\ntime.sleep(0.7)\n",
         lock.to_str().expect("utf8")
     );
-    let Ok(mut child) = std::process::Command::new("python3")
+    let mut child = std::process::Command::new(stagehand_testkit::host::require_tool("python3"))
         .args(["-c", &script])
         .stdout(std::process::Stdio::piped())
         .spawn()
-    else {
-        eprintln!("skipped: no python3 to hold the lock");
-        return;
-    };
+        .expect("start python3 to hold the lock");
     let mut line = String::new();
     std::io::BufRead::read_line(
         &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),

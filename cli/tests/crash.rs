@@ -12,13 +12,13 @@ mod crash_harness;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use crash_harness::{
     require_strace, run_ok, run_trials, scratch, snapshot, uninterrupted, Cmd, Snapshot,
 };
 use stagehand_activation::users;
 use stagehand_common::rootfs::Root;
+use stagehand_testkit::host::install_bash;
 use stagehand_testkit::FakeRoot;
 // ---------------------------------------------------------------------------------------------
 // Activation scenarios.
@@ -155,30 +155,15 @@ fn etc_entries(gen: u32) -> Vec<Entry> {
     v
 }
 
-fn install_bash(r: &FakeRoot) -> bool {
-    let Ok(out) = Command::new("ldd").arg("/bin/bash").output() else {
-        return false;
-    };
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut files = vec!["/bin/bash".to_owned()];
-    for l in text.lines() {
-        if let Some(p) = l.split_whitespace().find(|w| w.starts_with('/')) {
-            files.push(p.to_owned());
-        }
-    }
-    files.iter().all(|f| {
-        let dest = r.host(f);
-        std::fs::create_dir_all(dest.parent().expect("parent")).is_ok()
-            && std::fs::copy(f, &dest).is_ok()
-    })
-}
-
 /// Both generations in the store of a root that has nothing else yet.
 fn fresh_root() -> FakeRoot {
     let r = FakeRoot { dir: scratch() };
     std::fs::create_dir_all(r.host("/nix/store")).expect("store");
     // Snippets run chrooted into the root with its bash; chroot needs root privileges.
-    let snippets = rustix::process::geteuid().is_root() && install_bash(&r);
+    let snippets = rustix::process::geteuid().is_root();
+    if snippets {
+        install_bash(r.path());
+    }
     for (gen, top) in [(1, TOP1), (2, TOP2)] {
         let entries = etc_entries(gen);
         let spec: Vec<stagehand_testkit::TreeSpec<'_>> = entries

@@ -261,11 +261,8 @@ fn boot_entries_killed_at_every_write() {
         2,
         false,
     );
-    if rustix::process::geteuid().is_root() {
-        n += full_esp_trials();
-    } else {
-        eprintln!("skipped the full-ESP trials: mounting a small tmpfs needs root");
-    }
+    stagehand_testkit::host::require_root("the full-ESP trials (mounting a small tmpfs)");
+    n += full_esp_trials();
     // extlinux: one configuration file, rewritten whole.
     let ext = ["install-bootloader", "--loader", "extlinux"];
     n += extlinux_trials("extlinux first install", &fresh, &ext, 1, true);

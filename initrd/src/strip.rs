@@ -124,10 +124,8 @@ mod tests {
     #[test]
     fn a_stripped_host_library_loads() {
         let libc = "/lib/x86_64-linux-gnu/libc.so.6";
-        let Ok(data) = std::fs::read(libc) else {
-            eprintln!("skipped: no {libc} on this host");
-            return;
-        };
+        // libc6 is in every Debian x86-64 system, CI's included.
+        let data = std::fs::read(libc).unwrap_or_else(|e| panic!("{libc}: {e}"));
         let tmp = tempfile::tempdir().expect("tempdir");
         let stripped = strip(&data).expect("strip").expect("something to strip");
         std::fs::write(tmp.path().join("libc.so.6"), &stripped).expect("write");

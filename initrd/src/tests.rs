@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use stagehand_common::stage1_config::{FileSystem, Stage1Config, STAGE1_CONFIG_PATH};
+use stagehand_testkit::host::require_tool;
 
 use crate::elf::tests::tiny_elf;
 use crate::modules::{ModuleError, ModuleIndex};
@@ -495,17 +496,11 @@ fn system_cpio_reads_the_archive() {
     let out = t.root.join("initrd.cpio");
     std::fs::write(&out, &initrd.bytes).expect("write");
     let file = std::fs::File::open(&out).expect("open");
-    let listing = match std::process::Command::new("cpio")
+    let listing = std::process::Command::new(require_tool("cpio"))
         .args(["-t", "--quiet"])
         .stdin(file)
         .output()
-    {
-        Ok(o) => o,
-        Err(e) => {
-            println!("SKIPPED: system cpio not runnable ({e}); apt-get install cpio");
-            return;
-        }
-    };
+        .expect("run cpio");
     assert!(listing.status.success(), "{listing:?}");
     let (theirs, ours) = listings(&listing.stdout, &initrd.bytes);
     assert_eq!(theirs, ours);
@@ -747,28 +742,17 @@ fn xz_initrd_reads_back_with_xz_and_cpio() {
     std::fs::write(&out, &initrd.bytes).expect("write");
     let listing = std::process::Command::new("sh")
         .arg("-c")
-        .arg("xz -d -c --single-stream \"$1\" | cpio -t --quiet")
+        .arg("\"$2\" -d -c --single-stream \"$1\" | \"$3\" -t --quiet")
         .arg("sh")
         .arg(&out)
-        .output();
-    let listing = match listing {
-        Ok(o) if o.status.success() => o,
-        other => {
-            if std::process::Command::new("xz")
-                .arg("--version")
-                .output()
-                .is_err()
-                || std::process::Command::new("cpio")
-                    .arg("--version")
-                    .output()
-                    .is_err()
-            {
-                println!("SKIPPED: xz or cpio not installed ({other:?})");
-                return;
-            }
-            panic!("xz -d | cpio -t failed: {other:?}");
-        }
-    };
+        .arg(require_tool("xz"))
+        .arg(require_tool("cpio"))
+        .output()
+        .expect("run sh");
+    assert!(
+        listing.status.success(),
+        "xz -d | cpio -t failed: {listing:?}"
+    );
     let (theirs, ours) = listings(&listing.stdout, &initrd.bytes);
     assert!(ours.contains(&"lib/modules/fs.ko".to_string()), "{ours:?}");
     assert_eq!(theirs, ours);

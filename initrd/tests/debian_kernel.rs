@@ -4,16 +4,20 @@
 //! `lib/modules/<version>` directory); the kernel the VM tests cache
 //! (`$STAGEHAND_CACHE` or `<workspace>/target/vm-cache`, then
 //! `kernel/linux-image-*/root/lib/modules/*`); `/work/kernel-cache/root/lib/modules/*`.
-//! To get one by hand: `apt-cache depends linux-image-amd64` names
-//! `linux-image-6.1.0-N-amd64`, then `apt-get download <that package> && dpkg -x *.deb root`.
-//! Each test prints why it is skipped when the tree or kmod is missing.
+//! When there is none, the tests fetch the kernel into the VM tests' cache the way their
+//! harness does (`apt-cache depends linux-image-amd64` names `linux-image-6.1.0-N-amd64`,
+//! `apt-get download` it, `dpkg -x` it), so CI's `cargo test` on a fresh clone runs them
+//! and the VM tests find the kernel there afterwards. A missing tool fails the test with
+//! the package to install.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use stagehand_initrd::modules::{self, ModuleIndex};
 use stagehand_initrd::{build, list, Compression, InitrdSpec};
+use stagehand_testkit::host::require_tool;
 
 /// Subdirectories of `dir`, sorted.
 fn subdirs(dir: &Path) -> Vec<PathBuf> {
@@ -32,16 +36,20 @@ fn modules_under(root: &Path) -> Option<PathBuf> {
         .rfind(|p| p.join("kernel").is_dir())
 }
 
+fn vm_cache() -> PathBuf {
+    match std::env::var_os("STAGEHAND_CACHE") {
+        Some(c) if !c.is_empty() => PathBuf::from(c),
+        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/vm-cache"),
+    }
+}
+
+/// The modules tree already on this host, if any (see the file's comment for the order).
 fn kernel_modules() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("STAGEHAND_KERNEL_MODULES") {
         return Some(PathBuf::from(p));
     }
-    let vm_cache = match std::env::var_os("STAGEHAND_CACHE") {
-        Some(c) if !c.is_empty() => PathBuf::from(c),
-        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/vm-cache"),
-    };
     // The VM harness writes `.complete` once a package is fully unpacked.
-    let cached = subdirs(&vm_cache.join("kernel"))
+    let cached = subdirs(&vm_cache().join("kernel"))
         .into_iter()
         .filter(|p| p.join(".complete").exists())
         .filter_map(|p| modules_under(&p.join("root")))
@@ -49,26 +57,90 @@ fn kernel_modules() -> Option<PathBuf> {
     cached.or_else(|| modules_under(Path::new("/work/kernel-cache/root")))
 }
 
-macro_rules! require_kernel {
-    () => {
-        match kernel_modules() {
-            Some(dir) => dir,
-            None => {
-                println!(
-                    "SKIPPED: no Debian kernel modules tree (set STAGEHAND_KERNEL_MODULES or \
-                     unpack linux-image-*-amd64 under /work/kernel-cache/root)"
-                );
-                return;
-            }
-        }
+/// Download and unpack Debian's current kernel package into the VM tests' cache, in
+/// their layout (`kernel/<package>/root` renamed into place with a `.complete` marker).
+fn fetch_kernel() -> PathBuf {
+    let apt = |cmd: &mut Command| {
+        let out = cmd.output().expect("run apt");
+        assert!(
+            out.status.success(),
+            "{cmd:?} failed (a Debian host? run vm-tests/setup-host, or set \
+             STAGEHAND_KERNEL_MODULES to a lib/modules/<version> directory): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     };
+    let depends = apt(Command::new("apt-cache").args(["depends", "linux-image-amd64"]));
+    let package = depends
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Depends:"))
+        .map(str::trim)
+        .find(|name| name.starts_with("linux-image-") && !name.contains(['<', ' ']))
+        .unwrap_or_else(|| panic!("apt-cache names no linux-image package: {depends:?}"))
+        .to_owned();
+    let parent = vm_cache().join("kernel");
+    let pkg_dir = parent.join(&package);
+    if !pkg_dir.join(".complete").exists() {
+        std::fs::create_dir_all(&parent).expect("create the kernel cache");
+        if pkg_dir.exists() {
+            // Not complete, so not renamed into place by a finished run: start over.
+            std::fs::remove_dir_all(&pkg_dir).expect("remove an incomplete download");
+        }
+        let work = tempfile::Builder::new()
+            .prefix(".download-")
+            .tempdir_in(&parent)
+            .expect("download dir");
+        // apt drops privileges to `_apt` for the download; let it write here.
+        std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+        apt(Command::new("apt-get")
+            .args(["download", "-q", &package])
+            .current_dir(work.path()));
+        let deb = work.path().join(
+            std::fs::read_dir(work.path())
+                .expect("list the download dir")
+                .filter_map(|e| e.ok().map(|e| e.file_name()))
+                .find(|n| n.to_string_lossy().ends_with(".deb"))
+                .expect("apt-get download left a .deb"),
+        );
+        let staging = work.path().join("pkg");
+        std::fs::create_dir_all(staging.join("root")).expect("mkdir");
+        let dpkg = Command::new(require_tool("dpkg"))
+            .arg("-x")
+            .arg(&deb)
+            .arg(staging.join("root"))
+            .status()
+            .expect("run dpkg -x");
+        assert!(dpkg.success(), "dpkg -x {}: {dpkg}", deb.display());
+        std::fs::write(staging.join(".complete"), &package).expect("write the marker");
+        if let Err(e) = std::fs::rename(&staging, &pkg_dir) {
+            // Another run may have finished first: its copy is as good as ours.
+            assert!(
+                pkg_dir.join(".complete").exists(),
+                "rename into {pkg_dir:?}: {e}"
+            );
+        }
+    }
+    modules_under(&pkg_dir.join("root"))
+        .unwrap_or_else(|| panic!("{package} unpacked without lib/modules/*/kernel"))
+}
+
+/// The modules tree: found, or fetched once for all the tests in this file.
+fn kernel_tree() -> PathBuf {
+    static TREE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    TREE.get_or_init(|| kernel_modules().unwrap_or_else(fetch_kernel))
+        .clone()
 }
 
 /// kmod's load order for each module, from `modprobe --show-depends` after running
 /// `depmod` on a scratch tree that links to the real modules (the fixture stays
 /// untouched). `None` when kmod is not installed.
-fn modprobe_orders(modules_dir: &Path, names: &[&str]) -> Option<BTreeMap<String, Vec<String>>> {
-    let version = modules_dir.file_name()?.to_str()?.to_owned();
+fn modprobe_orders(modules_dir: &Path, names: &[&str]) -> BTreeMap<String, Vec<String>> {
+    let version = modules_dir
+        .file_name()
+        .and_then(|v| v.to_str())
+        .expect("lib/modules/<version> in UTF-8")
+        .to_owned();
     let scratch = tempfile::tempdir().expect("tempdir");
     let dir = scratch.path().join("lib/modules").join(&version);
     std::fs::create_dir_all(&dir).expect("mkdir");
@@ -83,22 +155,16 @@ fn modprobe_orders(modules_dir: &Path, names: &[&str]) -> Option<BTreeMap<String
             std::fs::copy(&src, dir.join(f)).expect("copy");
         }
     }
-    let depmod = Command::new("depmod")
+    let depmod = Command::new(require_tool("depmod"))
         .arg("-b")
         .arg(scratch.path())
         .arg(&version)
-        .status();
-    match depmod {
-        Ok(s) if s.success() => {}
-        Ok(s) => panic!("depmod failed: {s}"),
-        Err(e) => {
-            println!("SKIPPED: depmod not runnable ({e}); apt-get install kmod");
-            return None;
-        }
-    }
+        .status()
+        .expect("run depmod");
+    assert!(depmod.success(), "depmod failed: {depmod}");
     let mut out = BTreeMap::new();
     for name in names {
-        let o = Command::new("modprobe")
+        let o = Command::new(require_tool("modprobe"))
             .arg("-d")
             .arg(scratch.path())
             .args(["-S", &version, "--show-depends", name])
@@ -115,7 +181,7 @@ fn modprobe_orders(modules_dir: &Path, names: &[&str]) -> Option<BTreeMap<String
             .collect();
         out.insert((*name).to_owned(), order);
     }
-    Some(out)
+    out
 }
 
 /// Every module comes after the modules it `depends=` on (within the list).
@@ -142,11 +208,9 @@ fn assert_topological(index: &ModuleIndex, order: &[String], who: &str) {
 
 #[test]
 fn closure_matches_modprobe_show_depends() {
-    let dir = require_kernel!();
+    let dir = kernel_tree();
     let names = ["virtio_blk", "virtio_pci", "ext4"];
-    let Some(theirs) = modprobe_orders(&dir, &names) else {
-        return;
-    };
+    let theirs = modprobe_orders(&dir, &names);
     let index = ModuleIndex::open(&dir).expect("index");
     for name in names {
         let c = index.closure(&[name.to_owned()], &[]).expect("closure");
@@ -175,7 +239,7 @@ fn closure_matches_modprobe_show_depends() {
 
 #[test]
 fn ext4_pulls_crc32c_as_optional_softdep() {
-    let dir = require_kernel!();
+    let dir = kernel_tree();
     let index = ModuleIndex::open(&dir).expect("index");
     let c = index.closure(&["ext4".to_owned()], &[]).expect("closure");
     let by_name: BTreeMap<&str, bool> = c
@@ -206,7 +270,7 @@ fn ext4_pulls_crc32c_as_optional_softdep() {
 
 #[test]
 fn builtin_and_missing_modules() {
-    let dir = require_kernel!();
+    let dir = kernel_tree();
     let builtin = std::fs::read_to_string(dir.join("modules.builtin")).expect("builtin list");
     let first = builtin
         .lines()
@@ -230,14 +294,15 @@ fn builtin_and_missing_modules() {
 
 #[test]
 fn real_signatures_are_stripped() {
-    let dir = require_kernel!();
+    let dir = kernel_tree();
     let index = ModuleIndex::open(&dir).expect("index");
     let path = index.path_of("virtio_blk").expect("virtio_blk");
     let signed = std::fs::read(path).expect("read");
-    if !signed.ends_with(b"~Module signature appended~\n") {
-        println!("SKIPPED: this kernel's modules are not signed");
-        return;
-    }
+    assert!(
+        signed.ends_with(b"~Module signature appended~\n"),
+        "{}: not signed, while Debian signs its modules (a custom STAGEHAND_KERNEL_MODULES?)",
+        path.display()
+    );
     let stripped = modules::strip_signature(&signed).expect("strip");
     assert!(stripped.len() < signed.len());
     assert!(signed.starts_with(stripped));
@@ -261,7 +326,7 @@ fn real_signatures_are_stripped() {
 
 #[test]
 fn initrd_for_virtio_ext4_root() {
-    let dir = require_kernel!();
+    let dir = kernel_tree();
     let scratch = tempfile::tempdir().expect("tempdir");
     let stage1 = scratch.path().join("stage1");
     std::fs::write(&stage1, vec![0x7f; 1000]).expect("stage1");
@@ -323,7 +388,7 @@ fn initrd_for_virtio_ext4_root() {
 
 #[test]
 fn xz_compressed_modules_as_nixos_and_newer_debian_ship_them() {
-    let dir = require_kernel!();
+    let dir = kernel_tree();
     let index = ModuleIndex::open(&dir).expect("index");
     let scratch = tempfile::tempdir().expect("tempdir");
     let tree = scratch.path().join("lib/modules/test");
@@ -331,17 +396,13 @@ fn xz_compressed_modules_as_nixos_and_newer_debian_ship_them() {
     for name in ["virtio_ring", "virtio", "virtio_blk"] {
         let src = index.path_of(name).expect("module");
         // The kernel build's own settings for CONFIG_MODULE_COMPRESS_XZ.
-        let out = match Command::new("xz")
+        let out = Command::new(require_tool("xz"))
             .args(["--check=crc32", "--lzma2=dict=1MiB", "-c"])
             .arg(src)
             .output()
-        {
-            Ok(o) if o.status.success() => o.stdout,
-            other => {
-                println!("SKIPPED: xz not runnable ({other:?}); apt-get install xz-utils");
-                return;
-            }
-        };
+            .expect("run xz");
+        assert!(out.status.success(), "xz {}: {out:?}", src.display());
+        let out = out.stdout;
         std::fs::write(tree.join(format!("kernel/{name}.ko.xz")), out).expect("write");
     }
     let xz_index = ModuleIndex::open(&tree).expect("index");
@@ -363,13 +424,11 @@ fn xz_compressed_modules_as_nixos_and_newer_debian_ship_them() {
 #[test]
 fn e2fsck_closure_from_this_host() {
     let e2fsck = Path::new("/usr/sbin/e2fsck");
-    if !e2fsck.exists() {
-        println!(
-            "SKIPPED: {} not on this host (apt-get install e2fsprogs)",
-            e2fsck.display()
-        );
-        return;
-    }
+    assert!(
+        e2fsck.exists(),
+        "{} is not on this host: apt-get install e2fsprogs (vm-tests/setup-host does)",
+        e2fsck.display()
+    );
     let scratch = tempfile::tempdir().expect("tempdir");
     let stage1 = scratch.path().join("stage1");
     std::fs::write(&stage1, b"stage1").expect("stage1");

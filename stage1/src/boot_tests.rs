@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use stagehand_testkit::host::require_tool;
+
 use crate::probe::DeviceSpec;
 use stagehand_common::cmdline::Cmdline;
 use stagehand_common::stage1_config::{FileSystem, Stage1Config};
@@ -17,10 +19,6 @@ use crate::fsck::{self, Skip};
 use crate::plan::Plan;
 use crate::resume::{self, ResumeChoice};
 use crate::sys::is_block_device;
-
-fn have(tool: &str) -> bool {
-    Command::new(tool).arg("--version").output().is_ok()
-}
 
 /// A fake machine: `/sys/class/block/<name>/size` and `/dev/<name>` for each image.
 struct Machine {
@@ -74,13 +72,9 @@ fn fs(mp: &str, dev: &str, t: &str, opts: &[&str]) -> FileSystem {
 
 #[test]
 fn cmdline_config_and_devices_give_the_whole_boot() {
-    if !have("mkfs.ext4") || !have("mkswap") {
-        eprintln!("skipped: mkfs.ext4 or mkswap not installed (e2fsprogs, util-linux)");
-        return;
-    }
     let m = Machine::new();
     m.disk("vda", 16, |img| {
-        run(Command::new("mkfs.ext4")
+        run(Command::new(require_tool("mkfs.ext4"))
             .args([
                 "-q",
                 "-F",
@@ -92,14 +86,16 @@ fn cmdline_config_and_devices_give_the_whole_boot() {
             .arg(img));
     });
     m.disk("vdb", 16, |img| {
-        run(Command::new("mkfs.ext4")
+        run(Command::new(require_tool("mkfs.ext4"))
             .args(["-q", "-F", "-L", "nix"])
             .arg(img));
     });
     // A swap device holding a hibernation image: mkswap, then the kernel's swsuspend
     // signature where "SWAPSPACE2" was (the last 10 bytes of the first page).
     m.disk("vdc", 1, |img| {
-        run(Command::new("mkswap").args(["-q", "-L", "swap"]).arg(img));
+        run(Command::new(require_tool("mkswap"))
+            .args(["-q", "-L", "swap"])
+            .arg(img));
         use std::io::{Seek, SeekFrom, Write};
         let mut f = std::fs::OpenOptions::new()
             .write(true)

@@ -269,19 +269,12 @@ fn partition_table(file: &mut File, sys: &Path) -> BTreeMap<u32, PartEntry> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use stagehand_testkit::host::require_tool;
     use std::process::Command;
-
-    fn have(tool: &str) -> bool {
-        Command::new(tool).arg("--version").output().is_ok()
-    }
 
     /// A fake /sys/class/block and /dev: `vda` is an ext4 image labelled "nixos".
     #[test]
     fn finds_by_label_and_uuid_and_links_like_udev() {
-        if !have("mkfs.ext4") {
-            eprintln!("skipped: mkfs.ext4 not installed (apt-get install e2fsprogs)");
-            return;
-        }
         let t = tempfile::tempdir().expect("tempdir");
         let sys = t.path().join("sys");
         let dev = t.path().join("dev");
@@ -289,7 +282,7 @@ mod tests {
         std::fs::create_dir_all(&dev).expect("mkdir");
         std::fs::write(sys.join("vda/size"), "16384\n").expect("write");
         let img = dev.join("vda");
-        let ok = Command::new("mkfs.ext4")
+        let ok = Command::new(require_tool("mkfs.ext4"))
             .args([
                 "-q",
                 "-F",

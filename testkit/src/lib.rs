@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: a fake Nix store inside a temporary root and a
 //! textual snapshot of a directory tree.
 
+pub mod host;
+
 use std::collections::BTreeMap;
 use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};

@@ -1,8 +1,7 @@
 //! Tests against images made by the real tools (mkfs.*, mkswap, mksquashfs,
 //! mkfs.erofs, sfdisk), compared with util-linux `blkid -p` / `partx` on the same file.
 //!
-//! A test whose tool is missing prints why and passes without checking anything.
-//! Debian packages: e2fsprogs dosfstools btrfs-progs xfsprogs fdisk squashfs-tools
+//! A missing tool fails the test with the package to install. Debian packages: e2fsprogs dosfstools btrfs-progs xfsprogs fdisk squashfs-tools
 //! erofs-utils util-linux.
 
 use std::collections::HashMap;
@@ -11,23 +10,13 @@ use std::io::{Cursor, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use stagehand_testkit::host::require_tool;
+
 use super::*;
 
-fn find_tool(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-}
-
-/// Run `tool args…`; `None` (after saying why) when the tool is not installed.
-fn run(tool: &str, args: &[&str]) -> Option<()> {
-    let Some(exe) = find_tool(tool) else {
-        eprintln!("skipping: {tool} is not installed");
-        return None;
-    };
-    let out = Command::new(&exe)
+/// Run `tool args…`, which must be installed and succeed.
+fn run(tool: &str, args: &[&str]) {
+    let out = Command::new(require_tool(tool))
         .args(args)
         .stdin(Stdio::null())
         .output()
@@ -37,15 +26,10 @@ fn run(tool: &str, args: &[&str]) -> Option<()> {
         "{tool} {args:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    Some(())
 }
 
-fn run_stdin(tool: &str, args: &[&str], input: &str) -> Option<String> {
-    let Some(exe) = find_tool(tool) else {
-        eprintln!("skipping: {tool} is not installed");
-        return None;
-    };
-    let mut child = Command::new(&exe)
+fn run_stdin(tool: &str, args: &[&str], input: &str) -> String {
+    let mut child = Command::new(require_tool(tool))
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -64,17 +48,13 @@ fn run_stdin(tool: &str, args: &[&str], input: &str) -> Option<String> {
         "{tool} {args:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    Some(String::from_utf8_lossy(&out.stdout).into_owned())
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// `blkid -p -o export FILE` as a map. `None` when blkid is missing; an empty map when
 /// it found nothing (exit 2) or refused (ambivalent).
-fn blkid(path: &Path) -> Option<HashMap<String, String>> {
-    let exe = find_tool("blkid").or_else(|| {
-        eprintln!("skipping blkid comparison: blkid is not installed");
-        None
-    })?;
-    let out = Command::new(exe)
+fn blkid(path: &Path) -> HashMap<String, String> {
+    let out = Command::new(require_tool("blkid"))
         .args(["-p", "-o", "export"])
         .arg(path)
         .output()
@@ -85,7 +65,7 @@ fn blkid(path: &Path) -> Option<HashMap<String, String>> {
             map.insert(k.to_string(), unshell(v));
         }
     }
-    Some(map)
+    map
 }
 
 /// `blkid -o export` backslash-escapes shell specials (`LABEL=my\ root`).
@@ -132,21 +112,20 @@ fn probe_and_compare(path: &Path) -> FsInfo {
     let info = probe_file(path)
         .expect("probe ok")
         .expect("a filesystem is found");
-    if let Some(b) = blkid(path) {
+    let b = blkid(path);
+    assert_eq!(
+        b.get("TYPE").map(String::as_str),
+        Some(info.fs_type),
+        "TYPE of {path:?}"
+    );
+    assert_eq!(b.get("UUID"), info.uuid.as_ref(), "UUID of {path:?}");
+    assert_eq!(b.get("LABEL"), info.label.as_ref(), "LABEL of {path:?}");
+    if info.version.is_some() {
         assert_eq!(
-            b.get("TYPE").map(String::as_str),
-            Some(info.fs_type),
-            "TYPE of {path:?}"
+            b.get("VERSION").map(String::as_str),
+            info.version,
+            "VERSION of {path:?}"
         );
-        assert_eq!(b.get("UUID"), info.uuid.as_ref(), "UUID of {path:?}");
-        assert_eq!(b.get("LABEL"), info.label.as_ref(), "LABEL of {path:?}");
-        if info.version.is_some() {
-            assert_eq!(
-                b.get("VERSION").map(String::as_str),
-                info.version,
-                "VERSION of {path:?}"
-            );
-        }
     }
     info
 }
@@ -160,7 +139,7 @@ fn ext4_ext3_ext2() {
     let d = tmp();
     let uuid = "6f1c2b3a-1111-4222-8333-444455556666";
     let p = image(d.path(), "ext4.img", 32 << 20);
-    let Some(()) = run(
+    run(
         "mkfs.ext4",
         &[
             "-q",
@@ -171,9 +150,7 @@ fn ext4_ext3_ext2() {
             uuid,
             p.to_str().expect("utf8"),
         ],
-    ) else {
-        return;
-    };
+    );
     let info = probe_and_compare(&p);
     assert_eq!(
         (info.fs_type, info.uuid.as_deref(), info.label.as_deref()),
@@ -182,12 +159,10 @@ fn ext4_ext3_ext2() {
 
     for (mkfs, want) in [("mkfs.ext3", "ext3"), ("mkfs.ext2", "ext2")] {
         let p = image(d.path(), &format!("{want}.img"), 32 << 20);
-        let Some(()) = run(
+        run(
             mkfs,
             &["-q", "-F", "-L", "a label", p.to_str().expect("utf8")],
-        ) else {
-            return;
-        };
+        );
         let info = probe_and_compare(&p);
         assert_eq!(info.fs_type, want);
         assert_eq!(info.label.as_deref(), Some("a label"));
@@ -195,12 +170,10 @@ fn ext4_ext3_ext2() {
 
     // ext4 without a journal is still ext4 (extents etc.), not ext2.
     let p = image(d.path(), "ext4nj.img", 32 << 20);
-    let Some(()) = run(
+    run(
         "mkfs.ext4",
         &["-q", "-F", "-O", "^has_journal", p.to_str().expect("utf8")],
-    ) else {
-        return;
-    };
+    );
     assert_eq!(probe_and_compare(&p).fs_type, "ext4");
 }
 
@@ -208,7 +181,7 @@ fn ext4_ext3_ext2() {
 fn ext4_metadata_csum_is_checked() {
     let d = tmp();
     let p = image(d.path(), "ext4.img", 32 << 20);
-    let Some(()) = run(
+    run(
         "mkfs.ext4",
         &[
             "-q",
@@ -219,9 +192,7 @@ fn ext4_metadata_csum_is_checked() {
             "csum",
             p.to_str().expect("utf8"),
         ],
-    ) else {
-        return;
-    };
+    );
     assert_eq!(probe_and_compare(&p).label.as_deref(), Some("csum"));
     // A label byte changed behind the checksum's back: newer libblkid (2.39+, what
     // NixOS ships) rejects it, as does the kernel; Debian 12's 2.38 does not check.
@@ -238,7 +209,7 @@ fn vfat_12_16_32() {
         ("32", 64 << 20, "MY ESP", "DEADBEEF", "DEAD-BEEF"),
     ] {
         let p = image(d.path(), &format!("fat{bits}.img"), size);
-        let Some(()) = run(
+        run(
             "mkfs.vfat",
             &[
                 "-F",
@@ -249,9 +220,7 @@ fn vfat_12_16_32() {
                 serial,
                 p.to_str().expect("utf8"),
             ],
-        ) else {
-            return;
-        };
+        );
         let info = probe_and_compare(&p);
         assert_eq!(info.fs_type, "vfat");
         assert_eq!(info.uuid.as_deref(), Some(want_uuid));
@@ -267,12 +236,10 @@ fn vfat_12_16_32() {
 fn vfat_label_comes_from_root_directory() {
     let d = tmp();
     let p = image(d.path(), "fat.img", 64 << 20);
-    let Some(()) = run(
+    run(
         "mkfs.vfat",
         &["-F", "16", "-n", "BOOT", p.to_str().expect("utf8")],
-    ) else {
-        return;
-    };
+    );
     // Delete the volume-label directory entry (first root entry on a fresh FAT16):
     // libblkid then reports no LABEL (the boot-sector copy is only LABEL_FATBOOT).
     let bs = std::fs::read(&p).expect("read image");
@@ -293,7 +260,7 @@ fn btrfs() {
     let d = tmp();
     let uuid = "0b7e1f00-aaaa-4bbb-8ccc-dddddddddddd";
     let p = image(d.path(), "btrfs.img", 128 << 20);
-    let Some(()) = run(
+    run(
         "mkfs.btrfs",
         &[
             "-q",
@@ -304,9 +271,7 @@ fn btrfs() {
             uuid,
             p.to_str().expect("utf8"),
         ],
-    ) else {
-        return;
-    };
+    );
     let info = probe_and_compare(&p);
     assert_eq!(
         (info.fs_type, info.uuid.as_deref(), info.label.as_deref()),
@@ -323,7 +288,7 @@ fn xfs() {
     let uuid = "5a5a5a5a-1234-4567-89ab-cdef01234567";
     let p = image(d.path(), "xfs.img", 320 << 20);
     let uuid_opt = format!("uuid={uuid}");
-    let Some(()) = run(
+    run(
         "mkfs.xfs",
         &[
             "-q",
@@ -334,9 +299,7 @@ fn xfs() {
             &uuid_opt,
             p.to_str().expect("utf8"),
         ],
-    ) else {
-        return;
-    };
+    );
     let info = probe_and_compare(&p);
     assert_eq!(
         (info.fs_type, info.uuid.as_deref(), info.label.as_deref()),
@@ -352,12 +315,10 @@ fn swap_and_swsuspend() {
     let d = tmp();
     let uuid = "11111111-2222-4333-8444-555555555555";
     let p = image(d.path(), "swap.img", 16 << 20);
-    let Some(()) = run(
+    run(
         "mkswap",
         &["-q", "-L", "swappy", "-U", uuid, p.to_str().expect("utf8")],
-    ) else {
-        return;
-    };
+    );
     let info = probe_and_compare(&p);
     assert_eq!(
         (
@@ -420,7 +381,7 @@ fn squashfs() {
     std::fs::create_dir(&src).expect("mkdir");
     std::fs::write(src.join("f"), b"hello").expect("write");
     let p = d.path().join("sq.img");
-    let Some(()) = run(
+    run(
         "mksquashfs",
         &[
             src.to_str().expect("utf8"),
@@ -428,9 +389,7 @@ fn squashfs() {
             "-quiet",
             "-noappend",
         ],
-    ) else {
-        return;
-    };
+    );
     let info = probe_and_compare(&p);
     assert_eq!(
         (info.fs_type, info.uuid, info.label),
@@ -447,16 +406,14 @@ fn erofs() {
     let p = d.path().join("ero.img");
     let uuid = "0e0f0e0f-1111-2222-3333-444444444444";
     let uuid_opt = format!("-U{uuid}");
-    let Some(()) = run(
+    run(
         "mkfs.erofs",
         &[
             &uuid_opt,
             p.to_str().expect("utf8"),
             src.to_str().expect("utf8"),
         ],
-    ) else {
-        return;
-    };
+    );
     let info = probe_and_compare(&p);
     assert_eq!((info.fs_type, info.uuid.as_deref()), ("erofs", Some(uuid)));
     // erofs-utils sets the superblock-checksum feature; a changed byte is refused.
@@ -471,9 +428,7 @@ fn erofs() {
 fn two_signatures_are_refused() {
     let d = tmp();
     let p = image(d.path(), "both.img", 32 << 20);
-    let Some(()) = run("mkfs.ext2", &["-q", "-F", p.to_str().expect("utf8")]) else {
-        return;
-    };
+    run("mkfs.ext2", &["-q", "-F", p.to_str().expect("utf8")]);
     // A swap signature at 4 KiB − 10 on top of ext2, which leaves that area alone.
     // The swap header shares offset 1024 with the ext superblock; ext2 has no
     // superblock checksum, so setting s_inodes_count to 1 (swap "version 1") keeps
@@ -484,9 +439,8 @@ fn two_signatures_are_refused() {
         Err(ProbeError::Ambivalent(types)) => assert_eq!(types, vec!["swap", "ext2"]),
         other => panic!("expected ambivalent, got {other:?}"),
     }
-    if let Some(b) = blkid(&p) {
-        assert!(!b.contains_key("TYPE"), "blkid -p also refuses: {b:?}");
-    }
+    let b = blkid(&p);
+    assert!(!b.contains_key("TYPE"), "blkid -p also refuses: {b:?}");
 }
 
 #[test]
@@ -528,12 +482,8 @@ fn works_in_memory() {
 
 /// `partx -g -P -o NR,UUID,NAME,TYPE,START,END FILE` (libblkid's partition prober) as
 /// one map per partition; values come `\xNN`-escaped.
-fn partx(path: &Path) -> Option<Vec<HashMap<String, String>>> {
-    let exe = find_tool("partx").or_else(|| {
-        eprintln!("skipping partx comparison: partx is not installed");
-        None
-    })?;
-    let out = Command::new(exe)
+fn partx(path: &Path) -> Vec<HashMap<String, String>> {
+    let out = Command::new(require_tool("partx"))
         .args(["-g", "-P", "-o", "NR,UUID,NAME,TYPE,START,END"])
         .arg(path)
         .output()
@@ -550,7 +500,7 @@ fn partx(path: &Path) -> Option<Vec<HashMap<String, String>>> {
         }
         rows.push(row);
     }
-    Some(rows)
+    rows
 }
 
 const GPT_SCRIPT: &str = "label: gpt
@@ -559,15 +509,15 @@ start=2048, size=20480, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, uuid=8F3C1E2A
 start=22528, size=20480, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, uuid=11223344-5566-4778-899A-ABBCCDDEEFF0, name=\"nixos root/\u{fc}\"
 ";
 
-fn make_gpt(dir: &Path) -> Option<PathBuf> {
+fn make_gpt(dir: &Path) -> PathBuf {
     let p = image(dir, "disk.img", 64 << 20);
     let disk = p.to_str().expect("utf8");
     // Partition 4 with slot 3 left empty: numbers are slots, not a count.
     let script = format!(
         "{GPT_SCRIPT}{disk}4 : start=43008, size=8192, type=0657FD6D-A4AB-43C4-84E5-0933C84B4F4F, uuid=DEADBEEF-0000-4000-8000-000000000004, name=\"swap\"\n"
     );
-    run_stdin("sfdisk", &["-q", disk], &script)?;
-    Some(p)
+    run_stdin("sfdisk", &["-q", disk], &script);
+    p
 }
 
 fn gpt_of(path: &Path) -> Option<Vec<GptPartition>> {
@@ -578,9 +528,7 @@ fn gpt_of(path: &Path) -> Option<Vec<GptPartition>> {
 #[test]
 fn gpt_matches_sfdisk_and_partx() {
     let d = tmp();
-    let Some(p) = make_gpt(d.path()) else {
-        return;
-    };
+    let p = make_gpt(d.path());
     let parts = gpt_of(&p).expect("a GPT");
     let got: Vec<_> = parts
         .iter()
@@ -622,16 +570,15 @@ fn gpt_matches_sfdisk_and_partx() {
     );
     assert_eq!(parts[0].type_guid, "c12a7328-f81f-11d2-ba4b-00a0c93ec93b");
 
-    if let Some(rows) = partx(&p) {
-        assert_eq!(rows.len(), parts.len());
-        for (row, g) in rows.iter().zip(&parts) {
-            assert_eq!(row["NR"], g.number.to_string());
-            assert_eq!(row["UUID"], g.part_uuid);
-            assert_eq!(row["NAME"], g.part_label);
-            assert_eq!(row["TYPE"], g.type_guid);
-            assert_eq!(row["START"], g.first_lba.to_string());
-            assert_eq!(row["END"], g.last_lba.to_string());
-        }
+    let rows = partx(&p);
+    assert_eq!(rows.len(), parts.len());
+    for (row, g) in rows.iter().zip(&parts) {
+        assert_eq!(row["NR"], g.number.to_string());
+        assert_eq!(row["UUID"], g.part_uuid);
+        assert_eq!(row["NAME"], g.part_label);
+        assert_eq!(row["TYPE"], g.type_guid);
+        assert_eq!(row["START"], g.first_lba.to_string());
+        assert_eq!(row["END"], g.last_lba.to_string());
     }
 
     let spec = DeviceSpec::parse("PARTLABEL=nixos root/\u{fc}").expect("spec");
@@ -651,9 +598,7 @@ fn gpt_matches_sfdisk_and_partx() {
 #[test]
 fn gpt_backup_header_and_corruption() {
     let d = tmp();
-    let Some(p) = make_gpt(d.path()) else {
-        return;
-    };
+    let p = make_gpt(d.path());
     let primary = gpt_of(&p).expect("a GPT");
 
     // Primary header damaged: the backup at the last LBA gives the same answer.
@@ -669,9 +614,7 @@ fn gpt_backup_header_and_corruption() {
 #[test]
 fn gpt_needs_protective_mbr_and_sane_sector_size() {
     let d = tmp();
-    let Some(p) = make_gpt(d.path()) else {
-        return;
-    };
+    let p = make_gpt(d.path());
     let mut f = File::open(&p).expect("open");
     assert!(matches!(
         probe_gpt(&mut f, 1000),
@@ -691,9 +634,7 @@ fn mbr_partuuids() {
     let d = tmp();
     let p = image(d.path(), "mbr.img", 64 << 20);
     let script = "label: dos\nlabel-id: 0x12345678\nstart=2048, size=20480, type=83, bootable\nstart=22528, size=20480, type=82\n";
-    let Some(_) = run_stdin("sfdisk", &["-q", p.to_str().expect("utf8")], script) else {
-        return;
-    };
+    run_stdin("sfdisk", &["-q", p.to_str().expect("utf8")], script);
     let mut f = File::open(&p).expect("open");
     let t = probe_mbr(&mut f).expect("probe ok").expect("an MBR");
     assert_eq!(t.disk_id, 0x1234_5678);
@@ -718,22 +659,20 @@ fn mbr_partuuids() {
             (2, Some("12345678-02"), 0x82, false, 22528, 20480),
         ]
     );
-    if let Some(rows) = partx(&p) {
-        let uuids: Vec<_> = rows.iter().map(|r| r["UUID"].clone()).collect();
-        assert_eq!(uuids, vec!["12345678-01", "12345678-02"]);
-    }
+    let rows = partx(&p);
+    let uuids: Vec<_> = rows.iter().map(|r| r["UUID"].clone()).collect();
+    assert_eq!(uuids, vec!["12345678-01", "12345678-02"]);
     let ids = t.partitions[1].ids().expect("has a PARTUUID");
     assert!(DeviceSpec::parse("PARTUUID=12345678-02")
         .expect("spec")
         .matches_ids(None, Some(ids)));
     // The GPT disk from above is not an MBR disk, and a FAT floppy is not either.
     let g = image(d.path(), "fat.img", 2 << 20);
-    if run("mkfs.vfat", &[g.to_str().expect("utf8")]).is_some() {
-        let mut f = File::open(&g).expect("open");
-        assert_eq!(probe_mbr(&mut f).expect("probe ok"), None);
-        let mut f = File::open(&g).expect("open");
-        assert_eq!(probe_gpt(&mut f, 512).expect("probe ok"), None);
-    }
+    run("mkfs.vfat", &[g.to_str().expect("utf8")]);
+    let mut f = File::open(&g).expect("open");
+    assert_eq!(probe_mbr(&mut f).expect("probe ok"), None);
+    let mut f = File::open(&g).expect("open");
+    assert_eq!(probe_gpt(&mut f, 512).expect("probe ok"), None);
 }
 
 #[test]
@@ -742,9 +681,7 @@ fn vfat_without_label() {
     let p = image(d.path(), "fat.img", 64 << 20);
     // mkfs.fat without -n writes "NO NAME" into the boot sector and no directory
     // entry; blkid reports no LABEL then.
-    let Some(()) = run("mkfs.vfat", &["-F", "32", p.to_str().expect("utf8")]) else {
-        return;
-    };
+    run("mkfs.vfat", &["-F", "32", p.to_str().expect("utf8")]);
     let info = probe_and_compare(&p);
     assert_eq!((info.fs_type, info.label), ("vfat", None));
 }
@@ -757,12 +694,10 @@ fn erofs_label_offset() {
     let src = d.path().join("src");
     std::fs::create_dir(&src).expect("mkdir");
     let p = d.path().join("ero.img");
-    let Some(()) = run(
+    run(
         "mkfs.erofs",
         &[p.to_str().expect("utf8"), src.to_str().expect("utf8")],
-    ) else {
-        return;
-    };
+    );
     let mut data = std::fs::read(&p).expect("read image");
     data[1024 + 64..1024 + 64 + 9].copy_from_slice(b"ero label");
     if u32::from_le_bytes([data[1032], data[1033], data[1034], data[1035]]) & 1 != 0 {
@@ -808,9 +743,7 @@ fn few_reads_per_device() {
         let p = image(d.path(), "img", 128 << 20);
         let mut all: Vec<&str> = args.to_vec();
         all.push(p.to_str().expect("utf8"));
-        let Some(()) = run(tool, &all) else {
-            continue;
-        };
+        run(tool, &all);
         let mut r = CountingReader {
             inner: File::open(&p).expect("open"),
             reads: 0,
@@ -844,13 +777,11 @@ fn garbage_never_panics() {
         let p = image(d.path(), "img", size);
         let mut all: Vec<&str> = args.to_vec();
         all.push(p.to_str().expect("utf8"));
-        if run(tool, &all).is_some() {
-            images.push(read_head(&p));
-        }
-    }
-    if let Some(p) = make_gpt(d.path()) {
+        run(tool, &all);
         images.push(read_head(&p));
     }
+    let p = make_gpt(d.path());
+    images.push(read_head(&p));
     // Deterministic xorshift so failures reproduce.
     let mut state = 0x9E37_79B9_7F4A_7C15u64;
     let mut next = move || {
