@@ -1,5 +1,8 @@
-//! Just enough ELF to find one section of a kernel module by name: the 64-bit
-//! little-endian file header, the section header table and the section-name string table.
+//! The one ELF reader of the workspace, just enough ELF for what we do: the 64-bit
+//! little-endian file header ([`FileHeader`]), the program headers (what `strip` keeps),
+//! the section header table and the section-name string table (a kernel module's
+//! `.modinfo`, a program's `.interp` and `.dynamic` for the closure). The vm-tests check a
+//! decompressed `vmlinux` with [`FileHeader`] too. Why not the `object` crate: initrd/README.md.
 //!
 //! Reads go through [`Source`] so the module index can pull `.modinfo` out of thousands of
 //! `.ko` files with a few small positioned reads each instead of reading whole files.
@@ -77,24 +80,130 @@ const SHT_NOBITS: u32 = 8;
 const MAX_SECTION: u64 = 16 << 20;
 
 /// Little-endian readers; callers check `at` against the length first.
-pub(crate) fn u16_at(b: &[u8], at: usize) -> u16 {
+fn u16_at(b: &[u8], at: usize) -> u16 {
     u16::from_le_bytes([b[at], b[at + 1]])
 }
-pub(crate) fn u32_at(b: &[u8], at: usize) -> u32 {
+fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
-pub(crate) fn u64_at(b: &[u8], at: usize) -> u64 {
+fn u64_at(b: &[u8], at: usize) -> u64 {
     let mut a = [0u8; 8];
     a.copy_from_slice(&b[at..at + 8]);
     u64::from_le_bytes(a)
 }
 
-struct SectionHeader {
-    name: u32,
-    kind: u32,
-    offset: u64,
-    size: u64,
-    link: u32,
+/// The fields of the ELF64 little-endian file header that we use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileHeader {
+    /// `e_type`: `ET_REL` (a kernel module), `ET_EXEC`, `ET_DYN`.
+    pub kind: u16,
+    pub phoff: u64,
+    pub shoff: u64,
+    pub phentsize: u16,
+    pub phnum: u16,
+    pub shentsize: u16,
+    /// 0 with a non-zero `shoff`: more than 0xff00 sections, the count is in section 0.
+    pub shnum: u16,
+    pub shstrndx: u16,
+}
+
+pub const ET_EXEC: u16 = 2;
+pub const ET_DYN: u16 = 3;
+pub const PHDR_LEN: usize = 56;
+
+impl FileHeader {
+    /// Parse the file header at the start of `data` (at least its first 64 bytes).
+    pub fn parse(data: &[u8]) -> Result<FileHeader, ElfError> {
+        let ehdr = data.get(..EHDR_LEN).ok_or(ElfError::NotElf)?;
+        if &ehdr[..4] != b"\x7fELF" {
+            return Err(ElfError::NotElf);
+        }
+        if ehdr[4] != 2 || ehdr[5] != 1 {
+            return Err(ElfError::WrongClass {
+                class: ehdr[4],
+                data: ehdr[5],
+            });
+        }
+        Ok(FileHeader {
+            kind: u16_at(ehdr, 0x10),
+            phoff: u64_at(ehdr, 0x20),
+            shoff: u64_at(ehdr, 0x28),
+            phentsize: u16_at(ehdr, 0x36),
+            phnum: u16_at(ehdr, 0x38),
+            shentsize: u16_at(ehdr, 0x3a),
+            shnum: u16_at(ehdr, 0x3c),
+            shstrndx: u16_at(ehdr, 0x3e),
+        })
+    }
+
+    /// Where the section header table ends as the header counts it (`None` when that
+    /// overflows); compare with the file length to see a truncated file.
+    pub fn section_table_end(&self) -> Option<u64> {
+        u64::from(self.shentsize)
+            .checked_mul(u64::from(self.shnum))?
+            .checked_add(self.shoff)
+    }
+}
+
+/// One program header: the part of the file a segment maps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProgramHeader {
+    pub kind: u32,
+    pub offset: u64,
+    pub filesz: u64,
+}
+
+/// The program headers of `data`, whose file header is `header`; an error when the table
+/// is not inside the file or its entries are not 56 bytes.
+pub fn program_headers(data: &[u8], header: &FileHeader) -> Result<Vec<ProgramHeader>, ElfError> {
+    if usize::from(header.phentsize) != PHDR_LEN {
+        return Err(ElfError::OutOfBounds);
+    }
+    let start = usize::try_from(header.phoff).map_err(|_| ElfError::OutOfBounds)?;
+    let end = usize::from(header.phnum)
+        .checked_mul(PHDR_LEN)
+        .and_then(|n| n.checked_add(start))
+        .ok_or(ElfError::OutOfBounds)?;
+    let table = data.get(start..end).ok_or(ElfError::OutOfBounds)?;
+    Ok(table
+        .chunks_exact(PHDR_LEN)
+        .map(|ph| ProgramHeader {
+            kind: u32_at(ph, 0),
+            offset: u64_at(ph, 8),
+            filesz: u64_at(ph, 32),
+        })
+        .collect())
+}
+
+/// One section header, as much of it as we use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SectionHeader {
+    pub name: u32,
+    pub kind: u32,
+    pub offset: u64,
+    pub size: u64,
+    pub link: u32,
+}
+
+/// The section headers of `data` as the file header counts them (no `SHN_XINDEX` lookup:
+/// `shnum == 0` gives none); an error when the table is not inside the file.
+pub fn section_headers(data: &[u8], header: &FileHeader) -> Result<Vec<SectionHeader>, ElfError> {
+    if header.shoff == 0 {
+        return Ok(Vec::new());
+    }
+    if usize::from(header.shentsize) != SHDR_LEN {
+        return Err(ElfError::BadSectionTable(format!(
+            "section header size is {}, expected {SHDR_LEN}",
+            header.shentsize
+        )));
+    }
+    let start = usize::try_from(header.shoff).map_err(|_| ElfError::OutOfBounds)?;
+    let end = usize::from(header.shnum)
+        .checked_mul(SHDR_LEN)
+        .and_then(|n| n.checked_add(start))
+        .ok_or(ElfError::OutOfBounds)?;
+    let table = data.get(start..end).ok_or(ElfError::OutOfBounds)?;
+    Ok(table.chunks_exact(SHDR_LEN).map(parse_shdr).collect())
 }
 
 fn parse_shdr(b: &[u8]) -> SectionHeader {
@@ -131,19 +240,11 @@ fn section_table<S: Source + ?Sized>(src: &S) -> Result<Option<SectionTable>, El
         Err(ElfError::OutOfBounds) => return Err(ElfError::NotElf),
         Err(e) => return Err(e),
     };
-    if &ehdr[..4] != b"\x7fELF" {
-        return Err(ElfError::NotElf);
-    }
-    if ehdr[4] != 2 || ehdr[5] != 1 {
-        return Err(ElfError::WrongClass {
-            class: ehdr[4],
-            data: ehdr[5],
-        });
-    }
-    let shoff = u64_at(&ehdr, 0x28);
-    let shentsize = u16_at(&ehdr, 0x3a) as usize;
-    let mut shnum = u16_at(&ehdr, 0x3c) as u64;
-    let mut shstrndx = u16_at(&ehdr, 0x3e) as u32;
+    let header = FileHeader::parse(&ehdr)?;
+    let shoff = header.shoff;
+    let shentsize = usize::from(header.shentsize);
+    let mut shnum = u64::from(header.shnum);
+    let mut shstrndx = u32::from(header.shstrndx);
     if shoff == 0 {
         return Ok(None);
     }
@@ -332,6 +433,30 @@ pub(crate) mod tests {
         }
         out.extend_from_slice(&shdr(shstr_name, 3, 0, shstr_off, shstr.len()));
         out
+    }
+
+    #[test]
+    fn file_program_and_section_headers_of_a_host_program() {
+        let data = std::fs::read("/usr/bin/true").expect("host program");
+        let header = FileHeader::parse(&data).expect("ELF64 LE");
+        assert!(matches!(header.kind, ET_EXEC | ET_DYN));
+        let programs = program_headers(&data, &header).expect("program headers");
+        assert_eq!(programs.len(), usize::from(header.phnum));
+        const PT_LOAD: u32 = 1;
+        assert!(programs.iter().any(|ph| ph.kind == PT_LOAD));
+        let sections = section_headers(&data, &header).expect("section headers");
+        assert_eq!(sections.len(), usize::from(header.shnum));
+        assert!(header.section_table_end().expect("end") <= data.len() as u64);
+        // Cut inside the program headers: an error, not a panic.
+        let cut = &data[..usize::try_from(header.phoff).expect("small") + 10];
+        assert_eq!(program_headers(cut, &header), Err(ElfError::OutOfBounds));
+        assert_eq!(FileHeader::parse(&data[..63]), Err(ElfError::NotElf));
+        let mut elf32 = data[..64].to_vec();
+        elf32[4] = 1;
+        assert_eq!(
+            FileHeader::parse(&elf32),
+            Err(ElfError::WrongClass { class: 1, data: 1 })
+        );
     }
 
     #[test]

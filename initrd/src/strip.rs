@@ -10,52 +10,37 @@
 //! segment nor a section accounts for (a payload appended to a binary) is left alone, as
 //! is anything not 64-bit little-endian ELF.
 
-use crate::elf::{u16_at, u32_at, u64_at, ElfError};
+use crate::elf::{self, ElfError, FileHeader, ET_DYN, ET_EXEC, PHDR_LEN};
 
-const ET_EXEC: u16 = 2;
-const ET_DYN: u16 = 3;
 const EHDR_LEN: u64 = 64;
-const PHDR_LEN: u64 = 56;
-const SHDR_LEN: u64 = 64;
+const SHDR_LEN: u16 = 64;
 const SHT_NOBITS: u32 = 8;
-
-/// The end of a table of `count` entries of `size` bytes at `offset`, if inside `len`.
-fn table_end(offset: u64, count: u64, size: u64, len: u64) -> Result<u64, ElfError> {
-    count
-        .checked_mul(size)
-        .and_then(|n| n.checked_add(offset))
-        .filter(|&end| end <= len)
-        .ok_or(ElfError::OutOfBounds)
-}
 
 /// `data` cut down to its segments, or `None` when there is nothing to strip or the file
 /// is not one this strips (see the module docs). An error means a broken ELF header.
 pub fn strip(data: &[u8]) -> Result<Option<Vec<u8>>, ElfError> {
-    if data.len() < EHDR_LEN as usize || &data[..4] != b"\x7fELF" {
+    let header = match FileHeader::parse(data) {
+        Ok(h) => h,
+        Err(ElfError::NotElf | ElfError::WrongClass { .. }) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if !matches!(header.kind, ET_EXEC | ET_DYN) {
         return Ok(None);
     }
-    if data[4] != 2 || data[5] != 1 || !matches!(u16_at(data, 0x10), ET_EXEC | ET_DYN) {
+    if header.phnum == 0 || usize::from(header.phentsize) != PHDR_LEN {
         return Ok(None);
     }
     let len = data.len() as u64;
-    let phoff = u64_at(data, 0x20);
-    let shoff = u64_at(data, 0x28);
-    let phentsize = u64::from(u16_at(data, 0x36));
-    let phnum = u64::from(u16_at(data, 0x38));
-    let shentsize = u64::from(u16_at(data, 0x3a));
-    let shnum = u64::from(u16_at(data, 0x3c));
-    if phnum == 0 || phentsize != PHDR_LEN {
-        return Ok(None);
-    }
 
     // What the loader reads: the ELF header, the program headers, every segment's bytes.
-    let mut keep = table_end(phoff, phnum, PHDR_LEN, len)?.max(EHDR_LEN);
-    for i in 0..phnum {
-        let ph = (phoff + i * PHDR_LEN) as usize;
-        let offset = u64_at(data, ph + 8);
-        let filesz = u64_at(data, ph + 32);
-        let end = offset
-            .checked_add(filesz)
+    let programs = elf::program_headers(data, &header)?;
+    // Inside the file (program_headers checked), so no overflow.
+    let table_end = header.phoff + u64::from(header.phnum) * PHDR_LEN as u64;
+    let mut keep = table_end.max(EHDR_LEN);
+    for ph in programs {
+        let end = ph
+            .offset
+            .checked_add(ph.filesz)
             .filter(|&e| e <= len)
             .ok_or(ElfError::OutOfBounds)?;
         keep = keep.max(end);
@@ -63,25 +48,22 @@ pub fn strip(data: &[u8]) -> Result<Option<Vec<u8>>, ElfError> {
 
     // What the sections describe; bytes past both are someone's payload.
     let mut described = keep;
-    if shoff != 0 {
-        if shentsize != SHDR_LEN || shnum == 0 {
+    if header.shoff != 0 {
+        if header.shentsize != SHDR_LEN || header.shnum == 0 {
             // No section count in the header (more than 0xff00 sections) or an odd
             // header size: too unusual to judge, leave it.
             return Ok(None);
         }
-        described = described.max(table_end(shoff, shnum, SHDR_LEN, len)?);
-        for i in 0..shnum {
-            let sh = (shoff + i * SHDR_LEN) as usize;
-            if u32_at(data, sh + 4) == SHT_NOBITS {
-                continue;
-            }
-            let end = u64_at(data, sh + 24).saturating_add(u64_at(data, sh + 32));
+        let sections = elf::section_headers(data, &header)?;
+        described = described.max(header.section_table_end().ok_or(ElfError::OutOfBounds)?);
+        for sh in sections.iter().filter(|sh| sh.kind != SHT_NOBITS) {
+            let end = sh.offset.saturating_add(sh.size);
             if end <= len {
                 described = described.max(end);
             }
         }
     }
-    if described < len || (keep == len && shoff == 0) {
+    if described < len || (keep == len && header.shoff == 0) {
         return Ok(None);
     }
     let mut out = data[..keep as usize].to_vec();

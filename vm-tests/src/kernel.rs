@@ -216,26 +216,12 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 /// A 64-bit little-endian ELF whose section header table (at the end of the file) is
 /// inside the data: a truncated decompression fails this.
 fn check_elf(data: &[u8]) -> Result<()> {
-    if data.get(..4) != Some(b"\x7fELF".as_slice()) {
-        bail!("no ELF magic");
-    }
-    if data.get(4) != Some(&2) || data.get(5) != Some(&1) {
-        bail!("not a 64-bit little-endian ELF");
-    }
-    let u64_at = |at: usize| -> Option<u64> {
-        Some(u64::from_le_bytes(data.get(at..at + 8)?.try_into().ok()?))
-    };
-    let u16_at = |at: usize| -> Option<u16> {
-        Some(u16::from_le_bytes(data.get(at..at + 2)?.try_into().ok()?))
-    };
-    let (shoff, shentsize, shnum) = match (u64_at(0x28), u16_at(0x3A), u16_at(0x3C)) {
-        (Some(a), Some(b), Some(c)) => (a, u64::from(b), u64::from(c)),
-        _ => bail!("ELF header truncated"),
-    };
-    let end = shoff + shentsize * shnum;
-    if shnum == 0 || end > data.len() as u64 {
+    let header = stagehand_initrd::elf::FileHeader::parse(data)?;
+    let end = header.section_table_end();
+    if header.shnum == 0 || end.is_none_or(|end| end > data.len() as u64) {
         bail!(
-            "section headers end at {end} but the image has {} bytes",
+            "section headers end at {} but the image has {} bytes",
+            end.map_or_else(|| "an overflowing offset".to_owned(), |e| e.to_string()),
             data.len()
         );
     }
