@@ -368,8 +368,8 @@ pub enum NewFile {
     /// Exactly this owner and mode (the owner is changed only when it differs).
     Perms(Perms),
     /// Whatever the file system gives a new file. For FAT (the ESP), which has no owners or
-    /// modes: there `fchmod` fails with `EPERM` unless the mount's mask already yields the
-    /// mode, so we must not ask.
+    /// modes: the mount options decide them, `fchmod` is at best ignored and `fchown` to
+    /// anyone but the mount's owner fails with `EPERM`, so we ask for neither.
     FileSystemDefault,
 }
 
@@ -604,5 +604,33 @@ mod tests {
             b"hello"
         );
         assert!(!t.path().join("etc/motd").is_symlink());
+    }
+
+    #[test]
+    fn file_system_default_sets_no_mode() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let dir = rfs::openat(rfs::CWD, t.path(), dir_flags(), Mode::empty()).expect("open");
+        atomic_write(
+            &dir,
+            OsStr::new("loader.conf"),
+            b"x",
+            NewFile::FileSystemDefault,
+        )
+        .expect("write");
+        // What a plain create with 0644 gets under the same umask: no fchmod to 0600 or
+        // anything else happened.
+        let reference = rfs::openat(
+            &dir,
+            "reference",
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL,
+            Mode::from_raw_mode(0o644),
+        )
+        .expect("create");
+        let mode = |st: rfs::Stat| st.st_mode & 0o7777;
+        let written = rfs::statat(&dir, "loader.conf", AtFlags::empty()).expect("stat");
+        assert_eq!(mode(written), mode(rfs::fstat(&reference).expect("stat")));
+        atomic_write(&dir, OsStr::new("shadow"), b"x", own_perms(0o600)).expect("write");
+        let written = rfs::statat(&dir, "shadow", AtFlags::empty()).expect("stat");
+        assert_eq!(mode(written), 0o600);
     }
 }
