@@ -317,3 +317,16 @@ fn profile_rollback_killed_at_every_write() {
         false,
     );
 }
+
+#[test]
+fn build_dates_in_menu_labels_are_masked_for_comparison() {
+    assert_eq!(
+        crash_harness::mask_dates("MENU LABEL NixOS - Configuration 2 (2026-12-03 00:24 - 26.05)"),
+        "MENU LABEL NixOS - Configuration 2 (DATE - 26.05)"
+    );
+    assert_eq!(
+        crash_harness::mask_dates("version Generation 1, Built on 2026-12-03\n"),
+        "version Generation 1, Built on DATE\n"
+    );
+    assert_eq!(crash_harness::mask_dates("26.05.2026"), "26.05.2026");
+}
