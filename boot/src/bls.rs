@@ -339,26 +339,6 @@ mod tests {
     }
 
     #[test]
-    fn glob() {
-        let m = |p: &str, t: &str| glob::matches(p.as_bytes(), t.as_bytes());
-        assert!(m("nixos-generation-*", "nixos-generation-5+3"));
-        assert!(m("*", ""));
-        assert!(m("a*b*c", "axxbyyc"));
-        assert!(!m("a*b*c", "axxbyy"));
-        assert!(m("a?c", "abc"));
-        assert!(!m("a?c", "ac"));
-        assert!(m("[a-c]x", "bx"));
-        assert!(!m("[!a-c]x", "bx"));
-        assert!(m("[]]", "]"));
-        assert!(m("[", "["));
-        assert!(m("\\*", "*"));
-        assert!(!m("\\*", "a"));
-        assert!(!m("abc", "abcd"));
-        // Pathological patterns stay linear-ish.
-        assert!(!m(&"*a".repeat(50), &"a".repeat(40)));
-    }
-
-    #[test]
     fn parse_and_render() {
         let text = "# comment\ntitle  Fedora 19 (Rawhide)\nsort-key\tfedora\n\nversion 3.8.0\n\
                     options root=UUID=x quiet\noptions rw\nlinux /a/linux\ninitrd /a/initrd\n\

@@ -18,10 +18,18 @@ pub const SECRETS_MODE: u32 = 0o600;
 
 /// Replace the initrd at `path` with `bytes`. The new file keeps the permission bits of the
 /// regular file it replaces (an initrd made 0600 because it holds secrets stays 0600),
-/// else gets `new_mode` ([`PLAIN_MODE`] or [`SECRETS_MODE`]).
+/// else gets `new_mode` ([`PLAIN_MODE`] or [`SECRETS_MODE`]). With [`SECRETS_MODE`] the
+/// kept bits lose the world's: appending a secret to a 0644 initrd leaves it 0640 (a group
+/// the admin chose keeps its access; everyone else loses it), since a secret must never be
+/// world-readable.
 pub fn write_initrd(path: &Path, bytes: &[u8], new_mode: u32) -> Result<(), WriteError> {
+    let narrow = if new_mode == SECRETS_MODE {
+        0o770
+    } else {
+        0o777
+    };
     let mode = match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_file() => m.permissions().mode() & 0o777,
+        Ok(m) if m.file_type().is_file() => m.permissions().mode() & narrow,
         Ok(_) => new_mode,
         Err(e) if e.kind() == io::ErrorKind::NotFound => new_mode,
         Err(error) => {
@@ -63,6 +71,16 @@ mod tests {
         let q = t.path().join("with-secrets");
         write_initrd(&q, b"s", SECRETS_MODE).expect("write");
         assert_eq!(mode(&q), 0o600);
+        // A world-readable initrd that gets secrets appended is no longer world-readable.
+        let r = t.path().join("was-public");
+        write_initrd(&r, b"plain", PLAIN_MODE).expect("write");
+        assert_eq!(mode(&r), 0o644);
+        write_initrd(&r, b"plain+secret", SECRETS_MODE).expect("write");
+        assert_eq!(mode(&r), 0o640);
+        // Narrower bits the owner chose stay narrower.
+        std::fs::set_permissions(&r, std::fs::Permissions::from_mode(0o400)).expect("chmod");
+        write_initrd(&r, b"again", SECRETS_MODE).expect("write");
+        assert_eq!(mode(&r), 0o400);
     }
 
     #[test]
