@@ -5,6 +5,7 @@
 //! SHA-256 and SHA-512" specification) is done here, so the crate's optional
 //! password-hash framework is not needed.
 
+use rustix::rand::GetRandomFlags;
 use sha_crypt::{sha512_crypt, Params};
 
 /// crypt's base-64 alphabet (not RFC 4648's).
@@ -76,9 +77,22 @@ pub fn hash_with_salt(password: &str, salt: &str, rounds: Option<u32>) -> Option
 }
 
 /// A fresh random 16-character salt from the kernel's generator.
-pub fn random_salt() -> Result<String, getrandom::Error> {
+///
+/// The `getrandom(2)` system call itself, never a device file: activation runs chrooted
+/// into roots that have no `/dev`. (The `getrandom` crate finds glibc's wrapper with
+/// `dlsym`, which a `+crt-static` binary cannot do, and then falls back to opening
+/// `/dev/random` and `/dev/urandom`.) Without flags the call waits, as those files
+/// would, until the kernel's pool is initialised.
+pub fn random_salt() -> Result<String, rustix::io::Errno> {
     let mut bytes = [0u8; 16];
-    getrandom::fill(&mut bytes)?;
+    let mut filled = 0;
+    while filled < bytes.len() {
+        match rustix::rand::getrandom(&mut bytes[filled..], GetRandomFlags::empty()) {
+            Ok(n) => filled += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
     Ok(bytes
         .iter()
         .map(|b| char::from(ITOA64[usize::from(b & 0x3f)]))
@@ -86,7 +100,7 @@ pub fn random_salt() -> Result<String, getrandom::Error> {
 }
 
 /// Hash `password` with a fresh salt.
-pub fn hash(password: &str) -> Result<String, getrandom::Error> {
+pub fn hash(password: &str) -> Result<String, rustix::io::Errno> {
     let salt = random_salt()?;
     // The salt is drawn from the crypt alphabet, so hashing cannot refuse it.
     Ok(hash_with_salt(password, &salt, None).unwrap_or_default())
