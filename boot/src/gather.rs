@@ -159,13 +159,18 @@ pub fn gather(root: &Root, profile: &Profile<'_>) -> Result<Inputs, GatherError>
         let mut dtbs = BTreeMap::new();
         for s in std::iter::once(&spec).chain(spec.specialisations.values()) {
             if let Ok(Some(v)) = root.read_opt(&s.toplevel.join("nixos-version")) {
-                nixos_version.insert(
-                    s.toplevel.clone(),
-                    String::from_utf8_lossy(&v).trim().to_string(),
-                );
+                let v = String::from_utf8_lossy(&v).trim().to_string();
+                // It goes into an extlinux `MENU LABEL` line; a newline would add lines.
+                if !v.chars().any(char::is_control) {
+                    nixos_version.insert(s.toplevel.clone(), v);
+                }
             }
             let link = s.toplevel.join("dtbs");
+            // Only a tree in the store: a `dtbs` link to /etc would copy /etc to the ESP.
             if let Ok(canon) = root.canonicalize(&link) {
+                if !canon.starts_with(STORE_DIR) {
+                    continue;
+                }
                 if let Ok((size, files, true)) = esp::measure(root, &canon) {
                     inputs.sources.insert(
                         canon.clone(),
@@ -214,6 +219,18 @@ fn sources_of(
 
 fn source(root: &Root, path: &Path) -> std::io::Result<Source> {
     let canonical = root.canonicalize(path)?;
+    // `spec` checked the spelling; a symlink in the store may still lead out of it, and what
+    // it leads to would be copied onto the world-readable boot partition.
+    if !canonical.starts_with(STORE_DIR) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "it resolves to {}, outside {STORE_DIR}; only store files are copied to the boot \
+                 partition",
+                canonical.display()
+            ),
+        ));
+    }
     let size = match root.lstat(&canonical)? {
         Some(rootfs::Node::File { size, .. }) => size,
         Some(_) => {

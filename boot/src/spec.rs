@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use ::bootspec::generation::Generation as AnyGeneration;
 use ::bootspec::v1::GenerationV1;
@@ -53,6 +53,14 @@ pub enum SpecError {
     NotV1 { path: PathBuf },
     /// The v1 object or an extension does not have the shape RFC 0125 gives it.
     Shape { path: PathBuf, detail: String },
+    /// A field has the right type but a value that boot entries must not carry.
+    Field {
+        path: PathBuf,
+        /// Where it is, e.g. `"org.nixos.bootspec.v1".kernel`.
+        field: String,
+        value: String,
+        rule: &'static str,
+    },
 }
 
 impl fmt::Display for SpecError {
@@ -72,6 +80,17 @@ impl fmt::Display for SpecError {
             SpecError::Shape { path, detail } => write!(
                 f,
                 "{}: {detail}; the file does not follow bootspec v1 (RFC 0125)",
+                path.display()
+            ),
+            SpecError::Field {
+                path,
+                field,
+                value,
+                rule,
+            } => write!(
+                f,
+                "{}: {field} is {value:?}, but {rule}; the generation gets no boot entry, \
+                 rebuild it from a trusted configuration",
                 path.display()
             ),
         }
@@ -119,21 +138,44 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<BootSpec, SpecError> {
             })
         }
     };
-    from_v1(path, &v1, &doc.extensions, true)
+    from_v1(path, &format!("\"{V1_KEY}\""), &v1, &doc.extensions, true)
 }
 
+/// `where_` names the v1 object in messages (the top one or a specialisation's).
 fn from_v1(
     path: &Path,
+    where_: &str,
     v1: &GenerationV1,
     extensions: &Extensions,
     with_specialisations: bool,
 ) -> Result<BootSpec, SpecError> {
     let b = &v1.bootspec;
     let (sort_key, devicetree) = systemd_boot_extension(path, extensions)?;
+    let field = |name: &str| format!("{where_}.{name}");
+    // Label, parameters, init and sort key are copied into entry lines: a control character
+    // (a newline above all) would let boot.json add `linux`/`initrd`/`options` lines.
+    plain_text(path, field("label"), &b.label)?;
+    for (i, p) in b.kernel_params.iter().enumerate() {
+        plain_text(path, field(&format!("kernelParams[{i}]")), p)?;
+    }
+    plain_text(path, field("init"), &b.init.to_string_lossy())?;
+    if let Some(key) = &sort_key {
+        plain_text(path, format!("\"{SYSTEMD_BOOT_EXTENSION}\".sortKey"), key)?;
+    }
+    // Kernel, initrd and device tree are copied onto the boot partition, which anyone can
+    // read: only store paths, never e.g. /etc/shadow.
+    store_path(path, field("kernel"), &b.kernel)?;
+    if let Some(initrd) = &b.initrd {
+        store_path(path, field("initrd"), initrd)?;
+    }
+    if let Some(dt) = &devicetree {
+        store_path(path, format!("\"{SYSTEMD_BOOT_EXTENSION}\".devicetree"), dt)?;
+    }
     let mut specialisations = BTreeMap::new();
     if with_specialisations {
         for (name, s) in &v1.specialisations {
-            let mut child = from_v1(path, &s.generation, &s.extensions, false)?;
+            let child_where = format!("\"org.nixos.specialisation.v1\".{:?}.\"{V1_KEY}\"", name.0);
+            let mut child = from_v1(path, &child_where, &s.generation, &s.extensions, false)?;
             // NixOS copies the parent's extensions into each child's document, but a
             // hand-written child may lack them; entries of one generation should sort together.
             if child.sort_key.is_none() {
@@ -155,6 +197,53 @@ fn from_v1(
         devicetree,
         specialisations,
     })
+}
+
+/// Refuse text with control characters (newline, carriage return, NUL, escape...).
+fn plain_text(path: &Path, field: String, value: &str) -> Result<(), SpecError> {
+    if value.chars().any(char::is_control) {
+        return Err(SpecError::Field {
+            path: path.to_path_buf(),
+            field,
+            value: value.to_string(),
+            rule: "it must not contain control characters such as a newline (it is written \
+                   into a boot entry line)",
+        });
+    }
+    Ok(())
+}
+
+/// Refuse a path that is not inside the Nix store, spelled out: `..` components are
+/// resolved first, so `/nix/store/../../etc/shadow` is refused too. Symlinks are resolved
+/// later, inside the root, when the file is measured (`gather`).
+fn store_path(path: &Path, field: String, value: &Path) -> Result<(), SpecError> {
+    let refuse = || SpecError::Field {
+        path: path.to_path_buf(),
+        field: field.clone(),
+        value: value.display().to_string(),
+        rule: "it must be a file in /nix/store (it is copied onto the boot partition)",
+    };
+    let text = value.to_string_lossy();
+    if !value.is_absolute() || text.chars().any(char::is_control) {
+        return Err(refuse());
+    }
+    let mut normal: Vec<&std::ffi::OsStr> = Vec::new();
+    for c in value.components() {
+        match c {
+            Component::RootDir | Component::CurDir => {}
+            Component::ParentDir => {
+                normal.pop();
+            }
+            Component::Normal(n) => normal.push(n),
+            Component::Prefix(_) => return Err(refuse()),
+        }
+    }
+    // `nix`, `store`, the store object, and at least that object (a file) itself.
+    let in_store = normal.len() >= 3 && normal[0] == "nix" && normal[1] == "store";
+    if !in_store {
+        return Err(refuse());
+    }
+    Ok(())
 }
 
 /// `sortKey` and `devicetree` of the `org.nixos.systemd-boot` extension, when present.

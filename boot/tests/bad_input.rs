@@ -223,3 +223,245 @@ fn a_missing_esp_and_a_broken_generation_are_named() {
     assert_says("kernel gone", &e.to_string(), &["generation 1", "bzImage"]);
     assert_eq!(std::fs::read_dir(r.host("/boot")).expect("ls").count(), 0);
 }
+
+// ---- injected boot entries (issue #15 item 7) ------------------------------------------------
+
+/// A boot.json whose v1 object is `full` with `from` replaced by `to`.
+fn boot_json(top: &str, from: &str, to: &str) -> String {
+    let full = format!(
+        r#"{{"org.nixos.bootspec.v1": {{"init": "{top}/init", "initrd": "/nix/store/iiii-initrd/initrd",
+            "kernel": "/nix/store/kkkk-linux/bzImage", "kernelParams": ["console=ttyS0"],
+            "label": "NixOS", "system": "x86_64-linux", "toplevel": "{top}"}}}}"#
+    );
+    assert!(full.contains(from), "fixture has no {from:?}");
+    full.replace(from, to)
+}
+
+#[test]
+fn control_characters_and_paths_outside_the_store_are_refused_in_boot_json() {
+    let p = Path::new("/nix/store/x-system/boot.json");
+    let top = "/nix/store/x-system";
+    let text_rule = "must not contain control characters";
+    let store_rule = "must be a file in /nix/store";
+    let cases: &[(&str, &str, &str, &[&str])] = &[
+        (
+            "newline in the label",
+            r#""label": "NixOS""#,
+            r#""label": "NixOS\nlinux /EFI/evil.efi\noptions init=/bin/sh""#,
+            &["\"org.nixos.bootspec.v1\".label", text_rule],
+        ),
+        (
+            "newline in a kernel parameter",
+            r#"["console=ttyS0"]"#,
+            r#"["console=ttyS0", "quiet\ninitrd /EFI/evil.efi"]"#,
+            &["\"org.nixos.bootspec.v1\".kernelParams[1]", text_rule],
+        ),
+        (
+            "carriage return in a kernel parameter",
+            r#"["console=ttyS0"]"#,
+            r#"["console=ttyS0\r"]"#,
+            &["kernelParams[0]", text_rule],
+        ),
+        (
+            "kernel outside the store",
+            "/nix/store/kkkk-linux/bzImage",
+            "/etc/shadow",
+            &[
+                "\"org.nixos.bootspec.v1\".kernel",
+                "/etc/shadow",
+                store_rule,
+            ],
+        ),
+        (
+            "kernel escaping the store through ..",
+            "/nix/store/kkkk-linux/bzImage",
+            "/nix/store/kkkk-linux/../../../etc/shadow",
+            &[
+                "\"org.nixos.bootspec.v1\".kernel",
+                "../etc/shadow",
+                store_rule,
+            ],
+        ),
+        (
+            "initrd escaping the store through ..",
+            "/nix/store/iiii-initrd/initrd",
+            "/nix/store/../etc/shadow",
+            &["\"org.nixos.bootspec.v1\".initrd", store_rule],
+        ),
+        (
+            "the store directory itself",
+            "/nix/store/kkkk-linux/bzImage",
+            "/nix/store/x/..",
+            &["kernel", store_rule],
+        ),
+        (
+            "a relative kernel",
+            "/nix/store/kkkk-linux/bzImage",
+            "nix/store/kkkk-linux/bzImage",
+            &["kernel", store_rule],
+        ),
+    ];
+    for (case, from, to, words) in cases {
+        let json = boot_json(top, from, to);
+        let e = spec::parse(p, json.as_bytes()).expect_err(case);
+        let msg = e.to_string();
+        assert_says(
+            case,
+            &msg,
+            &["/nix/store/x-system/boot.json", "no boot entry"],
+        );
+        assert_says(case, &msg, words);
+    }
+    // A `..` that stays inside the store is only spelling; symlinks are checked at install.
+    let json = boot_json(
+        top,
+        "/nix/store/kkkk-linux/bzImage",
+        "/nix/store/zzzz/../kkkk-linux/bzImage",
+    );
+    spec::parse(p, json.as_bytes()).expect("a .. inside the store");
+
+    // A specialisation is checked the same way and named as such.
+    let special = format!(
+        r#"{{"org.nixos.bootspec.v1": {{"init": "{top}/init", "kernel": "/nix/store/k/bzImage",
+            "kernelParams": [], "label": "L", "system": "x86_64-linux", "toplevel": "{top}"}},
+          "org.nixos.specialisation.v1": {{"debug": {{"org.nixos.bootspec.v1": {{
+            "init": "{top}/init", "kernel": "/nix/store/k/bzImage", "kernelParams": [],
+            "label": "L\u0000", "system": "x86_64-linux", "toplevel": "{top}"}}}}}}}}"#
+    );
+    let e = spec::parse(p, special.as_bytes()).expect_err("specialisation");
+    assert_says(
+        "specialisation",
+        &e.to_string(),
+        &[
+            "\"org.nixos.specialisation.v1\".\"debug\"",
+            ".label",
+            text_rule,
+        ],
+    );
+    // The systemd-boot extension's sort key and device tree too.
+    let ext = |key: &str, value: &str| {
+        boot_json(
+            top,
+            "}}",
+            &format!(r#"}}, "org.nixos.systemd-boot": {{"{key}": "{value}"}}}}"#),
+        )
+    };
+    let e = spec::parse(p, ext("sortKey", "nixos\\nlinux /x").as_bytes()).expect_err("sortKey");
+    assert_says("sortKey", &e.to_string(), &["sortKey", text_rule]);
+    let e = spec::parse(p, ext("devicetree", "/etc/shadow").as_bytes()).expect_err("dtb");
+    assert_says("devicetree", &e.to_string(), &["devicetree", store_rule]);
+}
+
+/// Everything under the ESP, for checking what reached it.
+fn esp_files(r: &FakeRoot) -> Vec<(String, Vec<u8>)> {
+    fn walk(dir: &Path, base: &Path, out: &mut Vec<(String, Vec<u8>)>) {
+        for e in std::fs::read_dir(dir).expect("ls") {
+            let p = e.expect("entry").path();
+            if p.is_dir() {
+                walk(&p, base, out);
+            } else {
+                let rel = p.strip_prefix(base).expect("under").display().to_string();
+                out.push((rel, std::fs::read(&p).expect("read")));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&r.host("/boot"), &r.host("/boot"), &mut out);
+    out
+}
+
+/// Generation 2 (current, good) on top of [`bootable`]'s generation 1, whose boot.json is
+/// replaced by `gen1_json`.
+fn two_generations(r: &FakeRoot, gen1_json: &str) {
+    bootable(r);
+    let top1 = "/nix/store/aaaa-nixos-system-demo-26.05";
+    r.write(&format!("{top1}/boot.json"), gen1_json);
+    let top2 = "/nix/store/bbbb-nixos-system-demo-26.05";
+    r.write(&format!("{top2}/boot.json"), &boot_json(top2, "x", "x"));
+    r.symlink("/nix/var/nix/profiles/system-2-link", top2);
+    std::fs::remove_file(r.host("/nix/var/nix/profiles/system")).expect("rm profile");
+    r.symlink("/nix/var/nix/profiles/system", "system-2-link");
+}
+
+#[test]
+fn an_injecting_generation_gets_no_entry_and_the_others_still_do() {
+    let top1 = "/nix/store/aaaa-nixos-system-demo-26.05";
+    let shadow = "root:$6$secret-hash:19000:0:99999:7:::\n";
+    let bad: &[(&str, String, &[&str])] = &[
+        (
+            "newline in the label",
+            boot_json(
+                top1,
+                r#""label": "NixOS""#,
+                r#""label": "NixOS\ninitrd /x""#,
+            ),
+            &[".label"],
+        ),
+        (
+            "newline in a parameter",
+            boot_json(top1, r#""console=ttyS0""#, r#""a\noptions init=/bin/sh""#),
+            &[".kernelParams[0]"],
+        ),
+        (
+            "kernel is /etc/shadow",
+            boot_json(top1, "/nix/store/kkkk-linux/bzImage", "/etc/shadow"),
+            &[".kernel", "/etc/shadow"],
+        ),
+        (
+            "kernel in the store, linked to /etc/shadow",
+            boot_json(
+                top1,
+                "/nix/store/kkkk-linux/bzImage",
+                "/nix/store/evil/bzImage",
+            ),
+            &["/nix/store/evil/bzImage", "resolves to /etc/shadow"],
+        ),
+    ];
+    for (case, json, words) in bad {
+        let r = FakeRoot::new();
+        r.write("/etc/shadow", shadow);
+        r.symlink("/nix/store/evil/bzImage", "/etc/shadow");
+        two_generations(&r, json);
+        let root = Root::open(r.path()).expect("root");
+        let o = InstallOptions {
+            efivars: None,
+            ..InstallOptions::default()
+        };
+        let report = install::install(&root, &o, &Full(u64::MAX / 2)).expect(case);
+        let warnings = report.plan.warnings.join("\n");
+        assert_says(case, &warnings, &["generation 1"]);
+        assert_says(case, &warnings, words);
+        let files = esp_files(&r);
+        let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
+        assert!(
+            names
+                .iter()
+                .any(|n| n.starts_with("loader/entries/nixos-generation-2")),
+            "{case}: {names:?}"
+        );
+        for (name, bytes) in &files {
+            let text = String::from_utf8_lossy(bytes);
+            assert!(
+                !name.contains("generation-1") && !text.contains("secret-hash"),
+                "{case}: {name} on the ESP"
+            );
+            if name.ends_with(".conf") && name.contains("entries/") {
+                let linux = text.lines().filter(|l| l.starts_with("linux")).count();
+                let options = text.lines().filter(|l| l.starts_with("options")).count();
+                assert_eq!((linux, options), (1, 1), "{case}: {name}:\n{text}");
+            }
+        }
+
+        // The same generation as the current one: the install stops, names it, writes nothing.
+        let r = FakeRoot::new();
+        r.write("/etc/shadow", shadow);
+        r.symlink("/nix/store/evil/bzImage", "/etc/shadow");
+        bootable(&r);
+        r.write(&format!("{top1}/boot.json"), json);
+        let root = Root::open(r.path()).expect("root");
+        let e = install::install(&root, &o, &Full(u64::MAX / 2)).expect_err(case);
+        assert_says(case, &e.to_string(), &["generation 1"]);
+        assert_says(case, &e.to_string(), words);
+        assert!(esp_files(&r).is_empty(), "{case}: the ESP was written to");
+    }
+}
