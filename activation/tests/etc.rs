@@ -410,3 +410,70 @@ fn links_kept_through_a_symlinked_directory_of_the_new_tree_are_not_stale() {
     );
     assert_eq!(r.read("/etc/foo/b"), "b\n");
 }
+
+/// `stagehand etc --root R /etc` made `/etc/static` a link to `/etc` itself (issue #15 item
+/// 13). A tree that is `/etc`, lies inside it, or reaches it through links is refused before
+/// anything is read or changed.
+#[test]
+fn an_etc_tree_inside_etc_is_refused() {
+    let r = FakeRoot::new();
+    let gen0 = r.etc_tree("g0", &[("hosts", "127.0.0.1 localhost\n", None)]);
+    run(&r, &gen0);
+    // /etc/static links to the store tree now; an odd directory and a link into /etc too.
+    std::fs::create_dir_all(r.host("/etc/sub")).expect("mkdir");
+    r.symlink("/srv/etc-link", "/etc/sub");
+    let root = Root::open(r.path()).expect("root");
+    let before = r.stamps();
+    let refused = |tree: &str, resolved: &str| {
+        let e = etc::list_tree(&root, Path::new(tree)).expect_err(tree);
+        assert!(
+            matches!(e, etc::EtcError::TreeInEtc { .. }),
+            "{tree}: {e:?}"
+        );
+        let msg = e.to_string();
+        for w in [
+            format!("the etc tree {tree} "),
+            format!("resolved inside the root: {resolved})"),
+            "is /etc itself or inside it".into(),
+            "loop".into(),
+            "etc tree in the store".into(),
+        ] {
+            assert!(msg.contains(&w), "{tree}: {w:?} missing from: {msg}");
+        }
+    };
+    refused("/etc", "/etc");
+    refused("/etc/", "/etc");
+    refused("/etc/sub", "/etc/sub");
+    refused("/srv/etc-link", "/etc/sub");
+    refused("/nix/store/../../etc", "/etc");
+
+    // A tree that came from a compiled plan, not through list_tree, is checked as well.
+    let mut t = etc::list_tree(&root, Path::new(&gen0)).expect("store tree");
+    t.path = "/etc".into();
+    let e = etc::setup_etc(&root, &t, EtcOptions::default(), false).expect_err("/etc");
+    assert!(matches!(e, etc::EtcError::TreeInEtc { .. }), "{e:?}");
+    assert_eq!(r.stamps(), before, "a refused tree changed the root");
+    assert_eq!(
+        std::fs::read_link(r.host("/etc/static")).expect("static link"),
+        Path::new(&gen0)
+    );
+
+    // With /etc/static a real directory, the tree /etc/static is /etc/static itself.
+    let r = FakeRoot::new();
+    std::fs::create_dir_all(r.host("/etc/static")).expect("mkdir");
+    let root = Root::open(r.path()).expect("root");
+    let e = etc::list_tree(&root, Path::new("/etc/static")).expect_err("/etc/static");
+    assert!(
+        e.to_string()
+            .contains("resolved inside the root: /etc/static)"),
+        "{e}"
+    );
+
+    // With /etc a link (to a persistent directory), its target counts as /etc.
+    let r = FakeRoot::new();
+    std::fs::create_dir_all(r.host("/persist/etc")).expect("mkdir");
+    r.symlink("/etc", "/persist/etc");
+    let root = Root::open(r.path()).expect("root");
+    let e = etc::list_tree(&root, Path::new("/persist/etc")).expect_err("/persist/etc");
+    assert!(matches!(e, etc::EtcError::TreeInEtc { .. }), "{e:?}");
+}

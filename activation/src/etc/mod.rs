@@ -51,7 +51,7 @@ use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::fmt;
 use std::io;
 use std::os::fd::OwnedFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -129,6 +129,9 @@ pub enum EtcError {
     Observe { path: PathBuf, error: io::Error },
     /// `/etc/static` cannot be pointed at the new tree (fatal in NixOS too).
     Static { path: PathBuf, error: io::Error },
+    /// The etc tree is `/etc` or lies inside it: `/etc/static` would point into `/etc`
+    /// (at itself, for `/etc`), and every link through it would loop.
+    TreeInEtc { tree: PathBuf, resolved: PathBuf },
 }
 
 impl fmt::Display for EtcError {
@@ -152,11 +155,37 @@ impl fmt::Display for EtcError {
                  /etc/static must not be a directory",
                 path.display()
             ),
+            Self::TreeInEtc { tree, resolved } => write!(
+                f,
+                "the etc tree {} (resolved inside the root: {}) is /etc itself or inside it; \
+                 /etc/static would point into /etc and loop. Pass the generation's etc tree in \
+                 the store instead (<toplevel>/etc, a /nix/store/…-etc/etc directory)",
+                tree.display(),
+                resolved.display()
+            ),
         }
     }
 }
 
 impl std::error::Error for EtcError {}
+
+/// Refuse an etc tree whose resolved in-root path `resolved` is `/etc` or under it (also
+/// when `/etc` is itself a link, e.g. to a persistent directory).
+pub(crate) fn refuse_tree_in_etc(
+    root: &Root,
+    tree: &Path,
+    resolved: &Path,
+) -> Result<(), EtcError> {
+    let etc = Path::new("/etc");
+    let etc_resolved = root.canonicalize(etc).ok().filter(|p| p != Path::new("/"));
+    if resolved.starts_with(etc) || etc_resolved.is_some_and(|e| resolved.starts_with(e)) {
+        return Err(EtcError::TreeInEtc {
+            tree: tree.to_path_buf(),
+            resolved: resolved.to_path_buf(),
+        });
+    }
+    Ok(())
+}
 
 /// `rel` is usable as a path under `/etc`: plain names only.
 pub fn is_safe_rel(rel: &str) -> bool {
@@ -241,6 +270,9 @@ pub fn setup_etc_deferred(
     opts: EtcOptions,
     dry_run: bool,
 ) -> Result<(EtcOutcome, Option<Recheck>), EtcError> {
+    // A tree from a compiled plan did not come through `list_tree`.
+    let path = Path::new(&tree.path);
+    refuse_tree_in_etc(root, path, path)?;
     let cache = cache::read(root);
     let key = cache::input_key(tree, opts);
     if cache.is_quiet(root, tree, key) {

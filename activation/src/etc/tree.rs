@@ -92,6 +92,7 @@ pub fn list_tree(root: &Root, path: &Path) -> Result<EtcTree, EtcError> {
         error,
     };
     let (fd, canon, _) = root.dir(path, None).map_err(tree_err)?;
+    super::refuse_tree_in_etc(root, path, &canon)?;
     let canon_str = canon.to_string_lossy().into_owned();
     let mut entries = Vec::new();
     walk_tree(root, &fd, &canon_str, "", &mut entries).map_err(tree_err)?;
