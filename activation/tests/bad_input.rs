@@ -253,6 +253,280 @@ fn garbage_in_the_account_files_is_kept_and_the_declared_users_still_made() {
     );
 }
 
+/// Issue #15 item 2: an empty or foreign document used to read as a spec with no accounts
+/// (exit 0, /etc/group emptied, every account locked). Each is refused, naming the file,
+/// the missing key and what to pass instead, and activation leaves the accounts alone.
+#[test]
+fn empty_and_foreign_users_specs_are_refused_not_applied() {
+    let cases: &[(&str, &str, &[&str])] = &[
+        (
+            "empty array",
+            "[]",
+            &[
+                "not a users/groups spec",
+                "not a JSON object",
+                "mutableUsers, users and groups",
+            ],
+        ),
+        ("null", "null", &["not a JSON object"]),
+        ("a string", r#""users""#, &["not a JSON object"]),
+        (
+            "empty object",
+            "{}",
+            &["empty object", "key users is missing"],
+        ),
+        (
+            "foreign object",
+            r#"{"hostname": "x"}"#,
+            &["key users is missing", "\"hostname\""],
+        ),
+        (
+            "userborn, no users",
+            r#"{"users": []}"#,
+            &["users, groups", "no user and no group", "root group"],
+        ),
+        (
+            "userborn, nothing",
+            r#"{"users": [], "groups": []}"#,
+            &["no user and no group"],
+        ),
+        (
+            "NixOS, nothing",
+            r#"{"mutableUsers": false, "users": [], "groups": []}"#,
+            &["no user and no group", "lock or remove every account"],
+        ),
+        (
+            "NixOS, no users key",
+            r#"{"mutableUsers": true, "groups": []}"#,
+            &["missing field `users`", "users-groups.nix"],
+        ),
+        (
+            "NixOS, no groups key",
+            r#"{"mutableUsers": true, "users": []}"#,
+            &["missing field `groups`"],
+        ),
+        (
+            "NixOS, groups not a list",
+            r#"{"mutableUsers": true, "users": [], "groups": {}}"#,
+            &["groups: invalid type: map"],
+        ),
+    ];
+    for (case, json, words) in cases {
+        let path = Path::new("/nix/store/x-users-groups.json");
+        let e = UsersSpec::from_json(path, json.as_bytes()).expect_err(case);
+        let msg = e.to_string();
+        assert_says(case, &msg, &["/nix/store/x-users-groups.json"]);
+        assert_says(case, &msg, words);
+    }
+
+    // End to end: a generation whose spec is `{}` fails and leaves the accounts as they were.
+    let r = FakeRoot::new();
+    generation(&r, None);
+    let passwd = "root:x:0:0::/root:/bin/sh\nalice:x:1000:100::/home/alice:/bin/sh\n";
+    let group = "root:x:0:\nusers:x:100:alice\n";
+    let shadow = "root:$6$a$b:1::::::\nalice:$6$c$d:1::::::\n";
+    r.write("/etc/passwd", passwd);
+    r.write("/etc/group", group);
+    r.write("/etc/shadow", shadow);
+    for json in ["[]", "{}", r#"{"users": []}"#] {
+        r.write("/nix/store/abc-users-groups.json", json);
+        let e = activate(Path::new(TOP), &opts(&r)).expect_err(json);
+        assert_says(
+            json,
+            &format!("{e:#}"),
+            &["/nix/store/abc-users-groups.json"],
+        );
+        assert_eq!(r.read("/etc/passwd"), passwd, "{json}");
+        assert_eq!(r.read("/etc/group"), group, "{json}");
+        assert_eq!(r.read("/etc/shadow"), shadow, "{json}");
+    }
+}
+
+/// Issue #15 item 3: `"mutableUser": true` (a typo) used to switch silently to userborn's
+/// schema (a normal user got a system uid and no home), and misspelt keys of users and
+/// groups were dropped. Every unknown key is an error naming it and where it is.
+#[test]
+fn misspelt_keys_are_named_with_their_position() {
+    let user = |name: &str, extra: &str| {
+        format!(
+            r#"{{"name": "{name}", "group": "users", "home": "/home/{name}", "shell": "/bin/sh"{extra}}}"#
+        )
+    };
+    let cases: Vec<(&str, String, &[&str])> = vec![
+        (
+            "mutableUser",
+            format!(r#"{{"mutableUser": true, "users": [{}], "groups": []}}"#, user("u", r#", "isSystemUser": false"#)),
+            &["mutableUser: unknown field `mutableUser`", "userborn", "no mutableUsers key"],
+        ),
+        (
+            "users[3].isNormalUsr",
+            format!(
+                r#"{{"mutableUsers": true, "users": [{}, {}, {}, {}], "groups": []}}"#,
+                user("a", ""), user("b", ""), user("c", ""), user("d", r#", "isNormalUsr": true"#)
+            ),
+            &["users[3].isNormalUsr", "unknown field `isNormalUsr`", "users-groups.nix"],
+        ),
+        (
+            "groups[1].member",
+            r#"{"mutableUsers": true, "users": [], "groups": [{"name": "a", "members": []}, {"name": "b", "member": ["x"]}]}"#.into(),
+            &["groups[1].member", "unknown field `member`"],
+        ),
+        (
+            "subUidRanges[0].startUID",
+            format!(r#"{{"mutableUsers": true, "users": [{}], "groups": []}}"#, user("u", r#", "subUidRanges": [{"startUID": 1, "count": 2}]"#)),
+            &["users[0].subUidRanges[0].startUID", "unknown field `startUID`"],
+        ),
+        (
+            "NixOS key in a userborn user",
+            r#"{"users": [{"name": "u", "isSystemUser": true}], "groups": []}"#.into(),
+            &["users[0].isSystemUser", "unknown field `isSystemUser`", "userborn"],
+        ),
+        (
+            "top-level typo in NixOS's schema",
+            r#"{"mutableUsers": true, "users": [], "groups": [], "group": []}"#.into(),
+            &["unknown field `group`"],
+        ),
+        (
+            "wrong type with its position",
+            format!(r#"{{"mutableUsers": true, "users": [{}, {}], "groups": []}}"#, user("a", ""), user("b", r#", "uid": "1000""#)),
+            &["users[1].uid", "invalid type: string"],
+        ),
+    ];
+    for (case, json, words) in &cases {
+        let path = Path::new("/nix/store/x-users-groups.json");
+        let e = UsersSpec::from_json(path, json.as_bytes()).expect_err(case);
+        let msg = e.to_string();
+        assert_says(case, &msg, &["/nix/store/x-users-groups.json"]);
+        assert_says(case, &msg, words);
+    }
+}
+
+/// Issue #15 item 8: (uid_t)-1 as an id (chown then changes nothing) and names NixOS's
+/// users-groups.nix would refuse (`.`, `..`, control and bidi characters) were accepted.
+#[test]
+fn ids_and_names_follow_nixos_rules() {
+    let spec = |users: &str, groups: &str| {
+        format!(r#"{{"mutableUsers": true, "users": [{users}], "groups": [{groups}]}}"#)
+    };
+    let user = |name: &str, extra: &str| {
+        format!(
+            r#"{{"name": "{name}", "group": "users", "home": "/home/x", "shell": "/bin/sh"{extra}}}"#
+        )
+    };
+    let users_group = r#"{"name": "users", "gid": 100, "members": []}"#;
+    let long = "a".repeat(32);
+    let cases: Vec<(&str, String, &[&str])> = vec![
+        (
+            "uid -1",
+            spec(&user("a", r#", "uid": 4294967295"#), users_group),
+            &["users.a.uid", "4294967295", "(uid_t)-1", "below 4294967295"],
+        ),
+        (
+            "gid -1",
+            spec(&user("a", ""), r#"{"name": "g", "gid": 4294967295}"#),
+            &["groups.g.gid", "(gid_t)-1"],
+        ),
+        (
+            "primary gid -1",
+            spec(
+                r#"{"name": "a", "group": "4294967295", "home": "/h"}"#,
+                users_group,
+            ),
+            &["users.a.group", "4294967295"],
+        ),
+        (
+            "primary gid beyond 32 bits",
+            spec(
+                r#"{"name": "a", "group": "99999999999", "home": "/h"}"#,
+                users_group,
+            ),
+            &["users.a.group", "99999999999"],
+        ),
+        (
+            "user .",
+            spec(
+                &format!("{},{}", user("ok", ""), user(".", "")),
+                users_group,
+            ),
+            &["users[1].name", "\".\"", "path components", "a-z A-Z 0-9"],
+        ),
+        (
+            "user ..",
+            spec(&user("..", ""), users_group),
+            &["users[0].name", "\"..\""],
+        ),
+        (
+            "user with U+202E",
+            spec(&user("adm\u{202e}nimda", ""), users_group),
+            &["users[0].name", "\\u{202e}", "[a-zA-Z0-9_.][a-zA-Z0-9_.-]*"],
+        ),
+        (
+            "user with BEL",
+            spec(&user("a\\u0007b", ""), users_group),
+            &["users[0].name", "\\u{7}"],
+        ),
+        (
+            "user with a leading -",
+            spec(&user("-x", ""), users_group),
+            &["\"-x\"", "does not match"],
+        ),
+        (
+            "user with a space",
+            spec(&user("a b", ""), users_group),
+            &["\"a b\""],
+        ),
+        (
+            "user not ASCII",
+            spec(&user("jürgen", ""), users_group),
+            &["jürgen", "does not match"],
+        ),
+        (
+            "user of 32 characters",
+            spec(&user(&long, ""), users_group),
+            &["longer than 31 characters"],
+        ),
+        (
+            "empty user name",
+            spec(&user("", ""), users_group),
+            &["users[0].name", "empty"],
+        ),
+        (
+            "group ..",
+            spec("", r#"{"name": "..", "gid": 5}"#),
+            &["groups[0].name", "\"..\""],
+        ),
+        (
+            "group with U+202E",
+            spec("", "{\"name\": \"wheel\u{202e}\"}"),
+            &["groups[0].name", "\\u{202e}"],
+        ),
+        (
+            "member ..",
+            spec("", r#"{"name": "wheel", "members": [".."]}"#),
+            &["groups.wheel.members", "\"..\""],
+        ),
+    ];
+    for (case, json, words) in &cases {
+        let path = Path::new("/nix/store/x-users-groups.json");
+        let e = UsersSpec::from_json(path, json.as_bytes()).expect_err(case);
+        let msg = e.to_string();
+        assert_says(case, &msg, &["/nix/store/x-users-groups.json"]);
+        assert_says(case, &msg, words);
+    }
+    // What the rule allows: 31 characters, dots, underscores, a leading digit, and the
+    // largest usable ids.
+    let ok = spec(
+        &[
+            user(&"a".repeat(31), r#", "uid": 4294967294"#),
+            user("_svc.x-1", ""),
+            user("1password", ""),
+        ]
+        .join(","),
+        r#"{"name": "users", "gid": 4294967294, "members": ["_svc.x-1"]}"#,
+    );
+    UsersSpec::from_json(Path::new("/u.json"), ok.as_bytes()).expect("valid names and ids");
+}
+
 // ---- /etc ------------------------------------------------------------------------------------
 
 #[test]

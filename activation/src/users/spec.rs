@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 pub enum Flavor {
     /// `update-users-groups.pl`'s `{ mutableUsers, users, groups }`.
     Perl,
-    /// userborn's `{ users, groups, normalUidRange?, normalGidRange? }`.
+    /// userborn's `{ users, groups? }` (as userborn.nix writes it).
     Userborn,
 }
 
@@ -63,10 +63,17 @@ pub enum SpecError {
         path: PathBuf,
         error: std::io::Error,
     },
+    /// Not JSON, or JSON of the wrong shape for the schema it was read as.
     Json {
         path: PathBuf,
+        /// Where in the document (`users[3].uid`), empty for the whole document.
+        at: String,
+        /// The schema it was read as; `None` when it is not JSON at all.
+        flavor: Option<Flavor>,
         error: serde_json::Error,
     },
+    /// JSON, but neither schema: an array, `{}`, or an object without `users`.
+    NotASpec { path: PathBuf, problem: String },
     Invalid {
         path: PathBuf,
         field: String,
@@ -84,10 +91,35 @@ impl fmt::Display for SpecError {
                  (nix-store --verify-path)",
                 path.display()
             ),
-            Self::Json { path, error } => write!(
+            Self::Json {
+                path,
+                at,
+                flavor,
+                error,
+            } => {
+                write!(f, "{}: not a valid users/groups spec: ", path.display())?;
+                if !at.is_empty() {
+                    write!(f, "{at}: ")?;
+                }
+                let hint = match flavor {
+                    None => "it must be the JSON that users-groups.nix (or userborn.nix) generates",
+                    Some(Flavor::Perl) => {
+                        "read as the users-groups.json that NixOS's users-groups.nix generates \
+                         (it has mutableUsers): fix or remove the key"
+                    }
+                    Some(Flavor::Userborn) => {
+                        "read as userborn's config (there is no mutableUsers key): fix or remove \
+                         the key, or add mutableUsers, users and groups for users-groups.nix's \
+                         schema"
+                    }
+                };
+                write!(f, "{error}; {hint}")
+            }
+            Self::NotASpec { path, problem } => write!(
                 f,
-                "{}: not a valid users/groups spec: {error}; it must be the JSON that \
-                 users-groups.nix (or userborn.nix) generates",
+                "{}: not a users/groups spec: {problem}; pass the users-groups.json that \
+                 users-groups.nix generates (an object with mutableUsers, users and groups) \
+                 or userborn's config (users and groups)",
                 path.display()
             ),
             Self::Invalid {
@@ -104,13 +136,13 @@ impl std::error::Error for SpecError {}
 
 // ---- update-users-groups.pl JSON ------------------------------------------------------------
 
+/// Every key users-groups.nix writes is required at the top level, and no key is unknown at
+/// any level: a misspelt key is an error, not a default.
 #[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct PerlSpec {
     mutable_users: bool,
-    #[serde(default)]
     users: Vec<PerlUser>,
-    #[serde(default)]
     groups: Vec<PerlGroup>,
 }
 
@@ -133,7 +165,7 @@ impl StrOrNum {
 }
 
 #[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct PerlUser {
     name: String,
     uid: Option<u32>,
@@ -164,20 +196,21 @@ struct PerlUser {
 }
 
 #[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct PerlSubUid {
     start_uid: u32,
     count: u32,
 }
 
 #[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct PerlSubGid {
     start_gid: u32,
     count: u32,
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct PerlGroup {
     name: String,
     gid: Option<u32>,
@@ -187,17 +220,18 @@ struct PerlGroup {
 
 // ---- userborn JSON --------------------------------------------------------------------------
 
+/// `users` is required (it is what tells this schema apart from an arbitrary object);
+/// `groups` may be left out.
 #[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct UbSpec {
-    #[serde(default)]
     users: Vec<UbUser>,
     #[serde(default)]
     groups: Vec<UbGroup>,
 }
 
 #[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct UbUser {
     #[serde(default)]
     is_normal: bool,
@@ -221,18 +255,37 @@ struct UbUser {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct UbRange {
     start: u32,
     count: u32,
 }
 
 #[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct UbGroup {
     name: String,
     gid: Option<u32>,
     #[serde(default)]
     members: Vec<String>,
+}
+
+/// The document read as `flavor`'s schema, with the position of the first error in it.
+fn typed<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    bytes: &[u8],
+    flavor: Flavor,
+) -> Result<T, SpecError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let at = e.path().to_string();
+        SpecError::Json {
+            path: path.to_path_buf(),
+            at: if at == "." { String::new() } else { at },
+            flavor: Some(flavor),
+            error: e.into_inner(),
+        }
+    })
 }
 
 /// Days since 1970-01-01 of a `YYYY-MM-DD` date (proleptic Gregorian), `None` if invalid.
@@ -252,40 +305,44 @@ fn default_shell_for(shell: Option<String>) -> Option<String> {
 }
 
 impl UsersSpec {
-    /// Parse either schema: a top-level `mutableUsers` key means update-users-groups.pl's.
+    /// Parse either schema. The document must be a JSON object; one with `mutableUsers` is
+    /// update-users-groups.pl's schema, one with `users` but no `mutableUsers` userborn's.
+    /// Both are read strictly (required keys, types, no unknown keys), so a misspelt
+    /// `mutableUsers` fails as an unknown key of userborn's schema instead of switching
+    /// schema, and an empty or foreign object is refused instead of wiping the accounts.
     pub fn from_json(path: &Path, bytes: &[u8]) -> Result<UsersSpec, SpecError> {
-        let json = |error| SpecError::Json {
-            path: path.to_path_buf(),
-            error,
-        };
-        // Which schema: NixOS's is tried first, in one typed pass. Only when that fails does
-        // a second pass look for the key (skipping everything else without building it),
-        // to tell which error to report — the probe's own (a syntax error), NixOS's (the key
-        // is there), or none (userborn's schema, parsed next). This picks the same schema
-        // and error as probing first, since NixOS's schema requires the key.
-        /// Whether the key is there at all (even as `null`, which the typed pass refuses).
-        #[derive(Default)]
-        struct Present(bool);
-        impl<'de> Deserialize<'de> for Present {
-            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                serde::de::IgnoredAny::deserialize(d).map(|_| Present(true))
-            }
-        }
-        #[derive(Deserialize)]
-        struct Probe {
-            #[serde(rename = "mutableUsers", default)]
-            mutable_users: Present,
-        }
-        let spec = match serde_json::from_slice::<PerlSpec>(bytes) {
-            Ok(p) => Self::from_perl(path, p)?,
-            Err(perl_error) => {
-                let probe: Probe = serde_json::from_slice(bytes).map_err(json)?;
-                if probe.mutable_users.0 {
-                    return Err(json(perl_error));
+        // A first pass reads the top-level keys only (skipping the values without building
+        // them): it reports syntax errors as such, whatever the schema, and picks the schema.
+        let top: BTreeMap<String, serde::de::IgnoredAny> =
+            serde_json::from_slice(bytes).map_err(|error| {
+                if error.classify() == serde_json::error::Category::Data {
+                    SpecError::NotASpec {
+                        path: path.to_path_buf(),
+                        problem: format!("the top level is not a JSON object ({error})"),
+                    }
+                } else {
+                    SpecError::Json {
+                        path: path.to_path_buf(),
+                        at: String::new(),
+                        flavor: None,
+                        error,
+                    }
                 }
-                let u: UbSpec = serde_json::from_slice(bytes).map_err(json)?;
-                Self::from_userborn(u)
-            }
+            })?;
+        let spec = if top.contains_key("mutableUsers") {
+            Self::from_perl(path, typed(path, bytes, Flavor::Perl)?)?
+        } else if top.contains_key("users") {
+            Self::from_userborn(typed(path, bytes, Flavor::Userborn)?)
+        } else {
+            let keys: Vec<String> = top.keys().map(|k| format!("{k:?}")).collect();
+            return Err(SpecError::NotASpec {
+                path: path.to_path_buf(),
+                problem: if keys.is_empty() {
+                    "it is an empty object: the key users is missing".to_owned()
+                } else {
+                    format!("the key users is missing (it has {})", keys.join(", "))
+                },
+            });
         };
         spec.validate(path)?;
         Ok(spec)
@@ -445,10 +502,30 @@ impl UsersSpec {
             problem,
             fix: fix.to_owned(),
         };
+        if self.users.is_empty() && self.groups.is_empty() {
+            return Err(bad(
+                "users, groups".into(),
+                "the spec declares no user and no group (applied, it would empty /etc/group \
+                 and lock or remove every account)"
+                    .into(),
+                "pass the generation's users-groups.json: NixOS always declares at least the \
+                 root group",
+            ));
+        }
         let field_ok = |s: &str| !s.contains(':') && !s.contains('\n');
         let mut users = Identities::new("user", "uid");
-        for u in &self.users {
-            users.claim(&u.name, u.uid, &bad)?;
+        for (index, u) in self.users.iter().enumerate() {
+            users.claim(index, &u.name, u.uid, &bad)?;
+            if !u.group.is_empty() && u.group.bytes().all(|b| b.is_ascii_digit()) {
+                let gid = u.group.parse::<u32>().ok().filter(|&g| g != NO_ID);
+                if gid.is_none() {
+                    return Err(bad(
+                        format!("users.{}.group", u.name),
+                        format!("gid {} is not below 4294967295 ((gid_t)-1)", u.group),
+                        "name the group, or use a gid below 4294967295",
+                    ));
+                }
+            }
             for (field, value) in [
                 ("description", u.description.as_str()),
                 ("home", u.home.as_str()),
@@ -484,29 +561,48 @@ impl UsersSpec {
             }
         }
         let mut groups = Identities::new("group", "gid");
-        for g in &self.groups {
-            groups.claim(&g.name, g.gid, &bad)?;
-            if let Some(m) = g.members.iter().find(|m| !name_ok(m)) {
-                return Err(bad(
-                    format!("groups.{}.members", g.name),
-                    format!("{m:?} is not a valid user name"),
-                    "list user names only",
-                ));
+        for (index, g) in self.groups.iter().enumerate() {
+            groups.claim(index, &g.name, g.gid, &bad)?;
+            for m in &g.members {
+                if let Some(why) = name_problem(m) {
+                    return Err(bad(
+                        format!("groups.{}.members", g.name),
+                        format!("{m:?} is not a valid user name: {why}"),
+                        NAME_FIX,
+                    ));
+                }
             }
         }
         Ok(())
     }
 }
 
-/// A name the account files can hold: no separators, no control characters, no leading
-/// `-` (it would read as an option to shadow's tools).
-fn name_ok(n: &str) -> bool {
-    !n.is_empty()
-        && n.len() <= 256
-        && !n.starts_with('-')
-        && n.chars()
-            .all(|c| !c.is_control() && !matches!(c, ':' | ',' | '/' | ' '))
+/// `(uid_t)-1`: chown(2) and setresuid(2) read it as "leave unchanged", so no account
+/// may have it (NixOS's ids are C ints; we refuse what the kernel cannot use).
+const NO_ID: u32 = u32::MAX;
+
+/// What makes `n` unusable as a user or group name, by NixOS's rule (users-groups.nix
+/// asserts the regex, which mirrors shadow's `is_valid_name`, and a length below 32); and
+/// `.`/`..`, which the regex lets through but shadow refuses (a home `/home/..`).
+fn name_problem(n: &str) -> Option<&'static str> {
+    let first_ok = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.');
+    let rest_ok = |b: u8| first_ok(b) || b == b'-';
+    if n.is_empty() {
+        Some("it is empty")
+    } else if n.len() > 31 {
+        Some("it is longer than 31 characters")
+    } else if n == "." || n == ".." {
+        Some("'.' and '..' are path components, not names")
+    } else if !(first_ok(n.as_bytes()[0]) && n.bytes().all(rest_ok)) {
+        Some("it does not match [a-zA-Z0-9_.][a-zA-Z0-9_.-]*")
+    } else {
+        None
+    }
 }
+
+/// How to fix a name [`name_problem`] refuses.
+const NAME_FIX: &str = "use 1 to 31 of the characters a-z A-Z 0-9 _ . and - (not first), \
+                        as users-groups.nix requires";
 
 /// The names and ids of one kind of account (users or groups) seen so far in a spec, so
 /// that each kind gets the same checks: a valid name, declared once, an id of its own.
@@ -527,18 +623,27 @@ impl<'a> Identities<'a> {
         }
     }
 
+    /// `name` and `id` of the `index`th declared account of this kind.
     fn claim(
         &mut self,
+        index: usize,
         name: &'a str,
         id: Option<u32>,
         bad: &dyn Fn(String, String, &str) -> SpecError,
     ) -> Result<(), SpecError> {
         let (kind, id_name) = (self.kind, self.id_name);
-        if !name_ok(name) {
+        if let Some(why) = name_problem(name) {
             return Err(bad(
-                format!("{kind}s[].name"),
-                format!("{name:?} is not a valid {kind} name"),
-                "use letters, digits, '_', '-' and '.'",
+                format!("{kind}s[{index}].name"),
+                format!("{name:?} is not a valid {kind} name: {why}"),
+                NAME_FIX,
+            ));
+        }
+        if id == Some(NO_ID) {
+            return Err(bad(
+                format!("{kind}s.{name}.{id_name}"),
+                format!("{id_name} {NO_ID} is ({id_name}_t)-1, which chown and setuid read as \"no change\""),
+                &format!("use a {id_name} below {NO_ID}, or none to allocate one"),
             ));
         }
         if !self.names.insert(name) {
