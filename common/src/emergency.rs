@@ -13,6 +13,7 @@ use rustix::termios::{self, LocalModes, OptionalActions};
 /// Shells the failure path can offer, when the initrd carries one.
 const SHELLS: &[&str] = &["/bin/sh", "/bin/ash", "/bin/bash"];
 
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FailurePolicy {
     /// First line of the menu: what this program was doing.
     pub header: &'static str,

@@ -18,6 +18,7 @@ pub mod envelope;
 pub mod glob;
 pub mod kmsg;
 pub mod mounts;
+pub mod panic_hook;
 pub mod rootfs;
 pub mod stage1_config;
 pub mod timing;

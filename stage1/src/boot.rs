@@ -17,6 +17,7 @@ use stagehand_common::timing::monotonic_us;
 use crate::plan::{BreakPoint, Plan, TARGET_ROOT};
 use crate::{attempts, init_path, root, secrets, sys};
 use stagehand_common::emergency::{fail, FailurePolicy};
+use stagehand_common::panic_hook::{self, PanicRoute};
 
 const STAGE1_HEADER: &str =
     "An error occurred in stage 1 of the boot process, which must mount the \
@@ -35,6 +36,8 @@ pub fn main() {
         );
         std::process::exit(2);
     }
+    // A panic, too, ends in the failure menu rather than killing PID 1.
+    panic_hook::install(PanicRoute::Menu(FailurePolicy::new(STAGE1_HEADER)));
     let started = Instant::now();
     let times = attempts::Times {
         start_us: monotonic_us(),
@@ -66,6 +69,7 @@ fn run(started: Instant, mut times: attempts::Times) {
             // Use what the command line says about failing, even without a config.
             policy.panic_on_fail =
                 cmdline.flag("boot.panic_on_fail") || cmdline.flag("stage1panic");
+            panic_hook::set_route(PanicRoute::Menu(policy.clone()));
             fail(&policy, "reading the stage-1 config", &e.to_string());
             Stage1Config::default()
         }
@@ -85,6 +89,7 @@ fn run(started: Instant, mut times: attempts::Times) {
         shell_on_fail: plan.shell_on_fail,
         console: plan.console.clone(),
     };
+    panic_hook::set_route(PanicRoute::Menu(policy.clone()));
     if plan.trace {
         log::set_max_level(log::LevelFilter::Debug);
         log::debug!("boot.trace: logging every step");

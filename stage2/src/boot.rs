@@ -21,6 +21,7 @@ use stagehand_common::cmdline::Cmdline;
 use stagehand_common::emergency::{fail, FailurePolicy};
 use stagehand_common::kmsg::KmsgLogger;
 use stagehand_common::mounts::mountinfo;
+use stagehand_common::panic_hook::{self, PanicRoute};
 use stagehand_common::rootfs::Root;
 use stagehand_common::timing::monotonic_us;
 
@@ -52,6 +53,12 @@ pub fn main() {
         log::error!("{}", plan::PlanError::NotPid1 { pid });
         std::process::exit(2);
     }
+    // A panic, too, goes through the one failure path (see `Failure`).
+    panic_hook::install(if systemd_stage1.as_deref() == Some("true") {
+        PanicRoute::Exit
+    } else {
+        PanicRoute::Menu(FailurePolicy::new(HEADER))
+    });
     run(pid, systemd_stage1);
 }
 
@@ -125,6 +132,9 @@ fn read_command_line(systemd_stage1: Option<&str>) -> (Failure, Cmdline) {
             .and_then(|c| c.split(',').next())
             .map(str::to_owned),
     };
+    if !failure.exit {
+        panic_hook::set_route(PanicRoute::Menu(failure.policy.clone()));
+    }
     (failure, cmdline)
 }
 
