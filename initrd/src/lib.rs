@@ -21,6 +21,7 @@
 pub mod compress;
 pub mod cpio;
 pub mod elf;
+pub mod input;
 pub mod modules;
 pub mod objects;
 pub mod output;
@@ -50,6 +51,7 @@ pub const SKELETON_DIRS: &[&str] = &["/dev", "/etc", "/mnt-root", "/proc", "/run
 /// Everything `build` needs. Serialised as JSON for the CLI (`stagehand-initrd build
 /// --spec`).
 #[derive(Deserialize, Serialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
 pub struct InitrdSpec {
     /// The stage-1 binary; becomes `/init` (mode 0755).
     pub stage1: PathBuf,
@@ -87,6 +89,7 @@ pub struct InitrdSpec {
 /// `SpecExtras::default()` and set fields (it is `non_exhaustive` for that reason). The
 /// CLI's spec JSON takes these keys in the same object as the `InitrdSpec` ones.
 #[derive(Deserialize, Serialize, Debug, Clone, Default)]
+#[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct SpecExtras {
     /// Parameters per module (`"loop": "max_loop=16"`), passed to `finit_module` at boot.
@@ -117,8 +120,11 @@ pub struct SpecExtras {
     pub strip: bool,
 }
 
-/// The CLI's spec file: an [`InitrdSpec`] and [`SpecExtras`] in one JSON object.
+/// The CLI's spec file: an [`InitrdSpec`] and [`SpecExtras`] in one JSON object. A key
+/// neither knows is an error naming it: a misspelt `modulez` would otherwise build an
+/// initrd without modules and exit 0.
 #[derive(Deserialize, Serialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
 pub struct FullSpec {
     #[serde(flatten)]
     pub spec: InitrdSpec,
@@ -132,6 +138,7 @@ fn default_device_timeout_ms() -> u32 {
 
 /// A file (or directory tree) copied into the initrd at `target`.
 #[derive(Deserialize, Serialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
 pub struct ExtraFile {
     pub source: PathBuf,
     /// Absolute path inside the initrd.
@@ -600,7 +607,7 @@ fn module_closure(spec: &InitrdSpec) -> Result<modules::Closure, InitrdError> {
 }
 
 fn read_input(path: &Path, what: &'static str) -> Result<Vec<u8>, InitrdError> {
-    std::fs::read(path).map_err(|error| InitrdError::Io {
+    input::read_regular(path).map_err(|error| InitrdError::Io {
         path: path.to_owned(),
         what,
         error,
@@ -643,7 +650,7 @@ fn add_tree(
     let meta = std::fs::metadata(source).map_err(io)?;
     let context = || format!("extra file {} -> {target}", source.display());
     if meta.is_file() {
-        let data = std::fs::read(source).map_err(io)?;
+        let data = input::read_regular(source).map_err(io)?;
         archive
             .add(
                 target,
@@ -693,6 +700,7 @@ pub const SECRETS_DIR: &str = "/.initrd-secrets";
 
 /// A file kept out of the store and appended to the initrd at install time.
 #[derive(Deserialize, Serialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
 pub struct Secret {
     /// Absolute path it should have at boot, e.g. `/etc/ssh/ssh_host_ed25519_key`.
     pub dest: String,

@@ -184,7 +184,7 @@ pub fn read_module_file(path: &Path) -> Result<Vec<u8>, ModuleError> {
         error,
     };
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-    let raw = std::fs::read(path).map_err(io)?;
+    let raw = crate::input::read_regular(path).map_err(io)?;
     if name.ends_with(".ko.xz") {
         let mut out = Vec::new();
         lzma_rust2::XzReader::new(raw.as_slice(), true)
@@ -283,7 +283,7 @@ impl ModuleIndex {
         }
         let read_optional = |name: &str| -> Result<String, ModuleError> {
             let p = dir.join(name);
-            match std::fs::read_to_string(&p) {
+            match crate::input::read_regular_text(&p) {
                 Ok(s) => Ok(s),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
                 Err(error) => Err(ModuleError::Io { path: p, error }),
@@ -332,7 +332,7 @@ impl ModuleIndex {
                 for (name, path) in &self.by_name {
                     let info = if path.extension().is_some_and(|e| e == "ko") {
                         // Plain modules: a few positioned reads instead of the whole file.
-                        let file = std::fs::File::open(path)
+                        let file = crate::input::open_regular(path)
                             .map_err(|e| format!("{}: {e}", path.display()))?;
                         elf::find_section(&file, ".modinfo")
                             .map_err(|e| format!("{}: {e}", path.display()))?

@@ -25,15 +25,39 @@ use serde::{Deserialize, Serialize};
 use crate::cpio::{Archive, Entry, Node};
 use crate::{archive_err, default_perm, elf, InitrdError};
 
-/// One entry of make-initrd-ng's JSON input. Other keys (`dlopen`) are accepted and
-/// ignored.
+/// One entry of make-initrd-ng's JSON input. Its `dlopen` key is accepted and ignored;
+/// any other key is an error naming it (read through [`StoreObjectEntry`]).
 #[derive(Deserialize, Serialize, Debug, Clone, PartialEq, Eq)]
+#[serde(from = "StoreObjectEntry")]
 pub struct StoreObject {
     /// Absolute path on the build host; copied to the same path in the initrd.
     pub source: PathBuf,
     /// When set, `/<target>` in the initrd becomes a symlink to `source`.
     #[serde(default)]
     pub target: Option<String>,
+}
+
+/// The JSON form of a [`StoreObject`]: make-initrd-ng's keys, and nothing else, so a
+/// misspelt `sourc` is refused rather than read as an entry without a source.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoreObjectEntry {
+    source: PathBuf,
+    #[serde(default)]
+    target: Option<String>,
+    /// make-initrd-ng's dlopen hints; libraries a program dlopens are listed as their own
+    /// entries instead.
+    #[serde(default, rename = "dlopen")]
+    _dlopen: Option<serde::de::IgnoredAny>,
+}
+
+impl From<StoreObjectEntry> for StoreObject {
+    fn from(entry: StoreObjectEntry) -> Self {
+        StoreObject {
+            source: entry.source,
+            target: entry.target,
+        }
+    }
 }
 
 /// Where a conventional x86_64 Linux host keeps shared libraries (Debian's multiarch
@@ -257,7 +281,7 @@ impl Copier<'_> {
                 }
             }
         } else if meta.is_file() {
-            let data = std::fs::read(path).map_err(object_io(path))?;
+            let data = crate::input::read_regular(path).map_err(object_io(path))?;
             self.elf_dependencies(path, &data);
             self.archive
                 .add(
