@@ -147,7 +147,7 @@ fn add_entry(
             .sources
             .get(p)
             .ok_or_else(|| PlanError::Unmeasured { path: p.clone() })?;
-        let n = clean_name(p, src);
+        let n = clean_name(src);
         files.insert(n.clone(), p.clone());
         Ok(n)
     };
@@ -342,7 +342,6 @@ LABEL nixos-1-default
                 size: 100,
                 files: 3,
                 tree: true,
-                digest: None,
             },
         );
         let top = i.generations[0].spec.toplevel.clone();

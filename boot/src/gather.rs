@@ -1,13 +1,10 @@
 //! Everything the boot-loader planners need from the system root, read once up front so the
 //! planners stay pure: generations with their bootspecs and dates, and the size, canonical
-//! path and (outside the store) content digest of every file an entry refers to.
+//! path of every file an entry refers to (always in the store: see [`source`]).
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::io::Read;
 use std::path::{Path, PathBuf};
-
-use sha2::{Digest, Sha256};
 
 use stagehand_common::rootfs::{self, Root};
 
@@ -41,8 +38,6 @@ pub struct Source {
     pub size: u64,
     pub files: u64,
     pub tree: bool,
-    /// SHA-256 (hex) of the content, only for files outside the store.
-    pub digest: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -179,7 +174,6 @@ pub fn gather(root: &Root, profile: &Profile<'_>) -> Result<Inputs, GatherError>
                             size,
                             files,
                             tree: true,
-                            digest: None,
                         },
                     );
                     dtbs.insert(s.toplevel.clone(), canon);
@@ -241,43 +235,12 @@ fn source(root: &Root, path: &Path) -> std::io::Result<Source> {
         }
         None => return Err(std::io::ErrorKind::NotFound.into()),
     };
-    let digest = if canonical.starts_with(STORE_DIR) {
-        None
-    } else {
-        Some(sha256_file(root, &canonical)?)
-    };
     Ok(Source {
         canonical,
         size,
         files: 1,
         tree: false,
-        digest,
     })
-}
-
-fn sha256_file(root: &Root, path: &Path) -> std::io::Result<String> {
-    let (dir, name) = root.parent(path, None)?;
-    let fd = rustix::fs::openat(
-        &dir,
-        name.as_os_str(),
-        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::CLOEXEC,
-        rustix::fs::Mode::empty(),
-    )?;
-    let mut file = std::fs::File::from(fd);
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
 }
 
 fn ctime(root: &Root, path: &Path) -> Option<i64> {

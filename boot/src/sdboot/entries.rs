@@ -120,7 +120,7 @@ fn entry_for(
             .sources
             .get(p)
             .ok_or_else(|| PlanError::Unmeasured { path: p.clone() })?;
-        Ok(format!("/{NIXOS_DIR}/{}", efi_name(p, src)))
+        Ok(format!("/{NIXOS_DIR}/{}", efi_name(src)))
     };
     let mut options = format!("init={}", spec.init.display());
     for p in &spec.kernel_params {

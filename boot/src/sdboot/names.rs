@@ -2,7 +2,7 @@
 //! `EFI/nixos/` name of a kernel or initrd, our own debris, and which of two files for one
 //! entry the loader prefers.
 
-use std::path::Path;
+use std::path::Component;
 
 use super::ENTRY_PREFIX;
 use crate::entry_name::EntryName;
@@ -29,29 +29,21 @@ pub fn is_managed_stem(stem: &str) -> bool {
 
 /// File name in `EFI/nixos/` for a kernel, initrd or device tree: the store path with `/`
 /// turned into `-` (`<hash>-linux-6.1-bzImage.efi`, like NixOS's builder), so each content
-/// is stored once; outside the store, the content's SHA-256 stands in for the hash.
-pub fn efi_name(path: &Path, source: &Source) -> String {
-    format!("{}.efi", clean_name(path, source))
+/// is stored once.
+pub fn efi_name(source: &Source) -> String {
+    format!("{}.efi", clean_name(source))
 }
 
-/// `<hash>-<name>-<file>` for a store path, `<sha256>-<file>` otherwise.
-pub fn clean_name(path: &Path, source: &Source) -> String {
+/// `<hash>-<name>-<file>` from the resolved store path (`gather` admits no other).
+pub fn clean_name(source: &Source) -> String {
     let canon = &source.canonical;
-    if let Ok(rel) = canon.strip_prefix(STORE_DIR) {
-        let parts: Vec<String> = rel
-            .components()
-            .map(|c| c.as_os_str().to_string_lossy().into_owned())
-            .collect();
-        if !parts.is_empty() {
-            return sanitize(&parts.join("-"));
-        }
-    }
-    let base = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let digest = source.digest.as_deref().unwrap_or("");
-    sanitize(&format!("{}-{base}", &digest[..digest.len().min(32)]))
+    let rel = canon.strip_prefix(STORE_DIR).unwrap_or(canon);
+    let parts: Vec<String> = rel
+        .components()
+        .filter(|c| matches!(c, Component::Normal(_)))
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    sanitize(&parts.join("-"))
 }
 
 /// Keep file names within what FAT and the BLS allow.

@@ -270,6 +270,6 @@ fn source_for(inputs: &Inputs, name: &str) -> Option<PathBuf> {
     inputs
         .sources
         .iter()
-        .find(|(p, s)| !s.tree && efi_name(p, s) == name)
+        .find(|(_, s)| !s.tree && efi_name(s) == name)
         .map(|(p, _)| p.clone())
 }

@@ -1,5 +1,5 @@
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use super::*;
 use crate::bls;
@@ -35,7 +35,6 @@ fn source(p: &str, size: u64) -> (PathBuf, Source) {
             size,
             files: 1,
             tree: false,
-            digest: None,
         },
     )
 }
@@ -440,19 +439,4 @@ fn managed_names() {
     assert!(!is_managed_stem("nixos-generation-12-other"));
     assert!(!is_managed_stem("nixos-generation-12-specialisation-"));
     assert!(!is_managed_stem("nixos-foo-generation-1"));
-}
-
-#[test]
-fn names_outside_the_store_use_the_content_digest() {
-    let src = Source {
-        canonical: PathBuf::from("/boot-images/vmlinuz"),
-        size: 1,
-        files: 1,
-        tree: false,
-        digest: Some("ab".repeat(32)),
-    };
-    assert_eq!(
-        efi_name(Path::new("/boot-images/vmlinuz"), &src),
-        format!("{}-vmlinuz.efi", "ab".repeat(16))
-    );
 }
