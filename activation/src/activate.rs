@@ -1,12 +1,14 @@
 //! Activating a generation: the native replacement of `<toplevel>/activate`.
 //!
-//! Steps run in NixOS's order (names alphabetically, dependencies first). Built-in steps are
-//! native code; other snippets run with bash, one process per snippet, with `systemConfig`
-//! set, `NIXOS_ACTION` exported and the ERR trap NixOS uses, so a failing command marks the
-//! snippet failed while the snippet — and then the other steps — still run. Unlike NixOS's
-//! single script, shell variables do not carry from one snippet to the next, and `exit` in a
-//! snippet ends only that snippet. At the end `/run/current-system` is pointed at the
-//! generation (not in dry mode).
+//! Steps run in NixOS's order (names alphabetically, dependencies first; for a generation
+//! read from its `activate` script, the script's order). Built-in steps are native code;
+//! other snippets run with bash, one process per snippet, with `systemConfig` set,
+//! `NIXOS_ACTION` exported and the ERR trap NixOS uses, so a failing command marks the
+//! snippet failed while the snippet — and then the other steps — still run. A snippet that
+//! calls `exit` stops activation there, as it stops NixOS's single script: no later step
+//! runs and `/run/current-system` is not updated. Unlike NixOS's single script, shell
+//! variables do not carry from one snippet to the next. At the end `/run/current-system` is
+//! pointed at the generation (not in dry mode).
 
 use std::fmt;
 use std::io::Write;
@@ -92,6 +94,8 @@ pub struct ActivationReport {
     pub total: Duration,
     /// Whether `/run/current-system` now points at the generation.
     pub current_system_updated: bool,
+    /// The snippet that called `exit` (or whose shell died), which stopped activation.
+    pub stopped_by: Option<String>,
 }
 
 impl ActivationReport {
@@ -166,6 +170,7 @@ pub fn activate(
         dry,
         action: opts.action,
         etc_recheck: std::cell::RefCell::new(None),
+        stopped: std::cell::RefCell::new(None),
     };
     log::info!(
         "activating {} ({}{})",
@@ -185,6 +190,14 @@ pub fn activate(
             outcome,
             messages,
         });
+        if let Some(why) = ctx.stopped.take() {
+            log::error!(
+                "activation stopped: {why}; the remaining steps do not run and \
+                 /run/current-system is not updated, as with NixOS's activate script"
+            );
+            report.stopped_by = Some(name.clone());
+            break;
+        }
     }
     if let (Some(recheck), Some(tree)) = (ctx.etc_recheck.take(), &compiled.etc) {
         let t = Instant::now();
@@ -194,7 +207,7 @@ pub fn activate(
             t.elapsed().as_micros()
         );
     }
-    if !dry {
+    if !dry && report.stopped_by.is_none() {
         let t = Instant::now();
         let outcome = match point_current_system(&root, &compiled.toplevel) {
             Ok(true) => Outcome::Changed,
@@ -253,6 +266,8 @@ struct Ctx<'a> {
     /// Left by the etc step when it changed `/etc`: done after the other steps, by when
     /// the clock tick it has to wait for has passed ([`etc::Recheck`]).
     etc_recheck: std::cell::RefCell<Option<etc::Recheck>>,
+    /// Set by a snippet that called `exit`: why activation stops.
+    stopped: std::cell::RefCell<Option<String>>,
 }
 
 type StepResult = (Outcome, Vec<String>);
@@ -267,6 +282,11 @@ fn changed(c: bool) -> Outcome {
 
 impl Ctx<'_> {
     fn step(&self, name: &str) -> StepResult {
+        // A snippet named like a built-in whose text was not recognised (read from NixOS's
+        // activate script) runs as the bash it is.
+        if self.compiled.snippets.contains_key(name) {
+            return self.snippet(name);
+        }
         match name {
             "specialfs" => self.specialfs(),
             "users" => self.users(),
@@ -580,10 +600,23 @@ impl Ctx<'_> {
             .or_else(|| self.compiled.binsh.clone())
             .unwrap_or_else(|| "/bin/sh".to_owned());
         let quoted = self.compiled.toplevel.replace('\'', "'\\''");
+        // The snippet reports reaching its end through a pipe; a snippet that ends
+        // without doing so called `exit` (or its shell was killed).
+        let end = match EndSignal::new() {
+            Ok(e) => e,
+            Err(e) => {
+                return (
+                    Outcome::Failed(format!("cannot make a pipe for snippet '{name}': {e}")),
+                    Vec::new(),
+                )
+            }
+        };
         let script = format!(
-            "systemConfig='{quoted}'\n_localstatus=0\ntrap '_localstatus=$?' ERR\numask 0022\n\
-             {}\nexit $_localstatus\n",
-            s.text
+            "systemConfig='{quoted}'\n_status=0\n_localstatus=0\n\
+             trap \"_status=1 _localstatus=\\$?\" ERR\numask 0022\n{}\n\
+             printf x >&{}\nexit $_localstatus\n",
+            s.text,
+            end.fd_number()
         );
         let mut cmd = Command::new(&shell);
         cmd.arg("-c")
@@ -596,7 +629,29 @@ impl Ctx<'_> {
         if !self.root.is_host_root() {
             stagehand_common::chroot::chroot_command(&mut cmd, self.root.path());
         }
-        match cmd.status() {
+        let status = cmd.status();
+        let reached_end = end.reached();
+        match status {
+            Ok(st) if !reached_end => {
+                let how = st.code().map_or_else(
+                    || "its shell was killed".to_owned(),
+                    |c| format!("it called exit {c}"),
+                );
+                *self.stopped.borrow_mut() = Some(format!("snippet '{name}': {how}"));
+                if st.success() {
+                    (
+                        Outcome::Changed,
+                        vec![format!("{how}: activation stops here")],
+                    )
+                } else {
+                    (
+                        Outcome::Failed(format!(
+                            "Activation script snippet '{name}' stopped activation: {how}"
+                        )),
+                        Vec::new(),
+                    )
+                }
+            }
             Ok(st) if st.success() => (Outcome::Changed, Vec::new()),
             Ok(st) => (
                 Outcome::Failed(format!(
@@ -611,5 +666,38 @@ impl Ctx<'_> {
                 Vec::new(),
             ),
         }
+    }
+}
+
+/// A pipe whose write end a snippet inherits and writes one byte to when it reaches its
+/// end. Read without blocking after the shell has exited, so a daemon the snippet left
+/// running (holding the write end) cannot make activation wait.
+struct EndSignal {
+    read: rustix::fd::OwnedFd,
+    write: Option<rustix::fd::OwnedFd>,
+}
+
+impl EndSignal {
+    fn new() -> std::io::Result<EndSignal> {
+        let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+        // Only the write end crosses exec.
+        rustix::io::fcntl_setfd(&write, rustix::io::FdFlags::empty())?;
+        rustix::fs::fcntl_setfl(&read, rustix::fs::OFlags::NONBLOCK)?;
+        Ok(EndSignal {
+            read,
+            write: Some(write),
+        })
+    }
+
+    fn fd_number(&self) -> i32 {
+        use rustix::fd::AsRawFd;
+        self.write.as_ref().map_or(-1, AsRawFd::as_raw_fd)
+    }
+
+    /// Whether the byte arrived (call after the shell exited).
+    fn reached(mut self) -> bool {
+        self.write = None;
+        let mut buf = [0u8; 1];
+        matches!(rustix::io::read(&self.read, &mut buf), Ok(1))
     }
 }

@@ -16,6 +16,7 @@ pub mod compiled;
 pub mod crypt;
 pub mod etc;
 pub mod manifest;
+pub mod script;
 pub mod users;
 
 pub use activate::{

@@ -131,6 +131,15 @@ pub enum LoadError {
     },
     Etc(etc::EtcError),
     Users(crate::users::SpecError),
+    /// NixOS's `activate` script of a generation without `activation.json`.
+    Script {
+        path: PathBuf,
+        error: crate::script::ScriptError,
+    },
+    ScriptRead {
+        path: PathBuf,
+        error: std::io::Error,
+    },
     Write {
         path: PathBuf,
         error: std::io::Error,
@@ -193,6 +202,13 @@ impl fmt::Display for LoadError {
             ),
             Self::Etc(e) => e.fmt(f),
             Self::Users(e) => e.fmt(f),
+            Self::Script { path, error } => write!(f, "{}: {error}", path.display()),
+            Self::ScriptRead { path, error } => write!(
+                f,
+                "{}: cannot read the generation's activate script: {error}; check the \
+                 generation (nix-store --verify-path)",
+                path.display()
+            ),
             Self::Write { path, error } => write!(
                 f,
                 "{}: cannot write the plan: {error}; the generation must be writable while \
@@ -272,9 +288,18 @@ pub fn from_sources(root: &Root, toplevel: &Path) -> Result<CompiledPlan, LoadEr
                 error,
             })?
         }
+        Ok(None)
+            if root
+                .lstat(&top.join(crate::script::ACTIVATE_NAME))
+                .is_ok_and(|n| n.is_some()) =>
+        {
+            // A generation as nixpkgs builds it: its own activate script says what to do.
+            return crate::script::from_script(root, &top);
+        }
         Ok(None) => {
             log::warn!(
-                "{} does not exist: activating /etc only (no users, no snippets)",
+                "{} does not exist, nor does an activate script: activating /etc only (no \
+                 users, no snippets)",
                 root.host_path(&mpath).display()
             );
             ManifestJson {
