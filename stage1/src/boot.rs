@@ -15,7 +15,7 @@ use stagehand_common::stage1_config::{Stage1Config, STAGE1_CONFIG_PATH};
 use stagehand_common::timing::monotonic_us;
 
 use crate::plan::{BreakPoint, Plan, TARGET_ROOT};
-use crate::{attempts, init_path, root, secrets, sys};
+use crate::{attempts, carried, init_path, root, secrets, sys};
 use stagehand_common::emergency::{fail, FailurePolicy};
 use stagehand_common::panic_hook::{self, PanicRoute};
 
@@ -178,14 +178,55 @@ fn run(started: Instant, mut times: attempts::Times) {
     };
     times.phases.since("find init=", t);
     let init = attempts::count_boot(new_root, &cmdline, init, &mut times);
+    let program = stage2_program(new_root, &init, &cmdline, &policy);
     log::info!(
-        "switching root to {TARGET_ROOT}, stage 2 is {init} (stage 1 took {} ms)",
+        "switching root to {TARGET_ROOT}, stage 2 is {init}{} (stage 1 took {} ms)",
+        if program == init {
+            String::new()
+        } else {
+            format!(" run as {program}")
+        },
         started.elapsed().as_millis()
     );
-    let e = sys::switch_root(new_root, &init);
+    let e = sys::switch_root(new_root, &program, &init);
     fail(&policy, "switching to the new root", &e);
     log::error!("nothing left to try after a failed switch_root; waiting for a reboot");
     loop {
         std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+/// The program to exec as stage 2 for the generation whose `init` is `init`: that init, or
+/// our stage 2 carried in the initrd for a generation nixpkgs built (see [`carried`]).
+fn stage2_program(
+    new_root: &Path,
+    init: &str,
+    cmdline: &Cmdline,
+    policy: &FailurePolicy,
+) -> String {
+    let has_carried = Path::new(carried::CARRIED).is_file();
+    let (choice, reason) = carried::choose(new_root, init, cmdline, has_carried);
+    match choice {
+        carried::Stage2::Generation => {
+            if has_carried {
+                log::info!("running the generation's own init: {reason}");
+            }
+            init.to_owned()
+        }
+        carried::Stage2::Carried => {
+            log::info!("{reason}");
+            loop {
+                match carried::install(Path::new(carried::CARRIED), Path::new(carried::RUN_COPY)) {
+                    Ok(()) => break carried::RUN_COPY.to_owned(),
+                    Err(e) => {
+                        fail(policy, "installing the carried stage 2", &e);
+                        // "Continue": fall back to the generation's own init.
+                        if cmdline.get(carried::PARAM).is_none() {
+                            break init.to_owned();
+                        }
+                    }
+                }
+            }
+        }
     }
 }

@@ -18,6 +18,7 @@ mod bad_input_tests;
 pub mod boot;
 #[cfg(test)]
 mod boot_tests;
+pub mod carried;
 pub mod devices;
 pub mod fsck;
 pub mod init_path;

@@ -168,8 +168,10 @@ fn remove_on_device(dir: &Path, dev: u64) {
 }
 
 /// Move the special filesystems into the new root, free the initramfs, make the new root
-/// `/` and exec `init` there with an empty environment. Returns only on failure.
-pub fn switch_root(new_root: &Path, init: &str) -> String {
+/// `/` and exec `program` there with `argv[0]` = `init` and an empty environment (`program`
+/// is `init` itself, unless stage 1 runs its carried stage 2 for the generation `init`
+/// names). Returns only on failure.
+pub fn switch_root(new_root: &Path, program: &str, init: &str) -> String {
     for m in ["/proc", "/sys", "/dev", "/run"] {
         let target = target_path(new_root, m);
         if let Err(e) = mkdir_p(&target, 0o755) {
@@ -204,11 +206,11 @@ pub fn switch_root(new_root: &Path, init: &str) -> String {
         log::warn!("/ was not an initramfs (ramfs/tmpfs); left its contents alone");
     }
     use std::os::unix::process::CommandExt;
-    let e = std::process::Command::new(init)
+    let e = std::process::Command::new(program)
         .arg0(init)
         .env_clear()
         .exec();
-    format!("cannot execute stage 2 {init}: {e}")
+    format!("cannot execute stage 2 {program}: {e}")
 }
 
 /// Files some tools expect in any Linux root: e2fsck looks at `/etc/mtab` (here a link to
