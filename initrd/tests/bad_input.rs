@@ -418,3 +418,74 @@ fn bad_archives_for_list_and_append_secrets() {
         );
     }
 }
+
+/// Issue #15 item 6: a misspelt key used to build an initrd without modules (exit 0), and
+/// `"stage1": "/dev/zero"` read until memory ran out.
+#[test]
+fn misspelt_keys_and_inputs_that_are_not_files_are_refused() {
+    for (key, value) in [
+        ("compresion", r#""none""#),
+        ("modulez", r#"["virtio_blk"]"#),
+        ("module", r#"["virtio_blk"]"#),
+        ("filesystem", "[]"),
+    ] {
+        let c = Case::new();
+        let spec = c.spec(&[], &format!("{key:?}: {value}"));
+        c.build_fails(
+            key,
+            &spec,
+            &["spec.json", &format!("unknown field `{key}`")],
+        );
+    }
+    let c = Case::new();
+    let spec = c.spec(
+        &[],
+        r#""extra_files": [{"sorce": "/etc/hostname", "target": "/etc/x"}]"#,
+    );
+    c.build_fails("misspelt extra file key", &spec, &["unknown field `sorce`"]);
+
+    // A device and a FIFO as the stage-1 binary: refused at once, not read or waited on.
+    let timeout = stagehand_testkit::host::require_tool("timeout");
+    for (case, make, words) in [
+        (
+            "character device",
+            None,
+            ["/dev/zero", "a character device"],
+        ),
+        ("FIFO", Some("fifo"), ["fifo", "a FIFO"]),
+    ] {
+        let c = Case::new();
+        let source = match make {
+            None => PathBuf::from("/dev/zero"),
+            Some(name) => {
+                let p = c.path(name);
+                let made = Command::new(stagehand_testkit::host::require_tool("mkfifo"))
+                    .arg(&p)
+                    .status()
+                    .expect("mkfifo");
+                assert!(made.success());
+                p
+            }
+        };
+        let json = format!(r#"{{"stage1": {source:?}, "compression": "none"}}"#);
+        let spec = c.write("spec.json", json.as_bytes());
+        let out = Command::new(&timeout)
+            .args([
+                "20",
+                env!("CARGO_BIN_EXE_stagehand-initrd"),
+                "build",
+                "--spec",
+            ])
+            .arg(&spec)
+            .arg("-o")
+            .arg(c.path("initrd.img"))
+            .output()
+            .expect("run");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{case}: {stderr}");
+        for w in words {
+            assert!(stderr.contains(w), "{case}: {w:?} missing from: {stderr}");
+        }
+        assert!(!c.path("initrd.img").exists(), "{case}");
+    }
+}
