@@ -34,7 +34,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Build an initrd from a spec (see initrd/README.md for its keys)
+    /// Build an initrd from a spec (see initrd/README.md for its keys), or for an unmodified
+    /// NixOS generation (--system)
     #[command(after_help = EXIT_STATUS)]
     Build(BuildArgs),
     /// Decompress an initrd (gzip, zstd or xz, by magic) and list its cpio entries
@@ -61,17 +62,22 @@ struct BuildArgs {
     system: Option<PathBuf>,
     /// With --system: the directory the generation lives under; TOPLEVEL and every
     /// symlink in it are resolved inside it
-    #[arg(long, value_name = "DIR", default_value = "/", requires = "system")]
+    #[arg(long, value_name = "DIR", default_value = "/", conflicts_with = "spec")]
     root: PathBuf,
     /// With --system: further modules to load (comma-separated, may be repeated)
-    #[arg(long, value_name = "A,B,C", value_delimiter = ',', requires = "system")]
+    #[arg(
+        long,
+        value_name = "A,B,C",
+        value_delimiter = ',',
+        conflicts_with = "spec"
+    )]
     modules: Vec<String>,
     /// With --system: the generic set of disk-controller and keyboard drivers (those in
     /// the kernel's tree; see initrd/README.md)
-    #[arg(long, requires = "system")]
+    #[arg(long, conflicts_with = "spec")]
     generic: bool,
     /// With --system: the drivers this host's boot disks use, read from /sys
-    #[arg(long, requires = "system")]
+    #[arg(long, conflicts_with = "spec")]
     host_only: bool,
     /// The stage-1 binary (/init); with --system the default is `stage1` next to this
     /// executable; with --spec it replaces the spec's
