@@ -161,6 +161,9 @@ impl fmt::Display for Choice {
             writeln!(f, "skip {what}: {why} (fstab line {line})")?;
         }
         let list = |v: &[(String, String)]| {
+            if v.is_empty() {
+                return "none".to_owned();
+            }
             v.iter()
                 .map(|(m, why)| format!("{m} ({why})"))
                 .collect::<Vec<_>>()
