@@ -192,9 +192,14 @@ fn fixture(fstab: &str) -> Fixture {
 
     f.write("/nix/store/dddd-fstab", fstab.as_bytes());
     f.link("/nix/store/cccc-etc/etc/fstab", "/nix/store/dddd-fstab");
+    // hardware.firmware is a buildEnv too: its files are links into each package.
     f.write(
-        "/nix/store/eeee-firmware/lib/firmware/virtio/fw.bin.xz",
+        "/nix/store/gggg-linux-firmware/lib/firmware/virtio/fw.bin.xz",
         b"firmware blob",
+    );
+    f.link(
+        "/nix/store/eeee-firmware/lib/firmware/virtio/fw.bin.xz",
+        "/nix/store/gggg-linux-firmware/lib/firmware/virtio/fw.bin.xz",
     );
 
     f.link(&format!("{TOPLEVEL}/etc"), "/nix/store/cccc-etc/etc");
