@@ -16,16 +16,24 @@
 //!
 //! Layout inside the initrd: `/init`, `/etc/stagehand/stage1.cfg`, modules as
 //! `/lib/modules/<name>.ko` (unpacked, signatures stripped unless kept), firmware under
-//! `/lib/firmware/`, the directories stage 1 mounts onto, and `/dev/console`.
+//! `/lib/firmware/`, our stage 2 at [`STAGE2_PATH`] when one is given, the directories
+//! stage 1 mounts onto, and `/dev/console`.
+//!
+//! [`system::spec_from_system`] makes the spec for an unmodified NixOS generation.
 
 pub mod compress;
+pub mod confined;
 pub mod cpio;
 pub mod elf;
+pub mod fstab;
 pub mod input;
 pub mod modules;
 pub mod objects;
 pub mod output;
 pub mod strip;
+pub mod system;
+#[cfg(test)]
+mod system_tests;
 #[cfg(test)]
 mod tests;
 
@@ -44,6 +52,10 @@ pub const MODULES_DIR: &str = "/lib/modules";
 
 /// Where the kernel's firmware loader looks first.
 pub const FIRMWARE_DIR: &str = "/lib/firmware";
+
+/// Where our stage-2 binary goes when the spec names one (`stage2`): stage 1 runs it for
+/// a generation whose `init` is not ours (an unmodified NixOS generation).
+pub const STAGE2_PATH: &str = "/stagehand/stage2";
 
 /// Directories stage 1 mounts onto or writes to; they exist even when nothing is in them.
 pub const SKELETON_DIRS: &[&str] = &["/dev", "/etc", "/mnt-root", "/proc", "/run", "/sys", "/tmp"];
@@ -118,6 +130,15 @@ pub struct SpecExtras {
     /// Kernel modules are never touched.
     #[serde(default)]
     pub strip: bool,
+    /// Our stage-2 binary, copied to [`STAGE2_PATH`] (mode 0755).
+    #[serde(default)]
+    pub stage2: Option<PathBuf>,
+    /// A directory holding a whole system (a mounted disk, a VM fixture): `modules_dir`
+    /// and `firmware_dirs` are host paths under it, and every symlink met below them is
+    /// followed as if it were `/` (NixOS's trees are absolute links into `/nix/store`).
+    /// A link leading out of it is an error. `None`: symlinks are followed on the host.
+    #[serde(default)]
+    pub root: Option<PathBuf>,
 }
 
 /// The CLI's spec file: an [`InitrdSpec`] and [`SpecExtras`] in one JSON object. A key
@@ -256,6 +277,8 @@ pub enum InitrdError {
     SymlinkLoop {
         path: PathBuf,
     },
+    /// A path under `root` that cannot be followed inside it.
+    Path(confined::ConfinedError),
 }
 
 impl fmt::Display for InitrdError {
@@ -292,6 +315,7 @@ impl fmt::Display for InitrdError {
                  links or list the real file",
                 path.display()
             ),
+            Self::Path(e) => write!(f, "initrd: {e}"),
         }
     }
 }
@@ -392,7 +416,20 @@ fn assemble(
         )
         .map_err(archive_err("/init"))?;
 
-    let mut closure = module_closure(spec)?;
+    if let Some(stage2) = &extras.stage2 {
+        let data = read_input(stage2, "stage-2 binary")?;
+        archive
+            .add(
+                STAGE2_PATH,
+                Entry {
+                    perm: 0o755,
+                    node: Node::File(data),
+                },
+            )
+            .map_err(archive_err(STAGE2_PATH))?;
+    }
+
+    let mut closure = module_closure(spec, extras.root.as_deref())?;
     let config_modules = add_modules(&mut archive, spec, extras, &mut closure)?;
     add_firmware(&mut archive, extras, &mut closure)?;
     let config = Stage1Config {
@@ -552,12 +589,25 @@ fn add_firmware(
                 continue;
             }
         };
-        let found = spec.firmware_dirs.iter().find_map(|dir| {
-            ["", ".xz", ".zst"].iter().find_map(|ext| {
+        let mut found = None;
+        'dirs: for dir in &spec.firmware_dirs {
+            for ext in ["", ".xz", ".zst"] {
                 let p = dir.join(format!("{rel}{ext}"));
-                p.is_file().then_some((p, *ext))
-            })
-        });
+                let p = match &spec.root {
+                    // Under a root the firmware tree is links into its store.
+                    Some(root) => match confined::resolve_host_path(root, &p) {
+                        Ok(p) => p,
+                        Err(e) if e.is_not_found() => continue,
+                        Err(e) => return Err(InitrdError::Path(e)),
+                    },
+                    None => p,
+                };
+                if p.is_file() {
+                    found = Some((p, ext));
+                    break 'dirs;
+                }
+            }
+        }
         let Some((path, ext)) = found else {
             closure.warnings.push(format!(
                 "module {module}: firmware {file} not found in firmware_dirs"
@@ -588,7 +638,7 @@ fn archive_set_perm(archive: &mut Archive, path: &str, perm: u32) -> Result<(), 
         .map_err(archive_err(path.to_owned()))
 }
 
-fn module_closure(spec: &InitrdSpec) -> Result<modules::Closure, InitrdError> {
+fn module_closure(spec: &InitrdSpec, root: Option<&Path>) -> Result<modules::Closure, InitrdError> {
     if spec.modules.is_empty() && spec.optional_modules.is_empty() {
         return Ok(modules::Closure::default());
     }
@@ -602,7 +652,7 @@ fn module_closure(spec: &InitrdSpec) -> Result<modules::Closure, InitrdError> {
                 .collect(),
         });
     };
-    let index = modules::ModuleIndex::open(dir)?;
+    let index = modules::ModuleIndex::open_in_root(dir, root)?;
     Ok(index.closure(&spec.modules, &spec.optional_modules)?)
 }
 

@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use stagehand_initrd::objects::StoreObject;
 use stagehand_initrd::output;
-use stagehand_initrd::{build_with, cpio, list, FullSpec, Secret};
+use stagehand_initrd::{build_with, cpio, list, system, FullSpec, Secret};
 
 const EXIT_STATUS: &str = "\
 Exit status:
@@ -34,7 +34,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Build an initrd from a spec (see initrd/README.md for its keys)
+    /// Build an initrd from a spec (see initrd/README.md for its keys), or for an unmodified
+    /// NixOS generation (--system)
     #[command(after_help = EXIT_STATUS)]
     Build(BuildArgs),
     /// Decompress an initrd (gzip, zstd or xz, by magic) and list its cpio entries
@@ -48,8 +49,44 @@ enum Command {
 #[derive(Debug, Args)]
 struct BuildArgs {
     /// The spec: an InitrdSpec as JSON, plus the SpecExtras keys
-    #[arg(long, value_name = "SPEC.json")]
-    spec: PathBuf,
+    #[arg(
+        long,
+        value_name = "SPEC.json",
+        required_unless_present = "system",
+        conflicts_with = "system"
+    )]
+    spec: Option<PathBuf>,
+    /// Build for an unmodified NixOS generation instead of a spec: filesystems from its
+    /// etc/fstab, modules and firmware from its kernel-modules and firmware
+    #[arg(long, value_name = "TOPLEVEL")]
+    system: Option<PathBuf>,
+    /// With --system: the directory the generation lives under; TOPLEVEL and every
+    /// symlink in it are resolved inside it
+    #[arg(long, value_name = "DIR", default_value = "/", conflicts_with = "spec")]
+    root: PathBuf,
+    /// With --system: further modules to load (comma-separated, may be repeated)
+    #[arg(
+        long,
+        value_name = "A,B,C",
+        value_delimiter = ',',
+        conflicts_with = "spec"
+    )]
+    modules: Vec<String>,
+    /// With --system: the generic set of disk-controller and keyboard drivers (those in
+    /// the kernel's tree; see initrd/README.md)
+    #[arg(long, conflicts_with = "spec")]
+    generic: bool,
+    /// With --system: the drivers this host's boot disks use, read from /sys
+    #[arg(long, conflicts_with = "spec")]
+    host_only: bool,
+    /// The stage-1 binary (/init); with --system the default is `stage1` next to this
+    /// executable; with --spec it replaces the spec's
+    #[arg(long, value_name = "PATH")]
+    stage1: Option<PathBuf>,
+    /// Our stage-2 binary, put at /stagehand/stage2; with --system the default is `stage2`
+    /// next to this executable; with --spec it replaces the spec's
+    #[arg(long, value_name = "PATH")]
+    stage2: Option<PathBuf>,
     /// Where the initrd goes (written whole or not at all)
     #[arg(short = 'o', long = "output", value_name = "OUT")]
     output: PathBuf,
@@ -111,6 +148,13 @@ fn read_spec(path: &Path, content_lists: &[PathBuf]) -> Result<FullSpec> {
     let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
     let mut spec: FullSpec = serde_json::from_str(&text)
         .with_context(|| format!("{}: not a valid initrd spec", path.display()))?;
+    spec.extras.contents.extend(read_contents(content_lists)?);
+    Ok(spec)
+}
+
+/// The objects of every `--contents` list, in order.
+fn read_contents(content_lists: &[PathBuf]) -> Result<Vec<StoreObject>> {
+    let mut all = Vec::new();
     for list_path in content_lists {
         let text =
             std::fs::read_to_string(list_path).with_context(|| list_path.display().to_string())?;
@@ -120,23 +164,96 @@ fn read_spec(path: &Path, content_lists: &[PathBuf]) -> Result<FullSpec> {
                 list_path.display()
             )
         })?;
-        spec.extras.contents.extend(objects);
+        all.extend(objects);
     }
-    Ok(spec)
+    Ok(all)
 }
 
 fn build(a: &BuildArgs) -> Result<()> {
-    let spec = read_spec(&a.spec, &a.contents)?;
+    let (mut spec, choice) = match (&a.spec, &a.system) {
+        (Some(path), _) => (read_spec(path, &a.contents)?, None),
+        (None, Some(toplevel)) => {
+            let sys = system_spec(a, toplevel)?;
+            let mut spec = sys.spec;
+            spec.extras.contents.extend(read_contents(&a.contents)?);
+            (spec, Some(sys.choice))
+        }
+        (None, None) => bail!("give --spec SPEC.json or --system TOPLEVEL"),
+    };
+    if let Some(s) = &a.stage1 {
+        spec.spec.stage1 = s.clone();
+    }
+    if let Some(s) = &a.stage2 {
+        spec.extras.stage2 = Some(s.clone());
+    }
     let initrd = build_with(&spec.spec, &spec.extras)?;
     output::write_initrd(&a.output, &initrd.bytes, output::PLAIN_MODE)?;
+    let chosen = choice.map(|c| {
+        let loaded: Vec<String> = initrd
+            .config
+            .modules
+            .iter()
+            .map(|m| {
+                if m.optional {
+                    format!("{}?", m.name)
+                } else {
+                    m.name.clone()
+                }
+            })
+            .collect();
+        format!(
+            "{c}loaded at boot, in order (? = optional): {}\n",
+            loaded.join(" ")
+        )
+    });
     if a.report {
+        print!("{}", chosen.unwrap_or_default());
         print!("{}", initrd.report);
     } else {
+        eprint!("{}", chosen.unwrap_or_default());
         for w in &initrd.report.warnings {
             eprintln!("warning: {w}");
         }
     }
     Ok(())
+}
+
+/// The spec for `--system TOPLEVEL`, with stage 1 and stage 2 defaulting to the binaries
+/// next to this executable.
+fn system_spec(a: &BuildArgs, toplevel: &Path) -> Result<system::SystemSpec> {
+    let binary = |given: &Option<PathBuf>, name: &str, flag: &str| -> Result<PathBuf> {
+        if let Some(p) = given {
+            return Ok(p.clone());
+        }
+        system::next_to_executable(name).with_context(|| {
+            let dir = std::env::current_exe()
+                .ok()
+                .and_then(|e| e.parent().map(Path::to_owned))
+                .map(|d| d.display().to_string())
+                .unwrap_or_else(|| "?".into());
+            format!(
+                "no {name} binary: give {flag} PATH (the default is `{name}` next to \
+                 stagehand-initrd, in {dir})"
+            )
+        })
+    };
+    let options = system::SystemOptions {
+        stage1: binary(&a.stage1, "stage1", "--stage1")?,
+        stage2: binary(&a.stage2, "stage2", "--stage2")?,
+        modules: a
+            .modules
+            .iter()
+            .filter(|m| !m.is_empty())
+            .cloned()
+            .collect(),
+        generic: a.generic,
+        host_only: if a.host_only {
+            Some(system::HostOnly::running()?)
+        } else {
+            None
+        },
+    };
+    Ok(system::spec_from_system(&a.root, toplevel, &options)?)
 }
 
 fn append_secrets(a: &AppendSecretsArgs) -> Result<()> {

@@ -37,6 +37,8 @@ pub enum ModuleError {
         modules_dir: PathBuf,
         needed_by: Option<String>,
     },
+    /// A path under a root that cannot be followed inside it (see [`crate::confined`]).
+    Path(crate::confined::ConfinedError),
     /// The file is not a module we can read.
     Corrupt { path: PathBuf, reason: String },
     /// The file ends in the signature marker but the signature trailer does not add up.
@@ -49,6 +51,7 @@ impl fmt::Display for ModuleError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Io { path, error } => write!(f, "{}: {error}", path.display()),
+            Self::Path(e) => write!(f, "{e}"),
             Self::NotFound {
                 name,
                 modules_dir,
@@ -89,6 +92,12 @@ impl fmt::Display for ModuleError {
 }
 
 impl std::error::Error for ModuleError {}
+
+impl From<crate::confined::ConfinedError> for ModuleError {
+    fn from(e: crate::confined::ConfinedError) -> Self {
+        Self::Path(e)
+    }
+}
 
 /// The fields of `.modinfo` that matter for the closure.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -266,23 +275,44 @@ impl ModuleIndex {
     /// Index `dir` (a `lib/modules/<version>` directory): every `*.ko[.gz|.zst|.xz]` below
     /// it, plus `modules.builtin` and `modules.order` when present.
     pub fn open(dir: &Path) -> Result<Self, ModuleError> {
+        Self::open_in_root(dir, None)
+    }
+
+    /// [`ModuleIndex::open`] for a tree under `root` (a host path of a system kept under a
+    /// directory): `dir` lies under `root`, and every symlink met below it (NixOS's
+    /// `kernel-modules` is a `buildEnv` of absolute links into the store) is followed
+    /// inside `root` (see [`crate::confined`]); one that leads out of it is an error.
+    /// With `modules.alias` present (depmod's, as NixOS ships it), aliases are read from
+    /// it instead of from every module's `.modinfo`.
+    pub fn open_in_root(dir: &Path, root: Option<&Path>) -> Result<Self, ModuleError> {
+        let dir = &match root {
+            Some(root) => crate::confined::resolve_host_path(root, dir)?,
+            None => dir.to_owned(),
+        };
         let mut files = Vec::new();
-        walk(dir, dir, &mut files, 0)?;
+        walk(dir, dir, &mut files, 0, root)?;
         // A module under `updates/` overrides the stock one (depmod's default search
         // order); otherwise the first path in byte order wins, so the result is stable.
         files.sort_by_key(|(rel, _)| (!rel.starts_with("updates/"), rel.clone()));
         let mut by_name = BTreeMap::new();
-        for (_, path) in files {
-            if let Some(stem) = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(module_stem)
-            {
+        for (rel, path) in files {
+            // The name in the tree, not the link target's (a store file may be named
+            // anything).
+            let name = Path::new(&rel).file_name().or_else(|| path.file_name());
+            if let Some(stem) = name.and_then(|n| n.to_str()).and_then(module_stem) {
                 by_name.entry(stem).or_insert(path);
             }
         }
         let read_optional = |name: &str| -> Result<String, ModuleError> {
             let p = dir.join(name);
+            let p = match root {
+                Some(root) => match crate::confined::resolve_host_path(root, &p) {
+                    Ok(p) => p,
+                    Err(e) if e.is_not_found() => return Ok(String::new()),
+                    Err(e) => return Err(e.into()),
+                },
+                None => p,
+            };
             match crate::input::read_regular_text(&p) {
                 Ok(s) => Ok(s),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
@@ -302,12 +332,31 @@ impl ModuleIndex {
             .enumerate()
             .map(|(i, n)| (n, i))
             .collect();
+        let aliases = std::cell::OnceCell::new();
+        let alias_text = read_optional("modules.alias")?;
+        if !alias_text.is_empty() {
+            // `alias PATTERN MODULE`, one a line; only modules that are files here count
+            // (a stale line naming a removed module must not resolve to nothing).
+            let table: Vec<(String, String)> = alias_text
+                .lines()
+                .filter_map(|l| {
+                    let mut w = l.split_whitespace();
+                    (w.next()? == "alias").then_some(())?;
+                    let pattern = w.next()?;
+                    let module = normalize_name(w.next()?);
+                    by_name
+                        .contains_key(&module)
+                        .then(|| (pattern.to_owned(), module))
+                })
+                .collect();
+            let _ = aliases.set(Ok(table));
+        }
         Ok(Self {
             dir: dir.to_owned(),
             by_name,
             order,
             builtin,
-            aliases: std::cell::OnceCell::new(),
+            aliases,
         })
     }
 
@@ -625,6 +674,7 @@ fn walk(
     dir: &Path,
     out: &mut Vec<(String, PathBuf)>,
     depth: usize,
+    confine: Option<&Path>,
 ) -> Result<(), ModuleError> {
     // Symlinked directories are followed (a modules tree may link `build/`), so bound the
     // depth against loops.
@@ -635,30 +685,47 @@ fn walk(
         path: dir.to_owned(),
         error,
     };
-    let mut entries: Vec<_> = std::fs::read_dir(dir)
+    let listing = match confine {
+        Some(c) => crate::confined::resolve_host_path(c, dir)?,
+        None => dir.to_owned(),
+    };
+    let mut entries: Vec<_> = std::fs::read_dir(&listing)
         .map_err(io)?
         .collect::<Result<_, _>>()
         .map_err(io)?;
     entries.sort_by_key(|e| e.file_name());
     for entry in entries {
-        let path = entry.path();
+        let path = dir.join(entry.file_name());
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
         // `build` and `source` point at kernel headers, never at modules.
         if depth == 0 && (name == "build" || name == "source") {
             continue;
         }
-        let Ok(meta) = std::fs::metadata(&path) else {
+        // Under a root, the entry is resolved inside it first: what is read below is
+        // then a real file or directory, never a link into the host.
+        let real = match confine {
+            Some(c) => match crate::confined::resolve_host_path(c, &path) {
+                Ok(p) => p,
+                // A dangling link, as `metadata` below skips it.
+                Err(e) if e.is_not_found() => continue,
+                Err(e) => return Err(e.into()),
+            },
+            None => path.clone(),
+        };
+        let Ok(meta) = std::fs::metadata(&real) else {
             continue;
         };
         if meta.is_dir() {
-            walk(root, &path, out, depth + 1)?;
+            // Walk the link's own path so entries keep their place in this tree
+            // (`updates/` and relative names), each resolved again.
+            walk(root, &path, out, depth + 1, confine)?;
         } else if module_stem(name).is_some() {
             let rel = path
                 .strip_prefix(root)
                 .map(|p| p.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            out.push((rel, path));
+            out.push((rel, real));
         }
     }
     Ok(())

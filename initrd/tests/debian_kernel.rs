@@ -532,3 +532,174 @@ fn resolves(entries: &[stagehand_initrd::cpio::ReadEntry], path: &str) -> bool {
         .get(done.join("/").as_str())
         .is_some_and(|e| e.mode & stagehand_initrd::cpio::S_IFMT == stagehand_initrd::cpio::S_IFREG)
 }
+
+/// `stagehand-initrd build --system` run as the real binary on a generation in nixpkgs'
+/// layout under a scratch root, whose kernel is the real Debian one shipped as NixOS
+/// ships kernels: `.ko.xz` modules, depmod's files made by the real `depmod`, the
+/// toplevel's `kernel-modules` a `buildEnv` whose `lib` is an absolute link into the
+/// kernel's store path (only valid inside the root).
+#[test]
+fn system_build_of_a_nixpkgs_generation_with_the_real_kernel() {
+    let dir = kernel_tree();
+    let version = dir
+        .file_name()
+        .and_then(|v| v.to_str())
+        .expect("version")
+        .to_owned();
+    let index = ModuleIndex::open(&dir).expect("index");
+    let closure = index
+        .closure(
+            &["ext4", "vfat", "virtio_blk", "virtio_pci"].map(String::from),
+            &["nls_cp437", "nls_iso8859_1"].map(String::from),
+        )
+        .expect("closure");
+
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let root = scratch.path().join("root");
+    let kernel = format!("/nix/store/kkkk-linux-{version}-modules");
+    let host = |p: &str| root.join(p.trim_start_matches('/'));
+    let tree = host(&format!("{kernel}/lib/modules/{version}"));
+    for m in &closure.modules {
+        let rel = m.source.strip_prefix(&dir).expect("under the tree");
+        let out = Command::new(require_tool("xz"))
+            .args(["--check=crc32", "--lzma2=dict=1MiB", "-c"])
+            .arg(&m.source)
+            .output()
+            .expect("run xz");
+        assert!(out.status.success(), "xz {}: {out:?}", m.source.display());
+        let dest = tree.join(format!("{}.xz", rel.display()));
+        std::fs::create_dir_all(dest.parent().expect("parent")).expect("mkdir");
+        std::fs::write(dest, out.stdout).expect("write");
+    }
+    for f in [
+        "modules.builtin",
+        "modules.builtin.modinfo",
+        "modules.order",
+    ] {
+        if dir.join(f).exists() {
+            std::fs::copy(dir.join(f), tree.join(f)).expect("copy");
+        }
+    }
+    let depmod = Command::new(require_tool("depmod"))
+        .arg("-b")
+        .arg(host(&kernel))
+        .arg(&version)
+        .status()
+        .expect("run depmod");
+    assert!(depmod.success(), "depmod: {depmod}");
+    assert!(tree.join("modules.dep").is_file() && tree.join("modules.alias").is_file());
+
+    let link = |p: &str, target: &str| {
+        let h = host(p);
+        std::fs::create_dir_all(h.parent().expect("parent")).expect("mkdir");
+        std::os::unix::fs::symlink(target, h).expect("symlink");
+    };
+    let write = |p: &str, data: &str| {
+        let h = host(p);
+        std::fs::create_dir_all(h.parent().expect("parent")).expect("mkdir");
+        std::fs::write(h, data).expect("write");
+    };
+    let top = "/nix/store/tttt-nixos-system-vm-24.11";
+    link(
+        "/nix/store/mmmm-kernel-modules/lib",
+        &format!("{kernel}/lib"),
+    );
+    link(
+        &format!("{top}/kernel-modules"),
+        "/nix/store/mmmm-kernel-modules",
+    );
+    write(
+        "/nix/store/ffff-etc/etc/fstab",
+        "# Filesystems.\n\
+         /dev/disk/by-label/nixos / ext4 x-initrd.mount 0 1\n\
+         /dev/disk/by-uuid/1234-ABCD /boot vfat umask=0077 0 2\n\n\
+         # Swap devices.\n\
+         /dev/vdb none swap defaults\n",
+    );
+    link(&format!("{top}/etc"), "/nix/store/ffff-etc/etc");
+    write(&format!("{top}/kernel-params"), "loglevel=4");
+    link("/nix/var/nix/profiles/system-1-link", top);
+    link("/nix/var/nix/profiles/system", "system-1-link");
+    let stage1 = scratch.path().join("stage1");
+    let stage2 = scratch.path().join("stage2");
+    std::fs::write(&stage1, b"\x7fELF stage 1").expect("stage1");
+    std::fs::write(&stage2, b"\x7fELF stage 2").expect("stage2");
+    let out_file = scratch.path().join("initrd.img");
+
+    let bin = env!("CARGO_BIN_EXE_stagehand-initrd");
+    let out = Command::new(bin)
+        .args([
+            "build",
+            "--system",
+            "/nix/var/nix/profiles/system",
+            "--root",
+        ])
+        .arg(&root)
+        .arg("--stage1")
+        .arg(&stage1)
+        .arg("--stage2")
+        .arg(&stage2)
+        .args(["--generic", "--modules", "virtio_blk", "-o"])
+        .arg(&out_file)
+        .output()
+        .expect("run stagehand-initrd");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    for want in [
+        format!("system {top}"),
+        format!("kernel {version}"),
+        "mount / /dev/disk/by-label/nixos ext4 x-initrd.mount (fstab line 2)".into(),
+        "skip /boot: not needed for boot".into(),
+        "skip /dev/vdb: swap".into(),
+        "virtio_pci (--generic)".into(),
+        "loaded at boot, in order".into(),
+    ] {
+        assert!(err.contains(&want), "{want:?} not in:\n{err}");
+    }
+
+    let bytes = std::fs::read(&out_file).expect("read the initrd");
+    let entries = list(&bytes).expect("list");
+    let get = |p: &str| entries.iter().find(|e| e.name == p);
+    let s2 = get("stagehand/stage2").expect("stage 2 in the initrd");
+    assert_eq!(
+        (s2.mode & 0o7777, s2.data.as_slice()),
+        (0o755, &b"\x7fELF stage 2"[..])
+    );
+    for m in ["ext4", "jbd2", "mbcache", "virtio_blk", "virtio_pci"] {
+        let e = get(&format!("lib/modules/{m}.ko"))
+            .unwrap_or_else(|| panic!("{m}.ko not in the initrd:\n{err}"));
+        assert!(e.data.starts_with(b"\x7fELF"), "{m}.ko is not unpacked");
+    }
+    // /boot is not needed for boot, so neither is its vfat.
+    assert!(get("lib/modules/vfat.ko").is_none(), "{err}");
+    let config = stagehand_common::stage1_config::Stage1Config::decode(
+        &get("etc/stagehand/stage1.cfg").expect("config").data,
+    )
+    .expect("decode");
+    let mounts: Vec<&str> = config
+        .filesystems
+        .iter()
+        .map(|f| f.mount_point.as_str())
+        .collect();
+    assert_eq!(mounts, ["/"]);
+
+    // The same with --report: the choice goes to stdout with the sizes.
+    let out = Command::new(bin)
+        .args(["build", "--system", top, "--root"])
+        .arg(&root)
+        .arg("--stage1")
+        .arg(&stage1)
+        .arg("--stage2")
+        .arg(&stage2)
+        .args(["--report", "-o"])
+        .arg(&out_file)
+        .output()
+        .expect("run stagehand-initrd");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        stdout.contains("note: no disk drivers were asked for")
+            && stdout.contains("(initrd, zstd)"),
+        "{stdout}"
+    );
+}
