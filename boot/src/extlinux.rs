@@ -310,6 +310,7 @@ mod tests {
     use super::*;
     use crate::gather::Source;
     use crate::sdboot::tests::inputs;
+    use std::path::Path;
 
     fn with_versions(mut i: Inputs) -> Inputs {
         for g in &mut i.generations {
@@ -479,7 +480,7 @@ LABEL nixos-1-default
             "{text}"
         );
         assert!(fp.copies.iter().any(|c| c.dest == format!("nixos/{ours}")
-            && c.source == PathBuf::from("/root/stagehand-initrd")));
+            && c.source == Path::new("/root/stagehand-initrd")));
         // The default generation is listed twice but its choice is said once.
         let n3 = fp
             .notes
