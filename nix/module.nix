@@ -98,8 +98,9 @@ in
         Make Stagehand's stage 2 the generation's `init`. NixOS's stage-2 script stays in the
         generation as `nixos-stage-2-init` (boot it with
         `init=<toplevel>/nixos-stage-2-init stagehand.init=generation`). When false, `init`
-        stays NixOS's script and Stagehand's stage 1 runs the stage 2 it carries instead
-        (`stagehand.init=generation` on the kernel command line runs NixOS's).
+        stays NixOS's script; Stagehand's stage 1 still runs the stage 2 it carries for a
+        generation without activation.json, and `stagehand.init=generation` on the kernel
+        command line runs NixOS's script.
       '';
     };
   };
