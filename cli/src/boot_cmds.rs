@@ -115,13 +115,31 @@ fn admin_initrd(root: &Root, path: &Path) -> Result<AdminInitrd> {
     })
 }
 
+/// `--initrd` as a path inside the root. A relative one is the admin's working directory
+/// (`./result/initrd`), which only means something when the root is `/`.
+fn initrd_path(root: &Path, p: &Path) -> Result<std::path::PathBuf> {
+    if p.is_absolute() {
+        return Ok(p.to_path_buf());
+    }
+    if root != Path::new("/") {
+        anyhow::bail!(
+            "--initrd {}: a relative path cannot be placed under --root {}; give it as an \
+             absolute path as that system sees it",
+            p.display(),
+            root.display()
+        );
+    }
+    let cwd = std::env::current_dir().context("--initrd: cannot read the current directory")?;
+    Ok(cwd.join(p))
+}
+
 /// `stagehand install-bootloader`: write the entries, or with `--dry-run` print the plan.
 pub fn install(a: &InstallArgs) -> Result<u8> {
     let root = open_root(&a.root.root)?;
     let initrd = a
         .initrd
         .as_deref()
-        .map(|p| admin_initrd(&root, p))
+        .map(|p| admin_initrd(&root, &initrd_path(&a.root.root, p)?))
         .transpose()?;
     let sd = sdboot_config(a);
     let opts = InstallOptions {
