@@ -556,6 +556,7 @@ pub(crate) mod tests {
                 boots_now: false,
             }],
             warnings: vec![],
+            notes: vec![],
         }
     }
 

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use super::date;
 use super::esp::{BootFs, EspError, FileInfo};
 use super::gather::{GenerationBoot, Inputs};
+use super::initrd_choice;
 use super::plan::{Copy, FilePlan, Removal, Write};
 use super::sdboot::{clean_name, is_debris, PlanError};
 use super::spec::BootSpec;
@@ -68,12 +69,20 @@ fn timeout(t: Option<u32>) -> (u64, bool) {
     }
 }
 
+/// Messages the renderer collects besides the text.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Messages {
+    pub warnings: Vec<String>,
+    /// Which initrd each entry boots, when there was a choice.
+    pub notes: Vec<String>,
+}
+
 /// The rendered file and, by file name under `nixos/`, the source of every file it names.
 pub fn render(
     inputs: &Inputs,
     default: u64,
     cfg: &ExtlinuxConfig,
-    warnings: &mut Vec<String>,
+    msgs: &mut Messages,
 ) -> Result<(String, BTreeMap<String, PathBuf>), PlanError> {
     let mut gens: Vec<&GenerationBoot> = inputs.generations.iter().collect();
     gens.sort_by_key(|g| std::cmp::Reverse(g.number));
@@ -100,7 +109,7 @@ pub fn render(
     }
     let mut files = BTreeMap::new();
     add_entry(
-        inputs, def, &def.spec, "default", cfg, &mut out, &mut files, warnings,
+        inputs, def, &def.spec, None, "default", cfg, &mut out, &mut files, msgs,
     )?;
     let limit = cfg.configuration_limit.unwrap_or(usize::MAX);
     for g in gens.iter().take(limit) {
@@ -108,16 +117,27 @@ pub fn render(
             inputs,
             g,
             &g.spec,
+            None,
             &format!("{}-default", g.number),
             cfg,
             &mut out,
             &mut files,
-            warnings,
+            msgs,
         )?;
         // `ls specialisation | sort -n -r`: names are not numbers, so reverse byte order.
         for (name, s) in g.spec.specialisations.iter().rev() {
             let tag = format!("{}-{name}", g.number);
-            add_entry(inputs, g, s, &tag, cfg, &mut out, &mut files, warnings)?;
+            add_entry(
+                inputs,
+                g,
+                s,
+                Some(name),
+                &tag,
+                cfg,
+                &mut out,
+                &mut files,
+                msgs,
+            )?;
         }
     }
     Ok((out, files))
@@ -128,15 +148,24 @@ fn add_entry(
     inputs: &Inputs,
     g: &GenerationBoot,
     spec: &BootSpec,
+    specialisation: Option<&str>,
     tag: &str,
     cfg: &ExtlinuxConfig,
     out: &mut String,
     files: &mut BTreeMap<String, PathBuf>,
-    warnings: &mut Vec<String>,
+    msgs: &mut Messages,
 ) -> Result<(), PlanError> {
+    let choice = initrd_choice::choose(inputs, g, spec, specialisation);
+    // The default generation is listed twice (`nixos-default` and `nixos-N-default`); say
+    // its choice once.
+    if let Some(n) = choice.note {
+        if !msgs.notes.contains(&n) {
+            msgs.notes.push(n);
+        }
+    }
     // The builder skips a configuration without an initrd; so do we, but say so.
-    let Some(initrd) = &spec.initrd else {
-        warnings.push(format!(
+    let Some(initrd) = &choice.initrd else {
+        msgs.warnings.push(format!(
             "generation {} ({tag}) has no initrd and gets no extlinux entry",
             g.number
         ));
@@ -188,7 +217,7 @@ fn add_entry(
         }
         None => {
             if let Some(n) = &cfg.dtb_name {
-                warnings.push(format!(
+                msgs.warnings.push(format!(
                     "generation {} ({tag}): device tree {n} was asked for, but the \
                      configuration has no dtbs",
                     g.number
@@ -207,11 +236,15 @@ pub fn plan(
     cfg: &ExtlinuxConfig,
     state: &ExtlinuxState,
 ) -> Result<FilePlan, PlanError> {
-    let mut warnings: Vec<String> = inputs.skipped.clone();
-    let (text, files) = render(inputs, default, cfg, &mut warnings)?;
+    let mut msgs = Messages {
+        warnings: inputs.skipped.clone(),
+        notes: Vec::new(),
+    };
+    let (text, files) = render(inputs, default, cfg, &mut msgs)?;
     let mut fp = FilePlan {
         dirs: vec!["extlinux".into(), FILES_DIR.into()],
-        warnings,
+        warnings: msgs.warnings,
+        notes: msgs.notes,
         ..FilePlan::default()
     };
     let present: BTreeMap<&str, &FileInfo> =
@@ -268,8 +301,8 @@ pub fn render_text(
     default: u64,
     cfg: &ExtlinuxConfig,
 ) -> Result<String, PlanError> {
-    let mut w = Vec::new();
-    render(inputs, default, cfg, &mut w).map(|(t, _)| t)
+    let mut m = Messages::default();
+    render(inputs, default, cfg, &mut m).map(|(t, _)| t)
 }
 
 #[cfg(test)]
@@ -277,6 +310,7 @@ mod tests {
     use super::*;
     use crate::gather::Source;
     use crate::sdboot::tests::inputs;
+    use std::path::Path;
 
     fn with_versions(mut i: Inputs) -> Inputs {
         for g in &mut i.generations {
@@ -342,6 +376,7 @@ LABEL nixos-1-default
                 size: 100,
                 files: 3,
                 tree: true,
+                digest: None,
             },
         );
         let top = i.generations[0].spec.toplevel.clone();
@@ -419,5 +454,70 @@ LABEL nixos-1-default
         );
         assert_eq!(fp.writes.len(), 1);
         assert_eq!(fp.writes[0].dest, CONF);
+    }
+
+    #[test]
+    fn extlinux_boots_the_admin_initrd_where_the_kernel_matches() {
+        let i = with_versions(crate::sdboot::tests::with_admin_initrd(Some("6.6.0")));
+        let fp = plan(&i, 3, &ExtlinuxConfig::default(), &ExtlinuxState::default()).expect("plan");
+        let text = String::from_utf8(fp.writes[0].contents.clone()).expect("utf8");
+        let ours = "stagehand-0123456789abcdef0123456789abcdef-initrd";
+        // Generation 1 runs Linux 6.6.0: ours; 2 and 3 run 6.1.0: their own.
+        let block = |label: &str| -> String {
+            let start = text.find(&format!("LABEL {label}\n")).expect(label);
+            text[start..].split("\n\n").next().unwrap_or("").to_string()
+        };
+        assert!(
+            block("nixos-1-default").contains(&format!("  INITRD ../nixos/{ours}\n")),
+            "{text}"
+        );
+        assert!(
+            block("nixos-default").contains("  INITRD ../nixos/sys3-initrd-initrd\n"),
+            "{text}"
+        );
+        assert!(
+            block("nixos-2-debug").contains("  INITRD ../nixos/dbg2-initrd-initrd\n"),
+            "{text}"
+        );
+        assert!(fp.copies.iter().any(|c| c.dest == format!("nixos/{ours}")
+            && c.source == Path::new("/root/stagehand-initrd")));
+        // The default generation is listed twice but its choice is said once.
+        let n3 = fp
+            .notes
+            .iter()
+            .filter(|n| n.starts_with("generation 3:"))
+            .count();
+        assert_eq!(n3, 1, "{:?}", fp.notes);
+        assert!(
+            fp.notes
+                .iter()
+                .any(|n| n.contains("generation 3: keeps its own initrd")
+                    && n.contains("Linux 6.1.0, --initrd's for Linux 6.6.0")),
+            "{:?}",
+            fp.notes
+        );
+    }
+
+    #[test]
+    fn extlinux_prefers_the_modules_extension() {
+        let mut i = with_versions(crate::sdboot::tests::with_admin_initrd(Some("6.1.0")));
+        let ext = PathBuf::from("/nix/store/eeee-stagehand-initrd/initrd");
+        i.sources.insert(
+            ext.clone(),
+            Source {
+                canonical: ext.clone(),
+                size: 5,
+                files: 1,
+                tree: false,
+                digest: None,
+            },
+        );
+        i.generations[0].spec.stagehand_initrd = Some(ext);
+        let text = render_text(&i, 3, &ExtlinuxConfig::default()).expect("render");
+        assert!(text.contains("LABEL nixos-default\n  MENU LABEL NixOS - Default\n  LINUX ../nixos/kkkk-linux-6.1-bzImage\n  INITRD ../nixos/eeee-stagehand-initrd-initrd\n"), "{text}");
+        assert!(
+            text.contains("  INITRD ../nixos/stagehand-0123456789abcdef0123456789abcdef-initrd\n"),
+            "{text}"
+        );
     }
 }

@@ -1,11 +1,16 @@
 //! Everything the boot-loader planners need from the system root, read once up front so the
-//! planners stay pure: generations with their bootspecs and dates, and the size, canonical
-//! path of every file an entry refers to (always in the store: see [`source`]).
+//! planners stay pure: generations with their bootspecs, dates and kernel versions, and the
+//! size, canonical path of every file an entry refers to. Those are store files (see
+//! [`source`]), with one exception the admin names on the command line: Stagehand's own
+//! initrd (`install-bootloader --initrd`, read by [`admin_initrd`]), named on the boot
+//! partition by its content's digest.
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use sha2::{Digest, Sha256};
 use stagehand_common::rootfs::{self, Root};
 
 use super::esp;
@@ -28,6 +33,10 @@ pub struct GenerationBoot {
     pub nixos_version: BTreeMap<PathBuf, String>,
     /// Canonical `<toplevel>/dtbs` of the generation and of each specialisation, if any.
     pub dtbs: BTreeMap<PathBuf, PathBuf>,
+    /// The kernel version (`uname -r`) whose modules the generation and each specialisation
+    /// ship: the one directory in `<toplevel>/kernel-modules/lib/modules/`. Missing when
+    /// there is none or more than one (no initrd can then be matched to it).
+    pub modules_version: BTreeMap<PathBuf, String>,
 }
 
 /// A file (or tree) an entry refers to.
@@ -38,6 +47,20 @@ pub struct Source {
     pub size: u64,
     pub files: u64,
     pub tree: bool,
+    /// SHA-256 (hex) of the content; only for the admin's initrd, which lives outside the
+    /// store and so has no store hash in its name.
+    pub digest: Option<String>,
+}
+
+/// Stagehand's initrd as the admin named it (`install-bootloader --initrd`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminInitrd {
+    /// As given (inside the root); also its key in [`Inputs::sources`].
+    pub path: PathBuf,
+    pub source: Source,
+    /// The kernel version its modules were built for; `None` when it holds no modules
+    /// (then nothing in it depends on the kernel and it serves every generation).
+    pub kernel_version: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -55,6 +78,18 @@ pub struct Inputs {
     /// Numbers of the generations left out: their existing entries are kept as they are,
     /// because the generation still exists and may still boot.
     pub unreadable: Vec<u64>,
+    /// Stagehand's initrd, for the generations whose kernel it matches.
+    pub ours: Option<AdminInitrd>,
+}
+
+impl Inputs {
+    /// Add the admin's initrd: the planners use it for every generation whose kernel
+    /// version matches (see [`crate::initrd_choice`]).
+    pub fn with_initrd(mut self, ours: AdminInitrd) -> Inputs {
+        self.sources.insert(ours.path.clone(), ours.source.clone());
+        self.ours = Some(ours);
+        self
+    }
 }
 
 #[derive(Debug)]
@@ -152,7 +187,11 @@ pub fn gather(root: &Root, profile: &Profile<'_>) -> Result<Inputs, GatherError>
         let built = ctime(root, &toplevel).unwrap_or(link.created);
         let mut nixos_version = BTreeMap::new();
         let mut dtbs = BTreeMap::new();
+        let mut modules_version = BTreeMap::new();
         for s in std::iter::once(&spec).chain(spec.specialisations.values()) {
+            if let Some(v) = modules_version_of(root, &s.toplevel) {
+                modules_version.insert(s.toplevel.clone(), v);
+            }
             if let Ok(Some(v)) = root.read_opt(&s.toplevel.join("nixos-version")) {
                 let v = String::from_utf8_lossy(&v).trim().to_string();
                 // It goes into an extlinux `MENU LABEL` line; a newline would add lines.
@@ -174,6 +213,7 @@ pub fn gather(root: &Root, profile: &Profile<'_>) -> Result<Inputs, GatherError>
                             size,
                             files,
                             tree: true,
+                            digest: None,
                         },
                     );
                     dtbs.insert(s.toplevel.clone(), canon);
@@ -187,6 +227,7 @@ pub fn gather(root: &Root, profile: &Profile<'_>) -> Result<Inputs, GatherError>
             spec,
             nixos_version,
             dtbs,
+            modules_version,
         });
     }
     Ok(inputs)
@@ -199,7 +240,12 @@ fn sources_of(
     out: &mut BTreeMap<PathBuf, Source>,
 ) -> Result<(), (PathBuf, std::io::Error)> {
     for s in std::iter::once(spec).chain(spec.specialisations.values()) {
-        let paths = [Some(&s.kernel), s.initrd.as_ref(), s.devicetree.as_ref()];
+        let paths = [
+            Some(&s.kernel),
+            s.initrd.as_ref(),
+            s.devicetree.as_ref(),
+            s.stagehand_initrd.as_ref(),
+        ];
         for p in paths.into_iter().flatten() {
             if out.contains_key(p) {
                 continue;
@@ -240,7 +286,109 @@ fn source(root: &Root, path: &Path) -> std::io::Result<Source> {
         size,
         files: 1,
         tree: false,
+        digest: None,
     })
+}
+
+/// The one directory name in `<toplevel>/kernel-modules/lib/modules/` (resolved inside the
+/// root), as NixOS's aggregated modules tree has it.
+fn modules_version_of(root: &Root, toplevel: &Path) -> Option<String> {
+    let (fd, _, _) = root
+        .dir(&toplevel.join("kernel-modules/lib/modules"), None)
+        .ok()?;
+    let mut dirs = rootfs::list_dir(&fd)
+        .ok()?
+        .into_iter()
+        .filter(|(_, ty)| *ty == rustix::fs::FileType::Directory)
+        .map(|(n, _)| n.to_string_lossy().into_owned());
+    match (dirs.next(), dirs.next()) {
+        (Some(v), None) => Some(v),
+        _ => None,
+    }
+}
+
+#[derive(Debug)]
+pub enum AdminInitrdError {
+    /// Missing, unreadable, or a path that does not resolve inside the root.
+    Io {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    /// Resolves to something other than a regular file.
+    NotAFile { path: PathBuf, what: &'static str },
+}
+
+impl fmt::Display for AdminInitrdError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AdminInitrdError::Io { path, error } => write!(
+                f,
+                "--initrd {}: cannot read it: {error}; build it first \
+                 (stagehand-initrd build --system TOPLEVEL -o FILE)",
+                path.display()
+            ),
+            AdminInitrdError::NotAFile { path, what } => write!(
+                f,
+                "--initrd {}: it is {what}, not a regular file; name the initrd file itself \
+                 (e.g. ./result/initrd, or the -o file of stagehand-initrd build)",
+                path.display()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for AdminInitrdError {}
+
+/// Read the admin's initrd: `path` is resolved inside the root (symlinks followed there, as
+/// `./result/initrd` needs) and must end at a regular file. Returns its measurement, with the
+/// content's digest that names it on the boot partition, and its bytes (for the caller to
+/// find the kernel version in). Unlike bootspec paths it may lie outside the store: the
+/// admin chose it on the command line, and whatever it is becomes world-readable on the
+/// boot partition, like any initrd.
+pub fn admin_initrd(root: &Root, path: &Path) -> Result<(Source, Vec<u8>), AdminInitrdError> {
+    let io = |error: std::io::Error| AdminInitrdError::Io {
+        path: path.to_path_buf(),
+        error,
+    };
+    let canonical = root.canonicalize(path).map_err(io)?;
+    let what = match root.lstat(&canonical).map_err(io)? {
+        Some(rootfs::Node::File { .. }) => None,
+        Some(rootfs::Node::Dir { .. }) => Some("a directory"),
+        Some(_) => Some("a device, socket or pipe"),
+        None => return Err(io(std::io::ErrorKind::NotFound.into())),
+    };
+    if let Some(what) = what {
+        return Err(AdminInitrdError::NotAFile {
+            path: path.to_path_buf(),
+            what,
+        });
+    }
+    // Read through a descriptor opened without following a last symlink, so what is hashed
+    // is the file that was checked.
+    let (dir, name) = root.parent(&canonical, None).map_err(io)?;
+    let fd = rustix::fs::openat(
+        &dir,
+        name.as_os_str(),
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|e| io(e.into()))?;
+    let mut bytes = Vec::new();
+    std::fs::File::from(fd)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    let digest: String = Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let source = Source {
+        canonical,
+        size: bytes.len() as u64,
+        files: 1,
+        tree: false,
+        digest: Some(digest),
+    };
+    Ok((source, bytes))
 }
 
 fn ctime(root: &Root, path: &Path) -> Option<i64> {

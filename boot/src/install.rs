@@ -9,7 +9,7 @@ use stagehand_common::rootfs::Root;
 use super::efivars::{self, EfiVars};
 use super::esp::{self, Applied, BootFs, EspError, SpaceProbe};
 use super::extlinux::{self, ExtlinuxConfig};
-use super::gather::{self, GatherError, Inputs};
+use super::gather::{self, AdminInitrd, GatherError, Inputs};
 use super::plan::FilePlan;
 use super::profile::Profile;
 use super::sdboot::{self, PlanError, SdBootConfig};
@@ -37,6 +37,9 @@ pub struct InstallOptions {
     pub dry_run: bool,
     /// efivarfs, to warn about a persistent `LoaderEntryDefault`; `None` skips the check.
     pub efivars: Option<PathBuf>,
+    /// Stagehand's initrd (`--initrd`, read by [`gather::admin_initrd`]), booted by every
+    /// generation whose kernel it matches.
+    pub initrd: Option<AdminInitrd>,
 }
 
 impl Default for InstallOptions {
@@ -49,6 +52,7 @@ impl Default for InstallOptions {
             default: None,
             dry_run: false,
             efivars: Some(PathBuf::from(efivars::EFIVARS_DIR)),
+            initrd: None,
         }
     }
 }
@@ -153,7 +157,10 @@ pub fn install(
     probe: &dyn SpaceProbe,
 ) -> Result<InstallReport, InstallError> {
     let profile = Profile::system(root);
-    let inputs = gather::gather(root, &profile).map_err(InstallError::Gather)?;
+    let mut inputs = gather::gather(root, &profile).map_err(InstallError::Gather)?;
+    if let Some(ours) = &opts.initrd {
+        inputs = inputs.with_initrd(ours.clone());
+    }
     let default = default_generation(root, &inputs, opts.default.as_deref())?;
     let fs = BootFs::open(root, &opts.esp).map_err(InstallError::Esp)?;
     let (plan, menu) = match opts.loader {

@@ -5,6 +5,8 @@
 //! * [`spec`] — the parts of `boot.json` (bootspec v1) that entries need.
 //! * [`gather`] — reads generations and measures their boot files (the only I/O planners see).
 //! * [`sdboot`] / [`extlinux`] — pure planners: generations + partition state → [`plan::FilePlan`].
+//! * [`initrd_choice`] — which initrd an entry boots: the bootspec's, our NixOS module's
+//!   (`dev.stagehand.v1`), or the admin's `--initrd` where its kernel matches.
 //! * [`install`] — `install-bootloader` as one library call (for `switch`/`boot`).
 //! * [`esp`] — the executor: free-space check, temp + fsync + rename, syncfs.
 //! * [`bls`], [`version`], [`entry_name`] — Boot Loader Specification entries, menu order,
@@ -23,6 +25,7 @@ pub mod entry_name;
 pub mod esp;
 pub mod extlinux;
 pub mod gather;
+pub mod initrd_choice;
 pub mod install;
 pub mod plan;
 pub mod profile;

@@ -48,6 +48,9 @@ pub struct FilePlan {
     pub removals: Vec<Removal>,
     /// Things the user should know that do not stop the install.
     pub warnings: Vec<String>,
+    /// What was chosen where there was a choice (which initrd each entry boots); printed
+    /// with the plan and by the installer, not a problem.
+    pub notes: Vec<String>,
 }
 
 /// In which order the executor may apply a plan so that it fits.
@@ -185,6 +188,9 @@ impl FilePlan {
         for r in &self.removals {
             out.push_str(&format!("remove {}\n", r.path));
         }
+        for n in &self.notes {
+            out.push_str(&format!("note: {n}\n"));
+        }
         for w in &self.warnings {
             out.push_str(&format!("warning: {w}\n"));
         }
@@ -217,6 +223,7 @@ mod tests {
                 boots_now: false,
             }],
             warnings: vec![],
+            notes: vec![],
         }
     }
 

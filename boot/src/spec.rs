@@ -1,8 +1,10 @@
 //! What a generation's `boot.json` (bootspec v1, RFC 0125) tells the boot-loader code.
 //!
 //! Parsing goes through the `bootspec` crate so that we accept exactly what NixOS writes; this
-//! module flattens it into the handful of fields entries need and reads the one extension
-//! that changes entries (`org.nixos.systemd-boot`: `sortKey`, `devicetree`).
+//! module flattens it into the handful of fields entries need and reads the extensions that
+//! change entries: `org.nixos.systemd-boot` (`sortKey`, `devicetree`) and our own
+//! `dev.stagehand.v1` (`initrd`: the initrd Stagehand's NixOS module built for the
+//! generation, used instead of the bootspec's).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -14,6 +16,8 @@ use ::bootspec::{BootJson, Extensions};
 
 /// Key of the systemd-boot extension NixOS adds to `boot.json`.
 pub const SYSTEMD_BOOT_EXTENSION: &str = "org.nixos.systemd-boot";
+/// Key of Stagehand's extension: `{"initrd": "/nix/store/…"}`, set by `nix/module.nix`.
+pub const STAGEHAND_EXTENSION: &str = "dev.stagehand.v1";
 /// Key of the v1 document inside `boot.json`.
 pub const V1_KEY: &str = "org.nixos.bootspec.v1";
 
@@ -38,6 +42,9 @@ pub struct BootSpec {
     pub sort_key: Option<String>,
     /// `org.nixos.systemd-boot.devicetree`: a device tree blob for systemd-boot to load.
     pub devicetree: Option<PathBuf>,
+    /// `dev.stagehand.v1.initrd`: our initrd for this configuration (a store path); when
+    /// present the entries boot it instead of [`BootSpec::initrd`].
+    pub stagehand_initrd: Option<PathBuf>,
     /// Specialisations by name (empty for a specialisation itself: they do not nest).
     pub specialisations: BTreeMap<String, BootSpec>,
 }
@@ -151,6 +158,7 @@ fn from_v1(
 ) -> Result<BootSpec, SpecError> {
     let b = &v1.bootspec;
     let (sort_key, devicetree) = systemd_boot_extension(path, extensions)?;
+    let stagehand_initrd = stagehand_extension(path, extensions)?;
     let field = |name: &str| format!("{where_}.{name}");
     // Label, parameters, init and sort key are copied into entry lines: a control character
     // (a newline above all) would let boot.json add `linux`/`initrd`/`options` lines.
@@ -170,6 +178,9 @@ fn from_v1(
     }
     if let Some(dt) = &devicetree {
         store_path(path, format!("\"{SYSTEMD_BOOT_EXTENSION}\".devicetree"), dt)?;
+    }
+    if let Some(initrd) = &stagehand_initrd {
+        store_path(path, format!("\"{STAGEHAND_EXTENSION}\".initrd"), initrd)?;
     }
     let mut specialisations = BTreeMap::new();
     if with_specialisations {
@@ -195,6 +206,7 @@ fn from_v1(
         system: b.system.clone(),
         sort_key,
         devicetree,
+        stagehand_initrd,
         specialisations,
     })
 }
@@ -265,6 +277,40 @@ fn systemd_boot_extension(
         }
     };
     Ok((field("sortKey")?, field("devicetree")?.map(PathBuf::from)))
+}
+
+/// `dev.stagehand.v1`, read strictly: an object whose only key is `initrd`, a string (the
+/// store-path check is the caller's, shared with the bootspec's own paths). It is ours, so
+/// an unknown key is a mistake (a typo, or a newer module than this tool), not a
+/// forward-compatible extra: it is refused rather than silently booting the wrong initrd.
+fn stagehand_extension(path: &Path, extensions: &Extensions) -> Result<Option<PathBuf>, SpecError> {
+    let Some(ext) = extensions.get(STAGEHAND_EXTENSION) else {
+        return Ok(None);
+    };
+    let shape = |detail: String| SpecError::Shape {
+        path: path.to_path_buf(),
+        detail,
+    };
+    let serde_json::Value::Object(map) = ext else {
+        return Err(shape(format!(
+            "\"{STAGEHAND_EXTENSION}\" must be an object {{\"initrd\": \"/nix/store/…\"}}, not {ext}"
+        )));
+    };
+    if let Some(key) = map.keys().find(|k| k.as_str() != "initrd") {
+        return Err(shape(format!(
+            "\"{STAGEHAND_EXTENSION}\".{key:?} is not a known key (the only one is \"initrd\"); \
+             remove it, or update stagehand to the version of the NixOS module that wrote it"
+        )));
+    }
+    match map.get("initrd") {
+        Some(serde_json::Value::String(s)) => Ok(Some(PathBuf::from(s))),
+        Some(other) => Err(shape(format!(
+            "\"{STAGEHAND_EXTENSION}\".initrd must be a string (a store path), not {other}"
+        ))),
+        None => Err(shape(format!(
+            "\"{STAGEHAND_EXTENSION}\" has no \"initrd\" key; it is the extension's only content"
+        ))),
+    }
 }
 
 /// Fixtures for tests in this crate and the crates above it.
@@ -346,5 +392,61 @@ mod tests {
             .replace("{ \"sortKey\": \"nixos\" }", "{ \"sortKey\": 7 }");
         let e = parse(p, bad_ext.as_bytes()).expect_err("extension");
         assert!(e.to_string().contains("sortKey must be a string"), "{e}");
+    }
+
+    fn with_stagehand_extension(ext: &str) -> String {
+        sample_json("/nix/store/a", "L", &[]).replace(
+            "\"org.nixos.systemd-boot\"",
+            &format!("\"dev.stagehand.v1\": {ext},\n  \"org.nixos.systemd-boot\""),
+        )
+    }
+
+    #[test]
+    fn the_stagehand_extension_names_the_initrd() {
+        let p = Path::new("/x/boot.json");
+        let spec = parse(p, sample_json("/nix/store/a", "L", &[]).as_bytes()).expect("parse");
+        assert_eq!(spec.stagehand_initrd, None);
+        let json =
+            with_stagehand_extension(r#"{"initrd": "/nix/store/ssss-stagehand-initrd/initrd"}"#);
+        let spec = parse(p, json.as_bytes()).expect("parse");
+        assert_eq!(
+            spec.stagehand_initrd,
+            Some(PathBuf::from("/nix/store/ssss-stagehand-initrd/initrd"))
+        );
+    }
+
+    #[test]
+    fn a_bad_stagehand_extension_names_the_file_and_the_key() {
+        let p = Path::new("/nix/store/x/boot.json");
+        for (ext, words) in [
+            (
+                r#"{"initrd": "/etc/shadow"}"#,
+                &["\"dev.stagehand.v1\".initrd", "/etc/shadow", "/nix/store"][..],
+            ),
+            (
+                r#"{"initrd": "/nix/store/../../etc/shadow"}"#,
+                &["\"dev.stagehand.v1\".initrd", "/nix/store"][..],
+            ),
+            (
+                r#"{"initrd": 7}"#,
+                &["\"dev.stagehand.v1\".initrd must be a string"][..],
+            ),
+            (
+                r#"{"initrd": "/nix/store/s/initrd", "initrdd": "x"}"#,
+                &["\"dev.stagehand.v1\".\"initrdd\" is not a known key"][..],
+            ),
+            (r#"{}"#, &["\"dev.stagehand.v1\" has no \"initrd\" key"][..]),
+            (
+                r#""/nix/store/s/initrd""#,
+                &["\"dev.stagehand.v1\" must be an object"][..],
+            ),
+        ] {
+            let e = parse(p, with_stagehand_extension(ext).as_bytes()).expect_err(ext);
+            let msg = e.to_string();
+            assert!(msg.starts_with("/nix/store/x/boot.json: "), "{ext}: {msg}");
+            for w in words {
+                assert!(msg.contains(w), "{ext}: {msg} lacks {w}");
+            }
+        }
     }
 }

@@ -59,6 +59,29 @@ fn bad_boot_json_names_the_file_and_the_key() {
             v1(&full.replace("\"kernelParams\": []", "\"kernelParams\": [1]")),
             &["integer `1`, expected a string", "RFC 0125"],
         ),
+        (
+            "dev.stagehand.v1 initrd outside the store",
+            format!(
+                "{{\"dev.stagehand.v1\": {{\"initrd\": \"/etc/shadow\"}}, \
+                 \"org.nixos.bootspec.v1\": {{{full}}}}}"
+            ),
+            &[
+                "\"dev.stagehand.v1\".initrd",
+                "/etc/shadow",
+                "a file in /nix/store",
+            ],
+        ),
+        (
+            "dev.stagehand.v1 with a misspelt key",
+            format!(
+                "{{\"dev.stagehand.v1\": {{\"initrdd\": \"/nix/store/s/initrd\"}}, \
+                 \"org.nixos.bootspec.v1\": {{{full}}}}}"
+            ),
+            &[
+                "\"dev.stagehand.v1\".\"initrdd\" is not a known key",
+                "remove it",
+            ],
+        ),
     ];
     for (case, json, words) in &cases {
         let e = spec::parse(p, json.as_bytes()).expect_err(case);

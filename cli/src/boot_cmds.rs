@@ -13,6 +13,7 @@ use stagehand_boot::date;
 use stagehand_boot::entry_name::EntryName;
 use stagehand_boot::esp::{BootFs, Statvfs};
 use stagehand_boot::extlinux::ExtlinuxConfig;
+use stagehand_boot::gather::{self, AdminInitrd};
 use stagehand_boot::install::{self, InstallOptions, Loader};
 use stagehand_boot::profile::{self, GenerationInfo, Profile};
 use stagehand_boot::sdboot::{self, EntryStatus, EspState, SdBootConfig};
@@ -95,9 +96,51 @@ fn sdboot_config(a: &InstallArgs) -> SdBootConfig {
     }
 }
 
+/// `--initrd FILE`: measured and hashed by the boot library (it must be a regular file),
+/// then read back as an archive for the kernel version its modules are for.
+fn admin_initrd(root: &Root, path: &Path) -> Result<AdminInitrd> {
+    let (source, bytes) = gather::admin_initrd(root, path)?;
+    let entries = stagehand_initrd::list(&bytes).with_context(|| {
+        format!(
+            "--initrd {}: not an initrd (a cpio archive, possibly compressed)",
+            path.display()
+        )
+    })?;
+    let kernel_version = stagehand_initrd::inspect::kernel_version(&entries)
+        .with_context(|| format!("--initrd {}", path.display()))?;
+    Ok(AdminInitrd {
+        path: path.to_path_buf(),
+        source,
+        kernel_version,
+    })
+}
+
+/// `--initrd` as a path inside the root. A relative one is the admin's working directory
+/// (`./result/initrd`), which only means something when the root is `/`.
+fn initrd_path(root: &Path, p: &Path) -> Result<std::path::PathBuf> {
+    if p.is_absolute() {
+        return Ok(p.to_path_buf());
+    }
+    if root != Path::new("/") {
+        anyhow::bail!(
+            "--initrd {}: a relative path cannot be placed under --root {}; give it as an \
+             absolute path as that system sees it",
+            p.display(),
+            root.display()
+        );
+    }
+    let cwd = std::env::current_dir().context("--initrd: cannot read the current directory")?;
+    Ok(cwd.join(p))
+}
+
 /// `stagehand install-bootloader`: write the entries, or with `--dry-run` print the plan.
 pub fn install(a: &InstallArgs) -> Result<u8> {
     let root = open_root(&a.root.root)?;
+    let initrd = a
+        .initrd
+        .as_deref()
+        .map(|p| admin_initrd(&root, &initrd_path(&a.root.root, p)?))
+        .transpose()?;
     let sd = sdboot_config(a);
     let opts = InstallOptions {
         esp: a.esp.esp.clone(),
@@ -114,10 +157,17 @@ pub fn install(a: &InstallArgs) -> Result<u8> {
         default: a.default.clone(),
         dry_run: a.dry_run,
         efivars: Some(a.efivars.efivars.clone()),
+        initrd,
     };
     let report = install::install(&root, &opts, &Statvfs)?;
     for w in &report.plan.warnings {
         log::warn!("{w}");
+    }
+    if !a.dry_run {
+        // The dry run prints them with the plan.
+        for n in &report.plan.notes {
+            log::info!("note: {n}");
+        }
     }
     if a.dry_run {
         let mut text = String::new();

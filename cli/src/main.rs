@@ -249,6 +249,10 @@ struct InstallArgs {
     /// systemd-boot's console-mode (keep, auto, max or a number)
     #[arg(long, value_name = "MODE")]
     console_mode: Option<String>,
+    /// Stagehand's initrd (stagehand-initrd build -o FILE): booted by every generation whose
+    /// kernel its modules match; copied to the boot partition under a name from its content
+    #[arg(long, value_name = "FILE")]
+    initrd: Option<PathBuf>,
     /// Print the plan (entries to write and remove, menu order), change nothing
     #[arg(long)]
     dry_run: bool,

@@ -49,6 +49,7 @@ const COMMANDS: &[(&str, &[&str])] = &[
             "--no-counting",
             "--editor",
             "--console-mode <MODE>",
+            "--initrd <FILE>",
             "--dry-run",
         ],
     ),

@@ -364,8 +364,10 @@ pub fn dynamic<S: Source + ?Sized>(src: &S) -> Result<Dynamic, ElfError> {
     Ok(out)
 }
 
-#[cfg(test)]
-pub(crate) mod tests {
+/// Tiny ELF files for tests here and in the crates that read initrds (`inspect`'s
+/// `fake_module`).
+#[doc(hidden)]
+pub mod fixture {
     use super::*;
 
     /// A minimal ELF64 LE relocatable with a null section, `.shstrtab` and the given
@@ -434,6 +436,13 @@ pub(crate) mod tests {
         out.extend_from_slice(&shdr(shstr_name, 3, 0, shstr_off, shstr.len()));
         out
     }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub use super::fixture::{tiny_elf, tiny_elf_typed};
 
     #[test]
     fn file_program_and_section_headers_of_a_host_program() {

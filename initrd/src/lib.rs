@@ -12,7 +12,8 @@
 //! - Nothing in the initrd is generation-specific (stage 1 takes the generation from
 //!   `init=`), so one initrd serves every generation that shares a kernel.
 //! - [`secrets_archive`] makes the separate archive appended at install time;
-//!   [`list`] reads an initrd back, concatenated segments included.
+//!   [`list`] reads an initrd back, concatenated segments included, and
+//!   [`inspect::kernel_version`] tells which kernel its modules are for.
 //!
 //! Layout inside the initrd: `/init`, `/etc/stagehand/stage1.cfg`, modules as
 //! `/lib/modules/<name>.ko` (unpacked, signatures stripped unless kept), firmware under
@@ -27,6 +28,7 @@ pub mod cpio;
 pub mod elf;
 pub mod fstab;
 pub mod input;
+pub mod inspect;
 pub mod modules;
 pub mod objects;
 pub mod output;

@@ -384,6 +384,16 @@ fn initrd_for_virtio_ext4_root() {
         .map(|m| m.name.as_str())
         .collect();
     assert_eq!(optional, ["crc32c_intel"]);
+    // What `stagehand install-bootloader --initrd` reads back: the kernel the modules were
+    // built for, from their vermagic, equal to the tree's directory name (`uname -r`).
+    let version = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("lib/modules/<version>");
+    assert_eq!(
+        stagehand_initrd::inspect::kernel_version(&entries),
+        Ok(Some(version.to_string()))
+    );
 }
 
 #[test]

@@ -39,6 +39,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("apt-cache", "apt"),
     ("python3", "python3"),
     ("bash", "bash"),
+    ("sha256sum", "coreutils"),
+    ("nix-instantiate", "nix-bin"),
 ];
 
 /// `name` on `PATH` or in the sbin directories (which a non-login root shell may lack).

@@ -8,6 +8,7 @@ use super::{PlanError, SdBootConfig, DEFAULT_GLOB, DEFAULT_SORT_KEY, ENTRY_PREFI
 use crate::bls::{self, Entry};
 use crate::date;
 use crate::gather::{GenerationBoot, Inputs};
+use crate::initrd_choice;
 use crate::spec::BootSpec;
 
 /// One entry to be written.
@@ -21,8 +22,15 @@ pub struct PlannedEntry {
     pub file_name: String,
 }
 
-/// Entries as `(id, generation, entry)`, and warnings.
-pub type Desired = (Vec<(String, u64, Entry)>, Vec<String>);
+/// The entries we want, before matching them to existing files.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Desired {
+    /// `(id, generation, entry)`, newest generation first.
+    pub entries: Vec<(String, u64, Entry)>,
+    pub warnings: Vec<String>,
+    /// Which initrd each entry boots, when there was a choice.
+    pub notes: Vec<String>,
+}
 
 /// The entries we want, newest generation first, before matching them to existing files.
 pub fn desired_entries(
@@ -31,9 +39,8 @@ pub fn desired_entries(
     cfg: &SdBootConfig,
     machine_id: Option<&str>,
 ) -> Result<Desired, PlanError> {
-    let mut warnings = Vec::new();
+    let mut out = Desired::default();
     let gens = kept_generations(inputs, default, cfg.configuration_limit)?;
-    let mut out = Vec::new();
     for g in &gens {
         let group = if g.number == default {
             ""
@@ -43,11 +50,13 @@ pub fn desired_entries(
             "-generation-newer"
         };
         let id = format!("{ENTRY_PREFIX}{}", g.number);
-        let e = entry_for(inputs, g, &g.spec, None, group, machine_id, default)?;
-        out.push((id.clone(), g.number, e));
+        let e = entry_for(
+            inputs, g, &g.spec, None, group, machine_id, default, &mut out,
+        )?;
+        out.entries.push((id.clone(), g.number, e));
         for (name, s) in &g.spec.specialisations {
             if !valid_specialisation_name(name) {
-                warnings.push(format!(
+                out.warnings.push(format!(
                     "generation {}: specialisation {name:?} has characters a boot entry file \
                      name cannot hold (allowed: A-Z a-z 0-9 - _ .); it gets no entry",
                     g.number
@@ -62,11 +71,13 @@ pub fn desired_entries(
                 "-specialisation",
                 machine_id,
                 default,
+                &mut out,
             )?;
-            out.push((format!("{id}-specialisation-{name}"), g.number, e));
+            out.entries
+                .push((format!("{id}-specialisation-{name}"), g.number, e));
         }
     }
-    Ok((out, warnings))
+    Ok(out)
 }
 
 /// Newest first: the default generation and the newest others, `limit` in all. The
@@ -98,6 +109,7 @@ fn kept_generations(
     Ok(gens)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn entry_for(
     inputs: &Inputs,
     g: &GenerationBoot,
@@ -106,6 +118,7 @@ fn entry_for(
     group: &str,
     machine_id: Option<&str>,
     default: u64,
+    out: &mut Desired,
 ) -> Result<Entry, PlanError> {
     if let Some(program) = &spec.initrd_secrets {
         if g.number == default {
@@ -122,6 +135,8 @@ fn entry_for(
             .ok_or_else(|| PlanError::Unmeasured { path: p.clone() })?;
         Ok(format!("/{NIXOS_DIR}/{}", efi_name(src)))
     };
+    let choice = initrd_choice::choose(inputs, g, spec, specialisation);
+    out.notes.extend(choice.note);
     let mut options = format!("init={}", spec.init.display());
     for p in &spec.kernel_params {
         options.push(' ');
@@ -142,7 +157,7 @@ fn entry_for(
         machine_id: machine_id.map(str::to_string),
         sort_key: Some(format!("{base}{group}")),
         linux: Some(file(&spec.kernel)?),
-        initrd: spec.initrd.iter().map(file).collect::<Result<_, _>>()?,
+        initrd: choice.initrd.iter().map(file).collect::<Result<_, _>>()?,
         options: vec![options],
         devicetree: spec.devicetree.as_ref().map(file).transpose()?,
         other: Vec::new(),

@@ -29,13 +29,25 @@ pub fn is_managed_stem(stem: &str) -> bool {
 
 /// File name in `EFI/nixos/` for a kernel, initrd or device tree: the store path with `/`
 /// turned into `-` (`<hash>-linux-6.1-bzImage.efi`, like NixOS's builder), so each content
-/// is stored once.
+/// is stored once. The admin's initrd, from outside the store, is named by its content:
+/// `stagehand-<first 32 hex digits of its SHA-256>-initrd.efi`.
 pub fn efi_name(source: &Source) -> String {
     format!("{}.efi", clean_name(source))
 }
 
-/// `<hash>-<name>-<file>` from the resolved store path (`gather` admits no other).
+/// How many hex digits of the digest name an admin's initrd (128 bits: collisions between
+/// the few initrds one partition holds are out of the question).
+const DIGEST_DIGITS: usize = 32;
+
+/// `<hash>-<name>-<file>` from the resolved store path; `stagehand-<digest>-initrd` for the
+/// admin's initrd (the only source `gather` admits from outside the store).
 pub fn clean_name(source: &Source) -> String {
+    if let Some(d) = &source.digest {
+        return sanitize(&format!(
+            "stagehand-{}-initrd",
+            d.get(..DIGEST_DIGITS).unwrap_or(d)
+        ));
+    }
     let canon = &source.canonical;
     let rel = canon.strip_prefix(STORE_DIR).unwrap_or(canon);
     let parts: Vec<String> = rel

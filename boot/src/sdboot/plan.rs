@@ -21,8 +21,8 @@ pub fn plan(
     cfg: &SdBootConfig,
     esp: &EspState,
 ) -> Result<(FilePlan, Vec<PlannedEntry>), PlanError> {
-    let (desired, mut warnings) =
-        desired_entries(inputs, default, cfg, inputs.machine_id.as_deref())?;
+    let desired = desired_entries(inputs, default, cfg, inputs.machine_id.as_deref())?;
+    let mut warnings = desired.warnings;
     warnings.extend(inputs.skipped.iter().cloned());
     // Directories that exist need no space; keep the list for creation only.
     let mut fp = FilePlan {
@@ -34,12 +34,13 @@ pub fn plan(
         ],
         ..FilePlan::default()
     };
-    let entries = write_entries(inputs, cfg, esp, desired, &mut fp);
+    let entries = write_entries(inputs, cfg, esp, desired.entries, &mut fp);
     copy_referenced_files(inputs, esp, &entries.referenced, &mut fp)?;
     // loader.conf last among the writes: by then every entry it could select exists.
     write_loader_conf(cfg, esp, &mut fp);
     remove_unused(inputs, esp, &entries, &mut fp);
     fp.warnings = warnings;
+    fp.notes = desired.notes;
     Ok((fp, entries.planned))
 }
 

@@ -20,6 +20,7 @@ pub(crate) fn spec(top: &str, label: &str, specs: &[(&str, &str)]) -> BootSpec {
         system: "x86_64-linux".into(),
         sort_key: Some("nixos".into()),
         devicetree: None,
+        stagehand_initrd: None,
         specialisations: specs
             .iter()
             .map(|(n, t)| (n.to_string(), spec(t, label, &[])))
@@ -35,6 +36,7 @@ fn source(p: &str, size: u64) -> (PathBuf, Source) {
             size,
             files: 1,
             tree: false,
+            digest: None,
         },
     )
 }
@@ -63,6 +65,7 @@ pub(crate) fn inputs(n: u64) -> Inputs {
             spec: s,
             nixos_version: BTreeMap::new(),
             dtbs: BTreeMap::new(),
+            modules_version: BTreeMap::new(),
         });
     }
     generations.reverse();
@@ -73,6 +76,7 @@ pub(crate) fn inputs(n: u64) -> Inputs {
         machine_id: Some("4098b3f648d74c13b1f04ccfba7798e8".into()),
         skipped: vec![],
         unreadable: vec![],
+        ours: None,
     }
 }
 
@@ -439,4 +443,194 @@ fn managed_names() {
     assert!(!is_managed_stem("nixos-generation-12-other"));
     assert!(!is_managed_stem("nixos-generation-12-specialisation-"));
     assert!(!is_managed_stem("nixos-foo-generation-1"));
+}
+
+/// `inputs(3)` with the admin's initrd for Linux `ours` (`None`: no modules in it);
+/// generation 1 runs Linux 6.6.0, 2 (and its specialisation) and 3 run 6.1.0.
+pub(crate) fn with_admin_initrd(ours: Option<&str>) -> Inputs {
+    let mut i = inputs(3);
+    for g in &mut i.generations {
+        let v = if g.number == 1 { "6.6.0" } else { "6.1.0" };
+        let tops: Vec<PathBuf> = std::iter::once(g.spec.toplevel.clone())
+            .chain(g.spec.specialisations.values().map(|s| s.toplevel.clone()))
+            .collect();
+        for t in tops {
+            g.modules_version.insert(t, v.into());
+        }
+    }
+    i.with_initrd(crate::gather::AdminInitrd {
+        path: PathBuf::from("/root/stagehand-initrd"),
+        source: Source {
+            canonical: PathBuf::from("/root/stagehand-initrd"),
+            size: 4321,
+            files: 1,
+            tree: false,
+            digest: Some("0123456789abcdef".repeat(4)),
+        },
+        kernel_version: ours.map(str::to_string),
+    })
+}
+
+const OURS: &str = "/EFI/nixos/stagehand-0123456789abcdef0123456789abcdef-initrd.efi";
+
+fn initrd_line(fp: &FilePlan, dest: &str) -> String {
+    text(fp, dest)
+        .lines()
+        .find(|l| l.starts_with("initrd "))
+        .map(|l| l["initrd ".len()..].to_string())
+        .unwrap_or_default()
+}
+
+#[test]
+fn the_admin_initrd_goes_to_generations_of_its_kernel_only() {
+    let i = with_admin_initrd(Some("6.1.0"));
+    let (fp, _) = plan(&i, 3, &SdBootConfig::default(), &EspState::default()).expect("plan");
+    // Same kernel: ours, for the generation and its specialisation.
+    assert_eq!(
+        initrd_line(&fp, "loader/entries/nixos-generation-3+3.conf"),
+        OURS
+    );
+    assert_eq!(
+        initrd_line(&fp, "loader/entries/nixos-generation-2+3.conf"),
+        OURS
+    );
+    assert_eq!(
+        initrd_line(
+            &fp,
+            "loader/entries/nixos-generation-2-specialisation-debug+3.conf"
+        ),
+        OURS
+    );
+    // Another kernel: its own initrd, and a note saying why.
+    assert_eq!(
+        initrd_line(&fp, "loader/entries/nixos-generation-1+3.conf"),
+        "/EFI/nixos/sys1-initrd-initrd.efi"
+    );
+    let notes = fp.notes.join("\n");
+    assert!(
+        notes.contains(
+            "generation 1: keeps its own initrd /nix/store/sys1-initrd/initrd: its kernel \
+             modules are for Linux 6.6.0, --initrd's for Linux 6.1.0"
+        ),
+        "{notes}"
+    );
+    assert!(
+        notes.contains(
+            "generation 3: initrd /root/stagehand-initrd (--initrd, modules for Linux 6.1.0)"
+        ),
+        "{notes}"
+    );
+    assert!(
+        notes.contains("generation 2 (specialisation debug): initrd /root/stagehand-initrd"),
+        "{notes}"
+    );
+    // The dry run shows the choice.
+    assert!(fp
+        .describe()
+        .contains("note: generation 1: keeps its own initrd"));
+    // Ours is copied once, from where the admin keeps it, under its content's name; the
+    // initrds it replaces are not copied at all.
+    let copies: Vec<(&str, &str)> = fp
+        .copies
+        .iter()
+        .map(|c| (c.dest.as_str(), c.source.to_str().unwrap_or("")))
+        .collect();
+    assert_eq!(
+        copies,
+        [
+            (
+                "EFI/nixos/kkkk-linux-6.1-bzImage.efi",
+                "/nix/store/kkkk-linux-6.1/bzImage"
+            ),
+            (
+                "EFI/nixos/stagehand-0123456789abcdef0123456789abcdef-initrd.efi",
+                "/root/stagehand-initrd"
+            ),
+            (
+                "EFI/nixos/sys1-initrd-initrd.efi",
+                "/nix/store/sys1-initrd/initrd"
+            ),
+        ]
+    );
+}
+
+#[test]
+fn an_admin_initrd_without_modules_serves_every_kernel() {
+    let i = with_admin_initrd(None);
+    let (fp, _) = plan(&i, 3, &SdBootConfig::default(), &EspState::default()).expect("plan");
+    for g in 1..=3 {
+        let dest = format!("loader/entries/nixos-generation-{g}+3.conf");
+        assert_eq!(initrd_line(&fp, &dest), OURS, "{dest}");
+    }
+    assert!(
+        fp.notes
+            .iter()
+            .all(|n| n.contains("holds no kernel modules")),
+        "{:?}",
+        fp.notes
+    );
+}
+
+#[test]
+fn the_modules_extension_wins_over_the_admin_initrd() {
+    let mut i = with_admin_initrd(Some("6.1.0"));
+    let ext = PathBuf::from("/nix/store/eeee-stagehand-initrd/initrd");
+    i.sources
+        .extend([source("/nix/store/eeee-stagehand-initrd/initrd", 5000)]);
+    // Generation 3 and generation 1 (whose kernel does not match --initrd) carry it.
+    for g in &mut i.generations {
+        if g.number != 2 {
+            g.spec.stagehand_initrd = Some(ext.clone());
+        }
+    }
+    let (fp, _) = plan(&i, 3, &SdBootConfig::default(), &EspState::default()).expect("plan");
+    let theirs = "/EFI/nixos/eeee-stagehand-initrd-initrd.efi";
+    assert_eq!(
+        initrd_line(&fp, "loader/entries/nixos-generation-3+3.conf"),
+        theirs
+    );
+    assert_eq!(
+        initrd_line(&fp, "loader/entries/nixos-generation-1+3.conf"),
+        theirs
+    );
+    assert_eq!(
+        initrd_line(&fp, "loader/entries/nixos-generation-2+3.conf"),
+        OURS
+    );
+    assert!(
+        fp.notes.contains(&format!(
+            "generation 3: initrd {} (boot.json dev.stagehand.v1)",
+            ext.display()
+        )),
+        "{:?}",
+        fp.notes
+    );
+    // Without --initrd the extension still decides; nothing else changes.
+    let mut plain = inputs(3);
+    plain
+        .sources
+        .extend([source("/nix/store/eeee-stagehand-initrd/initrd", 5000)]);
+    plain.generations[0].spec.stagehand_initrd = Some(ext.clone());
+    let (fp, _) = plan(&plain, 3, &SdBootConfig::default(), &EspState::default()).expect("plan");
+    assert_eq!(
+        initrd_line(&fp, "loader/entries/nixos-generation-3+3.conf"),
+        theirs
+    );
+    assert_eq!(
+        initrd_line(&fp, "loader/entries/nixos-generation-2+3.conf"),
+        "/EFI/nixos/sys2-initrd-initrd.efi"
+    );
+    assert_eq!(fp.notes.len(), 1, "{:?}", fp.notes);
+}
+
+#[test]
+fn without_initrd_choices_there_are_no_notes() {
+    let (fp, _) = plan(
+        &inputs(3),
+        3,
+        &SdBootConfig::default(),
+        &EspState::default(),
+    )
+    .expect("plan");
+    assert!(fp.notes.is_empty(), "{:?}", fp.notes);
 }

@@ -1,0 +1,186 @@
+//! The Nix files (`flake.nix`, `nix/*.nix`) parse. Debian's Nix (2.8) cannot evaluate
+//! nixpkgs, so this is the check that runs everywhere: `nix-instantiate --parse` on every
+//! file, which catches syntax errors but not wrong option names or types (nix/README.md says
+//! what is verified and how). Needs `nix-instantiate` (vm-tests/setup-host installs nix-bin).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use stagehand_testkit::host::require_tool;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the workspace root")
+        .to_path_buf()
+}
+
+/// Every `.nix` file under `dir`, recursively.
+fn nix_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.expect("dir entry").path())
+        .collect();
+    entries.sort();
+    for p in entries {
+        if p.is_dir() {
+            nix_files(&p, out);
+        } else if p.extension().is_some_and(|x| x == "nix") {
+            out.push(p);
+        }
+    }
+}
+
+/// `nix-instantiate --parse FILE`: `Err(stderr)` when it does not parse.
+fn parse(tool: &Path, file: &Path) -> Result<(), String> {
+    let out = Command::new(tool)
+        .arg("--parse")
+        .arg(file)
+        // Nix wants a writable home and state dir for nothing but its own bookkeeping.
+        .env("HOME", std::env::temp_dir())
+        .output()
+        .unwrap_or_else(|e| panic!("run {}: {e}", tool.display()));
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+#[test]
+fn every_nix_file_parses() {
+    let tool = require_tool("nix-instantiate");
+    let root = repo();
+    let mut files = vec![root.join("flake.nix")];
+    nix_files(&root.join("nix"), &mut files);
+    // The files the flake and the README name must all be there: an empty walk would pass.
+    for want in ["flake.nix", "nix/package.nix", "nix/module.nix"] {
+        assert!(
+            files.iter().any(|f| f == &root.join(want)),
+            "{want} is missing: {files:?}"
+        );
+    }
+    let failures: Vec<String> = files
+        .iter()
+        .filter_map(|f| {
+            parse(&tool, f)
+                .err()
+                .map(|e| format!("{}:\n{e}", f.display()))
+        })
+        .collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn the_check_fails_on_a_syntax_error() {
+    // So that `every_nix_file_parses` passing means something.
+    let tool = require_tool("nix-instantiate");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = dir.path().join("bad.nix");
+    std::fs::write(&bad, "{ config, ... }: { boot.stagehand.enable = true; ").expect("write");
+    let e = parse(&tool, &bad).expect_err("an unclosed brace parses");
+    assert!(e.contains("syntax error"), "{e}");
+}
+
+/// `cli/tests/nix/module-stub.nix` evaluated with `args` (a Nix attribute set).
+fn module_with(args: &str) -> serde_json::Value {
+    let tool = require_tool("nix-instantiate");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/nix");
+    let out = Command::new(tool)
+        .current_dir(&dir)
+        .args(["--eval", "--strict", "--json", "--expr"])
+        .arg(format!("import ./module-stub.nix {args}"))
+        .env("HOME", std::env::temp_dir())
+        .output()
+        .expect("run nix-instantiate");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON")
+}
+
+fn s<'a>(v: &'a serde_json::Value, key: &str) -> &'a str {
+    v[key]
+        .as_str()
+        .unwrap_or_else(|| panic!("{key} is not a string: {v}"))
+}
+
+const PKG: &str = "/nix/store/00000000000000000000000000000000-stagehand-0.1.0";
+const STORE: &str = "/nix/store/00000000000000000000000000000000";
+
+#[test]
+fn the_module_builds_the_initrd_from_the_configuration() {
+    let m = module_with("{ }");
+    assert_eq!(m["enabledBy"], true);
+    assert_eq!(
+        m["options"],
+        serde_json::json!(["enable", "extraModules", "package", "replaceInit"])
+    );
+    // The initrd: from the configuration's fstab, modules tree and firmware (not from the
+    // toplevel), NixOS's module lists plus the extra ones, once each and in order.
+    assert_eq!(
+        s(&m, "inputsScript"),
+        format!(
+            "mkdir -p $out/etc\n\
+             ln -s {STORE}-etc-fstab $out/etc/fstab\n\
+             ln -s {STORE}-linux-6.6.7-modules $out/kernel-modules\n\
+             ln -s {STORE}-firmware/lib/firmware $out/firmware\n"
+        )
+    );
+    assert_eq!(
+        s(&m, "initrdScript"),
+        format!(
+            "mkdir $out\n\
+             stagehand-initrd build \\\n  \
+             --system {STORE}-stagehand-initrd-inputs \\\n  \
+             --generic \\\n  \
+             --modules 'ahci,sd_mod,dm_mod,virtio_net' \\\n  \
+             --stage1 {PKG}/bin/stage1 \\\n  \
+             --stage2 {PKG}/bin/stage2 \\\n  \
+             -o $out/initrd\n"
+        )
+    );
+    assert_eq!(m["initrdTools"], serde_json::json!(["stagehand-0.1.0"]));
+    // Every boot loader boots it, and boot.json names it for `install-bootloader`.
+    assert_eq!(
+        m["bootspec"],
+        serde_json::json!({"dev.stagehand.v1": {"initrd": format!("{STORE}-stagehand-initrd-6.6.7/initrd")}})
+    );
+    // Secrets: appended by stagehand-initrd at install time, quoted, null = same path.
+    assert_eq!(m["appenderPriority"], 50);
+    assert!(
+        s(&m, "appender").ends_with(&format!(
+            "exec {PKG}/bin/stagehand-initrd append-secrets \"$1\" \
+             '/etc/secret key=/root/it'\\''s secret' \
+             '/etc/ssh/ssh_host_ed25519_key=/etc/ssh/ssh_host_ed25519_key'\n"
+        )),
+        "{}",
+        s(&m, "appender")
+    );
+    // Our stage 2 becomes init; NixOS's script is kept beside it.
+    assert_eq!(m["builderCommands"]["condition"], true);
+    assert_eq!(
+        m["builderCommands"]["content"],
+        format!("mv $out/init $out/nixos-stage-2-init\ncp {PKG}/bin/stage2 $out/init\n")
+    );
+    // The scripted layout is asked for with a default (an explicit setting wins).
+    assert_eq!(
+        m["systemdInitrd"],
+        serde_json::json!({"priority": 1000, "content": false})
+    );
+    assert_eq!(m["assertions"], serde_json::json!([true, true]));
+    assert_eq!(m["packages"], serde_json::json!(["stagehand-0.1.0"]));
+}
+
+#[test]
+fn the_module_without_secrets_init_swap_or_with_the_systemd_initrd() {
+    let m = module_with("{ replaceInit = false; secrets = { }; systemdInitrd = true; }");
+    assert_eq!(m["builderCommands"]["condition"], false);
+    let appender = s(&m, "appender");
+    assert!(appender.ends_with("fi\nexit 0\n"), "{appender}");
+    assert!(!appender.contains("append-secrets"), "{appender}");
+    // The systemd initrd is refused by the first assertion.
+    assert_eq!(m["assertions"], serde_json::json!([false, true]));
+}
