@@ -28,9 +28,11 @@ let
     ln -s ${config.hardware.firmware}/lib/firmware $out/firmware
   '';
 
-  modules = lib.unique (
-    config.boot.initrd.availableKernelModules ++ config.boot.initrd.kernelModules ++ cfg.extraModules
-  );
+  # kernelModules are loaded whatever the machine; availableKernelModules only help when
+  # their hardware is there, so they are carried as optional (a failed load does not stop
+  # the boot), as NixOS's stage 1 treats them.
+  modules = lib.unique (config.boot.initrd.kernelModules ++ cfg.extraModules);
+  optionalModules = lib.subtractLists modules (lib.unique config.boot.initrd.availableKernelModules);
 
   initrd =
     pkgs.runCommand "stagehand-initrd-${config.boot.kernelPackages.kernel.modDirVersion}"
@@ -45,6 +47,7 @@ let
           --system ${systemInputs} \
           --generic \
           ${lib.optionalString (modules != [ ]) "--modules ${lib.escapeShellArg (lib.concatStringsSep "," modules)}"} \
+          ${lib.optionalString (optionalModules != [ ]) "--optional-modules ${lib.escapeShellArg (lib.concatStringsSep "," optionalModules)}"} \
           --stage1 ${cfg.package}/bin/stage1 \
           --stage2 ${cfg.package}/bin/stage2 \
           -o $out/${initrdFile}

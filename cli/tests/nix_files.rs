@@ -136,7 +136,8 @@ fn the_module_builds_the_initrd_from_the_configuration() {
              stagehand-initrd build \\\n  \
              --system {STORE}-stagehand-initrd-inputs \\\n  \
              --generic \\\n  \
-             --modules 'ahci,sd_mod,dm_mod,virtio_net' \\\n  \
+             --modules 'dm_mod,virtio_net,ahci' \\\n  \
+             --optional-modules 'sd_mod' \\\n  \
              --stage1 {PKG}/bin/stage1 \\\n  \
              --stage2 {PKG}/bin/stage2 \\\n  \
              -o $out/initrd\n"

@@ -72,6 +72,15 @@ struct BuildArgs {
         conflicts_with = "spec"
     )]
     modules: Vec<String>,
+    /// With --system: modules to carry and try, whose absence or failure to load does not
+    /// stop the boot (NixOS's boot.initrd.availableKernelModules)
+    #[arg(
+        long,
+        value_name = "A,B,C",
+        value_delimiter = ',',
+        conflicts_with = "spec"
+    )]
+    optional_modules: Vec<String>,
     /// With --system: the generic set of disk-controller and keyboard drivers (those in
     /// the kernel's tree; see initrd/README.md)
     #[arg(long, conflicts_with = "spec")]
@@ -242,6 +251,12 @@ fn system_spec(a: &BuildArgs, toplevel: &Path) -> Result<system::SystemSpec> {
         stage2: binary(&a.stage2, "stage2", "--stage2")?,
         modules: a
             .modules
+            .iter()
+            .filter(|m| !m.is_empty())
+            .cloned()
+            .collect(),
+        optional_modules: a
+            .optional_modules
             .iter()
             .filter(|m| !m.is_empty())
             .cloned()

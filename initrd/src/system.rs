@@ -81,6 +81,9 @@ pub struct SystemOptions {
     pub stage2: PathBuf,
     /// Modules to load (required: one missing from the tree is an error).
     pub modules: Vec<String>,
+    /// Modules to carry and try (NixOS's `boot.initrd.availableKernelModules`): one that
+    /// is not in the tree or fails to load on this machine does not stop the boot.
+    pub optional_modules: Vec<String>,
     /// Take the [`GENERIC_MODULES`] present in the tree.
     pub generic: bool,
     /// Take the drivers of the devices that hold this host's filesystems.
@@ -432,6 +435,9 @@ pub fn spec_from_system(
     for m in &options.modules {
         required.add(&modules::normalize_name(m), "--modules");
     }
+    for m in &options.optional_modules {
+        optional.add(&modules::normalize_name(m), "--optional-modules");
+    }
     if options.generic {
         for m in GENERIC_MODULES {
             if index.path_of(m).is_some() {
@@ -456,7 +462,11 @@ pub fn spec_from_system(
             );
         }
     }
-    if !options.generic && options.host_only.is_none() && options.modules.is_empty() {
+    if !options.generic
+        && options.host_only.is_none()
+        && options.modules.is_empty()
+        && options.optional_modules.is_empty()
+    {
         choice.notes.push(
             "no disk drivers were asked for (--generic, --host-only or --modules): the \
              kernel must have the disk's driver built in"

@@ -113,6 +113,7 @@ impl Fixture {
             stage1: self.stage1.clone(),
             stage2: self.stage2.clone(),
             modules: Vec::new(),
+            optional_modules: Vec::new(),
             generic: false,
             host_only: None,
         }
@@ -529,4 +530,40 @@ fn an_ext3_root_is_served_by_ext4_through_its_alias() {
     let f = fixture("LABEL=old / ext3 defaults 0 1\n");
     let sys = f.spec(&f.options()).expect("spec");
     assert_eq!(sys.spec.spec.modules, strings(&["ext4"]));
+}
+
+#[test]
+fn optional_modules_are_carried_but_not_required() {
+    // NixOS's availableKernelModules: carried and tried; a module asked for both ways is
+    // required.
+    let f = fixture(FSTAB);
+    let mut options = f.options();
+    options.modules = strings(&["virtio_blk"]);
+    options.optional_modules = strings(&["virtio-pci", "virtio_blk", "not_in_this_kernel"]);
+    let sys = f.spec(&options).expect("spec");
+    let spec = &sys.spec.spec;
+    assert!(
+        spec.modules.contains(&"virtio_blk".to_owned()),
+        "{:?}",
+        spec.modules
+    );
+    assert!(
+        !spec.modules.contains(&"virtio_pci".to_owned()),
+        "{:?}",
+        spec.modules
+    );
+    assert!(
+        spec.optional_modules.contains(&"virtio_pci".to_owned())
+            && !spec.optional_modules.contains(&"virtio_blk".to_owned()),
+        "{:?}",
+        spec.optional_modules
+    );
+    assert!(sys
+        .choice
+        .to_string()
+        .contains("virtio_pci (--optional-modules)"));
+    // The build does not fail on the module this kernel does not have.
+    let mut full = sys.spec.clone();
+    full.spec.compression = Compression::Gzip;
+    crate::build_with(&full.spec, &full.extras).expect("build");
 }

@@ -41,6 +41,7 @@ let
     escapeShellArgs = l: builtins.concatStringsSep " " (map escapeShellArg l);
     concatStringsSep = builtins.concatStringsSep;
     unique = builtins.foldl' (acc: x: if builtins.elem x acc then acc else acc ++ [ x ]) [ ];
+    subtractLists = e: builtins.filter (x: !(builtins.elem x e));
     mapAttrsToList = f: attrs: map (n: f n attrs.${n}) (builtins.attrNames attrs);
   };
 
