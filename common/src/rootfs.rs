@@ -202,11 +202,22 @@ impl Root {
         read_at(&dirfd, &name)
     }
 
-    /// Like [`Root::read`], but a missing file is `None`.
+    /// Like [`Root::read`], but a missing file is `None`. A link that is there but leads
+    /// nowhere inside the root (dangling, or pointing out of it) is an error, not `None`:
+    /// a planted or broken link must not read as "no such file, use the default".
     pub fn read_opt(&self, path: &Path) -> io::Result<Option<Vec<u8>>> {
         match self.read(path) {
             Ok(b) => Ok(Some(b)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => match self.lstat(path) {
+                Ok(Some(Node::Symlink(target))) => Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!(
+                        "is a link to {}, which does not exist inside the root",
+                        String::from_utf8_lossy(&target)
+                    ),
+                )),
+                _ => Ok(None),
+            },
             Err(e) => Err(e),
         }
     }
@@ -273,24 +284,70 @@ pub fn lstat_at<Fd: AsFd>(dirfd: Fd, name: &OsStr) -> io::Result<Option<Node>> {
 
 /// Read a regular file named `name` in `dirfd` without following a final symlink.
 pub fn read_at<Fd: AsFd>(dirfd: Fd, name: &OsStr) -> io::Result<Vec<u8>> {
+    // Non-blocking, so a FIFO planted where a file should be cannot hang the open; the
+    // type check below then refuses it.
     let fd = rfs::openat(
         &dirfd,
         name,
-        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
         Mode::empty(),
     )?;
-    let size = rfs::fstat(&fd)?.st_size;
+    let st = rfs::fstat(&fd)?;
+    let kind = FileType::from_raw_mode(st.st_mode);
+    if kind != FileType::RegularFile {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("is {}, not a regular file", describe_type(kind)),
+        ));
+    }
+    let size = u64::try_from(st.st_size).unwrap_or(0);
+    if size > MAX_READ_BYTES {
+        return Err(too_big(size));
+    }
     read_fd(&fd, usize::try_from(size).unwrap_or(0))
+}
+
+/// The largest file any reader here takes whole (256 MiB): account files, specs, scripts
+/// and boot entries are KiB; a file this big is a wrong path or an attack, and reading it
+/// would exhaust memory.
+pub const MAX_READ_BYTES: u64 = 256 << 20;
+
+fn too_big(size: u64) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!(
+            "is {size} bytes, more than the {} MiB a file read whole may be",
+            MAX_READ_BYTES >> 20
+        ),
+    )
+}
+
+/// "a directory", "a FIFO", … for messages.
+pub fn describe_type(kind: FileType) -> &'static str {
+    match kind {
+        FileType::RegularFile => "a regular file",
+        FileType::Directory => "a directory",
+        FileType::Symlink => "a symbolic link",
+        FileType::Fifo => "a FIFO",
+        FileType::Socket => "a socket",
+        FileType::CharacterDevice => "a character device",
+        FileType::BlockDevice => "a block device",
+        _ => "of an unknown type",
+    }
 }
 
 /// Read `fd` to its end, expecting about `size` bytes: one read for the whole file and one
 /// to see the end, where the standard library's `read_to_end` also asks for the size and
-/// the position first.
+/// the position first. More than [`MAX_READ_BYTES`] (a file growing while read, a
+/// kernel file that claims size 0) is refused.
 pub fn read_fd<Fd: AsFd>(fd: Fd, size: usize) -> io::Result<Vec<u8>> {
     let mut buf = vec![0u8; size.saturating_add(1)];
     let mut n = 0;
     loop {
         if n == buf.len() {
+            if u64::try_from(n).unwrap_or(u64::MAX) > MAX_READ_BYTES {
+                return Err(too_big(u64::try_from(n).unwrap_or(u64::MAX)));
+            }
             buf.resize(n * 2 + 64, 0);
         }
         let Some(rest) = buf.get_mut(n..) else { break };
@@ -564,6 +621,44 @@ mod tests {
         assert_eq!(
             root.read(Path::new("/up/abc-etc/etc/hosts")).expect("read"),
             b"x"
+        );
+    }
+
+    /// Every reader goes through `read_at`: a FIFO, a device or a huge file planted where
+    /// a file is expected is refused at once, naming what it is (a FIFO once hung the
+    /// open, a device or a sparse 300 MiB file was read until memory ran out).
+    #[test]
+    fn only_regular_files_of_a_sane_size_are_read() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let r = t.path();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            r.join("fifo"),
+            FileType::Fifo,
+            Mode::from_raw_mode(0o600),
+            0,
+        )
+        .expect("mkfifo");
+        std::fs::create_dir(r.join("dir")).expect("mkdir");
+        let huge = std::fs::File::create(r.join("huge")).expect("create");
+        huge.set_len(MAX_READ_BYTES + 1).expect("sparse");
+        symlink("/dev/zero", r.join("zero-link")).expect("symlink");
+        let root = Root::open(r).expect("open");
+        let err = |p: &str| root.read(Path::new(p)).expect_err(p).to_string();
+        assert_eq!(err("/fifo"), "is a FIFO, not a regular file");
+        assert_eq!(err("/dir"), "is a directory, not a regular file");
+        assert!(err("/huge").starts_with("is 268435457 bytes, more than the 256 MiB"));
+        // The link resolves inside the root, where there is no /dev/zero.
+        assert_eq!(
+            root.read(Path::new("/zero-link")).expect_err("zero").kind(),
+            io::ErrorKind::NotFound
+        );
+        let host = Root::open(Path::new("/")).expect("host root");
+        assert_eq!(
+            host.read(Path::new("/dev/zero"))
+                .expect_err("zero")
+                .to_string(),
+            "is a character device, not a regular file"
         );
     }
 

@@ -154,7 +154,8 @@ fn main() -> ExitCode {
 
 /// The spec at `path` with every `--contents` list added to its contents.
 fn read_spec(path: &Path, content_lists: &[PathBuf]) -> Result<FullSpec> {
-    let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
+    let text = stagehand_initrd::input::read_regular_text(path)
+        .with_context(|| path.display().to_string())?;
     let mut spec: FullSpec = serde_json::from_str(&text)
         .with_context(|| format!("{}: not a valid initrd spec", path.display()))?;
     spec.extras.contents.extend(read_contents(content_lists)?);
@@ -165,8 +166,8 @@ fn read_spec(path: &Path, content_lists: &[PathBuf]) -> Result<FullSpec> {
 fn read_contents(content_lists: &[PathBuf]) -> Result<Vec<StoreObject>> {
     let mut all = Vec::new();
     for list_path in content_lists {
-        let text =
-            std::fs::read_to_string(list_path).with_context(|| list_path.display().to_string())?;
+        let text = stagehand_initrd::input::read_regular_text(list_path)
+            .with_context(|| list_path.display().to_string())?;
         let objects: Vec<StoreObject> = serde_json::from_str(&text).with_context(|| {
             format!(
                 "{}: not a make-initrd-ng list of {{source, target}}",
@@ -274,7 +275,8 @@ fn system_spec(a: &BuildArgs, toplevel: &Path) -> Result<system::SystemSpec> {
 fn append_secrets(a: &AppendSecretsArgs) -> Result<()> {
     let appended = stagehand_initrd::secrets_archive(&a.secrets)?;
     let initrd = &a.initrd;
-    let mut bytes = std::fs::read(initrd).with_context(|| initrd.display().to_string())?;
+    let mut bytes = stagehand_initrd::input::read_regular(initrd)
+        .with_context(|| initrd.display().to_string())?;
     // Appending to something that is not an initrd would hide the problem until boot.
     if let Err(e) = list(&bytes) {
         bail!(
@@ -289,7 +291,8 @@ fn append_secrets(a: &AppendSecretsArgs) -> Result<()> {
 
 fn list_cmd(a: &ListArgs) -> Result<()> {
     let file = &a.file;
-    let bytes = std::fs::read(file).with_context(|| file.display().to_string())?;
+    let bytes =
+        stagehand_initrd::input::read_regular(file).with_context(|| file.display().to_string())?;
     let entries = list(&bytes).with_context(|| file.display().to_string())?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let written = entries

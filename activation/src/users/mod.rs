@@ -265,20 +265,29 @@ impl<'r> DirCache<'r> {
 /// and mode (`None` when it is not a regular file): an open, a `fstat`, reads until the end,
 /// a close — the `fstat` sizes the buffer and stands in for a separate `lstat`.
 fn read_with_perms(dir: &OwnedFd, name: &std::ffi::OsStr) -> io::Result<(Vec<u8>, Option<Perms>)> {
+    // O_NONBLOCK: a FIFO planted as an account file must not hang the open.
     let fd = rustix::fs::openat(
         dir,
         name,
-        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
         Mode::empty(),
     )?;
     let st = rustix::fs::fstat(&fd)?;
-    let perms = (rustix::fs::FileType::from_raw_mode(st.st_mode)
-        == rustix::fs::FileType::RegularFile)
-        .then_some(Perms {
-            mode: st.st_mode & 0o7777,
-            uid: st.st_uid,
-            gid: st.st_gid,
-        });
+    let kind = rustix::fs::FileType::from_raw_mode(st.st_mode);
+    if kind != rustix::fs::FileType::RegularFile {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "is {}, not a regular file; move it away",
+                rootfs::describe_type(kind)
+            ),
+        ));
+    }
+    let perms = Some(Perms {
+        mode: st.st_mode & 0o7777,
+        uid: st.st_uid,
+        gid: st.st_gid,
+    });
     let buf = rootfs::read_fd(&fd, usize::try_from(st.st_size).unwrap_or(0))?;
     Ok((buf, perms))
 }
