@@ -2,6 +2,7 @@
 //! textual snapshot of a directory tree.
 
 pub mod host;
+pub mod nixos;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
