@@ -660,17 +660,70 @@ impl BuiltNixos {
     }
 }
 
-/// The etc tree (`…-etc/etc`): every entry a link to its own store file (`etc-<name>`,
-/// units `unit-<name>`), sidecars as plain files, the fstab, the probe and default target,
-/// the masked gettys.
+/// Where systemd's units go in the etc tree: one entry, a link to the `system-units` store
+/// directory, as NixOS's systemd module declares `environment.etc."systemd/system"`.
+const UNITS_DIR: &str = "systemd/system";
+
+/// `system-units`: every unit a link to its own store path (`unit-<name>/<name>`), masked
+/// ones to `/dev/null`, `.wants/` links and drop-ins as given. `units` are the spec's etc
+/// entries below [`UNITS_DIR`], relative to it.
+fn add_units(
+    store: &mut StoreBuilder,
+    units: &[&EtcEntry],
+    probe: &StorePath,
+) -> Result<StorePath> {
+    let mut dir = Tree::new();
+    let mut unit = |dir: &mut Tree, rel: &str, text: String| -> Result<()> {
+        let base = rel.rsplit('/').next().unwrap_or(rel);
+        let path = store.add(
+            &format!("unit-{}", store_name(base)),
+            node_dir(&[(base, Node::text(text))])?,
+        )?;
+        dir.insert(rel, Node::symlink(path.join(base)))
+    };
+    for (name, text) in unit_files(probe) {
+        unit(&mut dir, name, text)?;
+    }
+    for name in MASKED_UNITS {
+        dir.insert(name, Node::symlink("/dev/null"))?;
+    }
+    for entry in units {
+        match entry {
+            EtcEntry::Text { path, text } => unit(&mut dir, path, text.clone())?,
+            EtcEntry::Link { path, target } => dir.insert(path, Node::symlink(target))?,
+            EtcEntry::Copied { path, .. } => {
+                bail!("etc entry {UNITS_DIR}/{path}: units cannot be copied entries")
+            }
+        }
+    }
+    store.add("system-units", Node::Dir(dir))
+}
+
+/// The etc tree (`…-etc/etc`) as etc.nix builds it: every entry a link to its own store
+/// file (`etc-<name>`), sidecars as plain files, the fstab, `systemd/system` a link to the
+/// units' directory.
 fn add_etc(store: &mut StoreBuilder, spec: &NixosSpec, probe: &StorePath) -> Result<StorePath> {
+    let prefix = format!("{UNITS_DIR}/");
+    let rebase = |e: &EtcEntry| -> Option<EtcEntry> {
+        let mut e = e.clone();
+        let path = match &mut e {
+            EtcEntry::Text { path, .. }
+            | EtcEntry::Link { path, .. }
+            | EtcEntry::Copied { path, .. } => path,
+        };
+        *path = path.strip_prefix(&prefix)?.to_string();
+        Some(e)
+    };
+    let unit_entries: Vec<EtcEntry> = spec.etc.iter().filter_map(rebase).collect();
+    let units = add_units(store, &unit_entries.iter().collect::<Vec<_>>(), probe)?;
     let mut etc = Tree::new();
+    etc.insert(UNITS_DIR, Node::symlink(units.as_str()))?;
     let mut text_entry = |etc: &mut Tree, path: &str, text: &str| -> Result<()> {
         let file = store.add_text(&format!("etc-{}", store_name(path)), text.to_string())?;
         etc.insert(path, Node::symlink(file.as_str()))
     };
     text_entry(&mut etc, "fstab", &spec.fstab_text())?;
-    for entry in &spec.etc {
+    for entry in spec.etc.iter().filter(|e| rebase(e).is_none()) {
         match entry {
             EtcEntry::Text { path, text } => text_entry(&mut etc, path, text)?,
             EtcEntry::Link { path, target } => etc.insert(path, Node::symlink(target))?,
@@ -688,19 +741,6 @@ fn add_etc(store: &mut StoreBuilder, spec: &NixosSpec, probe: &StorePath) -> Res
                 etc.insert(&format!("{path}.gid"), Node::text(format!("{gid}\n")))?;
             }
         }
-    }
-    for (name, text) in unit_files(probe) {
-        let file = store.add_text(&format!("unit-{}", store_name(name)), text)?;
-        etc.insert(
-            &format!("systemd/system/{name}"),
-            Node::symlink(file.as_str()),
-        )?;
-    }
-    for name in MASKED_UNITS {
-        etc.insert(
-            &format!("systemd/system/{name}"),
-            Node::symlink("/dev/null"),
-        )?;
     }
     store.add("etc", node_dir(&[("etc", Node::Dir(etc))])?)
 }
@@ -1146,6 +1186,19 @@ mod tests {
         assert_eq!(
             tree.get(&format!("{etc}/stagehand-secret.uid")),
             Some(&Node::text("alice\n"))
+        );
+        let Some(Node::Symlink(units)) = tree.get(&format!("{etc}/systemd/system")) else {
+            panic!("systemd/system is not a link")
+        };
+        assert!(units.ends_with("-system-units"), "{units}");
+        let units = units.trim_start_matches('/');
+        assert!(matches!(
+            tree.get(&format!("{units}/{}", crate::generation::PROBE_UNIT)),
+            Some(Node::Symlink(t)) if t.ends_with("-unit-stagehand-probe.service/stagehand-probe.service")
+        ));
+        assert_eq!(
+            tree.get(&format!("{units}/getty@.service")),
+            Some(&Node::symlink("/dev/null"))
         );
         assert_eq!(
             tree.get("nix/var/nix/profiles/system-1-link"),
