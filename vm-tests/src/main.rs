@@ -114,12 +114,12 @@ const SCENARIOS: &[Scenario] = &[
     ),
     (
         "nixos-generation",
-        "the same generation, init= at NixOS's script: our stage 1 runs our carried stage 2, which activates from NixOS's activate (users, shadow, /etc, a third-party snippet) [needs issue 19]",
+        "the same generation, init= at NixOS's script: our stage 1 runs our carried stage 2, which activates from NixOS's activate (users, shadow, /etc, a third-party snippet)",
         nixos_scenarios::nixos_generation,
     ),
     (
         "nixos-switch",
-        "two nixpkgs-layout generations (a user added, an etc file changed): live switch-to-configuration to 2 and back to 1 [needs issue 19]",
+        "two nixpkgs-layout generations (a user added, an etc file changed): live switch-to-configuration to 2 and back to 1",
         nixos_scenarios::nixos_switch,
     ),
 ];

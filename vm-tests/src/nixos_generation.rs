@@ -40,8 +40,8 @@ use stagehand_testkit::nixos::{
 };
 
 use crate::generation::{
-    add_systemd, ldd, node_dir, profile_link, store_name, unit_files, BootFiles, EtcEntry, Group,
-    SystemImage, User, MASKED_UNITS,
+    ldd, node_dir, profile_link, store_name, unit_files, BootFiles, EtcEntry, Group, SystemImage,
+    User, MASKED_UNITS,
 };
 use crate::host::run;
 use crate::scenarios::Expected;
@@ -745,6 +745,34 @@ fn add_etc(store: &mut StoreBuilder, spec: &NixosSpec, probe: &StorePath) -> Res
     store.add("etc", node_dir(&[("etc", Node::Dir(etc))])?)
 }
 
+/// The host's `systemctl`, which NixOS's systemd package has as `bin/systemctl` (where
+/// switch-to-configuration looks for it first).
+const HOST_SYSTEMCTL: &str = "/usr/bin/systemctl";
+
+/// `systemd-<version>`: the host's systemd and systemd-shutdown (`lib/systemd/`) and
+/// systemctl (`bin/`), with systemctl's libraries at their host paths.
+fn add_nixos_systemd(image: &mut SystemImage) -> Result<StorePath> {
+    let systemctl = Path::new(HOST_SYSTEMCTL);
+    if !systemctl.is_file() {
+        bail!("{HOST_SYSTEMCTL} is missing (Debian package systemd): run vm-tests/setup-host");
+    }
+    for lib in ldd(systemctl)? {
+        install_host_path(&mut image.root, &lib)?;
+    }
+    let host = &image.systemd;
+    image.store.add(
+        &format!("systemd-{}", host.version),
+        node_dir(&[
+            ("lib/systemd/systemd", Node::executable(&host.systemd)),
+            (
+                "lib/systemd/systemd-shutdown",
+                Node::executable(&host.shutdown),
+            ),
+            ("bin/systemctl", Node::executable(systemctl)),
+        ])?,
+    )
+}
+
 /// Add a NixOS-layout generation to `image` (its store paths, the libraries of the copied
 /// programs, `system-N-link`; the first generation added becomes `system`).
 pub fn add_nixos_generation(
@@ -755,7 +783,7 @@ pub fn add_nixos_generation(
 ) -> Result<BuiltNixos> {
     let paths = tools.add_to(image)?;
     let systemd_version = image.systemd.version.clone();
-    let systemd = add_systemd(&mut image.store, &image.systemd)?;
+    let systemd = add_nixos_systemd(image)?;
     let store = &mut image.store;
     let probe = store.add(
         "guest-probe",

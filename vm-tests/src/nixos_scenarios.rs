@@ -11,8 +11,8 @@
 //! * `nixos-switch`: two such generations (the second adds a user and changes an etc file),
 //!   `bin/switch-to-configuration switch` to the second and back to the first, live.
 //!
-//! The last two need Stagehand to understand NixOS's `activate` (issue 19 items 1 and 2):
-//! they fail until it does, naming what is missing.
+//! The last two are Stagehand's own path for such a generation (issue 19 items 1 and 2):
+//! stage 1 runs the stage 2 it carries, which activates from the generation's `activate`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -21,14 +21,13 @@ use anyhow::Result;
 use stagehand_initrd::ExtraFile;
 
 use crate::console::{probe_facts, shows, PROBE_DONE};
-use crate::generation::{ldd, BootFiles, EtcEntry, SystemImage, PROBE_UNIT};
+use crate::generation::{BootFiles, EtcEntry, SystemImage, PROBE_UNIT};
 use crate::nixos_generation::{
     add_nixos_generation, install_units_outside_etc, secret_text, BuiltNixos, HostTools,
     KernelModules, NixosSpec, ToolPaths, ALICE_HASH,
 };
 use crate::qemu::{Line, Vm};
 use crate::scenarios::{check_probe, root_disk, Inputs, Outcome, FIRST_LINE, ROOT_LABEL, STEP};
-use crate::tree::install_host_path;
 use crate::uefi_scenarios::build_stagehand;
 
 /// Where our stage 2 rides in the initrd for a NixOS generation, until
@@ -312,7 +311,6 @@ fn check_booted_by_us(out: &mut Outcome, lines: &[Line], g: &BuiltNixos) {
 
 const SWITCH_PREFIX: &str = "NIXOS-SWITCH ";
 const DRIVER_UNIT: &str = "stagehand-nixos-switch.service";
-const SYSTEMCTL: &str = "/usr/bin/systemctl";
 
 /// The driver: a snapshot, switch to 2, a snapshot, switch back to 1, a snapshot.
 fn driver_script(tools: &ToolPaths) -> Result<String> {
@@ -346,11 +344,6 @@ pub fn nixos_switch(inputs: &Inputs) -> Result<Outcome> {
     let (_, initrd) = carrying_initrd(inputs, &dir, &modules)?;
     let stagehand = build_stagehand(inputs)?;
     let mut image = SystemImage::new(&inputs.systemd)?;
-    // stagehand's switch talks to systemd through systemctl, taken from the host.
-    install_host_path(&mut image.root, Path::new(SYSTEMCTL))?;
-    for lib in ldd(Path::new(SYSTEMCTL))? {
-        install_host_path(&mut image.root, &lib)?;
-    }
     // The driver script lives in the store and names only the tools, which both
     // generations share (same content, same store paths).
     let tool_paths = tools.add_to(&mut image)?;
