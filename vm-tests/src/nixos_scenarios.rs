@@ -1,10 +1,10 @@
 //! Issue 19: booting generations in nixpkgs' exact layout (`nixos_generation.rs`): no
 //! `activation.json`, no Perl, NixOS's own `activate` and bash `init`.
 //!
-//! * `nixos-native-init`: our initrd (stage 1), then `init=<toplevel>/init` = NixOS's bash
-//!   stage 2, which runs `activate` (its two Perl calls fail, as they must without Perl, and
-//!   the script goes on) and execs systemd. `stagehand.init=generation` asks stage 1 to run
-//!   the generation's own init even when it could start ours.
+//! * `nixos-native-init`: our initrd (stage 1, carrying our stage 2), then
+//!   `init=<toplevel>/init` = NixOS's bash stage 2 because `stagehand.init=generation` asks
+//!   for the generation's own init (the fallback); it runs `activate` (its two Perl calls
+//!   fail, as they must without Perl, and the script goes on) and execs systemd.
 //! * `nixos-generation`: our initrd carrying our stage 2 (`/stagehand/stage2`), booted with
 //!   `init=` at the NixOS script through the profile link; our stage 2 must run instead,
 //!   activating from `activate` (users, groups, shadow, `/etc`, the third-party snippet).
@@ -123,7 +123,9 @@ fn check_common(out: &mut Outcome, facts: &BTreeMap<String, String>, g: &BuiltNi
 pub fn nixos_native_init(inputs: &Inputs) -> Result<Outcome> {
     let dir = inputs.scenario_dir("nixos-native-init")?;
     let (tools, modules) = prepare(inputs, &dir)?;
-    let (_, initrd) = inputs.initrd_in(&dir, |_| {})?;
+    // The initrd that would run our stage 2 (as in nixos-generation): the kernel parameter
+    // is what picks NixOS's own init, as a user would from the boot menu's editor.
+    let (_, initrd) = carrying_initrd(inputs, &dir, &modules)?;
     let mut image = SystemImage::new(&inputs.systemd)?;
     let spec = NixosSpec::fixture(
         1,
@@ -148,7 +150,8 @@ pub fn nixos_native_init(inputs: &Inputs) -> Result<Outcome> {
         .push(format!("kernel command line: {}", cfg.append));
     let mut vm = Vm::start(&cfg)?;
     let result = (|| -> Result<()> {
-        vm.wait_for("stage1: switching root", FIRST_LINE)?;
+        vm.wait_for("stage1: running the generation's own init", FIRST_LINE)?;
+        vm.wait_for("stage1: switching root", STEP)?;
         vm.wait_for(NIXOS_STAGE2, STEP)?;
         vm.wait_for("running activation script...", STEP)?;
         vm.wait_for("starting systemd...", STEP)?;
