@@ -5,8 +5,9 @@
 //!   `init=<toplevel>/init` = NixOS's bash stage 2 because `stagehand.init=generation` asks
 //!   for the generation's own init (the fallback); it runs `activate` (its two Perl calls
 //!   fail, as they must without Perl, and the script goes on) and execs systemd.
-//! * `nixos-generation`: our initrd carrying our stage 2 (`/stagehand/stage2`), booted with
-//!   `init=` at the NixOS script through the profile link; our stage 2 must run instead,
+//! * `nixos-generation`: our initrd built from the generation (`stagehand-initrd --system`'s
+//!   library call), carrying our stage 2, booted with `init=` at the NixOS script through
+//!   the profile link; our stage 2 must run instead,
 //!   activating from `activate` (users, groups, shadow, `/etc`, the third-party snippet).
 //! * `nixos-switch`: two such generations (the second adds a user and changes an etc file),
 //!   `bin/switch-to-configuration switch` to the second and back to the first, live.
@@ -15,10 +16,11 @@
 //! stage 1 runs the stage 2 it carries, which activates from the generation's `activate`.
 
 use std::collections::BTreeMap;
+use std::fs;
 use std::path::{Path, PathBuf};
 
-use anyhow::Result;
-use stagehand_initrd::ExtraFile;
+use anyhow::{Context, Result};
+use stagehand_initrd::system;
 
 use crate::console::{probe_facts, shows, PROBE_DONE};
 use crate::generation::{BootFiles, EtcEntry, SystemImage, PROBE_UNIT};
@@ -29,10 +31,6 @@ use crate::nixos_generation::{
 use crate::qemu::{Line, Vm};
 use crate::scenarios::{check_probe, root_disk, Inputs, Outcome, FIRST_LINE, ROOT_LABEL, STEP};
 use crate::uefi_scenarios::build_stagehand;
-
-/// Where our stage 2 rides in the initrd for a NixOS generation, until
-/// `stagehand-initrd build --system` puts it there itself.
-pub const CARRIED_STAGE2: &str = "/stagehand/stage2";
 
 /// NixOS's stage-2 greeting (the bash `init`).
 const NIXOS_STAGE2: &str = "<<< NixOS Stage 2 >>>";
@@ -65,21 +63,42 @@ fn boot_files(inputs: &Inputs, initrd: &Path) -> BootFiles {
     }
 }
 
-/// Our initrd for a NixOS generation: the harness's spec with the generation's own `.ko.xz`
-/// modules and our stage 2 at [`CARRIED_STAGE2`].
-fn carrying_initrd(
+/// Our initrd for generation `g` of `image`, as `stagehand-initrd build --system
+/// <profile link> --root <image> --modules virtio_pci,virtio_blk` makes it: the image is
+/// written out as a root directory (`dir/system-root`, removed afterwards) and
+/// `system::spec_from_system` reads the generation there (fstab, `.ko.xz` modules,
+/// firmware); our stage 2 rides at `/stagehand/stage2`. The generation's own `initrd` entry
+/// stands for NixOS's initrd and is not used. Returns the path and what `--system` chose.
+fn system_initrd(
     inputs: &Inputs,
     dir: &Path,
-    modules: &KernelModules,
-) -> Result<(stagehand_initrd::Initrd, PathBuf)> {
-    inputs.initrd_in(dir, |spec| {
-        spec.modules_dir = Some(modules.modules_dir());
-        spec.extra_files.push(ExtraFile {
-            source: inputs.bins.stage2.clone(),
-            target: CARRIED_STAGE2.into(),
-            mode: Some(0o755),
-        });
-    })
+    image: &SystemImage,
+    g: &BuiltNixos,
+) -> Result<(PathBuf, String)> {
+    let root = dir.join("system-root");
+    if root.exists() {
+        fs::remove_dir_all(&root).with_context(|| format!("removing {}", root.display()))?;
+    }
+    fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
+    image.tree()?.write_to(&root)?;
+    let options = system::SystemOptions {
+        stage1: inputs.bins.stage1.clone(),
+        stage2: inputs.bins.stage2.clone(),
+        // The disk's drivers; ext4 (and what it needs) comes from the fstab.
+        modules: vec!["virtio_pci".into(), "virtio_blk".into()],
+        generic: false,
+        host_only: None,
+    };
+    let built = system::spec_from_system(&root, Path::new(&g.profile_link()), &options)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .context("stagehand-initrd --system on the NixOS-layout generation")?;
+    let initrd = stagehand_initrd::build_with(&built.spec.spec, &built.spec.extras)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .context("building the --system initrd")?;
+    fs::remove_dir_all(&root).with_context(|| format!("removing {}", root.display()))?;
+    let path = dir.join("initrd-system.zst");
+    fs::write(&path, &initrd.bytes).with_context(|| format!("writing {}", path.display()))?;
+    Ok((path, built.choice.to_string()))
 }
 
 /// The lines of failed activation snippets, trimmed.
@@ -123,19 +142,20 @@ fn check_common(out: &mut Outcome, facts: &BTreeMap<String, String>, g: &BuiltNi
 pub fn nixos_native_init(inputs: &Inputs) -> Result<Outcome> {
     let dir = inputs.scenario_dir("nixos-native-init")?;
     let (tools, modules) = prepare(inputs, &dir)?;
-    // The initrd that would run our stage 2 (as in nixos-generation): the kernel parameter
-    // is what picks NixOS's own init, as a user would from the boot menu's editor.
-    let (_, initrd) = carrying_initrd(inputs, &dir, &modules)?;
+    let (_, nixos_initrd) = inputs.initrd_in(&dir, |_| {})?;
     let mut image = SystemImage::new(&inputs.systemd)?;
     let spec = NixosSpec::fixture(
         1,
-        boot_files(inputs, &initrd),
+        boot_files(inputs, &nixos_initrd),
         &inputs.bins.guest_probe,
         ROOT_LABEL,
     );
     let g = add_nixos_generation(&mut image, &tools, &modules, &spec)?;
     // Without Perl the etc snippet fails: the units must be found outside /etc.
     install_units_outside_etc(&mut image, &inputs.bins.guest_probe)?;
+    // The initrd that would run our stage 2 (as in nixos-generation): the kernel parameter
+    // is what picks NixOS's own init, as a user would from the boot menu's editor.
+    let (initrd, _) = system_initrd(inputs, &dir, &image, &g)?;
     let img = root_disk(&image, &dir)?;
     let append = format!(
         "{} stagehand.init=generation",
@@ -238,8 +258,9 @@ fn boot_through_our_stage2(
         })?;
         if first.text.contains(NIXOS_STAGE2) {
             anyhow::bail!(
-                "stage 1 started NixOS's bash stage 2 ({}), not ours from {CARRIED_STAGE2}",
-                g.profile_link()
+                "stage 1 started NixOS's bash stage 2 ({}), not ours from {}",
+                g.profile_link(),
+                stagehand_initrd::STAGE2_PATH
             );
         }
         vm.wait_for("systemd[1]: ", STEP)?;
@@ -263,16 +284,19 @@ fn boot_through_our_stage2(
 pub fn nixos_generation(inputs: &Inputs) -> Result<Outcome> {
     let dir = inputs.scenario_dir("nixos-generation")?;
     let (tools, modules) = prepare(inputs, &dir)?;
-    let (_, initrd) = carrying_initrd(inputs, &dir, &modules)?;
+    let (_, nixos_initrd) = inputs.initrd_in(&dir, |_| {})?;
     let mut image = SystemImage::new(&inputs.systemd)?;
     let spec = NixosSpec::fixture(
         1,
-        boot_files(inputs, &initrd),
+        boot_files(inputs, &nixos_initrd),
         &inputs.bins.guest_probe,
         ROOT_LABEL,
     );
     let g = add_nixos_generation(&mut image, &tools, &modules, &spec)?;
+    let (initrd, choice) = system_initrd(inputs, &dir, &image, &g)?;
     let mut out = Outcome::default();
+    out.notes
+        .push(format!("stagehand-initrd --system chose:\n{choice}"));
     let Some((vm, lines)) =
         boot_through_our_stage2(inputs, &dir, &initrd, &image, &g, "", &mut out)?
     else {
@@ -344,7 +368,7 @@ say done
 pub fn nixos_switch(inputs: &Inputs) -> Result<Outcome> {
     let dir = inputs.scenario_dir("nixos-switch")?;
     let (tools, modules) = prepare(inputs, &dir)?;
-    let (_, initrd) = carrying_initrd(inputs, &dir, &modules)?;
+    let (_, nixos_initrd) = inputs.initrd_in(&dir, |_| {})?;
     let stagehand = build_stagehand(inputs)?;
     let mut image = SystemImage::new(&inputs.systemd)?;
     // The driver script lives in the store and names only the tools, which both
@@ -354,7 +378,7 @@ pub fn nixos_switch(inputs: &Inputs) -> Result<Outcome> {
     let spec_for = |number: u32, driver: &str| {
         let mut spec = NixosSpec::fixture(
             number,
-            boot_files(inputs, &initrd),
+            boot_files(inputs, &nixos_initrd),
             &inputs.bins.guest_probe,
             ROOT_LABEL,
         );
@@ -401,6 +425,8 @@ pub fn nixos_switch(inputs: &Inputs) -> Result<Outcome> {
         .add_text("nixos-switch-test.sh", driver_script(&tool_paths)?)?;
     let g1 = add_nixos_generation(&mut image, &tools, &modules, &spec_for(1, driver.as_str()))?;
     let g2 = add_nixos_generation(&mut image, &tools, &modules, &spec_for(2, driver.as_str()))?;
+    // One initrd serves both generations (same kernel, same filesystems).
+    let (initrd, _) = system_initrd(inputs, &dir, &image, &g1)?;
     let mut out = Outcome::default();
     let done = format!("{SWITCH_PREFIX}done");
     let Some((vm, lines)) =
