@@ -253,17 +253,21 @@ pub struct BuiltinPaths {
 /// The snippets every NixOS system defines (scripted activation, Perl users and etc), with
 /// these store paths: stdio, binsh, users, groups, specialfs, etc, hashes, modprobe, udevd,
 /// usrbinenv, var. Their order in the script comes from [`snippet_order`].
+///
+/// The bodies are this file's words for what NixOS's do; where NixOS's text is only a fixed
+/// command sequence with store paths (binsh, users, specialfs, etc, modprobe, udevd,
+/// usrbinenv) the commands are the same, so a reader that recognises those by their commands
+/// recognises these. `hashes` is worded differently (its message is prose): a reader that
+/// knows NixOS's exact text runs it as bash, as it must any snippet it cannot classify.
 pub fn builtin_snippets(p: &BuiltinPaths) -> Vec<Snippet> {
     let binsh = format!(
-        "# system(3) and #! lines need /bin/sh: point it (and /bin/bash) at the interactive\n\
-         # bash, each link replaced by one rename.\n\
+        "# system(3) and #! lines need /bin/sh: point it at the interactive bash, the old\n\
+         # link replaced by one rename.\n\
          mkdir -p /bin\n\
          chmod 0755 /bin\n\
-         ln -sfn \"{b}/bin/sh\" /bin/.sh.tmp\n\
-         mv /bin/.sh.tmp /bin/sh # atomic replace\n\
-         ln -sfn \"{b}/bin/sh\" /bin/.bash.tmp\n\
-         mv /bin/.bash.tmp /bin/bash # atomic replace\n",
-        b = p.bash_interactive
+         ln -sfn \"{}/bin/sh\" /bin/.sh.tmp\n\
+         mv /bin/.sh.tmp /bin/sh # atomic replace\n",
+        p.bash_interactive
     );
     // users-groups.nix writes the call over two lines, the second starting with `-w`.
     let users = format!(
