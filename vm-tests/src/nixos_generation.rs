@@ -1232,5 +1232,15 @@ mod tests {
             tree.get("nix/var/nix/profiles/system-1-link"),
             Some(&Node::symlink(g.toplevel.as_str()))
         );
+        // No Perl anywhere in the store.
+        let Some(Node::Dir(store)) = tree.get("nix/store") else {
+            panic!("no store")
+        };
+        let perl: Vec<&String> = store
+            .entries()
+            .map(|(name, _)| name)
+            .filter(|n| n.contains("perl") || n.ends_with(".pl"))
+            .collect();
+        assert!(perl.is_empty(), "{perl:?}");
     }
 }

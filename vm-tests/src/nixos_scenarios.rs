@@ -10,7 +10,8 @@
 //!   the profile link; our stage 2 must run instead,
 //!   activating from `activate` (users, groups, shadow, `/etc`, the third-party snippet).
 //! * `nixos-switch`: two such generations (the second adds a user and changes an etc file),
-//!   `bin/switch-to-configuration switch` to the second and back to the first, live.
+//!   `bin/switch-to-configuration dry-activate` of the second (nothing changes), then
+//!   `switch` to the second and back to the first, live.
 //!
 //! The last two are Stagehand's own path for such a generation (issue 19 items 1 and 2):
 //! stage 1 runs the stage 2 it carries, which activates from the generation's `activate`.
@@ -339,7 +340,8 @@ fn check_booted_by_us(out: &mut Outcome, lines: &[Line], g: &BuiltNixos) {
 const SWITCH_PREFIX: &str = "NIXOS-SWITCH ";
 const DRIVER_UNIT: &str = "stagehand-nixos-switch.service";
 
-/// The driver: a snapshot, switch to 2, a snapshot, switch back to 1, a snapshot.
+/// The driver: a snapshot, dry-activate 2 (nothing may change), switch to 2, switch back
+/// to 1, a snapshot after each.
 fn driver_script(tools: &ToolPaths) -> Result<String> {
     let coreutils = tools.get("coreutils")?.join("bin");
     let grep = tools.get("gnugrep")?.join("bin");
@@ -353,6 +355,9 @@ motd=$(tr ' ' _ < /etc/stagehand-motd 2>/dev/null) \
 secret=$(tr ' ' _ < /run/secrets/stagehand-fixture 2>/dev/null)"
 }}
 snap gen1
+/nix/var/nix/profiles/system-2-link/bin/switch-to-configuration dry-activate
+say dry-activated-2 exit=$?
+snap dry
 /nix/var/nix/profiles/system-2-link/bin/switch-to-configuration switch
 say switched-to-2 exit=$?
 snap gen2
@@ -435,7 +440,7 @@ pub fn nixos_switch(inputs: &Inputs) -> Result<Outcome> {
         return Ok(out);
     };
     let snaps = switch_snapshots(&lines);
-    for label in ["gen1", "gen2", "back"] {
+    for label in ["gen1", "dry", "gen2", "back"] {
         out.notes.push(format!(
             "{label}: {:?}",
             snaps.get(label).cloned().unwrap_or_default()
@@ -448,7 +453,7 @@ pub fn nixos_switch(inputs: &Inputs) -> Result<Outcome> {
             .cloned()
             .unwrap_or_default()
     };
-    for step in ["switched-to-2", "switched-to-1"] {
+    for step in ["dry-activated-2", "switched-to-2", "switched-to-1"] {
         out.check(
             &format!("{step} exited 0"),
             get(step, "exit") == "0",
@@ -457,6 +462,7 @@ pub fn nixos_switch(inputs: &Inputs) -> Result<Outcome> {
     }
     for (label, g, bob, motd) in [
         ("gen1", &g1, "0", "generation_1"),
+        ("dry", &g1, "0", "generation_1"),
         ("gen2", &g2, "1", "generation_2"),
         ("back", &g1, "0", "generation_1"),
     ] {
