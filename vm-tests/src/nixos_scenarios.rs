@@ -65,7 +65,8 @@ fn boot_files(inputs: &Inputs, initrd: &Path) -> BootFiles {
 }
 
 /// Our initrd for generation `g` of `image`, as `stagehand-initrd build --system
-/// <profile link> --root <image> --modules virtio_pci,virtio_blk` makes it: the image is
+/// <profile link> --root <image> --modules virtio_pci,virtio_blk --optional-modules
+/// crc32c_generic` makes it: the image is
 /// written out as a root directory (`dir/system-root`, removed afterwards) and
 /// `system::spec_from_system` reads the generation there (fstab, `.ko.xz` modules,
 /// firmware); our stage 2 rides at `/stagehand/stage2`. The generation's own `initrd` entry
@@ -87,6 +88,9 @@ fn system_initrd(
         stage2: inputs.bins.stage2.clone(),
         // The disk's drivers; ext4 (and what it needs) comes from the fstab.
         modules: vec!["virtio_pci".into(), "virtio_blk".into()],
+        // As `boot.initrd.availableKernelModules` would: ext4's metadata checksums need
+        // crc32c, which ext4 only names as a soft dependency.
+        optional_modules: vec!["crc32c_generic".into()],
         generic: false,
         host_only: None,
     };
