@@ -3,6 +3,7 @@
 
 pub mod host;
 pub mod hostile;
+pub mod nixos;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};

@@ -287,6 +287,11 @@ impl GenerationSpec {
     }
 }
 
+/// `/nix/var/nix/profiles/system-N-link`
+pub fn profile_link(number: u32) -> String {
+    format!("{PROFILES_DIR}/system-{number}-link")
+}
+
 /// Where one generation's parts ended up in the store.
 #[derive(Debug, Clone)]
 pub struct BuiltGeneration {
@@ -304,7 +309,7 @@ pub struct BuiltGeneration {
 impl BuiltGeneration {
     /// `/nix/var/nix/profiles/system-N-link`
     pub fn profile_link(&self) -> String {
-        format!("{PROFILES_DIR}/system-{}-link", self.number)
+        profile_link(self.number)
     }
 
     /// The kernel command line a boot loader entry for this generation would carry
@@ -321,7 +326,7 @@ impl BuiltGeneration {
     }
 }
 
-fn unit_files(probe: &StorePath) -> Vec<(&'static str, String)> {
+pub(crate) fn unit_files(probe: &StorePath) -> Vec<(&'static str, String)> {
     vec![
         (
             "default.target",
@@ -354,7 +359,7 @@ fn unit_files(probe: &StorePath) -> Vec<(&'static str, String)> {
 }
 
 /// Units that would wait for `.device` units udev never announces (no udev here).
-const MASKED_UNITS: &[&str] = &[
+pub(crate) const MASKED_UNITS: &[&str] = &[
     "serial-getty@.service",
     "getty@.service",
     "console-getty.service",
@@ -433,20 +438,31 @@ impl SystemImage {
             kernel_params: spec.kernel_params.clone(),
             hostname: spec.hostname.clone(),
         };
-        self.root.insert(
-            built.profile_link().trim_start_matches('/'),
-            Node::symlink(toplevel.as_str()),
-        )?;
-        if self.current.is_none() {
-            self.current = Some(spec.number);
-        }
+        self.link_generation(spec.number, &toplevel)?;
         self.generations.push(built.clone());
         Ok(built)
     }
 
+    /// Make `toplevel` (already in the store) generation `number`: its `system-N-link`,
+    /// and the current `system` profile when it is the first one.
+    pub fn link_generation(&mut self, number: u32, toplevel: &StorePath) -> Result<()> {
+        self.root.insert(
+            profile_link(number).trim_start_matches('/'),
+            Node::symlink(toplevel.as_str()),
+        )?;
+        if self.current.is_none() {
+            self.current = Some(number);
+        }
+        Ok(())
+    }
+
     /// Point `/nix/var/nix/profiles/system` at generation `number`.
     pub fn set_current(&mut self, number: u32) -> Result<()> {
-        if !self.generations.iter().any(|g| g.number == number) {
+        if self
+            .root
+            .get(profile_link(number).trim_start_matches('/'))
+            .is_none()
+        {
             bail!("there is no generation {number} in this image");
         }
         self.current = Some(number);
@@ -498,19 +514,7 @@ impl GenerationParts {
             "guest-probe",
             node_dir(&[("bin/guest-probe", Node::executable(&spec.guest_probe))])?,
         )?;
-        let systemd = store.add(
-            &format!("systemd-{}", host_systemd.version),
-            node_dir(&[
-                (
-                    "lib/systemd/systemd",
-                    Node::executable(&host_systemd.systemd),
-                ),
-                (
-                    "lib/systemd/systemd-shutdown",
-                    Node::executable(&host_systemd.shutdown),
-                ),
-            ])?,
-        )?;
+        let systemd = add_systemd(store, host_systemd)?;
         let kernel = store.add(
             &format!("linux-{}", spec.boot.kernel_version),
             node_dir(&[("bzImage", Node::host_file(&spec.boot.kernel, 0o444))])?,
@@ -540,6 +544,26 @@ impl GenerationParts {
             switcher,
         })
     }
+}
+
+/// `systemd-<version>` with the host's `lib/systemd/systemd` and `systemd-shutdown`.
+pub(crate) fn add_systemd(
+    store: &mut StoreBuilder,
+    host_systemd: &HostSystemd,
+) -> Result<StorePath> {
+    store.add(
+        &format!("systemd-{}", host_systemd.version),
+        node_dir(&[
+            (
+                "lib/systemd/systemd",
+                Node::executable(&host_systemd.systemd),
+            ),
+            (
+                "lib/systemd/systemd-shutdown",
+                Node::executable(&host_systemd.shutdown),
+            ),
+        ])?,
+    )
 }
 
 /// The etc tree in the store: every entry a link to a store file, sidecars as plain files,
@@ -676,7 +700,7 @@ impl SystemImage {
 }
 
 /// A store-path name for an etc entry (`systemd/system/x.service` → `x.service`).
-fn store_name(path: &str) -> String {
+pub(crate) fn store_name(path: &str) -> String {
     let base = path.rsplit('/').next().unwrap_or(path);
     base.chars()
         .map(|c| {
@@ -689,7 +713,7 @@ fn store_name(path: &str) -> String {
         .collect()
 }
 
-fn node_dir(entries: &[(&str, Node)]) -> Result<Node> {
+pub(crate) fn node_dir(entries: &[(&str, Node)]) -> Result<Node> {
     let mut t = Tree::new();
     for (path, node) in entries {
         t.insert(path, node.clone())?;

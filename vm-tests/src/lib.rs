@@ -9,6 +9,8 @@ pub mod generation;
 pub mod host;
 pub mod initrd_scenarios;
 pub mod kernel;
+pub mod nixos_generation;
+pub mod nixos_scenarios;
 pub mod powercut_scenarios;
 pub mod qemu;
 pub mod scenarios;

@@ -21,6 +21,7 @@ use anyhow::Result;
 use stagehand_vm_tests::bench;
 use stagehand_vm_tests::fallback_scenarios;
 use stagehand_vm_tests::initrd_scenarios;
+use stagehand_vm_tests::nixos_scenarios;
 use stagehand_vm_tests::powercut_scenarios;
 use stagehand_vm_tests::scenarios::{self, Inputs, Outcome};
 use stagehand_vm_tests::stage1_scenarios;
@@ -105,6 +106,21 @@ const SCENARIOS: &[Scenario] = &[
         "switch-live",
         "live switch-to-configuration under systemd: 1 → 2 restarts changed A, stops removed B, starts new D, keeps C; back to 1; a no-op",
         switch_scenarios::switch_live,
+    ),
+    (
+        "nixos-native-init",
+        "a generation in nixpkgs' layout (no activation.json, no Perl) boots with NixOS's own bash init after our stage 1; its activate runs (Perl calls fail), systemd comes up",
+        nixos_scenarios::nixos_native_init,
+    ),
+    (
+        "nixos-generation",
+        "the same generation, init= at NixOS's script: our stage 1 runs our carried stage 2, which activates from NixOS's activate (users, shadow, /etc, a third-party snippet)",
+        nixos_scenarios::nixos_generation,
+    ),
+    (
+        "nixos-switch",
+        "two nixpkgs-layout generations (a user added, an etc file changed): live switch-to-configuration to 2 and back to 1",
+        nixos_scenarios::nixos_switch,
     ),
 ];
 

@@ -94,6 +94,12 @@ impl StoreBuilder {
         Ok(path)
     }
 
+    /// The path `add` would give `node` under `name`, without adding it: for store paths a
+    /// fixture names but leaves out of the image (NixOS's Perl, in a Perl-less image).
+    pub fn path_of(name: &str, node: &Node) -> Result<StorePath> {
+        Self::path_for(name, node)
+    }
+
     fn path_for(name: &str, node: &Node) -> Result<StorePath> {
         if name.is_empty()
             || name.starts_with('.')

@@ -141,6 +141,19 @@ fn main() {
     emit("etc.secret", ownership("/etc/stagehand-secret"));
     emit("etc.shadow", ownership("/etc/shadow"));
     emit("etc.machine-id", ownership("/etc/machine-id"));
+    // A third-party activation snippet's secret (the NixOS-layout fixture's setupSecrets).
+    emit("run.secret", ownership("/run/secrets/stagehand-fixture"));
+    emit(
+        "run.secret.text",
+        read_trimmed("/run/secrets/stagehand-fixture"),
+    );
+    // alice's password field (a fixture hash, not a secret), to see it reached /etc/shadow.
+    emit(
+        "shadow.alice",
+        db_line("/etc/shadow", "alice").map(|l| l.split(':').nth(1).unwrap_or("").to_string()),
+    );
+    emit("bin.sh.link", readlink("/bin/sh"));
+    emit("usr.bin.env.link", readlink("/usr/bin/env"));
     emit("nix-store.mount", mount_state("/nix/store"));
     emit("root.mount", mount_state("/"));
     emit(

@@ -1,0 +1,1246 @@
+//! A generation in nixpkgs' exact layout (issue 19): what `nixos-rebuild` puts in the store,
+//! with no `activation.json` and no Perl.
+//!
+//! The toplevel holds `activate` and `dry-activate` as `activation-script.nix` generates
+//! them (the text comes from `stagehand_testkit::nixos`), `init` = a stage-2 script doing what
+//! `stage-2-init.sh` does, run by a bash in the store, `boot.json` (bootspec v1), `etc` → an
+//! etc tree as `etc.nix` builds it (every entry a link to a store file, `.mode`/`.uid`/`.gid`
+//! sidecars for copied ones, an `fstab`), `kernel`, `initrd`, `kernel-modules` (the Debian
+//! kernel's needed modules as `.ko.xz` with a `modules.dep` made by `depmod -b`),
+//! `kernel-params`, `firmware`, `sw` (a `buildEnv`-like tree of links), `systemd`,
+//! `specialisation/` (empty), `init-interface-version`, `nixos-version`, `system`,
+//! `configuration-name`, `extra-dependencies`, and `bin/switch-to-configuration` when the
+//! spec names one.
+//!
+//! The users snippet calls `…-perl-…-env/bin/perl -w …-update-users-groups.pl
+//! …-users-groups.json` and the etc snippet `…/bin/perl …-setup-etc.pl …-etc/etc`, exactly as
+//! NixOS writes the calls; the JSON and the etc tree are in the store, the Perl and the two
+//! scripts are not (their paths are named, never added). NixOS's own bash `init` therefore
+//! boots such a generation with those two snippets failing (and the script going on, as it
+//! does on NixOS); Stagehand's activation must do their work itself.
+//!
+//! The programs the scripts run are the host's (Debian's) bash, coreutils, util-linux, grep,
+//! findutils, getent, nologin and kmod, each copied into a store path named like nixpkgs'
+//! (`bash-5.2.15`, `util-linux-2.38.1-bin`, …) with its `ldd` closure at the Debian paths, the
+//! way the harness copies systemd.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+#[cfg(test)]
+use serde_json::Value;
+use stagehand_initrd::modules::ModuleIndex;
+use stagehand_testkit::nixos::{
+    builtin_snippets, early_mount_script, stage2_init_script, ActivateScript, BuiltinPaths,
+    Snippet, Stage2Init, SPECIAL_FILESYSTEMS,
+};
+
+use crate::generation::{
+    ldd, node_dir, profile_link, store_name, unit_files, BootFiles, EtcEntry, Group, SystemImage,
+    User, MASKED_UNITS,
+};
+use crate::host::run;
+use crate::scenarios::Expected;
+use crate::store::{StoreBuilder, StorePath};
+use crate::tree::{install_host_path, Node, Tree};
+
+/// Where the third-party snippet ([`secrets_snippet`]) leaves its secret; the guest probe
+/// reports it (`run.secret`, `run.secret.text`).
+pub const SECRET_PATH: &str = "/run/secrets/stagehand-fixture";
+
+/// The platform (`system`, bootspec's `system`).
+const SYSTEM: &str = "x86_64-linux";
+
+/// A host program copied into the store as a nixpkgs package would hold it.
+struct ToolPackage {
+    /// The nixpkgs name (`util-linux`); the store name adds the version and `suffix`.
+    name: &'static str,
+    /// The Debian package whose version names the store path.
+    debian: &'static str,
+    /// `-bin` for split outputs (`util-linux-2.38.1-bin`).
+    suffix: &'static str,
+    /// Host programs, each becoming `bin/<file name>`.
+    bins: &'static [&'static str],
+    /// `bin/<name>` → `<target>` links inside the package.
+    links: &'static [(&'static str, &'static str)],
+}
+
+/// What NixOS's scripts run: the activation script's PATH (coreutils, grep, findutils, getent,
+/// shadow, util-linux), stage 2's PATH (coreutils, util-linux), `/bin/sh`'s bash, the
+/// modprobe the kernel is pointed at. Only the programs the fixture's snippets and stage 2
+/// use are copied (a whole coreutils would only make the image bigger).
+const TOOL_PACKAGES: &[ToolPackage] = &[
+    ToolPackage {
+        name: "bash",
+        debian: "bash",
+        suffix: "",
+        bins: &["/usr/bin/bash"],
+        links: &[("sh", "bash")],
+    },
+    ToolPackage {
+        name: "coreutils",
+        debian: "coreutils",
+        suffix: "",
+        bins: &[
+            "/usr/bin/basename",
+            "/usr/bin/cat",
+            "/usr/bin/chmod",
+            "/usr/bin/chown",
+            "/usr/bin/cp",
+            "/usr/bin/date",
+            "/usr/bin/dirname",
+            "/usr/bin/echo",
+            "/usr/bin/env",
+            "/usr/bin/false",
+            "/usr/bin/head",
+            "/usr/bin/id",
+            "/usr/bin/install",
+            "/usr/bin/ln",
+            "/usr/bin/ls",
+            "/usr/bin/mkdir",
+            "/usr/bin/mv",
+            "/usr/bin/printf",
+            "/usr/bin/readlink",
+            "/usr/bin/rm",
+            "/usr/bin/sleep",
+            "/usr/bin/sort",
+            "/usr/bin/stat",
+            "/usr/bin/touch",
+            "/usr/bin/tr",
+            "/usr/bin/true",
+            "/usr/bin/uname",
+            "/usr/bin/wc",
+        ],
+        links: &[],
+    },
+    ToolPackage {
+        name: "gnugrep",
+        debian: "grep",
+        suffix: "",
+        bins: &["/usr/bin/grep"],
+        links: &[],
+    },
+    ToolPackage {
+        name: "findutils",
+        debian: "findutils",
+        suffix: "",
+        bins: &["/usr/bin/find"],
+        links: &[],
+    },
+    ToolPackage {
+        name: "getent-glibc",
+        debian: "libc-bin",
+        suffix: "",
+        bins: &["/usr/bin/getent"],
+        links: &[],
+    },
+    ToolPackage {
+        name: "shadow",
+        debian: "login",
+        suffix: "",
+        bins: &["/usr/sbin/nologin"],
+        links: &[],
+    },
+    ToolPackage {
+        name: "util-linux",
+        debian: "util-linux",
+        suffix: "-bin",
+        bins: &[
+            "/usr/bin/findmnt",
+            "/usr/bin/mount",
+            "/usr/bin/mountpoint",
+            "/usr/bin/umount",
+        ],
+        links: &[],
+    },
+    ToolPackage {
+        name: "kmod",
+        debian: "kmod",
+        suffix: "",
+        bins: &["/usr/bin/kmod"],
+        links: &[
+            ("depmod", "kmod"),
+            ("insmod", "kmod"),
+            ("lsmod", "kmod"),
+            ("modinfo", "kmod"),
+            ("modprobe", "kmod"),
+            ("rmmod", "kmod"),
+        ],
+    },
+];
+
+/// The activation script's PATH, in NixOS's order (of the packages the fixture has).
+const ACTIVATION_PATH: &[&str] = &[
+    "coreutils",
+    "gnugrep",
+    "findutils",
+    "getent-glibc",
+    "shadow",
+    "util-linux",
+];
+
+/// Stage 2's PATH.
+const STAGE2_PATH: &[&str] = &["coreutils", "util-linux"];
+
+/// The host programs, found and measured once: each package's store name and tree, and the
+/// shared libraries they load.
+#[derive(Debug, Clone)]
+pub struct HostTools {
+    packages: Vec<(&'static str, String, Tree)>,
+    libraries: BTreeSet<PathBuf>,
+}
+
+/// Where [`HostTools`] landed in one image's store, by nixpkgs name.
+#[derive(Debug, Clone, Default)]
+pub struct ToolPaths(BTreeMap<&'static str, StorePath>);
+
+impl ToolPaths {
+    pub fn get(&self, name: &str) -> Result<&StorePath> {
+        self.0
+            .get(name)
+            .with_context(|| format!("the fixture has no {name} package"))
+    }
+
+    fn list(&self, names: &[&str]) -> Result<Vec<String>> {
+        names
+            .iter()
+            .map(|n| self.get(n).map(|p| p.to_string()))
+            .collect()
+    }
+}
+
+impl HostTools {
+    pub fn discover() -> Result<Self> {
+        let mut packages = Vec::new();
+        let mut libraries = BTreeSet::new();
+        for p in TOOL_PACKAGES {
+            let mut tree = Tree::new();
+            for bin in p.bins {
+                let path = Path::new(bin);
+                if !path.is_file() {
+                    bail!(
+                        "{bin} is missing: the NixOS fixture copies it from the host \
+                         (Debian package {}; run vm-tests/setup-host)",
+                        p.debian
+                    );
+                }
+                let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("tool");
+                tree.insert(&format!("bin/{name}"), Node::executable(path))?;
+                libraries.extend(ldd(path)?);
+            }
+            for (link, target) in p.links {
+                tree.insert(&format!("bin/{link}"), Node::symlink(*target))?;
+            }
+            let version = debian_version(p.debian)
+                .map(|v| format!("-{v}"))
+                .unwrap_or_default();
+            packages.push((p.name, format!("{}{version}{}", p.name, p.suffix), tree));
+        }
+        Ok(Self {
+            packages,
+            libraries,
+        })
+    }
+
+    /// Put the packages into the image's store and their libraries at the host paths.
+    pub fn add_to(&self, image: &mut SystemImage) -> Result<ToolPaths> {
+        for lib in &self.libraries {
+            install_host_path(&mut image.root, lib)?;
+        }
+        let mut paths = ToolPaths::default();
+        for (name, store_name, tree) in &self.packages {
+            let path = image.store.add(store_name, Node::Dir(tree.clone()))?;
+            paths.0.insert(name, path);
+        }
+        Ok(paths)
+    }
+
+    /// `sw`: NixOS's `system-path`, a tree of links to every package's programs.
+    fn system_path(&self, store: &mut StoreBuilder, paths: &ToolPaths) -> Result<StorePath> {
+        let mut sw = Tree::new();
+        for (name, _, tree) in &self.packages {
+            let Some(Node::Dir(bin)) = tree.get("bin") else {
+                continue;
+            };
+            let pkg = paths.get(name)?;
+            for (prog, _) in bin.entries() {
+                sw.insert(
+                    &format!("bin/{prog}"),
+                    Node::symlink(pkg.join(&format!("bin/{prog}"))),
+                )?;
+            }
+        }
+        store.add("system-path", Node::Dir(sw))
+    }
+}
+
+/// `5.2.15` from `dpkg-query` (`5.2.15-2+b8`: the epoch and the Debian revision dropped);
+/// `None` when dpkg does not know the package.
+fn debian_version(package: &str) -> Option<String> {
+    let out = run(Command::new("dpkg-query").args(["-W", "-f=${Version}", package])).ok()?;
+    upstream_version(out.trim())
+}
+
+fn upstream_version(v: &str) -> Option<String> {
+    let v = v.split_once(':').map_or(v, |(_, rest)| rest);
+    let v = v.rsplit_once('-').map_or(v, |(up, _)| up);
+    let ok = !v.is_empty()
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+._~".contains(c));
+    ok.then(|| v.replace('~', "_"))
+}
+
+/// The kernel's modules as NixOS ships them: `lib/modules/<version>/` with the modules a
+/// boot needs as `.ko.xz` (CRC32 check, what the kernel's decompressor takes), `modules.order`,
+/// `modules.builtin*` from the package, and the indexes `depmod -b` makes.
+#[derive(Debug, Clone)]
+pub struct KernelModules {
+    pub version: String,
+    /// The directory holding `lib/modules/<version>` (the store path's contents).
+    pub root: PathBuf,
+}
+
+impl KernelModules {
+    /// `<root>/lib/modules/<version>`, what an initrd builder reads.
+    pub fn modules_dir(&self) -> PathBuf {
+        self.root.join("lib/modules").join(&self.version)
+    }
+
+    /// The closure of `wanted` (and `optional`, when present) from a Debian
+    /// `lib/modules/<version>` directory, compressed into `out` (replaced).
+    pub fn build(
+        debian_dir: &Path,
+        version: &str,
+        wanted: &[&str],
+        optional: &[&str],
+        out: &Path,
+    ) -> Result<Self> {
+        for tool in ["xz", "depmod"] {
+            if !crate::host::on_path(tool) {
+                bail!("{tool} is missing (xz-utils, kmod): run vm-tests/setup-host");
+            }
+        }
+        if out.exists() {
+            fs::remove_dir_all(out).with_context(|| format!("removing {}", out.display()))?;
+        }
+        let dir = out.join("lib/modules").join(version);
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let index = ModuleIndex::open(debian_dir).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let owned = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let closure = index
+            .closure(&owned(wanted), &owned(optional))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        for m in &closure.modules {
+            let rel = m.source.strip_prefix(debian_dir).with_context(|| {
+                format!(
+                    "{} is not under {}",
+                    m.source.display(),
+                    debian_dir.display()
+                )
+            })?;
+            let rel = rel
+                .to_str()
+                .with_context(|| format!("non-UTF-8 module path {}", rel.display()))?;
+            let dest = dir.join(format!("{}.xz", rel.trim_end_matches(".xz")));
+            if let Some(parent) = dest.parent() {
+                fs::create_dir_all(parent)
+                    .with_context(|| format!("creating {}", parent.display()))?;
+            }
+            let xz = Command::new("xz")
+                .args(["--check=crc32", "-c"])
+                .arg(&m.source)
+                .output()
+                .with_context(|| format!("running xz on {}", m.source.display()))?;
+            if !xz.status.success() {
+                bail!(
+                    "xz --check=crc32 {} failed: {}",
+                    m.source.display(),
+                    String::from_utf8_lossy(&xz.stderr)
+                );
+            }
+            fs::write(&dest, &xz.stdout).with_context(|| format!("writing {}", dest.display()))?;
+        }
+        for name in [
+            "modules.order",
+            "modules.builtin",
+            "modules.builtin.modinfo",
+        ] {
+            let src = debian_dir.join(name);
+            if src.is_file() {
+                fs::copy(&src, dir.join(name))
+                    .with_context(|| format!("copying {}", src.display()))?;
+            }
+        }
+        run(Command::new("depmod").arg("-b").arg(out).arg(version))
+            .context("making modules.dep for the fixture's kernel-modules")?;
+        if !dir.join("modules.dep").is_file() {
+            bail!("depmod -b {} {version} wrote no modules.dep", out.display());
+        }
+        Ok(Self {
+            version: version.into(),
+            root: out.to_path_buf(),
+        })
+    }
+}
+
+/// A host directory as a tree (files read-only, as in the store; links kept).
+fn host_dir_tree(dir: &Path) -> Result<Tree> {
+    let mut t = Tree::new();
+    let mut entries: Vec<_> = fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .collect::<std::io::Result<_>>()
+        .with_context(|| format!("reading {}", dir.display()))?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let path = e.path();
+        let name = e
+            .file_name()
+            .into_string()
+            .map_err(|n| anyhow::anyhow!("non-UTF-8 name {n:?} in {}", dir.display()))?;
+        let ft = e.file_type()?;
+        let node = if ft.is_dir() {
+            Node::Dir(host_dir_tree(&path)?)
+        } else if ft.is_symlink() {
+            let target = fs::read_link(&path)?;
+            Node::symlink(
+                target
+                    .to_str()
+                    .with_context(|| format!("non-UTF-8 link {}", path.display()))?,
+            )
+        } else {
+            Node::host_file(&path, 0o444)
+        };
+        t.insert(&name, node)?;
+    }
+    Ok(t)
+}
+
+/// One filesystem line of the generation's `/etc/fstab`.
+#[derive(Debug, Clone)]
+pub struct FstabEntry {
+    pub device: String,
+    pub mount_point: String,
+    pub fs_type: String,
+    pub options: Vec<String>,
+}
+
+/// Everything that distinguishes one NixOS-layout generation.
+#[derive(Debug, Clone)]
+pub struct NixosSpec {
+    pub number: u32,
+    pub hostname: String,
+    /// `system.nixos.label`: the toplevel's name ends with it, `nixos-version` holds it.
+    pub nixos_version: String,
+    /// `boot.kernelParams` (`kernel-params`, bootspec); `init=` is the boot loader's.
+    pub kernel_params: Vec<String>,
+    pub boot: BootFiles,
+    pub mutable_users: bool,
+    pub users: Vec<User>,
+    pub groups: Vec<Group>,
+    pub etc: Vec<EtcEntry>,
+    pub fstab: Vec<FstabEntry>,
+    /// Snippets besides NixOS's own (third-party modules: sops-nix, agenix, …).
+    pub extra_snippets: Vec<Snippet>,
+    pub guest_probe: PathBuf,
+    /// The static `stagehand` binary, linked as `bin/switch-to-configuration`.
+    pub switch_to_configuration: Option<PathBuf>,
+}
+
+/// A SHA-512 crypt hash (of `alice-password`, salt `stagehandfixture`) for the normal user.
+pub const ALICE_HASH: &str = "$6$stagehandfixture$GlZQhMqZRTGvLCTbxKfJBTwp43Lv8yB7wSecsUtmt53Z047dA0f/eOVY4D693gmaobeNMMWbXi1yV6Pdqg50P0";
+
+/// The third-party snippet: a secrets manager's step in the manner of sops-nix's
+/// `setupSecrets` (after `specialfs`): a root-only file under `/run/secrets` whose text
+/// names `$systemConfig`, a variable only the activation script's prelude sets.
+pub fn secrets_snippet() -> Snippet {
+    let dir = SECRET_PATH.rsplit_once('/').map_or("/run", |(d, _)| d);
+    Snippet::new(
+        "setupSecrets",
+        &format!(
+            "# A secrets manager's step: this generation's secret, readable by root only.\n\
+             echo \"setting up secrets...\"\n\
+             install -m 0751 -d {dir}\n\
+             (\n  \
+             umask 0377\n  \
+             printf 'stagehand-fixture-secret system=%s\\n' \"$systemConfig\" > {SECRET_PATH}.tmp\n\
+             )\n\
+             mv -f {SECRET_PATH}.tmp {SECRET_PATH}\n"
+        ),
+    )
+    .after(&["specialfs"])
+}
+
+/// What [`secrets_snippet`] writes for `toplevel` (without the newline).
+pub fn secret_text(toplevel: &str) -> String {
+    format!("stagehand-fixture-secret system={toplevel}")
+}
+
+impl NixosSpec {
+    /// The fixture system: root, alice (normal, uid 1000, a password hash, in wheel),
+    /// messagebus (system user, uid allocated), nobody; their groups; a hostname, an
+    /// os-release, a copied root-only file owned by alice, an fstab naming the root by label;
+    /// the third-party secrets snippet.
+    pub fn fixture(
+        number: u32,
+        boot: BootFiles,
+        guest_probe: &Path,
+        root_label: &str,
+    ) -> NixosSpec {
+        let hostname = "stagehand-nixos".to_string();
+        let shell = |s: &str| format!("/run/current-system/sw/bin/{s}");
+        let user = |name: &str, uid: Option<u32>, group: &str, home: &str, system: bool| User {
+            name: name.into(),
+            uid,
+            group: group.into(),
+            description: String::new(),
+            home: home.into(),
+            create_home: !system,
+            is_system_user: system,
+            shell: shell(if system { "nologin" } else { "bash" }),
+            hashed_password: None,
+        };
+        let mut root = user("root", Some(0), "root", "/root", true);
+        root.description = "System administrator".into();
+        root.shell = shell("bash");
+        root.hashed_password = Some("!".into());
+        let mut alice = user("alice", Some(1000), "users", "/home/alice", false);
+        alice.description = "Alice".into();
+        alice.hashed_password = Some(ALICE_HASH.into());
+        let mut messagebus = user("messagebus", None, "messagebus", "/run/dbus", true);
+        messagebus.description = "D-Bus system message bus daemon user".into();
+        let mut nobody = user("nobody", Some(65534), "nogroup", "/var/empty", true);
+        nobody.description = "Unprivileged account (don't use!)".into();
+        let group = |name: &str, gid: Option<u32>, members: &[&str]| Group {
+            name: name.into(),
+            gid,
+            members: members.iter().map(|m| m.to_string()).collect(),
+        };
+        let nixos_version = format!("25.11.{number}.stagehand");
+        NixosSpec {
+            number,
+            kernel_params: [
+                "console=ttyS0",
+                "panic=-1",
+                "boot.panic_on_fail",
+                "systemd.show_status=1",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+            boot,
+            mutable_users: false,
+            users: vec![root, alice, messagebus, nobody],
+            groups: vec![
+                group("root", Some(0), &[]),
+                group("wheel", Some(1), &["alice"]),
+                group("users", Some(100), &[]),
+                group("shadow", Some(318), &[]),
+                group("messagebus", None, &[]),
+                group("nogroup", Some(65534), &[]),
+            ],
+            etc: vec![
+                EtcEntry::Text {
+                    path: "hostname".into(),
+                    text: format!("{hostname}\n"),
+                },
+                EtcEntry::Text {
+                    path: "os-release".into(),
+                    text: format!(
+                        "NAME=NixOS\nID=nixos\nVERSION_ID=\"25.11\"\n\
+                         BUILD_ID=\"{nixos_version}\"\nPRETTY_NAME=\"NixOS 25.11 (Stagehand fixture)\"\n"
+                    ),
+                },
+                EtcEntry::Copied {
+                    path: "stagehand-secret".into(),
+                    text: format!("generation {number} secret\n"),
+                    mode: "0400".into(),
+                    uid: "alice".into(),
+                    gid: "+0".into(),
+                },
+            ],
+            fstab: vec![FstabEntry {
+                device: format!("/dev/disk/by-label/{root_label}"),
+                mount_point: "/".into(),
+                fs_type: "ext4".into(),
+                options: vec!["defaults".into()],
+            }],
+            extra_snippets: vec![secrets_snippet()],
+            hostname,
+            nixos_version,
+            guest_probe: guest_probe.into(),
+            switch_to_configuration: None,
+        }
+    }
+
+    /// `nixos-system-<hostname>-<label>`
+    pub fn toplevel_name(&self) -> String {
+        format!("nixos-system-{}-{}", self.hostname, self.nixos_version)
+    }
+
+    /// The users spec as `users-groups.nix` writes it: `builtins.toJSON`, so one line with
+    /// every object's keys sorted (serde_json's map is sorted: the workspace does not enable
+    /// `preserve_order`).
+    pub fn users_groups_json(&self) -> Result<String> {
+        let v = json!({
+            "mutableUsers": self.mutable_users,
+            "users": self.users.iter().map(User::to_json).collect::<Vec<_>>(),
+            "groups": self.groups.iter().map(|g| json!({
+                "name": g.name, "gid": g.gid, "members": g.members,
+            })).collect::<Vec<_>>(),
+        });
+        Ok(serde_json::to_string(&v)?)
+    }
+
+    /// `/etc/fstab` in NixOS's layout: a header, the filesystems, the (no) swap devices.
+    pub fn fstab_text(&self) -> String {
+        let mut s = String::from(
+            "# Made from the fileSystems and swapDevices options: change those, not this file.\n\
+             #\n\
+             # <file system> <mount point>   <type>  <options>       <dump>  <pass>\n\
+             \n\
+             # Filesystems.\n",
+        );
+        for f in &self.fstab {
+            // fsck pass: the root first, the rest after it.
+            let pass = if f.mount_point == "/" { 1 } else { 2 };
+            s.push_str(&format!(
+                "{} {} {} {} 0 {pass}\n",
+                f.device,
+                f.mount_point,
+                f.fs_type,
+                f.options.join(",")
+            ));
+        }
+        s.push_str("\n\n# Swap devices.\n\n");
+        s
+    }
+}
+
+/// Where one NixOS-layout generation's parts ended up.
+#[derive(Debug, Clone)]
+pub struct BuiltNixos {
+    pub number: u32,
+    pub toplevel: StorePath,
+    pub etc: StorePath,
+    pub systemd: StorePath,
+    pub tools: ToolPaths,
+    pub kernel_params: Vec<String>,
+    pub hostname: String,
+}
+
+impl BuiltNixos {
+    /// `/nix/var/nix/profiles/system-N-link`
+    pub fn profile_link(&self) -> String {
+        profile_link(self.number)
+    }
+
+    /// The kernel command line with `init=<init>` and the generation's parameters.
+    pub fn cmdline(&self, init: &str) -> String {
+        let mut parts = vec![format!("init={init}")];
+        parts.extend(self.kernel_params.iter().cloned());
+        parts.join(" ")
+    }
+
+    /// What the probe should see once the generation is up and activated.
+    pub fn expected(&self) -> Expected {
+        Expected {
+            toplevel: self.toplevel.to_string(),
+            systemd: self.systemd.join("lib/systemd/systemd"),
+            etc: self.etc.join("etc"),
+            hostname: self.hostname.clone(),
+        }
+    }
+
+    pub fn secret_text(&self) -> String {
+        secret_text(self.toplevel.as_str())
+    }
+}
+
+/// Where systemd's units go in the etc tree: one entry, a link to the `system-units` store
+/// directory, as NixOS's systemd module declares `environment.etc."systemd/system"`.
+const UNITS_DIR: &str = "systemd/system";
+
+/// `system-units`: every unit a link to its own store path (`unit-<name>/<name>`), masked
+/// ones to `/dev/null`, `.wants/` links and drop-ins as given. `units` are the spec's etc
+/// entries below [`UNITS_DIR`], relative to it.
+fn add_units(
+    store: &mut StoreBuilder,
+    units: &[&EtcEntry],
+    probe: &StorePath,
+) -> Result<StorePath> {
+    let mut dir = Tree::new();
+    let mut unit = |dir: &mut Tree, rel: &str, text: String| -> Result<()> {
+        let base = rel.rsplit('/').next().unwrap_or(rel);
+        let path = store.add(
+            &format!("unit-{}", store_name(base)),
+            node_dir(&[(base, Node::text(text))])?,
+        )?;
+        dir.insert(rel, Node::symlink(path.join(base)))
+    };
+    for (name, text) in unit_files(probe) {
+        unit(&mut dir, name, text)?;
+    }
+    for name in MASKED_UNITS {
+        dir.insert(name, Node::symlink("/dev/null"))?;
+    }
+    for entry in units {
+        match entry {
+            EtcEntry::Text { path, text } => unit(&mut dir, path, text.clone())?,
+            EtcEntry::Link { path, target } => dir.insert(path, Node::symlink(target))?,
+            EtcEntry::Copied { path, .. } => {
+                bail!("etc entry {UNITS_DIR}/{path}: units cannot be copied entries")
+            }
+        }
+    }
+    store.add("system-units", Node::Dir(dir))
+}
+
+/// The etc tree (`…-etc/etc`) as etc.nix builds it: every entry a link to its own store
+/// file (`etc-<name>`), sidecars as plain files, the fstab, `systemd/system` a link to the
+/// units' directory.
+fn add_etc(store: &mut StoreBuilder, spec: &NixosSpec, probe: &StorePath) -> Result<StorePath> {
+    let prefix = format!("{UNITS_DIR}/");
+    let rebase = |e: &EtcEntry| -> Option<EtcEntry> {
+        let mut e = e.clone();
+        let path = match &mut e {
+            EtcEntry::Text { path, .. }
+            | EtcEntry::Link { path, .. }
+            | EtcEntry::Copied { path, .. } => path,
+        };
+        *path = path.strip_prefix(&prefix)?.to_string();
+        Some(e)
+    };
+    let unit_entries: Vec<EtcEntry> = spec.etc.iter().filter_map(rebase).collect();
+    let units = add_units(store, &unit_entries.iter().collect::<Vec<_>>(), probe)?;
+    let mut etc = Tree::new();
+    etc.insert(UNITS_DIR, Node::symlink(units.as_str()))?;
+    let mut text_entry = |etc: &mut Tree, path: &str, text: &str| -> Result<()> {
+        let file = store.add_text(&format!("etc-{}", store_name(path)), text.to_string())?;
+        etc.insert(path, Node::symlink(file.as_str()))
+    };
+    text_entry(&mut etc, "fstab", &spec.fstab_text())?;
+    for entry in spec.etc.iter().filter(|e| rebase(e).is_none()) {
+        match entry {
+            EtcEntry::Text { path, text } => text_entry(&mut etc, path, text)?,
+            EtcEntry::Link { path, target } => etc.insert(path, Node::symlink(target))?,
+            EtcEntry::Copied {
+                path,
+                text,
+                mode,
+                uid,
+                gid,
+            } => {
+                text_entry(&mut etc, path, text)?;
+                // etc.nix writes the sidecars with `echo`: one line each.
+                etc.insert(&format!("{path}.mode"), Node::text(format!("{mode}\n")))?;
+                etc.insert(&format!("{path}.uid"), Node::text(format!("{uid}\n")))?;
+                etc.insert(&format!("{path}.gid"), Node::text(format!("{gid}\n")))?;
+            }
+        }
+    }
+    store.add("etc", node_dir(&[("etc", Node::Dir(etc))])?)
+}
+
+/// The host's `systemctl`, which NixOS's systemd package has as `bin/systemctl` (where
+/// switch-to-configuration looks for it first).
+const HOST_SYSTEMCTL: &str = "/usr/bin/systemctl";
+
+/// `systemd-<version>`: the host's systemd and systemd-shutdown (`lib/systemd/`) and
+/// systemctl (`bin/`), with systemctl's libraries at their host paths.
+fn add_nixos_systemd(image: &mut SystemImage) -> Result<StorePath> {
+    let systemctl = Path::new(HOST_SYSTEMCTL);
+    if !systemctl.is_file() {
+        bail!("{HOST_SYSTEMCTL} is missing (Debian package systemd): run vm-tests/setup-host");
+    }
+    for lib in ldd(systemctl)? {
+        install_host_path(&mut image.root, &lib)?;
+    }
+    let host = &image.systemd;
+    image.store.add(
+        &format!("systemd-{}", host.version),
+        node_dir(&[
+            ("lib/systemd/systemd", Node::executable(&host.systemd)),
+            (
+                "lib/systemd/systemd-shutdown",
+                Node::executable(&host.shutdown),
+            ),
+            ("bin/systemctl", Node::executable(systemctl)),
+        ])?,
+    )
+}
+
+/// Add a NixOS-layout generation to `image` (its store paths, the libraries of the copied
+/// programs, `system-N-link`; the first generation added becomes `system`).
+pub fn add_nixos_generation(
+    image: &mut SystemImage,
+    tools: &HostTools,
+    modules: &KernelModules,
+    spec: &NixosSpec,
+) -> Result<BuiltNixos> {
+    let paths = tools.add_to(image)?;
+    let systemd_version = image.systemd.version.clone();
+    let systemd = add_nixos_systemd(image)?;
+    let store = &mut image.store;
+    let probe = store.add(
+        "guest-probe",
+        node_dir(&[("bin/guest-probe", Node::executable(&spec.guest_probe))])?,
+    )?;
+    let version = &spec.boot.kernel_version;
+    let kernel = store.add(
+        &format!("linux-{version}"),
+        node_dir(&[("bzImage", Node::host_file(&spec.boot.kernel, 0o444))])?,
+    )?;
+    let initrd = store.add(
+        &format!("initrd-linux-{version}"),
+        node_dir(&[("initrd", Node::host_file(&spec.boot.initrd, 0o444))])?,
+    )?;
+    if &modules.version != version {
+        bail!(
+            "the kernel modules are for {}, the generation boots {version}",
+            modules.version
+        );
+    }
+    let kernel_modules = store.add("kernel-modules", Node::Dir(host_dir_tree(&modules.root)?))?;
+    let firmware = store.add(
+        "firmware",
+        node_dir(&[("lib/firmware", Node::Dir(Tree::new()))])?,
+    )?;
+    let users_json = store.add_text("users-groups.json", spec.users_groups_json()?)?;
+    let etc = add_etc(store, spec, &probe)?;
+    let early_mounts = store.add_text("mounts.sh", early_mount_script(SPECIAL_FILESYSTEMS))?;
+    let post_boot = store.add_text("local-cmds", String::new())?;
+    let sw = tools.system_path(store, &paths)?;
+    // Named by the scripts, absent from the image: there is no Perl here.
+    let absent = |name: &str| StoreBuilder::path_of(name, &Node::text(format!("absent {name}")));
+    let perl = absent("perl-5.40.0-env")?;
+    let builtins = BuiltinPaths {
+        bash_interactive: paths.get("bash")?.to_string(),
+        coreutils: paths.get("coreutils")?.to_string(),
+        users_perl: perl.to_string(),
+        update_users_groups: absent("update-users-groups.pl")?.to_string(),
+        users_groups_json: users_json.to_string(),
+        etc_perl: perl.to_string(),
+        setup_etc: absent("setup-etc.pl")?.to_string(),
+        etc: etc.to_string(),
+        early_mounts: early_mounts.to_string(),
+        kmod: paths.get("kmod")?.to_string(),
+        firmware: firmware.to_string(),
+    };
+    let mut snippets = builtin_snippets(&builtins);
+    snippets.extend(spec.extra_snippets.iter().cloned());
+    let bash = paths.get("bash")?.join("bin/bash");
+    let activation_path = paths.list(ACTIVATION_PATH)?;
+    let stage2_path = paths.list(STAGE2_PATH)?;
+    let switcher = match &spec.switch_to_configuration {
+        Some(bin) => Some(store.add(
+            "stagehand",
+            node_dir(&[("bin/stagehand", Node::executable(bin))])?,
+        )?),
+        None => None,
+    };
+    let kernel_params = spec.kernel_params.clone();
+    let toplevel_tree = |top: &str| -> Result<Node> {
+        let script = ActivateScript {
+            shell: &bash,
+            path: &activation_path,
+            system_config: top,
+            snippets: &snippets,
+        };
+        let activate = script.activate().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let dry = script.dry_activate().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let init = stage2_init_script(&Stage2Init {
+            shell: &bash,
+            system_config: top,
+            path: &stage2_path,
+            early_mounts: early_mounts.as_str(),
+            post_boot_commands: post_boot.as_str(),
+            systemd_executable: "/run/current-system/systemd/lib/systemd/systemd",
+        });
+        let bootspec = json!({
+            "org.nixos.bootspec.v1": {
+                "init": format!("{top}/init"),
+                "initrd": initrd.join("initrd"),
+                "kernel": kernel.join("bzImage"),
+                "kernelParams": kernel_params,
+                "label": format!("NixOS Stagehand {} (Linux {version})", spec.nixos_version),
+                "system": SYSTEM,
+                "toplevel": top,
+            },
+            "org.nixos.specialisation.v1": {},
+        });
+        let mut entries = vec![
+            ("activate", Node::bytes(activate.into_bytes(), 0o555)),
+            ("dry-activate", Node::bytes(dry.into_bytes(), 0o555)),
+            ("init", Node::bytes(init.into_bytes(), 0o555)),
+            (
+                "boot.json",
+                // jq's output: sorted keys, two-space indent, a final newline.
+                Node::text(format!("{}\n", serde_json::to_string_pretty(&bootspec)?)),
+            ),
+            ("etc", Node::symlink(etc.join("etc"))),
+            ("sw", Node::symlink(sw.as_str())),
+            ("systemd", Node::symlink(systemd.as_str())),
+            ("kernel", Node::symlink(kernel.join("bzImage"))),
+            ("kernel-modules", Node::symlink(kernel_modules.as_str())),
+            ("initrd", Node::symlink(initrd.join("initrd"))),
+            ("firmware", Node::symlink(firmware.join("lib/firmware"))),
+            // `echo -n`: none of these ends with a newline.
+            ("kernel-params", Node::text(kernel_params.join(" "))),
+            ("configuration-name", Node::text("")),
+            (
+                "init-interface-version",
+                Node::text(format!("systemd {systemd_version}")),
+            ),
+            ("nixos-version", Node::text(spec.nixos_version.clone())),
+            ("system", Node::text(SYSTEM)),
+            ("extra-dependencies", Node::text("")),
+            ("specialisation", Node::Dir(Tree::new())),
+        ];
+        if let Some(s) = &switcher {
+            entries.push((
+                "bin/switch-to-configuration",
+                Node::symlink(s.join("bin/stagehand")),
+            ));
+        }
+        node_dir(&entries)
+    };
+    let toplevel = store.add_self_referential(&spec.toplevel_name(), toplevel_tree)?;
+    image.link_generation(spec.number, &toplevel)?;
+    Ok(BuiltNixos {
+        number: spec.number,
+        toplevel,
+        etc,
+        systemd,
+        tools: paths,
+        kernel_params: spec.kernel_params.clone(),
+        hostname: spec.hostname.clone(),
+    })
+}
+
+/// The probe unit and `default.target` as plain files in `/usr/lib/systemd/system` of the
+/// image (Debian's systemd looks there too): for booting with NixOS's own `init`, whose etc
+/// snippet (Perl) cannot run here, so `/etc/systemd/system` never appears.
+pub fn install_units_outside_etc(image: &mut SystemImage, probe: &Path) -> Result<()> {
+    let probe = image.store.add(
+        "guest-probe",
+        node_dir(&[("bin/guest-probe", Node::executable(probe))])?,
+    )?;
+    for (name, text) in unit_files(&probe) {
+        image
+            .root
+            .insert(&format!("usr/lib/systemd/system/{name}"), Node::text(text))?;
+    }
+    Ok(())
+}
+
+/// A host `Value` check used by tests: every object's keys in sorted order.
+#[cfg(test)]
+fn keys_sorted(v: &Value) -> bool {
+    match v {
+        Value::Object(m) => {
+            let keys: Vec<&String> = m.keys().collect();
+            keys.windows(2).all(|w| w[0] < w[1]) && m.values().all(keys_sorted)
+        }
+        Value::Array(a) => a.iter().all(keys_sorted),
+        _ => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::generation::HostSystemd;
+
+    #[test]
+    fn debian_versions_become_upstream_ones() {
+        assert_eq!(upstream_version("5.2.15-2+b8").as_deref(), Some("5.2.15"));
+        assert_eq!(
+            upstream_version("1:2.38.1-5+deb12u3").as_deref(),
+            Some("2.38.1")
+        );
+        assert_eq!(
+            upstream_version("30+20221128-1").as_deref(),
+            Some("30+20221128")
+        );
+        assert_eq!(upstream_version("9.1").as_deref(), Some("9.1"));
+        assert_eq!(upstream_version("").as_deref(), None);
+        assert_eq!(upstream_version("a/b-1").as_deref(), None);
+    }
+
+    fn spec(dir: &Path) -> NixosSpec {
+        let f = |n: &str| {
+            let p = dir.join(n);
+            fs::write(&p, n).expect("write");
+            p
+        };
+        let boot = BootFiles {
+            kernel: f("vmlinuz"),
+            kernel_version: "6.1.0-57-amd64".into(),
+            initrd: f("initrd"),
+        };
+        NixosSpec::fixture(1, boot, &f("probe"), "stagehand-root")
+    }
+
+    #[test]
+    fn users_json_is_tojson_shaped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let text = spec(dir.path()).users_groups_json().expect("json");
+        assert!(!text.contains('\n') && !text.contains(": "), "{text}");
+        let v: Value = serde_json::from_str(&text).expect("parse");
+        assert!(keys_sorted(&v), "{text}");
+        let alice = v["users"]
+            .as_array()
+            .and_then(|u| u.iter().find(|u| u["name"] == "alice"))
+            .expect("alice");
+        assert_eq!(alice["hashedPassword"], ALICE_HASH);
+        assert_eq!(alice["shell"], "/run/current-system/sw/bin/bash");
+        let want_keys = [
+            "autoSubUidGidRange",
+            "createHome",
+            "description",
+            "expires",
+            "group",
+            "hashedPassword",
+            "hashedPasswordFile",
+            "home",
+            "homeMode",
+            "initialHashedPassword",
+            "initialPassword",
+            "isSystemUser",
+            "linger",
+            "name",
+            "password",
+            "shell",
+            "subGidRanges",
+            "subUidRanges",
+            "uid",
+        ];
+        let keys: Vec<&str> = alice
+            .as_object()
+            .expect("object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(keys, want_keys);
+        let wheel = v["groups"]
+            .as_array()
+            .and_then(|g| g.iter().find(|g| g["name"] == "wheel"))
+            .expect("wheel");
+        assert_eq!(
+            wheel,
+            &json!({"gid": 1, "members": ["alice"], "name": "wheel"})
+        );
+    }
+
+    #[test]
+    fn fstab_names_the_root_by_label() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let text = spec(dir.path()).fstab_text();
+        assert!(
+            text.contains("\n/dev/disk/by-label/stagehand-root / ext4 defaults 0 1\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_probe_reports_the_secret_the_snippet_writes() {
+        let probe = include_str!("bin/guest-probe.rs");
+        assert!(probe.contains(&format!("\"{SECRET_PATH}\"")));
+        let s = secrets_snippet();
+        assert!(s.text.contains(SECRET_PATH) && s.text.contains("\"$systemConfig\""));
+        assert_eq!(s.deps, ["specialfs"]);
+    }
+
+    /// The whole toplevel with stand-ins for the host programs (the real ones are used by
+    /// the VM scenarios): its entries, the scripts' references, nothing Perl in the image.
+    #[test]
+    fn toplevel_has_nixpkgs_layout() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        let spec = spec(d);
+        let fake = d.join("fakebin");
+        fs::write(&fake, b"#!fake").expect("write");
+        let mut packages = Vec::new();
+        for p in TOOL_PACKAGES {
+            let mut t = Tree::new();
+            for b in p.bins {
+                let name = b.rsplit('/').next().expect("name");
+                t.insert(&format!("bin/{name}"), Node::executable(&fake))
+                    .expect("insert");
+            }
+            for (l, target) in p.links {
+                t.insert(&format!("bin/{l}"), Node::symlink(*target))
+                    .expect("insert");
+            }
+            packages.push((p.name, format!("{}-1.0{}", p.name, p.suffix), t));
+        }
+        let tools = HostTools {
+            packages,
+            libraries: BTreeSet::new(),
+        };
+        let moddir = d.join("mods/lib/modules/6.1.0-57-amd64");
+        fs::create_dir_all(moddir.join("kernel")).expect("mkdir");
+        fs::write(moddir.join("kernel/ext4.ko.xz"), b"xz").expect("write");
+        fs::write(moddir.join("modules.dep"), b"kernel/ext4.ko.xz:\n").expect("write");
+        let modules = KernelModules {
+            version: "6.1.0-57-amd64".into(),
+            root: d.join("mods"),
+        };
+        let systemd = HostSystemd {
+            systemd: fake.clone(),
+            shutdown: fake.clone(),
+            libraries: vec![],
+            version: "252".into(),
+        };
+        let mut image = SystemImage::new(&systemd).expect("image");
+        let g = add_nixos_generation(&mut image, &tools, &modules, &spec).expect("generation");
+        let tree = image.tree().expect("tree");
+        let top = g.toplevel.as_str().trim_start_matches('/').to_string();
+        let text = |rel: &str| match tree.get(&format!("{top}/{rel}")) {
+            Some(Node::File {
+                source: crate::tree::Source::Bytes(b),
+                ..
+            }) => String::from_utf8(b.clone()).expect("utf8"),
+            other => panic!("{rel}: {other:?}"),
+        };
+        assert!(g
+            .toplevel
+            .as_str()
+            .ends_with("-nixos-system-stagehand-nixos-25.11.1.stagehand"));
+        assert_eq!(text("init-interface-version"), "systemd 252");
+        assert_eq!(text("system"), "x86_64-linux");
+        assert_eq!(
+            text("kernel-params"),
+            "console=ttyS0 panic=-1 boot.panic_on_fail systemd.show_status=1"
+        );
+        assert!(tree.get(&format!("{top}/activation.json")).is_none());
+        assert_eq!(
+            tree.get(&format!("{top}/specialisation")),
+            Some(&Node::Dir(Tree::new()))
+        );
+        let activate = text("activate");
+        let bash = g.tools.get("bash").expect("bash").join("bin/bash");
+        assert!(activate.starts_with(&format!(
+            "#!{bash}\n\nsystemConfig='{}'\n\nexport PATH=/empty\nfor i in /nix/store/",
+            g.toplevel
+        )));
+        // The users and etc calls name a Perl that is not in the image, and the JSON and
+        // the etc tree that are.
+        let perl_call = activate
+            .lines()
+            .find(|l| l.contains("/bin/perl \\"))
+            .expect("users call");
+        let perl = perl_call
+            .trim_end_matches(" \\")
+            .trim_end_matches("/bin/perl");
+        assert!(perl.ends_with("-perl-5.40.0-env"), "{perl_call}");
+        assert!(tree.get(perl.trim_start_matches('/')).is_none());
+        let users_line = activate
+            .lines()
+            .find(|l| l.starts_with("-w /nix/store/"))
+            .expect("-w line");
+        let json = users_line.rsplit(' ').next().expect("json path");
+        assert!(json.ends_with("-users-groups.json"));
+        assert!(tree.get(json.trim_start_matches('/')).is_some());
+        assert!(activate.contains(&format!("{perl}/bin/perl /nix/store/")));
+        assert!(activate.contains(&format!("-setup-etc.pl {}/etc\n", g.etc)));
+        // Snippets in NixOS's order, the third-party one at its place.
+        let order: Vec<&str> = activate
+            .lines()
+            .filter_map(|l| l.strip_prefix("#### Activation script snippet "))
+            .map(|l| l.trim_end_matches(':'))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                "stdio",
+                "binsh",
+                "users",
+                "groups",
+                "specialfs",
+                "etc",
+                "hashes",
+                "modprobe",
+                "setupSecrets",
+                "udevd",
+                "usrbinenv",
+                "var"
+            ]
+        );
+        let dry = text("dry-activate");
+        assert!(dry.contains("#### Activation script snippet users:\n"));
+        assert!(dry.contains(
+            "#### Activation script snippet setupSecrets does not support dry activation.\n"
+        ));
+        let init = text("init");
+        assert!(init.starts_with(&format!("#! {bash}\n\nsystemConfig={}\n", g.toplevel)));
+        assert!(init.contains("\n$systemConfig/activate\n"));
+        let bootspec: Value = serde_json::from_str(&text("boot.json")).expect("bootspec");
+        let v1 = &bootspec["org.nixos.bootspec.v1"];
+        assert_eq!(v1["init"], format!("{}/init", g.toplevel));
+        assert_eq!(v1["toplevel"], g.toplevel.as_str());
+        assert_eq!(bootspec["org.nixos.specialisation.v1"], json!({}));
+        // Links: etc, sw (with bash), kernel-modules (with modules.dep).
+        assert_eq!(
+            tree.get(&format!("{top}/etc")),
+            Some(&Node::symlink(g.etc.join("etc")))
+        );
+        let Some(Node::Symlink(sw)) = tree.get(&format!("{top}/sw")) else {
+            panic!("sw")
+        };
+        assert_eq!(
+            tree.get(&format!("{}/bin/bash", sw.trim_start_matches('/'))),
+            Some(&Node::symlink(bash.clone()))
+        );
+        let Some(Node::Symlink(km)) = tree.get(&format!("{top}/kernel-modules")) else {
+            panic!("kernel-modules")
+        };
+        assert!(tree
+            .get(&format!(
+                "{}/lib/modules/6.1.0-57-amd64/modules.dep",
+                km.trim_start_matches('/')
+            ))
+            .is_some());
+        // The etc tree: fstab and the copied entry's sidecars.
+        let etc = g.etc.join("etc");
+        let etc = etc.trim_start_matches('/');
+        assert!(
+            matches!(tree.get(&format!("{etc}/fstab")), Some(Node::Symlink(t)) if t.ends_with("-etc-fstab"))
+        );
+        assert_eq!(
+            tree.get(&format!("{etc}/stagehand-secret.uid")),
+            Some(&Node::text("alice\n"))
+        );
+        let Some(Node::Symlink(units)) = tree.get(&format!("{etc}/systemd/system")) else {
+            panic!("systemd/system is not a link")
+        };
+        assert!(units.ends_with("-system-units"), "{units}");
+        let units = units.trim_start_matches('/');
+        assert!(matches!(
+            tree.get(&format!("{units}/{}", crate::generation::PROBE_UNIT)),
+            Some(Node::Symlink(t)) if t.ends_with("-unit-stagehand-probe.service/stagehand-probe.service")
+        ));
+        assert_eq!(
+            tree.get(&format!("{units}/getty@.service")),
+            Some(&Node::symlink("/dev/null"))
+        );
+        assert_eq!(
+            tree.get("nix/var/nix/profiles/system-1-link"),
+            Some(&Node::symlink(g.toplevel.as_str()))
+        );
+        // No Perl anywhere in the store.
+        let Some(Node::Dir(store)) = tree.get("nix/store") else {
+            panic!("no store")
+        };
+        let perl: Vec<&String> = store
+            .entries()
+            .map(|(name, _)| name)
+            .filter(|n| n.contains("perl") || n.ends_with(".pl"))
+            .collect();
+        assert!(perl.is_empty(), "{perl:?}");
+    }
+}
