@@ -356,7 +356,7 @@ fn crash_before_commit_point_keeps_old_and_after_it_gives_new() {
         let root = Root::open(r.path()).expect("root");
         let st = users::observe(&root, &g1).expect("observe");
         let p = users::plan(&g1, &st, false, &mut || Ok("saltsaltsaltsalt".into())).expect("plan");
-        commit::commit(&root, &p.writes, stop).expect("commit");
+        commit::commit(&root, &st.files, &p.writes, stop).expect("commit");
         // The "crash": nothing renamed yet.
         assert_eq!(r.read("/etc/passwd"), old_passwd);
         commit::recover(&root).expect("recover");
@@ -369,6 +369,166 @@ fn crash_before_commit_point_keeps_old_and_after_it_gives_new() {
         }
         assert!(!r.host("/etc/.stagehand-users.commit").exists());
         assert!(!r.host("/etc/.passwd.stagehand-tmp").exists());
+    }
+}
+
+/// Rewrite `file` under `/etc/.pwd.lock` the way shadow-utils' commonio does (`passwd`,
+/// `usermod`, `useradd`): the new contents go to `FILE+`, which is renamed over the file,
+/// keeping its mode.
+fn edit_like_shadow_utils(r: &FakeRoot, file: &str, edit: impl FnOnce(String) -> String) {
+    let root = Root::open(r.path()).expect("root");
+    let _lock = users::lock(&root).expect("lckpwdf");
+    let path = r.host(file);
+    let mode = std::fs::metadata(&path).expect("stat").permissions();
+    let plus = r.host(&format!("{file}+"));
+    std::fs::write(&plus, edit(r.read(file))).expect("write FILE+");
+    std::fs::set_permissions(&plus, mode).expect("chmod");
+    std::fs::rename(&plus, &path).expect("rename");
+}
+
+/// `usermod -p HASH alice` and `useradd eve`.
+fn usermod_and_useradd(r: &FakeRoot) {
+    edit_like_shadow_utils(r, "/etc/shadow", |t| {
+        t.lines()
+            .map(|l| match l.split_once(':') {
+                Some(("alice", rest)) => {
+                    let rest = rest.split_once(':').map_or("", |(_, r)| r);
+                    format!("alice:$6$byhand$edited:{rest}\n")
+                }
+                _ => format!("{l}\n"),
+            })
+            .collect::<String>()
+            + "eve:!:19000:0:99999:7:::\n"
+    });
+    edit_like_shadow_utils(r, "/etc/passwd", |t| {
+        t + "eve:x:1500:1500::/home/eve:/bin/sh\n"
+    });
+    edit_like_shadow_utils(r, "/etc/group", |t| t + "eve:x:1500:\n");
+}
+
+/// Generation 0 committed, generation 1 (alice renamed, in group users) interrupted
+/// after its journal.
+fn interrupted_after_the_journal() -> (FakeRoot, UsersSpec) {
+    let r = FakeRoot::new();
+    run(&r, &spec(GEN0));
+    let g1 = spec(
+        &GEN0
+            .replace(r#""description": "Alice""#, r#""description": "Alice A""#)
+            .replace(
+                r#"{"name": "users", "gid": 100, "members": []}"#,
+                r#"{"name": "users", "gid": 100, "members": ["alice"]}"#,
+            ),
+    );
+    let root = Root::open(r.path()).expect("root");
+    let st = users::observe(&root, &g1).expect("observe");
+    let p = users::plan(&g1, &st, false, &mut || Ok("saltsaltsaltsalt".into())).expect("plan");
+    commit::commit(&root, &st.files, &p.writes, commit::StopAt::AfterJournal).expect("commit");
+    assert!(r.host(commit::JOURNAL).exists());
+    (r, g1)
+}
+
+fn assert_no_commit_debris(r: &FakeRoot) {
+    assert!(!r.host(commit::JOURNAL).exists(), "journal left behind");
+    for p in users::SET {
+        let path = r.host(p);
+        let name = path
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .into_owned();
+        let tmp = path.with_file_name(format!(".{name}.stagehand-tmp"));
+        assert!(!tmp.exists(), "{} left behind", tmp.display());
+    }
+}
+
+#[test]
+fn edits_made_after_a_crash_are_not_reverted_by_the_stale_journal() {
+    // Issue #15 item 1: the run is killed after its commit point; an admin then changes
+    // alice's password and adds eve (both under /etc/.pwd.lock); the next run must not
+    // roll the stale journal forward over those edits.
+    let (r, g1) = interrupted_after_the_journal();
+    usermod_and_useradd(&r);
+    let out = run(&r, &g1);
+    let shadow = r.read("/etc/shadow");
+    assert!(shadow.contains("alice:$6$byhand$edited:"), "{shadow}");
+    assert!(shadow.contains("eve:!:"), "{shadow}");
+    assert!(r.read("/etc/passwd").contains("eve:x:1500:1500:"));
+    assert!(r.read("/etc/group").contains("eve:x:1500:"));
+    // Planned afresh: generation 1's own changes are there too.
+    assert!(r.read("/etc/passwd").contains(":Alice A:"));
+    assert!(r.read("/etc/group").contains("users:x:100:alice"));
+    let journal = r.host(commit::JOURNAL);
+    assert!(
+        out.warnings.iter().any(|w| w.contains("discarded")
+            && w.contains(&journal.display().to_string())
+            && w.contains("/etc/")),
+        "{:?}",
+        out.warnings
+    );
+    assert_no_commit_debris(&r);
+}
+
+#[test]
+fn an_edit_to_a_file_the_commit_had_already_renamed_also_stops_the_roll_forward() {
+    // Killed half-way through the renames: /etc/group is new, /etc/passwd not yet. Then
+    // `useradd eve` rewrites both.
+    let (r, g1) = interrupted_after_the_journal();
+    std::fs::rename(r.host("/etc/.group.stagehand-tmp"), r.host("/etc/group")).expect("rename");
+    usermod_and_useradd(&r);
+    let root = Root::open(r.path()).expect("root");
+    let warnings = commit::recover(&root).expect("recover");
+    assert!(
+        warnings.iter().any(|w| w.contains("discarded")),
+        "{warnings:?}"
+    );
+    assert!(r.read("/etc/passwd").contains("eve:x:1500:"));
+    assert!(!r.read("/etc/passwd").contains(":Alice A:"));
+    assert_no_commit_debris(&r);
+    run(&r, &g1);
+    assert!(r.read("/etc/passwd").contains("eve:x:1500:"));
+    assert!(r.read("/etc/shadow").contains("alice:$6$byhand$edited:"));
+}
+
+#[test]
+fn an_untouched_journal_is_rolled_forward_also_half_way() {
+    for renamed_first in [false, true] {
+        let (r, _) = interrupted_after_the_journal();
+        if renamed_first {
+            std::fs::rename(r.host("/etc/.group.stagehand-tmp"), r.host("/etc/group"))
+                .expect("rename");
+        }
+        let root = Root::open(r.path()).expect("root");
+        let warnings = commit::recover(&root).expect("recover");
+        assert!(
+            warnings.iter().any(|w| w.contains("completed")),
+            "{warnings:?}"
+        );
+        assert!(r.read("/etc/passwd").contains(":Alice A:"));
+        assert!(r.read("/etc/group").contains("users:x:100:alice"));
+        assert_no_commit_debris(&r);
+    }
+}
+
+#[test]
+fn a_journal_that_cannot_be_checked_is_discarded() {
+    // The first journal format listed paths only; a damaged one lists anything.
+    for text in [
+        "/etc/group\n/etc/passwd\n",
+        "stagehand-users-commit 2\n/etc/passwd - -\n",
+    ] {
+        let (r, _) = interrupted_after_the_journal();
+        let old_passwd = r.read("/etc/passwd");
+        std::fs::write(r.host(commit::JOURNAL), text).expect("write journal");
+        let root = Root::open(r.path()).expect("root");
+        let warnings = commit::recover(&root).expect("recover");
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("discarded") && w.contains(".stagehand-users.commit")),
+            "{warnings:?}"
+        );
+        assert_eq!(r.read("/etc/passwd"), old_passwd);
+        assert_no_commit_debris(&r);
     }
 }
 

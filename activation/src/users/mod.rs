@@ -17,7 +17,9 @@
 //! * Subordinate ids: declared ranges, plus for `autoSubUidGidRange` a 65536-wide slot
 //!   starting at 100000 + k·65536, remembered in `/var/lib/nixos/auto-subuid-map`.
 //! * The whole set of files is committed together (see [`commit`]): after a crash the next
-//!   run completes or discards it, so readers see all-old or all-new. The run holds the
+//!   run completes or discards it, so readers see all-old or all-new; it completes it only
+//!   when the files are still what the commit was planned against, so that an edit made
+//!   after the crash (`passwd`, `useradd`) is never reverted. The run holds the
 //!   `/etc/.pwd.lock` record lock, like `lckpwdf(3)` in shadow-utils, so `passwd` or
 //!   `useradd` cannot interleave.
 //! * userborn's schema is accepted and treated as `mutableUsers = true`, except that a
@@ -431,9 +433,11 @@ pub fn update_users(
     // One set of directory descriptors for recovery and observation: /etc and
     // /var/lib/nixos are opened once, not once per file.
     let mut dirs = DirCache::new(root, None);
-    if !dry_run {
-        commit::recover_in(&mut dirs)?;
-    }
+    let recovered = if dry_run {
+        Vec::new()
+    } else {
+        commit::recover_in(&mut dirs)?
+    };
     let state = observe_in(&mut dirs, spec)?;
     drop(dirs);
     let mut salt = || crypt::random_salt().map_err(|e| UsersError::Random(e.to_string()));
@@ -441,7 +445,7 @@ pub fn update_users(
     let mut out = UsersOutcome {
         changed: !plan.is_empty(),
         messages: plan.messages.clone(),
-        warnings: plan.warnings.clone(),
+        warnings: recovered.into_iter().chain(plan.warnings.clone()).collect(),
         errors: Vec::new(),
     };
     for m in &out.messages {
@@ -459,7 +463,7 @@ pub fn update_users(
         }
         return Ok(out);
     }
-    commit::commit(root, &plan.writes, commit::StopAt::Never)?;
+    commit::commit(root, &state.files, &plan.writes, commit::StopAt::Never)?;
     let mut home_dirs = DirCache::new(root, Some(Mode::from_raw_mode(0o755)));
     for h in &plan.homes {
         if let Err(e) = apply_home(&mut home_dirs, h) {
