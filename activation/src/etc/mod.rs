@@ -55,6 +55,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::lock::{self, ActivationLock, LockError};
 use stagehand_common::rootfs::Root;
 
 /// The static link `setup-etc.pl` maintains, and the prefix that marks a link as ours.
@@ -132,6 +133,8 @@ pub enum EtcError {
     /// The etc tree is `/etc` or lies inside it: `/etc/static` would point into `/etc`
     /// (at itself, for `/etc`), and every link through it would loop.
     TreeInEtc { tree: PathBuf, resolved: PathBuf },
+    /// The activation lock of the root could not be taken ([`crate::lock`]).
+    Lock(LockError),
 }
 
 impl fmt::Display for EtcError {
@@ -163,6 +166,7 @@ impl fmt::Display for EtcError {
                 tree.display(),
                 resolved.display()
             ),
+            Self::Lock(e) => e.fmt(f),
         }
     }
 }
@@ -199,14 +203,20 @@ pub fn is_safe_rel(rel: &str) -> bool {
 /// The whole `etc` step: observe (reading only what the [`cache`] cannot vouch for), plan,
 /// apply, and remember what is in `/etc` now for the next run. When the last run found
 /// nothing to do for the same input and nothing it rested on changed, the step stops after
-/// checking that ([`cache::Quiet`]).
+/// checking that ([`cache::Quiet`]). A run that writes holds the root's activation lock
+/// ([`crate::lock`]) throughout, so that two runs never interleave.
 pub fn setup_etc(
     root: &Root,
     tree: &EtcTree,
     opts: EtcOptions,
     dry_run: bool,
 ) -> Result<EtcOutcome, EtcError> {
-    let (out, recheck) = setup_etc_deferred(root, tree, opts, dry_run)?;
+    let held = if dry_run {
+        None
+    } else {
+        Some(lock::lock(root).map_err(EtcError::Lock)?)
+    };
+    let (out, recheck) = setup_etc_deferred(root, tree, opts, held.as_ref())?;
     if let Some(r) = recheck {
         r.finish(root, tree);
     }
@@ -263,13 +273,15 @@ fn quiet_if_empty(
 }
 
 /// [`setup_etc`] up to the point where only [`Recheck::finish`] is left (`None` when the
-/// run changed nothing, or in a dry run).
+/// run changed nothing, or in a dry run). `held` is the root's activation lock, which the
+/// caller holds until after [`Recheck::finish`]; `None` makes a dry run.
 pub fn setup_etc_deferred(
     root: &Root,
     tree: &EtcTree,
     opts: EtcOptions,
-    dry_run: bool,
+    held: Option<&ActivationLock>,
 ) -> Result<(EtcOutcome, Option<Recheck>), EtcError> {
+    let dry_run = held.is_none();
     // A tree from a compiled plan did not come through `list_tree`.
     let path = Path::new(&tree.path);
     refuse_tree_in_etc(root, path, path)?;
