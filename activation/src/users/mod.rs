@@ -6,6 +6,8 @@
 //!   999 down to 400, normal users from 1000 up to 29999. An id is never reused: ids in the
 //!   spec, in the current files and every id ever recorded in `/var/lib/nixos/{uid,gid}-map`
 //!   are skipped, except that a name that comes back revives its old id if it is free.
+//!   Ids that another NSS source gives out (extrausers, LDAP, sssd) are skipped too, as
+//!   NixOS skips what `getpwuid`/`getgrgid` resolve (see [`nss`]).
 //! * Accounts not in the spec are removed when `mutableUsers` is off or when they were
 //!   declared before (`/var/lib/nixos/declarative-{users,groups}`); otherwise kept. With
 //!   `mutableUsers`, members added by hand to a declared group are kept.
@@ -32,6 +34,7 @@ mod fasthash;
 mod idmap;
 mod ids;
 mod lines;
+pub mod nss;
 mod plan;
 pub mod spec;
 mod subids;
@@ -47,6 +50,7 @@ use std::os::fd::OwnedFd;
 use rustix::fs::{FlockOperation, Mode, OFlags};
 use rustix::io::Errno;
 
+pub use self::nss::{FilesOnly, IdDb, IdsElsewhere, OtherIds};
 pub use self::plan::plan;
 use crate::crypt;
 pub use spec::{Flavor, GroupSpec, SpecError, UserSpec, UsersSpec};
@@ -423,11 +427,22 @@ pub struct UsersOutcome {
     pub errors: Vec<String>,
 }
 
-/// The whole users step: lock, finish an interrupted commit, observe, plan, apply.
+/// The whole users step: lock, finish an interrupted commit, observe, plan, apply. New ids
+/// are checked against the root's other NSS sources ([`nss`]).
 pub fn update_users(
     root: &Root,
     spec: &UsersSpec,
     dry_run: bool,
+) -> Result<UsersOutcome, UsersError> {
+    update_users_with(root, spec, dry_run, &mut OtherIds::for_root(root))
+}
+
+/// [`update_users`] with the other NSS sources given.
+pub fn update_users_with(
+    root: &Root,
+    spec: &UsersSpec,
+    dry_run: bool,
+    others: &mut OtherIds<'_>,
 ) -> Result<UsersOutcome, UsersError> {
     let _lock = if dry_run { None } else { Some(lock(root)?) };
     // One set of directory descriptors for recovery and observation: /etc and
@@ -441,11 +456,19 @@ pub fn update_users(
     let state = observe_in(&mut dirs, spec)?;
     drop(dirs);
     let mut salt = || crypt::random_salt().map_err(|e| UsersError::Random(e.to_string()));
-    let plan = plan(spec, &state, dry_run, &mut salt)?;
+    let plan = plan(spec, &state, dry_run, &mut salt, others)?;
     let mut out = UsersOutcome {
         changed: !plan.is_empty(),
-        messages: plan.messages.clone(),
-        warnings: recovered.into_iter().chain(plan.warnings.clone()).collect(),
+        messages: others
+            .skipped
+            .drain(..)
+            .chain(plan.messages.iter().cloned())
+            .collect(),
+        warnings: recovered
+            .into_iter()
+            .chain(others.warnings.drain(..))
+            .chain(plan.warnings.iter().cloned())
+            .collect(),
         errors: Vec::new(),
     };
     for m in &out.messages {
