@@ -565,3 +565,113 @@ fn concurrent_runs_on_one_root_are_serialised() {
         assert_eq!(snap(&r), snap(&reference), "round {round}");
     }
 }
+
+#[test]
+fn a_copy_installed_through_a_users_symlinked_directory_is_removed_when_dropped() {
+    // Issue #15 item 11: /etc/ssh is the user's link to /srv/persist/ssh (resolved inside
+    // the root). setup-etc.pl installs through it and, when a later generation drops a
+    // copied file, removes it through it (`unlink "/etc/$fn"`); we forgot it there.
+    let r = FakeRoot::new();
+    let (u, g) = (me_uid(), me_gid());
+    std::fs::create_dir_all(r.host("/srv/persist/ssh")).expect("mkdir");
+    r.write("/srv/persist/ssh/ssh_host_ed25519_key", "the user's key\n");
+    r.symlink("/etc/ssh", "/srv/persist/ssh");
+    let gen1 = r.etc_tree(
+        "ln1",
+        &[
+            ("hosts", "127.0.0.1 localhost\n", None),
+            (
+                "ssh/sshd_config",
+                "PermitRootLogin no\n",
+                Some(("0600", &u, &g)),
+            ),
+            ("ssh/ssh_config", "Host *\n", None),
+            ("ssh/moduli.d/a", "moduli\n", Some(("0644", &u, &g))),
+        ],
+    );
+    let out = run(&r, &gen1);
+    assert!(out.issues.is_empty(), "{:?}", out.issues);
+    assert!(std::fs::symlink_metadata(r.host("/etc/ssh"))
+        .expect("lstat")
+        .file_type()
+        .is_symlink());
+    assert_eq!(
+        r.read("/srv/persist/ssh/sshd_config"),
+        "PermitRootLogin no\n"
+    );
+    assert_eq!(
+        std::fs::read_link(r.host("/srv/persist/ssh/ssh_config")).expect("link"),
+        Path::new("/etc/static/ssh/ssh_config")
+    );
+    assert_eq!(r.read("/etc/.clean"), "ssh/moduli.d/a\nssh/sshd_config\n");
+    // Installed through the link, the generation is complete: a second run has nothing
+    // to do (it used to copy and link through the link again on every run).
+    assert_eq!(plan(&r, &gen1).actions, vec![]);
+    let gen2 = r.etc_tree(
+        "ln2",
+        &[
+            ("hosts", "127.0.0.1 localhost\n", None),
+            ("ssh/ssh_config", "Host *\n", None),
+        ],
+    );
+    let out = run(&r, &gen2);
+    assert!(out.issues.is_empty(), "{:?}", out.issues);
+    assert!(!r.host("/srv/persist/ssh/sshd_config").exists());
+    assert!(!r.host("/srv/persist/ssh/moduli.d/a").exists());
+    assert_eq!(
+        r.read("/srv/persist/ssh/ssh_host_ed25519_key"),
+        "the user's key\n"
+    );
+    assert_eq!(
+        std::fs::read_link(r.host("/srv/persist/ssh/ssh_config")).expect("link kept"),
+        Path::new("/etc/static/ssh/ssh_config")
+    );
+    assert_eq!(r.read("/etc/.clean"), "");
+    assert_eq!(plan(&r, &gen2).actions, vec![]);
+}
+
+#[test]
+fn a_users_link_out_of_the_root_is_never_followed_from_the_host() {
+    // /etc/ssh points at an absolute path that exists on the host but not in the root: it
+    // resolves inside the root (to nothing), so the file on the host is never touched.
+    let outside = tempfile::tempdir().expect("tempdir");
+    std::fs::write(outside.path().join("sshd_config"), "host's own\n").expect("write");
+    let r = FakeRoot::new();
+    r.symlink("/etc/ssh", outside.path().to_str().expect("utf8"));
+    r.write("/etc/.clean", "ssh/sshd_config\n");
+    let gen = r.etc_tree("out1", &[("hosts", "127.0.0.1 localhost\n", None)]);
+    let out = run(&r, &gen);
+    assert!(out.issues.is_empty(), "{:?}", out.issues);
+    assert_eq!(
+        std::fs::read_to_string(outside.path().join("sshd_config")).expect("read"),
+        "host's own\n"
+    );
+}
+
+#[test]
+fn a_stale_link_at_etc_nixos_is_kept_as_setup_etc_pl_keeps_it() {
+    // setup-etc.pl prunes /etc/nixos from its cleanup walk before looking at it, so even a
+    // link from /etc/nixos into /etc/static that the new tree no longer has stays.
+    let r = FakeRoot::new();
+    let gen1 = r.etc_tree(
+        "nx1",
+        &[
+            ("nixos", "a file as /etc/nixos\n", None),
+            ("other", "x\n", None),
+        ],
+    );
+    run(&r, &gen1);
+    assert_eq!(
+        std::fs::read_link(r.host("/etc/nixos")).expect("link"),
+        Path::new("/etc/static/nixos")
+    );
+    let gen2 = r.etc_tree("nx2", &[("hosts", "127.0.0.1 localhost\n", None)]);
+    let out = run(&r, &gen2);
+    assert!(out.issues.is_empty(), "{:?}", out.issues);
+    assert_eq!(
+        std::fs::read_link(r.host("/etc/nixos")).expect("/etc/nixos is kept"),
+        Path::new("/etc/static/nixos")
+    );
+    // Any other stale link goes.
+    assert!(std::fs::symlink_metadata(r.host("/etc/other")).is_err());
+}

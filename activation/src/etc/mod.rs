@@ -11,8 +11,10 @@
 //!
 //! What the plan does, in `setup-etc.pl` order:
 //! 1. point `/etc/static` at the tree (atomic symlink swap);
-//! 2. remove every symlink under `/etc` (not under `/etc/nixos`) whose target starts with
-//!    `/etc/static` and whose counterpart in the new tree is no longer a symlink;
+//! 2. remove every symlink under `/etc` (not `/etc/nixos` itself nor anything under it, and
+//!    not below a user's symlinked directory: the walk, like `setup-etc.pl`'s, follows no
+//!    link) whose target starts with `/etc/static` and whose counterpart in the new tree is
+//!    no longer a symlink;
 //! 3. for each tree entry, in pre-order: create the parent directory; if the entry is a symlink
 //!    and `/etc/<rel>` is a real directory, delete the directory when it holds only links into
 //!    `/etc/static/`, else warn that it holds user files; then
@@ -21,7 +23,9 @@
 //!      `<rel>.gid` (`+N` numeric, or a name looked up in the root's `/etc/passwd` /
 //!      `/etc/group`, never the host's);
 //!    * other symlinks: `/etc/<rel>` → `/etc/static/<rel>`, replacing whatever is there;
-//! 4. delete files listed in the previous `/etc/.clean` that the new tree no longer has;
+//! 4. delete files listed in the previous `/etc/.clean` that the new tree no longer has,
+//!    also through a user's symlink to a directory (`/etc/ssh -> /srv/persist/ssh`), which
+//!    is resolved inside the root, as `setup-etc.pl`'s `unlink "/etc/$fn"` reaches them;
 //! 5. rewrite `/etc/.clean` (sorted list of copied entries) and create `/etc/NIXOS`.
 //!
 //! Files and links that no generation declared are never touched.
@@ -252,7 +256,7 @@ impl Recheck {
         match observe_with(root, tree, self.facts, reuse, self.applied.dirs) {
             Ok(mut again) => {
                 let check = plan_observed(root, tree, &mut again.state, self.opts);
-                let quiet = quiet_if_empty(tree, self.key, &again.facts, &check);
+                let quiet = quiet_if_empty(tree, self.key, (&again.facts, &again.state), &check);
                 cache::store(root, &again.facts, quiet, self.old.as_deref());
             }
             Err(e) => log::debug!("etc cache not updated: {e}"),
@@ -260,14 +264,16 @@ impl Recheck {
     }
 }
 
-/// The [`cache::Quiet`] record for facts whose plan is `plan`, when that is empty.
+/// The [`cache::Quiet`] record for facts whose plan is `plan`, when that is empty — and
+/// when `state` rests on the facts alone: a path looked up one by one (under `/etc/nixos`,
+/// below a user's symlinked directory) has no stamp in them to vouch for it.
 fn quiet_if_empty(
     tree: &EtcTree,
     key: u64,
-    facts: &cache::Facts,
+    (facts, state): (&cache::Facts, &EtcState),
     plan: &EtcPlan,
 ) -> Option<cache::Quiet> {
-    (plan.actions.is_empty() && plan.issues.is_empty())
+    (plan.actions.is_empty() && plan.issues.is_empty() && state.looked_up.is_empty())
         .then(|| cache::quiet(tree, key, facts))
         .flatten()
 }
@@ -302,7 +308,7 @@ pub fn setup_etc_deferred(
         return Ok((out, None));
     }
     if plan.actions.is_empty() {
-        let quiet = quiet_if_empty(tree, key, &seen.facts, &plan);
+        let quiet = quiet_if_empty(tree, key, (&seen.facts, &seen.state), &plan);
         cache::store(root, &seen.facts, quiet, cache.raw());
         return Ok((out, None));
     }
