@@ -21,6 +21,7 @@ use stagehand_common::mounts::mountinfo;
 use stagehand_common::mounts::special::SPECIAL_FILESYSTEMS;
 
 use crate::compiled::{self, CompiledPlan};
+use crate::lock::{self, ActivationLock, LockError};
 use crate::manifest::LoadError;
 use crate::{etc, users};
 use stagehand_common::rootfs::{self, Node, Root};
@@ -129,6 +130,8 @@ pub enum ActivationError {
         error: std::io::Error,
     },
     Load(LoadError),
+    /// Another activation of the root holds the lock ([`crate::lock`]).
+    Lock(LockError),
 }
 
 impl fmt::Display for ActivationError {
@@ -140,6 +143,7 @@ impl fmt::Display for ActivationError {
                 path.display()
             ),
             Self::Load(e) => e.fmt(f),
+            Self::Lock(e) => e.fmt(f),
         }
     }
 }
@@ -164,8 +168,15 @@ pub fn activate(
     })?;
     let compiled = compiled::load(&root, toplevel)?;
     let dry = opts.dry_run || opts.action == Action::DryActivate;
+    // Held for the whole run, the etc step's read-back included.
+    let held = if dry {
+        None
+    } else {
+        Some(lock::lock(&root).map_err(ActivationError::Lock)?)
+    };
     let ctx = Ctx {
         root: &root,
+        lock: held.as_ref(),
         compiled: &compiled,
         dry,
         action: opts.action,
@@ -260,6 +271,8 @@ fn point_current_system(root: &Root, toplevel: &str) -> std::io::Result<bool> {
 
 struct Ctx<'a> {
     root: &'a Root,
+    /// The root's activation lock; `None` in a dry run.
+    lock: Option<&'a ActivationLock>,
     compiled: &'a CompiledPlan,
     dry: bool,
     action: Action,
@@ -354,7 +367,7 @@ impl Ctx<'_> {
             skip_resolv_conf: std::env::var_os("IN_NIXOS_ENTER").is_some(),
         };
         let done =
-            etc::setup_etc_deferred(self.root, tree, opts, self.dry).map(|(out, recheck)| {
+            etc::setup_etc_deferred(self.root, tree, opts, self.lock).map(|(out, recheck)| {
                 *self.etc_recheck.borrow_mut() = recheck;
                 out
             });

@@ -229,8 +229,10 @@ fn floor_run(scratch: &Path, listing: &etc::EtcTree) -> Result<Sample, String> {
 fn etc_run(root: &Root, tree: &str) -> Result<(Sample, Sample), String> {
     let (listing, list_time) =
         timed(|| etc::list_tree(root, Path::new(tree)).map_err(|e| e.to_string()))?;
+    // Taken outside the timing, as `activate` takes it once for all steps.
+    let held = crate::lock::lock(root).map_err(|e| e.to_string())?;
     let ((out, recheck), mut t) = timed(|| {
-        etc::setup_etc_deferred(root, &listing, EtcOptions::default(), false)
+        etc::setup_etc_deferred(root, &listing, EtcOptions::default(), Some(&held))
             .map_err(|e| e.to_string())
     })?;
     if !out.issues.is_empty() {

@@ -5,6 +5,7 @@
 //! * [`etc`] — `/etc` with `setup-etc.pl` semantics; [`users`] — accounts with
 //!   `update-users-groups.pl` semantics; [`manifest`] — `activation.json`; [`compiled`] —
 //!   the compiled `activation.plan`.
+//! * [`lock`] — the activation lock that keeps two runs on one root apart.
 //! * `stagehand_common::rootfs` — every write goes through it, confined to a root prefix.
 //!
 //! Each step is a pure planner over what it observed plus a thin executor; see the modules.
@@ -15,6 +16,7 @@ pub mod bench;
 pub mod compiled;
 pub mod crypt;
 pub mod etc;
+pub mod lock;
 pub mod manifest;
 pub mod script;
 pub mod users;

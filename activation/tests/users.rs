@@ -24,7 +24,14 @@ fn run(r: &FakeRoot, s: &UsersSpec) -> users::UsersOutcome {
 fn plan_is_empty(r: &FakeRoot, s: &UsersSpec) -> bool {
     let root = Root::open(r.path()).expect("root");
     let st = users::observe(&root, s).expect("observe");
-    let p = users::plan(s, &st, false, &mut || Ok("saltsaltsaltsalt".into())).expect("plan");
+    let p = users::plan(
+        s,
+        &st,
+        false,
+        &mut || Ok("saltsaltsaltsalt".into()),
+        &mut users::FilesOnly,
+    )
+    .expect("plan");
     if !p.is_empty() {
         eprintln!("{:?}", p.writes.iter().map(|w| &w.0).collect::<Vec<_>>());
     }
@@ -355,8 +362,15 @@ fn crash_before_commit_point_keeps_old_and_after_it_gives_new() {
         );
         let root = Root::open(r.path()).expect("root");
         let st = users::observe(&root, &g1).expect("observe");
-        let p = users::plan(&g1, &st, false, &mut || Ok("saltsaltsaltsalt".into())).expect("plan");
-        commit::commit(&root, &p.writes, stop).expect("commit");
+        let p = users::plan(
+            &g1,
+            &st,
+            false,
+            &mut || Ok("saltsaltsaltsalt".into()),
+            &mut users::FilesOnly,
+        )
+        .expect("plan");
+        commit::commit(&root, &st.files, &p.writes, stop).expect("commit");
         // The "crash": nothing renamed yet.
         assert_eq!(r.read("/etc/passwd"), old_passwd);
         commit::recover(&root).expect("recover");
@@ -369,6 +383,173 @@ fn crash_before_commit_point_keeps_old_and_after_it_gives_new() {
         }
         assert!(!r.host("/etc/.stagehand-users.commit").exists());
         assert!(!r.host("/etc/.passwd.stagehand-tmp").exists());
+    }
+}
+
+/// Rewrite `file` under `/etc/.pwd.lock` the way shadow-utils' commonio does (`passwd`,
+/// `usermod`, `useradd`): the new contents go to `FILE+`, which is renamed over the file,
+/// keeping its mode.
+fn edit_like_shadow_utils(r: &FakeRoot, file: &str, edit: impl FnOnce(String) -> String) {
+    let root = Root::open(r.path()).expect("root");
+    let _lock = users::lock(&root).expect("lckpwdf");
+    let path = r.host(file);
+    let mode = std::fs::metadata(&path).expect("stat").permissions();
+    let plus = r.host(&format!("{file}+"));
+    std::fs::write(&plus, edit(r.read(file))).expect("write FILE+");
+    std::fs::set_permissions(&plus, mode).expect("chmod");
+    std::fs::rename(&plus, &path).expect("rename");
+}
+
+/// `usermod -p HASH alice` and `useradd eve`.
+fn usermod_and_useradd(r: &FakeRoot) {
+    edit_like_shadow_utils(r, "/etc/shadow", |t| {
+        t.lines()
+            .map(|l| match l.split_once(':') {
+                Some(("alice", rest)) => {
+                    let rest = rest.split_once(':').map_or("", |(_, r)| r);
+                    format!("alice:$6$byhand$edited:{rest}\n")
+                }
+                _ => format!("{l}\n"),
+            })
+            .collect::<String>()
+            + "eve:!:19000:0:99999:7:::\n"
+    });
+    edit_like_shadow_utils(r, "/etc/passwd", |t| {
+        t + "eve:x:1500:1500::/home/eve:/bin/sh\n"
+    });
+    edit_like_shadow_utils(r, "/etc/group", |t| t + "eve:x:1500:\n");
+}
+
+/// Generation 0 committed, generation 1 (alice renamed, in group users) interrupted
+/// after its journal.
+fn interrupted_after_the_journal() -> (FakeRoot, UsersSpec) {
+    let r = FakeRoot::new();
+    run(&r, &spec(GEN0));
+    let g1 = spec(
+        &GEN0
+            .replace(r#""description": "Alice""#, r#""description": "Alice A""#)
+            .replace(
+                r#"{"name": "users", "gid": 100, "members": []}"#,
+                r#"{"name": "users", "gid": 100, "members": ["alice"]}"#,
+            ),
+    );
+    let root = Root::open(r.path()).expect("root");
+    let st = users::observe(&root, &g1).expect("observe");
+    let p = users::plan(
+        &g1,
+        &st,
+        false,
+        &mut || Ok("saltsaltsaltsalt".into()),
+        &mut users::FilesOnly,
+    )
+    .expect("plan");
+    commit::commit(&root, &st.files, &p.writes, commit::StopAt::AfterJournal).expect("commit");
+    assert!(r.host(commit::JOURNAL).exists());
+    (r, g1)
+}
+
+fn assert_no_commit_debris(r: &FakeRoot) {
+    assert!(!r.host(commit::JOURNAL).exists(), "journal left behind");
+    for p in users::SET {
+        let path = r.host(p);
+        let name = path
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .into_owned();
+        let tmp = path.with_file_name(format!(".{name}.stagehand-tmp"));
+        assert!(!tmp.exists(), "{} left behind", tmp.display());
+    }
+}
+
+#[test]
+fn edits_made_after_a_crash_are_not_reverted_by_the_stale_journal() {
+    // Issue #15 item 1: the run is killed after its commit point; an admin then changes
+    // alice's password and adds eve (both under /etc/.pwd.lock); the next run must not
+    // roll the stale journal forward over those edits.
+    let (r, g1) = interrupted_after_the_journal();
+    usermod_and_useradd(&r);
+    let out = run(&r, &g1);
+    let shadow = r.read("/etc/shadow");
+    assert!(shadow.contains("alice:$6$byhand$edited:"), "{shadow}");
+    assert!(shadow.contains("eve:!:"), "{shadow}");
+    assert!(r.read("/etc/passwd").contains("eve:x:1500:1500:"));
+    assert!(r.read("/etc/group").contains("eve:x:1500:"));
+    // Planned afresh: generation 1's own changes are there too.
+    assert!(r.read("/etc/passwd").contains(":Alice A:"));
+    assert!(r.read("/etc/group").contains("users:x:100:alice"));
+    let journal = r.host(commit::JOURNAL);
+    assert!(
+        out.warnings.iter().any(|w| w.contains("discarded")
+            && w.contains(&journal.display().to_string())
+            && w.contains("/etc/")),
+        "{:?}",
+        out.warnings
+    );
+    assert_no_commit_debris(&r);
+}
+
+#[test]
+fn an_edit_to_a_file_the_commit_had_already_renamed_also_stops_the_roll_forward() {
+    // Killed half-way through the renames: /etc/group is new, /etc/passwd not yet. Then
+    // `useradd eve` rewrites both.
+    let (r, g1) = interrupted_after_the_journal();
+    std::fs::rename(r.host("/etc/.group.stagehand-tmp"), r.host("/etc/group")).expect("rename");
+    usermod_and_useradd(&r);
+    let root = Root::open(r.path()).expect("root");
+    let warnings = commit::recover(&root).expect("recover");
+    assert!(
+        warnings.iter().any(|w| w.contains("discarded")),
+        "{warnings:?}"
+    );
+    assert!(r.read("/etc/passwd").contains("eve:x:1500:"));
+    assert!(!r.read("/etc/passwd").contains(":Alice A:"));
+    assert_no_commit_debris(&r);
+    run(&r, &g1);
+    assert!(r.read("/etc/passwd").contains("eve:x:1500:"));
+    assert!(r.read("/etc/shadow").contains("alice:$6$byhand$edited:"));
+}
+
+#[test]
+fn an_untouched_journal_is_rolled_forward_also_half_way() {
+    for renamed_first in [false, true] {
+        let (r, _) = interrupted_after_the_journal();
+        if renamed_first {
+            std::fs::rename(r.host("/etc/.group.stagehand-tmp"), r.host("/etc/group"))
+                .expect("rename");
+        }
+        let root = Root::open(r.path()).expect("root");
+        let warnings = commit::recover(&root).expect("recover");
+        assert!(
+            warnings.iter().any(|w| w.contains("completed")),
+            "{warnings:?}"
+        );
+        assert!(r.read("/etc/passwd").contains(":Alice A:"));
+        assert!(r.read("/etc/group").contains("users:x:100:alice"));
+        assert_no_commit_debris(&r);
+    }
+}
+
+#[test]
+fn a_journal_that_cannot_be_checked_is_discarded() {
+    // The first journal format listed paths only; a damaged one lists anything.
+    for text in [
+        "/etc/group\n/etc/passwd\n",
+        "stagehand-users-commit 2\n/etc/passwd - -\n",
+    ] {
+        let (r, _) = interrupted_after_the_journal();
+        let old_passwd = r.read("/etc/passwd");
+        std::fs::write(r.host(commit::JOURNAL), text).expect("write journal");
+        let root = Root::open(r.path()).expect("root");
+        let warnings = commit::recover(&root).expect("recover");
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("discarded") && w.contains(".stagehand-users.commit")),
+            "{warnings:?}"
+        );
+        assert_eq!(r.read("/etc/passwd"), old_passwd);
+        assert_no_commit_debris(&r);
     }
 }
 
@@ -603,4 +784,170 @@ fn a_declared_id_change_is_not_applied_and_says_so() {
     }
     assert!(r.read("/etc/passwd").contains("alice:x:1000:100:"));
     assert!(r.read("/etc/group").contains("users:x:100:"));
+}
+
+/// GEN0's new ids (alice, a normal user; sshd, a system user and its group) when other
+/// sources hold some of the candidates.
+fn new_ids(r: &FakeRoot) -> (String, String, String) {
+    let line = |file: &str, name: &str| {
+        r.read(file)
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}:")))
+            .and_then(|l| l.split(':').nth(2).map(str::to_owned))
+            .unwrap_or_default()
+    };
+    (
+        line("/etc/passwd", "alice"),
+        line("/etc/passwd", "sshd"),
+        line("/etc/group", "sshd"),
+    )
+}
+
+#[test]
+fn new_ids_skip_the_ids_extrausers_gives_out() {
+    // Issue #15 item 9: with `passwd: files extrausers`, an account libnss_extrausers has
+    // at uid 1000 must not get a twin. Its files are read under any root.
+    let r = FakeRoot::new();
+    r.write(
+        "/etc/nsswitch.conf",
+        "passwd: files extrausers\ngroup: files [NOTFOUND=return] extrausers\n",
+    );
+    r.write(
+        "/var/lib/extrausers/passwd",
+        "ext:x:1000:1000::/home/ext:/bin/sh\nsysext:x:999:999::/:/bin/false\n",
+    );
+    r.write("/var/lib/extrausers/group", "ext:x:1000:\nsysgrp:x:999:\n");
+    let out = run(&r, &spec(GEN0));
+    assert_eq!(
+        new_ids(&r),
+        ("1001".to_owned(), "998".to_owned(), "998".to_owned())
+    );
+    assert!(
+        out.messages
+            .iter()
+            .any(|m| m.contains("UID 1000 is skipped") && m.contains("extrausers")),
+        "{:?}",
+        out.messages
+    );
+    // The same root without extrausers in nsswitch.conf: its files do not count.
+    let plain = FakeRoot::new();
+    plain.write(
+        "/var/lib/extrausers/passwd",
+        "ext:x:1000:1000::/home/ext:/bin/sh\n",
+    );
+    run(&plain, &spec(GEN0));
+    assert_eq!(new_ids(&plain).0, "1000");
+}
+
+/// A stand-in for `getent` that knows passwd 1000 and group 999 (and logs each question),
+/// or that fails with `fail_with`.
+fn fake_getent(dir: &Path, fail_with: Option<u32>) -> std::path::PathBuf {
+    let bash = stagehand_testkit::host::require_tool("bash");
+    let log = dir.join("asked");
+    let body = match fail_with {
+        Some(code) => format!("exit {code}"),
+        None => "case \"$1 $2\" in 'passwd 1000'|'group 999') echo found; exit 0;; esac; exit 2"
+            .to_owned(),
+    };
+    let script = dir.join("getent");
+    std::fs::write(
+        &script,
+        format!(
+            "#!{}\necho \"$1 $2\" >> {:?}\n{body}\n",
+            bash.display(),
+            log.display()
+        ),
+    )
+    .expect("write getent");
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    script
+}
+
+#[test]
+fn new_ids_skip_what_getent_resolves_for_ldap_and_sssd() {
+    let r = FakeRoot::new();
+    r.write(
+        "/etc/nsswitch.conf",
+        "passwd: files ldap\ngroup: files sss\n",
+    );
+    let bin = tempfile::tempdir().expect("tempdir");
+    let getent = fake_getent(bin.path(), None);
+    let root = Root::open(r.path()).expect("root");
+    let mut others = users::OtherIds::with_getent(&root, Some(getent));
+    let out = users::update_users_with(&root, &spec(GEN0), false, &mut others).expect("users");
+    assert!(
+        !out.warnings.iter().any(|w| w.contains("getent")),
+        "{:?}",
+        out.warnings
+    );
+    assert!(
+        out.messages
+            .iter()
+            .any(|m| m == "UID 1000 is skipped: the system's NSS (ldap) already has it"),
+        "{:?}",
+        out.messages
+    );
+    // passwd 1000 and group 999 are LDAP's/sssd's; passwd 999 is free.
+    assert_eq!(
+        new_ids(&r),
+        ("1001".to_owned(), "999".to_owned(), "998".to_owned())
+    );
+    let asked = std::fs::read_to_string(bin.path().join("asked")).expect("getent was asked");
+    for q in [
+        "passwd 1000",
+        "passwd 1001",
+        "group 999",
+        "group 998",
+        "passwd 999",
+    ] {
+        assert!(asked.lines().any(|l| l == q), "{q} not asked:\n{asked}");
+    }
+    // Existing accounts are not asked about again: nothing new to allocate, no question.
+    std::fs::remove_file(bin.path().join("asked")).expect("rm");
+    let mut others = users::OtherIds::with_getent(&root, Some(fake_getent(bin.path(), None)));
+    users::update_users_with(&root, &spec(GEN0), false, &mut others).expect("users");
+    assert!(!bin.path().join("asked").exists());
+}
+
+#[test]
+fn a_getent_that_fails_is_reported_and_asked_no_more() {
+    let r = FakeRoot::new();
+    r.write("/etc/nsswitch.conf", "passwd: files ldap\ngroup: files\n");
+    let bin = tempfile::tempdir().expect("tempdir");
+    let getent = fake_getent(bin.path(), Some(1));
+    let root = Root::open(r.path()).expect("root");
+    let mut others = users::OtherIds::with_getent(&root, Some(getent));
+    let out = users::update_users_with(&root, &spec(GEN0), false, &mut others).expect("users");
+    assert!(
+        out.warnings
+            .iter()
+            .any(|w| w.contains("cannot ask ldap") && w.contains("passwd")),
+        "{:?}",
+        out.warnings
+    );
+    assert_eq!(new_ids(&r).0, "1000");
+    let asked = std::fs::read_to_string(bin.path().join("asked")).expect("asked");
+    assert_eq!(asked.lines().count(), 1, "{asked}");
+}
+
+#[test]
+fn a_remembered_id_that_another_source_now_gives_out_is_not_revived() {
+    // update-users-groups.pl would revive alice's old 1000 without asking; it belongs to
+    // an extrausers account now, so alice gets a fresh id.
+    let r = FakeRoot::new();
+    r.write("/var/lib/nixos/uid-map", r#"{"alice":1000}"#);
+    r.write("/etc/nsswitch.conf", "passwd: files extrausers\n");
+    r.write(
+        "/var/lib/extrausers/passwd",
+        "ext:x:1000:1000::/home/ext:/bin/sh\n",
+    );
+    let out = run(&r, &spec(GEN0));
+    assert_eq!(new_ids(&r).0, "1001");
+    assert!(
+        !out.messages
+            .iter()
+            .any(|m| m.contains("reviving user 'alice'")),
+        "{:?}",
+        out.messages
+    );
 }

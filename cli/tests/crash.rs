@@ -4,7 +4,9 @@
 //! must be the old or the new set (each file whole; a mix only with the journal that finishes
 //! it, and never after recovery), no user that existed before is gone, nothing named shadow
 //! is readable by others, and every `/etc` entry is its old or its new version; running again
-//! must leave exactly what an uninterrupted run leaves.
+//! must leave exactly what an uninterrupted run leaves, and it must do the recovery itself
+//! (the checks recover a copy). Further trials edit the account files by hand (as
+//! `usermod`/`useradd` do, under the lock) between the kill and the rerun: the edits survive.
 //!
 //! Needs `strace` (vm-tests/setup-host installs it); without it the tests fail and say so.
 
@@ -375,10 +377,12 @@ fn check_killed_state(case: &ActivationCase, x: &Expect, root: &Path) -> Result<
         }
     }
     // What the next boot's users step does first: finish or discard the interrupted switch.
-    // After that the set is entirely old or entirely new.
-    let r = Root::open(root).expect("root");
+    // After that the set is entirely old or entirely new. Checked on a copy: the rerun that
+    // follows must do the recovery itself, with the binary's own code.
+    let copy = crash_harness::clone_root(root);
+    let r = Root::open(copy.path()).expect("root");
     users::commit::recover(&r).map_err(|e| format!("recovery: {e}"))?;
-    let set = account_set(root);
+    let set = account_set(copy.path());
     if set != x.set_before && set != x.set_after {
         return Err("after recovery the account files are neither the old nor the new set".into());
     }
@@ -535,4 +539,196 @@ fn activation_killed_again_while_recovering() {
         ],
     );
     eprintln!("killed twice: {n} trials");
+}
+
+// ---------------------------------------------------------------------------------------------
+// A crash, then someone else edits the account files, then the rerun.
+
+/// Rewrite `file` (an in-root path) under `/etc/.pwd.lock` the way shadow-utils' commonio
+/// does for `passwd`, `usermod` and `useradd`: lock as `lckpwdf` does, write `FILE+` with the
+/// file's mode, rename it over the file.
+fn edit_like_shadow_utils(root: &Path, file: &str, edit: impl FnOnce(String) -> String) {
+    let r = Root::open(root).expect("root");
+    let _lock = users::lock(&r).expect("lckpwdf");
+    let path = root.join(file.trim_start_matches('/'));
+    let old = std::fs::read_to_string(&path).unwrap_or_default();
+    let mode = std::fs::metadata(&path)
+        .map(|m| m.permissions())
+        .unwrap_or_else(|_| PermissionsExt::from_mode(0o644));
+    let plus = root.join(format!("{}+", file.trim_start_matches('/')));
+    std::fs::write(&plus, edit(old)).expect("write FILE+");
+    std::fs::set_permissions(&plus, mode).expect("chmod FILE+");
+    std::fs::rename(&plus, &path).expect("rename FILE+");
+}
+
+const EDITED_HASH: &str = "$6$byhand$dave-set-this";
+
+/// `usermod -p HASH dave` and `useradd eve`, each under the lock.
+fn usermod_dave_and_useradd_eve(root: &Path) {
+    edit_like_shadow_utils(root, "/etc/shadow", |t| {
+        let mut out: String = t
+            .lines()
+            .map(|l| {
+                let mut f: Vec<&str> = l.split(':').collect();
+                if f.first() == Some(&"dave") && f.len() > 1 {
+                    f[1] = EDITED_HASH;
+                }
+                f.join(":") + "\n"
+            })
+            .collect();
+        out.push_str("eve:!:19000:0:99999:7:::\n");
+        out
+    });
+    edit_like_shadow_utils(root, "/etc/passwd", |t| {
+        t + "eve:x:1600:1600::/home/eve:/bin/sh\n"
+    });
+    edit_like_shadow_utils(root, "/etc/group", |t| t + "eve:x:1600:\n");
+}
+
+/// After the rerun: the hand edits are there, and so is everything the generation declares.
+fn check_edits_survived(root: &Path, declared: &[&str]) -> Result<(), String> {
+    let read = |p: &str| std::fs::read(root.join(p)).unwrap_or_default();
+    for (i, path) in users::SET.iter().enumerate() {
+        if let Some(b) = &account_set(root)[i] {
+            parse_check(path, b)?;
+        }
+    }
+    let shadow = String::from_utf8_lossy(&read("etc/shadow")).into_owned();
+    if !shadow.contains(&format!("dave:{EDITED_HASH}:")) {
+        return Err(format!("dave's new password was reverted:\n{shadow}"));
+    }
+    if !shadow.lines().any(|l| l.starts_with("eve:")) {
+        return Err(format!("eve is gone from /etc/shadow:\n{shadow}"));
+    }
+    let passwd = names(&read("etc/passwd"));
+    for u in declared.iter().chain(&["dave", "eve"]) {
+        if !passwd.iter().any(|h| h == u) {
+            return Err(format!("user {u} is missing from /etc/passwd: {passwd:?}"));
+        }
+    }
+    if !names(&read("etc/group")).iter().any(|g| g == "eve") {
+        return Err("group eve is gone from /etc/group".into());
+    }
+    let journal = root.join(users::commit::JOURNAL.trim_start_matches('/'));
+    if journal.exists() {
+        return Err("the journal is still there".into());
+    }
+    Ok(())
+}
+
+/// Kill `stagehand ARGS` at each of its mutating calls; then `usermod`/`useradd` by hand;
+/// then run it again: the edits must survive, and a further run must change nothing.
+fn crash_edit_rerun_trials(name: &str, start: &Path, args: &[&str], declared: &[&str]) {
+    require_strace();
+    let cmd = Cmd::new(args);
+    let points = crash_harness::kill_points(start, cmd);
+    assert!(
+        points.len() > 2,
+        "{name}: only {} kill points",
+        points.len()
+    );
+    let mut failures = Vec::new();
+    let mut discarded = 0;
+    for (k, p) in points.iter().enumerate() {
+        let dir = crash_harness::clone_root(start);
+        crash_harness::run_killed(dir.path(), cmd, p);
+        usermod_dave_and_useradd_eve(dir.path());
+        let out = crash_harness::run_cmd(dir.path(), cmd);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if stderr.contains("discarded the journal") {
+            discarded += 1;
+        }
+        let at = format!(
+            "{name}, kill point {k} ({}), then usermod and useradd",
+            p.line
+        );
+        if let Err(e) = check_edits_survived(dir.path(), declared) {
+            failures.push(format!("{at}: {e}\n{stderr}"));
+            continue;
+        }
+        let settled = snapshot(dir.path());
+        crash_harness::run_cmd(dir.path(), cmd);
+        let d = crash_harness::diff(&snapshot(dir.path()), &settled);
+        if !d.is_empty() {
+            failures.push(format!("{at}: a further run still changes things:\n{d}"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} trials failed; the first ones:\n{}",
+        failures.len(),
+        points.len(),
+        failures[..failures.len().min(5)].join("\n")
+    );
+    // The kill points past the commit point leave a journal that the edits make stale.
+    assert!(
+        discarded > 0,
+        "{name}: no trial discarded a stale journal; the scenario does not reach the case"
+    );
+    eprintln!(
+        "{name}: {} kill points, edits kept at each ({discarded} stale journals discarded)",
+        points.len()
+    );
+}
+
+#[test]
+fn users_killed_then_edited_by_hand_then_rerun_keeps_the_edits() {
+    let before = generation_1_with_dave();
+    crash_edit_rerun_trials(
+        "users 1 -> 2",
+        before.path(),
+        &["users", "/nix/store/g2-users-groups.json"],
+        &["root", "alice", "sshd", "carol"],
+    );
+}
+
+#[test]
+fn activation_killed_then_edited_by_hand_then_rerun_keeps_the_edits() {
+    let before = generation_1_with_dave();
+    crash_edit_rerun_trials(
+        "activation 1 -> 2",
+        before.path(),
+        &["activate", "--action", "boot", TOP2],
+        &["root", "alice", "sshd", "carol"],
+    );
+}
+
+/// A single kill past the commit point, then a rerun: the rerun itself (not the test)
+/// completes the interrupted update, and says so. Fails if the binary does not recover.
+#[test]
+fn a_rerun_completes_an_interrupted_commit_itself() {
+    require_strace();
+    let before = generation_1_with_dave();
+    let args = ["users", "/nix/store/g2-users-groups.json"];
+    let cmd = Cmd::new(&args);
+    let after = snapshot(uninterrupted(before.path(), cmd).path());
+    let points = crash_harness::kill_points(before.path(), cmd);
+    let journal = points
+        .iter()
+        .position(|p| p.line.contains("renameat") && p.line.contains(".stagehand-users.commit"))
+        .expect("a kill point renaming the journal into place");
+    // Every kill point after the journal is in place and before it is removed.
+    let past: Vec<_> = points[journal + 1..]
+        .iter()
+        .take_while(|p| {
+            !(p.line.contains("unlinkat") && p.line.contains(".stagehand-users.commit"))
+        })
+        .collect();
+    assert!(!past.is_empty(), "no kill point past the commit point");
+    for p in past {
+        let dir = crash_harness::clone_root(before.path());
+        crash_harness::run_killed(dir.path(), cmd, p);
+        assert!(dir
+            .path()
+            .join(users::commit::JOURNAL.trim_start_matches('/'))
+            .exists());
+        let stderr = crash_harness::run_stderr(dir.path(), cmd);
+        assert!(
+            stderr.contains("completed an interrupted update of the account files"),
+            "killed at {}: the rerun did not complete the commit itself:\n{stderr}",
+            p.line
+        );
+        let d = crash_harness::diff(&snapshot(dir.path()), &after);
+        assert!(d.is_empty(), "killed at {}:\n{d}", p.line);
+    }
 }

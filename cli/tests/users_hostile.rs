@@ -95,3 +95,70 @@ fn a_far_expires_year_is_the_right_day() {
         .expect("dave in /etc/shadow");
     assert_eq!(dave.split(':').nth(7), Some("2932897"), "{dave}");
 }
+
+/// The running system's NSS (here LDAP, answered by a stand-in `getent` on `PATH`) already
+/// has uid 1000 and gid 999: `stagehand users` on `/` skips them, as NixOS's allocator does.
+/// `/` is a chroot holding the static binary, bash for the stand-in and the root's files.
+#[test]
+fn on_the_running_system_new_ids_skip_what_getent_resolves() {
+    require_root("chroot");
+    let chroot = require_tool("chroot");
+    let r = FakeRoot::new();
+    stagehand_testkit::host::install_bash(r.path());
+    std::fs::copy(env!("CARGO_BIN_EXE_stagehand"), r.host("/stagehand")).expect("copy binary");
+    r.write(
+        "/bin/getent",
+        "#!/bin/bash\necho \"$1 $2\" >> /asked\n\
+         case \"$1 $2\" in 'passwd 1000'|'group 999') echo found; exit 0;; esac\nexit 2\n",
+    );
+    std::fs::set_permissions(
+        r.host("/bin/getent"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    r.write(
+        "/etc/nsswitch.conf",
+        "passwd: files ldap\ngroup: files ldap\n",
+    );
+    r.write(
+        "/users.json",
+        r#"{"mutableUsers": false, "users": [
+            {"name": "alice", "group": "alice", "home": "/home/alice", "shell": "/bin/sh",
+             "isSystemUser": false}],
+          "groups": [{"name": "alice", "members": []}]}"#,
+    );
+    let out = Command::new(chroot)
+        .arg(r.path())
+        .args(["/stagehand", "users", "/users.json"])
+        .env_clear()
+        .env("PATH", "/bin")
+        .output()
+        .expect("run stagehand in the chroot");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        r.read("/etc/passwd").starts_with("alice:x:1001:998:"),
+        "{}\n{stderr}",
+        r.read("/etc/passwd")
+    );
+    let asked = r.read("/asked");
+    assert!(
+        asked.contains("passwd 1000") && asked.contains("group 999"),
+        "{asked}"
+    );
+    // The same root activated from outside (`--root`): the host's NSS says nothing about
+    // it, so getent is not asked and 1000 is free there.
+    let other = FakeRoot::new();
+    other.write(
+        "/etc/nsswitch.conf",
+        "passwd: files ldap\ngroup: files ldap\n",
+    );
+    other.write("/users.json", &r.read("/users.json"));
+    let out = users(&other);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(other.read("/etc/passwd").starts_with("alice:x:1000:999:"));
+}

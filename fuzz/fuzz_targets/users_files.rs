@@ -48,5 +48,5 @@ fuzz_target!(|data: &[u8]| {
         n += 1;
         Ok(format!("salt{n}"))
     };
-    let _ = users::plan(&spec, &state, false, &mut salt);
+    let _ = users::plan(&spec, &state, false, &mut salt, &mut users::FilesOnly);
 });

@@ -11,8 +11,10 @@
 //!
 //! What the plan does, in `setup-etc.pl` order:
 //! 1. point `/etc/static` at the tree (atomic symlink swap);
-//! 2. remove every symlink under `/etc` (not under `/etc/nixos`) whose target starts with
-//!    `/etc/static` and whose counterpart in the new tree is no longer a symlink;
+//! 2. remove every symlink under `/etc` (not `/etc/nixos` itself nor anything under it, and
+//!    not below a user's symlinked directory: the walk, like `setup-etc.pl`'s, follows no
+//!    link) whose target starts with `/etc/static` and whose counterpart in the new tree is
+//!    no longer a symlink;
 //! 3. for each tree entry, in pre-order: create the parent directory; if the entry is a symlink
 //!    and `/etc/<rel>` is a real directory, delete the directory when it holds only links into
 //!    `/etc/static/`, else warn that it holds user files; then
@@ -21,7 +23,9 @@
 //!      `<rel>.gid` (`+N` numeric, or a name looked up in the root's `/etc/passwd` /
 //!      `/etc/group`, never the host's);
 //!    * other symlinks: `/etc/<rel>` → `/etc/static/<rel>`, replacing whatever is there;
-//! 4. delete files listed in the previous `/etc/.clean` that the new tree no longer has;
+//! 4. delete files listed in the previous `/etc/.clean` that the new tree no longer has,
+//!    also through a user's symlink to a directory (`/etc/ssh -> /srv/persist/ssh`), which
+//!    is resolved inside the root, as `setup-etc.pl`'s `unlink "/etc/$fn"` reaches them;
 //! 5. rewrite `/etc/.clean` (sorted list of copied entries) and create `/etc/NIXOS`.
 //!
 //! Files and links that no generation declared are never touched.
@@ -55,6 +59,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::lock::{self, ActivationLock, LockError};
 use stagehand_common::rootfs::Root;
 
 /// The static link `setup-etc.pl` maintains, and the prefix that marks a link as ours.
@@ -132,6 +137,8 @@ pub enum EtcError {
     /// The etc tree is `/etc` or lies inside it: `/etc/static` would point into `/etc`
     /// (at itself, for `/etc`), and every link through it would loop.
     TreeInEtc { tree: PathBuf, resolved: PathBuf },
+    /// The activation lock of the root could not be taken ([`crate::lock`]).
+    Lock(LockError),
 }
 
 impl fmt::Display for EtcError {
@@ -163,6 +170,7 @@ impl fmt::Display for EtcError {
                 tree.display(),
                 resolved.display()
             ),
+            Self::Lock(e) => e.fmt(f),
         }
     }
 }
@@ -199,14 +207,20 @@ pub fn is_safe_rel(rel: &str) -> bool {
 /// The whole `etc` step: observe (reading only what the [`cache`] cannot vouch for), plan,
 /// apply, and remember what is in `/etc` now for the next run. When the last run found
 /// nothing to do for the same input and nothing it rested on changed, the step stops after
-/// checking that ([`cache::Quiet`]).
+/// checking that ([`cache::Quiet`]). A run that writes holds the root's activation lock
+/// ([`crate::lock`]) throughout, so that two runs never interleave.
 pub fn setup_etc(
     root: &Root,
     tree: &EtcTree,
     opts: EtcOptions,
     dry_run: bool,
 ) -> Result<EtcOutcome, EtcError> {
-    let (out, recheck) = setup_etc_deferred(root, tree, opts, dry_run)?;
+    let held = if dry_run {
+        None
+    } else {
+        Some(lock::lock(root).map_err(EtcError::Lock)?)
+    };
+    let (out, recheck) = setup_etc_deferred(root, tree, opts, held.as_ref())?;
     if let Some(r) = recheck {
         r.finish(root, tree);
     }
@@ -242,7 +256,7 @@ impl Recheck {
         match observe_with(root, tree, self.facts, reuse, self.applied.dirs) {
             Ok(mut again) => {
                 let check = plan_observed(root, tree, &mut again.state, self.opts);
-                let quiet = quiet_if_empty(tree, self.key, &again.facts, &check);
+                let quiet = quiet_if_empty(tree, self.key, (&again.facts, &again.state), &check);
                 cache::store(root, &again.facts, quiet, self.old.as_deref());
             }
             Err(e) => log::debug!("etc cache not updated: {e}"),
@@ -250,26 +264,30 @@ impl Recheck {
     }
 }
 
-/// The [`cache::Quiet`] record for facts whose plan is `plan`, when that is empty.
+/// The [`cache::Quiet`] record for facts whose plan is `plan`, when that is empty — and
+/// when `state` rests on the facts alone: a path looked up one by one (under `/etc/nixos`,
+/// below a user's symlinked directory) has no stamp in them to vouch for it.
 fn quiet_if_empty(
     tree: &EtcTree,
     key: u64,
-    facts: &cache::Facts,
+    (facts, state): (&cache::Facts, &EtcState),
     plan: &EtcPlan,
 ) -> Option<cache::Quiet> {
-    (plan.actions.is_empty() && plan.issues.is_empty())
+    (plan.actions.is_empty() && plan.issues.is_empty() && state.looked_up.is_empty())
         .then(|| cache::quiet(tree, key, facts))
         .flatten()
 }
 
 /// [`setup_etc`] up to the point where only [`Recheck::finish`] is left (`None` when the
-/// run changed nothing, or in a dry run).
+/// run changed nothing, or in a dry run). `held` is the root's activation lock, which the
+/// caller holds until after [`Recheck::finish`]; `None` makes a dry run.
 pub fn setup_etc_deferred(
     root: &Root,
     tree: &EtcTree,
     opts: EtcOptions,
-    dry_run: bool,
+    held: Option<&ActivationLock>,
 ) -> Result<(EtcOutcome, Option<Recheck>), EtcError> {
+    let dry_run = held.is_none();
     // A tree from a compiled plan did not come through `list_tree`.
     let path = Path::new(&tree.path);
     refuse_tree_in_etc(root, path, path)?;
@@ -290,7 +308,7 @@ pub fn setup_etc_deferred(
         return Ok((out, None));
     }
     if plan.actions.is_empty() {
-        let quiet = quiet_if_empty(tree, key, &seen.facts, &plan);
+        let quiet = quiet_if_empty(tree, key, (&seen.facts, &seen.state), &plan);
         cache::store(root, &seen.facts, quiet, cache.raw());
         return Ok((out, None));
     }

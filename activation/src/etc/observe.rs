@@ -58,7 +58,7 @@ pub fn observe(root: &Root, tree: &EtcTree) -> Result<EtcState, EtcError> {
     )?
     .state;
     let links = state.nodes.iter().filter_map(|(rel, n)| match n {
-        Node::Symlink(t) if t.starts_with(STATIC.as_bytes()) && !rel.starts_with("nixos/") => {
+        Node::Symlink(t) if t.starts_with(STATIC.as_bytes()) && !under_nixos(rel) => {
             Some(rel.as_str())
         }
         _ => None,
@@ -158,12 +158,20 @@ pub(crate) fn observe_with(
         state.same_content.insert(rel.clone());
     }
     state.nixos_tag = state.nodes.contains_key("NIXOS");
+    look_up_below_links(root, tree, &mut state);
     look_up_extras(root, tree, &mut state);
     Ok(Seen {
         state,
         facts,
         reads,
     })
+}
+
+/// `/etc/nixos` and everything under it: `setup-etc.pl` leaves it out of its cleanup walk
+/// (it can hold a whole nixpkgs checkout), so neither it nor anything in it is ever removed
+/// as a stale link.
+pub(crate) fn under_nixos(rel: &str) -> bool {
+    rel == "nixos" || rel.starts_with("nixos/")
 }
 
 /// The paths the walk does not cover: those under `/etc/nixos` (not walked: it can hold a
@@ -174,12 +182,91 @@ fn look_up_extras(root: &Root, tree: &EtcTree, st: &mut EtcState) {
         .iter()
         .map(|e| &e.rel)
         .chain(&st.old_clean)
-        .filter(|r| r.starts_with("nixos/") && is_safe_rel(r))
+        .filter(|r| r.starts_with("nixos/") && is_safe_rel(r) && !st.nodes.contains_key(*r))
         .cloned()
         .collect();
     for rel in extra {
         if let Ok(Some(n)) = root.lstat(&Path::new("/etc").join(&rel)) {
-            st.nodes.insert(rel, n);
+            st.nodes.insert(rel.clone(), n);
+            st.looked_up.push(rel);
+        }
+    }
+}
+
+/// The paths below a user's symlink to a directory (`/etc/ssh -> /srv/persist/ssh`), which
+/// the walk does not follow but `setup-etc.pl` reaches through: entries of the tree that
+/// are installed through the link, and files of the old `/etc/.clean` to remove through it.
+/// Each is looked up one by one, resolving the link **inside the root** (an absolute
+/// target restarts at the root, `..` stops there); so is each directory between the link
+/// and the entry. A link into `/etc/static` is ours, not a user's: it is left to the stale
+/// link phase. Copies found this way are compared with their source here, since the walk's
+/// comparison (relative to `/etc`, where the kernel would follow the link from the host's
+/// `/`) never sees them.
+fn look_up_below_links(root: &Root, tree: &EtcTree, st: &mut EtcState) {
+    let wanted: Vec<String> = tree
+        .entries
+        .iter()
+        .map(|e| &e.rel)
+        .chain(&st.old_clean)
+        .filter(|r| is_safe_rel(r) && !st.nodes.contains_key(*r))
+        .cloned()
+        .collect();
+    let mut sources = InRoot::new(root);
+    for rel in wanted {
+        // The first ancestor the walk saw as something other than a directory.
+        let mut link = None;
+        for (i, _) in rel.match_indices('/') {
+            let prefix = &rel[..i];
+            match st.nodes.get(prefix) {
+                Some(Node::Dir { .. }) => continue,
+                Some(Node::Symlink(t)) if !t.starts_with(STATIC.as_bytes()) => {
+                    link = Some(prefix.to_owned());
+                }
+                _ => {}
+            }
+            break;
+        }
+        let Some(link) = link else { continue };
+        if !st.linked_dirs.contains(&link) {
+            if root.dir(&Path::new("/etc").join(&link), None).is_err() {
+                continue;
+            }
+            st.linked_dirs.insert(link.clone());
+        }
+        // Every path from below the link down to the entry itself.
+        let below = rel[link.len() + 1..]
+            .match_indices('/')
+            .map(|(i, _)| link.len() + 1 + i)
+            .chain(std::iter::once(rel.len()));
+        for end in below {
+            let path = &rel[..end];
+            if st.nodes.contains_key(path) {
+                continue;
+            }
+            match root.lstat(&Path::new("/etc").join(path)) {
+                Ok(Some(n)) => {
+                    st.nodes.insert(path.to_owned(), n);
+                    st.looked_up.push(path.to_owned());
+                }
+                _ => break,
+            }
+        }
+        let copied = tree
+            .entries
+            .iter()
+            .any(|e| e.rel == rel && matches!(e.install, Install::Copy { .. }));
+        if let (true, Some(Node::File { size, .. })) = (copied, st.nodes.get(&rel)) {
+            let same = (|| -> io::Result<bool> {
+                let (src, _, _) = sources.read(&Path::new(&tree.path).join(&rel))?;
+                if src.len() as u64 != *size {
+                    return Ok(false);
+                }
+                let (dir, name) = root.parent(&Path::new("/etc").join(&rel), None)?;
+                Ok(rootfs::read_at(&dir, &name)? == src)
+            })();
+            if matches!(same, Ok(true)) {
+                st.same_content.insert(rel);
+            }
         }
     }
 }
@@ -552,7 +639,8 @@ pub struct EtcState {
     /// Target of `/etc/static`, `None` when absent; `Some(None)` when it is not a symlink.
     pub static_link: Option<Option<String>>,
     /// Everything under `/etc` except `/etc/static` and the contents of `/etc/nixos`, plus
-    /// individually looked-up tree entries and `.clean` entries under `/etc/nixos`.
+    /// individually looked-up tree entries and `.clean` entries under `/etc/nixos` and below
+    /// a user's symlinked directory.
     pub nodes: HashMap<String, Node>,
     /// Copied entries whose current file already has the source's bytes.
     pub same_content: HashSet<String>,
@@ -563,4 +651,10 @@ pub struct EtcState {
     pub old_clean: Vec<String>,
     pub nixos_tag: bool,
     pub owners: Owners,
+    /// Users' symlinks under `/etc` that lead (inside the root) to a directory through which
+    /// tree entries are installed or old copies removed: directories for the plan.
+    pub linked_dirs: HashSet<String>,
+    /// The paths in `nodes` that were looked up one by one (under `/etc/nixos` or below a
+    /// linked directory) rather than read with a directory whose stamp vouches for them.
+    pub looked_up: Vec<String>,
 }

@@ -143,7 +143,7 @@ fn plan_stale_links<'s>(
             Node::Symlink(t) if t.starts_with(STATIC.as_bytes()) => Some(rel.as_str()),
             _ => None,
         })
-        .filter(|rel| !rel.starts_with("nixos/"))
+        .filter(|rel| !observe::under_nixos(rel))
         .filter(|rel| {
             let still_link = by_rel
                 .get(rel)
@@ -216,8 +216,10 @@ fn plan_parent_dir<'t>(
     ensured: &mut HashSet<&'t str>,
     p: &mut EtcPlan,
 ) {
-    let is_dir =
-        matches!(state.nodes.get(parent), Some(Node::Dir { .. })) && !removed.contains(parent);
+    // A user's symlink to a directory is followed (inside the root), as make_path does.
+    let is_dir = (matches!(state.nodes.get(parent), Some(Node::Dir { .. }))
+        || state.linked_dirs.contains(parent))
+        && !removed.contains(parent);
     if !is_dir && !ensured.contains(parent) {
         p.actions.push(EtcAction::EnsureDir {
             rel: parent.to_owned(),

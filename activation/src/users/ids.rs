@@ -3,6 +3,7 @@
 
 use super::fasthash::FastSet;
 use super::idmap::IdMap;
+use super::nss::{IdDb, IdsElsewhere};
 use super::{UserSpec, UsersError, UsersPlan};
 
 /// A set of ids: a bitmap for the ids the allocator hands out (all below 32768), a hash set
@@ -61,12 +62,16 @@ pub(super) struct Ids {
 }
 
 impl Ids {
+    /// A free id in `min..=max`: not used in this run, never recorded in the map, and not
+    /// given out by another NSS source (`elsewhere`, asked last, as `allocId` asks
+    /// `getpwuid`/`getgrgid`).
     fn alloc(
         &mut self,
         min: u32,
         max: u32,
         up: bool,
         what: &'static str,
+        (db, elsewhere): (IdDb, &mut dyn IdsElsewhere),
     ) -> Result<u32, UsersError> {
         let key = (min, max, up);
         let mut id = self
@@ -75,7 +80,8 @@ impl Ids {
             .find(|(k, _)| *k == key)
             .map_or(if up { min } else { max }, |(_, at)| *at);
         while (min..=max).contains(&id) {
-            let free = !self.used.contains(id) && !self.prev.contains(id);
+            let free =
+                !self.used.contains(id) && !self.prev.contains(id) && !elsewhere.taken(db, id);
             self.used.insert(id);
             if free {
                 match self.resume.iter_mut().find(|(k, _)| *k == key) {
@@ -103,9 +109,12 @@ pub(super) fn alloc_gid(
     gid_map: &IdMap<'_>,
     name: &str,
     dry: bool,
+    elsewhere: &mut dyn IdsElsewhere,
 ) -> Result<u32, UsersError> {
     if let Some(&prev) = gid_map.get(name) {
-        if !gids.used.contains(prev) {
+        // Unlike `allocId`, a remembered id that another source gives out now is not
+        // revived: it would belong to two groups.
+        if !gids.used.contains(prev) && !elsewhere.taken(IdDb::Group, prev) {
             p.messages.push(format!(
                 "{} group '{name}' with GID {prev}",
                 if dry { "would revive" } else { "reviving" }
@@ -114,7 +123,7 @@ pub(super) fn alloc_gid(
             return Ok(prev);
         }
     }
-    gids.alloc(400, 999, false, "GIDs")
+    gids.alloc(400, 999, false, "GIDs", (IdDb::Group, elsewhere))
 }
 
 pub(super) fn alloc_uid(
@@ -123,6 +132,7 @@ pub(super) fn alloc_uid(
     uid_map: &IdMap<'_>,
     u: &UserSpec,
     dry: bool,
+    elsewhere: &mut dyn IdsElsewhere,
 ) -> Result<u32, UsersError> {
     let (min, max, up) = if u.is_system {
         (400, 999, false)
@@ -130,7 +140,10 @@ pub(super) fn alloc_uid(
         (1000, 29999, true)
     };
     if let Some(&prev) = uid_map.get(u.name.as_str()) {
-        if (min..=max).contains(&prev) && !uids.used.contains(prev) {
+        if (min..=max).contains(&prev)
+            && !uids.used.contains(prev)
+            && !elsewhere.taken(IdDb::Passwd, prev)
+        {
             p.messages.push(format!(
                 "{} user '{}' with UID {prev}",
                 if dry { "would revive" } else { "reviving" },
@@ -140,5 +153,5 @@ pub(super) fn alloc_uid(
             return Ok(prev);
         }
     }
-    uids.alloc(min, max, up, "UIDs")
+    uids.alloc(min, max, up, "UIDs", (IdDb::Passwd, elsewhere))
 }

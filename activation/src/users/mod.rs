@@ -6,6 +6,8 @@
 //!   999 down to 400, normal users from 1000 up to 29999. An id is never reused: ids in the
 //!   spec, in the current files and every id ever recorded in `/var/lib/nixos/{uid,gid}-map`
 //!   are skipped, except that a name that comes back revives its old id if it is free.
+//!   Ids that another NSS source gives out (extrausers, LDAP, sssd) are skipped too, as
+//!   NixOS skips what `getpwuid`/`getgrgid` resolve (see [`nss`]).
 //! * Accounts not in the spec are removed when `mutableUsers` is off or when they were
 //!   declared before (`/var/lib/nixos/declarative-{users,groups}`); otherwise kept. With
 //!   `mutableUsers`, members added by hand to a declared group are kept.
@@ -17,7 +19,9 @@
 //! * Subordinate ids: declared ranges, plus for `autoSubUidGidRange` a 65536-wide slot
 //!   starting at 100000 + k·65536, remembered in `/var/lib/nixos/auto-subuid-map`.
 //! * The whole set of files is committed together (see [`commit`]): after a crash the next
-//!   run completes or discards it, so readers see all-old or all-new. The run holds the
+//!   run completes or discards it, so readers see all-old or all-new; it completes it only
+//!   when the files are still what the commit was planned against, so that an edit made
+//!   after the crash (`passwd`, `useradd`) is never reverted. The run holds the
 //!   `/etc/.pwd.lock` record lock, like `lckpwdf(3)` in shadow-utils, so `passwd` or
 //!   `useradd` cannot interleave.
 //! * userborn's schema is accepted and treated as `mutableUsers = true`, except that a
@@ -30,6 +34,7 @@ mod fasthash;
 mod idmap;
 mod ids;
 mod lines;
+pub mod nss;
 mod plan;
 pub mod spec;
 mod subids;
@@ -45,6 +50,7 @@ use std::os::fd::OwnedFd;
 use rustix::fs::{FlockOperation, Mode, OFlags};
 use rustix::io::Errno;
 
+pub use self::nss::{FilesOnly, IdDb, IdsElsewhere, OtherIds};
 pub use self::plan::plan;
 use crate::crypt;
 pub use spec::{Flavor, GroupSpec, SpecError, UserSpec, UsersSpec};
@@ -430,27 +436,48 @@ pub struct UsersOutcome {
     pub errors: Vec<String>,
 }
 
-/// The whole users step: lock, finish an interrupted commit, observe, plan, apply.
+/// The whole users step: lock, finish an interrupted commit, observe, plan, apply. New ids
+/// are checked against the root's other NSS sources ([`nss`]).
 pub fn update_users(
     root: &Root,
     spec: &UsersSpec,
     dry_run: bool,
 ) -> Result<UsersOutcome, UsersError> {
+    update_users_with(root, spec, dry_run, &mut OtherIds::for_root(root))
+}
+
+/// [`update_users`] with the other NSS sources given.
+pub fn update_users_with(
+    root: &Root,
+    spec: &UsersSpec,
+    dry_run: bool,
+    others: &mut OtherIds<'_>,
+) -> Result<UsersOutcome, UsersError> {
     let _lock = if dry_run { None } else { Some(lock(root)?) };
     // One set of directory descriptors for recovery and observation: /etc and
     // /var/lib/nixos are opened once, not once per file.
     let mut dirs = DirCache::new(root, None);
-    if !dry_run {
-        commit::recover_in(&mut dirs)?;
-    }
+    let recovered = if dry_run {
+        Vec::new()
+    } else {
+        commit::recover_in(&mut dirs)?
+    };
     let state = observe_in(&mut dirs, spec)?;
     drop(dirs);
     let mut salt = || crypt::random_salt().map_err(|e| UsersError::Random(e.to_string()));
-    let plan = plan(spec, &state, dry_run, &mut salt)?;
+    let plan = plan(spec, &state, dry_run, &mut salt, others)?;
     let mut out = UsersOutcome {
         changed: !plan.is_empty(),
-        messages: plan.messages.clone(),
-        warnings: plan.warnings.clone(),
+        messages: others
+            .skipped
+            .drain(..)
+            .chain(plan.messages.iter().cloned())
+            .collect(),
+        warnings: recovered
+            .into_iter()
+            .chain(others.warnings.drain(..))
+            .chain(plan.warnings.iter().cloned())
+            .collect(),
         errors: Vec::new(),
     };
     for m in &out.messages {
@@ -468,7 +495,7 @@ pub fn update_users(
         }
         return Ok(out);
     }
-    commit::commit(root, &plan.writes, commit::StopAt::Never)?;
+    commit::commit(root, &state.files, &plan.writes, commit::StopAt::Never)?;
     let mut home_dirs = DirCache::new(root, Some(Mode::from_raw_mode(0o755)));
     for h in &plan.homes {
         if let Err(e) = apply_home(&mut home_dirs, h) {

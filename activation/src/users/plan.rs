@@ -22,6 +22,7 @@ use super::ids::{alloc_gid, alloc_uid, Ids};
 use super::lines::{
     fields, parse_group, parse_passwd, push_line, text_of, GroupLine, IdField, PasswdLine,
 };
+use super::nss::IdsElsewhere;
 use super::subids::plan_subordinate_ids;
 use super::{
     Flavor, HomeAction, UserSpec, UsersError, UsersPlan, UsersSpec, UsersState, NOLOGIN, SET,
@@ -90,12 +91,15 @@ fn names_listed(text: &str) -> FastSet<&str> {
     text.split(' ').filter(|s| !s.is_empty()).collect()
 }
 
-/// Decide the new account files. Pure apart from `salt`, which supplies password salts.
+/// Decide the new account files. Pure apart from `salt`, which supplies password salts,
+/// and `elsewhere`, asked whether a candidate for a new id is given out by another NSS
+/// source ([`super::nss`]; [`super::nss::FilesOnly`] when there is none).
 pub fn plan(
     spec: &UsersSpec,
     state: &UsersState,
     dry: bool,
     salt: &mut dyn FnMut() -> Result<String, UsersError>,
+    elsewhere: &mut dyn IdsElsewhere,
 ) -> Result<UsersPlan, UsersError> {
     let mut p = UsersPlan::default();
     let mut uid_map = parse_map(state, "/var/lib/nixos/uid-map")?;
@@ -132,7 +136,8 @@ pub fn plan(
         &mut uids,
     );
 
-    let mut groups_out = plan_declared_groups(&cx, &cur, &mut gids, &mut gid_map, &mut p)?;
+    let mut groups_out =
+        plan_declared_groups(&cx, &cur, &mut gids, &mut gid_map, elsewhere, &mut p)?;
     let decl_groups_text = groups_out.sorted_names().join(" ");
     plan_undeclared_groups(&cx, &cur, &mut groups_out, &mut p);
     let group_text = group_file_text(&groups_out, group_file.len());
@@ -143,7 +148,7 @@ pub fn plan(
         &groups_out,
         &mut uids,
         &mut uid_map,
-        salt,
+        (salt, elsewhere),
         &mut p,
     )?;
     let decl_users_text = users_out.sorted_names().join(" ");
@@ -218,6 +223,7 @@ fn plan_declared_groups<'a>(
     cur: &Current<'a>,
     gids: &mut Ids,
     gid_map: &mut IdMap<'a>,
+    elsewhere: &mut dyn IdsElsewhere,
     p: &mut UsersPlan,
 ) -> Result<Accounts<'a, GroupLine<'a>>, UsersError> {
     let spec = cx.spec;
@@ -242,7 +248,7 @@ fn plan_declared_groups<'a>(
                 }
                 let gid = match gid {
                     Some(gid) => gid,
-                    None => alloc_gid(p, gids, gid_map, &g.name, cx.dry)?,
+                    None => alloc_gid(p, gids, gid_map, &g.name, cx.dry, elsewhere)?,
                 };
                 if cx.mutable {
                     members.extend(
@@ -257,7 +263,7 @@ fn plan_declared_groups<'a>(
             None => {
                 let gid = match g.gid {
                     Some(gid) => gid,
-                    None => alloc_gid(p, gids, gid_map, &g.name, cx.dry)?,
+                    None => alloc_gid(p, gids, gid_map, &g.name, cx.dry, elsewhere)?,
                 };
                 ("x", gid)
             }
@@ -331,7 +337,10 @@ fn plan_declared_users<'a>(
     groups_out: &Accounts<'a, GroupLine<'a>>,
     uids: &mut Ids,
     uid_map: &mut IdMap<'a>,
-    salt: &mut dyn FnMut() -> Result<String, UsersError>,
+    (salt, elsewhere): (
+        &mut dyn FnMut() -> Result<String, UsersError>,
+        &mut dyn IdsElsewhere,
+    ),
     p: &mut UsersPlan,
 ) -> Result<Accounts<'a, Out<'a>>, UsersError> {
     let spec = cx.spec;
@@ -341,7 +350,7 @@ fn plan_declared_users<'a>(
         let gid = primary_gid(u, groups_out, p);
         let existing = cur.users.get(&u.name);
         let mut hashed = u.hashed_password.as_deref().map(Cow::Borrowed);
-        let uid = user_uid(cx, u, existing, uids, uid_map, p)?;
+        let uid = user_uid(cx, u, existing, (uids, uid_map, &mut *elsewhere), p)?;
         if existing.is_none() && hashed.is_none() {
             if let Some(pw) = &u.initial_password {
                 hashed = Some(Cow::Owned(hash_with(pw, salt)?));
@@ -419,8 +428,7 @@ fn user_uid(
     cx: &Ctx<'_>,
     u: &UserSpec,
     existing: Option<&PasswdLine<'_>>,
-    uids: &mut Ids,
-    uid_map: &IdMap<'_>,
+    (uids, uid_map, elsewhere): (&mut Ids, &IdMap<'_>, &mut dyn IdsElsewhere),
     p: &mut UsersPlan,
 ) -> Result<u32, UsersError> {
     match existing {
@@ -438,12 +446,12 @@ fn user_uid(
             }
             match uid {
                 Some(uid) => Ok(uid),
-                None => alloc_uid(p, uids, uid_map, u, cx.dry),
+                None => alloc_uid(p, uids, uid_map, u, cx.dry, elsewhere),
             }
         }
         None => match u.uid {
             Some(uid) => Ok(uid),
-            None => alloc_uid(p, uids, uid_map, u, cx.dry),
+            None => alloc_uid(p, uids, uid_map, u, cx.dry, elsewhere),
         },
     }
 }
