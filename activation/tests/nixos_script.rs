@@ -5,42 +5,28 @@ use std::path::Path;
 
 use stagehand_activation::{activate, Action, ActivateOptions, Outcome};
 use stagehand_testkit::host::{install_bash, require_root};
+use stagehand_testkit::nixos::{ActivateScript, Snippet};
 use stagehand_testkit::FakeRoot;
 
 const TOP: &str = "/nix/store/7q1-nixos-system-demo-25.11";
 const PERL: &str = "/nix/store/8x1-perl-5.40.0-env/bin/perl";
 
-/// A snippet block framed as activation-script.nix frames it; `None` text is the
-/// dry-activate placeholder.
-fn block(name: &str, text: Option<&str>) -> String {
-    match text {
-        None => format!("#### Activation script snippet {name} does not support dry activation.\n"),
-        Some(text) => format!(
-            "#### Activation script snippet {name}:\n_localstatus=0\n{text}\n\n\
-             if (( _localstatus > 0 )); then\n  \
-             printf \"Activation script snippet '%s' failed (%s)\\n\" \"{name}\" \"$_localstatus\"\n\
-             fi\n\n"
-        ),
-    }
-}
-
-fn script(blocks: &[(&str, Option<String>)], dry: bool) -> String {
-    let mut s = format!(
-        "#!/bin/bash\n\nsystemConfig='{TOP}'\n\nexport PATH=/empty\n\
-         for i in /nix/store/c1-coreutils-9.5 /nix/store/g1-gnugrep-3.11; do\n    \
-         PATH=$PATH:$i/bin:$i/sbin\ndone\n\n_status=0\ntrap \"_status=1 _localstatus=\\$?\" ERR\n\n\
-         # Ensure a consistent umask.\numask 0022\n\n"
-    );
-    for (name, text) in blocks {
-        s.push_str(&block(name, text.as_deref()));
-    }
-    if !dry {
-        s.push_str(
-            "# Make this configuration the current configuration.\n\
-             ln -sfn \"$(readlink -f \"$systemConfig\")\" /run/current-system\n\nexit $_status\n",
-        );
-    }
-    s
+/// `activate` and `dry-activate` as activation-script.nix writes them for `snippets`.
+fn scripts(snippets: &[Snippet]) -> (String, String) {
+    let path = [
+        "/nix/store/c1-coreutils-9.5".to_owned(),
+        "/nix/store/g1-gnugrep-3.11".to_owned(),
+    ];
+    let script = ActivateScript {
+        shell: "/bin/bash",
+        path: &path,
+        system_config: TOP,
+        snippets,
+    };
+    (
+        script.activate().expect("activate"),
+        script.dry_activate().expect("dry-activate"),
+    )
 }
 
 fn users_snippet() -> String {
@@ -66,13 +52,9 @@ const BINSH: &str = "mkdir -p /bin\nchmod 0755 /bin\n\
 const SECRETS: &str = "echo \"secret for $systemConfig ($NIXOS_ACTION)\" > /run/secret-marker\n\
     echo \"$PATH\" > /run/path-seen\n";
 
-/// The generation with `blocks` as its activate script (and, when `dry` is given, its
+/// The generation with `snippets` in its activate script (and, with `dry`, its
 /// dry-activate script), the etc tree, the users JSON and the profile link.
-fn generation(
-    r: &FakeRoot,
-    blocks: &[(&str, Option<String>)],
-    dry: Option<&[(&str, Option<String>)]>,
-) {
+fn generation(r: &FakeRoot, snippets: &[Snippet], dry: bool) {
     r.etc_tree(
         "abc",
         &[
@@ -104,9 +86,10 @@ fn generation(
                      {"name": "users", "gid": 100, "members": []},
                      {"name": "wheel", "gid": 1, "members": ["alice"]}]}"#,
     );
-    r.write(&format!("{TOP}/activate"), &script(blocks, false));
-    if let Some(d) = dry {
-        r.write(&format!("{TOP}/dry-activate"), &script(d, true));
+    let (activate, dry_activate) = scripts(snippets);
+    r.write(&format!("{TOP}/activate"), &activate);
+    if dry {
+        r.write(&format!("{TOP}/dry-activate"), &dry_activate);
     }
     r.symlink(&format!("{TOP}/etc"), "/nix/store/abc-etc/etc");
     r.write(&format!("{TOP}/nixos-version"), "25.11");
@@ -115,12 +98,13 @@ fn generation(
     std::fs::create_dir_all(r.host("/run")).expect("mkdir /run");
 }
 
-fn standard() -> Vec<(&'static str, Option<String>)> {
+/// NixOS's order for these: binsh, users, etc (after users), then the third-party one.
+fn standard() -> Vec<Snippet> {
     vec![
-        ("binsh", Some(BINSH.to_owned())),
-        ("setupSecrets", Some(SECRETS.to_owned())),
-        ("users", Some(users_snippet())),
-        ("etc", Some(etc_snippet())),
+        Snippet::new("binsh", BINSH),
+        Snippet::new("setupSecrets", SECRETS).dry(),
+        Snippet::new("users", &users_snippet()).dry(),
+        Snippet::new("etc", &etc_snippet()).after(&["users"]),
     ]
 }
 
@@ -141,7 +125,7 @@ fn a_nixpkgs_generation_is_activated_from_its_activate_script() {
     require_root("running the third-party snippet chrooted into the root");
     let r = FakeRoot::new();
     install_bash(r.path());
-    generation(&r, &standard(), None);
+    generation(&r, &standard(), false);
     let store_before: Vec<_> = r
         .stamps()
         .into_iter()
@@ -156,7 +140,7 @@ fn a_nixpkgs_generation_is_activated_from_its_activate_script() {
     // The script's order; the built-ins native, the third-party snippet as bash.
     assert_eq!(
         names(&rep),
-        ["binsh", "setupSecrets", "users", "etc", "current-system"]
+        ["binsh", "users", "etc", "setupSecrets", "current-system"]
     );
     assert_eq!(
         r.read("/etc/passwd"),
@@ -201,15 +185,14 @@ fn a_snippet_that_calls_exit_stops_activation_as_nixos_does() {
     require_root("running snippets chrooted into the root");
     let r = FakeRoot::new();
     install_bash(r.path());
-    let mut blocks = standard();
-    blocks.insert(
-        1,
-        (
-            "early",
-            Some("echo before > /run/early\nexit 4\necho after >> /run/early".into()),
-        ),
-    );
-    generation(&r, &blocks, None);
+    let mut snippets = standard();
+    snippets.push(Snippet::new(
+        "early",
+        "echo before > /run/early
+exit 4
+echo after >> /run/early",
+    ));
+    generation(&r, &snippets, false);
     let rep = activate(Path::new(TOP), &opts(&r, Action::Switch)).expect("activate");
     assert!(!rep.success());
     assert_eq!(rep.stopped_by.as_deref(), Some("early"));
@@ -227,7 +210,7 @@ fn a_snippet_that_calls_exit_stops_activation_as_nixos_does() {
 fn without_a_users_snippet_users_are_left_alone() {
     // userborn or systemd-sysusers: the users snippet is empty, so nixpkgs leaves it out.
     let r = FakeRoot::new();
-    generation(&r, &[("etc", Some(etc_snippet()))], None);
+    generation(&r, &[Snippet::new("etc", &etc_snippet())], false);
     // What userborn left, which the etc step resolves the sidecars' owners in.
     let passwd = "root:x:0:0::/root:/bin/sh\n";
     r.write("/etc/passwd", passwd);
@@ -245,7 +228,7 @@ fn a_builtin_a_module_overrode_runs_as_its_bash() {
     let r = FakeRoot::new();
     install_bash(r.path());
     let custom = format!("{}\necho custom >> /run/etc-marker", etc_snippet());
-    generation(&r, &[("etc", Some(custom))], None);
+    generation(&r, &[Snippet::new("etc", &custom)], false);
     let rep = activate(Path::new(TOP), &opts(&r, Action::Boot)).expect("activate");
     // Run as bash: perl is not in this root, so it fails; the native etc step did not run.
     assert_eq!(names(&rep), ["etc", "current-system"]);
@@ -261,13 +244,7 @@ fn dry_activation_uses_what_dry_activate_supports() {
     require_root("running snippets chrooted into the root");
     let r = FakeRoot::new();
     install_bash(r.path());
-    let dry = [
-        ("binsh", None),
-        ("setupSecrets", Some(SECRETS.to_owned())),
-        ("users", Some(users_snippet())),
-        ("etc", None),
-    ];
-    generation(&r, &standard(), Some(&dry));
+    generation(&r, &standard(), true);
     let passwd = "root:x:0:0::/root:/bin/sh\n";
     r.write("/etc/passwd", passwd);
     r.write("/etc/group", "root:x:0:\n");
@@ -293,7 +270,7 @@ fn dry_activation_uses_what_dry_activate_supports() {
 #[test]
 fn a_damaged_activate_script_is_refused_naming_it() {
     let r = FakeRoot::new();
-    generation(&r, &standard(), None);
+    generation(&r, &standard(), false);
     let path = r.host(&format!("{TOP}/activate"));
     let text = std::fs::read_to_string(&path).expect("read");
     std::fs::write(&path, text.replacen("_localstatus=0\n", "", 1)).expect("write");
