@@ -113,33 +113,9 @@ fn line_error(e: &Entry, problem: impl Into<String>, fix: impl Into<String>) -> 
     }
 }
 
-/// Undo fstab's `\ooo` octal escapes (`\040` space, `\011` tab, `\134` backslash).
-pub fn unescape(field: &str) -> String {
-    let b = field.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while let Some(&byte) = b.get(i) {
-        let digits = b
-            .get(i + 1..i + 4)
-            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
-        match (byte, digits) {
-            (b'\\', Some(d)) => {
-                let v = d.iter().fold(0u32, |acc, c| acc * 8 + u32::from(c - b'0'));
-                match u8::try_from(v) {
-                    Ok(v) => out.push(v),
-                    // `\777` is no byte: keep it as written.
-                    Err(_) => out.extend_from_slice(&b[i..i + 4]),
-                }
-                i += 4;
-            }
-            (c, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
+/// Undo fstab's `\ooo` octal escapes (`\040` space, `\011` tab, `\134` backslash): the
+/// same escapes as mountinfo's.
+pub use stagehand_common::mounts::mountinfo::unescape_octal as unescape;
 
 /// Every entry of `text`; comments and blank lines skipped. A line needs the four fields
 /// `mount(8)` needs (dump and pass may be left out, as fstab(5) allows) and at most six.

@@ -48,8 +48,9 @@ pub fn find<'a>(mounts: &'a [Mount], mount_point: &str) -> Option<&'a Mount> {
     mounts.iter().rev().find(|m| m.mount_point == mount_point)
 }
 
-/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape_octal(s: &str) -> String {
+/// Undo the `\ooo` octal escapes mountinfo and fstab use for space, tab, newline and
+/// backslash (`\040`, `\011`, `\012`, `\134`). `\777` is no byte and stays as written.
+pub fn unescape_octal(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -60,7 +61,13 @@ fn unescape_octal(s: &str) -> String {
         match (byte, digits) {
             (b'\\', Some(d)) => {
                 let v = d.iter().fold(0u32, |acc, c| acc * 8 + u32::from(c - b'0'));
-                out.push(u8::try_from(v).unwrap_or(b'?'));
+                match u8::try_from(v) {
+                    Ok(v) => out.push(v),
+                    Err(_) => {
+                        out.push(b'\\');
+                        out.extend_from_slice(d);
+                    }
+                }
                 i += 4;
             }
             (c, _) => {
