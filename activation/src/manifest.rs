@@ -407,22 +407,7 @@ mod tests {
     #[test]
     fn nixos_order_for_the_builtins() {
         let o = order(&deps(&BUILTINS), Path::new("m")).expect("order");
-        assert_eq!(
-            o,
-            [
-                "stdio",
-                "binsh",
-                "users",
-                "groups",
-                "specialfs",
-                "etc",
-                "hashes",
-                "modprobe",
-                "udevd",
-                "usrbinenv",
-                "var"
-            ]
-        );
+        assert_eq!(o, stagehand_testkit::nixos::BUILTIN_ORDER);
     }
 
     #[test]

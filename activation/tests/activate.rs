@@ -6,6 +6,7 @@ use stagehand_activation::compiled;
 use stagehand_activation::{activate, Action, ActivateOptions, ActivationError, Outcome};
 use stagehand_common::rootfs::Root;
 use stagehand_testkit::host::{install_bash, require_root};
+use stagehand_testkit::nixos::BUILTIN_ORDER;
 use stagehand_testkit::FakeRoot;
 
 const TOP: &str = "/nix/store/abc-nixos-system-demo";
@@ -58,23 +59,10 @@ fn activation_runs_builtins_and_sets_current_system() {
     .expect("activate");
     assert!(rep.success(), "{:?}", rep.steps);
     let names: Vec<&str> = rep.steps.iter().map(|s| s.name.as_str()).collect();
-    assert_eq!(
-        names,
-        [
-            "stdio",
-            "binsh",
-            "users",
-            "groups",
-            "specialfs",
-            "etc",
-            "hashes",
-            "modprobe",
-            "udevd",
-            "usrbinenv",
-            "var",
-            "current-system"
-        ]
-    );
+    // NixOS's order for the built-ins, then the link to the new system.
+    let mut want = BUILTIN_ORDER.to_vec();
+    want.push("current-system");
+    assert_eq!(names, want);
     assert_eq!(outcome(&rep, "etc"), &Outcome::Changed);
     assert_eq!(
         std::fs::read_link(r.host("/run/current-system")).expect("link"),

@@ -103,6 +103,24 @@ impl fmt::Display for SnippetError {
 
 impl std::error::Error for SnippetError {}
 
+/// The order in which NixOS's activation script runs the built-in snippets (Nix's
+/// `textClosureMap` over their sorted names and declared deps): what a test expects of
+/// [`snippet_order`] on [`builtin_snippets`] and of Stagehand's own ordering of its
+/// built-in steps.
+pub const BUILTIN_ORDER: [&str; 11] = [
+    "stdio",
+    "binsh",
+    "users",
+    "groups",
+    "specialfs",
+    "etc",
+    "hashes",
+    "modprobe",
+    "udevd",
+    "usrbinenv",
+    "var",
+];
+
 /// The snippets in the order the generated script runs them: every name in byte order, each
 /// one's dependencies first, every snippet once. A name is marked as emitted *before* its
 /// dependencies are visited (as `textClosureList` does), so a dependency cycle ends instead
@@ -544,19 +562,7 @@ mod tests {
         let mut snippets = builtin_snippets(&paths());
         assert_eq!(
             names(&snippet_order(&snippets).expect("order")),
-            [
-                "stdio",
-                "binsh",
-                "users",
-                "groups",
-                "specialfs",
-                "etc",
-                "hashes",
-                "modprobe",
-                "udevd",
-                "usrbinenv",
-                "var"
-            ]
+            BUILTIN_ORDER
         );
         // A third-party snippet lands at its name's place, after its deps.
         snippets.push(Snippet::new("setupSecrets", "true\n").after(&["specialfs"]));

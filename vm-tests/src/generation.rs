@@ -185,87 +185,154 @@ pub struct GenerationSpec {
     pub switch_to_configuration: Option<PathBuf>,
 }
 
-impl GenerationSpec {
-    /// The demo generation: users root/alice/messagebus, a probe unit as the default
-    /// target's only want, gettys masked, and one copied secret file.
-    pub fn demo(number: u32, stage2: &Path, guest_probe: &Path, boot: BootFiles) -> Self {
-        let hostname = "stagehand-demo".to_string();
-        let user = |name: &str, uid: Option<u32>, group: &str, home: &str, system: bool| User {
+/// The kernel parameters of every test generation: the serial console, a failed boot that
+/// ends the run (the kernel panics, QEMU exits), systemd's status lines.
+pub const KERNEL_PARAMS: &[&str] = &[
+    "console=ttyS0",
+    "panic=-1",
+    "boot.panic_on_fail",
+    "systemd.show_status=1",
+];
+
+/// The platform (bootspec's `system`).
+pub const SYSTEM: &str = "x86_64-linux";
+
+/// [`KERNEL_PARAMS`] as a spec holds them.
+pub fn kernel_params() -> Vec<String> {
+    KERNEL_PARAMS.iter().map(|s| s.to_string()).collect()
+}
+
+/// The accounts every test generation declares: root, alice (normal, uid 1000), messagebus
+/// (system user, uid allocated) and nobody. `login_shell` is root's and alice's (the
+/// system users get `nologin`); `password` gives each name's `hashedPassword`.
+pub fn test_users(login_shell: &str, password: impl Fn(&str) -> Option<String>) -> Vec<User> {
+    let user = |name: &str, uid: Option<u32>, group: &str, home: &str, description: &str| {
+        // Root is a system user with a login shell; alice is the one normal user.
+        let system = name != "alice";
+        User {
             name: name.into(),
             uid,
             group: group.into(),
-            description: String::new(),
+            description: description.into(),
             home: home.into(),
             create_home: !system,
             is_system_user: system,
-            shell: if system {
+            shell: if system && name != "root" {
                 "/run/current-system/sw/bin/nologin"
             } else {
-                "/bin/sh"
+                login_shell
             }
             .into(),
-            hashed_password: Some("!".into()),
-        };
-        let mut root = user("root", Some(0), "root", "/root", true);
-        root.description = "System administrator".into();
-        root.create_home = true;
-        root.shell = "/bin/sh".into();
-        let mut alice = user("alice", Some(1000), "users", "/home/alice", false);
-        alice.description = "Alice".into();
-        let mut messagebus = user("messagebus", None, "messagebus", "/run/dbus", true);
-        messagebus.description = "D-Bus system message bus daemon user".into();
-        let mut nobody = user("nobody", Some(65534), "nogroup", "/var/empty", true);
-        nobody.description = "Unprivileged account (don't use!)".into();
-        let group = |name: &str, gid: Option<u32>, members: &[&str]| Group {
-            name: name.into(),
-            gid,
-            members: members.iter().map(|m| m.to_string()).collect(),
-        };
+            hashed_password: password(name),
+        }
+    };
+    vec![
+        user("root", Some(0), "root", "/root", "System administrator"),
+        user("alice", Some(1000), "users", "/home/alice", "Alice"),
+        user(
+            "messagebus",
+            None,
+            "messagebus",
+            "/run/dbus",
+            "D-Bus system message bus daemon user",
+        ),
+        user(
+            "nobody",
+            Some(65534),
+            "nogroup",
+            "/var/empty",
+            "Unprivileged account (don't use!)",
+        ),
+    ]
+}
+
+/// The groups of [`test_users`]: alice is in wheel.
+pub fn test_groups() -> Vec<Group> {
+    let group = |name: &str, gid: Option<u32>, members: &[&str]| Group {
+        name: name.into(),
+        gid,
+        members: members.iter().map(|m| m.to_string()).collect(),
+    };
+    vec![
+        group("root", Some(0), &[]),
+        group("wheel", Some(1), &["alice"]),
+        group("users", Some(100), &[]),
+        group("shadow", Some(318), &[]),
+        group("messagebus", None, &[]),
+        group("nogroup", Some(65534), &[]),
+    ]
+}
+
+/// The etc entries every test generation has: `hostname`, `os-release` (`os_release`) and
+/// `stagehand-secret`, a copied root-only file owned by alice naming the generation.
+pub fn test_etc(hostname: &str, os_release: String, number: u32) -> Vec<EtcEntry> {
+    vec![
+        EtcEntry::Text {
+            path: "hostname".into(),
+            text: format!("{hostname}\n"),
+        },
+        EtcEntry::Text {
+            path: "os-release".into(),
+            text: os_release,
+        },
+        EtcEntry::Copied {
+            path: "stagehand-secret".into(),
+            text: format!("generation {number} secret\n"),
+            mode: "0400".into(),
+            uid: "alice".into(),
+            gid: "+0".into(),
+        },
+    ]
+}
+
+impl EtcEntry {
+    /// `etc/systemd/system/<path>` with `text` (a unit, or a drop-in below `<unit>.d/`).
+    pub fn unit(path: &str, text: String) -> EtcEntry {
+        EtcEntry::Text {
+            path: format!("systemd/system/{path}"),
+            text,
+        }
+    }
+}
+
+/// The users spec (`update-users-groups.pl`'s JSON) of `users` and `groups`.
+pub fn users_groups_json(mutable_users: bool, users: &[User], groups: &[Group]) -> Value {
+    json!({
+        "mutableUsers": mutable_users,
+        "users": users.iter().map(User::to_json).collect::<Vec<_>>(),
+        "groups": groups.iter().map(|g| json!({
+            "name": g.name, "gid": g.gid, "members": g.members,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+impl GenerationSpec {
+    /// The demo generation: the test users (every password locked), a probe unit as the
+    /// default target's only want, gettys masked, and one copied secret file.
+    pub fn demo(number: u32, stage2: &Path, guest_probe: &Path, boot: BootFiles) -> Self {
+        let hostname = "stagehand-demo".to_string();
+        let mut users = test_users("/bin/sh", |_| Some("!".into()));
+        for root in users.iter_mut().filter(|u| u.name == "root") {
+            root.create_home = true;
+        }
         Self {
             number,
             label: format!("Stagehand demo {number}"),
             stage2: stage2.into(),
             guest_probe: guest_probe.into(),
-            kernel_params: [
-                "console=ttyS0",
-                "panic=-1",
-                "boot.panic_on_fail",
-                "systemd.show_status=1",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
+            kernel_params: kernel_params(),
             boot,
             mutable_users: false,
-            users: vec![root, alice, messagebus, nobody],
-            groups: vec![
-                group("root", Some(0), &[]),
-                group("wheel", Some(1), &["alice"]),
-                group("users", Some(100), &[]),
-                group("shadow", Some(318), &[]),
-                group("messagebus", None, &[]),
-                group("nogroup", Some(65534), &[]),
-            ],
-            etc: vec![
-                EtcEntry::Text {
-                    path: "hostname".into(),
-                    text: format!("{hostname}\n"),
-                },
-                EtcEntry::Text {
-                    path: "os-release".into(),
-                    text: format!(
-                        "NAME=NixOS\nID=nixos\nVERSION_ID=\"stagehand-{number}\"\n\
-                         PRETTY_NAME=\"Stagehand demo {number}\"\nHOME_URL=\"\"\n"
-                    ),
-                },
-                EtcEntry::Copied {
-                    path: "stagehand-secret".into(),
-                    text: format!("generation {number} secret\n"),
-                    mode: "0400".into(),
-                    uid: "alice".into(),
-                    gid: "+0".into(),
-                },
-            ],
+            users,
+            groups: test_groups(),
+            etc: test_etc(
+                &hostname,
+                format!(
+                    "NAME=NixOS\nID=nixos\nVERSION_ID=\"stagehand-{number}\"\n\
+                     PRETTY_NAME=\"Stagehand demo {number}\"\nHOME_URL=\"\"\n"
+                ),
+                number,
+            ),
             hostname,
             switch_to_configuration: None,
         }
@@ -277,19 +344,20 @@ impl GenerationSpec {
     }
 
     pub fn users_groups_json(&self) -> Value {
-        json!({
-            "mutableUsers": self.mutable_users,
-            "users": self.users.iter().map(User::to_json).collect::<Vec<_>>(),
-            "groups": self.groups.iter().map(|g| json!({
-                "name": g.name, "gid": g.gid, "members": g.members,
-            })).collect::<Vec<_>>(),
-        })
+        users_groups_json(self.mutable_users, &self.users, &self.groups)
     }
 }
 
 /// `/nix/var/nix/profiles/system-N-link`
 pub fn profile_link(number: u32) -> String {
     format!("{PROFILES_DIR}/system-{number}-link")
+}
+
+/// A kernel command line: `init=<init>` and `params`.
+pub fn cmdline(init: &str, params: &[String]) -> String {
+    let mut parts = vec![format!("init={init}")];
+    parts.extend(params.iter().cloned());
+    parts.join(" ")
 }
 
 /// Where one generation's parts ended up in the store.
@@ -315,9 +383,7 @@ impl BuiltGeneration {
     /// The kernel command line a boot loader entry for this generation would carry
     /// (through the profile link, as the brief's entries do).
     pub fn cmdline(&self) -> String {
-        let mut parts = vec![format!("init={}/init", self.profile_link())];
-        parts.extend(self.kernel_params.iter().cloned());
-        parts.join(" ")
+        cmdline(&format!("{}/init", self.profile_link()), &self.kernel_params)
     }
 
     /// The generation's systemd binary (what PID 1 should be after stage 2).
@@ -510,30 +576,14 @@ impl GenerationParts {
             "stagehand-stage2",
             node_dir(&[("bin/stage2", Node::executable(&spec.stage2))])?,
         )?;
-        let guest_probe = store.add(
-            "guest-probe",
-            node_dir(&[("bin/guest-probe", Node::executable(&spec.guest_probe))])?,
-        )?;
+        let guest_probe = add_guest_probe(store, &spec.guest_probe)?;
         let systemd = add_systemd(store, host_systemd)?;
-        let kernel = store.add(
-            &format!("linux-{}", spec.boot.kernel_version),
-            node_dir(&[("bzImage", Node::host_file(&spec.boot.kernel, 0o444))])?,
-        )?;
-        let initrd = store.add(
-            &format!("initrd-linux-{}", spec.boot.kernel_version),
-            node_dir(&[("initrd", Node::host_file(&spec.boot.initrd, 0o444))])?,
-        )?;
+        let (kernel, initrd) = add_boot_files(store, &spec.boot)?;
         let users_groups = store.add_text(
             "users-groups.json",
             serde_json::to_string_pretty(&spec.users_groups_json())?,
         )?;
-        let switcher = match &spec.switch_to_configuration {
-            Some(bin) => Some(store.add(
-                "stagehand",
-                node_dir(&[("bin/stagehand", Node::executable(bin))])?,
-            )?),
-            None => None,
-        };
+        let switcher = add_switcher(store, spec.switch_to_configuration.as_deref())?;
         Ok(GenerationParts {
             stage2,
             guest_probe,
@@ -546,6 +596,69 @@ impl GenerationParts {
     }
 }
 
+/// `guest-probe` with the probe binary (host path `probe`) as `bin/guest-probe`.
+pub(crate) fn add_guest_probe(store: &mut StoreBuilder, probe: &Path) -> Result<StorePath> {
+    store.add(
+        "guest-probe",
+        node_dir(&[("bin/guest-probe", Node::executable(probe))])?,
+    )
+}
+
+/// `linux-<version>/bzImage` and `initrd-linux-<version>/initrd`.
+pub(crate) fn add_boot_files(
+    store: &mut StoreBuilder,
+    boot: &BootFiles,
+) -> Result<(StorePath, StorePath)> {
+    let version = &boot.kernel_version;
+    let kernel = store.add(
+        &format!("linux-{version}"),
+        node_dir(&[("bzImage", Node::host_file(&boot.kernel, 0o444))])?,
+    )?;
+    let initrd = store.add(
+        &format!("initrd-linux-{version}"),
+        node_dir(&[("initrd", Node::host_file(&boot.initrd, 0o444))])?,
+    )?;
+    Ok((kernel, initrd))
+}
+
+/// `stagehand/bin/stagehand` when the generation has a `switch-to-configuration`.
+pub(crate) fn add_switcher(
+    store: &mut StoreBuilder,
+    stagehand: Option<&Path>,
+) -> Result<Option<StorePath>> {
+    stagehand
+        .map(|bin| {
+            store.add(
+                "stagehand",
+                node_dir(&[("bin/stagehand", Node::executable(bin))])?,
+            )
+        })
+        .transpose()
+}
+
+/// The toplevel's `bin/switch-to-configuration`: the `stagehand` binary, which dispatches
+/// on the name it is called by.
+pub(crate) fn switcher_entry(switcher: &StorePath) -> (&'static str, Node) {
+    (
+        "bin/switch-to-configuration",
+        Node::symlink(switcher.join("bin/stagehand")),
+    )
+}
+
+/// The host's `lib/systemd/systemd` and `systemd-shutdown` as a systemd store path holds them.
+pub(crate) fn systemd_entries(host_systemd: &HostSystemd) -> Vec<(&'static str, Node)> {
+    vec![
+        (
+            "lib/systemd/systemd",
+            Node::executable(&host_systemd.systemd),
+        ),
+        (
+            "lib/systemd/systemd-shutdown",
+            Node::executable(&host_systemd.shutdown),
+        ),
+    ]
+}
+
 /// `systemd-<version>` with the host's `lib/systemd/systemd` and `systemd-shutdown`.
 pub(crate) fn add_systemd(
     store: &mut StoreBuilder,
@@ -553,17 +666,44 @@ pub(crate) fn add_systemd(
 ) -> Result<StorePath> {
     store.add(
         &format!("systemd-{}", host_systemd.version),
-        node_dir(&[
-            (
-                "lib/systemd/systemd",
-                Node::executable(&host_systemd.systemd),
-            ),
-            (
-                "lib/systemd/systemd-shutdown",
-                Node::executable(&host_systemd.shutdown),
-            ),
-        ])?,
+        node_dir(&systemd_entries(host_systemd))?,
     )
+}
+
+/// A copied etc entry's sidecars next to it: `<path>.mode`, `.uid`, `.gid`, one line each
+/// (etc.nix writes them with `echo`).
+pub(crate) fn insert_sidecars(
+    etc: &mut Tree,
+    path: &str,
+    mode: &str,
+    uid: &str,
+    gid: &str,
+) -> Result<()> {
+    etc.insert(&format!("{path}.mode"), Node::text(format!("{mode}\n")))?;
+    etc.insert(&format!("{path}.uid"), Node::text(format!("{uid}\n")))?;
+    etc.insert(&format!("{path}.gid"), Node::text(format!("{gid}\n")))
+}
+
+/// Bootspec v1 (`boot.json`) for `toplevel`, with no specialisations.
+pub(crate) fn bootspec(
+    toplevel: &str,
+    kernel: &StorePath,
+    initrd: &StorePath,
+    kernel_params: &[String],
+    label: &str,
+) -> Value {
+    json!({
+        "org.nixos.bootspec.v1": {
+            "system": SYSTEM,
+            "init": format!("{toplevel}/init"),
+            "initrd": initrd.join("initrd"),
+            "kernel": kernel.join("bzImage"),
+            "kernelParams": kernel_params,
+            "label": label,
+            "toplevel": toplevel,
+        },
+        "org.nixos.specialisation.v1": {},
+    })
 }
 
 /// The etc tree in the store: every entry a link to a store file, sidecars as plain files,
@@ -590,9 +730,7 @@ fn add_etc(
             } => {
                 let file = store.add_text(&store_name(path), text.clone())?;
                 etc.insert(path, Node::symlink(file.as_str()))?;
-                etc.insert(&format!("{path}.mode"), Node::text(format!("{mode}\n")))?;
-                etc.insert(&format!("{path}.uid"), Node::text(format!("{uid}\n")))?;
-                etc.insert(&format!("{path}.gid"), Node::text(format!("{gid}\n")))?;
+                insert_sidecars(&mut etc, path, mode, uid, gid)?;
             }
         }
     }
@@ -629,18 +767,13 @@ fn add_toplevel(
     });
     let kernel_params = spec.kernel_params.clone();
     let toplevel_tree = |toplevel: &str| -> Result<Node> {
-        let bootspec = json!({
-            "org.nixos.bootspec.v1": {
-                "system": "x86_64-linux",
-                "init": format!("{toplevel}/init"),
-                "initrd": parts.initrd.join("initrd"),
-                "kernel": parts.kernel.join("bzImage"),
-                "kernelParams": kernel_params,
-                "label": spec.label,
-                "toplevel": toplevel,
-            },
-            "org.nixos.specialisation.v1": {},
-        });
+        let bootspec = bootspec(
+            toplevel,
+            &parts.kernel,
+            &parts.initrd,
+            &kernel_params,
+            &spec.label,
+        );
         let mut entries = vec![
             ("init", Node::symlink(parts.stage2.join("bin/stage2"))),
             ("etc", Node::symlink(etc_dir.clone())),
@@ -661,12 +794,7 @@ fn add_toplevel(
             ),
             ("kernel-params", Node::text(kernel_params.join(" "))),
         ];
-        if let Some(s) = &parts.switcher {
-            entries.push((
-                "bin/switch-to-configuration",
-                Node::symlink(s.join("bin/stagehand")),
-            ));
-        }
+        entries.extend(parts.switcher.as_ref().map(switcher_entry));
         node_dir(&entries)
     };
     store.add_self_referential(&spec.toplevel_name(), toplevel_tree)

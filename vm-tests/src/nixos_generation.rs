@@ -30,9 +30,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
-use serde_json::json;
 #[cfg(test)]
-use serde_json::Value;
+use serde_json::{json, Value};
 use stagehand_initrd::modules::ModuleIndex;
 use stagehand_testkit::nixos::{
     builtin_snippets, early_mount_script, stage2_init_script, ActivateScript, BuiltinPaths,
@@ -40,8 +39,10 @@ use stagehand_testkit::nixos::{
 };
 
 use crate::generation::{
-    ldd, node_dir, profile_link, store_name, unit_files, BootFiles, EtcEntry, Group, SystemImage,
-    User, MASKED_UNITS,
+    add_boot_files, add_guest_probe, add_switcher, bootspec, cmdline, insert_sidecars,
+    kernel_params, ldd, node_dir, profile_link, store_name, switcher_entry, systemd_entries,
+    test_etc, test_groups, test_users, unit_files, users_groups_json, BootFiles, EtcEntry, Group,
+    SystemImage, User, MASKED_UNITS, SYSTEM,
 };
 use crate::host::run;
 use crate::scenarios::Expected;
@@ -51,9 +52,6 @@ use crate::tree::{install_host_path, Node, Tree};
 /// Where the third-party snippet ([`secrets_snippet`]) leaves its secret; the guest probe
 /// reports it (`run.secret`, `run.secret.text`).
 pub const SECRET_PATH: &str = "/run/secrets/stagehand-fixture";
-
-/// The platform (`system`, bootspec's `system`).
-const SYSTEM: &str = "x86_64-linux";
 
 /// A host program copied into the store as a nixpkgs package would hold it.
 struct ToolPackage {
@@ -491,77 +489,27 @@ impl NixosSpec {
         root_label: &str,
     ) -> NixosSpec {
         let hostname = "stagehand-nixos".to_string();
-        let shell = |s: &str| format!("/run/current-system/sw/bin/{s}");
-        let user = |name: &str, uid: Option<u32>, group: &str, home: &str, system: bool| User {
-            name: name.into(),
-            uid,
-            group: group.into(),
-            description: String::new(),
-            home: home.into(),
-            create_home: !system,
-            is_system_user: system,
-            shell: shell(if system { "nologin" } else { "bash" }),
-            hashed_password: None,
-        };
-        let mut root = user("root", Some(0), "root", "/root", true);
-        root.description = "System administrator".into();
-        root.shell = shell("bash");
-        root.hashed_password = Some("!".into());
-        let mut alice = user("alice", Some(1000), "users", "/home/alice", false);
-        alice.description = "Alice".into();
-        alice.hashed_password = Some(ALICE_HASH.into());
-        let mut messagebus = user("messagebus", None, "messagebus", "/run/dbus", true);
-        messagebus.description = "D-Bus system message bus daemon user".into();
-        let mut nobody = user("nobody", Some(65534), "nogroup", "/var/empty", true);
-        nobody.description = "Unprivileged account (don't use!)".into();
-        let group = |name: &str, gid: Option<u32>, members: &[&str]| Group {
-            name: name.into(),
-            gid,
-            members: members.iter().map(|m| m.to_string()).collect(),
-        };
         let nixos_version = format!("25.11.{number}.stagehand");
+        let password = |name: &str| match name {
+            "root" => Some("!".into()),
+            "alice" => Some(ALICE_HASH.into()),
+            _ => None,
+        };
         NixosSpec {
             number,
-            kernel_params: [
-                "console=ttyS0",
-                "panic=-1",
-                "boot.panic_on_fail",
-                "systemd.show_status=1",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
+            kernel_params: kernel_params(),
             boot,
             mutable_users: false,
-            users: vec![root, alice, messagebus, nobody],
-            groups: vec![
-                group("root", Some(0), &[]),
-                group("wheel", Some(1), &["alice"]),
-                group("users", Some(100), &[]),
-                group("shadow", Some(318), &[]),
-                group("messagebus", None, &[]),
-                group("nogroup", Some(65534), &[]),
-            ],
-            etc: vec![
-                EtcEntry::Text {
-                    path: "hostname".into(),
-                    text: format!("{hostname}\n"),
-                },
-                EtcEntry::Text {
-                    path: "os-release".into(),
-                    text: format!(
-                        "NAME=NixOS\nID=nixos\nVERSION_ID=\"25.11\"\n\
-                         BUILD_ID=\"{nixos_version}\"\nPRETTY_NAME=\"NixOS 25.11 (Stagehand fixture)\"\n"
-                    ),
-                },
-                EtcEntry::Copied {
-                    path: "stagehand-secret".into(),
-                    text: format!("generation {number} secret\n"),
-                    mode: "0400".into(),
-                    uid: "alice".into(),
-                    gid: "+0".into(),
-                },
-            ],
+            users: test_users("/run/current-system/sw/bin/bash", password),
+            groups: test_groups(),
+            etc: test_etc(
+                &hostname,
+                format!(
+                    "NAME=NixOS\nID=nixos\nVERSION_ID=\"25.11\"\n\
+                     BUILD_ID=\"{nixos_version}\"\nPRETTY_NAME=\"NixOS 25.11 (Stagehand fixture)\"\n"
+                ),
+                number,
+            ),
             fstab: vec![FstabEntry {
                 device: format!("/dev/disk/by-label/{root_label}"),
                 mount_point: "/".into(),
@@ -585,13 +533,7 @@ impl NixosSpec {
     /// every object's keys sorted (serde_json's map is sorted: the workspace does not enable
     /// `preserve_order`).
     pub fn users_groups_json(&self) -> Result<String> {
-        let v = json!({
-            "mutableUsers": self.mutable_users,
-            "users": self.users.iter().map(User::to_json).collect::<Vec<_>>(),
-            "groups": self.groups.iter().map(|g| json!({
-                "name": g.name, "gid": g.gid, "members": g.members,
-            })).collect::<Vec<_>>(),
-        });
+        let v = users_groups_json(self.mutable_users, &self.users, &self.groups);
         Ok(serde_json::to_string(&v)?)
     }
 
@@ -640,9 +582,7 @@ impl BuiltNixos {
 
     /// The kernel command line with `init=<init>` and the generation's parameters.
     pub fn cmdline(&self, init: &str) -> String {
-        let mut parts = vec![format!("init={init}")];
-        parts.extend(self.kernel_params.iter().cloned());
-        parts.join(" ")
+        cmdline(init, &self.kernel_params)
     }
 
     /// What the probe should see once the generation is up and activated.
@@ -735,10 +675,7 @@ fn add_etc(store: &mut StoreBuilder, spec: &NixosSpec, probe: &StorePath) -> Res
                 gid,
             } => {
                 text_entry(&mut etc, path, text)?;
-                // etc.nix writes the sidecars with `echo`: one line each.
-                etc.insert(&format!("{path}.mode"), Node::text(format!("{mode}\n")))?;
-                etc.insert(&format!("{path}.uid"), Node::text(format!("{uid}\n")))?;
-                etc.insert(&format!("{path}.gid"), Node::text(format!("{gid}\n")))?;
+                insert_sidecars(&mut etc, path, mode, uid, gid)?;
             }
         }
     }
@@ -759,17 +696,11 @@ fn add_nixos_systemd(image: &mut SystemImage) -> Result<StorePath> {
     for lib in ldd(systemctl)? {
         install_host_path(&mut image.root, &lib)?;
     }
-    let host = &image.systemd;
+    let mut entries = systemd_entries(&image.systemd);
+    entries.push(("bin/systemctl", Node::executable(systemctl)));
     image.store.add(
-        &format!("systemd-{}", host.version),
-        node_dir(&[
-            ("lib/systemd/systemd", Node::executable(&host.systemd)),
-            (
-                "lib/systemd/systemd-shutdown",
-                Node::executable(&host.shutdown),
-            ),
-            ("bin/systemctl", Node::executable(systemctl)),
-        ])?,
+        &format!("systemd-{}", image.systemd.version),
+        node_dir(&entries)?,
     )
 }
 
@@ -785,19 +716,9 @@ pub fn add_nixos_generation(
     let systemd_version = image.systemd.version.clone();
     let systemd = add_nixos_systemd(image)?;
     let store = &mut image.store;
-    let probe = store.add(
-        "guest-probe",
-        node_dir(&[("bin/guest-probe", Node::executable(&spec.guest_probe))])?,
-    )?;
+    let probe = add_guest_probe(store, &spec.guest_probe)?;
     let version = &spec.boot.kernel_version;
-    let kernel = store.add(
-        &format!("linux-{version}"),
-        node_dir(&[("bzImage", Node::host_file(&spec.boot.kernel, 0o444))])?,
-    )?;
-    let initrd = store.add(
-        &format!("initrd-linux-{version}"),
-        node_dir(&[("initrd", Node::host_file(&spec.boot.initrd, 0o444))])?,
-    )?;
+    let (kernel, initrd) = add_boot_files(store, &spec.boot)?;
     if &modules.version != version {
         bail!(
             "the kernel modules are for {}, the generation boots {version}",
@@ -835,13 +756,7 @@ pub fn add_nixos_generation(
     let bash = paths.get("bash")?.join("bin/bash");
     let activation_path = paths.list(ACTIVATION_PATH)?;
     let stage2_path = paths.list(STAGE2_PATH)?;
-    let switcher = match &spec.switch_to_configuration {
-        Some(bin) => Some(store.add(
-            "stagehand",
-            node_dir(&[("bin/stagehand", Node::executable(bin))])?,
-        )?),
-        None => None,
-    };
+    let switcher = add_switcher(store, spec.switch_to_configuration.as_deref())?;
     let kernel_params = spec.kernel_params.clone();
     let toplevel_tree = |top: &str| -> Result<Node> {
         let script = ActivateScript {
@@ -860,18 +775,8 @@ pub fn add_nixos_generation(
             post_boot_commands: post_boot.as_str(),
             systemd_executable: "/run/current-system/systemd/lib/systemd/systemd",
         });
-        let bootspec = json!({
-            "org.nixos.bootspec.v1": {
-                "init": format!("{top}/init"),
-                "initrd": initrd.join("initrd"),
-                "kernel": kernel.join("bzImage"),
-                "kernelParams": kernel_params,
-                "label": format!("NixOS Stagehand {} (Linux {version})", spec.nixos_version),
-                "system": SYSTEM,
-                "toplevel": top,
-            },
-            "org.nixos.specialisation.v1": {},
-        });
+        let label = format!("NixOS Stagehand {} (Linux {version})", spec.nixos_version);
+        let bootspec = bootspec(top, &kernel, &initrd, &kernel_params, &label);
         let mut entries = vec![
             ("activate", Node::bytes(activate.into_bytes(), 0o555)),
             ("dry-activate", Node::bytes(dry.into_bytes(), 0o555)),
@@ -900,12 +805,7 @@ pub fn add_nixos_generation(
             ("extra-dependencies", Node::text("")),
             ("specialisation", Node::Dir(Tree::new())),
         ];
-        if let Some(s) = &switcher {
-            entries.push((
-                "bin/switch-to-configuration",
-                Node::symlink(s.join("bin/stagehand")),
-            ));
-        }
+        entries.extend(switcher.as_ref().map(switcher_entry));
         node_dir(&entries)
     };
     let toplevel = store.add_self_referential(&spec.toplevel_name(), toplevel_tree)?;
@@ -925,10 +825,7 @@ pub fn add_nixos_generation(
 /// image (Debian's systemd looks there too): for booting with NixOS's own `init`, whose etc
 /// snippet (Perl) cannot run here, so `/etc/systemd/system` never appears.
 pub fn install_units_outside_etc(image: &mut SystemImage, probe: &Path) -> Result<()> {
-    let probe = image.store.add(
-        "guest-probe",
-        node_dir(&[("bin/guest-probe", Node::executable(probe))])?,
-    )?;
+    let probe = add_guest_probe(&mut image.store, probe)?;
     for (name, text) in unit_files(&probe) {
         image
             .root
@@ -954,6 +851,7 @@ fn keys_sorted(v: &Value) -> bool {
 mod tests {
     use super::*;
     use crate::generation::HostSystemd;
+    use stagehand_testkit::nixos::BUILTIN_ORDER;
 
     #[test]
     fn debian_versions_become_upstream_ones() {
@@ -1154,23 +1052,11 @@ mod tests {
             .filter_map(|l| l.strip_prefix("#### Activation script snippet "))
             .map(|l| l.trim_end_matches(':'))
             .collect();
-        assert_eq!(
-            order,
-            [
-                "stdio",
-                "binsh",
-                "users",
-                "groups",
-                "specialfs",
-                "etc",
-                "hashes",
-                "modprobe",
-                "setupSecrets",
-                "udevd",
-                "usrbinenv",
-                "var"
-            ]
-        );
+        // NixOS's built-ins with the third-party snippet at its name's place.
+        let mut want = BUILTIN_ORDER.to_vec();
+        let at = want.iter().position(|n| *n == "udevd").expect("udevd");
+        want.insert(at, "setupSecrets");
+        assert_eq!(order, want);
         let dry = text("dry-activate");
         assert!(dry.contains("#### Activation script snippet users:\n"));
         assert!(dry.contains(
