@@ -383,7 +383,10 @@ impl BuiltGeneration {
     /// The kernel command line a boot loader entry for this generation would carry
     /// (through the profile link, as the brief's entries do).
     pub fn cmdline(&self) -> String {
-        cmdline(&format!("{}/init", self.profile_link()), &self.kernel_params)
+        cmdline(
+            &format!("{}/init", self.profile_link()),
+            &self.kernel_params,
+        )
     }
 
     /// The generation's systemd binary (what PID 1 should be after stage 2).

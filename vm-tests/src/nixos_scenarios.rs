@@ -24,13 +24,14 @@ use anyhow::{Context, Result};
 use stagehand_initrd::system;
 
 use crate::console::{probe_facts, shows, PROBE_DONE};
-use crate::generation::{BootFiles, EtcEntry, SystemImage, PROBE_UNIT};
+use crate::generation::{EtcEntry, SystemImage};
 use crate::nixos_generation::{
     add_nixos_generation, install_units_outside_etc, secret_text, BuiltNixos, HostTools,
     KernelModules, NixosSpec, ToolPaths, ALICE_HASH,
 };
 use crate::qemu::{Line, Vm};
 use crate::scenarios::{check_probe, root_disk, Inputs, Outcome, FIRST_LINE, ROOT_LABEL, STEP};
+use crate::switch_scenarios::{driver_units, Snapshots};
 use crate::uefi_scenarios::build_stagehand;
 
 /// NixOS's stage-2 greeting (the bash `init`).
@@ -43,24 +44,52 @@ const SNIPPET_FAILED: &str = "Activation script snippet '";
 const MODULES: &[&str] = &["virtio_pci", "virtio_blk", "ext4"];
 const OPTIONAL_MODULES: &[&str] = &["crc32c_generic"];
 
-/// The host programs and the generation's kernel modules (`dir/kernel-modules`).
-fn prepare(inputs: &Inputs, dir: &Path) -> Result<(HostTools, KernelModules)> {
-    let tools = HostTools::discover()?;
-    let modules = KernelModules::build(
-        &inputs.kernel.modules_dir,
-        &inputs.kernel.version,
-        MODULES,
-        OPTIONAL_MODULES,
-        &dir.join("kernel-modules"),
-    )?;
-    Ok((tools, modules))
+/// What every NixOS scenario starts from: its directory, the host programs, the
+/// generation's kernel modules (`dir/kernel-modules`), the harness's initrd (which the
+/// generations' own `initrd` entry stands for NixOS's; it is not booted) and an image
+/// with no generation yet.
+struct Setup {
+    dir: PathBuf,
+    tools: HostTools,
+    modules: KernelModules,
+    nixos_initrd: PathBuf,
+    image: SystemImage,
 }
 
-fn boot_files(inputs: &Inputs, initrd: &Path) -> BootFiles {
-    BootFiles {
-        kernel: inputs.kernel.vmlinuz.clone(),
-        kernel_version: inputs.kernel.version.clone(),
-        initrd: initrd.to_path_buf(),
+impl Setup {
+    fn new(inputs: &Inputs, scenario: &str) -> Result<Setup> {
+        let dir = inputs.scenario_dir(scenario)?;
+        let tools = HostTools::discover()?;
+        let modules = KernelModules::build(
+            &inputs.kernel.modules_dir,
+            &inputs.kernel.version,
+            MODULES,
+            OPTIONAL_MODULES,
+            &dir.join("kernel-modules"),
+        )?;
+        let (_, nixos_initrd) = inputs.initrd_in(&dir, |_| {})?;
+        let image = SystemImage::new(&inputs.systemd)?;
+        Ok(Setup {
+            dir,
+            tools,
+            modules,
+            nixos_initrd,
+            image,
+        })
+    }
+
+    /// The fixture system as generation `number`.
+    fn spec(&self, inputs: &Inputs, number: u32) -> NixosSpec {
+        NixosSpec::fixture(
+            number,
+            inputs.boot_files(&self.nixos_initrd),
+            &inputs.bins.guest_probe,
+            ROOT_LABEL,
+        )
+    }
+
+    fn add(&mut self, spec: &NixosSpec) -> Result<BuiltNixos> {
+        add_nixos_generation(&mut self.image, &self.tools, &self.modules, spec)
     }
 }
 
@@ -115,25 +144,43 @@ fn failed_snippets(lines: &[Line]) -> Vec<String> {
         .collect()
 }
 
+/// Probe fact `key`, `<missing>` when the guest did not report it.
+fn fact(facts: &BTreeMap<String, String>, key: &str) -> String {
+    facts
+        .get(key)
+        .cloned()
+        .unwrap_or_else(|| "<missing>".into())
+}
+
+/// Each probe fact `key` is `value`.
+fn check_facts(out: &mut Outcome, facts: &BTreeMap<String, String>, want: &[(&str, String)]) {
+    for (key, value) in want {
+        let seen = fact(facts, key);
+        out.check(&format!("{key} = {value}"), seen == *value, || {
+            format!("the guest says {seen:?}")
+        });
+    }
+}
+
 /// The facts every boot of a NixOS-layout generation must show, whoever activated it:
 /// systemd from the generation is PID 1, both system links, the read-only store, the
 /// third-party snippet's root-only secret.
 fn check_common(out: &mut Outcome, facts: &BTreeMap<String, String>, g: &BuiltNixos) {
     let want = g.expected();
-    let fact = |k: &str| facts.get(k).cloned().unwrap_or_else(|| "<missing>".into());
-    for (key, value) in [
-        ("pid1.comm", "systemd".to_string()),
-        ("pid1.exe", want.systemd.clone()),
-        ("ppid", "1".into()),
-        ("booted-system", want.toplevel.clone()),
-        ("current-system", want.toplevel.clone()),
-        ("run.secret", "file mode=0400 uid=0 gid=0".into()),
-        ("run.secret.text", g.secret_text()),
-    ] {
-        out.check(&format!("{key} = {value}"), fact(key) == value, || {
-            format!("the guest says {:?}", fact(key))
-        });
-    }
+    let fact = |k: &str| fact(facts, k);
+    check_facts(
+        out,
+        facts,
+        &[
+            ("pid1.comm", "systemd".to_string()),
+            ("pid1.exe", want.systemd.clone()),
+            ("ppid", "1".into()),
+            ("booted-system", want.toplevel.clone()),
+            ("current-system", want.toplevel.clone()),
+            ("run.secret", "file mode=0400 uid=0 gid=0".into()),
+            ("run.secret.text", g.secret_text()),
+        ],
+    );
     for (key, prefix) in [("nix-store.mount", "ro "), ("root.mount", "rw ")] {
         out.check(
             &format!("{key} starts with {prefix:?}"),
@@ -145,34 +192,20 @@ fn check_common(out: &mut Outcome, facts: &BTreeMap<String, String>, g: &BuiltNi
 
 /// `nixos-native-init`: NixOS's own bash stage 2 boots the generation after our stage 1.
 pub fn nixos_native_init(inputs: &Inputs) -> Result<Outcome> {
-    let dir = inputs.scenario_dir("nixos-native-init")?;
-    let (tools, modules) = prepare(inputs, &dir)?;
-    let (_, nixos_initrd) = inputs.initrd_in(&dir, |_| {})?;
-    let mut image = SystemImage::new(&inputs.systemd)?;
-    let spec = NixosSpec::fixture(
-        1,
-        boot_files(inputs, &nixos_initrd),
-        &inputs.bins.guest_probe,
-        ROOT_LABEL,
-    );
-    let g = add_nixos_generation(&mut image, &tools, &modules, &spec)?;
+    let mut setup = Setup::new(inputs, "nixos-native-init")?;
+    let g = setup.add(&setup.spec(inputs, 1))?;
     // Without Perl the etc snippet fails: the units must be found outside /etc.
-    install_units_outside_etc(&mut image, &inputs.bins.guest_probe)?;
+    install_units_outside_etc(&mut setup.image, &inputs.bins.guest_probe)?;
     // The initrd that would run our stage 2 (as in nixos-generation): the kernel parameter
     // is what picks NixOS's own init, as a user would from the boot menu's editor.
-    let (initrd, _) = system_initrd(inputs, &dir, &image, &g)?;
-    let img = root_disk(&image, &dir)?;
+    let (initrd, _) = system_initrd(inputs, &setup.dir, &setup.image, &g)?;
+    let img = root_disk(&setup.image, &setup.dir)?;
     let append = format!(
         "{} stagehand.init=generation",
         g.cmdline(&g.toplevel.join("init"))
     );
-    let cfg = inputs.vm_config(&initrd, vec![img], append, dir.join("console.log"));
-    let mut out = Outcome {
-        log: Some(cfg.log.clone()),
-        ..Outcome::default()
-    };
-    out.notes
-        .push(format!("kernel command line: {}", cfg.append));
+    let cfg = inputs.vm_config(&initrd, vec![img], append, setup.dir.join("console.log"));
+    let mut out = Outcome::for_run(&cfg);
     let mut vm = Vm::start(&cfg)?;
     let result = (|| -> Result<()> {
         vm.wait_for("stage1: running the generation's own init", FIRST_LINE)?;
@@ -185,25 +218,17 @@ pub fn nixos_native_init(inputs: &Inputs) -> Result<Outcome> {
         Ok(())
     })();
     if let Err(e) = result {
-        out.failures.push(format!("{e:#}"));
-        out.notes.push(vm.failure_context(50));
+        out.wait_failed(&vm, &e, 50);
         return Ok(out);
     }
-    match vm.wait_exit(STEP) {
-        Ok(status) => out.check("the VM powered off cleanly", status.success(), || {
-            format!("QEMU exited with {status}")
-        }),
-        Err(e) => out.failures.push(format!("power off: {e:#}")),
-    }
+    out.check_powered_off(&mut vm);
     let lines = vm.lines();
     out.check(
         "our stage 2 stayed out (NixOS's script ran)",
         !shows(&lines, "stage2: "),
         || "a stage2: line is on the console".into(),
     );
-    out.check("no kernel panic", !shows(&lines, "Kernel panic"), || {
-        "the console shows a kernel panic".into()
-    });
+    out.check_no_panic(&lines);
     // The two Perl calls fail (no Perl in the image) and the script goes on to the rest.
     let failed = failed_snippets(&lines);
     for name in ["users", "etc"] {
@@ -224,12 +249,11 @@ pub fn nixos_native_init(inputs: &Inputs) -> Result<Outcome> {
     check_common(&mut out, &facts, &g);
     let bash = g.tools.get("bash")?.join("bin/sh");
     let env = g.tools.get("coreutils")?.join("bin/env");
-    for (key, value) in [("bin.sh.link", bash), ("usr.bin.env.link", env)] {
-        let seen = facts.get(key).cloned().unwrap_or_default();
-        out.check(&format!("{key} = {value}"), seen == value, || {
-            format!("the guest says {seen:?}")
-        });
-    }
+    check_facts(
+        &mut out,
+        &facts,
+        &[("bin.sh.link", bash), ("usr.bin.env.link", env)],
+    );
     out.notes.push(format!("snippets that failed: {failed:?}"));
     out.notes.push(format!(
         "QEMU start → VM off {:.1} s",
@@ -252,9 +276,7 @@ fn boot_through_our_stage2(
     let img = root_disk(image, dir)?;
     let append = g.cmdline(&format!("{}/init", g.profile_link()));
     let cfg = inputs.vm_config(initrd, vec![img], append, dir.join("console.log"));
-    out.log = Some(cfg.log.clone());
-    out.notes
-        .push(format!("kernel command line: {}", cfg.append));
+    out.start_run(&cfg);
     let mut vm = Vm::start(&cfg)?;
     let result = (|| -> Result<()> {
         vm.wait_for("stage1: switching root", FIRST_LINE)?;
@@ -277,8 +299,7 @@ fn boot_through_our_stage2(
         Ok(())
     })();
     if let Err(e) = result {
-        out.failures.push(format!("{e:#}"));
-        out.notes.push(vm.failure_context(50));
+        out.wait_failed(&vm, &e, 50);
         return Ok(None);
     }
     let lines = vm.lines();
@@ -287,23 +308,14 @@ fn boot_through_our_stage2(
 
 /// `nixos-generation`: our stage 1 and stage 2 boot the NixOS-layout generation.
 pub fn nixos_generation(inputs: &Inputs) -> Result<Outcome> {
-    let dir = inputs.scenario_dir("nixos-generation")?;
-    let (tools, modules) = prepare(inputs, &dir)?;
-    let (_, nixos_initrd) = inputs.initrd_in(&dir, |_| {})?;
-    let mut image = SystemImage::new(&inputs.systemd)?;
-    let spec = NixosSpec::fixture(
-        1,
-        boot_files(inputs, &nixos_initrd),
-        &inputs.bins.guest_probe,
-        ROOT_LABEL,
-    );
-    let g = add_nixos_generation(&mut image, &tools, &modules, &spec)?;
-    let (initrd, choice) = system_initrd(inputs, &dir, &image, &g)?;
+    let mut setup = Setup::new(inputs, "nixos-generation")?;
+    let g = setup.add(&setup.spec(inputs, 1))?;
+    let (initrd, choice) = system_initrd(inputs, &setup.dir, &setup.image, &g)?;
     let mut out = Outcome::default();
     out.notes
         .push(format!("stagehand-initrd --system chose:\n{choice}"));
     let Some((vm, lines)) =
-        boot_through_our_stage2(inputs, &dir, &initrd, &image, &g, "", &mut out)?
+        boot_through_our_stage2(inputs, &setup.dir, &initrd, &setup.image, &g, "", &mut out)?
     else {
         return Ok(out);
     };
@@ -318,9 +330,7 @@ pub fn nixos_generation(inputs: &Inputs) -> Result<Outcome> {
 /// A boot of `g` by our stage 2: every probe fact of the declared system, and no trace of
 /// NixOS's script or of a failed snippet.
 fn check_booted_by_us(out: &mut Outcome, lines: &[Line], g: &BuiltNixos) {
-    out.check("no kernel panic", !shows(lines, "Kernel panic"), || {
-        "the console shows a kernel panic".into()
-    });
+    out.check_no_panic(lines);
     out.check(
         "NixOS's bash stage 2 did not run",
         !shows(lines, NIXOS_STAGE2),
@@ -375,22 +385,14 @@ say done
 
 /// `nixos-switch`: generation 1 boots (our stage 2), then live switches 1 → 2 → 1.
 pub fn nixos_switch(inputs: &Inputs) -> Result<Outcome> {
-    let dir = inputs.scenario_dir("nixos-switch")?;
-    let (tools, modules) = prepare(inputs, &dir)?;
-    let (_, nixos_initrd) = inputs.initrd_in(&dir, |_| {})?;
+    let mut setup = Setup::new(inputs, "nixos-switch")?;
     let stagehand = build_stagehand(inputs)?;
-    let mut image = SystemImage::new(&inputs.systemd)?;
     // The driver script lives in the store and names only the tools, which both
     // generations share (same content, same store paths).
-    let tool_paths = tools.add_to(&mut image)?;
+    let tool_paths = setup.tools.add_to(&mut setup.image)?;
     let bash = tool_paths.get("bash")?.join("bin/bash");
-    let spec_for = |number: u32, driver: &str| {
-        let mut spec = NixosSpec::fixture(
-            number,
-            boot_files(inputs, &nixos_initrd),
-            &inputs.bins.guest_probe,
-            ROOT_LABEL,
-        );
+    let spec_for = |setup: &Setup, number: u32, driver: &str| {
+        let mut spec = setup.spec(inputs, number);
         spec.switch_to_configuration = Some(stagehand.clone());
         spec.etc.push(EtcEntry::Text {
             path: "stagehand-motd".into(),
@@ -405,58 +407,41 @@ pub fn nixos_switch(inputs: &Inputs) -> Result<Outcome> {
             bob.hashed_password = Some("!".into());
             spec.users.push(bob);
         }
-        let unit = |path: &str, text: String| EtcEntry::Text {
-            path: format!("systemd/system/{path}"),
-            text,
-        };
-        spec.etc.push(unit(
+        spec.etc.extend(driver_units(
             DRIVER_UNIT,
-            format!(
-                "[Unit]\nDescription=Switch NixOS-layout generations live\n\
-                 DefaultDependencies=no\nAfter=default.target\n\n\
-                 [Service]\nType=oneshot\nExecStart={bash} {driver}\nTimeoutStartSec=200\n\
-                 StandardOutput=tty\nStandardError=tty\nTTYPath=/dev/console\nTTYReset=no\n\
-                 TTYVHangup=no\n"
-            ),
-        ));
-        spec.etc.push(EtcEntry::Link {
-            path: format!("systemd/system/default.target.wants/{DRIVER_UNIT}"),
-            target: format!("../{DRIVER_UNIT}"),
-        });
-        spec.etc.push(unit(
-            &format!("{PROBE_UNIT}.d/after-switch.conf"),
-            format!("[Unit]\nAfter={DRIVER_UNIT}\n"),
+            "Switch NixOS-layout generations live",
+            &[],
+            &format!("{bash} {driver}"),
         ));
         spec
     };
-    let driver = image
+    let driver = setup
+        .image
         .store
         .add_text("nixos-switch-test.sh", driver_script(&tool_paths)?)?;
-    let g1 = add_nixos_generation(&mut image, &tools, &modules, &spec_for(1, driver.as_str()))?;
-    let g2 = add_nixos_generation(&mut image, &tools, &modules, &spec_for(2, driver.as_str()))?;
+    let g1 = setup.add(&spec_for(&setup, 1, driver.as_str()))?;
+    let g2 = setup.add(&spec_for(&setup, 2, driver.as_str()))?;
     // One initrd serves both generations (same kernel, same filesystems).
-    let (initrd, _) = system_initrd(inputs, &dir, &image, &g1)?;
+    let (initrd, _) = system_initrd(inputs, &setup.dir, &setup.image, &g1)?;
     let mut out = Outcome::default();
     let done = format!("{SWITCH_PREFIX}done");
-    let Some((vm, lines)) =
-        boot_through_our_stage2(inputs, &dir, &initrd, &image, &g1, &done, &mut out)?
+    let Some((vm, lines)) = boot_through_our_stage2(
+        inputs,
+        &setup.dir,
+        &initrd,
+        &setup.image,
+        &g1,
+        &done,
+        &mut out,
+    )?
     else {
         return Ok(out);
     };
-    let snaps = switch_snapshots(&lines);
+    let snaps = Snapshots::read(&lines, SWITCH_PREFIX);
     for label in ["gen1", "dry", "gen2", "back"] {
-        out.notes.push(format!(
-            "{label}: {:?}",
-            snaps.get(label).cloned().unwrap_or_default()
-        ));
+        out.notes.push(format!("{label}: {:?}", snaps.snap(label)));
     }
-    let get = |label: &str, k: &str| {
-        snaps
-            .get(label)
-            .and_then(|s| s.get(k))
-            .cloned()
-            .unwrap_or_default()
-    };
+    let get = |label: &str, k: &str| snaps.get(label, k);
     for step in ["dry-activated-2", "switched-to-2", "switched-to-1"] {
         out.check(
             &format!("{step} exited 0"),
@@ -493,24 +478,6 @@ pub fn nixos_switch(inputs: &Inputs) -> Result<Outcome> {
     Ok(out)
 }
 
-/// `NIXOS-SWITCH <label> k=v …` lines by label.
-fn switch_snapshots(lines: &[Line]) -> BTreeMap<String, BTreeMap<String, String>> {
-    let mut out = BTreeMap::new();
-    for l in lines {
-        let Some(rest) = l.text.split(SWITCH_PREFIX).nth(1) else {
-            continue;
-        };
-        let mut words = rest.split_whitespace();
-        let Some(label) = words.next() else { continue };
-        let kv = words
-            .filter_map(|w| w.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        out.insert(label.to_string(), kv);
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -534,9 +501,9 @@ mod tests {
             failed_snippets(&lines),
             ["Activation script snippet 'users' failed (127)"]
         );
-        let s = switch_snapshots(&lines);
-        assert_eq!(s["gen2"]["bob"], "1");
-        assert_eq!(s["gen2"]["secret"], "a_system=/nix/store/x");
-        assert_eq!(s["switched-to-2"]["exit"], "0");
+        let s = Snapshots::read(&lines, SWITCH_PREFIX);
+        assert_eq!(s.get("gen2", "bob"), "1");
+        assert_eq!(s.get("gen2", "secret"), "a_system=/nix/store/x");
+        assert_eq!(s.get("switched-to-2", "exit"), "0");
     }
 }

@@ -102,16 +102,25 @@ impl Inputs {
         Ok((initrd, path))
     }
 
-    /// Demo generation `number`, booting our kernel with `initrd` and running `stage2`.
-    pub fn generation(&self, number: u32, initrd: &Path, stage2: &Path) -> GenerationSpec {
-        let boot = BootFiles {
+    /// What a generation's bootspec names: our kernel and `initrd`.
+    pub fn boot_files(&self, initrd: &Path) -> BootFiles {
+        BootFiles {
             // The EFI-stub bzImage: systemd-boot starts it as an EFI program (the direct
             // boots take the ELF `vmlinux` from `vm_config` instead).
             kernel: self.kernel.vmlinuz.clone(),
             kernel_version: self.kernel.version.clone(),
             initrd: initrd.to_path_buf(),
-        };
-        GenerationSpec::demo(number, stage2, &self.bins.guest_probe, boot)
+        }
+    }
+
+    /// Demo generation `number`, booting our kernel with `initrd` and running `stage2`.
+    pub fn generation(&self, number: u32, initrd: &Path, stage2: &Path) -> GenerationSpec {
+        GenerationSpec::demo(
+            number,
+            stage2,
+            &self.bins.guest_probe,
+            self.boot_files(initrd),
+        )
     }
 
     /// A system with the demo generation (our stage 2) as generation 1 and current.
@@ -228,6 +237,45 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// The outcome of one VM run of `cfg`: its console log, and the kernel command line
+    /// noted.
+    pub fn for_run(cfg: &VmConfig) -> Outcome {
+        let mut out = Outcome::default();
+        out.start_run(cfg);
+        out
+    }
+
+    /// A VM run of `cfg` starts: its console log is the one to show, its kernel command
+    /// line is noted.
+    pub fn start_run(&mut self, cfg: &VmConfig) {
+        self.log = Some(cfg.log.clone());
+        self.notes
+            .push(format!("kernel command line: {}", cfg.append));
+    }
+
+    /// Record a wait for the console that failed, with the last `context` console lines.
+    pub fn wait_failed(&mut self, vm: &Vm, e: &anyhow::Error, context: usize) {
+        self.failures.push(format!("{e:#}"));
+        self.notes.push(vm.failure_context(context));
+    }
+
+    /// The probe unit powers the VM off when it is done (SuccessAction=poweroff-force):
+    /// QEMU must exit, and cleanly.
+    pub fn check_powered_off(&mut self, vm: &mut Vm) {
+        match vm.wait_exit(STEP) {
+            Ok(status) => self.check("the VM powered off cleanly", status.success(), || {
+                format!("QEMU exited with {status}")
+            }),
+            Err(e) => self.failures.push(format!("power off: {e:#}")),
+        }
+    }
+
+    pub fn check_no_panic(&mut self, lines: &[Line]) {
+        self.check("no kernel panic", !shows(lines, "Kernel panic"), || {
+            "the console shows a kernel panic".into()
+        });
+    }
+
     /// Record a failed check: `what` was expected, `detail` says what was seen instead.
     pub fn check(&mut self, what: &str, ok: bool, detail: impl FnOnce() -> String) {
         if !ok {
@@ -273,13 +321,8 @@ pub fn boot_spine(inputs: &Inputs, echo: bool) -> Result<Outcome> {
     let mut cfg = inputs.vm_config(&initrd_path, vec![img], generation.cmdline(), log);
     cfg.echo = echo;
 
-    let mut out = Outcome {
-        log: Some(cfg.log.clone()),
-        ..Outcome::default()
-    };
-    out.notes.push(sizes_note(inputs, &initrd));
-    out.notes
-        .push(format!("kernel command line: {}", cfg.append));
+    let mut out = Outcome::for_run(&cfg);
+    out.notes.insert(0, sizes_note(inputs, &initrd));
 
     let mut vm = Vm::start(&cfg)?;
     let steps: Vec<(&str, Duration)> = vec![
@@ -302,25 +345,14 @@ pub fn boot_spine(inputs: &Inputs, echo: bool) -> Result<Outcome> {
     })();
     let mut phases = Phases::from_lines(&vm.lines());
     if let Err(e) = result {
-        out.failures.push(format!("{e:#}"));
-        out.notes.push(vm.failure_context(40));
+        out.wait_failed(&vm, &e, 40);
         out.notes.push(phases.to_string());
         return Ok(out);
     }
-    // The probe unit powers the VM off when it is done (SuccessAction=poweroff-force).
-    match vm.wait_exit(STEP) {
-        Ok(status) => {
-            out.check("the VM powered off cleanly", status.success(), || {
-                format!("QEMU exited with {status}")
-            });
-        }
-        Err(e) => out.failures.push(format!("power off: {e:#}")),
-    }
+    out.check_powered_off(&mut vm);
     phases.host_exit = Some(vm.elapsed().as_secs_f64());
     let lines = vm.lines();
-    out.check("no kernel panic", !shows(&lines, "Kernel panic"), || {
-        "the console shows a kernel panic".into()
-    });
+    out.check_no_panic(&lines);
 
     let facts = probe_facts(&lines);
     let fact = |k: &str| facts.get(k).map(String::as_str).unwrap_or("<missing>");
@@ -509,12 +541,7 @@ pub fn corrupt_config_scenario(inputs: &Inputs) -> Result<Outcome> {
     let (img, generation) = inputs.demo_image(&dir, &initrd_path)?;
     let log = dir.join("console.log");
     let cfg = inputs.vm_config(&initrd_path, vec![img], generation.cmdline(), log);
-    let mut out = Outcome {
-        log: Some(cfg.log.clone()),
-        ..Outcome::default()
-    };
-    out.notes
-        .push(format!("kernel command line: {}", cfg.append));
+    let mut out = Outcome::for_run(&cfg);
 
     let mut vm = Vm::start(&cfg)?;
     let result = (|| -> Result<(Line, Line)> {
@@ -540,10 +567,7 @@ pub fn corrupt_config_scenario(inputs: &Inputs) -> Result<Outcome> {
                 vm.elapsed().as_secs_f64()
             ));
         }
-        Err(e) => {
-            out.failures.push(format!("{e:#}"));
-            out.notes.push(vm.failure_context(30));
-        }
+        Err(e) => out.wait_failed(&vm, &e, 30),
     }
     for never in [
         "stage1: loading module",

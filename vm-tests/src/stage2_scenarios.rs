@@ -104,12 +104,7 @@ pub fn no_stage1(inputs: &Inputs) -> Result<Outcome> {
     let append = format!("{} root=/dev/vda", generation.cmdline());
     let log = dir.join("console.log");
     let cfg = inputs.vm_config(&initrd, vec![img], append, log);
-    let mut out = Outcome {
-        log: Some(cfg.log.clone()),
-        ..Outcome::default()
-    };
-    out.notes
-        .push(format!("kernel command line: {}", cfg.append));
+    let mut out = Outcome::for_run(&cfg);
 
     let mut vm = crate::qemu::Vm::start(&cfg)?;
     let result = (|| -> Result<()> {
@@ -120,24 +115,16 @@ pub fn no_stage1(inputs: &Inputs) -> Result<Outcome> {
         Ok(())
     })();
     if let Err(e) = result {
-        out.failures.push(format!("{e:#}"));
-        out.notes.push(vm.failure_context(40));
+        out.wait_failed(&vm, &e, 40);
         return Ok(out);
     }
-    match vm.wait_exit(STEP) {
-        Ok(status) => out.check("the VM powered off cleanly", status.success(), || {
-            format!("QEMU exited with {status}")
-        }),
-        Err(e) => out.failures.push(format!("power off: {e:#}")),
-    }
+    out.check_powered_off(&mut vm);
     let lines = vm.lines();
     let texts: Vec<&str> = lines.iter().map(|l| l.text.as_str()).collect();
     out.check("our stage 1 never ran", !shows(&lines, "stage1: "), || {
         "a stage1: line is on the console".into()
     });
-    out.check("no kernel panic", !shows(&lines, "Kernel panic"), || {
-        "the console shows a kernel panic".into()
-    });
+    out.check_no_panic(&lines);
     // Stage 2 found nothing mounted and mounted all of it: /proc first (it needs it to look),
     // then the rest of the table in order.
     for line in [

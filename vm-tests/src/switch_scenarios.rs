@@ -67,10 +67,6 @@ fn generation(
 ) -> GenerationSpec {
     let mut spec = inputs.generation(number, initrd, &inputs.bins.stage2);
     spec.switch_to_configuration = Some(stagehand.to_path_buf());
-    let unit = |path: &str, text: String| EtcEntry::Text {
-        path: format!("systemd/system/{path}"),
-        text,
-    };
     for s in present {
         // No default dependencies: this system has no sysinit.target or basic.target.
         let seconds = match *s {
@@ -79,7 +75,7 @@ fn generation(
             "c" => 3000,
             _ => 4000,
         };
-        spec.etc.push(unit(
+        spec.etc.push(EtcEntry::unit(
             &format!("{s}.service"),
             format!(
                 "[Unit]\nDescription=Switch test service {s}\nDefaultDependencies=no\n\n\
@@ -92,34 +88,57 @@ fn generation(
         });
     }
     let after: Vec<String> = SERVICES.iter().map(|s| format!("{s}.service")).collect();
-    spec.etc.push(unit(
+    spec.etc.extend(driver_units(
         DRIVER_UNIT,
-        format!(
-            "[Unit]\nDescription=Switch generations live\nDefaultDependencies=no\n\
-             After=default.target {}\n\n\
-             [Service]\nType=oneshot\nExecStart={busybox} sh {driver}\nTimeoutStartSec=200\n\
-             StandardOutput=tty\nStandardError=tty\nTTYPath=/dev/console\nTTYReset=no\n\
-             TTYVHangup=no\n",
-            after.join(" ")
-        ),
-    ));
-    spec.etc.push(EtcEntry::Link {
-        path: format!("systemd/system/default.target.wants/{DRIVER_UNIT}"),
-        target: format!("../{DRIVER_UNIT}"),
-    });
-    // The probe (which powers the VM off) waits for the driver.
-    spec.etc.push(unit(
-        &format!("{PROBE_UNIT}.d/after-switch-test.conf"),
-        format!("[Unit]\nAfter={DRIVER_UNIT}\n"),
+        "Switch generations live",
+        &after,
+        &format!("{busybox} sh {driver}"),
     ));
     spec
 }
 
-/// `SWITCH-TEST <label> k=v …` lines by label.
-fn snapshots(lines: &[Line]) -> BTreeMap<String, BTreeMap<String, String>> {
+/// A switch test's driver: oneshot unit `name` running `exec_start` on the console after
+/// `default.target` (and `after`), pulled in by it; the probe unit (which powers the VM
+/// off) waits for it.
+pub(crate) fn driver_units(
+    name: &str,
+    description: &str,
+    after: &[String],
+    exec_start: &str,
+) -> Vec<EtcEntry> {
+    let mut after_line = String::from("default.target");
+    for unit in after {
+        after_line.push(' ');
+        after_line.push_str(unit);
+    }
+    vec![
+        // No default dependencies: this system has no sysinit.target or basic.target.
+        EtcEntry::unit(
+            name,
+            format!(
+                "[Unit]\nDescription={description}\nDefaultDependencies=no\n\
+                 After={after_line}\n\n\
+                 [Service]\nType=oneshot\nExecStart={exec_start}\nTimeoutStartSec=200\n\
+                 StandardOutput=tty\nStandardError=tty\nTTYPath=/dev/console\nTTYReset=no\n\
+                 TTYVHangup=no\n"
+            ),
+        ),
+        EtcEntry::Link {
+            path: format!("systemd/system/default.target.wants/{name}"),
+            target: format!("../{name}"),
+        },
+        EtcEntry::unit(
+            &format!("{PROBE_UNIT}.d/after-driver.conf"),
+            format!("[Unit]\nAfter={name}\n"),
+        ),
+    ]
+}
+
+/// `<prefix><label> k=v …` lines by label.
+fn snapshots(lines: &[Line], prefix: &str) -> BTreeMap<String, BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
     for l in lines {
-        let Some(rest) = l.text.split(PREFIX).nth(1) else {
+        let Some(rest) = l.text.split(prefix).nth(1) else {
             continue;
         };
         let mut words = rest.split_whitespace();
@@ -204,7 +223,7 @@ pub fn switch_live(inputs: &Inputs) -> Result<Outcome> {
 }
 
 fn check(out: &mut Outcome, lines: &[Line], g1: &BuiltGeneration, g2: &BuiltGeneration) {
-    let snaps = Snapshots(snapshots(lines));
+    let snaps = Snapshots::read(lines, PREFIX);
     for label in ["gen1", "gen2", "back", "again"] {
         out.notes.push(format!("{label}: {:?}", snaps.snap(label)));
     }
@@ -215,15 +234,20 @@ fn check(out: &mut Outcome, lines: &[Line], g1: &BuiltGeneration, g2: &BuiltGene
     });
 }
 
-/// The driver's snapshots by label, read leniently (a missing value is empty, PID 0).
-struct Snapshots(BTreeMap<String, BTreeMap<String, String>>);
+/// A driver's snapshots by label, read leniently (a missing value is empty, PID 0).
+pub(crate) struct Snapshots(BTreeMap<String, BTreeMap<String, String>>);
 
 impl Snapshots {
-    fn snap(&self, label: &str) -> BTreeMap<String, String> {
+    /// The driver's `<prefix><label> k=v …` lines.
+    pub(crate) fn read(lines: &[Line], prefix: &str) -> Snapshots {
+        Snapshots(snapshots(lines, prefix))
+    }
+
+    pub(crate) fn snap(&self, label: &str) -> BTreeMap<String, String> {
         self.0.get(label).cloned().unwrap_or_default()
     }
 
-    fn get(&self, label: &str, k: &str) -> String {
+    pub(crate) fn get(&self, label: &str, k: &str) -> String {
         self.0
             .get(label)
             .and_then(|s| s.get(k))
@@ -384,11 +408,14 @@ mod tests {
             text: t.into(),
             host: std::time::Duration::ZERO,
         };
-        let s = snapshots(&[
-            line("[   5.1] SWITCH-TEST gen1 a=12 a.state=active d=0 d.state=inactive current=/nix/store/x"),
-            line("SWITCH-TEST switched-to-2 exit=0"),
-            line("noise"),
-        ]);
+        let s = snapshots(
+            &[
+                line("[   5.1] SWITCH-TEST gen1 a=12 a.state=active d=0 d.state=inactive current=/nix/store/x"),
+                line("SWITCH-TEST switched-to-2 exit=0"),
+                line("noise"),
+            ],
+            PREFIX,
+        );
         assert_eq!(s["gen1"]["a"], "12");
         assert_eq!(s["gen1"]["d.state"], "inactive");
         assert_eq!(s["switched-to-2"]["exit"], "0");
