@@ -38,6 +38,26 @@ fn generation(r: &FakeRoot) {
 
 fn nothing(_: &FakeRoot) {}
 
+/// Make `entry` a copied one: its `.mode` sidecar holds `mode`, owner and group root.
+fn sidecars(r: &FakeRoot, entry: &str, mode: &str) {
+    r.write(&format!("{entry}.mode"), mode);
+    r.write(&format!("{entry}.uid"), "+0\n");
+    r.write(&format!("{entry}.gid"), "+0\n");
+}
+
+/// `stagehand etc --root <r> <tree>`: (exit code, stderr).
+fn run_etc(r: &FakeRoot, tree: &str) -> (Option<i32>, String) {
+    run(
+        env!("CARGO_BIN_EXE_stagehand"),
+        &[
+            "etc".into(),
+            "--root".into(),
+            r.path().to_string_lossy().into_owned(),
+            tree.to_owned(),
+        ],
+    )
+}
+
 const STAGEHAND: &str = env!("CARGO_BIN_EXE_stagehand");
 
 const CASES: &[Case] = &[
@@ -152,18 +172,8 @@ fn etc_trees_with_hostile_entries_are_refused_entry_by_entry() {
         let source = "/nix/store/h1-bad-source";
         plant(&r.host(source), how, outside.path());
         r.symlink(&format!("{tree}/bad"), source);
-        r.write(&format!("{tree}/bad.mode"), "0400\n");
-        r.write(&format!("{tree}/bad.uid"), "+0\n");
-        r.write(&format!("{tree}/bad.gid"), "+0\n");
-        let (code, stderr) = run(
-            env!("CARGO_BIN_EXE_stagehand"),
-            &[
-                "etc".into(),
-                "--root".into(),
-                r.path().to_string_lossy().into_owned(),
-                tree.clone(),
-            ],
-        );
+        sidecars(&r, &format!("{tree}/bad"), "0400\n");
+        let (code, stderr) = run_etc(&r, &tree);
         match how {
             // Content that is merely odd is copied as it is; the entry is fine.
             stagehand_testkit::hostile::Plant::Bytes(b) => {
@@ -193,18 +203,8 @@ fn etc_trees_with_hostile_entries_are_refused_entry_by_entry() {
     ] {
         let r = FakeRoot::new();
         let tree = r.etc_tree("h2", &[("x", "data\n", None)]);
-        r.write(&format!("{tree}/x.mode"), mode);
-        r.write(&format!("{tree}/x.uid"), "+0\n");
-        r.write(&format!("{tree}/x.gid"), "+0\n");
-        let (code, stderr) = run(
-            env!("CARGO_BIN_EXE_stagehand"),
-            &[
-                "etc".into(),
-                "--root".into(),
-                r.path().to_string_lossy().into_owned(),
-                tree,
-            ],
-        );
+        sidecars(&r, &format!("{tree}/x"), mode);
+        let (code, stderr) = run_etc(&r, &tree);
         if class == "setuid" {
             // NixOS allows any mode; it is declared in the store by the admin.
             assert_eq!(code, Some(0), "{class}: {stderr}");
