@@ -262,18 +262,18 @@ pub fn nixos_native_init(inputs: &Inputs) -> Result<Outcome> {
     Ok(out)
 }
 
-/// Boot `image` (generation `g` through its profile link) and wait until the probe is done;
-/// a boot where NixOS's bash stage 2 runs instead of ours fails at once.
+/// Boot the setup's image (generation `g` through its profile link) and wait until the
+/// probe is done; a boot where NixOS's bash stage 2 runs instead of ours fails at once.
 fn boot_through_our_stage2(
     inputs: &Inputs,
-    dir: &Path,
+    setup: &Setup,
     initrd: &Path,
-    image: &SystemImage,
     g: &BuiltNixos,
     marker: &str,
     out: &mut Outcome,
 ) -> Result<Option<(Vm, Vec<Line>)>> {
-    let img = root_disk(image, dir)?;
+    let dir = &setup.dir;
+    let img = root_disk(&setup.image, dir)?;
     let append = g.cmdline(&format!("{}/init", g.profile_link()));
     let cfg = inputs.vm_config(initrd, vec![img], append, dir.join("console.log"));
     out.start_run(&cfg);
@@ -314,8 +314,7 @@ pub fn nixos_generation(inputs: &Inputs) -> Result<Outcome> {
     let mut out = Outcome::default();
     out.notes
         .push(format!("stagehand-initrd --system chose:\n{choice}"));
-    let Some((vm, lines)) =
-        boot_through_our_stage2(inputs, &setup.dir, &initrd, &setup.image, &g, "", &mut out)?
+    let Some((vm, lines)) = boot_through_our_stage2(inputs, &setup, &initrd, &g, "", &mut out)?
     else {
         return Ok(out);
     };
@@ -425,15 +424,7 @@ pub fn nixos_switch(inputs: &Inputs) -> Result<Outcome> {
     let (initrd, _) = system_initrd(inputs, &setup.dir, &setup.image, &g1)?;
     let mut out = Outcome::default();
     let done = format!("{SWITCH_PREFIX}done");
-    let Some((vm, lines)) = boot_through_our_stage2(
-        inputs,
-        &setup.dir,
-        &initrd,
-        &setup.image,
-        &g1,
-        &done,
-        &mut out,
-    )?
+    let Some((vm, lines)) = boot_through_our_stage2(inputs, &setup, &initrd, &g1, &done, &mut out)?
     else {
         return Ok(out);
     };
