@@ -107,8 +107,20 @@ pub fn plan(a: &ToplevelArgs) -> Result<u8> {
 /// so the options clap checked are handed on in its spelling.
 pub fn bench(a: &BenchArgs) -> Result<u8> {
     let mut args = vec!["--reps".to_owned(), a.reps.to_string()];
-    if let Some(dir) = &a.dir {
+    for dir in &a.dir {
         args.extend(["--dir".to_owned(), dir.clone()]);
+    }
+    if a.activate {
+        args.push("--activate".to_owned());
+    }
+    for (flag, value) in [
+        ("--before", &a.before),
+        ("--sample", &a.sample),
+        ("--floor", &a.floor),
+    ] {
+        if let Some(v) = value {
+            args.extend([flag.to_owned(), v.clone()]);
+        }
     }
     if let Some(dir) = &a.prepare {
         args.extend(["--prepare".to_owned(), dir.clone()]);

@@ -306,9 +306,22 @@ struct BenchArgs {
     /// Repetitions per size
     #[arg(long, value_name = "N", default_value_t = 5)]
     reps: usize,
-    /// Where the scratch roots go [default: $TMPDIR]
+    /// Where the scratch roots go [default: $TMPDIR]; with --activate, repeat it to measure
+    /// on several file systems (e.g. tmpfs and a disk)
     #[arg(long, value_name = "DIR")]
-    dir: Option<String>,
+    dir: Vec<String>,
+    /// Time whole activations (in process and as `stagehand activate` processes), medians
+    #[arg(long)]
+    activate: bool,
+    /// With --activate: also time this other stagehand binary, side by side
+    #[arg(long, value_name = "BIN", requires = "activate")]
+    before: Option<String>,
+    /// One sample for --activate's driver (internal)
+    #[arg(long, value_name = "DIR", hide = true)]
+    sample: Option<String>,
+    /// The whole-process floor for --activate's driver (internal)
+    #[arg(long, value_name = "ROOT", hide = true)]
+    floor: Option<String>,
     /// Only write the generated inputs into DIR and print their paths
     #[arg(long, value_name = "DIR")]
     prepare: Option<String>,

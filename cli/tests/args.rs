@@ -79,7 +79,14 @@ const COMMANDS: &[(&str, &[&str])] = &[
     ),
     (
         "bench",
-        &["--reps <N>", "--dir <DIR>", "--prepare <DIR>", "--stress"],
+        &[
+            "--reps <N>",
+            "--dir <DIR>",
+            "--prepare <DIR>",
+            "--stress",
+            "--activate",
+            "--before <BIN>",
+        ],
     ),
 ];
 

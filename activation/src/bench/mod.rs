@@ -7,6 +7,8 @@ use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+mod activation;
+
 use crate::etc::{self, EtcOptions};
 use crate::users::{self, UsersSpec};
 use stagehand_common::rootfs::Root;
@@ -199,13 +201,13 @@ fn sum(a: &[Sample], b: &[Sample]) -> Vec<Sample> {
 
 /// The least a first run can cost: one `mkdir` per directory and one `symlink` per link of
 /// the tree, made in an empty directory with nothing checked, copied or flushed.
-fn floor_run(scratch: &Path, listing: &etc::EtcTree) -> Result<Sample, String> {
+/// `dir` is made for it and must not exist.
+fn floor_run(dir: &Path, listing: &etc::EtcTree) -> Result<Sample, String> {
     use rustix::fs::{Mode, OFlags};
-    let dir = scratch.join("floor");
-    io(std::fs::create_dir(&dir), "floor dir")?;
+    io(std::fs::create_dir(dir), "floor dir")?;
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
     let fd = io(
-        rustix::fs::open(&dir, flags, Mode::empty()).map_err(Into::into),
+        rustix::fs::open(dir, flags, Mode::empty()).map_err(Into::into),
         "floor dir",
     )?;
     let (_, t) = timed(|| {
@@ -282,8 +284,11 @@ fn prepare(dir: &Path, size: &Size) -> Result<(), String> {
 pub fn run(args: &[String]) -> Result<(), String> {
     let mut reps = 5usize;
     let mut base: Option<PathBuf> = None;
+    let mut dirs: Vec<PathBuf> = Vec::new();
     let mut prepare_dir: Option<PathBuf> = None;
     let mut stress = false;
+    let mut whole_activation = false;
+    let mut before: Option<PathBuf> = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -299,12 +304,36 @@ pub fn run(args: &[String]) -> Result<(), String> {
                     .and_then(|n| n.parse().ok())
                     .ok_or("--reps needs a number")?;
             }
-            "--dir" => base = Some(PathBuf::from(it.next().ok_or("--dir needs a directory")?)),
+            "--dir" => {
+                let d = PathBuf::from(it.next().ok_or("--dir needs a directory")?);
+                dirs.push(d.clone());
+                base = Some(d);
+            }
+            "--activate" => whole_activation = true,
+            "--before" => {
+                before = Some(PathBuf::from(it.next().ok_or("--before needs a binary")?));
+            }
+            "--sample" => {
+                return activation::sample(Path::new(
+                    it.next().ok_or("--sample needs a directory")?,
+                ));
+            }
+            "--floor" => {
+                return activation::floor_process(Path::new(
+                    it.next().ok_or("--floor needs a root")?,
+                ));
+            }
             other => return Err(format!("usage: unknown bench argument {other:?}")),
         }
     }
     if let Some(dir) = prepare_dir {
         return prepare(&dir, &SIZES[usize::from(stress)]);
+    }
+    if whole_activation {
+        if dirs.is_empty() {
+            dirs.push(std::env::temp_dir());
+        }
+        return activation::run(reps, &dirs, before.as_deref());
     }
     let mut report = String::new();
     for size in &SIZES {
@@ -342,7 +371,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
             let listing = etc::list_tree(&root, Path::new(&gen_a)).map_err(|e| e.to_string())?;
             let (_state, t) = timed(|| etc::observe(&root, &listing).map_err(|e| e.to_string()))?;
             etc_t.observe.push(t);
-            etc_t.floor.push(floor_run(r, &listing)?);
+            etc_t.floor.push(floor_run(&r.join("floor"), &listing)?);
             etc_t.again.push(etc_run(&root, &gen_a)?.1);
             etc_t.changed.push(etc_run(&root, &gen_b)?.1);
         }
