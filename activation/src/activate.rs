@@ -190,34 +190,63 @@ pub fn activate(
         if dry { ", dry run" } else { "" }
     );
     let mut report = ActivationReport::default();
-    for name in &compiled.order {
-        let t = Instant::now();
-        let (outcome, messages) = ctx.step(name);
-        let duration = t.elapsed();
-        log_step(name, &outcome, duration, &messages);
-        report.steps.push(StepReport {
-            name: name.clone(),
-            duration,
-            outcome,
-            messages,
-        });
-        if let Some(why) = ctx.stopped.take() {
-            log::error!(
-                "activation stopped: {why}; the remaining steps do not run and \
-                 /run/current-system is not updated, as with NixOS's activate script"
-            );
-            report.stopped_by = Some(name.clone());
-            break;
+    // The etc step's remainder ([`etc::Recheck`]: flush the directories it changed, wait
+    // for the clock tick, read back, store the cache) runs on a thread of its own while the
+    // later steps run, and is joined before `/run/current-system` moves — under the lock,
+    // which is held until this function returns. Handed over through `readback`, so that
+    // it can still run here if no thread can be started.
+    let readback: std::sync::Mutex<Option<etc::Recheck>> = std::sync::Mutex::new(None);
+    std::thread::scope(|scope| {
+        let mut thread = None;
+        for name in &compiled.order {
+            let t = Instant::now();
+            let (outcome, messages) = ctx.step(name);
+            let duration = t.elapsed();
+            log_step(name, &outcome, duration, &messages);
+            report.steps.push(StepReport {
+                name: name.clone(),
+                duration,
+                outcome,
+                messages,
+            });
+            if let (Some(recheck), Some(tree)) = (ctx.etc_recheck.take(), &compiled.etc) {
+                *lock_slot(&readback) = Some(recheck);
+                let (slot, root) = (&readback, &root);
+                let spawned = std::thread::Builder::new()
+                    .name("etc-readback".into())
+                    .spawn_scoped(scope, move || {
+                        if let Some(r) = lock_slot(slot).take() {
+                            r.finish(root, tree);
+                        }
+                    });
+                match spawned {
+                    Ok(h) => thread = Some(h),
+                    Err(e) => log::debug!("etc read-back runs in line: {e}"),
+                }
+            }
+            if let Some(why) = ctx.stopped.take() {
+                log::error!(
+                    "activation stopped: {why}; the remaining steps do not run and \
+                     /run/current-system is not updated, as with NixOS's activate script"
+                );
+                report.stopped_by = Some(name.clone());
+                break;
+            }
         }
-    }
-    if let (Some(recheck), Some(tree)) = (ctx.etc_recheck.take(), &compiled.etc) {
         let t = Instant::now();
-        recheck.finish(&root, tree);
+        if let Some(h) = thread {
+            if h.join().is_err() {
+                log::error!("the etc read-back panicked; the next run reads /etc afresh");
+            }
+        }
+        if let (Some(r), Some(tree)) = (lock_slot(&readback).take(), &compiled.etc) {
+            r.finish(&root, tree);
+        }
         log::debug!(
-            "/etc read back for the next run in {} µs",
+            "waited {} µs for the etc read-back at the end",
             t.elapsed().as_micros()
         );
-    }
+    });
     if !dry && report.stopped_by.is_none() {
         let t = Instant::now();
         let outcome = match point_current_system(&root, &compiled.toplevel) {
@@ -252,6 +281,12 @@ pub fn activate(
     Ok(report)
 }
 
+/// The read-back hand-over slot; a panic while it was held leaves nothing inconsistent in
+/// it (it only ever holds a whole `Recheck` or none).
+fn lock_slot<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn log_step(name: &str, outcome: &Outcome, d: Duration, messages: &[String]) {
     for m in messages {
         log::info!("{name}: {m}");
@@ -276,8 +311,8 @@ struct Ctx<'a> {
     compiled: &'a CompiledPlan,
     dry: bool,
     action: Action,
-    /// Left by the etc step when it changed `/etc`: done after the other steps, by when
-    /// the clock tick it has to wait for has passed ([`etc::Recheck`]).
+    /// Left by the etc step when it changed `/etc`: handed to a thread of its own that runs
+    /// alongside the later steps ([`etc::Recheck`]).
     etc_recheck: std::cell::RefCell<Option<etc::Recheck>>,
     /// Set by a snippet that called `exit`: why activation stops.
     stopped: std::cell::RefCell<Option<String>>,

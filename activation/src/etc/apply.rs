@@ -121,6 +121,23 @@ pub fn apply(root: &Root, plan: &EtcPlan, dry_run: bool) -> Result<EtcOutcome, E
 pub(super) struct Applied {
     pub(super) dirs: HashMap<String, OwnedFd>,
     pub(super) written: HashMap<String, Written>,
+    /// The directory (relative to `/etc`) that the last action carried out changed.
+    pub(super) last_dir: Option<String>,
+}
+
+/// The directory (relative to `/etc`) whose entries action `a` changes.
+fn changed_dir(a: &EtcAction) -> String {
+    match a {
+        EtcAction::SetStatic { .. } | EtcAction::WriteClean { .. } | EtcAction::TouchNixos => {
+            String::new()
+        }
+        EtcAction::RemoveObsoleteLink { rel }
+        | EtcAction::RemoveObsoleteFile { rel }
+        | EtcAction::RemoveStaticDir { rel }
+        | EtcAction::EnsureDir { rel }
+        | EtcAction::Link { rel, .. }
+        | EtcAction::Copy { rel, .. } => rel.rsplit_once('/').map_or("", |(p, _)| p).to_owned(),
+    }
 }
 
 /// [`apply`], also returning what it opened and read ([`Applied`]).
@@ -142,25 +159,31 @@ pub(super) fn apply_keeping_dirs(
     }
     let mut dirs = Dirs::new(root);
     let (mut staged, written) = stage_files(root, plan, &mut dirs);
+    // The step's one `syncfs`, and only when a file was staged: what it buys is that the
+    // bytes of every copied file, `.clean` and `NIXOS` are on disk before the rename that
+    // publishes them, so after a power cut each of them is its old or its new version,
+    // never empty or torn (ext4's delayed allocation would otherwise commit the rename
+    // first). One `syncfs` rather than an `fsync` per file: on a journalling file system
+    // each `fsync` of a new file is a journal commit of its own. Links, directories and
+    // removals need no flush to be atomic; [`super::Recheck`] makes them durable (one
+    // `fsync`), off the critical path.
     if !staged.is_empty() {
         if let Ok(fd) = dirs.get("", false) {
             let _ = rootfs::sync_fs(fd.as_fd());
         }
     }
+    let mut last_dir = None;
     for (i, a) in plan.actions.iter().enumerate() {
         log::debug!("{a}");
         match carry_out(root, &mut dirs, &mut staged, i, a)? {
-            Ok(()) => out.changed += 1,
+            Ok(()) => {
+                out.changed += 1;
+                last_dir = Some(changed_dir(a));
+            }
             Err(e) => out.issues.push(EtcIssue::Io {
                 action: format!("{a} under {}", root.path().display()),
                 error: e.to_string(),
             }),
-        }
-    }
-    // One sync makes every rename, link and removal durable.
-    if !plan.actions.is_empty() {
-        if let Ok(fd) = dirs.get("", false) {
-            let _ = rootfs::sync_fs(fd.as_fd());
         }
     }
     Ok((
@@ -168,6 +191,7 @@ pub(super) fn apply_keeping_dirs(
         Applied {
             dirs: dirs.open,
             written,
+            last_dir,
         },
     ))
 }

@@ -50,7 +50,9 @@
 //! never kept. File systems that keep whole seconds only (ctime nanoseconds of zero) need a
 //! two-second margin instead of a tick. A run that changed `/etc` therefore waits until the
 //! coarse clock has passed the precise time of its last change (at most a tick; nothing on
-//! a disk, where the flush takes longer) before it reads those places again.
+//! a disk, where flushing the changed directories, done first, takes longer) before it
+//! reads those places again. In `activate` that happens on a thread of its own, alongside
+//! the later steps ([`super::Recheck`]).
 
 use rustc_hash::FxHashMap as HashMap;
 use std::collections::hash_map::DefaultHasher;
@@ -170,13 +172,23 @@ pub fn precise_now() -> Time {
 
 /// Wait (at most ~50 ms) until the coarse clock has moved past `t`. With `t` from
 /// [`precise_now`] after our last change, every stamp taken afterwards is clear of our own
-/// changes (a coarse clock reading taken before it is later than their ctimes).
+/// changes (a coarse clock reading taken before it is later than their ctimes). Sleeps
+/// until the tick is due (the coarse clock's resolution is the tick), then polls finely:
+/// sleeping a whole millisecond at a time overshot by most of one.
 pub fn wait_past(t: Time) {
-    for _ in 0..50 {
-        if coarse_now() > t {
+    let nanos = |t: Time| i128::from(t.sec) * 1_000_000_000 + i128::from(t.nsec);
+    let res = rustix::time::clock_getres(rustix::time::ClockId::RealtimeCoarse);
+    let tick = i128::from(res.tv_sec) * 1_000_000_000 + i128::from(res.tv_nsec);
+    let due = nanos(t) + tick.clamp(0, 20_000_000);
+    let start = std::time::Instant::now();
+    while coarse_now() <= t {
+        if start.elapsed() > std::time::Duration::from_millis(50) {
             return;
         }
-        std::thread::sleep(std::time::Duration::from_millis(1));
+        let ahead = u64::try_from(due - nanos(precise_now())).unwrap_or(0);
+        std::thread::sleep(std::time::Duration::from_nanos(
+            ahead.clamp(50_000, 1_000_000),
+        ));
     }
 }
 

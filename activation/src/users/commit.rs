@@ -162,6 +162,9 @@ pub fn commit(
         rootfs::write_tmp(dir, &rootfs::tmp_name(&name), contents, *perms, false)
             .map_err(|e| write_err(root, path, e))?;
     }
+    // The one `syncfs` of the commit: the new files' bytes are on disk before the journal
+    // that names them, so a journal that survives a power cut always has whole temporary
+    // files to roll forward (and a rename never publishes an empty file).
     sync_all(&dirs)?;
     if stop == StopAt::AfterTemps {
         return Ok(());
@@ -197,7 +200,12 @@ fn roll_forward(dirs: &mut DirCache, paths: &[&str]) -> Result<(), UsersError> {
             Err(e) => return Err(write_err(root, path, e.into())),
         }
     }
-    sync_all(dirs)?;
+    // The renames must be durable before the journal goes, or a power cut could leave a
+    // mix of old and new files with no journal to finish it. Their files' bytes are on
+    // disk already (the `syncfs` before the journal was written), so flushing the
+    // directories that hold the renamed entries is enough: an `fsync` each, not a second
+    // `syncfs` (which would also wait for every other dirty page of the file system).
+    fsync_parents(dirs, paths)?;
     let (etc, jname) = dirs
         .parent(Path::new(JOURNAL))
         .map_err(|e| write_err(root, JOURNAL, e))?;
@@ -209,6 +217,24 @@ fn roll_forward(dirs: &mut DirCache, paths: &[&str]) -> Result<(), UsersError> {
     }
     // Not flushed: a journal that survives a crash is only rolled forward again, which
     // finds nothing left to rename.
+    Ok(())
+}
+
+/// `fsync` each directory that holds one of `paths` (`/etc`, `/var/lib/nixos`), once.
+fn fsync_parents(dirs: &mut DirCache, paths: &[&str]) -> Result<(), UsersError> {
+    let root = dirs.root;
+    let mut done: Vec<&Path> = Vec::new();
+    for path in paths {
+        let parent = Path::new(path).parent().unwrap_or(Path::new("/"));
+        if done.contains(&parent) {
+            continue;
+        }
+        let (dir, _) = dirs
+            .parent(Path::new(path))
+            .map_err(|e| write_err(root, path, e))?;
+        rootfs::fsync_dir(dir).map_err(|e| write_err(root, path, e))?;
+        done.push(parent);
+    }
     Ok(())
 }
 
