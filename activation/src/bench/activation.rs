@@ -149,6 +149,9 @@ pub fn floor_process(root_dir: &Path) -> Result<(), String> {
 /// One sample of this binary on the file system of `base`: `KEY MS` lines on stdout.
 pub fn sample(base: &Path) -> Result<(), String> {
     let mut out = String::new();
+    // What starting this binary costs at all, for the whole-process rows.
+    let start = whole(&["--version"])?;
+    let _ = writeln!(out, "start first whole-process {start:.3}");
     for shape in [Shape::Etc, Shape::Users] {
         for (mode, n) in [("in-process", 0), ("whole-process", 1)] {
             let scratch = Scratch::new(Some(base), n * 2 + usize::from(shape == Shape::Users))?;
@@ -279,14 +282,21 @@ pub fn run(reps: usize, dirs: &[PathBuf], before: Option<&Path>) -> Result<(), S
                 println!("{line}");
             }
         }
-        let mut line =
-            "| floor: one mkdir or symlink per etc directory or link | first |".to_owned();
-        for mode in ["in-process", "whole-process"] {
-            for b in 0..bins.len() {
-                let _ = write!(line, " {} |", cell(b, d, &format!("floor first {mode}")));
+        for (label, key) in [
+            (
+                "floor: one mkdir or symlink per etc directory or link",
+                "floor",
+            ),
+            ("process start: `stagehand --version`", "start"),
+        ] {
+            let mut line = format!("| {label} | first |");
+            for mode in ["in-process", "whole-process"] {
+                for b in 0..bins.len() {
+                    let _ = write!(line, " {} |", cell(b, d, &format!("{key} first {mode}")));
+                }
             }
+            println!("{line}");
         }
-        println!("{line}");
     }
     Ok(())
 }
