@@ -190,8 +190,8 @@ pub fn activate(
         if dry { ", dry run" } else { "" }
     );
     let mut report = ActivationReport::default();
-    // The etc step's remainder ([`etc::Recheck`]: flush the directories it changed, wait
-    // for the clock tick, read back, store the cache) runs on a thread of its own while the
+    // The etc step's remainder ([`etc::Recheck`]: flush its changes, wait for the clock
+    // tick, read back, store the cache) runs on a thread of its own while the
     // later steps run, and is joined before `/run/current-system` moves — under the lock,
     // which is held until this function returns. Handed over through `readback`, so that
     // it can still run here if no thread can be started.

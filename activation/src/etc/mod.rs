@@ -305,9 +305,8 @@ impl Recheck {
         };
         match flushed {
             Ok(()) => true,
-            // Removed by the run itself (a directory a link replaced): then its parent was
-            // changed after it, and is the last one.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => true,
+            // Also when someone removed the directory since: then nothing vouches for the
+            // run's changes being on disk, and the cache is not stored.
             Err(e) => {
                 log::warn!("cannot flush /etc/{rel} to disk: {e}");
                 false
