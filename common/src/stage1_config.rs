@@ -16,7 +16,8 @@ pub const STAGE1_CONFIG_PATH: &str = "/etc/stagehand/stage1.cfg";
 pub const STAGE1_CONFIG_KIND: Kind = Kind {
     magic: *b"SHSTAGE1",
     // 2: `options` (fsck policy and tools, resume devices).
-    version: 2,
+    // 3: `Module::cpu_aliases` (modules for CPU features this machine lacks are not tried).
+    version: 3,
     name: "stage-1 config",
 };
 
@@ -94,6 +95,11 @@ pub struct Module {
     /// A failure to load an optional module is logged, not fatal (e.g. a CPU-specific
     /// crc32c implementation that is absent on this machine).
     pub optional: bool,
+    /// The module's `cpu:` aliases from its `.modinfo` (`cpu:type:x86,ven*fam*mod*:feature:*0094*`
+    /// for `crc32c_intel`, which needs SSE4.2): a module that has some and none of them
+    /// matches the CPU's modalias refuses to load with ENODEV, so stage 1 does not try an
+    /// optional one. Empty for a module that does not depend on CPU features.
+    pub cpu_aliases: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -135,6 +141,7 @@ mod tests {
                 path: "/lib/modules/virtio_blk.ko".into(),
                 params: String::new(),
                 optional: false,
+                cpu_aliases: vec!["cpu:type:x86,ven*fam*mod*:feature:*0094*".into()],
             }],
             filesystems: vec![FileSystem {
                 mount_point: "/".into(),

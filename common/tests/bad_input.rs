@@ -83,14 +83,19 @@ const CONFIG_CASES: &[(&str, Damage, &[&str])] = &[
         |b| b[8..10].copy_from_slice(&99u16.to_le_bytes()),
         &[
             "format version 99",
-            "reads version 2",
+            "reads version 3",
             "rebuild the file with a matching Stagehand",
         ],
     ),
     (
         "old version 1",
         |b| b[8..10].copy_from_slice(&1u16.to_le_bytes()),
-        &["format version 1 ", "reads version 2"],
+        &["format version 1 ", "reads version 3"],
+    ),
+    (
+        "previous version 2 (before the modules' cpu aliases)",
+        |b| b[8..10].copy_from_slice(&2u16.to_le_bytes()),
+        &["format version 2 ", "reads version 3"],
     ),
     (
         "reserved field set",

@@ -551,6 +551,7 @@ fn add_modules(
                 .map(|p| p.to_string())
                 .unwrap_or_default(),
             optional: m.optional,
+            cpu_aliases: m.cpu_aliases.clone(),
         });
     }
     Ok(config_modules)

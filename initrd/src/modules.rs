@@ -141,6 +141,18 @@ pub fn parse_modinfo(section: &[u8]) -> ModInfo {
     info
 }
 
+/// The `cpu:` aliases among a module's aliases: what `MODULE_DEVICE_TABLE(x86cpu, …)`
+/// (or another architecture's CPU-feature table) produces. The kernel's CPU modalias
+/// (`/sys/devices/system/cpu/modalias`) matches one of them exactly when the CPU has what
+/// the module needs; stage 1 compares them at boot.
+pub fn cpu_aliases(aliases: &[String]) -> Vec<String> {
+    aliases
+        .iter()
+        .filter(|a| a.starts_with("cpu:"))
+        .cloned()
+        .collect()
+}
+
 /// The `pre:` words of a softdep value such as `pre: crc32c post: foo`. Words before any
 /// `pre:`/`post:` marker are ignored, as modprobe does.
 fn softdep_pre(value: &str) -> Vec<String> {
@@ -240,6 +252,8 @@ pub struct ResolvedModule {
     pub optional: bool,
     /// `firmware=` entries of the module.
     pub firmware: Vec<String>,
+    /// Its `cpu:` aliases (the CPU features it needs, see [`cpu_aliases`]).
+    pub cpu_aliases: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -496,6 +510,7 @@ impl ModuleIndex {
                     source: l.path.clone(),
                     optional: !required_set.contains(&name),
                     firmware: l.info.firmware.clone(),
+                    cpu_aliases: cpu_aliases(&l.info.aliases),
                 });
             }
         }

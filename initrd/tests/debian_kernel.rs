@@ -384,6 +384,22 @@ fn initrd_for_virtio_ext4_root() {
         .map(|m| m.name.as_str())
         .collect();
     assert_eq!(optional, ["crc32c_intel"]);
+    // The CPU feature crc32c_intel is for (SSE4.2, X86_FEATURE_XMM4_2 = 0x94) goes into
+    // the config for stage 1 to compare with the CPU; the generic modules have none.
+    let cpu: Vec<(&str, &[String])> = a
+        .config
+        .modules
+        .iter()
+        .filter(|m| !m.cpu_aliases.is_empty())
+        .map(|m| (m.name.as_str(), m.cpu_aliases.as_slice()))
+        .collect();
+    assert_eq!(
+        cpu,
+        [(
+            "crc32c_intel",
+            &["cpu:type:x86,ven*fam*mod*:feature:*0094*".to_string()][..]
+        )]
+    );
     // What `stagehand install-bootloader --initrd` reads back: the kernel the modules were
     // built for, from their vermagic, equal to the tree's directory name (`uname -r`).
     let version = dir

@@ -15,7 +15,7 @@ use stagehand_common::stage1_config::{Stage1Config, STAGE1_CONFIG_PATH};
 use stagehand_common::timing::monotonic_us;
 
 use crate::plan::{BreakPoint, Plan, TARGET_ROOT};
-use crate::{attempts, carried, init_path, root, secrets, sys};
+use crate::{attempts, carried, cpu, init_path, root, secrets, sys};
 use stagehand_common::emergency::{fail, FailurePolicy};
 use stagehand_common::panic_hook::{self, PanicRoute};
 
@@ -123,7 +123,19 @@ fn run(started: Instant, mut times: attempts::Times) {
 
     let t_us = monotonic_us();
     let t = Instant::now();
+    let modalias = cpu::read_modalias(&plan.modules);
+    let mut skipped = 0;
     for module in &plan.modules {
+        let decision = cpu::decide(module, modalias.as_deref());
+        if decision == cpu::Decision::Skip {
+            log::info!(
+                "module {} not loaded: this CPU lacks the features it is for ({})",
+                module.name,
+                module.cpu_aliases.join(" ")
+            );
+            skipped += 1;
+            continue;
+        }
         let m = Instant::now();
         match sys::load_module(module) {
             Ok(()) => log::info!(
@@ -132,6 +144,14 @@ fn run(started: Instant, mut times: attempts::Times) {
                 m.elapsed().as_millis()
             ),
             Err(e) if module.optional => log::warn!("optional module skipped: {e}"),
+            Err(e) if decision == cpu::Decision::LoadMismatched => {
+                let why = format!(
+                    "{e} (none of its CPU aliases, {}, matches this CPU's {})",
+                    module.cpu_aliases.join(" "),
+                    cpu::CPU_MODALIAS
+                );
+                fail(&policy, "loading kernel modules", &why);
+            }
             Err(e) => {
                 fail(&policy, "loading kernel modules", &e);
             }
@@ -141,7 +161,7 @@ fn run(started: Instant, mut times: attempts::Times) {
     times.phases.since("modules", t_us);
     log::info!(
         "{} modules loaded in {} ms",
-        plan.modules.len(),
+        plan.modules.len().saturating_sub(skipped),
         t.elapsed().as_millis()
     );
     if plan.break_at == Some(BreakPoint::Modules) {

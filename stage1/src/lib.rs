@@ -19,6 +19,7 @@ pub mod boot;
 #[cfg(test)]
 mod boot_tests;
 pub mod carried;
+pub mod cpu;
 pub mod devices;
 pub mod fsck;
 pub mod init_path;
