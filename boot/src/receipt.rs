@@ -128,6 +128,27 @@ pub struct Stage1Times {
     pub end_us: u64,
     #[serde(rename = "total")]
     pub total_us: u64,
+    /// Inside `finit_module` (the kernel reading, checking and initialising modules).
+    /// This and the next three are absent from the receipts of stage 1s before them.
+    #[serde(
+        rename = "finit_module",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub finit_module_us: Option<u64>,
+    /// Blocked waiting for device nodes (the disk's driver).
+    #[serde(
+        rename = "device_wait",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub device_wait_us: Option<u64>,
+    /// In the filesystem checkers (the `fsck …` phases).
+    #[serde(rename = "fsck", default, skip_serializing_if = "Option::is_none")]
+    pub fsck_us: Option<u64>,
+    /// Stage 1's own work: `total` less `finit_module`, `fsck` and `device_wait`.
+    #[serde(rename = "own", default, skip_serializing_if = "Option::is_none")]
+    pub own_us: Option<u64>,
     /// Every step's start and end, in order (the boot timeline).
     pub phases: Spans,
 }
@@ -161,6 +182,10 @@ pub struct Stage1Receipt {
     /// `false` when stage 1 did not count this boot.
     #[serde(default)]
     pub counting: Option<bool>,
+    /// Stage 1's peak resident set size (`VmHWM`) in KiB, read just before the receipt
+    /// was written (absent from older stage 1s' receipts).
+    #[serde(default)]
+    pub peak_rss_kib: Option<u64>,
     pub times_us: Stage1Times,
 }
 
@@ -335,6 +360,9 @@ pub struct BootReceipt {
     pub counter: Option<CounterChange>,
     /// What `stagehand.bless=stage2` marked good.
     pub blessed: Option<String>,
+    /// Stage 1's peak resident set size in KiB, when its receipt says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage1_peak_rss_kib: Option<u64>,
     pub times_us: BootTimes,
 }
 
@@ -356,6 +384,7 @@ impl BootReceipt {
             fallback: stage1.and_then(|s| s.fallback.clone()),
             counter: stage1.and_then(|s| s.counter),
             blessed: blessed.map(str::to_owned),
+            stage1_peak_rss_kib: stage1.and_then(|s| s.peak_rss_kib),
             times_us: BootTimes {
                 stage1: stage1.map(|s| s.times_us.clone()),
                 stage2,
@@ -386,9 +415,16 @@ impl BootReceipt {
         }
         if let Some(s1) = &self.times_us.stage1 {
             line.push_str(&format!(
-                "; stage1 {} us (modules {}, devices+fsck+mounts {}, counting {})",
+                "; stage1 {} us (modules {}, devices+fsck+mounts {}, counting {}",
                 s1.total_us, s1.modules_us, s1.mounts_us, s1.attempts_us
             ));
+            if let Some(own) = s1.own_us {
+                line.push_str(&format!("; own work {own}"));
+            }
+            if let Some(kib) = self.stage1_peak_rss_kib {
+                line.push_str(&format!("; peak RSS {kib} KiB"));
+            }
+            line.push(')');
         }
         let s2 = &self.times_us.stage2;
         line.push_str(&format!(
@@ -492,8 +528,8 @@ mod tests {
             ),
             (
                 "unknown time",
-                FALLBACK.replace("\"total\":30", "\"total\":30,\"fsck\":1"),
-                "fsck",
+                FALLBACK.replace("\"total\":30", "\"total\":30,\"resume\":1"),
+                "resume",
             ),
             (
                 "version",

@@ -325,6 +325,43 @@ pub struct Times {
     pub mounts_us: u64,
     pub attempts_us: u64,
     pub end_us: u64,
+    /// Time inside `finit_module` (the kernel reading, checking and initialising modules).
+    pub finit_us: u64,
+    /// Time blocked waiting for device nodes to appear (the disk's driver probing).
+    pub device_wait_us: u64,
+    /// Stage 1's peak resident set (`VmHWM`), read just before the receipt is written.
+    pub peak_rss_kib: Option<u64>,
+}
+
+impl Times {
+    /// Time in the filesystem checkers: the `fsck …` phases.
+    pub fn fsck_us(&self) -> u64 {
+        self.phases
+            .0
+            .iter()
+            .filter(|p| p.name.starts_with("fsck "))
+            .map(|p| p.end_us.saturating_sub(p.start_us))
+            .sum()
+    }
+
+    /// Stage 1's own work: from its start to the receipt, less what the kernel and the
+    /// checkers spend for it (`finit_module`, fsck) and the wait for the disk.
+    pub fn own_us(&self) -> u64 {
+        self.end_us
+            .saturating_sub(self.start_us)
+            .saturating_sub(self.finit_us)
+            .saturating_sub(self.fsck_us())
+            .saturating_sub(self.device_wait_us)
+    }
+}
+
+/// `VmHWM` of a `/proc/<pid>/status` text, in KiB (the kernel writes kB meaning KiB).
+pub fn peak_rss_kib(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|n| n.trim().parse().ok())
 }
 
 /// The JSON stage 1 leaves in [`STAGE1_RECEIPT`] for stage 2 and the blesser: the form
@@ -372,14 +409,21 @@ pub fn stage1_json(
         }
         _ => s.push_str(",\"reason\":\"init=\",\"counting\":false"),
     }
+    if let Some(kib) = times.peak_rss_kib {
+        s.push_str(&format!(",\"peak_rss_kib\":{kib}"));
+    }
     s.push_str(&format!(
-        ",\"times_us\":{{\"start\":{},\"modules\":{},\"mounts\":{},\"attempts\":{},\"end\":{},\"total\":{},\"phases\":{}}}",
+        ",\"times_us\":{{\"start\":{},\"modules\":{},\"mounts\":{},\"attempts\":{},\"end\":{},\"total\":{},\"finit_module\":{},\"device_wait\":{},\"fsck\":{},\"own\":{},\"phases\":{}}}",
         times.start_us,
         times.modules_us,
         times.mounts_us,
         times.attempts_us,
         times.end_us,
         times.end_us.saturating_sub(times.start_us),
+        times.finit_us,
+        times.device_wait_us,
+        times.fsck_us(),
+        times.own_us(),
         times.phases.to_json()
     ));
     s.push_str("}\n");
@@ -461,6 +505,10 @@ pub fn count_boot(
     }
     times.attempts_us = monotonic_us().saturating_sub(t);
     times.phases.since("boot counting", t);
+    times.peak_rss_kib = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .as_deref()
+        .and_then(peak_rss_kib);
     times.end_us = monotonic_us();
     let text = stage1_json(requested.as_deref(), choice.as_ref(), &init, tries, times);
     if let Err(e) =

@@ -137,7 +137,9 @@ fn run(started: Instant, mut times: attempts::Times) {
             continue;
         }
         let m = Instant::now();
-        match sys::load_module(module) {
+        let loaded = sys::load_module(module);
+        times.finit_us += m.elapsed().as_micros() as u64;
+        match loaded {
             Ok(()) => log::info!(
                 "loading module {}: done in {} ms",
                 module.name,
@@ -177,7 +179,7 @@ fn run(started: Instant, mut times: attempts::Times) {
         fail(&policy, "creating the mount point of the new root", &e);
     }
     let t = Instant::now();
-    root::mount_all(&plan, &policy, new_root, &mut times.phases);
+    times.device_wait_us = root::mount_all(&plan, &policy, new_root, &mut times.phases);
     times.mounts_us = t.elapsed().as_micros() as u64;
     if plan.break_at == Some(BreakPoint::Mounts) {
         fail(

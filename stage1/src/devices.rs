@@ -51,6 +51,8 @@ pub struct Registry {
     devices: BTreeMap<String, Device>,
     /// Partition entries of each whole disk, by partition number.
     tables: BTreeMap<String, BTreeMap<u32, PartEntry>>,
+    /// Time [`Registry::wait_all`] spent blocked for new nodes (not scanning or probing).
+    pub waited: Duration,
 }
 
 impl Registry {
@@ -65,6 +67,7 @@ impl Registry {
             dev: dev.to_owned(),
             devices: BTreeMap::new(),
             tables: BTreeMap::new(),
+            waited: Duration::ZERO,
         }
     }
 
@@ -207,6 +210,7 @@ impl Registry {
                 return found;
             }
             let left = left.unwrap_or_default();
+            let blocked = Instant::now();
             match &watch {
                 Ok(fd) => {
                     let ts = Timespec {
@@ -221,6 +225,7 @@ impl Registry {
                 // Without inotify, fall back to looking again every 50 ms.
                 Err(_) => std::thread::sleep(left.min(Duration::from_millis(50))),
             }
+            self.waited += blocked.elapsed();
         }
     }
 }

@@ -25,7 +25,8 @@ struct Wanted {
 
 /// Wait for every block device the boot needs (together, with one deadline), resume
 /// from hibernation if there is an image, then check and mount the filesystems in order.
-pub fn mount_all(plan: &Plan, policy: &FailurePolicy, new_root: &Path, phases: &mut Spans) {
+/// Returns the microseconds spent blocked waiting for device nodes.
+pub fn mount_all(plan: &Plan, policy: &FailurePolicy, new_root: &Path, phases: &mut Spans) -> u64 {
     let t = Instant::now();
     let t_us = monotonic_us();
     let mut registry = devices::Registry::system();
@@ -155,6 +156,7 @@ pub fn mount_all(plan: &Plan, policy: &FailurePolicy, new_root: &Path, phases: &
             }
         }
     }
+    registry.waited.as_micros() as u64
 }
 
 /// Resume from hibernation if the plan and the devices say there is an image; the

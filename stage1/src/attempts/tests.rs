@@ -204,10 +204,14 @@ fn the_receipt_round_trips_through_the_typed_reader() {
         mounts_us: 30,
         attempts_us: 2,
         end_us: 190,
+        finit_us: 5,
+        device_wait_us: 11,
+        peak_rss_kib: Some(1234),
         ..Times::default()
     };
     times.phases.push("modules", 110, 117);
-    times.phases.push("mount \"/\" \\ \u{1}é", 120, 150);
+    times.phases.push("fsck /", 118, 121);
+    times.phases.push("mount \"/\" \\ \u{1}é", 121, 150);
     let p = profiles();
     let untried = decide("h3-nixos-system-x-3", &p, &[], 3);
     let counting = decide(
@@ -333,11 +337,20 @@ fn the_receipt_round_trips_through_the_typed_reader() {
             (100, 7, 30, 2, 190, 90),
             "{text}"
         );
+        // Own work: 90 less finit_module 5, fsck 3 and the wait for the disk 11.
+        assert_eq!(
+            (t.finit_module_us, t.fsck_us, t.device_wait_us, t.own_us),
+            (Some(5), Some(3), Some(11), Some(71)),
+            "{text}"
+        );
+        assert_eq!(r.peak_rss_kib, Some(1234), "{text}");
         assert_eq!(t.phases, times.phases, "{text}");
     }
     // Not counting: no decision, and the receipt says so.
     let text = stage1_json(None, None, "/init", 0, &Times::default());
     let r = Stage1Receipt::parse(path, text.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+    // No VmHWM (no /proc): the key is left out and reads as unknown.
+    assert_eq!(r.peak_rss_kib, None, "{text}");
     assert_eq!(
         (r.reason, r.counting, r.tries),
         (typed::Reason::Requested, Some(false), 0)
@@ -347,4 +360,16 @@ fn the_receipt_round_trips_through_the_typed_reader() {
         (None, None, None)
     );
     assert!(r.times_us.phases.0.is_empty());
+}
+
+#[test]
+fn peak_rss_comes_from_vmhwm() {
+    // The lines around it as Linux 6.1 writes them.
+    let status = "Name:\tstage1\nVmPeak:\t    9000 kB\nVmSize:\t    8900 kB\n\
+                  VmHWM:\t    2316 kB\nVmRSS:\t    2200 kB\n";
+    assert_eq!(peak_rss_kib(status), Some(2316));
+    assert_eq!(peak_rss_kib("Name:\tx\nVmRSS:\t 1 kB\n"), None);
+    assert_eq!(peak_rss_kib("VmHWM:\t lots kB\n"), None);
+    let own = std::fs::read_to_string("/proc/self/status").expect("status");
+    assert!(peak_rss_kib(&own).is_some_and(|k| k > 0), "{own}");
 }
