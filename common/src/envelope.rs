@@ -140,7 +140,7 @@ pub fn encode<T: Serialize>(kind: Kind, value: &T) -> Result<Vec<u8>, EnvelopeEr
     out.extend_from_slice(&kind.version.to_le_bytes());
     out.extend_from_slice(&0u16.to_le_bytes());
     out.extend_from_slice(&len.to_le_bytes());
-    out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    out.extend_from_slice(&crate::crc32::hash(&payload).to_le_bytes());
     out.extend_from_slice(&payload);
     Ok(out)
 }
@@ -190,7 +190,7 @@ pub fn verify(kind: Kind, bytes: &[u8]) -> Result<&[u8], EnvelopeError> {
             extra: body.len() - len,
         });
     }
-    let computed = crc32fast::hash(body);
+    let computed = crate::crc32::hash(body);
     if computed != stored {
         return Err(EnvelopeError::ChecksumMismatch { stored, computed });
     }

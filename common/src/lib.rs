@@ -12,6 +12,7 @@ pub mod atomic;
 pub mod boot_counting;
 pub mod chroot;
 pub mod cmdline;
+pub mod crc32;
 pub mod date;
 pub mod emergency;
 pub mod envelope;

@@ -241,18 +241,41 @@ fn device_timeout(cmdline: &Cmdline, warnings: &mut Vec<String>) -> Option<u32> 
         .filter(|(k, v)| TIMEOUT_PARAMS.contains(k) && v.is_some())
         .last()?;
     let value = value.unwrap_or_default();
-    match value.parse::<f64>() {
-        // Keep it within u32 milliseconds (about 49 days): "forever" in practice.
-        Ok(secs) if secs.is_finite() && secs >= 0.0 => {
-            Some((secs * 1000.0).round().min(f64::from(u32::MAX)) as u32)
-        }
-        _ => {
+    match seconds_to_ms(value) {
+        Some(ms) => Some(ms),
+        None => {
             warnings.push(format!(
                 "{name}={value} is not a number of seconds; using the configured device timeout"
             ));
             None
         }
     }
+}
+
+/// `SECONDS[.FRACTION]` (either part may be empty, not both) in milliseconds, rounded to
+/// the nearest and kept within u32 (about 49 days: "forever" in practice). Decimal by
+/// hand rather than through `f64`: the float parser and its tables are 16 KiB of stage 1.
+fn seconds_to_ms(value: &str) -> Option<u32> {
+    let (whole, fraction) = value.split_once('.').unwrap_or((value, ""));
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if (whole.is_empty() && fraction.is_empty()) || !digits(whole) || !digits(fraction) {
+        return None;
+    }
+    // Leading zeros and a whole part of any length: saturate rather than overflow.
+    let secs = whole.bytes().fold(0u64, |n, b| {
+        n.saturating_mul(10).saturating_add(u64::from(b - b'0'))
+    });
+    let mut frac = fraction.bytes().chain(std::iter::repeat(b'0'));
+    let mut ms = 0u64;
+    for _ in 0..3 {
+        ms = ms * 10 + u64::from(frac.next().unwrap_or(b'0') - b'0');
+    }
+    // Round half up on the fourth fractional digit.
+    if frac.next().is_some_and(|d| d >= b'5') {
+        ms += 1;
+    }
+    let total = secs.saturating_mul(1000).saturating_add(ms);
+    Some(u32::try_from(total).unwrap_or(u32::MAX))
 }
 
 fn is_tmpfs(fs: &FileSystem) -> bool {
@@ -471,6 +494,35 @@ mod tests {
         assert_eq!(p.device_timeout_ms, 20_000);
         assert!(p.warnings[0].contains("rd.device_timeout=soon"));
         assert_eq!(plan("rd.device_timeout=-1", &config()).warnings.len(), 1);
+    }
+
+    #[test]
+    fn device_timeouts_in_decimal_seconds() {
+        for (text, ms) in [
+            ("1.5", Some(1500)),
+            ("0.5", Some(500)),
+            ("3", Some(3000)),
+            (".25", Some(250)),
+            ("2.", Some(2000)),
+            ("0.0005", Some(1)),
+            ("0.0004", Some(0)),
+            ("0.9996", Some(1000)),
+            ("007.010", Some(7010)),
+            ("99999999999999999999999", Some(u32::MAX)),
+            ("4294967.295", Some(u32::MAX)),
+            ("4294967.2955", Some(u32::MAX)),
+            ("", None),
+            (".", None),
+            ("-1", None),
+            ("+1", None),
+            ("1e3", None),
+            ("1.2.3", None),
+            (" 1", None),
+            ("inf", None),
+            ("NaN", None),
+        ] {
+            assert_eq!(seconds_to_ms(text), ms, "{text:?}");
+        }
     }
 
     #[test]

@@ -125,7 +125,7 @@ fn read_header<R: Read + Seek>(
     if let Some(field) = hdr.get_mut(16..20) {
         field.fill(0);
     }
-    if crc32fast::hash(&hdr) != stored {
+    if stagehand_common::crc32::hash(&hdr) != stored {
         return Ok(None);
     }
     if le64(&h, 24) != lba {
@@ -153,7 +153,7 @@ fn read_header<R: Read + Seek>(
     let Some(entries) = disk.read(off, array_len as usize)? else {
         return Ok(None);
     };
-    if crc32fast::hash(&entries) != le32(&h, 88) {
+    if stagehand_common::crc32::hash(&entries) != le32(&h, 88) {
         return Ok(None);
     }
     Ok(Some((

@@ -110,7 +110,7 @@ fn dashed(b: &[u8]) -> String {
 
 /// CRC-32C (Castagnoli, reflected polynomial 0x82F63B78) register update without the
 /// initial or final inversion; each filesystem applies those differently, so the caller
-/// does. `crc32fast` only implements the IEEE polynomial, and a 1 KiB table is cheaper
+/// does. `stagehand_common::crc32` is the IEEE polynomial only, and a 1 KiB table is cheaper
 /// than a new dependency.
 pub(crate) fn crc32c_update(crc: u32, data: &[u8]) -> u32 {
     data.iter().fold(crc, |crc, &b| crc32c_byte(crc, b))
