@@ -129,7 +129,7 @@ pub struct Stage1Times {
     #[serde(rename = "total")]
     pub total_us: u64,
     /// Inside `finit_module` (the kernel reading, checking and initialising modules).
-    /// This and the next three are absent from the receipts of stage 1s before them.
+    /// This and the next four are absent from the receipts of stage 1s before them.
     #[serde(
         rename = "finit_module",
         default,
@@ -149,6 +149,9 @@ pub struct Stage1Times {
     /// Stage 1's own work: `total` less `finit_module`, `fsck` and `device_wait`.
     #[serde(rename = "own", default, skip_serializing_if = "Option::is_none")]
     pub own_us: Option<u64>,
+    /// CPU time stage 1 used (user and system, `finit_module` included, its checkers not).
+    #[serde(rename = "cpu", default, skip_serializing_if = "Option::is_none")]
+    pub cpu_us: Option<u64>,
     /// Every step's start and end, in order (the boot timeline).
     pub phases: Spans,
 }

@@ -18,6 +18,15 @@ pub fn monotonic_us() -> u64 {
         .saturating_add(ts.tv_nsec as u64 / 1000)
 }
 
+/// CPU time this process has used (all its threads, user and system, not its children),
+/// in microseconds: CLOCK_PROCESS_CPUTIME_ID.
+pub fn process_cpu_us() -> u64 {
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000)
+        .saturating_add(ts.tv_nsec as u64 / 1000)
+}
+
 /// One phase: its name and its start and end in microseconds of CLOCK_MONOTONIC.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

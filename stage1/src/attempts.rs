@@ -331,6 +331,9 @@ pub struct Times {
     pub device_wait_us: u64,
     /// Stage 1's peak resident set (`VmHWM`), read just before the receipt is written.
     pub peak_rss_kib: Option<u64>,
+    /// CPU time stage 1 used up to the receipt (user and system, `finit_module` included,
+    /// its checkers not): what of `total` was not spent waiting.
+    pub cpu_us: u64,
 }
 
 impl Times {
@@ -413,7 +416,7 @@ pub fn stage1_json(
         s.push_str(&format!(",\"peak_rss_kib\":{kib}"));
     }
     s.push_str(&format!(
-        ",\"times_us\":{{\"start\":{},\"modules\":{},\"mounts\":{},\"attempts\":{},\"end\":{},\"total\":{},\"finit_module\":{},\"device_wait\":{},\"fsck\":{},\"own\":{},\"phases\":{}}}",
+        ",\"times_us\":{{\"start\":{},\"modules\":{},\"mounts\":{},\"attempts\":{},\"end\":{},\"total\":{},\"finit_module\":{},\"device_wait\":{},\"fsck\":{},\"own\":{},\"cpu\":{},\"phases\":{}}}",
         times.start_us,
         times.modules_us,
         times.mounts_us,
@@ -424,6 +427,7 @@ pub fn stage1_json(
         times.device_wait_us,
         times.fsck_us(),
         times.own_us(),
+        times.cpu_us,
         times.phases.to_json()
     ));
     s.push_str("}\n");
@@ -509,6 +513,7 @@ pub fn count_boot(
         .ok()
         .as_deref()
         .and_then(peak_rss_kib);
+    times.cpu_us = stagehand_common::timing::process_cpu_us();
     times.end_us = monotonic_us();
     let text = stage1_json(requested.as_deref(), choice.as_ref(), &init, tries, times);
     if let Err(e) =

@@ -207,6 +207,7 @@ fn the_receipt_round_trips_through_the_typed_reader() {
         finit_us: 5,
         device_wait_us: 11,
         peak_rss_kib: Some(1234),
+        cpu_us: 60,
         ..Times::default()
     };
     times.phases.push("modules", 110, 117);
@@ -343,6 +344,7 @@ fn the_receipt_round_trips_through_the_typed_reader() {
             (Some(5), Some(3), Some(11), Some(71)),
             "{text}"
         );
+        assert_eq!(t.cpu_us, Some(60), "{text}");
         assert_eq!(r.peak_rss_kib, Some(1234), "{text}");
         assert_eq!(t.phases, times.phases, "{text}");
     }
