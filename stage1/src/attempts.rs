@@ -331,9 +331,11 @@ pub struct Times {
     pub device_wait_us: u64,
     /// Stage 1's peak resident set (`VmHWM`), read just before the receipt is written.
     pub peak_rss_kib: Option<u64>,
-    /// CPU time stage 1 used up to the receipt (user and system, `finit_module` included,
-    /// its checkers not): what of `total` was not spent waiting.
+    /// CPU time stage 1 used from `start_us` to the receipt (user and system,
+    /// `finit_module` included, its checkers not): what of `total` was not spent waiting.
     pub cpu_us: u64,
+    /// The process CPU clock at `start_us`.
+    pub cpu_start_us: u64,
 }
 
 impl Times {
@@ -513,7 +515,7 @@ pub fn count_boot(
         .ok()
         .as_deref()
         .and_then(peak_rss_kib);
-    times.cpu_us = stagehand_common::timing::process_cpu_us();
+    times.cpu_us = stagehand_common::timing::process_cpu_us().saturating_sub(times.cpu_start_us);
     times.end_us = monotonic_us();
     let text = stage1_json(requested.as_deref(), choice.as_ref(), &init, tries, times);
     if let Err(e) =

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use stagehand_common::cmdline::Cmdline;
 use stagehand_common::kmsg::KmsgLogger;
 use stagehand_common::stage1_config::{Stage1Config, STAGE1_CONFIG_PATH};
-use stagehand_common::timing::monotonic_us;
+use stagehand_common::timing::{monotonic_us, process_cpu_us};
 
 use crate::plan::{BreakPoint, Plan, TARGET_ROOT};
 use crate::{attempts, carried, cpu, init_path, root, secrets, sys};
@@ -41,6 +41,9 @@ pub fn main() {
     let started = Instant::now();
     let times = attempts::Times {
         start_us: monotonic_us(),
+        // PID 1's CPU clock already holds the kernel's whole initialisation (kernel_init
+        // runs as PID 1 before it execs us): stage 1's share is counted from here.
+        cpu_start_us: process_cpu_us(),
         ..attempts::Times::default()
     };
     run(started, times);
