@@ -329,7 +329,8 @@ pub struct Times {
     pub finit_us: u64,
     /// Time blocked waiting for device nodes to appear (the disk's driver probing).
     pub device_wait_us: u64,
-    /// Stage 1's peak resident set (`VmHWM`), read just before the receipt is written.
+    /// Stage 1's peak resident set (`VmHWM`, through getrusage), read just before the
+    /// receipt is written.
     pub peak_rss_kib: Option<u64>,
     /// CPU time stage 1 used from `start_us` to the receipt (user and system,
     /// `finit_module` included, its checkers not): what of `total` was not spent waiting.
@@ -358,15 +359,6 @@ impl Times {
             .saturating_sub(self.fsck_us())
             .saturating_sub(self.device_wait_us)
     }
-}
-
-/// `VmHWM` of a `/proc/<pid>/status` text, in KiB (the kernel writes kB meaning KiB).
-pub fn peak_rss_kib(status: &str) -> Option<u64> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().strip_suffix("kB"))
-        .and_then(|n| n.trim().parse().ok())
 }
 
 /// The JSON stage 1 leaves in [`STAGE1_RECEIPT`] for stage 2 and the blesser: the form
@@ -511,14 +503,7 @@ pub fn count_boot(
     }
     times.attempts_us = monotonic_us().saturating_sub(t);
     times.phases.since("boot counting", t);
-    // A phase of its own: under TCG the first read of /proc/self/status costs a few ms,
-    // which the breakdown should show rather than hide in "own".
-    let t = monotonic_us();
-    times.peak_rss_kib = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .as_deref()
-        .and_then(peak_rss_kib);
-    times.phases.since("peak RSS", t);
+    times.peak_rss_kib = crate::sys::peak_rss_kib();
     times.cpu_us = stagehand_common::timing::process_cpu_us().saturating_sub(times.cpu_start_us);
     times.end_us = monotonic_us();
     let text = stage1_json(requested.as_deref(), choice.as_ref(), &init, tries, times);

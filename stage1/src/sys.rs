@@ -281,3 +281,48 @@ pub fn resume_from(devno: (u32, u32)) -> Result<(), String> {
     std::fs::write("/sys/power/resume", &text)
         .map_err(|e| format!("cannot write {text} to /sys/power/resume: {e}"))
 }
+
+/// This process's peak resident set size in KiB: `getrusage(RUSAGE_SELF).ru_maxrss`, which
+/// is the kernel's `VmHWM` (the high-water mark of our memory; PID 1 had none before it
+/// exec'd us). One system call, where reading `VmHWM` from `/proc/self/status` took
+/// 10-19 ms under QEMU's TCG.
+#[allow(unsafe_code)]
+pub fn peak_rss_kib() -> Option<u64> {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: the pointer is to a `struct rusage` we own, which getrusage fills in; the
+    // call reads nothing from it.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: all-zero is a valid `rusage` (integers and timevals only), and the kernel
+    // wrote it completely on success.
+    let usage = unsafe { usage.assume_init() };
+    u64::try_from(usage.ru_maxrss).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `VmHWM` of a `/proc/<pid>/status` text, in KiB.
+    fn vmhwm(status: &str) -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().strip_suffix("kB"))
+            .and_then(|n| n.trim().parse().ok())
+            .expect("VmHWM in /proc/self/status")
+    }
+
+    #[test]
+    fn peak_rss_is_vmhwm_in_kib() {
+        let status = || std::fs::read_to_string("/proc/self/status").expect("status");
+        let before = vmhwm(&status());
+        let peak = peak_rss_kib().expect("getrusage");
+        let after = vmhwm(&status());
+        // The same counter in the same unit: between two readings of it, never a byte
+        // count or pages.
+        assert!(before <= peak && peak <= after, "{before} {peak} {after}");
+    }
+}

@@ -363,15 +363,3 @@ fn the_receipt_round_trips_through_the_typed_reader() {
     );
     assert!(r.times_us.phases.0.is_empty());
 }
-
-#[test]
-fn peak_rss_comes_from_vmhwm() {
-    // The lines around it as Linux 6.1 writes them.
-    let status = "Name:\tstage1\nVmPeak:\t    9000 kB\nVmSize:\t    8900 kB\n\
-                  VmHWM:\t    2316 kB\nVmRSS:\t    2200 kB\n";
-    assert_eq!(peak_rss_kib(status), Some(2316));
-    assert_eq!(peak_rss_kib("Name:\tx\nVmRSS:\t 1 kB\n"), None);
-    assert_eq!(peak_rss_kib("VmHWM:\t lots kB\n"), None);
-    let own = std::fs::read_to_string("/proc/self/status").expect("status");
-    assert!(peak_rss_kib(&own).is_some_and(|k| k > 0), "{own}");
-}
