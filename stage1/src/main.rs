@@ -8,9 +8,11 @@
 //! readers go away (stage 1 reads its checkers' output; the kernel does not deliver a
 //! default-action SIGPIPE to init anyway). What it saves is the code std's start-up pulls
 //! out of static glibc: `pthread_getattr_np` and, through it, `sscanf` and the `strtod`
-//! family (about 140 KiB of the binary).
-#![no_main]
+//! family (about 130 KiB of the binary).
+// Under `cargo test` the harness brings its own `main` (and must not boot anything).
+#![cfg_attr(not(test), no_main)]
 
+#[cfg(not(test))]
 use std::ffi::{c_char, c_int};
 
 /// The C entry point glibc's `__libc_start_main` calls. `std::env::args` still works:
@@ -18,6 +20,7 @@ use std::ffi::{c_char, c_int};
 // SAFETY: `no_mangle` exports this as `main`; no other symbol in the binary has that name
 // (std's `lang_start` main is not generated under `no_main`), and the signature is the one
 // glibc calls.
+#[cfg(not(test))]
 #[allow(unsafe_code)]
 #[no_mangle]
 pub extern "C" fn main(_argc: c_int, _argv: *const *const c_char) -> c_int {
