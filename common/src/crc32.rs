@@ -9,25 +9,29 @@
 /// The reflected IEEE polynomial.
 const POLY: u32 = 0xEDB8_8320;
 
+const TABLE: [u32; 256] = reflected_table(POLY);
+
+/// The byte-at-a-time lookup table of a reflected CRC-32 with polynomial `poly` (also
+/// CRC-32C's, `0x82F6_3B78`, which the ext4 probe uses).
 #[expect(
     clippy::indexing_slicing,
     reason = "evaluated at compile time: an index out of range fails the build"
 )]
-const TABLE: [u32; 256] = {
+pub const fn reflected_table(poly: u32) -> [u32; 256] {
     let mut table = [0u32; 256];
     let mut i = 0;
     while i < 256 {
         let mut c = i as u32;
         let mut k = 0;
         while k < 8 {
-            c = if c & 1 != 0 { POLY ^ (c >> 1) } else { c >> 1 };
+            c = if c & 1 != 0 { poly ^ (c >> 1) } else { c >> 1 };
             k += 1;
         }
         table[i] = c;
         i += 1;
     }
     table
-};
+}
 
 /// The CRC-32 of `bytes`.
 pub fn hash(bytes: &[u8]) -> u32 {

@@ -137,31 +137,7 @@ fn crc32c_byte(crc: u32, b: u8) -> u32 {
     entry.unwrap_or(0) ^ (crc >> 8)
 }
 
-const CRC32C_TABLE: [u32; 256] = crc32c_table();
-
-#[expect(
-    clippy::indexing_slicing,
-    reason = "evaluated at compile time: an index out of range fails the build"
-)]
-const fn crc32c_table() -> [u32; 256] {
-    let mut table = [0u32; 256];
-    let mut i = 0;
-    while i < 256 {
-        let mut c = i as u32;
-        let mut k = 0;
-        while k < 8 {
-            c = if c & 1 != 0 {
-                0x82F6_3B78 ^ (c >> 1)
-            } else {
-                c >> 1
-            };
-            k += 1;
-        }
-        table[i] = c;
-        i += 1;
-    }
-    table
-}
+const CRC32C_TABLE: [u32; 256] = stagehand_common::crc32::reflected_table(0x82F6_3B78);
 
 #[cfg(test)]
 mod tests {
