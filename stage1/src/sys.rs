@@ -321,8 +321,12 @@ mod tests {
         let before = vmhwm(&status());
         let peak = peak_rss_kib().expect("getrusage");
         let after = vmhwm(&status());
-        // The same counter in the same unit: between two readings of it, never a byte
-        // count or pages.
-        assert!(before <= peak && peak <= after, "{before} {peak} {after}");
+        // ru_maxrss is in KiB, like VmHWM, and is at least this image's high-water mark.
+        // It can be more: Linux keeps the largest RSS of the images before exec (here
+        // cargo's, which exec'd this test), so only the lower bound holds in a test. Stage 1
+        // is exec'd by the kernel from a thread without user memory, so there the two are
+        // the same counter.
+        assert!(before <= peak, "VmHWM {before} KiB, ru_maxrss {peak} KiB");
+        assert!(after >= before, "{before} {after}");
     }
 }
