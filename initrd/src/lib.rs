@@ -32,6 +32,7 @@ pub mod inspect;
 pub mod modules;
 pub mod objects;
 pub mod output;
+pub mod secrets;
 pub mod strip;
 pub mod system;
 #[cfg(test)]
@@ -48,6 +49,7 @@ use stagehand_common::stage1_config::{self, FileSystem, Stage1Config};
 
 pub use compress::Compression;
 use cpio::{Archive, Entry, Node};
+pub use secrets::{secrets_archive, Secret, SECRETS_DIR};
 
 /// Where the modules go inside the initrd.
 pub const MODULES_DIR: &str = "/lib/modules";
@@ -659,7 +661,7 @@ fn module_closure(spec: &InitrdSpec, root: Option<&Path>) -> Result<modules::Clo
     Ok(index.closure(&spec.modules, &spec.optional_modules)?)
 }
 
-fn read_input(path: &Path, what: &'static str) -> Result<Vec<u8>, InitrdError> {
+pub(crate) fn read_input(path: &Path, what: &'static str) -> Result<Vec<u8>, InitrdError> {
     input::read_regular(path).map_err(|error| InitrdError::Io {
         path: path.to_owned(),
         what,
@@ -745,51 +747,6 @@ fn add_tree(
             path: source.to_owned(),
         })
     }
-}
-
-/// Where stage 1 finds the secrets appended to an initrd: `/.initrd-secrets/<dest>`,
-/// copied to `<dest>` (NixOS's `boot.initrd.secrets` convention).
-pub const SECRETS_DIR: &str = "/.initrd-secrets";
-
-/// A file kept out of the store and appended to the initrd at install time.
-#[derive(Deserialize, Serialize, Debug, Clone, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct Secret {
-    /// Absolute path it should have at boot, e.g. `/etc/ssh/ssh_host_ed25519_key`.
-    pub dest: String,
-    pub source: PathBuf,
-}
-
-/// A gzip'ed cpio with each secret at `/.initrd-secrets/<dest>` (mode 0600), to append
-/// to a built initrd. gzip because every kernel unpacks it and NixOS's
-/// `append-initrd-secrets` does the same; the kernel unpacks concatenated archives in
-/// order whatever their compression.
-pub fn secrets_archive(secrets: &[Secret]) -> Result<Vec<u8>, InitrdError> {
-    let mut archive = Archive::new();
-    archive
-        .add(
-            SECRETS_DIR,
-            Entry {
-                perm: 0o700,
-                node: Node::Dir,
-            },
-        )
-        .map_err(archive_err(SECRETS_DIR))?;
-    for s in secrets {
-        let dest = cpio::normalize(&s.dest).map_err(archive_err(format!("secret {}", s.dest)))?;
-        let data = read_input(&s.source, "secret")?;
-        archive
-            .add(
-                &format!("{SECRETS_DIR}/{dest}"),
-                Entry {
-                    perm: 0o600,
-                    node: Node::File(data),
-                },
-            )
-            .map_err(archive_err(format!("secret {}", s.dest)))?;
-    }
-    let bytes = archive.to_bytes().map_err(archive_err("secrets archive"))?;
-    compress::compress(&bytes, Compression::Gzip, None).map_err(InitrdError::Compress)
 }
 
 /// The entries of an initrd file: each concatenated segment decompressed by its magic,

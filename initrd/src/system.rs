@@ -358,73 +358,15 @@ pub fn spec_from_system(
 
     let mut required = Picks::default();
     let mut optional = Picks::default();
-    let mut filesystems = Vec::new();
-    let mut block_mounts = Vec::new();
-    for e in &entries {
-        if e.is_swap() {
-            choice.skipped.push((
-                e.line,
-                e.device.clone(),
-                "swap is not mounted by stage 1".into(),
-            ));
-            continue;
-        }
-        if !e.needed_for_boot() {
-            choice.skipped.push((
-                e.line,
-                e.mount_point.clone(),
-                "not needed for boot (systemd mounts it)".into(),
-            ));
-            continue;
-        }
-        let (fs, kind) = fstab::to_filesystem(e).map_err(fstab_err)?;
-        if kind == DeviceKind::Block {
-            block_mounts.push(fs.mount_point.clone());
-            if fs.fs_type == "auto" {
-                for t in AUTO_TYPES {
-                    for m in fs_modules(&index, t) {
-                        optional.add(&m, &format!("fsType auto of {}", fs.mount_point));
-                    }
-                }
-            } else {
-                let found = fs_modules(&index, &fs.fs_type);
-                if found.is_empty() && !index.is_builtin(&fs.fs_type) {
-                    return Err(fstab_err(LineError {
-                        line: e.line,
-                        text: e.text.clone(),
-                        problem: format!(
-                            "the kernel {version} has no module for {} (no {}.ko, nothing \
-                             with alias fs-{}) and does not list it in modules.builtin",
-                            fs.fs_type, fs.fs_type, fs.fs_type
-                        ),
-                        fix: format!(
-                            "use a kernel with {} support, or another filesystem type",
-                            fs.fs_type
-                        ),
-                    }));
-                }
-                if found.is_empty() {
-                    choice
-                        .notes
-                        .push(format!("{} is built into the kernel", fs.fs_type));
-                }
-                for m in found {
-                    required.add(&m, &format!("{} of {}", fs.fs_type, fs.mount_point));
-                }
-                for (t, extras) in FS_EXTRAS {
-                    if *t == fs.fs_type {
-                        for m in *extras {
-                            if index.path_of(m).is_some() {
-                                optional.add(m, &format!("{t} of {}", fs.mount_point));
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        choice.mounts.push((e.line, fs.clone()));
-        filesystems.push(fs);
-    }
+    let (filesystems, block_mounts) = boot_filesystems(
+        &entries,
+        &index,
+        version,
+        &mut required,
+        &mut optional,
+        &mut choice,
+    )
+    .map_err(fstab_err)?;
     if !filesystems.iter().any(|fs| fs.mount_point == "/") {
         choice.notes.push(
             "the fstab has no / entry: stage 1 takes the root from root= on the command line"
@@ -432,47 +374,14 @@ pub fn spec_from_system(
         );
     }
 
-    for m in &options.modules {
-        required.add(&modules::normalize_name(m), "--modules");
-    }
-    for m in &options.optional_modules {
-        optional.add(&modules::normalize_name(m), "--optional-modules");
-    }
-    if options.generic {
-        for m in GENERIC_MODULES {
-            if index.path_of(m).is_some() {
-                optional.add(m, "--generic");
-            }
-        }
-    }
-    if let Some(host) = &options.host_only {
-        let before = optional.0.len();
-        host_only_modules(
-            host,
-            &block_mounts,
-            &index,
-            &mut optional,
-            &mut choice.notes,
-        )?;
-        if optional.0.len() == before {
-            choice.notes.push(
-                "--host-only found no loadable driver for this host's boot disks (built into \
-                 the kernel, or not on a block device)"
-                    .into(),
-            );
-        }
-    }
-    if !options.generic
-        && options.host_only.is_none()
-        && options.modules.is_empty()
-        && options.optional_modules.is_empty()
-    {
-        choice.notes.push(
-            "no disk drivers were asked for (--generic, --host-only or --modules): the \
-             kernel must have the disk's driver built in"
-                .into(),
-        );
-    }
+    asked_modules(
+        options,
+        &index,
+        &block_mounts,
+        &mut required,
+        &mut optional,
+        &mut choice,
+    )?;
     // A module asked for both ways is required.
     optional
         .0
@@ -513,6 +422,134 @@ pub fn spec_from_system(
         spec: FullSpec { spec, extras },
         choice,
     })
+}
+
+/// The fstab entries stage 1 mounts, as the spec's filesystems, with the modules their
+/// types need; the mount points on block devices (for `--host-only`).
+fn boot_filesystems(
+    entries: &[fstab::Entry],
+    index: &ModuleIndex,
+    version: &str,
+    required: &mut Picks,
+    optional: &mut Picks,
+    choice: &mut Choice,
+) -> Result<(Vec<FileSystem>, Vec<String>), LineError> {
+    let mut filesystems = Vec::new();
+    let mut block_mounts = Vec::new();
+    for e in entries {
+        if e.is_swap() {
+            choice.skipped.push((
+                e.line,
+                e.device.clone(),
+                "swap is not mounted by stage 1".into(),
+            ));
+            continue;
+        }
+        if !e.needed_for_boot() {
+            choice.skipped.push((
+                e.line,
+                e.mount_point.clone(),
+                "not needed for boot (systemd mounts it)".into(),
+            ));
+            continue;
+        }
+        let (fs, kind) = fstab::to_filesystem(e)?;
+        if kind == DeviceKind::Block {
+            block_mounts.push(fs.mount_point.clone());
+            if fs.fs_type == "auto" {
+                for t in AUTO_TYPES {
+                    for m in fs_modules(index, t) {
+                        optional.add(&m, &format!("fsType auto of {}", fs.mount_point));
+                    }
+                }
+            } else {
+                let found = fs_modules(index, &fs.fs_type);
+                if found.is_empty() && !index.is_builtin(&fs.fs_type) {
+                    return Err(LineError {
+                        line: e.line,
+                        text: e.text.clone(),
+                        problem: format!(
+                            "the kernel {version} has no module for {} (no {}.ko, nothing \
+                             with alias fs-{}) and does not list it in modules.builtin",
+                            fs.fs_type, fs.fs_type, fs.fs_type
+                        ),
+                        fix: format!(
+                            "use a kernel with {} support, or another filesystem type",
+                            fs.fs_type
+                        ),
+                    });
+                }
+                if found.is_empty() {
+                    choice
+                        .notes
+                        .push(format!("{} is built into the kernel", fs.fs_type));
+                }
+                for m in found {
+                    required.add(&m, &format!("{} of {}", fs.fs_type, fs.mount_point));
+                }
+                for (t, extras) in FS_EXTRAS {
+                    if *t == fs.fs_type {
+                        for m in *extras {
+                            if index.path_of(m).is_some() {
+                                optional.add(m, &format!("{t} of {}", fs.mount_point));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        choice.mounts.push((e.line, fs.clone()));
+        filesystems.push(fs);
+    }
+    Ok((filesystems, block_mounts))
+}
+
+/// The modules asked for on the command line: `--modules`, `--optional-modules`,
+/// `--generic`, `--host-only`.
+fn asked_modules(
+    options: &SystemOptions,
+    index: &ModuleIndex,
+    block_mounts: &[String],
+    required: &mut Picks,
+    optional: &mut Picks,
+    choice: &mut Choice,
+) -> Result<(), SystemError> {
+    for m in &options.modules {
+        required.add(&modules::normalize_name(m), "--modules");
+    }
+    for m in &options.optional_modules {
+        optional.add(&modules::normalize_name(m), "--optional-modules");
+    }
+    if options.generic {
+        for m in GENERIC_MODULES {
+            if index.path_of(m).is_some() {
+                optional.add(m, "--generic");
+            }
+        }
+    }
+    if let Some(host) = &options.host_only {
+        let before = optional.0.len();
+        host_only_modules(host, block_mounts, index, optional, &mut choice.notes)?;
+        if optional.0.len() == before {
+            choice.notes.push(
+                "--host-only found no loadable driver for this host's boot disks (built into \
+                 the kernel, or not on a block device)"
+                    .into(),
+            );
+        }
+    }
+    if !options.generic
+        && options.host_only.is_none()
+        && options.modules.is_empty()
+        && options.optional_modules.is_empty()
+    {
+        choice.notes.push(
+            "no disk drivers were asked for (--generic, --host-only or --modules): the \
+             kernel must have the disk's driver built in"
+                .into(),
+        );
+    }
+    Ok(())
 }
 
 /// Module names with why each was taken, in the order first asked for.

@@ -124,51 +124,7 @@ fn run(started: Instant, mut times: attempts::Times) {
 
     times.phases.since("config", t);
 
-    let t_us = monotonic_us();
-    let t = Instant::now();
-    let modalias = cpu::read_modalias(&plan.modules);
-    let mut skipped = 0;
-    for module in &plan.modules {
-        let decision = cpu::decide(module, modalias.as_deref());
-        if decision == cpu::Decision::Skip {
-            log::info!(
-                "module {} not loaded: this CPU lacks the features it is for ({})",
-                module.name,
-                module.cpu_aliases.join(" ")
-            );
-            skipped += 1;
-            continue;
-        }
-        let m = Instant::now();
-        let loaded = sys::load_module(module);
-        times.finit_us += m.elapsed().as_micros() as u64;
-        match loaded {
-            Ok(()) => log::info!(
-                "loading module {}: done in {} ms",
-                module.name,
-                m.elapsed().as_millis()
-            ),
-            Err(e) if module.optional => log::warn!("optional module skipped: {e}"),
-            Err(e) if decision == cpu::Decision::LoadMismatched => {
-                let why = format!(
-                    "{e} (none of its CPU aliases, {}, matches this CPU's {})",
-                    module.cpu_aliases.join(" "),
-                    cpu::CPU_MODALIAS
-                );
-                fail(&policy, "loading kernel modules", &why);
-            }
-            Err(e) => {
-                fail(&policy, "loading kernel modules", &e);
-            }
-        }
-    }
-    times.modules_us = t.elapsed().as_micros() as u64;
-    times.phases.since("modules", t_us);
-    log::info!(
-        "{} modules loaded in {} ms",
-        plan.modules.len().saturating_sub(skipped),
-        t.elapsed().as_millis()
-    );
+    load_modules(&plan, &policy, &mut times);
     if plan.break_at == Some(BreakPoint::Modules) {
         fail(
             &policy,
@@ -219,6 +175,56 @@ fn run(started: Instant, mut times: attempts::Times) {
     loop {
         std::thread::sleep(Duration::from_secs(3600));
     }
+}
+
+/// Load the planned modules in order: a module for CPU features this CPU lacks is skipped,
+/// an optional one that fails is logged, any other failure goes to the failure path.
+fn load_modules(plan: &Plan, policy: &FailurePolicy, times: &mut attempts::Times) {
+    let t_us = monotonic_us();
+    let t = Instant::now();
+    let modalias = cpu::read_modalias(&plan.modules);
+    let mut skipped = 0;
+    for module in &plan.modules {
+        let decision = cpu::decide(module, modalias.as_deref());
+        if decision == cpu::Decision::Skip {
+            log::info!(
+                "module {} not loaded: this CPU lacks the features it is for ({})",
+                module.name,
+                module.cpu_aliases.join(" ")
+            );
+            skipped += 1;
+            continue;
+        }
+        let m = Instant::now();
+        let loaded = sys::load_module(module);
+        times.finit_us += m.elapsed().as_micros() as u64;
+        match loaded {
+            Ok(()) => log::info!(
+                "loading module {}: done in {} ms",
+                module.name,
+                m.elapsed().as_millis()
+            ),
+            Err(e) if module.optional => log::warn!("optional module skipped: {e}"),
+            Err(e) if decision == cpu::Decision::LoadMismatched => {
+                let why = format!(
+                    "{e} (none of its CPU aliases, {}, matches this CPU's {})",
+                    module.cpu_aliases.join(" "),
+                    cpu::CPU_MODALIAS
+                );
+                fail(policy, "loading kernel modules", &why);
+            }
+            Err(e) => {
+                fail(policy, "loading kernel modules", &e);
+            }
+        }
+    }
+    times.modules_us = t.elapsed().as_micros() as u64;
+    times.phases.since("modules", t_us);
+    log::info!(
+        "{} modules loaded in {} ms",
+        plan.modules.len().saturating_sub(skipped),
+        t.elapsed().as_millis()
+    );
 }
 
 /// The program to exec as stage 2 for the generation whose `init` is `init`: that init, or

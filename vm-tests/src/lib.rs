@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod console;
+pub mod declared;
 pub mod fallback_scenarios;
 pub mod generation;
 pub mod host;
@@ -11,6 +12,7 @@ pub mod initrd_scenarios;
 pub mod kernel;
 pub mod nixos_generation;
 pub mod nixos_scenarios;
+pub mod nixos_tools;
 pub mod powercut_scenarios;
 pub mod qemu;
 pub mod scenarios;
