@@ -93,14 +93,14 @@ pub fn boot(
     image: &Path,
     generation: &BuiltGeneration,
 ) -> Result<BootResult> {
-    let disk = dir.join(format!("root-{}.img", kind.name()));
+    let disk = dir.join(format!("root-{}.img", kind.slug()));
     // Sparse copy: the image is mostly empty, and each boot must start from the same state.
     run(std::process::Command::new("cp")
         .arg("--sparse=always")
         .arg(image)
         .arg(&disk))
     .context("copying the root image")?;
-    let log = dir.join(format!("console-{}-{n}.log", kind.name()));
+    let log = dir.join(format!("console-{}-{n}.log", kind.slug()));
     let cfg = inputs.vm_config(initrd, vec![disk.clone()], cmdline(generation), log.clone());
     let mut failures = Vec::new();
     let mut vm = Vm::start(&cfg)?;
@@ -142,7 +142,7 @@ pub fn boot(
     })
 }
 
-/// One command line for all three: the peers need `root=`; ours takes its root from the
+/// One command line for all of them: the peers need `root=`; ours takes its root from the
 /// stage-1 config, and `root=` names the same disk.
 pub fn cmdline(generation: &BuiltGeneration) -> String {
     format!("root=/dev/vda {}", generation.cmdline())

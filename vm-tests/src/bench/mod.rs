@@ -1,13 +1,14 @@
 //! `vm-tests bench [--boots N]`: Stagehand side by side with the peers people use today,
 //! in one run, with public tools.
 //!
-//! 1. Initrds for the same kernel and root: ours, Debian's `dracut` and `initramfs-tools`
-//!    (with our module list, and as each builds by default), their build times, compressed
+//! 1. Initrds for the same kernel and root: ours, Debian's `dracut` (host-only, as Fedora
+//!    and RHEL build it for one machine; generic with our driver list; generic as it comes)
+//!    and `initramfs-tools` (our module list; `MODULES=most`), their build times, compressed
 //!    sizes and entry counts.
-//! 2. Boots of the same kernel, command line and root image with each of the three initrds,
-//!    alternating, `N` boots each (default 3), every one asserted to reach the generation's
-//!    stage 2, its systemd and the probe unit; the phases from kernel timestamps, medians
-//!    and ratios to ours.
+//! 2. Boots of the same kernel, command line and root image with each of the four bootable
+//!    initrds, alternating, `N` boots each (default 5), every one asserted to reach the
+//!    generation's stage 2, its systemd and the probe unit; the phases from kernel
+//!    timestamps, medians with their spread, and ratios to ours.
 //! 3. Activation as whole processes (`stagehand etc` / `stagehand users`) on generated
 //!    NixOS-shaped inputs: hyperfine medians and `strace -c -f` system-call counts.
 //! 4. The rest of BENCHMARKS.md, so that this one command reproduces every figure in it:
@@ -30,10 +31,10 @@ use anyhow::{bail, Context, Result};
 
 use crate::scenarios::Inputs;
 use boots::{BootResult, Milestones};
-use peers::{Built, Kind};
+use peers::{Built, DracutBuild, Kind};
 
 /// Default boots per initrd.
-pub const DEFAULT_BOOTS: usize = 3;
+pub const DEFAULT_BOOTS: usize = 5;
 
 /// Run the whole benchmark; the report goes to stdout and `<target>/vm-tests/bench/report.md`.
 pub fn run(boots_each: usize) -> Result<bool> {
@@ -50,6 +51,12 @@ pub fn run(boots_each: usize) -> Result<bool> {
 
     let mut report = String::new();
     boot_table(&mut report, &results, boots_each)?;
+    writeln!(
+        report,
+        "\ndracut host-only was built on this host, whose root is {} (the guest's: ext4 on \
+         /dev/vda, virtio).",
+        peers::host_root()?
+    )?;
     initrd_table(&mut report, &initrds)?;
     let kib = |p: &Path| fs::metadata(p).map_or(0, |m| m.len()).div_ceil(1024);
     writeln!(
@@ -84,47 +91,86 @@ pub fn run(boots_each: usize) -> Result<bool> {
     Ok(failed == 0 && spine_ok)
 }
 
-/// Ours, dracut and initramfs-tools with our module list (the three that boot), then the
-/// two peers as they build by default; in that order.
-fn build_initrds(inputs: &Inputs, dir: &Path) -> Result<[Built; 5]> {
-    eprintln!("bench: building the initrds (ours, dracut, initramfs-tools)");
+/// The initrds of one run: those that boot (one per [`Kind`], in [`Kind::ALL`]'s order) and
+/// those built only for their size.
+pub struct Initrds {
+    pub booted: Vec<(Kind, Built)>,
+    pub size_only: Vec<Built>,
+}
+
+impl Initrds {
+    fn of(&self, kind: Kind) -> Result<&Built> {
+        self.booted
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map(|(_, b)| b)
+            .with_context(|| format!("no {} initrd was built", kind.name()))
+    }
+
+    fn all(&self) -> impl Iterator<Item = &Built> {
+        self.booted.iter().map(|(_, b)| b).chain(&self.size_only)
+    }
+}
+
+/// Ours, dracut host-only and generic, initramfs-tools with our module list (the four that
+/// boot), then the two peers as they build by default.
+fn build_initrds(inputs: &Inputs, dir: &Path) -> Result<Initrds> {
+    eprintln!("bench: building the initrds (ours, dracut ×3, initramfs-tools ×2)");
     let t = Instant::now();
     let (_, ours_path) = inputs.initrd_in(dir, |_| {})?;
     let ours = Built::measure("stagehand", &ours_path, t.elapsed(), "zstd")?;
     let modules = peers::modules_tree(&inputs.kernel, &dir.join("kroot"))?;
     let kroot = dir.join("kroot");
-    let dracut_path = dir.join("dracut.img");
-    let d = peers::dracut(&inputs.kernel, &modules, &dracut_path, true)?;
-    let dracut = Built::measure("dracut, our modules", &dracut_path, d, "gzip")?;
+    let dracut = |file: &str, label: &str, build: DracutBuild| -> Result<Built> {
+        let path = dir.join(file);
+        let d = peers::dracut(&inputs.kernel, &modules, &path, build)?;
+        Built::measure(label, &path, d, "gzip")
+    };
+    let hostonly = dracut(
+        "dracut-hostonly.img",
+        "dracut host-only (our drivers added)",
+        DracutBuild::HostOnly,
+    )?;
+    let generic = dracut(
+        "dracut.img",
+        "dracut generic, our drivers",
+        DracutBuild::GenericOurDrivers,
+    )?;
     let itools_path = dir.join("initramfs-tools.img");
     let d = peers::initramfs_tools(&inputs.kernel, &kroot, dir, &itools_path, true)?;
     let itools = Built::measure("initramfs-tools, our modules", &itools_path, d, "zstd")?;
-    let path = dir.join("dracut-generic.img");
-    let d = peers::dracut(&inputs.kernel, &modules, &path, false)?;
-    let dracut_generic = Built::measure("dracut, default (generic)", &path, d, "gzip")?;
+    let dracut_default = dracut(
+        "dracut-generic.img",
+        "dracut generic, default drivers",
+        DracutBuild::GenericDefault,
+    )?;
     let path = dir.join("initramfs-tools-most.img");
     let d = peers::initramfs_tools(&inputs.kernel, &kroot, dir, &path, false)?;
     let itools_most = Built::measure("initramfs-tools, default (MODULES=most)", &path, d, "zstd")?;
-    Ok([ours, dracut, itools, dracut_generic, itools_most])
+    Ok(Initrds {
+        booted: vec![
+            (Kind::Stagehand, ours),
+            (Kind::DracutHostOnly, hostonly),
+            (Kind::DracutGeneric, generic),
+            (Kind::InitramfsTools, itools),
+        ],
+        size_only: vec![dracut_default, itools_most],
+    })
 }
 
-/// `boots_each` rounds, each booting the demo image once with each of the first three
-/// initrds, alternating.
+/// `boots_each` rounds, each booting the demo image once with every bootable initrd,
+/// alternating, so that a slow spell of the shared machine hits all of them alike.
 fn boot_each_initrd(
     inputs: &Inputs,
     dir: &Path,
-    initrds: &[Built; 5],
+    initrds: &Initrds,
     boots_each: usize,
 ) -> Result<Vec<BootResult>> {
-    let (image, generation) = inputs.demo_image(dir, &initrds[0].path)?;
+    let (image, generation) = inputs.demo_image(dir, &initrds.of(Kind::Stagehand)?.path)?;
     let mut results: Vec<BootResult> = Vec::new();
     for round in 0..boots_each {
         for kind in Kind::ALL {
-            let initrd = match kind {
-                Kind::Stagehand => &initrds[0].path,
-                Kind::Dracut => &initrds[1].path,
-                Kind::InitramfsTools => &initrds[2].path,
-            };
+            let initrd = &initrds.of(kind)?.path;
             eprintln!(
                 "bench: boot {} of {boots_each} with {}",
                 round + 1,
@@ -222,61 +268,87 @@ const PHASES: [Phase; 6] = [
     ("QEMU start → VM off (host clock)", |m| m.host_total),
 ];
 
-fn boot_table(out: &mut String, results: &[BootResult], boots_each: usize) -> Result<()> {
-    let of = |kind: Kind, phase: fn(&Milestones) -> Option<f64>| -> Option<f64> {
-        let v: Vec<f64> = results
-            .iter()
-            .filter(|r| r.kind == kind && r.failures.is_empty())
-            .filter_map(|r| phase(&r.milestones))
-            .collect();
-        median(&v)
+/// The successful boots' values of one phase for one initrd.
+fn phase_values(
+    results: &[BootResult],
+    kind: Kind,
+    phase: fn(&Milestones) -> Option<f64>,
+) -> Vec<f64> {
+    results
+        .iter()
+        .filter(|r| r.kind == kind && r.failures.is_empty())
+        .filter_map(|r| phase(&r.milestones))
+        .filter(|v| v.is_finite())
+        .collect()
+}
+
+/// `median (min–max)` in seconds, or `-` without values.
+fn spread_cell(v: &[f64]) -> String {
+    let (Some(m), Some(lo), Some(hi)) = (
+        median(v),
+        v.iter().copied().reduce(f64::min),
+        v.iter().copied().reduce(f64::max),
+    ) else {
+        return "-".into();
     };
+    if v.len() == 1 {
+        format!("{m:.2}")
+    } else {
+        format!("{m:.2} ({lo:.2}–{hi:.2})")
+    }
+}
+
+fn boot_table(out: &mut String, results: &[BootResult], boots_each: usize) -> Result<()> {
     let ok = |kind: Kind| {
         results
             .iter()
             .filter(|r| r.kind == kind && r.failures.is_empty())
             .count()
     };
+    let successful: Vec<String> = Kind::ALL
+        .iter()
+        .map(|k| format!("{} {}", k.name(), ok(*k)))
+        .collect();
     writeln!(
         out,
-        "Boots: same kernel, command line and root image; seconds, median of {boots_each} \
-         boots each (successful: stagehand {}, dracut {}, initramfs-tools {}), alternating.\n",
-        ok(Kind::Stagehand),
-        ok(Kind::Dracut),
-        ok(Kind::InitramfsTools)
+        "Boots: same kernel, command line and root image; seconds, median (min–max) of \
+         {boots_each} boots each (successful: {}), alternating.\n",
+        successful.join(", ")
     )?;
-    writeln!(
-        out,
-        "| phase | stagehand | dracut | initramfs-tools | dracut ÷ stagehand | initramfs-tools ÷ stagehand |\n\
-         |---|---|---|---|---|---|"
-    )?;
-    let secs = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.2}"));
-    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
-        (Some(a), Some(b)) if b > 0.0 => format!("{:.1}×", a / b),
-        _ => "-".into(),
-    };
-    for (name, phase) in PHASES {
-        let (s, d, i) = (
-            of(Kind::Stagehand, phase),
-            of(Kind::Dracut, phase),
-            of(Kind::InitramfsTools, phase),
-        );
-        writeln!(
-            out,
-            "| {name} | {} | {} | {} | {} | {} |",
-            secs(s),
-            secs(d),
-            secs(i),
-            ratio(d, s),
-            ratio(i, s)
-        )?;
+    let peers = &Kind::ALL[1..];
+    let mut header = String::from("| phase |");
+    let mut rule = String::from("|---|");
+    for k in Kind::ALL {
+        write!(header, " {} |", k.name())?;
+        rule.push_str("---|");
     }
-    let switch = of(Kind::Stagehand, |m| Some(m.switch_root? - m.init?));
+    for k in peers {
+        write!(header, " {} ÷ stagehand |", k.name())?;
+        rule.push_str("---|");
+    }
+    writeln!(out, "{header}\n{rule}")?;
+    for (name, phase) in PHASES {
+        let mut row = format!("| {name} |");
+        for k in Kind::ALL {
+            write!(row, " {} |", spread_cell(&phase_values(results, k, phase)))?;
+        }
+        let ours = median(&phase_values(results, Kind::Stagehand, phase));
+        for k in peers {
+            let cell = match (median(&phase_values(results, *k, phase)), ours) {
+                (Some(a), Some(b)) if b > 0.0 => format!("{:.1}×", a / b),
+                _ => "-".into(),
+            };
+            write!(row, " {cell} |")?;
+        }
+        writeln!(out, "{row}")?;
+    }
+    let secs = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.2}"));
+    let switch = phase_values(results, Kind::Stagehand, |m| Some(m.switch_root? - m.init?));
     writeln!(
         out,
         "\nOurs: /init → stage 1's `switching root` line {} s (the rest of the initrd row is \
          switch_root and exec of stage 2).",
-        secs(switch)
+        spread_cell(&switch)
     )?;
     writeln!(
         out,
@@ -304,17 +376,15 @@ fn boot_table(out: &mut String, results: &[BootResult], boots_each: usize) -> Re
     Ok(())
 }
 
-fn initrd_table(out: &mut String, initrds: &[Built]) -> Result<()> {
-    let Some(ours) = initrds.first() else {
-        bail!("no initrds");
-    };
+fn initrd_table(out: &mut String, initrds: &Initrds) -> Result<()> {
+    let ours = initrds.of(Kind::Stagehand)?;
     writeln!(
         out,
         "\nInitrds for the same kernel and root:\n\n\
          | initrd | compression | size | ÷ ours | entries | build time |\n\
          |---|---|---|---|---|---|"
     )?;
-    for b in initrds {
+    for b in initrds.all() {
         writeln!(
             out,
             "| {} | {} | {} KiB | {:.1}× | {} | {:.2} s |",
@@ -339,5 +409,12 @@ mod tests {
         assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
         assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), Some(2.5));
         assert_eq!(median(&[f64::NAN, 1.0]), Some(1.0));
+    }
+
+    #[test]
+    fn spread_cells() {
+        assert_eq!(spread_cell(&[]), "-");
+        assert_eq!(spread_cell(&[1.234]), "1.23");
+        assert_eq!(spread_cell(&[3.0, 1.0, 2.0]), "2.00 (1.00–3.00)");
     }
 }

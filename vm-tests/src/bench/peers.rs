@@ -1,7 +1,8 @@
 //! The peers' initrds for the guest kernel, built on this Debian host without installing
 //! the kernel package: Debian's `dracut` (systemd inside the initrd) and `initramfs-tools`
-//! (busybox scripts), each in two configurations — the modules our initrd carries, which is
-//! what the comparison boots, and the tool's out-of-the-box generic image, for its size.
+//! (busybox scripts). dracut boots twice over: host-only (its default on Fedora/RHEL, the
+//! fair build for one machine) and generic with our driver list; initramfs-tools boots with
+//! our module list. Each tool's out-of-the-box generic image is built too, for its size.
 //!
 //! Both tools resolve modules through `modules.dep`, which the unpacked kernel package lacks
 //! (the package's postinst runs depmod): the bench hard-links the module tree into a copy
@@ -28,17 +29,41 @@ pub const MODULES: [&str; 4] = ["virtio_pci", "virtio_blk", "ext4", "crc32c_gene
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Stagehand,
-    Dracut,
+    /// `dracut --hostonly`: what dracut builds by default on Fedora/RHEL, for the machine it
+    /// runs on. The bench host's root is ext4 on a virtio disk, like the guest's, so this
+    /// is the fair dracut for the guest: only the dracut modules and drivers that root needs.
+    DracutHostOnly,
+    /// `dracut --no-hostonly` restricted to our driver list: still every dracut module
+    /// (btrfs, crypt, dm, lvm, mdraid, nvdimm, qemu ...) with their hooks.
+    DracutGeneric,
     InitramfsTools,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 3] = [Kind::Stagehand, Kind::Dracut, Kind::InitramfsTools];
+    /// The initrds that boot, in the order each round boots them.
+    pub const ALL: [Kind; 4] = [
+        Kind::Stagehand,
+        Kind::DracutHostOnly,
+        Kind::DracutGeneric,
+        Kind::InitramfsTools,
+    ];
 
+    /// The name in tables.
     pub fn name(self) -> &'static str {
         match self {
             Kind::Stagehand => "stagehand",
-            Kind::Dracut => "dracut",
+            Kind::DracutHostOnly => "dracut host-only",
+            Kind::DracutGeneric => "dracut generic",
+            Kind::InitramfsTools => "initramfs-tools",
+        }
+    }
+
+    /// The name in file names.
+    pub fn slug(self) -> &'static str {
+        match self {
+            Kind::Stagehand => "stagehand",
+            Kind::DracutHostOnly => "dracut-hostonly",
+            Kind::DracutGeneric => "dracut-generic",
             Kind::InitramfsTools => "initramfs-tools",
         }
     }
@@ -146,15 +171,37 @@ pub fn modules_tree(kernel: &Kernel, dir: &Path) -> Result<PathBuf> {
     Ok(tree)
 }
 
-/// `dracut --no-hostonly` (this host is not the guest); `minimal` restricts the kernel
-/// modules to [`MODULES`] (`--drivers`), as ours. dracut's default compression (gzip).
-pub fn dracut(kernel: &Kernel, modules: &Path, out: &Path, minimal: bool) -> Result<Duration> {
+/// How dracut is asked to build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DracutBuild {
+    /// `--hostonly` (dracut's default mode, `sloppy`), plus our driver list because the
+    /// host's own kernel may have them built in. `--no-hostonly-cmdline`: the host's
+    /// `root=UUID=…` must not be baked in; the guest's command line names its root.
+    HostOnly,
+    /// `--no-hostonly --drivers <ours>`: every dracut module, our kernel modules only.
+    GenericOurDrivers,
+    /// `--no-hostonly` as it comes: the distribution-style generic image (for its size).
+    GenericDefault,
+}
+
+/// dracut for the guest kernel's module tree; dracut's default compression (gzip).
+pub fn dracut(kernel: &Kernel, modules: &Path, out: &Path, build: DracutBuild) -> Result<Duration> {
     let mut cmd = Command::new("dracut");
-    cmd.args(["--no-hostonly", "--force", "--kver", &kernel.version])
+    cmd.args(["--force", "--kver", &kernel.version])
         .arg("--kmoddir")
         .arg(modules);
-    if minimal {
-        cmd.arg("--drivers").arg(MODULES.join(" "));
+    match build {
+        DracutBuild::HostOnly => {
+            cmd.args(["--hostonly", "--no-hostonly-cmdline", "--add-drivers"])
+                .arg(MODULES.join(" "));
+        }
+        DracutBuild::GenericOurDrivers => {
+            cmd.args(["--no-hostonly", "--drivers"])
+                .arg(MODULES.join(" "));
+        }
+        DracutBuild::GenericDefault => {
+            cmd.arg("--no-hostonly");
+        }
     }
     cmd.arg(out);
     timed(&mut cmd).context("building the dracut initrd")
@@ -203,6 +250,18 @@ pub fn initramfs_tools(
     .arg(out)
     .arg(&kernel.version);
     timed(&mut cmd).context("building the initramfs-tools initrd (as root, in `unshare -m`)")
+}
+
+/// What the host's root is (`ext4 on /dev/vda`), from `findmnt`: dracut's host-only build
+/// takes its drivers and dracut modules from it, so the report says what it was.
+pub fn host_root() -> Result<String> {
+    let out = run(Command::new("findmnt").args(["-n", "-o", "FSTYPE,SOURCE", "/"]))
+        .context("asking findmnt for the host's root")?;
+    let mut fields = out.split_whitespace();
+    match (fields.next(), fields.next()) {
+        (Some(fs), Some(dev)) => Ok(format!("{fs} on {dev}")),
+        _ => bail!("findmnt printed no root filesystem: {out:?}"),
+    }
 }
 
 fn timed(cmd: &mut Command) -> Result<Duration> {
