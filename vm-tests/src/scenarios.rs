@@ -16,6 +16,7 @@ use crate::generation::{BootFiles, BuiltGeneration, GenerationSpec, HostSystemd,
 use crate::host::on_path;
 use crate::kernel::{self, Kernel};
 use crate::qemu::{Line, Vm, VmConfig};
+use crate::timeline::{Part, Timeline};
 use crate::workspace::{BootBinaries, Workspace};
 
 /// Hard limit for one VM run. A direct boot takes ~3-5 s under TCG, a UEFI one ~7 s more
@@ -379,7 +380,13 @@ pub fn boot_spine(inputs: &Inputs, echo: bool) -> Result<Outcome> {
         store
     ));
     match boot_timeline(&facts, &phases, &dir) {
-        Ok(path) => out.notes.push(format!("boot timeline: {}", path.display())),
+        Ok((path, timeline)) => {
+            out.notes.push(format!("boot timeline: {}", path.display()));
+            // Stage 2 up to the exec of systemd, step by step, as issue #18 asks of it.
+            for part in [Part::Stage1, Part::Stage2, Part::Activation] {
+                out.notes.push(timeline.breakdown(part));
+            }
+        }
         Err(e) => out.failures.push(format!("boot timeline: {e}")),
     }
     let odd = suspicious_lines(&lines);
@@ -402,7 +409,7 @@ fn boot_timeline(
     facts: &BTreeMap<String, String>,
     phases: &Phases,
     dir: &Path,
-) -> Result<PathBuf, String> {
+) -> Result<(PathBuf, Timeline), String> {
     let receipt = facts
         .get("boot-receipt")
         .ok_or("the probe printed no boot-receipt")?;
@@ -421,7 +428,7 @@ fn boot_timeline(
             missing.join("; ")
         ));
     }
-    Ok(path)
+    Ok((path, t))
 }
 
 /// What the guest should report for a generation.

@@ -205,6 +205,30 @@ impl Timeline {
         });
     }
 
+    /// One part's bars as text, `stage 2: special filesystems 2.1 ms, …` with their sum:
+    /// the receipt's breakdown for a report.
+    pub fn breakdown(&self, part: Part) -> String {
+        let bars: Vec<&Bar> = self.bars.iter().filter(|b| b.part == part).collect();
+        let total: u64 = bars.iter().map(|b| b.duration_us()).sum();
+        // The labels repeat the part (`stage 2: remount / rw`); the line names it once.
+        let each: Vec<String> = bars
+            .iter()
+            .map(|b| {
+                let step = b
+                    .label
+                    .split_once(": ")
+                    .map_or(b.label.as_str(), |(_, s)| s);
+                format!("{step} {}", duration(b.duration_us()))
+            })
+            .collect();
+        format!(
+            "{}: {} — sum {}",
+            part.name(),
+            each.join(", "),
+            duration(total)
+        )
+    }
+
     /// Where systemd's part starts: the exec at the end of stage 2.
     pub fn exec_systemd_us(&self) -> Option<u64> {
         self.exec_us
@@ -538,6 +562,18 @@ mod tests {
         // 0 to 3 s in 200 ms steps.
         assert!(svg.contains(">0.0 s</text>") && svg.contains(">3.0 s</text>"));
         assert!(svg.contains("generation 1 /nix/store/abc-nixos-system-demo"));
+    }
+
+    #[test]
+    fn a_part_breaks_down_into_its_steps_with_their_sum() {
+        let t = Timeline::from_receipt(&receipt()).expect("timeline");
+        assert_eq!(
+            t.breakdown(Part::Activation),
+            "activation step: users 9.0 ms, etc 20.0 ms — sum 29.0 ms"
+        );
+        let stage2 = t.breakdown(Part::Stage2);
+        assert!(stage2.starts_with("stage 2: special filesystems 1.0 ms, remount / rw 4.0 ms"));
+        assert!(stage2.ends_with("— sum 37.3 ms"), "{stage2}");
     }
 
     #[test]
