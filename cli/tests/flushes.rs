@@ -102,3 +102,28 @@ fn the_etc_step_syncs_the_file_system_at_most_once_and_only_to_publish_files() {
     assert_eq!(syncfs, 1, "a changed copy: one syncfs before its rename");
     assert_eq!(root.read("/etc/sudoers"), "root ALL=(ALL) NOPASSWD\n");
 }
+
+/// Each log line of a run is one `write` to stderr: stderr is unbuffered, and formatting
+/// straight into it made a system call per piece (about 8 per activation step line).
+#[test]
+fn every_log_line_is_one_write() {
+    require_strace();
+    let root = FakeRoot::new();
+    let top = generation(&root, "g1", "127.0.0.1 one\n", "root ALL=(ALL) ALL\n");
+    let log = root.path().join("strace-writes.log");
+    let out = Command::new("strace")
+        .args(["-e", "trace=write", "-o"])
+        .arg(&log)
+        .arg(BIN)
+        .args(["activate", "--root"])
+        .arg(root.path())
+        .args(["--action", "switch", &top])
+        .output()
+        .expect("run strace");
+    assert!(out.status.success(), "activate {top} failed: {out:?}");
+    let lines = String::from_utf8_lossy(&out.stderr).lines().count();
+    let text = std::fs::read_to_string(&log).expect("strace log");
+    let writes = text.lines().filter(|l| l.starts_with("write(2,")).count();
+    assert!(lines >= 10, "expected the step lines on stderr: {out:?}");
+    assert_eq!(writes, lines, "one write(2, …) per stderr line:\n{text}");
+}
