@@ -97,6 +97,12 @@ pub struct ActivationReport {
     pub current_system_updated: bool,
     /// The snippet that called `exit` (or whose shell died), which stopped activation.
     pub stopped_by: Option<String>,
+    /// Before the first step: opening the root, reading the compiled plan (or the
+    /// generation's `activate` script), taking the activation lock.
+    pub prepare: Duration,
+    /// After the last step: waiting for the etc step's read-back thread (its flush, the
+    /// clock tick, reading back what it changed) before `/run/current-system` moves.
+    pub readback_wait: Duration,
 }
 
 impl ActivationReport {
@@ -189,7 +195,10 @@ pub fn activate(
         opts.action.as_str(),
         if dry { ", dry run" } else { "" }
     );
-    let mut report = ActivationReport::default();
+    let mut report = ActivationReport {
+        prepare: start.elapsed(),
+        ..ActivationReport::default()
+    };
     // The etc step's remainder ([`etc::Recheck`]: flush its changes, wait for the clock
     // tick, read back, store the cache) runs on a thread of its own while the
     // later steps run, and is joined before `/run/current-system` moves — under the lock,
@@ -242,9 +251,10 @@ pub fn activate(
         if let (Some(r), Some(tree)) = (lock_slot(&readback).take(), &compiled.etc) {
             r.finish(&root, tree);
         }
+        report.readback_wait = t.elapsed();
         log::debug!(
             "waited {} µs for the etc read-back at the end",
-            t.elapsed().as_micros()
+            report.readback_wait.as_micros()
         );
     });
     if !dry && report.stopped_by.is_none() {

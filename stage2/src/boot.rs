@@ -250,10 +250,20 @@ fn run_activation(failure: &Failure, plan: &plan::Plan, toplevel: &Path, times: 
     match activate(toplevel, &options) {
         Ok(report) => {
             times.activation_us = t.elapsed().as_micros() as u64;
-            let steps = report
-                .steps
-                .iter()
-                .map(|s| (s.name.clone(), s.duration.as_micros() as u64))
+            // Back to back as they ran: what precedes the first step and follows the last
+            // are named too, so the steps sit where they ran and the sum is the phase.
+            let us = |d: std::time::Duration| d.as_micros() as u64;
+            let steps = std::iter::once(("prepare (plan, lock)".to_owned(), us(report.prepare)))
+                .chain(
+                    report
+                        .steps
+                        .iter()
+                        .map(|s| (s.name.clone(), us(s.duration))),
+                )
+                .chain(std::iter::once((
+                    "etc read-back wait".to_owned(),
+                    us(report.readback_wait),
+                )))
                 .collect();
             times.record_activation_steps(t_us, steps);
             if !report.success() {
