@@ -729,3 +729,115 @@ fn system_build_of_a_nixpkgs_generation_with_the_real_kernel() {
         "{stdout}"
     );
 }
+
+/// The disk controllers of real machines (NVMe, AHCI SATA, SCSI disks, virtio-scsi, USB
+/// sticks behind xHCI, SD/eMMC) and the storage layers (md RAID1, btrfs), asked for by
+/// name in a spec: each brings what it needs to bind to its disk, in an order the kernel
+/// accepts, the same set kmod's `modprobe --show-depends` loads.
+#[test]
+fn real_controllers_and_storage_layers_closure() {
+    let dir = kernel_tree();
+    let asked = [
+        "nvme",
+        "ahci",
+        "sd_mod",
+        "virtio_scsi",
+        "xhci_pci",
+        "usb_storage",
+        "sdhci_pci",
+        "mmc_block",
+        "md_mod",
+        "raid1",
+        "btrfs",
+    ];
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let stage1 = scratch.path().join("stage1");
+    std::fs::write(&stage1, vec![0x7f; 1000]).expect("stage1");
+    let spec = InitrdSpec {
+        stage1,
+        modules_dir: Some(dir.clone()),
+        modules: asked.map(String::from).to_vec(),
+        optional_modules: Vec::new(),
+        filesystems: Vec::new(),
+        device_timeout_ms: 20_000,
+        panic_on_fail: false,
+        extra_files: Vec::new(),
+        compression: Compression::Zstd,
+        keep_module_signatures: false,
+        compression_level: None,
+    };
+    let built = build(&spec).expect("build");
+    let order: Vec<&str> = built
+        .config
+        .modules
+        .iter()
+        .map(|m| m.name.as_str())
+        .collect();
+    println!("{order:?}");
+    let builtin: Vec<&str> = built
+        .report
+        .builtin_modules
+        .iter()
+        .map(String::as_str)
+        .collect();
+    let at = |name: &str| order.iter().position(|m| *m == name);
+    // Each asked-for module is carried (or is built into this kernel), after what it
+    // depends on: the controller's core library, the SCSI or USB layer below it.
+    for name in asked {
+        assert!(
+            at(name).is_some() || builtin.contains(&name),
+            "{name} is neither in the initrd nor built in: {order:?}"
+        );
+    }
+    for (module, needs) in [
+        ("nvme", "nvme_core"),
+        ("ahci", "libahci"),
+        ("libahci", "libata"),
+        ("usb_storage", "usbcore"),
+        ("xhci_pci", "xhci_hcd"),
+        ("sdhci_pci", "sdhci"),
+        ("mmc_block", "mmc_core"),
+        ("raid1", "md_mod"),
+        ("btrfs", "raid6_pq"),
+        ("btrfs", "xor"),
+        ("btrfs", "libcrc32c"),
+    ] {
+        let (Some(m), Some(n)) = (at(module), at(needs)) else {
+            panic!("{module} and {needs} must both be loaded: {order:?}");
+        };
+        assert!(n < m, "{needs} must load before {module}: {order:?}");
+    }
+    // sd_mod binds the disks behind ahci, virtio_scsi and usb_storage; it must be there.
+    assert!(at("sd_mod").is_some() || builtin.contains(&"sd_mod"));
+
+    // Everything kmod's `modprobe --show-depends` loads, module by module. We may carry
+    // more: btrfs's `softdep=pre: crc32c xxhash64 sha256 blake2b-256` names algorithms,
+    // which we resolve through every module's aliases (sha256_ssse3, xxhash_generic)
+    // where kmod stops at the built-in generic one; those extras are optional.
+    let theirs = modprobe_orders(&dir, &asked);
+    let index = ModuleIndex::open(&dir).expect("index");
+    for name in asked {
+        let c = index.closure(&[name.to_owned()], &[]).expect("closure");
+        let ours: BTreeSet<String> = c.modules.iter().map(|m| m.name.clone()).collect();
+        let want: BTreeSet<String> = theirs[name].iter().cloned().collect();
+        assert!(
+            ours.is_superset(&want),
+            "{name}: modprobe loads {:?}, which we do not",
+            want.difference(&ours).collect::<Vec<_>>()
+        );
+        for extra in ours.difference(&want) {
+            let m = built
+                .config
+                .modules
+                .iter()
+                .find(|m| &m.name == extra)
+                .expect("in the initrd");
+            assert!(
+                m.optional,
+                "{name}: {extra} is required but kmod does not load it"
+            );
+        }
+    }
+    let names: Vec<String> = order.iter().map(|s| s.to_string()).collect();
+    assert_topological(&index, &names, "controllers");
+}

@@ -18,6 +18,7 @@ pub mod qemu;
 pub mod scenarios;
 pub mod stage1_scenarios;
 pub mod stage2_scenarios;
+pub mod storage_scenarios;
 pub mod store;
 pub mod switch_scenarios;
 pub mod timeline;

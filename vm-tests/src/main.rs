@@ -26,6 +26,7 @@ use stagehand_vm_tests::powercut_scenarios;
 use stagehand_vm_tests::scenarios::{self, Inputs, Outcome};
 use stagehand_vm_tests::stage1_scenarios;
 use stagehand_vm_tests::stage2_scenarios;
+use stagehand_vm_tests::storage_scenarios;
 use stagehand_vm_tests::switch_scenarios;
 use stagehand_vm_tests::uefi_scenarios;
 
@@ -71,6 +72,11 @@ const SCENARIOS: &[Scenario] = &[
         "tmpfs-root",
         "/ is a tmpfs, /nix from disk, /usr bind-mounted from it; boots to systemd",
         stage1_scenarios::tmpfs_root,
+    ),
+    (
+        "gpt-partuuid",
+        "a GPT disk (sgdisk) with an ESP and the root: root=PARTUUID= then PARTLABEL= boot to systemd",
+        storage_scenarios::gpt_partuuid,
     ),
     (
         "uefi-menu",

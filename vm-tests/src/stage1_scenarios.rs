@@ -128,7 +128,7 @@ impl Setup {
 const NIX_LABEL: &str = "stagehand-nix";
 
 /// The generation's command line with `drop` words removed and `add` appended.
-fn cmdline(g: &BuiltGeneration, drop: &[&str], add: &[&str]) -> String {
+pub(crate) fn cmdline(g: &BuiltGeneration, drop: &[&str], add: &[&str]) -> String {
     g.cmdline()
         .split_whitespace()
         .filter(|w| !drop.contains(w))
@@ -138,7 +138,7 @@ fn cmdline(g: &BuiltGeneration, drop: &[&str], add: &[&str]) -> String {
 }
 
 /// Boot to the guest probe and check the VM powers off; returns the console lines.
-fn boot_to_probe(vm: &mut Vm, expect: &[&str], out: &mut Outcome) -> Option<Vec<Line>> {
+pub(crate) fn boot_to_probe(vm: &mut Vm, expect: &[&str], out: &mut Outcome) -> Option<Vec<Line>> {
     let result = (|| -> Result<()> {
         vm.wait_for("stage1: started", FIRST_LINE)?;
         for needle in expect {
@@ -163,7 +163,7 @@ fn boot_to_probe(vm: &mut Vm, expect: &[&str], out: &mut Outcome) -> Option<Vec<
 }
 
 /// Check the guest probe saw `/nix/store` mounted read-only (`what` names the check).
-fn check_store_read_only(out: &mut Outcome, what: &str, lines: &[Line]) {
+pub(crate) fn check_store_read_only(out: &mut Outcome, what: &str, lines: &[Line]) {
     let facts = probe_facts(lines);
     let store = facts
         .get("nix-store.mount")

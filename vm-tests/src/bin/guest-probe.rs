@@ -89,6 +89,29 @@ fn mount_state_in(mountinfo: &str, mount_point: &str) -> Result<String, String> 
     Ok(format!("{} {fstype}", if ro { "ro" } else { "rw" }))
 }
 
+/// `SOURCE FS-ROOT` of the topmost mount at `mount_point` (`/dev/vda2 /`, `/dev/vda /@` for
+/// a btrfs subvolume, `/dev/md127 /`): which device and which part of it is mounted.
+fn mount_source(mount_point: &str) -> Result<String, String> {
+    let text = fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| format!("/proc/self/mountinfo: {e}"))?;
+    mount_source_in(&text, mount_point)
+}
+
+fn mount_source_in(mountinfo: &str, mount_point: &str) -> Result<String, String> {
+    let found = mountinfo
+        .lines()
+        .rev()
+        .find(|l| l.split(' ').nth(4) == Some(mount_point))
+        .ok_or_else(|| format!("{mount_point} is not a mount point"))?;
+    let fs_root = found.split(' ').nth(3).unwrap_or("?");
+    let source = found
+        .split(" - ")
+        .nth(1)
+        .and_then(|r| r.split(' ').nth(1))
+        .unwrap_or("?");
+    Ok(format!("{source} {fs_root}"))
+}
+
 /// The line of `name` in a passwd/group-style database.
 fn db_line_in(text: &str, name: &str) -> Option<String> {
     text.lines()
@@ -156,6 +179,7 @@ fn main() {
     emit("usr.bin.env.link", readlink("/usr/bin/env"));
     emit("nix-store.mount", mount_state("/nix/store"));
     emit("root.mount", mount_state("/"));
+    emit("root.source", mount_source("/"));
     emit(
         "uptime",
         read_trimmed("/proc/uptime").map(|u| u.split(' ').next().unwrap_or("").to_string()),
@@ -196,6 +220,11 @@ mod tests {
             Ok("rw devtmpfs")
         );
         assert!(mount_state_in(MOUNTINFO, "/nix").is_err());
+        assert_eq!(mount_source_in(MOUNTINFO, "/").as_deref(), Ok("/dev/vda /"));
+        assert_eq!(
+            mount_source_in("30 1 0:31 /@ / rw - btrfs /dev/vda rw,subvol=/@\n", "/").as_deref(),
+            Ok("/dev/vda /@")
+        );
     }
 
     #[test]
