@@ -17,7 +17,10 @@ pub const STAGE1_CONFIG_KIND: Kind = Kind {
     magic: *b"SHSTAGE1",
     // 2: `options` (fsck policy and tools, resume devices).
     // 3: `Module::cpu_aliases` (modules for CPU features this machine lacks are not tried).
-    version: 3,
+    // 4: `Stage1Options::{md_arrays, swraid, btrfs_scan}` (md RAID assembly and the btrfs
+    //    device scan before the root is looked for). postcard encodes fields by position,
+    //    so a version-3 stage 1 would misread a version-4 payload: the bump makes it refuse.
+    version: 4,
     name: "stage-1 config",
 };
 
@@ -55,7 +58,7 @@ impl Default for Stage1Config {
 /// In the initrd builder's spec JSON this is the `stage1_options` object; every key may be
 /// left out.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct Stage1Options {
     /// Check journaling filesystems (ext3/ext4/xfs/f2fs/jfs/reiserfs) before mounting
     /// them, as `boot.initrd.checkJournalingFS` (default true). Others are always checked
@@ -71,6 +74,16 @@ pub struct Stage1Options {
     /// device is named: the first one carrying a swsuspend signature is resumed from.
     /// Empty: any block device with a swsuspend signature.
     pub resume_devices: Vec<String>,
+    /// md RAID arrays to assemble before the root is looked for (`boot.swraid` with
+    /// `mdadm.conf`'s ARRAY lines): stage 1 waits for their members, then starts them.
+    pub md_arrays: Vec<MdArray>,
+    /// Assemble every md array whose members are found (`boot.swraid.enable` without a
+    /// list, mdadm's `--assemble --scan`). Arrays in `md_arrays` are assembled either way.
+    pub swraid: bool,
+    /// Register every btrfs device found with the kernel (`btrfs device scan` through
+    /// `/dev/btrfs-control`) before mounting, so a filesystem spanning several devices
+    /// mounts by any one of them.
+    pub btrfs_scan: bool,
 }
 
 impl Default for Stage1Options {
@@ -80,8 +93,33 @@ impl Default for Stage1Options {
             fsck_programs: BTreeMap::new(),
             resume_device: None,
             resume_devices: Vec::new(),
+            md_arrays: Vec::new(),
+            swraid: false,
+            btrfs_scan: false,
         }
     }
+}
+
+/// One md array stage 1 must assemble.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MdArray {
+    /// The array UUID, as `mdadm --detail` prints it (`1c2b…:…:…:…`) or dashed; its
+    /// members are the devices whose md superblock carries it.
+    pub uuid: String,
+    /// The array's name: `/dev/md/NAME` links to it. Empty or absent: the name in the
+    /// superblock (after the `host:` prefix).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Start the array with members missing when enough are present (RAID1: one),
+    /// with a warning, once the device timeout has passed (mdadm's `--run`). Default
+    /// true, as a machine with a dead disk should still boot from its mirror.
+    #[serde(default = "yes")]
+    pub allow_degraded: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -160,8 +198,33 @@ mod tests {
             .insert("ext4".into(), "/bin/e2fsck".into());
         c.options.resume_device = Some("LABEL=swap".into());
         c.options.resume_devices = vec!["/dev/vdb".into()];
+        c.options.md_arrays = vec![MdArray {
+            uuid: "1c2b3a49:5e6f7081:92a3b4c5:d6e7f809".into(),
+            name: Some("root".into()),
+            allow_degraded: false,
+        }];
+        c.options.swraid = true;
+        c.options.btrfs_scan = true;
         let bytes = c.encode().expect("encode");
         assert_eq!(Stage1Config::decode(&bytes).expect("decode"), c);
+    }
+
+    #[test]
+    fn options_refuse_unknown_keys_and_default_md_to_degraded_start() {
+        let e = serde_json::from_str::<Stage1Options>(r#"{"swriad": true}"#)
+            .expect_err("a misspelt key must be refused");
+        assert!(e.to_string().contains("swriad"), "{e}");
+        let o: Stage1Options = serde_json::from_str(
+            r#"{"md_arrays": [{"uuid": "1c2b3a49:5e6f7081:92a3b4c5:d6e7f809"}], "btrfs_scan": true}"#,
+        )
+        .expect("parse");
+        assert!(o.md_arrays[0].allow_degraded);
+        assert_eq!(o.md_arrays[0].name, None);
+        assert!(o.btrfs_scan && !o.swraid);
+        let e =
+            serde_json::from_str::<Stage1Options>(r#"{"md_arrays": [{"uuid": "x", "level": 1}]}"#)
+                .expect_err("unknown array key");
+        assert!(e.to_string().contains("level"), "{e}");
     }
 
     #[test]

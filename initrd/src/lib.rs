@@ -433,6 +433,8 @@ fn assemble(
             .map_err(archive_err(STAGE2_PATH))?;
     }
 
+    let with_layers = spec_with_layer_modules(spec, &extras.stage1_options);
+    let spec = &with_layers;
     let mut closure = module_closure(spec, extras.root.as_deref())?;
     let config_modules = add_modules(&mut archive, spec, extras, &mut closure)?;
     add_firmware(&mut archive, extras, &mut closure)?;
@@ -641,6 +643,31 @@ fn archive_set_perm(archive: &mut Archive, path: &str, perm: u32) -> Result<(), 
     archive
         .set_perm(path, perm)
         .map_err(archive_err(path.to_owned()))
+}
+
+/// The modules the storage layers in `options` need, appended to what the spec asks for
+/// (when not named already): md assembly needs `md_mod` and RAID1's `raid1` (other
+/// levels' modules, `raid456` or `raid10`, must be named), the btrfs scan needs `btrfs`
+/// (its `/dev/btrfs-control`).
+pub fn spec_with_layer_modules(
+    spec: &InitrdSpec,
+    options: &stage1_config::Stage1Options,
+) -> InitrdSpec {
+    let mut spec = spec.clone();
+    let mut wanted: Vec<&str> = Vec::new();
+    if options.swraid || !options.md_arrays.is_empty() {
+        wanted.extend(["md_mod", "raid1"]);
+    }
+    if options.btrfs_scan {
+        wanted.push("btrfs");
+    }
+    for m in wanted {
+        let named = spec.modules.iter().any(|n| modules::normalize_name(n) == m);
+        if !named {
+            spec.modules.push(m.to_owned());
+        }
+    }
+    spec
 }
 
 fn module_closure(spec: &InitrdSpec, root: Option<&Path>) -> Result<modules::Closure, InitrdError> {

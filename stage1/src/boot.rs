@@ -15,7 +15,7 @@ use stagehand_common::stage1_config::{Stage1Config, STAGE1_CONFIG_PATH};
 use stagehand_common::timing::{monotonic_us, process_cpu_us};
 
 use crate::plan::{BreakPoint, Plan, TARGET_ROOT};
-use crate::{attempts, carried, cpu, init_path, root, secrets, sys};
+use crate::{attempts, carried, cpu, init_path, md, root, secrets, sys};
 use stagehand_common::emergency::{fail, FailurePolicy};
 use stagehand_common::panic_hook::{self, PanicRoute};
 
@@ -131,6 +131,21 @@ fn run(started: Instant, mut times: attempts::Times) {
             "rd.break=modules",
             "stopped after loading modules, as requested",
         );
+    }
+
+    // md RAID arrays first: the root filesystem may live on one (the storage layers step;
+    // LUKS and LVM join it here).
+    let t = monotonic_us();
+    match md::assemble_arrays(
+        &config.options,
+        Duration::from_millis(plan.device_timeout_ms.into()),
+    ) {
+        Ok(started) if started.is_empty() => {}
+        Ok(started) => {
+            log::info!("{} md array(s) started", started.len());
+            times.phases.since("md arrays", t);
+        }
+        Err(e) => fail(&policy, "assembling md RAID arrays", &e.to_string()),
     }
 
     let new_root = Path::new(TARGET_ROOT);

@@ -16,6 +16,8 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::md::superblock::{self as md_sb, MdSuper};
+use crate::md::Member;
 use crate::probe::{self, DeviceSpec, FsInfo, PartIds};
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::fs::inotify;
@@ -43,6 +45,10 @@ pub struct Device {
     pub name: String,
     pub fs: Option<FsInfo>,
     pub part: Option<PartEntry>,
+    /// The md superblock, when the device is a member of an md array. A member's
+    /// filesystem (visible at offset 0 with v1.0 metadata) is not offered for lookup:
+    /// it belongs to the array device.
+    pub md: Option<MdSuper>,
 }
 
 pub struct Registry {
@@ -109,14 +115,27 @@ impl Registry {
         let sys = self.sys_block.join(name);
         let mut fs = None;
         let mut part = None;
+        let mut md = None;
         match File::open(&node) {
             Ok(mut file) => {
-                fs = match probe::probe_filesystem(&mut file) {
-                    Ok(fs) => fs,
+                md = match md_sb::probe(&mut file) {
+                    Ok(md) => md,
                     Err(e) => {
+                        log::warn!(
+                            "{}: damaged md superblock, not used as an array member: {e}",
+                            node.display()
+                        );
+                        None
+                    }
+                };
+                fs = match probe::probe_filesystem(&mut file) {
+                    Ok(_) if md.is_some() => None,
+                    Ok(fs) => fs,
+                    Err(e) if md.is_none() => {
                         log::warn!("cannot identify the filesystem on {}: {e}", node.display());
                         None
                     }
+                    Err(_) => None,
                 };
                 let number = read_trimmed(&sys.join("partition")).and_then(|n| n.parse().ok());
                 match number {
@@ -140,6 +159,7 @@ impl Registry {
             name: name.to_owned(),
             fs,
             part,
+            md,
         }
     }
 
@@ -190,8 +210,32 @@ impl Registry {
             .map(|f| f.fs_type)
     }
 
+    /// The md array members found so far.
+    pub fn md_members(&self) -> Vec<Member> {
+        self.devices
+            .values()
+            .filter_map(|d| {
+                d.md.as_ref().map(|sb| Member {
+                    device: d.name.clone(),
+                    sb: sb.clone(),
+                })
+            })
+            .collect()
+    }
+
     /// Wait until every spec resolves or `timeout` passes. Returns one answer per spec.
     pub fn wait_all(&mut self, specs: &[DeviceSpec], timeout: Duration) -> Vec<Option<PathBuf>> {
+        let mut found = Vec::new();
+        self.wait_until(timeout, |reg| {
+            found = specs.iter().map(|s| reg.resolve(s)).collect();
+            found.iter().all(Option::is_some)
+        });
+        found
+    }
+
+    /// Scan for new devices until `done` says so or `timeout` passes, woken by inotify
+    /// on the device directory. Returns whether `done` was satisfied.
+    pub fn wait_until(&mut self, timeout: Duration, mut done: impl FnMut(&Self) -> bool) -> bool {
         let start = Instant::now();
         let watch = inotify::init(inotify::CreateFlags::CLOEXEC | inotify::CreateFlags::NONBLOCK)
             .and_then(|fd| {
@@ -202,14 +246,15 @@ impl Registry {
         loop {
             // Scan after arming the watch, so a node created in between is not missed.
             self.scan();
-            let found: Vec<Option<PathBuf>> = specs.iter().map(|s| self.resolve(s)).collect();
-            let left = timeout
-                .checked_sub(start.elapsed())
-                .filter(|l| !l.is_zero());
-            if found.iter().all(Option::is_some) || left.is_none() {
-                return found;
+            if done(self) {
+                return true;
             }
-            let left = left.unwrap_or_default();
+            let Some(left) = timeout
+                .checked_sub(start.elapsed())
+                .filter(|l| !l.is_zero())
+            else {
+                return false;
+            };
             let blocked = Instant::now();
             match &watch {
                 Ok(fd) => {

@@ -18,11 +18,13 @@ mod bad_input_tests;
 pub mod boot;
 #[cfg(test)]
 mod boot_tests;
+pub mod btrfs;
 pub mod carried;
 pub mod cpu;
 pub mod devices;
 pub mod fsck;
 pub mod init_path;
+pub mod md;
 pub mod plan;
 pub mod probe;
 pub mod resume;

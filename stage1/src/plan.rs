@@ -44,6 +44,8 @@ pub struct Plan {
     pub trace: bool,
     pub fsck: FsckPolicy,
     pub resume: ResumePlan,
+    /// Register every btrfs device with the kernel before mounting (`btrfs_scan`).
+    pub btrfs_scan: bool,
     /// Problems with the command line that do not stop the boot but deserve a warning.
     pub warnings: Vec<String>,
 }
@@ -225,6 +227,7 @@ impl Plan {
             trace,
             fsck,
             resume,
+            btrfs_scan: config.options.btrfs_scan,
             warnings,
         })
     }

@@ -106,6 +106,12 @@ pub fn mount_all(plan: &Plan, policy: &FailurePolicy, new_root: &Path, phases: &
         }
     }
     log::info!("devices ready in {} ms", t.elapsed().as_millis());
+    if plan.btrfs_scan {
+        let t_scan = monotonic_us();
+        let left = timeout.saturating_sub(t.elapsed());
+        scan_btrfs(&mut registry, &found, left);
+        phases.since("btrfs scan", t_scan);
+    }
 
     let resume_found: Vec<Option<PathBuf>> = wanted
         .iter()
@@ -157,6 +163,53 @@ pub fn mount_all(plan: &Plan, policy: &FailurePolicy, new_root: &Path, phases: &
         }
     }
     registry.waited.as_micros() as u64
+}
+
+/// Before mounting a btrfs filesystem that spans several devices, wait (within what is
+/// left of the device timeout) until all of its devices are there, then register every
+/// btrfs device found with the kernel: the mount then assembles the filesystem from
+/// them, whichever device it names.
+fn scan_btrfs(registry: &mut devices::Registry, found: &[Option<PathBuf>], left: Duration) {
+    let wanted: Vec<crate::btrfs::BtrfsMember> = found
+        .iter()
+        .flatten()
+        .filter_map(|node| std::fs::File::open(node).ok())
+        .filter_map(|mut f| crate::btrfs::member(&mut f))
+        .collect();
+    let count = |reg: &devices::Registry, fsid: &str| {
+        reg.devices()
+            .filter(|d| {
+                d.fs.as_ref()
+                    .is_some_and(|f| f.fs_type == "btrfs" && f.uuid.as_deref() == Some(fsid))
+            })
+            .count() as u64
+    };
+    let complete = registry.wait_until(left, |reg| {
+        wanted.iter().all(|m| count(reg, &m.fsid) >= m.num_devices)
+    });
+    if !complete {
+        for m in &wanted {
+            let have = count(registry, &m.fsid);
+            if have < m.num_devices {
+                log::warn!(
+                    "btrfs {}: {have} of its {} devices found; mounting it needs the others                      (or the `degraded` mount option)",
+                    m.fsid,
+                    m.num_devices
+                );
+            }
+        }
+    }
+    let nodes: Vec<PathBuf> = registry
+        .devices()
+        .filter(|d| d.fs.as_ref().is_some_and(|f| f.fs_type == "btrfs"))
+        .map(|d| Path::new("/dev").join(&d.name))
+        .collect();
+    for node in nodes {
+        match crate::btrfs::scan_device(&node) {
+            Ok(()) => log::info!("btrfs device {} registered", node.display()),
+            Err(e) => log::warn!("{e}"),
+        }
+    }
 }
 
 /// Resume from hibernation if the plan and the devices say there is an image; the

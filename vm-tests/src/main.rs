@@ -79,6 +79,21 @@ const SCENARIOS: &[Scenario] = &[
         storage_scenarios::gpt_partuuid,
     ),
     (
+        "btrfs-subvol",
+        "the root on btrfs subvolume @ (mkfs.btrfs, btrfs subvolume snapshot), subvol=@ from the config",
+        storage_scenarios::btrfs_subvol,
+    ),
+    (
+        "md-raid1-degraded",
+        "an md RAID1 root (mdadm v1.2) with one member missing starts degraded and boots to systemd",
+        storage_scenarios::md_raid1_degraded,
+    ),
+    (
+        "md-too-degraded",
+        "only the md array's spare present: the failure names the array, the member and the fix, then panics",
+        storage_scenarios::md_too_degraded,
+    ),
+    (
         "uefi-menu",
         "OVMF + systemd-boot with our entries: the default boots generation 2, the menu's second entry generation 1",
         uefi_scenarios::uefi_menu,

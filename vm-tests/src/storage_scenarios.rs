@@ -12,16 +12,20 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use serde_json::Value;
-use stagehand_initrd::InitrdSpec;
+use stagehand_common::stage1_config::MdArray;
+use stagehand_initrd::objects::StoreObject;
+use stagehand_initrd::{Compression, ExtraFile, InitrdSpec, SpecExtras};
 
-use crate::console::probe_facts;
+use crate::console::{probe_facts, shows};
 use crate::generation::{BuiltGeneration, SystemImage};
 use crate::host::run;
 use crate::qemu::{Line, Vm};
-use crate::scenarios::{root_disk, Inputs, Outcome};
-use crate::stage1_scenarios::{boot_to_probe, check_store_read_only, cmdline};
+use crate::scenarios::{root_disk, Inputs, Outcome, FIRST_LINE, STEP};
+use crate::stage1_scenarios::{
+    boot_to_probe, check_store_read_only, cmdline, initrd_extras, static_busybox,
+};
 
 /// One scenario's directory, initrd and demo system (as `stage1_scenarios`' setup).
 struct Setup {
@@ -33,8 +37,18 @@ struct Setup {
 
 impl Setup {
     fn new(inputs: &Inputs, name: &str, edit: impl FnOnce(&mut InitrdSpec)) -> Result<Self> {
+        Self::with(inputs, name, edit, |_| {})
+    }
+
+    /// [`Self::new`] with the initrd's extras (stage-1 options, contents) changed too.
+    fn with(
+        inputs: &Inputs,
+        name: &str,
+        edit: impl FnOnce(&mut InitrdSpec),
+        edit_extras: impl FnOnce(&mut SpecExtras),
+    ) -> Result<Self> {
         let dir = inputs.scenario_dir(name)?;
-        let (_, initrd) = inputs.initrd_in(&dir, edit)?;
+        let initrd = build_initrd(inputs, &dir, "initrd.zst", edit, edit_extras)?;
         let (image, generation) = inputs.demo_system(&initrd)?;
         Ok(Self {
             dir,
@@ -194,5 +208,352 @@ pub fn gpt_partuuid(inputs: &Inputs) -> Result<Outcome> {
             receipt_stage1(&lines, &["modules", "devices", "mount /"])
         ));
     }
+    Ok(out)
+}
+
+/// The harness's initrd changed by `edit` and `edit_extras`, written as `dir/file`.
+fn build_initrd(
+    inputs: &Inputs,
+    dir: &Path,
+    file: &str,
+    edit: impl FnOnce(&mut InitrdSpec),
+    edit_extras: impl FnOnce(&mut SpecExtras),
+) -> Result<PathBuf> {
+    let mut spec = inputs.initrd_spec(Compression::Zstd)?;
+    edit(&mut spec);
+    let mut extras = initrd_extras();
+    edit_extras(&mut extras);
+    let initrd = stagehand_initrd::build_with(&spec, &extras)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .context("building the initrd")?;
+    let path = dir.join(file);
+    fs::write(&path, &initrd.bytes).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+// ---------------------------------------------------------------------------------------
+// The helper VM: real mdadm and btrfs-progs on the guest kernel
+
+/// Run `script` (one shell line) in a helper VM booted from our initrd with `drives`:
+/// stage 1 loads md_mod, raid1 and btrfs, stops at `rd.break=modules`, and key `f` of
+/// its failure menu gives busybox's shell as PID 1, which runs the host's `mdadm` and
+/// `btrfs` (carried with their libraries). The script must print `TOOLS-OK-2` last
+/// (`echo TOOLS-OK-$((1+1))`, so the echoed command line does not match).
+fn tools_vm(inputs: &Inputs, dir: &Path, drives: Vec<PathBuf>, script: &str) -> Result<()> {
+    let busybox = static_busybox(&inputs.workspace.cache_dir())?;
+    let initrd = build_initrd(
+        inputs,
+        dir,
+        "tools-initrd.zst",
+        |spec| {
+            spec.modules
+                .extend(["md_mod", "raid1", "btrfs"].map(String::from));
+            for target in ["/bin/sh", "/bin/busybox"] {
+                spec.extra_files.push(ExtraFile {
+                    source: busybox.clone(),
+                    target: target.into(),
+                    mode: Some(0o755),
+                });
+            }
+        },
+        |extras| {
+            for tool in ["/usr/sbin/mdadm", "/usr/bin/btrfs"] {
+                extras.contents.push(StoreObject {
+                    source: tool.into(),
+                    target: None,
+                });
+            }
+        },
+    )?;
+    let cfg = inputs.vm_config(
+        &initrd,
+        drives,
+        "console=ttyS0 panic=-1 rd.break=modules".into(),
+        dir.join("tools-console.log"),
+    );
+    let mut vm = Vm::start(&cfg)?;
+    let result = (|| -> Result<()> {
+        vm.wait_for("f) to start an interactive shell having pid 1", FIRST_LINE)?;
+        vm.send(b"f")?;
+        vm.send(format!("{script}\n").as_bytes())?;
+        vm.wait_for_line("the tools script's TOOLS-OK-2", STEP, |l| {
+            l.trim() == "TOOLS-OK-2"
+        })?;
+        vm.send(b"/bin/busybox sync; echo o > /proc/sysrq-trigger\n")?;
+        vm.wait_exit(STEP)?;
+        Ok(())
+    })();
+    if let Err(e) = result {
+        bail!(
+            "the helper VM ({script}) failed: {e:#}\n{}",
+            vm.failure_context(30)
+        );
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// md RAID1
+
+/// The members of a RAID1 root: two data members and a spare, made by `mdadm --create
+/// --metadata=1.2 --level=1 --raid-devices=2 --spare-devices=1 --assume-clean --name=root`
+/// in the helper VM, with the ext4 root image written onto the array (`dd` to
+/// `/dev/md0`). Returns the three member images and the array UUID (`mdadm --examine`
+/// on the host).
+fn md_members(inputs: &Inputs, setup: &Setup) -> Result<(Vec<PathBuf>, String)> {
+    let root_img = root_disk(&setup.image, &setup.dir)?;
+    let len = fs::metadata(&root_img)?.len();
+    let members: Vec<PathBuf> = ["md-a.img", "md-b.img", "md-spare.img"]
+        .iter()
+        .map(|n| setup.dir.join(n))
+        .collect();
+    for m in &members {
+        let _ = fs::remove_file(m);
+        // Room for the superblock and mdadm's data offset in front of the data.
+        fs::File::create(m)?.set_len(len + (8 << 20))?;
+    }
+    let mut drives = members.clone();
+    drives.push(root_img.clone());
+    tools_vm(
+        inputs,
+        &setup.dir,
+        drives,
+        "/usr/sbin/mdadm --create /dev/md0 --run --assume-clean --metadata=1.2 --level=1 \
+         --raid-devices=2 --spare-devices=1 --name=root --homehost=stagehand \
+         /dev/vda /dev/vdb /dev/vdc && /bin/busybox dd if=/dev/vdd of=/dev/md0 bs=1M \
+         && /usr/sbin/mdadm --stop /dev/md0 && echo TOOLS-OK-$((1+1))",
+    )?;
+    fs::remove_file(&root_img)?;
+    let examine = run(Command::new("mdadm").arg("--examine").arg(&members[0]))
+        .context("reading the member back (install mdadm)")?;
+    let uuid = examine
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Array UUID :"))
+        .map(|u| u.trim().to_owned())
+        .with_context(|| format!("mdadm --examine printed no Array UUID:\n{examine}"))?;
+    // Keep the superblocks mdadm wrote, for the parser's unit tests and the fuzz corpus.
+    for (m, name) in [(&members[0], "member0"), (&members[2], "spare")] {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut f = fs::File::open(m)?;
+        f.seek(SeekFrom::Start(4096))?;
+        let mut sb = vec![0u8; 4096];
+        f.read_exact(&mut sb)?;
+        fs::write(setup.dir.join(format!("mdadm-1.2-raid1-{name}.sb")), sb)?;
+    }
+    Ok((members, uuid))
+}
+
+/// An initrd for a root on md array `uuid`: the config lists the array (md_mod and raid1
+/// come with it), and the root is `/dev/md/root`.
+fn md_setup(inputs: &Inputs, name: &str, uuid: Option<&str>) -> Result<Setup> {
+    let uuid = uuid.map(str::to_owned);
+    Setup::with(
+        inputs,
+        name,
+        |spec| {
+            spec.filesystems[0].device = "/dev/md/root".into();
+        },
+        |extras| {
+            if let Some(uuid) = uuid {
+                extras.stage1_options.md_arrays = vec![MdArray {
+                    uuid,
+                    name: None,
+                    allow_degraded: true,
+                }];
+            }
+        },
+    )
+}
+
+/// `md-raid1-degraded`: the root on an md RAID1 (v1.2 metadata) with one of its two
+/// members missing: stage 1 waits for the array's members until the device timeout,
+/// starts it degraded with a warning, finds the ext4 on `/dev/md127` through
+/// `/dev/md/root`, and the boot reaches the probe.
+pub fn md_raid1_degraded(inputs: &Inputs) -> Result<Outcome> {
+    // The members are made once with a throwaway initrd, then the real one names the array.
+    let scratch = md_setup(inputs, "md-raid1-degraded", None)?;
+    let (members, uuid) = md_members(inputs, &scratch)?;
+    let setup = md_setup(inputs, "md-raid1-degraded", Some(&uuid))?;
+    let mut out = Outcome::default();
+    out.notes
+        .push(format!("array UUID (mdadm --examine): {uuid}"));
+    let Some(lines) = setup.boot(
+        inputs,
+        vec![members[0].clone()],
+        &["rd.device_timeout=3"],
+        "console.log",
+        &[
+            "loading module raid1",
+            "started DEGRADED as /dev/md127 with vda",
+            "stage1: device /dev/md/root for / is /dev/md/root",
+            "stage1: mounted / (/dev/md/root, ext4)",
+        ],
+        &mut out,
+    )?
+    else {
+        return Ok(out);
+    };
+    let degraded = lines
+        .iter()
+        .find(|l| l.text.contains("started DEGRADED"))
+        .map(|l| l.text.trim().to_owned())
+        .unwrap_or_default();
+    out.check(
+        "the degraded warning names the array and the fix",
+        degraded.contains(&format!("UUID {uuid}")) && degraded.contains("mdadm /dev/md127 --add"),
+        || format!("stage 1 said {degraded:?}"),
+    );
+    out.notes.push(format!("stage 1 said: {degraded}"));
+    let facts = probe_facts(&lines);
+    let root = facts.get("root.source").map_or("<missing>", String::as_str);
+    out.check("/ is the md array", root.starts_with("/dev/md"), || {
+        format!("the guest says / is {root:?}")
+    });
+    check_store_read_only(&mut out, "/nix/store read-only", &lines);
+    out.notes.push(receipt_stage1(
+        &lines,
+        &["modules", "md arrays", "devices", "mount /"],
+    ));
+    Ok(out)
+}
+
+/// `md-too-degraded`: only the array's spare is present. Stage 1 must refuse to start
+/// the array with a message naming it (name, UUID, the member found and why it holds
+/// no data) and the fix, then take the configured way out (`boot.panic_on_fail`).
+pub fn md_too_degraded(inputs: &Inputs) -> Result<Outcome> {
+    let scratch = md_setup(inputs, "md-too-degraded", None)?;
+    let (members, uuid) = md_members(inputs, &scratch)?;
+    let setup = md_setup(inputs, "md-too-degraded", Some(&uuid))?;
+    let append = cmdline(&setup.generation, &[], &["rd.device_timeout=2"]);
+    let cfg = inputs.vm_config(
+        &setup.initrd,
+        vec![members[2].clone()],
+        append,
+        setup.dir.join("console.log"),
+    );
+    let mut out = Outcome::for_run(&cfg);
+    let mut vm = Vm::start(&cfg)?;
+    let result = (|| -> Result<Line> {
+        let failed = vm.wait_for_line(
+            "a stage-1 error naming the array, its member and the fix",
+            FIRST_LINE,
+            |l| {
+                l.contains("stage1: ")
+                    && l.contains("too degraded")
+                    && l.contains(&uuid)
+                    && l.contains("vda left out: a spare member holds no data")
+                    && l.contains("mdadm --assemble --force")
+            },
+        )?;
+        vm.wait_for("Kernel panic", STEP)?;
+        vm.wait_exit(STEP)?;
+        Ok(failed)
+    })();
+    match result {
+        Ok(line) => out
+            .notes
+            .push(format!("stage 1 said: {}", line.text.trim())),
+        Err(e) => out.wait_failed(&vm, &e, 30),
+    }
+    let lines = vm.lines();
+    out.check(
+        "nothing mounted after the failure",
+        !shows(&lines, "stage1: switching root") && !shows(&lines, "stage1: mounted /"),
+        || "stage 1 went on without its array".into(),
+    );
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------
+// btrfs
+
+const BTRFS_LABEL: &str = "stagehand-btrfs";
+
+/// The system tree as a btrfs image made by `mkfs.btrfs --rootdir` (btrfs-progs 6.2 has
+/// no `--subvol`), then in the helper VM `btrfs subvolume snapshot` of the top level into
+/// subvolume `@` (the tree, copy-on-write), which the boot mounts with `subvol=@`.
+fn btrfs_subvol_image(inputs: &Inputs, setup: &Setup) -> Result<PathBuf> {
+    let img = setup.dir.join("btrfs.img");
+    let staging = tempfile::Builder::new()
+        .prefix(".staging-")
+        .tempdir_in(&setup.dir)?;
+    setup.image.tree()?.write_to(staging.path())?;
+    let _ = fs::remove_file(&img);
+    fs::File::create(&img)?.set_len(512 << 20)?;
+    run(Command::new("mkfs.btrfs")
+        .args(["-q", "-f", "-L", BTRFS_LABEL, "--rootdir"])
+        .arg(staging.path())
+        .arg(&img))
+    .context("making the btrfs image (install btrfs-progs)")?;
+    tools_vm(
+        inputs,
+        &setup.dir,
+        vec![img.clone()],
+        "/bin/busybox mkdir -p /mnt && /bin/busybox mount -t btrfs /dev/vda /mnt && \
+         /usr/bin/btrfs subvolume snapshot /mnt /mnt/@ && /bin/busybox umount /mnt && \
+         echo TOOLS-OK-$((1+1))",
+    )?;
+    Ok(img)
+}
+
+/// `btrfs-subvol`: the root filesystem is subvolume `@` of a btrfs filesystem
+/// (`LABEL=stagehand-btrfs`, options `subvol=@` from the stage-1 config, passed to the
+/// kernel as mount data); `btrfs_scan` registers the device first; no fsck (NixOS does
+/// not check btrfs at boot). The probe sees `/` as `/@` of the device.
+pub fn btrfs_subvol(inputs: &Inputs) -> Result<Outcome> {
+    let setup = Setup::with(
+        inputs,
+        "btrfs-subvol",
+        |spec| {
+            let root = &mut spec.filesystems[0];
+            root.device = format!("LABEL={BTRFS_LABEL}");
+            root.fs_type = "btrfs".into();
+            root.options = vec!["subvol=@".into(), "noatime".into()];
+        },
+        |extras| extras.stage1_options.btrfs_scan = true,
+    )?;
+    let img = btrfs_subvol_image(inputs, &setup)?;
+    let mut out = Outcome::default();
+    let Some(lines) = setup.boot(
+        inputs,
+        vec![img],
+        &[],
+        "console.log",
+        &[
+            "loading module btrfs",
+            "stage1: btrfs device /dev/vda registered",
+            &format!("stage1: mounted / (LABEL={BTRFS_LABEL}, btrfs)"),
+        ],
+        &mut out,
+    )?
+    else {
+        return Ok(out);
+    };
+    let facts = probe_facts(&lines);
+    let root = facts.get("root.source").map_or("<missing>", String::as_str);
+    out.check("/ is subvolume @", root == "/dev/vda /@", || {
+        format!("the guest says / is {root:?}")
+    });
+    out.check(
+        "btrfs is not fsck'd at boot",
+        !lines.iter().any(|l| l.text.contains("stage1: checking")),
+        || "stage 1 ran a checker on btrfs".into(),
+    );
+    check_store_read_only(&mut out, "/nix/store read-only", &lines);
+    let module_times: Vec<String> = lines
+        .iter()
+        .filter(|l| {
+            ["raid6_pq", "xor", "btrfs:"]
+                .iter()
+                .any(|m| l.text.contains(&format!("loading module {m}")))
+        })
+        .map(|l| l.text.trim().to_owned())
+        .collect();
+    out.notes
+        .push(format!("module loads: {}", module_times.join(" | ")));
+    out.notes.push(receipt_stage1(
+        &lines,
+        &["modules", "devices", "btrfs scan", "mount /"],
+    ));
     Ok(out)
 }
