@@ -183,6 +183,22 @@ pub enum DeviceKind {
 }
 
 /// Check that stage 1 can mount `e` and translate it into its config entry.
+/// `mdN`, `md/NAME`, `md_dN`: the names an md array has in `/dev`.
+fn is_md_name(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix("md") else {
+        return false;
+    };
+    match rest.strip_prefix('/') {
+        Some(n) => !n.is_empty() && !n.contains('/'),
+        None => !rest.is_empty() && rest.trim_start_matches("_d").bytes().all(|b| b.is_ascii_digit()),
+    }
+}
+
+/// Whether a filesystem's device is an md array (stage 1 must assemble it first).
+pub fn is_md_device(device: &str) -> bool {
+    device.strip_prefix("/dev/").is_some_and(is_md_name)
+}
+
 pub fn to_filesystem(e: &Entry) -> Result<(FileSystem, DeviceKind), LineError> {
     if !e.mount_point.starts_with('/') {
         return Err(line_error(
@@ -299,10 +315,9 @@ fn check_block_device(e: &Entry) -> Result<(), LineError> {
         Some(format!(
             "{d} is a device-mapper device (LUKS or LVM), which stage 1 does not set up yet"
         ))
-    } else if name.starts_with("md") {
-        Some(format!(
-            "{d} is a software RAID, which stage 1 does not assemble yet"
-        ))
+    } else if is_md_name(name) {
+        // Stage 1 assembles md arrays itself (`swraid`), naming them as mdadm does.
+        None
     } else if name.starts_with("disk/") {
         Some(format!(
             "{d} is a udev link stage 1 does not make (it makes only by-label, by-uuid, \
@@ -380,7 +395,7 @@ mod tests {
             ("/dev/mapper/root", "device-mapper"),
             ("/dev/disk/by-id/ata-x", "udev link"),
             ("/dev/vg/root", "kernel device name"),
-            ("/dev/md0", "RAID"),
+            ("/dev/mdx", "kernel device name"),
             ("LABEL=", "no value"),
             ("server:/export", "not a block device"),
         ] {
@@ -391,6 +406,12 @@ mod tests {
                 "{msg}"
             );
         }
+        for md in ["/dev/md0", "/dev/md127", "/dev/md/root"] {
+            let (fs, kind) = to_filesystem(&entry(md, "ext4", "defaults")).expect(md);
+            assert_eq!(kind, DeviceKind::Block);
+            assert!(is_md_device(&fs.device), "{md}");
+        }
+        assert!(!is_md_device("/dev/mdx") && !is_md_device("/dev/vda"));
         let (_, kind) = to_filesystem(&entry("/persist/etc", "none", "bind")).expect("bind");
         assert_eq!(kind, DeviceKind::Bind);
         let e = to_filesystem(&entry("/persist/etc", "none", "defaults")).expect_err("none");

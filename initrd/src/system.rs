@@ -401,6 +401,19 @@ pub fn spec_from_system(
         root: Some(root.to_owned()),
         ..SpecExtras::default()
     };
+    // The storage layers the boot filesystems sit on: every md array found is assembled
+    // when one is on an md device (NixOS's `boot.swraid`; the array list of
+    // `mdadm.conf` is not in the toplevel), and btrfs devices are scanned before mounting
+    // so a multi-device btrfs mounts. Their modules come with the options at build time.
+    if filesystems.iter().any(|f| fstab::is_md_device(&f.device)) {
+        extras.stage1_options.swraid = true;
+        choice
+            .notes
+            .push("an md array holds a boot filesystem: stage 1 assembles every array it finds (md_mod, raid1)".into());
+    }
+    if filesystems.iter().any(|f| f.fs_type == "btrfs") {
+        extras.stage1_options.btrfs_scan = true;
+    }
     extras.firmware_dirs = firmware
         .iter()
         .map(|p| confined::host_path(root, p))
