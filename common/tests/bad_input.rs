@@ -83,19 +83,24 @@ const CONFIG_CASES: &[(&str, Damage, &[&str])] = &[
         |b| b[8..10].copy_from_slice(&99u16.to_le_bytes()),
         &[
             "format version 99",
-            "reads version 3",
+            "reads version 4",
             "rebuild the file with a matching Stagehand",
         ],
     ),
     (
         "old version 1",
         |b| b[8..10].copy_from_slice(&1u16.to_le_bytes()),
-        &["format version 1 ", "reads version 3"],
+        &["format version 1 ", "reads version 4"],
     ),
     (
         "previous version 2 (before the modules' cpu aliases)",
         |b| b[8..10].copy_from_slice(&2u16.to_le_bytes()),
-        &["format version 2 ", "reads version 3"],
+        &["format version 2 ", "reads version 4"],
+    ),
+    (
+        "previous version 3 (before md RAID and the btrfs scan)",
+        |b| b[8..10].copy_from_slice(&3u16.to_le_bytes()),
+        &["format version 3 ", "reads version 4"],
     ),
     (
         "reserved field set",
