@@ -367,6 +367,48 @@ mod tests {
             .exists());
     }
 
+    /// A device with an md superblock (the one real mdadm wrote, at 4 KiB) and an ext4
+    /// superblock at 1 KiB, as a v1.0 member or a disk reused without `wipefs` looks: it
+    /// is an array member, and its ext4 label must not resolve to it.
+    #[test]
+    fn md_members_are_not_filesystems() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let sys = t.path().join("sys");
+        let dev = t.path().join("dev");
+        std::fs::create_dir_all(sys.join("vda")).expect("mkdir");
+        std::fs::create_dir_all(&dev).expect("mkdir");
+        std::fs::write(sys.join("vda/size"), "16384\n").expect("write");
+        let img = dev.join("vda");
+        let ok = Command::new(require_tool("mkfs.ext4"))
+            .args(["-q", "-F", "-L", "inside"])
+            .arg(&img)
+            .arg("8M")
+            .status()
+            .expect("mkfs.ext4");
+        assert!(ok.success());
+        {
+            use std::io::{Seek, SeekFrom, Write};
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&img)
+                .expect("open");
+            f.seek(SeekFrom::Start(4096)).expect("seek");
+            f.write_all(include_bytes!("md/testdata/mdadm-1.2-raid1-member0.sb"))
+                .expect("write");
+        }
+        let mut reg = Registry::new(&sys, &dev);
+        let found = reg.wait_all(
+            &[DeviceSpec::parse("LABEL=inside").expect("spec")],
+            Duration::from_millis(50),
+        );
+        assert_eq!(found, vec![None]);
+        let members = reg.md_members();
+        assert_eq!(members.len(), 1);
+        assert_eq!(members[0].device, "vda");
+        assert_eq!(members[0].sb.short_name(), "root");
+        assert!(!dev.join("disk/by-label/inside").exists());
+    }
+
     #[test]
     fn missing_label_times_out_with_none() {
         let t = tempfile::tempdir().expect("tempdir");

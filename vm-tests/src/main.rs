@@ -84,6 +84,11 @@ const SCENARIOS: &[Scenario] = &[
         storage_scenarios::btrfs_subvol,
     ),
     (
+        "btrfs-multi",
+        "a btrfs root over two devices (btrfs device add): both scanned through /dev/btrfs-control, it mounts",
+        storage_scenarios::btrfs_multi,
+    ),
+    (
         "md-raid1-degraded",
         "an md RAID1 root (mdadm v1.2) with one member missing starts degraded and boots to systemd",
         storage_scenarios::md_raid1_degraded,

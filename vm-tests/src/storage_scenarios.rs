@@ -557,3 +557,120 @@ pub fn btrfs_subvol(inputs: &Inputs) -> Result<Outcome> {
     ));
     Ok(out)
 }
+
+/// `btrfs-multi`: the root btrfs spans two devices (`mkfs.btrfs --rootdir` on one, then in
+/// the helper VM `btrfs device add` of the second and a metadata balance to RAID1, so
+/// the filesystem cannot be mounted from either device alone). With `btrfs_scan` stage 1
+/// waits for both devices, registers them with the kernel, and the mount by label
+/// assembles the filesystem.
+pub fn btrfs_multi(inputs: &Inputs) -> Result<Outcome> {
+    let setup = Setup::with(
+        inputs,
+        "btrfs-multi",
+        |spec| {
+            let root = &mut spec.filesystems[0];
+            root.device = format!("LABEL={BTRFS_LABEL}");
+            root.fs_type = "btrfs".into();
+            root.options = vec!["noatime".into()];
+        },
+        |extras| extras.stage1_options.btrfs_scan = true,
+    )?;
+    let img = setup.dir.join("btrfs-a.img");
+    let second = setup.dir.join("btrfs-b.img");
+    let staging = tempfile::Builder::new()
+        .prefix(".staging-")
+        .tempdir_in(&setup.dir)?;
+    setup.image.tree()?.write_to(staging.path())?;
+    for f in [&img, &second] {
+        let _ = fs::remove_file(f);
+        fs::File::create(f)?.set_len(512 << 20)?;
+    }
+    run(Command::new("mkfs.btrfs")
+        .args(["-q", "-f", "-L", BTRFS_LABEL, "--rootdir"])
+        .arg(staging.path())
+        .arg(&img))
+    .context("making the btrfs image (install btrfs-progs)")?;
+    tools_vm(
+        inputs,
+        &setup.dir,
+        vec![img.clone(), second.clone()],
+        "/bin/busybox mkdir -p /mnt && /bin/busybox mount -t btrfs /dev/vda /mnt && \
+         /usr/bin/btrfs device add -f /dev/vdb /mnt && \
+         /usr/bin/btrfs balance start -f -mconvert=raid1 -sconvert=raid1 /mnt && \
+         /bin/busybox umount /mnt && echo TOOLS-OK-$((1+1))",
+    )?;
+    // btrfs-progs' own view of the second device: a member of a two-device filesystem.
+    let dump = run(Command::new("btrfs")
+        .args(["inspect-internal", "dump-super"])
+        .arg(&second))
+    .context("reading the second device back (install btrfs-progs)")?;
+    let field = |name: &str| {
+        dump.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_owned())
+            .unwrap_or_default()
+    };
+    let fsid = field("fsid");
+    if field("num_devices") != "2" {
+        bail!("btrfs device add did not make a two-device filesystem:\n{dump}");
+    }
+    let mut out = Outcome::default();
+    out.notes.push(format!("filesystem {fsid}, 2 devices"));
+    let Some(lines) = setup.boot(
+        inputs,
+        vec![img, second],
+        &[],
+        "console.log",
+        &[
+            "stage1: btrfs device /dev/vda registered",
+            "stage1: btrfs device /dev/vdb registered",
+            &format!("stage1: mounted / (LABEL={BTRFS_LABEL}, btrfs)"),
+        ],
+        &mut out,
+    )?
+    else {
+        return Ok(out);
+    };
+    check_store_read_only(&mut out, "/nix/store read-only", &lines);
+    out.notes.push(receipt_stage1(
+        &lines,
+        &["devices", "btrfs scan", "mount /"],
+    ));
+
+    // The control: the same disks with an initrd that has the btrfs module but no scan.
+    // The kernel knows only the device the mount names, and refuses the filesystem.
+    let unscanned = build_initrd(
+        inputs,
+        &setup.dir,
+        "initrd-no-scan.zst",
+        |spec| {
+            spec.modules.push("btrfs".into());
+            let root = &mut spec.filesystems[0];
+            root.device = format!("LABEL={BTRFS_LABEL}");
+            root.fs_type = "btrfs".into();
+        },
+        |_| {},
+    )?;
+    let cfg = inputs.vm_config(
+        &unscanned,
+        vec![setup.dir.join("btrfs-a.img"), setup.dir.join("btrfs-b.img")],
+        setup.generation.cmdline(),
+        setup.dir.join("console-no-scan.log"),
+    );
+    out.start_run(&cfg);
+    let mut vm = Vm::start(&cfg)?;
+    let control = (|| -> Result<Line> {
+        let failed = vm.wait_for("stage1: mounting / failed", FIRST_LINE)?;
+        vm.wait_for("Kernel panic", STEP)?;
+        vm.wait_exit(STEP)?;
+        Ok(failed)
+    })();
+    match control {
+        Ok(line) => out.notes.push(format!(
+            "without btrfs_scan the mount fails: {}",
+            line.text.trim()
+        )),
+        Err(e) => out.wait_failed(&vm, &e, 30),
+    }
+    Ok(out)
+}
