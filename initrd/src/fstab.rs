@@ -395,7 +395,7 @@ mod tests {
             ("/dev/mapper/root", "device-mapper"),
             ("/dev/disk/by-id/ata-x", "udev link"),
             ("/dev/vg/root", "kernel device name"),
-            ("/dev/mdx", "kernel device name"),
+            ("/dev/md/a/b", "kernel device name"),
             ("LABEL=", "no value"),
             ("server:/export", "not a block device"),
         ] {
