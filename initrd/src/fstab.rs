@@ -190,7 +190,13 @@ fn is_md_name(name: &str) -> bool {
     };
     match rest.strip_prefix('/') {
         Some(n) => !n.is_empty() && !n.contains('/'),
-        None => !rest.is_empty() && rest.trim_start_matches("_d").bytes().all(|b| b.is_ascii_digit()),
+        None => {
+            !rest.is_empty()
+                && rest
+                    .trim_start_matches("_d")
+                    .bytes()
+                    .all(|b| b.is_ascii_digit())
+        }
     }
 }
 

@@ -32,6 +32,10 @@ const MODULES: &[(&str, &[&str])] = &[
         ],
     ),
     ("fs/jbd2/jbd2.ko.xz", &["depends=", "name=jbd2"]),
+    (
+        "fs/btrfs/btrfs.ko.xz",
+        &["depends=", "alias=fs-btrfs", "name=btrfs"],
+    ),
     ("fs/mbcache.ko.xz", &["depends=", "name=mbcache"]),
     (
         "crypto/crc32c_generic.ko.xz",
@@ -523,6 +527,41 @@ fn filesystems_stage1_cannot_mount_are_refused_by_line() {
         let msg = error_of(&f);
         assert!(msg.contains(says), "{says:?} not in {msg}");
     }
+}
+
+#[test]
+fn an_md_root_assembles_arrays_and_btrfs_subvolumes_pass_through() {
+    let f = fixture(
+        "/dev/md/root / ext4 defaults 0 1\n\
+         UUID=0f1e /nix btrfs subvol=@nix,compress=zstd 0 0\n",
+    );
+    let sys = f.spec(&f.options()).expect("spec");
+    let options = &sys.spec.extras.stage1_options;
+    assert!(options.swraid, "an md root makes stage 1 assemble arrays");
+    assert!(
+        options.btrfs_scan,
+        "a btrfs filesystem makes stage 1 scan btrfs devices"
+    );
+    assert_eq!(
+        sys.spec.spec.filesystems,
+        vec![
+            fs("/", "/dev/md/root", "ext4", &["defaults"]),
+            fs(
+                "/nix",
+                "UUID=0f1e",
+                "btrfs",
+                &["subvol=@nix", "compress=zstd"]
+            ),
+        ]
+    );
+    assert!(
+        sys.choice.notes.iter().any(|n| n.contains("md array")),
+        "{:?}",
+        sys.choice.notes
+    );
+    let plain = fixture(FSTAB);
+    let sys = plain.spec(&plain.options()).expect("spec");
+    assert!(!sys.spec.extras.stage1_options.swraid && !sys.spec.extras.stage1_options.btrfs_scan);
 }
 
 #[test]
