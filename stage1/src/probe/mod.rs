@@ -19,8 +19,10 @@
 //!
 //! Known gaps against libblkid, all deliberate:
 //! - Only the types listed in [`FsInfo::fs_type`] are recognised. A device that also
-//!   holds a signature we do not know (LUKS, md RAID, LVM, …) is reported by the one
-//!   we do know, where libblkid would report the container instead.
+//!   holds a signature we do not know (LUKS, LVM, …) is reported by the one we do know,
+//!   where libblkid would report the container instead. md RAID members are the
+//!   exception: the device registry reads their superblock ([`crate::md::superblock`])
+//!   first and offers no filesystem for them, as libblkid's `linux_raid_member`.
 //! - Superblock checksums are verified where the filesystem has one (ext4
 //!   metadata_csum, XFS v5, btrfs CRC-32C, erofs sb_csum), as libblkid 2.39+ does and
 //!   the kernel does at mount time. libblkid 2.38 (Debian 12) does not check them, so a
