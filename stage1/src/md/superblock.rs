@@ -112,6 +112,8 @@ pub enum MdSbError {
     MaxDev(u32),
     /// The checksum over header and roles does not match.
     Checksum { stored: u32, computed: u32 },
+    /// More data slots than a v1.x role table can describe.
+    RaidDisks(u32),
     /// `dev_number` has no entry in `dev_roles`.
     DevNumber { dev_number: u32, max_dev: u32 },
 }
@@ -125,6 +127,10 @@ impl fmt::Display for MdSbError {
                 "md superblock found at sector {read_at} says it belongs at sector {stored}"
             ),
             Self::MaxDev(n) => write!(f, "md superblock lists {n} device roles (at most 1920 fit)"),
+            Self::RaidDisks(n) => write!(
+                f,
+                "md superblock says the array has {n} devices (at most 1920 can have a role)"
+            ),
             Self::Checksum { stored, computed } => write!(
                 f,
                 "md superblock checksum {stored:#010x} does not match its contents ({computed:#010x})"
@@ -190,6 +196,12 @@ pub fn parse(block: &[u8], read_at: u64, minor: u8) -> Result<Option<MdSuper>, M
             read_at,
         });
     }
+    // Every data slot needs a role entry; a larger count is damage (and would make the
+    // assembly walk billions of slots).
+    let raid_disks = le32(92);
+    if raid_disks as usize > (SB_LEN - SB_HEADER) / 2 {
+        return Err(MdSbError::RaidDisks(raid_disks));
+    }
     let dev_number = le32(160);
     if dev_number >= max_dev {
         return Err(MdSbError::DevNumber {
@@ -214,7 +226,7 @@ pub fn parse(block: &[u8], read_at: u64, minor: u8) -> Result<Option<MdSuper>, M
         array_uuid: uuid_at(16),
         name,
         level: le32(72) as i32,
-        raid_disks: le32(92),
+        raid_disks,
         events: le64(200),
         dev_number,
         role,

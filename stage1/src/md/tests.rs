@@ -161,10 +161,30 @@ fn damaged_superblocks_are_refused() {
     let mut b = REAL_ACTIVE.to_vec();
     b[220..224].copy_from_slice(&5000u32.to_le_bytes());
     assert_eq!(parse(&b, 8, 2), Err(MdSbError::MaxDev(5000)));
+    // A slot count no role table can hold (found by the md_superblock fuzz target: the
+    // judgement walked 4 billion slots). Refused even with a valid checksum.
+    let mut b = REAL_ACTIVE.to_vec();
+    b[92..96].copy_from_slice(&u32::MAX.to_le_bytes());
+    let fixed = superblock_checksum_fixed(b);
+    assert_eq!(parse(&fixed, 8, 2), Err(MdSbError::RaidDisks(u32::MAX)));
     // Major version 0.90 style.
     let mut b = REAL_ACTIVE.to_vec();
     b[4] = 0;
     assert_eq!(parse(&b, 8, 2), Err(MdSbError::Version(0)));
+}
+
+/// `b` with its checksum recomputed (sum of the LE u32 words of the header and
+/// `max_dev` roles without the checksum word, folded), as a forger would.
+fn superblock_checksum_fixed(mut b: Vec<u8>) -> Vec<u8> {
+    let max_dev = u32::from_le_bytes(b[220..224].try_into().expect("4 bytes")) as usize;
+    b[216..220].fill(0);
+    let mut sum: u64 = 0;
+    for w in b[..256 + 2 * max_dev].chunks_exact(4) {
+        sum += u64::from(u32::from_le_bytes(w.try_into().expect("4 bytes")));
+    }
+    let csum = ((sum & 0xffff_ffff) + (sum >> 32)) as u32;
+    b[216..220].copy_from_slice(&csum.to_le_bytes());
+    b
 }
 
 #[test]
