@@ -9,7 +9,17 @@ fuzz_target!(|data: &[u8]| {
     let _ = looks_like_activate_script(data);
     if let Ok(script) = parse(data) {
         for s in &script.snippets {
-            for name in [s.name.as_str(), "users", "etc", "binsh", "usrbinenv", "specialfs", "hashes", "modprobe", "udevd"] {
+            for name in [
+                s.name.as_str(),
+                "users",
+                "etc",
+                "binsh",
+                "usrbinenv",
+                "specialfs",
+                "hashes",
+                "modprobe",
+                "udevd",
+            ] {
                 let _ = classify(name, &s.text);
             }
         }

@@ -28,7 +28,8 @@ fuzz_target!(|data: &[u8]| {
             let _ = n.blessed();
         }
         let _ = EntryName::from_id(name);
-        esp.entry_texts.insert(name.to_string(), body.as_bytes().to_vec());
+        esp.entry_texts
+            .insert(name.to_string(), body.as_bytes().to_vec());
     }
     let _ = sdboot::predicted_boot(&esp);
     let _ = sdboot::entry_statuses(&esp);

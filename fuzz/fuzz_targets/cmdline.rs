@@ -8,7 +8,14 @@ use stagehand_stage1::probe::DeviceSpec;
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
     let c = Cmdline::parse(&text);
-    for key in ["init", "root", "resume", "console", "rootfstype", "rootflags"] {
+    for key in [
+        "init",
+        "root",
+        "resume",
+        "console",
+        "rootfstype",
+        "rootflags",
+    ] {
         let _ = c.get(key);
         let _ = c.get_all(key).count();
         let _ = c.flag(key);

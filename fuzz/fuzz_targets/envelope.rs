@@ -34,6 +34,9 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(p) = envelope::decode::<CompiledPlan>(PLAN_KIND, &bytes) {
         let again = envelope::encode(PLAN_KIND, &p).expect("re-encode plan");
-        assert_eq!(envelope::decode::<CompiledPlan>(PLAN_KIND, &again).expect("decode"), p);
+        assert_eq!(
+            envelope::decode::<CompiledPlan>(PLAN_KIND, &again).expect("decode"),
+            p
+        );
     }
 });

@@ -3,8 +3,8 @@
 //! the files of the set, then planned against a fixed spec.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use std::path::Path;
 use stagehand_activation::users::{self, FileState, UsersSpec, UsersState, SET};
+use std::path::Path;
 
 const SPEC: &str = r#"{
   "mutableUsers": true,

@@ -1,8 +1,8 @@
 //! The users spec (`users-groups.json`, update-users-groups.pl's or userborn's input).
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use std::path::Path;
 use stagehand_activation::users::UsersSpec;
+use std::path::Path;
 
 fuzz_target!(|data: &[u8]| {
     let path = Path::new("users-groups.json");
