@@ -5,6 +5,7 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
+use std::time::Duration;
 
 use crate::loader::BootLoader;
 use crate::manager::{ServiceManager, Verb};
@@ -72,6 +73,7 @@ pub(crate) fn live_switch(
     let touch_systemd = live.is_live() && !no_op;
     if touch_systemd {
         live.reload_systemd(before.same_generation);
+        live.reload_user_units(&active);
     }
     live.reload_restart_start(&mut plan);
     if touch_systemd {
@@ -393,7 +395,7 @@ impl Live<'_, '_> {
     /// Failed units (and services stuck restarting after a failure) make the switch fail;
     /// units that were not running before are listed as new.
     fn report_units(&mut self, before: &ActiveUnits) {
-        let now = match self.manager.list_units() {
+        let now = match settle(&mut *self.manager, before) {
             Ok(n) => n,
             Err(e) => {
                 self.say
@@ -429,6 +431,26 @@ impl Live<'_, '_> {
         }
     }
 
+    /// Re-run the per-user activation in every running user manager, as NixOS does after
+    /// the daemon reload: the manager re-executes itself (it picks up changed user units)
+    /// and `nixos-activation.service` restarts. A failure is reported, not fatal (NixOS
+    /// ignores the user run's exit status too).
+    fn reload_user_units(&mut self, active: &ActiveUnits) {
+        let passwd = read_text(self.root, Path::new("/etc/passwd")).unwrap_or_default();
+        for (uid, name, gid) in user_managers(active, &passwd) {
+            self.say.line(format!("reloading user units for {name}..."));
+            // The manager may not answer while it re-executes; the restart below waits.
+            let _ = self.manager.user_manager(uid, gid, &["daemon-reexec"]);
+            if let Err(e) =
+                self.manager
+                    .user_manager(uid, gid, &["restart", "nixos-activation.service"])
+            {
+                self.say
+                    .line(format!("Failed to run user activation for {name}: {e}"));
+            }
+        }
+    }
+
     /// `switch` only: the generation becomes the boot default once its activation succeeded.
     fn make_boot_default(&mut self, loader: &mut dyn BootLoader, activated: bool) {
         if !activated {
@@ -446,6 +468,67 @@ impl Live<'_, '_> {
             }
         }
     }
+}
+
+/// The running user managers (`user@UID.service`, active) as `(uid, name, gid)`, names and
+/// groups from `passwd`; a uid without an account is skipped.
+pub(crate) fn user_managers(active: &ActiveUnits, passwd: &str) -> Vec<(u32, String, u32)> {
+    let accounts: Vec<(u32, &str, u32)> = passwd
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            match f[..] {
+                [name, _, uid, gid, ..] => Some((uid.parse().ok()?, name, gid.parse().ok()?)),
+                _ => None,
+            }
+        })
+        .collect();
+    active
+        .iter()
+        .filter(|(_, st)| st.active == "active")
+        .filter_map(|(unit, _)| unit.strip_prefix("user@")?.strip_suffix(".service")?.parse().ok())
+        .filter_map(|uid: u32| {
+            let (_, name, gid) = accounts.iter().find(|(u, _, _)| *u == uid)?;
+            Some((uid, name.to_string(), *gid))
+        })
+        .collect()
+}
+
+/// How long the units must look the same before the report, and the most we wait.
+const SETTLE_QUIET: Duration = Duration::from_millis(250);
+const SETTLE_LIMIT: Duration = Duration::from_secs(10);
+
+/// Wait for systemd to settle before the failed units are reported (a service that fails
+/// just after its start job finished would otherwise be missed): no running job for a unit
+/// that was not already changing state when the switch began (a job queued before us, such
+/// as the one of the unit running this switch, is not ours to wait for), and two listings
+/// [`SETTLE_QUIET`] apart that agree. At most [`SETTLE_LIMIT`]; the last listing is returned.
+pub(crate) fn settle(
+    manager: &mut dyn ServiceManager,
+    before: &ActiveUnits,
+) -> Result<ActiveUnits, String> {
+    let was_changing = |u: &str| {
+        before
+            .get(u)
+            .is_some_and(|st| matches!(st.active.as_str(), "activating" | "deactivating" | "reloading"))
+    };
+    let mut last = manager.list_units()?;
+    let mut waited = Duration::ZERO;
+    while waited < SETTLE_LIMIT {
+        manager.pause(SETTLE_QUIET);
+        waited += SETTLE_QUIET;
+        let busy = manager
+            .list_jobs()?
+            .iter()
+            .any(|(unit, state)| state == "running" && !was_changing(unit));
+        let now = manager.list_units()?;
+        let same = now == last;
+        last = now;
+        if same && !busy {
+            break;
+        }
+    }
+    Ok(last)
 }
 
 fn vec(set: &BTreeSet<String>) -> Vec<String> {
@@ -477,6 +560,131 @@ fn log_result(code: u8, toplevel: &Path) {
         log::error!(
             "switching to system configuration {} failed (status {code})",
             toplevel.display()
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::units::UnitState;
+    use std::collections::BTreeMap;
+
+    /// systemd as a script: the n-th listing and the jobs after the n-th pause.
+    #[derive(Default)]
+    struct Scripted {
+        lists: Vec<ActiveUnits>,
+        jobs: Vec<BTreeMap<String, String>>,
+        listed: usize,
+        paused: Duration,
+        pauses: usize,
+    }
+
+    fn at<T: Clone + Default>(v: &[T], i: usize) -> T {
+        v.get(i.min(v.len().saturating_sub(1))).cloned().unwrap_or_default()
+    }
+
+    impl ServiceManager for Scripted {
+        fn list_units(&mut self) -> Result<ActiveUnits, String> {
+            self.listed += 1;
+            Ok(at(&self.lists, self.listed - 1))
+        }
+        fn jobs(&mut self, _: Verb, _: &[String]) -> Result<(), String> {
+            Ok(())
+        }
+        fn daemon_reload(&mut self) -> Result<(), String> {
+            Ok(())
+        }
+        fn daemon_reexec(&mut self) -> Result<(), String> {
+            Ok(())
+        }
+        fn reset_failed(&mut self) -> Result<(), String> {
+            Ok(())
+        }
+        fn active_now(&mut self, _: &[String]) -> Result<BTreeSet<String>, String> {
+            Ok(BTreeSet::new())
+        }
+        fn exec_main_status(&mut self, _: &str) -> Option<i32> {
+            None
+        }
+        fn show_status(&mut self, _: &[String]) {}
+        fn list_jobs(&mut self) -> Result<BTreeMap<String, String>, String> {
+            Ok(at(&self.jobs, self.pauses - 1))
+        }
+        fn pause(&mut self, d: Duration) {
+            self.paused += d;
+            self.pauses += 1;
+        }
+    }
+
+    fn units(v: &[(&str, &str, &str)]) -> ActiveUnits {
+        v.iter()
+            .map(|(u, a, s)| (u.to_string(), UnitState::new(a, s)))
+            .collect()
+    }
+
+    fn jobs(v: &[(&str, &str)]) -> BTreeMap<String, String> {
+        v.iter().map(|(u, s)| (u.to_string(), s.to_string())).collect()
+    }
+
+    /// switch-test.nix's autorestartServiceFailing: the service's start job is done while
+    /// it still runs; it fails a moment later. The report must see the failure.
+    #[test]
+    fn settle_sees_a_service_that_fails_after_its_start() {
+        let running = units(&[("autorestart.service", "active", "running")]);
+        let failed = units(&[("autorestart.service", "activating", "auto-restart")]);
+        let mut m = Scripted {
+            lists: vec![running, failed.clone(), failed.clone()],
+            ..Scripted::default()
+        };
+        let got = settle(&mut m, &ActiveUnits::new()).expect("settle");
+        assert_eq!(got, failed);
+        assert_eq!(m.paused, SETTLE_QUIET * 2);
+    }
+
+    /// A running job of ours keeps us waiting even when the listings agree; a job that was
+    /// under way before the switch (the unit running it) and waiting jobs do not.
+    #[test]
+    fn settle_waits_for_our_jobs_only() {
+        let before = units(&[("driver.service", "activating", "start")]);
+        let same = units(&[("a.service", "active", "running")]);
+        let mut m = Scripted {
+            lists: vec![same.clone()],
+            jobs: vec![
+                jobs(&[("a.service", "running"), ("driver.service", "running")]),
+                jobs(&[("driver.service", "running"), ("probe.service", "waiting")]),
+            ],
+            ..Scripted::default()
+        };
+        assert_eq!(settle(&mut m, &before).expect("settle"), same);
+        assert_eq!(m.pauses, 2);
+    }
+
+    #[test]
+    fn settle_is_bounded() {
+        let mut m = Scripted {
+            lists: vec![ActiveUnits::new()],
+            jobs: vec![jobs(&[("stuck.service", "running")])],
+            ..Scripted::default()
+        };
+        settle(&mut m, &ActiveUnits::new()).expect("settle");
+        assert_eq!(m.paused, SETTLE_LIMIT);
+    }
+
+    #[test]
+    fn running_user_managers_with_their_accounts() {
+        let active = units(&[
+            ("user@1000.service", "active", "running"),
+            ("user@1001.service", "active", "running"),
+            ("user@1002.service", "deactivating", "stop-sigterm"),
+            ("user-runtime-dir@1000.service", "active", "exited"),
+            ("user@.service", "active", "running"),
+        ]);
+        let passwd = "root:x:0:0::/root:/bin/sh\nalice:x:1000:100::/home/alice:/bin/sh\n\
+                      carol:x:1002:100::/home/carol:/bin/sh\nbroken\n";
+        assert_eq!(
+            user_managers(&active, passwd),
+            vec![(1000, "alice".to_string(), 100)]
         );
     }
 }

@@ -10,6 +10,11 @@ use stagehand_boot::esp::Statvfs;
 use stagehand_boot::install::{self, InstallOptions, Loader, DEFAULT_ESP};
 use stagehand_common::rootfs::Root;
 
+/// What NixOS prints when a generation has no boot loader to install (`boot.loader.grub.enable
+/// = false` and no other): `switch` and `boot` still succeed.
+pub const NO_BOOT_LOADER: &str =
+    "Warning: do not know how to make this configuration bootable; please enable a boot loader.";
+
 pub trait BootLoader {
     /// Make `toplevel` (as the system sees it) the default boot entry.
     fn install(&mut self, root: &Root, toplevel: &Path) -> Result<String, String>;
@@ -58,9 +63,11 @@ impl BootLoader for BootLoaderCommand {
                 } else if root.lstat(&esp.join("extlinux")).ok().flatten().is_some() {
                     Loader::Extlinux
                 } else {
+                    // NixOS's own warning first (scripts and its test suite look for it), then
+                    // what we looked at.
                     return Ok(format!(
-                        "no boot loader to update: INSTALL_BOOTLOADER is unset and {} has \
-                         neither loader/ (systemd-boot) nor extlinux/",
+                        "{NO_BOOT_LOADER}\n(INSTALL_BOOTLOADER is unset and {} has neither \
+                         loader/ (systemd-boot) nor extlinux/)",
                         root.host_path(esp).display()
                     ));
                 };

@@ -3,9 +3,10 @@
 //! over its private socket — no D-Bus daemon needed), [`Offline`] is for a root that is not
 //! running (an installer's `--root`), and tests use a fake.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use crate::units::{ActiveUnits, UnitState};
 
@@ -44,6 +45,21 @@ pub trait ServiceManager {
     fn exec_main_status(&mut self, unit: &str) -> Option<i32>;
     /// Show the user why units failed (`systemctl status`).
     fn show_status(&mut self, units: &[String]);
+    /// The queued jobs: unit → job state (`running` or `waiting`).
+    fn list_jobs(&mut self) -> Result<BTreeMap<String, String>, String> {
+        Ok(BTreeMap::new())
+    }
+    /// Wait this long (the switch's only sleep: letting systemd settle).
+    fn pause(&mut self, d: Duration) {
+        std::thread::sleep(d);
+    }
+    /// Run `systemctl --user ARGS` in the user manager of `uid` (as that user, with its
+    /// `XDG_RUNTIME_DIR`, so `systemctl` reaches the manager's private socket without a
+    /// D-Bus daemon).
+    fn user_manager(&mut self, uid: u32, gid: u32, args: &[&str]) -> Result<(), String> {
+        let _ = (uid, gid, args);
+        Ok(())
+    }
     /// False for [`Offline`]: nothing is running, so there is nothing to switch live.
     fn is_live(&self) -> bool {
         true
@@ -76,6 +92,7 @@ impl ServiceManager for Offline {
         None
     }
     fn show_status(&mut self, _: &[String]) {}
+    fn pause(&mut self, _: Duration) {}
     fn is_live(&self) -> bool {
         false
     }
@@ -224,6 +241,49 @@ impl ServiceManager for Systemctl {
         // Informational only: its exit status is non-zero exactly because the units failed.
         let _ = self.run(&["status", "--full"], units);
     }
+
+    fn list_jobs(&mut self) -> Result<BTreeMap<String, String>, String> {
+        Ok(parse_list_jobs(
+            &self.output(&["list-jobs", "--plain", "--no-legend", "--full"])?,
+        ))
+    }
+
+    fn user_manager(&mut self, uid: u32, gid: u32, args: &[&str]) -> Result<(), String> {
+        use std::os::unix::process::CommandExt;
+        let status = Command::new(&self.path)
+            .args(["--user", "--no-pager", "--no-ask-password"])
+            .args(args)
+            .env_clear()
+            .env("XDG_RUNTIME_DIR", format!("/run/user/{uid}"))
+            .uid(uid)
+            .gid(gid)
+            .stdin(Stdio::null())
+            .status()
+            .map_err(|e| format!("cannot run {} as uid {uid}: {e}", self.path.display()))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "systemctl --user {} as uid {uid} failed ({status})",
+                args.join(" ")
+            ))
+        }
+    }
+}
+
+/// `systemctl list-jobs --plain --no-legend --full` lines: `JOB UNIT TYPE STATE`.
+pub fn parse_list_jobs(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            match f[..] {
+                [id, unit, _, state, ..] if id.parse::<u64>().is_ok() => {
+                    Some((unit.to_string(), state.to_string()))
+                }
+                _ => None,
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -245,5 +305,18 @@ mod tests {
         );
         assert_eq!(u["b.service"], UnitState::new("failed", "failed"));
         assert_eq!(u["c.service"].sub, "start");
+    }
+
+    #[test]
+    fn list_jobs_output() {
+        let j = parse_list_jobs(
+            "41 stagehand-probe.service start waiting
+             40 a.service      start running
+No jobs running.
+",
+        );
+        assert_eq!(j.len(), 2);
+        assert_eq!(j["a.service"], "running");
+        assert_eq!(j["stagehand-probe.service"], "waiting");
     }
 }

@@ -120,6 +120,10 @@ pub struct GenerationSpec {
     /// The static `stagehand` binary (host path), linked as the generation's
     /// `bin/switch-to-configuration` (it dispatches on that name).
     pub switch_to_configuration: Option<PathBuf>,
+    /// More text files in the toplevel (`init-interface-version`, …), path → text.
+    pub toplevel_files: Vec<(String, String)>,
+    /// More keys of `activation.json` (`snippets`, `shell`, …), replacing the defaults.
+    pub activation: serde_json::Map<String, Value>,
 }
 
 impl GenerationSpec {
@@ -151,6 +155,8 @@ impl GenerationSpec {
             ),
             hostname,
             switch_to_configuration: None,
+            toplevel_files: Vec::new(),
+            activation: serde_json::Map::new(),
         }
     }
 
@@ -578,12 +584,15 @@ fn add_toplevel(
     etc: &StorePath,
 ) -> Result<StorePath> {
     let etc_dir = etc.join("etc");
-    let activation = json!({
+    let mut activation = json!({
         "version": 1,
         "etc": etc_dir,
         "usersGroups": parts.users_groups.as_str(),
         "snippets": [],
     });
+    if let Some(obj) = activation.as_object_mut() {
+        obj.extend(spec.activation.clone());
+    }
     let kernel_params = spec.kernel_params.clone();
     let toplevel_tree = |toplevel: &str| -> Result<Node> {
         let bootspec = bootspec(
@@ -614,6 +623,9 @@ fn add_toplevel(
             ("kernel-params", Node::text(kernel_params.join(" "))),
         ];
         entries.extend(parts.switcher.as_ref().map(switcher_entry));
+        for (path, text) in &spec.toplevel_files {
+            entries.push((path.as_str(), Node::text(text.clone())));
+        }
         node_dir(&entries)
     };
     store.add_self_referential(&spec.toplevel_name(), toplevel_tree)

@@ -28,6 +28,7 @@ use stagehand_vm_tests::stage1_scenarios;
 use stagehand_vm_tests::stage2_scenarios;
 use stagehand_vm_tests::storage_scenarios;
 use stagehand_vm_tests::switch_scenarios;
+use stagehand_vm_tests::switch_suite;
 use stagehand_vm_tests::uefi_scenarios;
 
 type Scenario = (&'static str, &'static str, fn(&Inputs) -> Result<Outcome>);
@@ -132,6 +133,16 @@ const SCENARIOS: &[Scenario] = &[
         "switch-live",
         "live switch-to-configuration under systemd: 1 → 2 restarts changed A, stops removed B, starts new D, keeps C; back to 1; a no-op",
         switch_scenarios::switch_live,
+    ),
+    (
+        "switch-suite-services",
+        "NixOS's switch-test.nix, ported (first boot): checks, actions, services, failing units, the unit file parser, activation restart/reload lists",
+        switch_suite::switch_suite_services,
+    ),
+    (
+        "switch-suite-units",
+        "NixOS's switch-test.nix, ported (second boot): fstab mounts, swaps, sockets, mounts, timers, targets, paths, slices, D-Bus reloads, generators",
+        switch_suite::switch_suite_units,
     ),
     (
         "nixos-native-init",

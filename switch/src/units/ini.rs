@@ -36,22 +36,20 @@ impl UnitInfo {
         while let Some((i, raw)) = lines.next() {
             let mut line = raw.trim().to_string();
             // A trailing backslash continues the value on the next line (systemd joins the
-            // pieces with a space).
+            // pieces with a space); comment lines inside a continuation are skipped and the
+            // value goes on after them, as systemd's parser does.
             while line.ends_with('\\') {
                 line.pop();
-                match lines.next() {
-                    Some((_, next)) => {
-                        let next = next.trim();
-                        if next.starts_with('#') || next.starts_with(';') {
-                            continue;
-                        }
+                let next = lines.by_ref().map(|(_, l)| l.trim()).find(|l| !is_comment(l));
+                match next {
+                    Some(next) => {
                         line.push(' ');
                         line.push_str(next);
                     }
                     None => break,
                 }
             }
-            if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            if line.is_empty() || is_comment(&line) {
                 continue;
             }
             if let Some(rest) = line.strip_prefix('[') {
@@ -139,6 +137,10 @@ impl UnitInfo {
     }
 }
 
+fn is_comment(line: &str) -> bool {
+    line.starts_with('#') || line.starts_with(';')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,6 +171,20 @@ mod tests {
             u.get("Unit", "After"),
             Some("dev-disk-by\\x2dlabel-root.device")
         );
+    }
+
+    /// switch-test.nix's `unitWithMultilineValue`: comment lines inside a continued value
+    /// are skipped and the value goes on (this used to end the value and then refuse
+    /// `blah blah` as neither a section nor a key, failing the switch).
+    #[test]
+    fn comments_inside_a_continuation() {
+        let u = UnitInfo::parse(
+            "test.service",
+            "[Service]\nExecStart=/bin/true \\\n# ignored\n; ignored\n  blah blah\nType=simple\n",
+        )
+        .expect("parse");
+        assert_eq!(u.get("Service", "ExecStart"), Some("/bin/true  blah blah"));
+        assert_eq!(u.get("Service", "Type"), Some("simple"));
     }
 
     #[test]
