@@ -366,6 +366,9 @@ impl Live<'_, '_> {
             if let Err(e) = rules::reload_or_start(plan, &|u| now.contains(u), &self.files) {
                 self.say.line(e.to_string());
             }
+            // The pending lists follow: a unit moved from reload to start (or dropped) must
+            // not be reloaded by the next switch.
+            self.record_pending(plan);
         }
         for (verb, what, path) in [
             (Verb::Reload, "reloading the following units", RELOAD_LIST),
@@ -382,6 +385,7 @@ impl Live<'_, '_> {
                 _ => &plan.start,
             };
             if set.is_empty() {
+                self.remove_lists(&[path]);
                 continue;
             }
             self.show(what, plan, set);

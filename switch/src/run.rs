@@ -301,6 +301,7 @@ mod tests {
                 .borrow_mut()
                 .push(format!("status {}", units.join(" ")));
         }
+        fn pause(&mut self, _: std::time::Duration) {}
     }
 
     /// Logs the call, then does what the native installer does.
@@ -599,6 +600,53 @@ mod tests {
             .lines
             .contains(&"warning: the following units failed: e.service".into()));
         assert!(log.borrow().contains(&"status e.service".to_string()));
+    }
+
+    /// switch-test.nix's unitWithRequirementModified → …Nostart → unitWithTemplate: a
+    /// pending reload of a unit that is no longer running becomes a start, and the reload
+    /// list must say so (it used to keep the unit, so every later switch tried to reload,
+    /// then start, a unit that no longer existed, and failed with exit 4).
+    #[test]
+    fn a_reload_turned_into_a_start_is_not_left_pending() {
+        let t = system(r#"{"version": 1}"#);
+        let root = Root::open(t.path()).expect("root");
+        let c: BTreeSet<String> = ["c.service".to_string()].into_iter().collect();
+        pending::write_list(&root, pending::RELOAD_LIST, &c).expect("record");
+        let log = Log::default();
+        let mut units = running();
+        units.remove("c.service");
+        let mut sd = FakeSystemd {
+            units,
+            log: log.clone(),
+            broken: BTreeSet::new(),
+            lists: 0,
+        };
+        let mut loader = LoggingLoader {
+            log: log.clone(),
+            inner: BootLoaderCommand::Native {
+                esp: PathBuf::from("/boot"),
+            },
+        };
+        let out = switch(
+            &opts(&t, SwitchAction::Test),
+            &mut sd,
+            &mut loader,
+            &mut std::io::sink(),
+        );
+        assert_eq!(out.code, exit::OK, "{:#?}", out.lines);
+        assert!(
+            log.borrow()
+                .contains(&"start a.service c.service default.target".to_string()),
+            "{:?}",
+            log.borrow()
+        );
+        assert!(!log.borrow().iter().any(|c| c.starts_with("reload")));
+        for list in [pending::RELOAD_LIST, START_LIST, pending::RESTART_LIST] {
+            assert!(
+                pending::read_list(&root, list).is_empty(),
+                "{list} left behind"
+            );
+        }
     }
 
     #[test]

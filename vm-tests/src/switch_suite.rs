@@ -121,6 +121,14 @@ fn run_suite(inputs: &Inputs, name: &str, seq: &Seq) -> Result<Outcome> {
         let spec = generation_spec(inputs, i as u32 + 1, &initrd, &stagehand, cfg, &guest, driver.as_str(), &mut image.store)?;
         image.add_generation(&spec)?;
     }
+    // systemd re-executes itself from its compiled-in path; NixOS's patched systemd comes
+    // back from the generation's. Without this link every switch after the first
+    // re-execution would find a different systemd running and re-execute it again.
+    let systemd_store = g1_systemd(&image)?;
+    image.root.insert(
+        "usr/lib/systemd/systemd",
+        Node::symlink(format!("{systemd_store}/lib/systemd/systemd")),
+    )?;
     let img = root_disk_sized(&image, &dir)?;
     let results = dir.join("results.img");
     std::fs::write(&results, vec![0u8; 8 << 20])
@@ -156,6 +164,15 @@ fn run_suite(inputs: &Inputs, name: &str, seq: &Seq) -> Result<Outcome> {
     check_steps(&mut out, seq, &got);
     out.notes.push(format!("QEMU start → {} steps done, VM gone: {elapsed:.1} s", seq.steps.len()));
     Ok(out)
+}
+
+/// The systemd store path the generations share.
+fn g1_systemd(image: &SystemImage) -> Result<String> {
+    let g = image.generations.first().context("the suite has no generation")?;
+    if image.generations.iter().any(|o| o.systemd != g.systemd) {
+        bail!("the suite's generations differ in systemd");
+    }
+    Ok(g.systemd.as_str().to_string())
 }
 
 /// A 512 MiB root: some sixty generations and the host programs.

@@ -97,7 +97,24 @@ fn base(p: &Progs, name: &'static str) -> Config {
         .unit("swap.target", unit_file("", ""))
         .want("swap.target")
         .etc("fstab", fstab(""))
+        .unit("user@.service", USER_MANAGER.into())
+        .etc("systemd/user/default.target", "[Unit]\nDescription=Main User Target\n".into())
+        .etc(
+            "systemd/user/nixos-activation.service",
+            format!(
+                "[Unit]\nDescription=Run user-specific NixOS activation\n\n[Service]\n\
+                 ExecStart={}/sh -c 'echo activated >> %t/nixos-activation'\nType=oneshot\n",
+                p.bin
+            ),
+        )
 }
+
+/// A user manager without PAM or logind (neither is in the test system): the host's
+/// systemd in user mode, its runtime directory made by the system manager.
+const USER_MANAGER: &str = "[Unit]\nDescription=User Manager for UID %i\nDefaultDependencies=no\n\n\
+    [Service]\nUser=%i\nType=notify\nExecStart=/usr/lib/systemd/systemd --user\n\
+    RuntimeDirectory=user/%i\nEnvironment=XDG_RUNTIME_DIR=/run/user/%i\nDelegate=yes\n\
+    KillMode=mixed\nTimeoutStartSec=120\n";
 
 fn dbus(p: &Progs, unit: &str) -> String {
     unit_file(

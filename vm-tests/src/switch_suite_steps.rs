@@ -172,7 +172,17 @@ pub(crate) fn services() -> Seq {
     failing_units(&mut s);
     unit_file_parser(&mut s);
     activation_lists(&mut s);
+    user_activation(&mut s);
     s
+}
+
+/// Not in switch-test.nix (its machine has no user logged in): NixOS re-runs
+/// `nixos-activation.service` in every user manager after the daemon reload.
+fn user_activation(s: &mut Seq) {
+    s.subtest("(ours) per-user activation");
+    s.sh("systemctl start user@1000.service && systemctl is-active user@1000.service");
+    s.to(BASE).has("reloading user units for alice...\n");
+    s.sh("cat /run/user/1000/nixos-activation").has("activated\n");
 }
 
 fn preamble(s: &mut Seq) {
@@ -269,7 +279,10 @@ fn services_subtest(s: &mut Seq) {
     s.to("unitWithRequirement")
         .has("stopping the following units: -.service\n")
         .lacks(&[SKIP, RELOAD, RESTART, START])
-        .units(NEW, &["required-service.service", "test-service.service"]);
+        .units(
+            "the following new units were started",
+            &["required-service.service", "test-service.service"],
+        );
     s.to("unitWithRequirementModified")
         .has("stopping the following units: required-service.service\n")
         .lacks(&[SKIP, RELOAD, RESTART, NEW])

@@ -125,7 +125,30 @@ fn log_to_kmsg(msg: &str) {
     }
 }
 
-fn main() {
+/// `guest-probe connect PATH`: connect to a Unix stream socket and hang up (the switch
+/// suite activates a socket-activated service this way; the guest has no socat).
+fn connect(path: &str) -> std::process::ExitCode {
+    match std::os::unix::net::UnixStream::connect(path) {
+        Ok(_) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("guest-probe: cannot connect to {path}: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    if let [_, verb, path] = &args[..] {
+        if verb == "connect" {
+            return connect(path);
+        }
+    }
+    probe();
+    std::process::ExitCode::SUCCESS
+}
+
+fn probe() {
     log_to_kmsg("started");
     // CLOCK_MONOTONIC right after that kmsg line got its printk stamp: the host lines the
     // boot receipt's clock up with the console's stamps by this pair (under emulation the
