@@ -490,7 +490,12 @@ pub(crate) fn user_managers(active: &ActiveUnits, passwd: &str) -> Vec<(u32, Str
     active
         .iter()
         .filter(|(_, st)| st.active == "active")
-        .filter_map(|(unit, _)| unit.strip_prefix("user@")?.strip_suffix(".service")?.parse().ok())
+        .filter_map(|(unit, _)| {
+            unit.strip_prefix("user@")?
+                .strip_suffix(".service")?
+                .parse()
+                .ok()
+        })
         .filter_map(|uid: u32| {
             let (_, name, gid) = accounts.iter().find(|(u, _, _)| *u == uid)?;
             Some((uid, name.to_string(), *gid))
@@ -512,9 +517,12 @@ pub(crate) fn settle(
     before: &ActiveUnits,
 ) -> Result<ActiveUnits, String> {
     let was_changing = |u: &str| {
-        before
-            .get(u)
-            .is_some_and(|st| matches!(st.active.as_str(), "activating" | "deactivating" | "reloading"))
+        before.get(u).is_some_and(|st| {
+            matches!(
+                st.active.as_str(),
+                "activating" | "deactivating" | "reloading"
+            )
+        })
     };
     let mut last = manager.list_units()?;
     let mut waited = Duration::ZERO;
@@ -585,7 +593,9 @@ mod tests {
     }
 
     fn at<T: Clone + Default>(v: &[T], i: usize) -> T {
-        v.get(i.min(v.len().saturating_sub(1))).cloned().unwrap_or_default()
+        v.get(i.min(v.len().saturating_sub(1)))
+            .cloned()
+            .unwrap_or_default()
     }
 
     impl ServiceManager for Scripted {
@@ -628,7 +638,9 @@ mod tests {
     }
 
     fn jobs(v: &[(&str, &str)]) -> BTreeMap<String, String> {
-        v.iter().map(|(u, s)| (u.to_string(), s.to_string())).collect()
+        v.iter()
+            .map(|(u, s)| (u.to_string(), s.to_string()))
+            .collect()
     }
 
     /// switch-test.nix's autorestartServiceFailing: the service's start job is done while

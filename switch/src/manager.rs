@@ -243,9 +243,12 @@ impl ServiceManager for Systemctl {
     }
 
     fn list_jobs(&mut self) -> Result<BTreeMap<String, String>, String> {
-        Ok(parse_list_jobs(
-            &self.output(&["list-jobs", "--plain", "--no-legend", "--full"])?,
-        ))
+        Ok(parse_list_jobs(&self.output(&[
+            "list-jobs",
+            "--plain",
+            "--no-legend",
+            "--full",
+        ])?))
     }
 
     fn user_manager(&mut self, uid: u32, gid: u32, args: &[&str]) -> Result<(), String> {

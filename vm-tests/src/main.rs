@@ -240,10 +240,19 @@ fn print_outcome(name: &str, outcome: &Result<Outcome>, secs: f64) -> bool {
     }
 }
 
+/// A filter names a scenario, or a group of them by the part of their names before a `-`
+/// (`switch-suite` runs `switch-suite-services` and `switch-suite-units`).
+fn selects(filter: &str, name: &str) -> bool {
+    name == filter
+        || name
+            .strip_prefix(filter)
+            .is_some_and(|rest| rest.starts_with('-'))
+}
+
 fn run_tests(filter: &[String]) -> ExitCode {
     let unknown: Vec<&String> = filter
         .iter()
-        .filter(|f| !SCENARIOS.iter().any(|(n, _, _)| n == f))
+        .filter(|f| !SCENARIOS.iter().any(|(n, _, _)| selects(f, n)))
         .collect();
     if !unknown.is_empty() {
         eprintln!("vm-tests: unknown scenario(s) {unknown:?}; `vm-tests list` names them");
@@ -254,7 +263,7 @@ fn run_tests(filter: &[String]) -> ExitCode {
     };
     let (mut passed, mut failed) = (0, 0);
     for (name, what, run) in SCENARIOS {
-        if !filter.is_empty() && !filter.iter().any(|f| f == name) {
+        if !filter.is_empty() && !filter.iter().any(|f| selects(f, name)) {
             continue;
         }
         println!("RUN  {name}: {what}");

@@ -78,12 +78,32 @@ fn run_suite(inputs: &Inputs, name: &str, seq: &Seq) -> Result<Outcome> {
             install_host_path(&mut image.root, &lib)?;
         }
     }
+    // systemd loads autofs4 at boot for automount units (Debian builds it as a module).
+    let modules = crate::nixos_tools::KernelModules::build(
+        &inputs.kernel.modules_dir,
+        &inputs.kernel.version,
+        &["autofs4"],
+        &[],
+        &dir.join("modules"),
+    )?;
+    image.root.insert(
+        &format!("usr/lib/modules/{}", inputs.kernel.version),
+        Node::Dir(crate::nixos_tools::host_dir_tree(&modules.modules_dir())?),
+    )?;
     let busybox = static_busybox(&inputs.workspace.cache_dir())?;
     let bb = add_busybox(&mut image.store, &busybox)?;
+    // The driver and the socket test name the guest probe's store path, which every
+    // generation shares.
+    let probe_store =
+        crate::generation::add_guest_probe(&mut image.store, &inputs.bins.guest_probe)?;
+    let probe = probe_store.join("bin/guest-probe");
     let mut guest = Guest {
-        progs: Progs { bin: bb.clone() },
+        progs: Progs {
+            bin: bb.clone(),
+            probe: probe.clone(),
+        },
         busybox_bin: bb.clone(),
-        probe: String::new(),
+        probe,
         checks: BTreeMap::new(),
     };
     for (check, text) in [
@@ -111,20 +131,27 @@ fn run_suite(inputs: &Inputs, name: &str, seq: &Seq) -> Result<Outcome> {
         .enumerate()
         .map(|(i, c)| (c.name, i as u32 + 1))
         .collect();
-    // The driver names the guest probe's store path, which every generation shares.
-    let probe_store = crate::generation::add_guest_probe(&mut image.store, &inputs.bins.guest_probe)?;
-    guest.probe = probe_store.join("bin/guest-probe");
     let driver = image
         .store
         .add_text("switch-suite.sh", driver_script(seq, &guest, &numbers)?)?;
     for (i, cfg) in all.iter().enumerate() {
-        let spec = generation_spec(inputs, i as u32 + 1, &initrd, &stagehand, cfg, &guest, driver.as_str(), &mut image.store)?;
+        let spec = generation_spec(
+            inputs,
+            i as u32 + 1,
+            &initrd,
+            &stagehand,
+            cfg,
+            &guest,
+            driver.as_str(),
+            &mut image.store,
+        )?;
         image.add_generation(&spec)?;
     }
     // systemd re-executes itself from its compiled-in path; NixOS's patched systemd comes
     // back from the generation's. Without this link every switch after the first
     // re-execution would find a different systemd running and re-execute it again.
     let systemd_store = g1_systemd(&image)?;
+    image.root.take("usr/lib/systemd/systemd");
     image.root.insert(
         "usr/lib/systemd/systemd",
         Node::symlink(format!("{systemd_store}/lib/systemd/systemd")),
@@ -140,7 +167,12 @@ fn run_suite(inputs: &Inputs, name: &str, seq: &Seq) -> Result<Outcome> {
         .first()
         .context("the suite has no generation")?
         .clone();
-    let mut cfg = inputs.vm_config(&initrd, vec![img, results.clone()], g1.cmdline(), log.clone());
+    let mut cfg = inputs.vm_config(
+        &initrd,
+        vec![img, results.clone()],
+        g1.cmdline(),
+        log.clone(),
+    );
     cfg.timeout = SUITE_LIMIT;
     let mut out = Outcome {
         log: Some(log),
@@ -159,16 +191,23 @@ fn run_suite(inputs: &Inputs, name: &str, seq: &Seq) -> Result<Outcome> {
         out.failures.push(format!("{e:#}"));
         out.notes.push(vm.failure_context(40));
     }
-    let bytes = std::fs::read(&results).with_context(|| format!("reading {}", results.display()))?;
+    let bytes =
+        std::fs::read(&results).with_context(|| format!("reading {}", results.display()))?;
     let got = parse_results(&bytes);
     check_steps(&mut out, seq, &got);
-    out.notes.push(format!("QEMU start → {} steps done, VM gone: {elapsed:.1} s", seq.steps.len()));
+    out.notes.push(format!(
+        "QEMU start → {} steps done, VM gone: {elapsed:.1} s",
+        seq.steps.len()
+    ));
     Ok(out)
 }
 
 /// The systemd store path the generations share.
 fn g1_systemd(image: &SystemImage) -> Result<String> {
-    let g = image.generations.first().context("the suite has no generation")?;
+    let g = image
+        .generations
+        .first()
+        .context("the suite has no generation")?;
     if image.generations.iter().any(|o| o.systemd != g.systemd) {
         bail!("the suite's generations differ in systemd");
     }
@@ -189,7 +228,11 @@ fn add_busybox(store: &mut StoreBuilder, busybox: &Path) -> Result<String> {
     let list = run(Command::new(busybox).arg("--list"))?;
     let mut t = Tree::new();
     t.insert("bin/busybox", Node::executable(busybox))?;
-    for applet in list.lines().map(str::trim).filter(|a| !a.is_empty() && !a.contains('/')) {
+    for applet in list
+        .lines()
+        .map(str::trim)
+        .filter(|a| !a.is_empty() && !a.contains('/'))
+    {
         if applet != "busybox" {
             t.insert(&format!("bin/{applet}"), Node::symlink("busybox"))?;
         }
@@ -239,9 +282,12 @@ fn generation_spec(
     spec.etc.extend(driver_units(driver));
     spec.toplevel_files
         .push(("init-interface-version".into(), cfg.init_interface.into()));
-    spec.activation.insert("shell".into(), json!("/usr/bin/bash"));
     spec.activation
-        .insert("path".into(), json!([guest.busybox_bin, "/usr/bin", "/usr/sbin"]));
+        .insert("shell".into(), json!("/usr/bin/bash"));
+    spec.activation.insert(
+        "path".into(),
+        json!([guest.busybox_bin, "/usr/bin", "/usr/sbin"]),
+    );
     if let Some(text) = &cfg.snippet {
         spec.activation.insert(
             "snippets".into(),
@@ -296,7 +342,10 @@ fn resolve(text: &str, guest: &Guest, numbers: &BTreeMap<&str, u32>) -> Result<S
                 let n = numbers
                     .get(name)
                     .with_context(|| format!("no generation {name:?} for {text:?}"))?;
-                format!("{}/bin/switch-to-configuration", crate::generation::profile_link(*n))
+                format!(
+                    "{}/bin/switch-to-configuration",
+                    crate::generation::profile_link(*n)
+                )
             } else {
                 guest
                     .checks
@@ -324,7 +373,11 @@ fn driver_script(seq: &Seq, guest: &Guest, numbers: &BTreeMap<&str, u32>) -> Res
     );
     for (i, step) in seq.steps.iter().enumerate() {
         let cmd = match &step.run {
-            Run::Switch { config, action, env } => {
+            Run::Switch {
+                config,
+                action,
+                env,
+            } => {
                 let stc = resolve(&format!("@STC({config})@"), guest, numbers)?;
                 let env = resolve(env, guest, numbers)?;
                 let env = if env.is_empty() {
@@ -414,8 +467,16 @@ pub(crate) fn judge(step: &Step, got: &Got) -> Vec<String> {
 
 fn describe(step: &Step) -> String {
     match &step.run {
-        Run::Switch { config, action, env } if env.is_empty() => format!("{config} {action}"),
-        Run::Switch { config, action, env } => format!("{env} {config} {action}"),
+        Run::Switch {
+            config,
+            action,
+            env,
+        } if env.is_empty() => format!("{config} {action}"),
+        Run::Switch {
+            config,
+            action,
+            env,
+        } => format!("{env} {config} {action}"),
         Run::Shell(c) => format!("`{c}`"),
     }
 }
@@ -444,7 +505,8 @@ fn check_steps(out: &mut Outcome, seq: &Seq, got: &BTreeMap<usize, Got>) {
                 bad.join("; ")
             ));
         } else if let Some(why) = step.ours {
-            out.notes.push(format!("[{}] step {i}: ours: {why}", step.subtest));
+            out.notes
+                .push(format!("[{}] step {i}: ours: {why}", step.subtest));
         }
     }
     for (name, n, ok) in per {

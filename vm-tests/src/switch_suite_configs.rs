@@ -6,8 +6,8 @@
 //! every unit says `DefaultDependencies=no`, and what NixOS hangs off `multi-user.target`,
 //! `sockets.target`, `timers.target` or `paths.target` hangs off `default.target` (the
 //! comparison only sees the file contents, which differ between two generations exactly as
-//! NixOS's do). Programs are busybox's; the socket-activated service holds its socket
-//! instead of answering `hello` (there is no Python in the guest).
+//! NixOS's do). Programs are busybox's; the socket-activated service is the guest probe's
+//! `serve-hello` instead of a Python script.
 
 /// One generation's etc entries.
 #[derive(Debug, Clone, Default)]
@@ -31,6 +31,8 @@ pub(crate) const INIT_INTERFACE: &str = "systemd 2";
 /// Where the guest's programs live: `<busybox store path>/bin`.
 pub(crate) struct Progs {
     pub bin: String,
+    /// The guest probe (`serve-hello` answers on a socket-activated service's socket).
+    pub probe: String,
 }
 
 impl Config {
@@ -43,7 +45,8 @@ impl Config {
     }
 
     fn unit(mut self, name: &str, text: String) -> Config {
-        self.files.retain(|(p, _)| p != &format!("systemd/system/{name}"));
+        self.files
+            .retain(|(p, _)| p != &format!("systemd/system/{name}"));
         self.files.push((format!("systemd/system/{name}"), text));
         self
     }
@@ -102,7 +105,7 @@ fn base(p: &Progs, name: &'static str) -> Config {
         .etc(
             "systemd/user/nixos-activation.service",
             format!(
-                "[Unit]\nDescription=Run user-specific NixOS activation\n\n[Service]\n\
+                "[Unit]\nDescription=Run user-specific NixOS activation\nDefaultDependencies=no\n\n[Service]\n\
                  ExecStart={}/sh -c 'echo activated >> %t/nixos-activation'\nType=oneshot\n",
                 p.bin
             ),
@@ -111,7 +114,8 @@ fn base(p: &Progs, name: &'static str) -> Config {
 
 /// A user manager without PAM or logind (neither is in the test system): the host's
 /// systemd in user mode, its runtime directory made by the system manager.
-const USER_MANAGER: &str = "[Unit]\nDescription=User Manager for UID %i\nDefaultDependencies=no\n\n\
+const USER_MANAGER: &str =
+    "[Unit]\nDescription=User Manager for UID %i\nDefaultDependencies=no\n\n\
     [Service]\nUser=%i\nType=notify\nExecStart=/usr/lib/systemd/systemd --user\n\
     RuntimeDirectory=user/%i\nEnvironment=XDG_RUNTIME_DIR=/run/user/%i\nDelegate=yes\n\
     KillMode=mixed\nTimeoutStartSec=120\n";
@@ -171,21 +175,32 @@ pub(crate) fn configs(p: &Progs) -> Vec<Config> {
         base(p, "addedMount").etc("fstab", fstab("tmpfs /test tmpfs defaults 0 0\n")),
         base(p, "addedMountOptsModified").etc("fstab", fstab("tmpfs /test tmpfs x-test 0 0\n")),
         base(p, "addedMountDevModified").etc("fstab", fstab("ramfs /test tmpfs x-test 0 0\n")),
-        base(p, "storeMountModified").etc(
-            "fstab",
-            "# Filesystems.\nauto / ext4 defaults 0 0\n".into(),
-        ),
+        base(p, "storeMountModified")
+            .etc("fstab", "# Filesystems.\nauto / ext4 defaults 0 0\n".into()),
         base(p, "automount").etc(
             "fstab",
             fstab("tmpfs /testauto tmpfs x-systemd.automount 0 0\n"),
         ),
-        base(p, "swap").etc("fstab", fstab("\n# Swap devices.\n/swapfile none swap defaults 0 0\n")),
+        base(p, "swap").etc(
+            "fstab",
+            fstab("\n# Swap devices.\n/swapfile none swap defaults 0 0\n"),
+        ),
         simple_service(p, "simpleService", "", ""),
-        simple_service(p, "simpleServiceDifferentDescription", "Description=Test unit", ""),
+        simple_service(
+            p,
+            "simpleServiceDifferentDescription",
+            "Description=Test unit",
+            "",
+        ),
         simple_service(p, "simpleServiceModified", "", "X-Test=true\n"),
         nostop(p, "simpleServiceNostop", "", ""),
         simple_service(p, "simpleServiceReload", "", "X-ReloadIfChanged=true\n"),
-        simple_service(p, "simpleServiceNorestart", "", "X-RestartIfChanged=false\n"),
+        simple_service(
+            p,
+            "simpleServiceNorestart",
+            "",
+            "X-RestartIfChanged=false\n",
+        ),
         simple_service(p, "simpleServiceFailing", "", "X-Test=true\n").unit(
             "test.service",
             oneshot(p, "", "X-Test=true\n").replace(
@@ -195,21 +210,58 @@ pub(crate) fn configs(p: &Progs) -> Vec<Config> {
         ),
         autorestart(p, "autorestartService", "true"),
         autorestart(p, "autorestartServiceFailing", "false"),
-        packaged(p, "simpleServiceWithExtraSection", "[X-Test]\nX-Test-Value=a\n"),
-        packaged(p, "simpleServiceWithExtraSectionOtherName", "[X-Test2]\nX-Test-Value=a\n"),
-        packaged(p, "simpleServiceWithInstallSection", "[Install]\nWantedBy=multi-user.target\n"),
+        packaged(
+            p,
+            "simpleServiceWithExtraSection",
+            "[X-Test]\nX-Test-Value=a\n",
+        ),
+        packaged(
+            p,
+            "simpleServiceWithExtraSectionOtherName",
+            "[X-Test2]\nX-Test-Value=a\n",
+        ),
+        packaged(
+            p,
+            "simpleServiceWithInstallSection",
+            "[Install]\nWantedBy=multi-user.target\n",
+        ),
         nostop(p, "simpleServiceWithExtraKey", "", "X-Test=test\n"),
-        nostop(p, "simpleServiceWithExtraKeyOtherValue", "", "X-Test=test2\n"),
-        nostop(p, "simpleServiceWithExtraKeyOtherName", "", "X-Test2=test\n"),
-        nostop(p, "simpleServiceReloadTrigger", "X-Reload-Triggers=/dev/null", ""),
-        nostop(p, "simpleServiceReloadTriggerModified", "X-Reload-Triggers=/dev/zero", ""),
+        nostop(
+            p,
+            "simpleServiceWithExtraKeyOtherValue",
+            "",
+            "X-Test=test2\n",
+        ),
+        nostop(
+            p,
+            "simpleServiceWithExtraKeyOtherName",
+            "",
+            "X-Test2=test\n",
+        ),
+        nostop(
+            p,
+            "simpleServiceReloadTrigger",
+            "X-Reload-Triggers=/dev/null",
+            "",
+        ),
+        nostop(
+            p,
+            "simpleServiceReloadTriggerModified",
+            "X-Reload-Triggers=/dev/zero",
+            "",
+        ),
         nostop(
             p,
             "simpleServiceReloadTriggerModifiedAndSomethingElse",
             "X-Reload-Triggers=/dev/zero",
             "X-Test=test\n",
         ),
-        nostop(p, "simpleServiceReloadTriggerModifiedSomethingElse", "", "X-Test=test\n"),
+        nostop(
+            p,
+            "simpleServiceReloadTriggerModifiedSomethingElse",
+            "",
+            "X-Test=test\n",
+        ),
         base(p, "unitWithBackslash")
             .unit("escaped\\x2ddash.service", oneshot(p, "", ""))
             .want("escaped\\x2ddash.service"),
@@ -232,12 +284,25 @@ pub(crate) fn configs(p: &Progs) -> Vec<Config> {
         base(p, "unitStartingWithDashModified")
             .unit(
                 "-.service",
-                dash(p, &format!("ExecReload={}/true\nX-ReloadIfChanged=true\n", p.bin)),
+                dash(
+                    p,
+                    &format!("ExecReload={}/true\nX-ReloadIfChanged=true\n", p.bin),
+                ),
             )
             .want("-.service"),
         requirement(p, "unitWithRequirement", "", ""),
-        requirement(p, "unitWithRequirementModified", "X-Test=test\n", "X-Reload-Triggers=test"),
-        requirement(p, "unitWithRequirementModifiedNostart", "", "RefuseManualStart=true"),
+        requirement(
+            p,
+            "unitWithRequirementModified",
+            "X-Test=test\n",
+            "X-Reload-Triggers=test",
+        ),
+        requirement(
+            p,
+            "unitWithRequirementModifiedNostart",
+            "",
+            "RefuseManualStart=true",
+        ),
         template(p, "unitWithTemplate", ""),
         template(p, "unitWithTemplateModified", "X-Test=test\n"),
     ];
@@ -275,12 +340,7 @@ fn dash(p: &Progs, extra: &str) -> String {
     )
 }
 
-fn requirement(
-    p: &Progs,
-    name: &'static str,
-    required_service: &str,
-    test_unit: &str,
-) -> Config {
+fn requirement(p: &Progs, name: &'static str, required_service: &str, test_unit: &str) -> Config {
     base(p, name)
         .unit("required-service.service", oneshot(p, "", required_service))
         .want("required-service.service")
@@ -298,9 +358,15 @@ fn requirement(
 fn template(p: &Progs, name: &'static str, service: &str) -> Config {
     base(p, name)
         .unit("instantiated@.service", oneshot(p, "", service))
-        .unit("instantiated@one.service.d/overrides.conf", "[Unit]\n".into())
+        .unit(
+            "instantiated@one.service.d/overrides.conf",
+            "[Unit]\n".into(),
+        )
         .want_as("instantiated@one.service", "instantiated@.service")
-        .unit("instantiated@two.service.d/overrides.conf", "[Unit]\n".into())
+        .unit(
+            "instantiated@two.service.d/overrides.conf",
+            "[Unit]\n".into(),
+        )
         .want_as("instantiated@two.service", "instantiated@.service")
 }
 
@@ -333,7 +399,10 @@ fn activation_script_configs(p: &Progs) -> Vec<Config> {
                 "reload-triggers-and-restart.service",
                 oneshot(p, "", &format!("X-StopIfChanged=false\n{modified}")),
             )
-            .unit("templated-reload-triggers-and-restart@.service", simple.clone())
+            .unit(
+                "templated-reload-triggers-and-restart@.service",
+                simple.clone(),
+            )
             .unit(
                 "templated-reload-triggers-and-restart@instance.service.d/overrides.conf",
                 format!("[Service]\n{modified}X-StopIfChanged=false\n"),
@@ -395,14 +464,19 @@ fn socket_configs(p: &Progs) -> Vec<Config> {
                 unit_file(
                     &format!("Description=A socket-activated service\n{unit}"),
                     &format!(
-                        "[Service]\nExecReload={b}/true\nExecStart={b}/sleep 1000000\n{service}",
-                        b = p.bin
+                        "[Service]\nExecReload={b}/true\nExecStart={probe} serve-hello\n\
+                         StandardError=null\nStandardInput=socket\nStandardOutput=null\n{service}",
+                        b = p.bin,
+                        probe = p.probe,
                     ),
                 ),
             )
             .unit(
                 "socket-activated.socket",
-                unit_file("", "[Socket]\nListenStream=/run/test.sock\nSocketMode=0777\n"),
+                unit_file(
+                    "",
+                    "[Socket]\nListenStream=/run/test.sock\nSocketMode=0777\n",
+                ),
             )
             .want("socket-activated.socket")
     };
@@ -447,7 +521,10 @@ fn unit_type_configs(p: &Progs) -> Vec<Config> {
             .want("test-timer.timer")
             .unit(
                 "test-timer.service",
-                unit_file("", &format!("[Service]\nExecStart={b}/true\nType=oneshot\n")),
+                unit_file(
+                    "",
+                    &format!("[Service]\nExecStart={b}/true\nType=oneshot\n"),
+                ),
             )
     };
     let target = |name: &'static str, unit: &str| {
@@ -508,20 +585,23 @@ fn unit_type_configs(p: &Progs) -> Vec<Config> {
         mount("mountModified", "ramfs", "size=10M"),
         timer("timer", "@1395716396"),
         timer("timerModified", "Fri 2012-11-23 16:00:00"),
-        base(p, "hybridSleepModified").unit(
-            "hybrid-sleep.target",
-            unit_file("X-Test=true", ""),
-        ),
+        base(p, "hybridSleepModified").unit("hybrid-sleep.target", unit_file("X-Test=true", "")),
         target("target", ""),
         target("targetModified", "X-Test=true"),
-        target("targetModifiedStopOnReconfig", "X-StopOnReconfiguration=true"),
+        target(
+            "targetModifiedStopOnReconfig",
+            "X-StopOnReconfiguration=true",
+        ),
         path("path", "/testpath"),
         path("pathModified", "/testpath2"),
         slice("slice", "[Slice]\nMemoryMax=1\n"),
         slice("sliceModified", ""),
         base(p, "dbusReload").unit(
             "dbus.service",
-            dbus(p, "X-Restart-Triggers=/nix/store/00000000000000000000000000000000-dbus-reload-dummy"),
+            dbus(
+                p,
+                "X-Restart-Triggers=/nix/store/00000000000000000000000000000000-dbus-reload-dummy",
+            ),
         ),
         generators,
     ]

@@ -13,6 +13,18 @@ pub struct Filesystem {
     pub options: String,
 }
 
+impl Filesystem {
+    /// `x-systemd.automount`: systemd's fstab generator makes an automount unit for it.
+    pub fn automounted(&self) -> bool {
+        self.options.split(',').any(|o| o == "x-systemd.automount")
+    }
+}
+
+/// `a-b.mount` → `a-b.automount`.
+fn automount_unit(mount_unit: &str) -> String {
+    format!("{}.automount", mount_unit.trim_end_matches(".mount"))
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Fstab {
     /// Mount point → entry.
@@ -68,7 +80,13 @@ pub fn diff(old: &Fstab, new: &Fstab) -> FstabChanges {
     for (mountpoint, o) in &old.filesystems {
         let unit = mount_unit_for(mountpoint);
         let Some(n) = new.filesystems.get(mountpoint) else {
-            c.stop.push(unit);
+            // An automounted filesystem goes with its automount unit (stopping only the
+            // mount leaves the automount to mount it again at the next access).
+            c.stop.push(if o.automounted() {
+                automount_unit(&unit)
+            } else {
+                unit
+            });
             continue;
         };
         let moved = o.fs_type != n.fs_type || o.device != n.device;
@@ -124,5 +142,15 @@ mod tests {
         assert_eq!(c.skip, ["nix.mount"]);
         assert_eq!(c.swapoff, ["/dev/vdz"]);
         assert_eq!(diff(&new, &new), FstabChanges::default());
+    }
+
+    /// switch-test.nix's automount steps: the removed entry stops the automount unit.
+    #[test]
+    fn a_removed_automount_stops_its_automount_unit() {
+        let old = Fstab::parse(
+            "/dev/vda / ext4 defaults 0 0\ntmpfs /testauto tmpfs x-systemd.automount 0 0\n",
+        );
+        let new = Fstab::parse("/dev/vda / ext4 defaults 0 0\n");
+        assert_eq!(diff(&old, &new).stop, ["testauto.automount"]);
     }
 }

@@ -40,7 +40,10 @@ impl UnitInfo {
             // value goes on after them, as systemd's parser does.
             while line.ends_with('\\') {
                 line.pop();
-                let next = lines.by_ref().map(|(_, l)| l.trim()).find(|l| !is_comment(l));
+                let next = lines
+                    .by_ref()
+                    .map(|(_, l)| l.trim())
+                    .find(|l| !is_comment(l));
                 match next {
                     Some(next) => {
                         line.push(' ');

@@ -125,24 +125,59 @@ fn log_to_kmsg(msg: &str) {
     }
 }
 
-/// `guest-probe connect PATH`: connect to a Unix stream socket and hang up (the switch
-/// suite activates a socket-activated service this way; the guest has no socat).
+/// `guest-probe connect PATH`: connect to a Unix stream socket, print what the other end
+/// says until it hangs up (the switch suite's socket test; the guest has no socat).
 fn connect(path: &str) -> std::process::ExitCode {
-    match std::os::unix::net::UnixStream::connect(path) {
-        Ok(_) => std::process::ExitCode::SUCCESS,
+    use std::io::Read;
+    let mut reply = String::new();
+    match std::os::unix::net::UnixStream::connect(path)
+        .and_then(|mut s| s.read_to_string(&mut reply))
+    {
+        Ok(_) => {
+            print!("{reply}");
+            std::process::ExitCode::SUCCESS
+        }
         Err(e) => {
-            eprintln!("guest-probe: cannot connect to {path}: {e}");
+            eprintln!("guest-probe: cannot talk to {path}: {e}");
             std::process::ExitCode::FAILURE
         }
     }
 }
 
+/// `guest-probe serve-hello`: a socket-activated service (`StandardInput=socket`, so the
+/// listening socket is stdin) that answers every connection with `hello` — what
+/// switch-test.nix's Python server does.
+fn serve_hello() -> std::process::ExitCode {
+    use std::io::Write;
+    use std::os::fd::AsFd;
+    let fd = match std::io::stdin().as_fd().try_clone_to_owned() {
+        Ok(fd) => fd,
+        Err(e) => {
+            eprintln!("guest-probe: no socket on stdin: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let listener = std::os::unix::net::UnixListener::from(fd);
+    for conn in listener.incoming() {
+        match conn {
+            Ok(mut c) => {
+                let _ = c.write_all(b"hello");
+            }
+            Err(e) => {
+                eprintln!("guest-probe: accept: {e}");
+                return std::process::ExitCode::FAILURE;
+            }
+        }
+    }
+    std::process::ExitCode::SUCCESS
+}
+
 fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().collect();
-    if let [_, verb, path] = &args[..] {
-        if verb == "connect" {
-            return connect(path);
-        }
+    match &args[..] {
+        [_, verb, path] if verb == "connect" => return connect(path),
+        [_, verb] if verb == "serve-hello" => return serve_hello(),
+        _ => {}
     }
     probe();
     std::process::ExitCode::SUCCESS
