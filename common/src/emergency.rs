@@ -48,12 +48,7 @@ pub fn fail(policy: &FailurePolicy, step: &str, message: &str) {
     }
     let shell = SHELLS.iter().find(|s| Path::new(s).exists()).copied();
     let shell = shell.filter(|_| policy.shell_on_fail);
-    let console_path = policy
-        .console
-        .as_deref()
-        .map(|c| format!("/dev/{c}"))
-        .filter(|p| Path::new(p).exists())
-        .unwrap_or_else(|| "/dev/console".into());
+    let console_path = console_path(policy);
 
     loop {
         let mut menu = format!("\n{}\n", policy.header);
@@ -84,6 +79,17 @@ pub fn fail(policy: &FailurePolicy, step: &str, message: &str) {
             }
         }
     }
+}
+
+/// The terminal the user answers on: `console=`'s (the last one), else `/dev/console`.
+/// Stage 1's passphrase prompt asks there too.
+pub fn console_path(policy: &FailurePolicy) -> String {
+    policy
+        .console
+        .as_deref()
+        .map(|c| format!("/dev/{c}"))
+        .filter(|p| Path::new(p).exists())
+        .unwrap_or_else(|| "/dev/console".into())
 }
 
 /// Print `prompt` on the console and read one key without waiting for Enter.

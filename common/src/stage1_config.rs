@@ -18,8 +18,10 @@ pub const STAGE1_CONFIG_KIND: Kind = Kind {
     // 2: `options` (fsck policy and tools, resume devices).
     // 3: `Module::cpu_aliases` (modules for CPU features this machine lacks are not tried).
     // 4: `Stage1Options::{md_arrays, swraid, btrfs_scan}` (md RAID assembly and the btrfs
-    //    device scan before the root is looked for). postcard encodes fields by position,
-    //    so a version-3 stage 1 would misread a version-4 payload: the bump makes it refuse.
+    //    device scan) and `{luks, lvm, passphrase_tries, reuse_passphrases}` (the LUKS and
+    //    LVM layers), all before the root is looked for. postcard encodes fields by
+    //    position, so a version-3 stage 1 would misread a version-4 payload: the bump
+    //    makes it refuse.
     version: 4,
     name: "stage-1 config",
 };
@@ -56,7 +58,7 @@ impl Default for Stage1Config {
 /// Boot policy beyond modules and filesystems: what NixOS's `boot.initrd.checkJournalingFS`,
 /// the fsck programs of `extraUtils` and `boot.resumeDevice`/`swapDevices` give its stage 1.
 /// In the initrd builder's spec JSON this is the `stage1_options` object; every key may be
-/// left out.
+/// left out, and an unknown one is refused.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Stage1Options {
@@ -84,6 +86,18 @@ pub struct Stage1Options {
     /// `/dev/btrfs-control`) before mounting, so a filesystem spanning several devices
     /// mounts by any one of them.
     pub btrfs_scan: bool,
+    /// LUKS devices to open before the filesystems are looked for
+    /// (`boot.initrd.luks.devices`), in this order within their layer.
+    pub luks: Vec<LuksDevice>,
+    /// Activate the LVM volume groups found on the block devices (after the `pre_lvm`
+    /// LUKS devices, before the others), as `boot.initrd.services.lvm.enable`.
+    pub lvm: bool,
+    /// Passphrase attempts per LUKS device before the failure path (NixOS asks forever;
+    /// systemd-cryptsetup asks 3 times).
+    pub passphrase_tries: u32,
+    /// Try a passphrase that opened one device on the next ones first
+    /// (`boot.initrd.luks.reusePassphrases`, default true).
+    pub reuse_passphrases: bool,
 }
 
 impl Default for Stage1Options {
@@ -96,6 +110,10 @@ impl Default for Stage1Options {
             md_arrays: Vec::new(),
             swraid: false,
             btrfs_scan: false,
+            luks: Vec::new(),
+            lvm: false,
+            passphrase_tries: 3,
+            reuse_passphrases: true,
         }
     }
 }
@@ -116,6 +134,44 @@ pub struct MdArray {
     /// true, as a machine with a dead disk should still boot from its mirror.
     #[serde(default = "yes")]
     pub allow_degraded: bool,
+}
+
+/// One `boot.initrd.luks.devices.<name>`: the encrypted device opened as
+/// `/dev/mapper/<name>`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct LuksDevice {
+    /// The name under `/dev/mapper/`.
+    pub name: String,
+    /// The encrypted device, in any form a filesystem device may take
+    /// (`/dev/disk/by-uuid/<LUKS UUID>`, `UUID=…`, `/dev/vda2`, `/dev/vg/crypt`).
+    pub device: String,
+    /// A device or file holding the LUKS header when it is not on `device` (`header`).
+    #[serde(default)]
+    pub header: Option<String>,
+    /// A file in the initrd (an initrd secret) whose bytes are the key (`keyFile`).
+    #[serde(default)]
+    pub key_file: Option<String>,
+    /// How many bytes of the key file are the key (`keyFileSize`); all of it when absent.
+    #[serde(default)]
+    pub key_file_size: Option<u64>,
+    /// Where in the key file the key starts (`keyFileOffset`).
+    #[serde(default)]
+    pub key_file_offset: Option<u64>,
+    /// Pass discards through (`allowDiscards`).
+    #[serde(default)]
+    pub allow_discards: bool,
+    /// dm-crypt's `no_read_workqueue no_write_workqueue` (`bypassWorkqueues`).
+    #[serde(default)]
+    pub bypass_workqueues: bool,
+    /// Open before LVM is activated (`preLVM`, default true): LVM on LUKS. False: LUKS
+    /// on LVM, opened after.
+    #[serde(default = "yes")]
+    pub pre_lvm: bool,
+    /// Ask for a passphrase when the key file is missing or wrong
+    /// (`fallbackToPassword`).
+    #[serde(default)]
+    pub fallback_to_password: bool,
 }
 
 fn yes() -> bool {
@@ -205,6 +261,19 @@ mod tests {
         }];
         c.options.swraid = true;
         c.options.btrfs_scan = true;
+        c.options.luks = vec![LuksDevice {
+            name: "root".into(),
+            device: "UUID=0b2d8d5e-6f3c-4b1a-9d7e-4f5a6b7c8d9e".into(),
+            header: None,
+            key_file: Some("/keyfile".into()),
+            key_file_size: Some(4096),
+            key_file_offset: None,
+            allow_discards: true,
+            bypass_workqueues: false,
+            pre_lvm: true,
+            fallback_to_password: false,
+        }];
+        c.options.lvm = true;
         let bytes = c.encode().expect("encode");
         assert_eq!(Stage1Config::decode(&bytes).expect("decode"), c);
     }

@@ -93,12 +93,12 @@ const CONFIG_CASES: &[(&str, Damage, &[&str])] = &[
         &["format version 1 ", "reads version 4"],
     ),
     (
-        "previous version 2 (before the modules' cpu aliases)",
+        "version 2 (before the modules' cpu aliases)",
         |b| b[8..10].copy_from_slice(&2u16.to_le_bytes()),
         &["format version 2 ", "reads version 4"],
     ),
     (
-        "previous version 3 (before md RAID and the btrfs scan)",
+        "previous version 3 (before md RAID, the btrfs scan and the LUKS/LVM layers)",
         |b| b[8..10].copy_from_slice(&3u16.to_le_bytes()),
         &["format version 3 ", "reads version 4"],
     ),

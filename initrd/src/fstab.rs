@@ -206,6 +206,13 @@ pub fn is_md_device(device: &str) -> bool {
 }
 
 pub fn to_filesystem(e: &Entry) -> Result<(FileSystem, DeviceKind), LineError> {
+    to_filesystem_with(e, false)
+}
+
+/// [`to_filesystem`], where `layers` says stage 1 sets up LUKS or LVM devices (the
+/// `stage1_options` name some): then `/dev/mapper/NAME` and `/dev/VG/LV` are devices it
+/// will make, not ones it cannot find.
+pub fn to_filesystem_with(e: &Entry, layers: bool) -> Result<(FileSystem, DeviceKind), LineError> {
     if !e.mount_point.starts_with('/') {
         return Err(line_error(
             e,
@@ -219,7 +226,7 @@ pub fn to_filesystem(e: &Entry) -> Result<(FileSystem, DeviceKind), LineError> {
     } else if MEMORY_TYPES.contains(&e.fs_type.as_str()) {
         DeviceKind::Memory
     } else if BLOCK_TYPES.contains(&e.fs_type.as_str()) || e.fs_type == "auto" {
-        check_block_device(e)?;
+        check_block_device(e, layers)?;
         DeviceKind::Block
     } else {
         return Err(unsupported_type(e));
@@ -285,7 +292,7 @@ fn check_bind(e: &Entry) -> Result<(), LineError> {
 }
 
 /// Device forms stage 1 can wait for without udev.
-fn check_block_device(e: &Entry) -> Result<(), LineError> {
+fn check_block_device(e: &Entry, layers: bool) -> Result<(), LineError> {
     let d = e.device.as_str();
     let fix = "name the device by LABEL=, UUID=, PARTUUID= or PARTLABEL= (or their \
                /dev/disk/by-label|by-uuid|by-partuuid|by-partlabel links) or by its kernel \
@@ -317,9 +324,15 @@ fn check_block_device(e: &Entry) -> Result<(), LineError> {
             fix,
         ));
     };
-    let problem = if name.starts_with("mapper/") || name.starts_with("dm-") {
+    let made_by_layers = name.starts_with("mapper/")
+        || (name.matches('/').count() == 1 && !name.starts_with("disk/"));
+    let problem = if layers && made_by_layers {
+        None
+    } else if name.starts_with("mapper/") || name.starts_with("dm-") {
         Some(format!(
-            "{d} is a device-mapper device (LUKS or LVM), which stage 1 does not set up yet"
+            "{d} is a device-mapper device (LUKS or LVM): give stage 1 its LUKS devices or \
+             LVM with --stage1-options (NixOS's boot.initrd.luks.devices are not in the \
+             generation's toplevel)"
         ))
     } else if is_md_name(name) {
         // Stage 1 assembles md arrays itself (`swraid`), naming them as mdadm does.

@@ -88,6 +88,10 @@ struct BuildArgs {
     /// With --system: the drivers this host's boot disks use, read from /sys
     #[arg(long, conflicts_with = "spec")]
     host_only: bool,
+    /// With --system: stage-1 options as the spec's `stage1_options` JSON object (LUKS
+    /// devices, LVM, fsck, resume), which a NixOS toplevel does not hold
+    #[arg(long, value_name = "FILE.json", conflicts_with = "spec")]
+    stage1_options: Option<PathBuf>,
     /// The stage-1 binary (/init); with --system the default is `stage1` next to this
     /// executable; with --spec it replaces the spec's
     #[arg(long, value_name = "PATH")]
@@ -267,6 +271,15 @@ fn system_spec(a: &BuildArgs, toplevel: &Path) -> Result<system::SystemSpec> {
             Some(system::HostOnly::running()?)
         } else {
             None
+        },
+        stage1_options: match &a.stage1_options {
+            None => Default::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                serde_json::from_str(&text)
+                    .with_context(|| format!("{}: not valid stage-1 options", path.display()))?
+            }
         },
     };
     Ok(system::spec_from_system(&a.root, toplevel, &options)?)

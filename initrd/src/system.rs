@@ -88,6 +88,11 @@ pub struct SystemOptions {
     pub generic: bool,
     /// Take the drivers of the devices that hold this host's filesystems.
     pub host_only: Option<HostOnly>,
+    /// Stage-1 options to carry (`--stage1-options`): NixOS keeps its LUKS devices
+    /// (`boot.initrd.luks.devices`) and LVM switch in its own initrd's script, not in the
+    /// toplevel, so they cannot be read from the generation and are given here. With LUKS
+    /// devices or LVM, fstab devices under `/dev/mapper/` and `/dev/VG/LV` are accepted.
+    pub stage1_options: stagehand_common::stage1_config::Stage1Options,
 }
 
 /// Where `--host-only` looks: the host's sysfs and mount table.
@@ -358,7 +363,9 @@ pub fn spec_from_system(
 
     let mut required = Picks::default();
     let mut optional = Picks::default();
+    let layers = !options.stage1_options.luks.is_empty() || options.stage1_options.lvm;
     let (filesystems, block_mounts) = boot_filesystems(
+        layers,
         &entries,
         &index,
         version,
@@ -399,6 +406,7 @@ pub fn spec_from_system(
     let mut extras = SpecExtras {
         stage2: Some(options.stage2.clone()),
         root: Some(root.to_owned()),
+        stage1_options: options.stage1_options.clone(),
         ..SpecExtras::default()
     };
     // The storage layers the boot filesystems sit on: every md array found is assembled
@@ -440,6 +448,7 @@ pub fn spec_from_system(
 /// The fstab entries stage 1 mounts, as the spec's filesystems, with the modules their
 /// types need; the mount points on block devices (for `--host-only`).
 fn boot_filesystems(
+    layers: bool,
     entries: &[fstab::Entry],
     index: &ModuleIndex,
     version: &str,
@@ -466,7 +475,7 @@ fn boot_filesystems(
             ));
             continue;
         }
-        let (fs, kind) = fstab::to_filesystem(e)?;
+        let (fs, kind) = fstab::to_filesystem_with(e, layers)?;
         if kind == DeviceKind::Block {
             block_mounts.push(fs.mount_point.clone());
             if fs.fs_type == "auto" {

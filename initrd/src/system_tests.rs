@@ -120,6 +120,7 @@ impl Fixture {
             optional_modules: Vec::new(),
             generic: false,
             host_only: None,
+            stage1_options: Default::default(),
         }
     }
 

@@ -13,15 +13,15 @@ use crate::*;
 
 const SIG_MARKER: &[u8] = b"~Module signature appended~\n";
 
-struct Tree {
+pub(crate) struct Tree {
     _dir: tempfile::TempDir,
-    root: PathBuf,
-    modules: PathBuf,
+    pub(crate) root: PathBuf,
+    pub(crate) modules: PathBuf,
 }
 
 /// A temp dir with `stage1` and `lib/modules/6.1.0-test/` holding the given modules:
 /// (relative path, modinfo strings).
-fn tree(mods: &[(&str, &[&str])], builtin: &[&str]) -> Tree {
+pub(crate) fn tree(mods: &[(&str, &[&str])], builtin: &[&str]) -> Tree {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path().to_owned();
     std::fs::write(root.join("stage1"), b"\x7fELF fake stage1").expect("stage1");
@@ -63,7 +63,7 @@ fn write_module(path: &Path, info: &[&str], sig: Option<usize>) -> Vec<u8> {
     body
 }
 
-fn spec(t: &Tree, modules: &[&str], optional: &[&str]) -> InitrdSpec {
+pub(crate) fn spec(t: &Tree, modules: &[&str], optional: &[&str]) -> InitrdSpec {
     InitrdSpec {
         stage1: t.root.join("stage1"),
         modules_dir: Some(t.modules.clone()),

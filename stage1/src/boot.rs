@@ -15,7 +15,7 @@ use stagehand_common::stage1_config::{Stage1Config, STAGE1_CONFIG_PATH};
 use stagehand_common::timing::{monotonic_us, process_cpu_us};
 
 use crate::plan::{BreakPoint, Plan, TARGET_ROOT};
-use crate::{attempts, carried, cpu, init_path, md, root, secrets, sys};
+use crate::{attempts, carried, cpu, devices, init_path, layers, md, root, secrets, sys};
 use stagehand_common::emergency::{fail, FailurePolicy};
 use stagehand_common::panic_hook::{self, PanicRoute};
 
@@ -133,8 +133,8 @@ fn run(started: Instant, mut times: attempts::Times) {
         );
     }
 
-    // md RAID arrays first: the root filesystem may live on one (the storage layers step;
-    // LUKS and LVM join it here).
+    // The storage layers, bottom up: md RAID arrays first (LUKS or LVM may sit on one),
+    // then the LUKS and LVM layers (`layers::run`), then the filesystems' wait.
     let t = monotonic_us();
     match md::assemble_arrays(
         &config.options,
@@ -152,8 +152,24 @@ fn run(started: Instant, mut times: attempts::Times) {
     if let Err(e) = sys::mkdir_p(new_root, 0o755) {
         fail(&policy, "creating the mount point of the new root", &e);
     }
+    // One registry for the layers and the filesystems: what the layers make (the opened
+    // LUKS device, the LVs) is probed and resolvable like any disk.
+    let mut registry = devices::Registry::system();
+    if !plan.layers.is_empty() {
+        let t = monotonic_us();
+        let wanted: Vec<String> = plan
+            .filesystems
+            .iter()
+            .map(|fs| fs.device.clone())
+            .chain(plan.layers.luks.iter().map(|l| l.device.clone()))
+            .collect();
+        let timeout = Duration::from_millis(plan.device_timeout_ms.into());
+        layers::run(&plan.layers, &policy, &mut registry, timeout, &wanted);
+        times.phases.since("layers", t);
+    }
     let t = Instant::now();
-    times.device_wait_us = root::mount_all(&plan, &policy, new_root, &mut times.phases);
+    times.device_wait_us =
+        root::mount_all(&plan, &policy, new_root, &mut times.phases, &mut registry);
     times.mounts_us = t.elapsed().as_micros() as u64;
     if plan.break_at == Some(BreakPoint::Mounts) {
         fail(

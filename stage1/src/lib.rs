@@ -24,6 +24,7 @@ pub mod cpu;
 pub mod devices;
 pub mod fsck;
 pub mod init_path;
+pub mod layers;
 pub mod md;
 pub mod plan;
 pub mod probe;

@@ -8,6 +8,7 @@ use stagehand_common::cmdline::Cmdline;
 use stagehand_common::stage1_config::{FileSystem, Module, Stage1Config};
 
 use crate::fsck::{FsckMode, FsckPolicy};
+use crate::layers::LayerPlan;
 use crate::resume::ResumePlan;
 
 /// Where the new root is assembled before `switch_root`.
@@ -46,6 +47,8 @@ pub struct Plan {
     pub resume: ResumePlan,
     /// Register every btrfs device with the kernel before mounting (`btrfs_scan`).
     pub btrfs_scan: bool,
+    /// The LUKS and LVM layers set up before the filesystems' devices are waited for.
+    pub layers: LayerPlan,
     /// Problems with the command line that do not stop the boot but deserve a warning.
     pub warnings: Vec<String>,
 }
@@ -228,6 +231,7 @@ impl Plan {
             fsck,
             resume,
             btrfs_scan: config.options.btrfs_scan,
+            layers: LayerPlan::new(&config.options),
             warnings,
         })
     }

@@ -26,10 +26,15 @@ struct Wanted {
 /// Wait for every block device the boot needs (together, with one deadline), resume
 /// from hibernation if there is an image, then check and mount the filesystems in order.
 /// Returns the microseconds spent blocked waiting for device nodes.
-pub fn mount_all(plan: &Plan, policy: &FailurePolicy, new_root: &Path, phases: &mut Spans) -> u64 {
+pub fn mount_all(
+    plan: &Plan,
+    policy: &FailurePolicy,
+    new_root: &Path,
+    phases: &mut Spans,
+    registry: &mut devices::Registry,
+) -> u64 {
     let t = Instant::now();
     let t_us = monotonic_us();
-    let mut registry = devices::Registry::system();
     let mut wanted = Vec::new();
     for fs in plan
         .filesystems
@@ -94,7 +99,7 @@ pub fn mount_all(plan: &Plan, policy: &FailurePolicy, new_root: &Path, phases: &
                          Block devices seen: {}",
                         w.device,
                         timeout.as_millis(),
-                        seen_devices(&registry)
+                        seen_devices(registry)
                     ),
                 );
             }
@@ -109,7 +114,7 @@ pub fn mount_all(plan: &Plan, policy: &FailurePolicy, new_root: &Path, phases: &
     if plan.btrfs_scan {
         let t_scan = monotonic_us();
         let left = timeout.saturating_sub(t.elapsed());
-        scan_btrfs(&mut registry, &found, left);
+        scan_btrfs(registry, &found, left);
         phases.since("btrfs scan", t_scan);
     }
 
@@ -119,7 +124,7 @@ pub fn mount_all(plan: &Plan, policy: &FailurePolicy, new_root: &Path, phases: &
         .filter(|(w, _)| w.mount_point.is_none())
         .map(|(_, f)| f.clone())
         .collect();
-    try_resume(plan, &registry, &resume_found);
+    try_resume(plan, registry, &resume_found);
     phases.since("devices", t_us);
 
     let node_of = |mount_point: &str| {

@@ -44,6 +44,9 @@ const PACKAGES: &[(&str, &str)] = &[
     ("bash", "bash"),
     ("sha256sum", "coreutils"),
     ("nix-instantiate", "nix-bin"),
+    ("cryptsetup", "cryptsetup-bin"),
+    ("losetup", "mount"),
+    ("lvm", "lvm2"),
 ];
 
 /// `name` on `PATH` or in the sbin directories (which a non-login root shell may lack).

@@ -10,6 +10,7 @@ pub mod generation;
 pub mod host;
 pub mod initrd_scenarios;
 pub mod kernel;
+pub mod layer_scenarios;
 pub mod nixos_generation;
 pub mod nixos_scenarios;
 pub mod nixos_tools;

@@ -21,6 +21,7 @@ use anyhow::Result;
 use stagehand_vm_tests::bench;
 use stagehand_vm_tests::fallback_scenarios;
 use stagehand_vm_tests::initrd_scenarios;
+use stagehand_vm_tests::layer_scenarios;
 use stagehand_vm_tests::nixos_scenarios;
 use stagehand_vm_tests::powercut_scenarios;
 use stagehand_vm_tests::scenarios::{self, Inputs, Outcome};
@@ -98,6 +99,31 @@ const SCENARIOS: &[Scenario] = &[
         "md-too-degraded",
         "only the md array's spare present: the failure names the array, the member and the fix, then panics",
         storage_scenarios::md_too_degraded,
+    ),
+    (
+        "luks2-passphrase",
+        "LUKS2 (argon2id) root by /dev/disk/by-uuid: one wrong passphrase on ttyS0, then the right one; boots to systemd",
+        layer_scenarios::luks2_passphrase,
+    ),
+    (
+        "luks1-keyfile",
+        "LUKS1 root opened with a key file from the initrd secrets (keyFileOffset/keyFileSize); boots to systemd",
+        layer_scenarios::luks1_keyfile,
+    ),
+    (
+        "lvm-on-luks",
+        "LVM on LUKS2: the passphrase, then the VG activated natively; root /dev/VG/LV boots to systemd",
+        layer_scenarios::lvm_on_luks,
+    ),
+    (
+        "luks-wrong-passphrase",
+        "three wrong passphrases: the failure names the device and what to check, then the failure menu",
+        layer_scenarios::luks_wrong_passphrase,
+    ),
+    (
+        "lvm-missing-lv",
+        "the root names an LV its VG lacks: the failure names it, the VG's volumes and the fix, then the menu",
+        layer_scenarios::lvm_missing_lv,
     ),
     (
         "uefi-menu",

@@ -122,6 +122,7 @@ fn system_initrd(
         optional_modules: vec!["crc32c_generic".into()],
         generic: false,
         host_only: None,
+        stage1_options: Default::default(),
     };
     let built = system::spec_from_system(&root, Path::new(&g.profile_link()), &options)
         .map_err(|e| anyhow::anyhow!("{e}"))

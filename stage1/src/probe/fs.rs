@@ -26,7 +26,9 @@ pub fn probe_filesystem<R: Read + Seek>(dev: &mut R) -> Result<Option<FsInfo>, P
     // libblkid: on floppy-sized devices the first match wins without an ambiguity check.
     let tiny = disk.size <= 1440 * 1024;
 
-    let probers: [Prober<R>; 7] = [
+    let probers: [Prober<R>; 9] = [
+        super::containers::probe_luks,
+        super::containers::probe_lvm2,
         probe_vfat,
         probe_swap_family,
         probe_xfs,

@@ -19,10 +19,11 @@
 //!
 //! Known gaps against libblkid, all deliberate:
 //! - Only the types listed in [`FsInfo::fs_type`] are recognised. A device that also
-//!   holds a signature we do not know (LUKS, LVM, …) is reported by the one we do know,
-//!   where libblkid would report the container instead. md RAID members are the
-//!   exception: the device registry reads their superblock ([`crate::md::superblock`])
-//!   first and offers no filesystem for them, as libblkid's `linux_raid_member`.
+//!   holds a signature we do not know is reported by the one we do know, where libblkid
+//!   would report the container instead. LUKS and LVM2 PVs are recognised
+//!   (`crypto_LUKS`, `LVM2_member`); md RAID members are the exception: the device
+//!   registry reads their superblock ([`crate::md::superblock`]) first and offers no
+//!   filesystem for them, as libblkid's `linux_raid_member`.
 //! - Superblock checksums are verified where the filesystem has one (ext4
 //!   metadata_csum, XFS v5, btrfs CRC-32C, erofs sb_csum), as libblkid 2.39+ does and
 //!   the kernel does at mount time. libblkid 2.38 (Debian 12) does not check them, so a
@@ -32,10 +33,11 @@
 //!   `FsInfo::label`, where udev would `\xNN`-escape them in the link name.
 //! - MBR: primary partitions only (see [`probe_mbr`]).
 
+mod containers;
 mod fs;
 mod gpt;
 mod spec;
-mod util;
+pub(crate) mod util;
 
 #[cfg(test)]
 mod image_tests;
@@ -52,7 +54,7 @@ pub use spec::{by_links, by_links_ids, udev_encode, udev_unescape, DeviceSpec, P
 pub struct FsInfo {
     /// The libblkid `TYPE`: "ext4", "ext3", "ext2", "ext4dev", "jbd" (ext3/4 external
     /// journal), "btrfs", "xfs", "vfat", "erofs", "squashfs", "swap", "swsuspend"
-    /// (a swap partition holding a hibernation image).
+    /// (a swap partition holding a hibernation image), "crypto_LUKS", "LVM2_member".
     pub fs_type: &'static str,
     /// `UUID=` exactly as `blkid` prints it: lowercase dashed for ext/btrfs/xfs/swap/
     /// erofs, `ABCD-1234` (uppercase) for vfat. `None` when the filesystem has none
