@@ -84,6 +84,13 @@ pub fn argon2(
     lanes: u32,
     out_len: usize,
 ) -> Result<Secret, String> {
+    // The allocation below is fallible, but the kernel overcommits: an Argon2 cost larger
+    // than the free memory would succeed here and then bring in the OOM killer, which
+    // cannot kill PID 1 and panics the machine. Refuse it while it is still an error.
+    let info = rustix::system::sysinfo();
+    let unit = u64::from(info.mem_unit.max(1));
+    let free = (info.freeram as u64).saturating_add(info.bufferram as u64);
+    argon2_fits(memory_kib, free.saturating_mul(unit))?;
     let params = argon2::Params::new(memory_kib, time, lanes, Some(out_len)).map_err(|e| {
         format!(
             "unusable Argon2 parameters (memory {memory_kib} KiB, time {time}, lanes {lanes}): {e}"
@@ -99,6 +106,23 @@ pub fn argon2(
         .hash_password_into(password, salt, &mut out)
         .map_err(|e| format!("Argon2 failed: {e}"))?;
     Ok(out)
+}
+
+/// Whether `memory_kib` of Argon2 state fits in three quarters of `free_bytes` (the rest
+/// is stage 1's own and the kernel's); the error says what the keyslot asks for and what
+/// there is.
+pub fn argon2_fits(memory_kib: u32, free_bytes: u64) -> Result<(), String> {
+    let need = u64::from(memory_kib) * 1024;
+    if need > free_bytes / 4 * 3 {
+        return Err(format!(
+            "Argon2 needs {} MiB of memory for this keyslot and only {} MiB are free: \
+             it cannot be opened on this machine (use a keyslot with a smaller \
+             --pbkdf-memory, added with `cryptsetup luksAddKey` elsewhere)",
+            need >> 20,
+            free_bytes >> 20
+        ));
+    }
+    Ok(())
 }
 
 /// Undo cryptsetup's anti-forensic split: `split` holds `stripes` blocks of `key_len`
@@ -373,6 +397,21 @@ mod tests {
     }
 
     /// RFC 6070 (PBKDF2-HMAC-SHA1) and the RFC 7914 §11 PBKDF2-HMAC-SHA256 vector.
+    #[test]
+    fn argon2_memory_beyond_the_free_memory_is_refused_before_allocating() {
+        let gib = 1u64 << 30;
+        // 1 GiB of Argon2 in 2 GiB free: fits in three quarters.
+        assert!(argon2_fits(1024 * 1024, 2 * gib).is_ok());
+        // 4 GiB (cryptsetup's maximum) on a 2 GiB machine: refused, saying both sizes.
+        let e = argon2_fits(4 * 1024 * 1024, 2 * gib).expect_err("too big");
+        assert!(e.contains("4096 MiB") && e.contains("2048 MiB"), "{e}");
+        // Real argon2 in the initrd is refused the same way when the cost is absurd
+        // against what this machine has free.
+        let e = argon2(true, b"pw", b"0123456789abcdef", 1, u32::MAX, 1, 32)
+            .expect_err("u32::MAX KiB is more than any test machine has free");
+        assert!(e.contains("cannot be opened on this machine"), "{e}");
+    }
+
     #[test]
     fn pbkdf2_known_answers() {
         assert_eq!(
