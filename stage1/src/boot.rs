@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use stagehand_common::cmdline::Cmdline;
 use stagehand_common::kmsg::KmsgLogger;
-use stagehand_common::stage1_config::{Stage1Config, STAGE1_CONFIG_PATH};
+use stagehand_common::stage1_config::{Stage1Config, Stage1Options, STAGE1_CONFIG_PATH};
 use stagehand_common::timing::{monotonic_us, process_cpu_us};
 
 use crate::plan::{BreakPoint, Plan, TARGET_ROOT};
@@ -133,40 +133,11 @@ fn run(started: Instant, mut times: attempts::Times) {
         );
     }
 
-    // The storage layers, bottom up: md RAID arrays first (LUKS or LVM may sit on one),
-    // then the LUKS and LVM layers (`layers::run`), then the filesystems' wait.
-    let t = monotonic_us();
-    match md::assemble_arrays(
-        &config.options,
-        Duration::from_millis(plan.device_timeout_ms.into()),
-    ) {
-        Ok(started) if started.is_empty() => {}
-        Ok(started) => {
-            log::info!("{} md array(s) started", started.len());
-            times.phases.since("md arrays", t);
-        }
-        Err(e) => fail(&policy, "assembling md RAID arrays", &e.to_string()),
-    }
-
     let new_root = Path::new(TARGET_ROOT);
     if let Err(e) = sys::mkdir_p(new_root, 0o755) {
         fail(&policy, "creating the mount point of the new root", &e);
     }
-    // One registry for the layers and the filesystems: what the layers make (the opened
-    // LUKS device, the LVs) is probed and resolvable like any disk.
-    let mut registry = devices::Registry::system();
-    if !plan.layers.is_empty() {
-        let t = monotonic_us();
-        let wanted: Vec<String> = plan
-            .filesystems
-            .iter()
-            .map(|fs| fs.device.clone())
-            .chain(plan.layers.luks.iter().map(|l| l.device.clone()))
-            .collect();
-        let timeout = Duration::from_millis(plan.device_timeout_ms.into());
-        layers::run(&plan.layers, &policy, &mut registry, timeout, &wanted);
-        times.phases.since("layers", t);
-    }
+    let mut registry = storage_layers(&plan, &config.options, &policy, &mut times);
     let t = Instant::now();
     times.device_wait_us =
         root::mount_all(&plan, &policy, new_root, &mut times.phases, &mut registry);
@@ -206,6 +177,46 @@ fn run(started: Instant, mut times: attempts::Times) {
     loop {
         std::thread::sleep(Duration::from_secs(3600));
     }
+}
+
+/// The storage layers, bottom up, before the filesystems are waited for: md RAID arrays
+/// first (LUKS or LVM may sit on one), then the LUKS and LVM layers. Returns the device
+/// registry the filesystems are then looked up in.
+fn storage_layers(
+    plan: &Plan,
+    options: &Stage1Options,
+    policy: &FailurePolicy,
+    times: &mut attempts::Times,
+) -> devices::Registry {
+    let t = monotonic_us();
+    match md::assemble_arrays(
+        options,
+        Duration::from_millis(plan.device_timeout_ms.into()),
+    ) {
+        Ok(started) if started.is_empty() => {}
+        Ok(started) => {
+            log::info!("{} md array(s) started", started.len());
+            times.phases.since("md arrays", t);
+        }
+        Err(e) => fail(policy, "assembling md RAID arrays", &e.to_string()),
+    }
+
+    // One registry for the layers and the filesystems: what the layers make (the opened
+    // LUKS device, the LVs) is probed and resolvable like any disk.
+    let mut registry = devices::Registry::system();
+    if !plan.layers.is_empty() {
+        let t = monotonic_us();
+        let wanted: Vec<String> = plan
+            .filesystems
+            .iter()
+            .map(|fs| fs.device.clone())
+            .chain(plan.layers.luks.iter().map(|l| l.device.clone()))
+            .collect();
+        let timeout = Duration::from_millis(plan.device_timeout_ms.into());
+        layers::run(&plan.layers, policy, &mut registry, timeout, &wanted);
+        times.phases.since("layers", t);
+    }
+    registry
 }
 
 /// Load the planned modules in order: a module for CPU features this CPU lacks is skipped,

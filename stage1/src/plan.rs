@@ -86,65 +86,7 @@ impl std::error::Error for PlanError {}
 impl Plan {
     pub fn new(cmdline: &Cmdline, config: &Stage1Config) -> Result<Plan, PlanError> {
         let mut warnings = Vec::new();
-        let mut filesystems = Vec::with_capacity(config.filesystems.len() + 1);
-        for fs in &config.filesystems {
-            if !fs.mount_point.starts_with('/') {
-                return Err(PlanError::BadMountPoint(fs.mount_point.clone()));
-            }
-        }
-        let persistence = cmdline.get("boot.persistence").filter(|d| !d.is_empty());
-        match config.filesystems.iter().find(|fs| fs.mount_point == "/") {
-            // A tmpfs root with `boot.persistence=DEV`: DEV becomes the root instead
-            // (live media keeping their changes), mounted with `boot.persistence.opt=`.
-            Some(root) if is_tmpfs(root) && persistence.is_some() => {
-                let device = persistence.unwrap_or_default().to_owned();
-                let options = cmdline
-                    .get("boot.persistence.opt")
-                    .map(split_options)
-                    .unwrap_or_default();
-                filesystems.push(FileSystem {
-                    mount_point: "/".into(),
-                    device,
-                    fs_type: "auto".into(),
-                    options,
-                });
-            }
-            // A tmpfs root has no device for root= to replace; NixOS ignores root= too
-            // (it only names /dev/root).
-            Some(root) if is_tmpfs(root) => {
-                if let Some(dev) = cmdline.get("root") {
-                    warnings.push(format!(
-                        "root={dev} ignored: the configured root filesystem is a tmpfs"
-                    ));
-                }
-                filesystems.push(root.clone());
-            }
-            // The command line overrides the configured root device, as on NixOS where
-            // root= rewrites /dev/root.
-            Some(root) => filesystems.push(root_from_cmdline(
-                cmdline,
-                Some(root.clone()),
-                &mut warnings,
-            )),
-            None => match cmdline.get("root").filter(|r| !r.is_empty()) {
-                Some(_) => filesystems.push(root_from_cmdline(cmdline, None, &mut warnings)),
-                None => return Err(PlanError::NoRoot),
-            },
-        }
-        if let Some(dev) = persistence {
-            if filesystems.first().is_none_or(|r| r.device != dev) {
-                warnings.push(format!(
-                    "boot.persistence={dev} ignored: the root filesystem is not a tmpfs"
-                ));
-            }
-        }
-        filesystems.extend(
-            config
-                .filesystems
-                .iter()
-                .filter(|fs| fs.mount_point != "/")
-                .cloned(),
-        );
+        let filesystems = plan_filesystems(cmdline, config, &mut warnings)?;
 
         let panic_on_fail = if cmdline.flag("boot.panic_on_fail") || cmdline.flag("stage1panic") {
             true
@@ -155,24 +97,7 @@ impl Plan {
                     .any(|(k, v)| k == "stage1panic" && v == Some("0"))
         };
 
-        let mut break_at = None;
-        if cmdline.flag("boot.debug1") || cmdline.flag("debug1") {
-            break_at = Some(BreakPoint::Start);
-        } else if cmdline.flag("boot.debug1devices") {
-            break_at = Some(BreakPoint::Modules);
-        } else if cmdline.flag("boot.debug1mounts") {
-            break_at = Some(BreakPoint::Mounts);
-        }
-        if let Some(phase) = cmdline.get("rd.break") {
-            match phase {
-                "start" | "cmdline" => break_at = Some(BreakPoint::Start),
-                "modules" | "devices" => break_at = Some(BreakPoint::Modules),
-                "mounts" | "mount" | "pre-pivot" => break_at = Some(BreakPoint::Mounts),
-                other => warnings.push(format!(
-                    "rd.break={other} is not a known phase (use start, modules or mounts); ignored"
-                )),
-            }
-        }
+        let break_at = break_point(cmdline, &mut warnings);
         let shell_on_fail = cmdline.flag("boot.shell_on_fail") || break_at.is_some();
 
         let init = match cmdline.get("init") {
@@ -235,6 +160,95 @@ impl Plan {
             warnings,
         })
     }
+}
+
+/// The filesystems in mount order, the root first: the configured ones, with the root's
+/// device from `root=` or `boot.persistence=` where those apply (warnings for the ones
+/// that do not).
+fn plan_filesystems(
+    cmdline: &Cmdline,
+    config: &Stage1Config,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<FileSystem>, PlanError> {
+    let mut filesystems = Vec::with_capacity(config.filesystems.len() + 1);
+    for fs in &config.filesystems {
+        if !fs.mount_point.starts_with('/') {
+            return Err(PlanError::BadMountPoint(fs.mount_point.clone()));
+        }
+    }
+    let persistence = cmdline.get("boot.persistence").filter(|d| !d.is_empty());
+    match config.filesystems.iter().find(|fs| fs.mount_point == "/") {
+        // A tmpfs root with `boot.persistence=DEV`: DEV becomes the root instead
+        // (live media keeping their changes), mounted with `boot.persistence.opt=`.
+        Some(root) if is_tmpfs(root) && persistence.is_some() => {
+            let device = persistence.unwrap_or_default().to_owned();
+            let options = cmdline
+                .get("boot.persistence.opt")
+                .map(split_options)
+                .unwrap_or_default();
+            filesystems.push(FileSystem {
+                mount_point: "/".into(),
+                device,
+                fs_type: "auto".into(),
+                options,
+            });
+        }
+        // A tmpfs root has no device for root= to replace; NixOS ignores root= too
+        // (it only names /dev/root).
+        Some(root) if is_tmpfs(root) => {
+            if let Some(dev) = cmdline.get("root") {
+                warnings.push(format!(
+                    "root={dev} ignored: the configured root filesystem is a tmpfs"
+                ));
+            }
+            filesystems.push(root.clone());
+        }
+        // The command line overrides the configured root device, as on NixOS where
+        // root= rewrites /dev/root.
+        Some(root) => filesystems.push(root_from_cmdline(cmdline, Some(root.clone()), warnings)),
+        None => match cmdline.get("root").filter(|r| !r.is_empty()) {
+            Some(_) => filesystems.push(root_from_cmdline(cmdline, None, warnings)),
+            None => return Err(PlanError::NoRoot),
+        },
+    }
+    if let Some(dev) = persistence {
+        if filesystems.first().is_none_or(|r| r.device != dev) {
+            warnings.push(format!(
+                "boot.persistence={dev} ignored: the root filesystem is not a tmpfs"
+            ));
+        }
+    }
+    filesystems.extend(
+        config
+            .filesystems
+            .iter()
+            .filter(|fs| fs.mount_point != "/")
+            .cloned(),
+    );
+    Ok(filesystems)
+}
+
+/// Where `boot.debug1*` or `rd.break=` ask stage 1 to stop, if anywhere.
+fn break_point(cmdline: &Cmdline, warnings: &mut Vec<String>) -> Option<BreakPoint> {
+    let mut break_at = None;
+    if cmdline.flag("boot.debug1") || cmdline.flag("debug1") {
+        break_at = Some(BreakPoint::Start);
+    } else if cmdline.flag("boot.debug1devices") {
+        break_at = Some(BreakPoint::Modules);
+    } else if cmdline.flag("boot.debug1mounts") {
+        break_at = Some(BreakPoint::Mounts);
+    }
+    if let Some(phase) = cmdline.get("rd.break") {
+        match phase {
+            "start" | "cmdline" => break_at = Some(BreakPoint::Start),
+            "modules" | "devices" => break_at = Some(BreakPoint::Modules),
+            "mounts" | "mount" | "pre-pivot" => break_at = Some(BreakPoint::Mounts),
+            other => warnings.push(format!(
+                "rd.break={other} is not a known phase (use start, modules or mounts); ignored"
+            )),
+        }
+    }
+    break_at
 }
 
 /// Command-line names for the device wait, in seconds (fractions allowed): ours, and

@@ -210,6 +210,18 @@ pub(crate) fn configs(p: &Progs) -> Vec<Config> {
         ),
         autorestart(p, "autorestartService", "true"),
         autorestart(p, "autorestartServiceFailing", "false"),
+    ];
+    c.extend(unit_file_configs(p));
+    c.extend(activation_script_configs(p));
+    c.extend(socket_configs(p));
+    c.extend(unit_type_configs(p));
+    c
+}
+
+/// The generations of `unit file parser` and of the services whose units come from a
+/// package, with drop-ins, requirements and templates.
+fn unit_file_configs(p: &Progs) -> Vec<Config> {
+    vec![
         packaged(
             p,
             "simpleServiceWithExtraSection",
@@ -305,11 +317,7 @@ pub(crate) fn configs(p: &Progs) -> Vec<Config> {
         ),
         template(p, "unitWithTemplate", ""),
         template(p, "unitWithTemplateModified", "X-Test=test\n"),
-    ];
-    c.extend(activation_script_configs(p));
-    c.extend(socket_configs(p));
-    c.extend(unit_type_configs(p));
-    c
+    ]
 }
 
 /// The machine without a specialisation.

@@ -381,113 +381,97 @@ fn b64_field(v: &Value, key: &str, what: &str) -> Result<Vec<u8>, LuksError> {
         .map_err(|e| LuksError::Damaged(format!("{what}'s {key}: {e}")))
 }
 
-/// The LUKS2 JSON metadata: keyslots, segments, digests, config.
-pub fn parse_luks2_json(bin: &[u8], meta: &Value) -> Result<Header, LuksError> {
-    if let Some(req) = meta
-        .get("config")
-        .and_then(|c| c.get("requirements"))
-        .and_then(|r| r.get("mandatory"))
-        .and_then(Value::as_array)
-        .filter(|a| !a.is_empty())
-    {
-        let names: Vec<&str> = req.iter().filter_map(Value::as_str).collect();
+/// One `keyslots` member of the LUKS2 metadata with its priority, or `None` for a slot
+/// that holds no passphrase key (re-encryption, future types) or must not be tried
+/// (priority 0).
+fn parse_keyslot(id: &str, ks: &Value) -> Result<Option<(u64, Keyslot)>, LuksError> {
+    let what = format!("keyslot {id}");
+    if str_field(ks, "type", &what)? != "luks2" {
+        // Re-encryption slots and future types hold no passphrase key.
+        return Ok(None);
+    }
+    let priority = ks.get("priority").and_then(Value::as_u64).unwrap_or(1);
+    if priority == 0 {
+        return Ok(None);
+    }
+    let af = field(ks, "af", &what)?;
+    if str_field(af, "type", &what)? != "luks1" {
         return Err(LuksError::Unsupported(format!(
-            "the LUKS2 header requires {} (an interrupted re-encryption or a newer format); \
-             finish it with `cryptsetup` from a rescue system",
-            names.join(", ")
+            "{what}: anti-forensic type {:?} is not supported",
+            str_field(af, "type", &what)?
         )));
     }
-    let mut keyslots = Vec::new();
-    let mut ranked = Vec::new();
-    for (id, ks) in field(meta, "keyslots", "the LUKS2 metadata")?.members() {
-        let what = format!("keyslot {id}");
-        if str_field(ks, "type", &what)? != "luks2" {
-            // Re-encryption slots and future types hold no passphrase key.
-            continue;
-        }
-        let priority = ks.get("priority").and_then(Value::as_u64).unwrap_or(1);
-        if priority == 0 {
-            continue;
-        }
-        let af = field(ks, "af", &what)?;
-        if str_field(af, "type", &what)? != "luks1" {
+    let area = field(ks, "area", &what)?;
+    if str_field(area, "type", &what)? != "raw" {
+        return Err(LuksError::Unsupported(format!(
+            "{what}: area type {:?} is not supported",
+            str_field(area, "type", &what)?
+        )));
+    }
+    let kdf_v = field(ks, "kdf", &what)?;
+    let kdf = match str_field(kdf_v, "type", &what)? {
+        "pbkdf2" => Kdf::Pbkdf2 {
+            hash: Hash::parse(str_field(kdf_v, "hash", &what)?).map_err(LuksError::Unsupported)?,
+            iterations: u32_field(kdf_v, "iterations", &what)?,
+            salt: b64_field(kdf_v, "salt", &what)?,
+        },
+        t @ ("argon2i" | "argon2id") => Kdf::Argon2 {
+            id: t == "argon2id",
+            time: u32_field(kdf_v, "time", &what)?,
+            memory_kib: u32_field(kdf_v, "memory", &what)?,
+            lanes: u32_field(kdf_v, "cpus", &what)?,
+            salt: b64_field(kdf_v, "salt", &what)?,
+        },
+        other => {
             return Err(LuksError::Unsupported(format!(
-                "{what}: anti-forensic type {:?} is not supported",
-                str_field(af, "type", &what)?
-            )));
-        }
-        let area = field(ks, "area", &what)?;
-        if str_field(area, "type", &what)? != "raw" {
-            return Err(LuksError::Unsupported(format!(
-                "{what}: area type {:?} is not supported",
-                str_field(area, "type", &what)?
-            )));
-        }
-        let kdf_v = field(ks, "kdf", &what)?;
-        let kdf = match str_field(kdf_v, "type", &what)? {
-            "pbkdf2" => Kdf::Pbkdf2 {
-                hash: Hash::parse(str_field(kdf_v, "hash", &what)?)
-                    .map_err(LuksError::Unsupported)?,
-                iterations: u32_field(kdf_v, "iterations", &what)?,
-                salt: b64_field(kdf_v, "salt", &what)?,
-            },
-            t @ ("argon2i" | "argon2id") => Kdf::Argon2 {
-                id: t == "argon2id",
-                time: u32_field(kdf_v, "time", &what)?,
-                memory_kib: u32_field(kdf_v, "memory", &what)?,
-                lanes: u32_field(kdf_v, "cpus", &what)?,
-                salt: b64_field(kdf_v, "salt", &what)?,
-            },
-            other => {
-                return Err(LuksError::Unsupported(format!(
                 "{what}: key derivation {other:?} is not supported (pbkdf2, argon2i, argon2id are)"
             )))
-            }
-        };
-        // cryptsetup's own limits (4 GiB of Argon2 memory, 16 lanes): a
-        // header asking for more would exhaust stage 1's memory rather than open anything.
-        if let Kdf::Argon2 {
-            memory_kib, lanes, ..
-        } = &kdf
-        {
-            if *memory_kib > MAX_ARGON2_KIB || *lanes == 0 || *lanes > 16 {
-                return damaged(format!(
-                    "{what}: Argon2 with {memory_kib} KiB and {lanes} lanes (cryptsetup's \
-                     limits are 4 GiB and 16 lanes)"
-                ));
-            }
         }
-        let key_size = usize::try_from(u64_field(ks, "key_size", &what)?).unwrap_or(0);
-        let area_key_size = usize::try_from(u64_field(area, "key_size", &what)?).unwrap_or(0);
-        let stripes = usize::try_from(u64_field(af, "stripes", &what)?).unwrap_or(0);
-        let area_size = u64_field(area, "size", &what)?;
-        if !(1..=512).contains(&key_size)
-            || !(1..=512).contains(&area_key_size)
-            || !(1..=65536).contains(&stripes)
-            || area_size > MAX_KEYSLOT_AREA
-            || (key_size * stripes) as u64 > area_size
-        {
+    };
+    // cryptsetup's own limits (4 GiB of Argon2 memory, 16 lanes): a
+    // header asking for more would exhaust stage 1's memory rather than open anything.
+    if let Kdf::Argon2 {
+        memory_kib, lanes, ..
+    } = &kdf
+    {
+        if *memory_kib > MAX_ARGON2_KIB || *lanes == 0 || *lanes > 16 {
             return damaged(format!(
-                "{what}: key size {key_size}, {stripes} stripes in an area of {area_size} bytes"
+                "{what}: Argon2 with {memory_kib} KiB and {lanes} lanes (cryptsetup's \
+                 limits are 4 GiB and 16 lanes)"
             ));
         }
-        let slot = Keyslot {
-            id: id.clone(),
-            key_size,
-            kdf,
-            area_offset: u64_field(area, "offset", &what)?,
-            area_size,
-            area_cipher: CipherSpec::parse(str_field(area, "encryption", &what)?)
-                .map_err(LuksError::Unsupported)?,
-            area_key_size,
-            stripes,
-            af_hash: Hash::parse(str_field(af, "hash", &what)?).map_err(LuksError::Unsupported)?,
-        };
-        ranked.push((std::cmp::Reverse(priority), slot));
     }
-    ranked.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.id.cmp(&b.1.id)));
-    keyslots.extend(ranked.into_iter().map(|(_, s)| s));
+    let key_size = usize::try_from(u64_field(ks, "key_size", &what)?).unwrap_or(0);
+    let area_key_size = usize::try_from(u64_field(area, "key_size", &what)?).unwrap_or(0);
+    let stripes = usize::try_from(u64_field(af, "stripes", &what)?).unwrap_or(0);
+    let area_size = u64_field(area, "size", &what)?;
+    if !(1..=512).contains(&key_size)
+        || !(1..=512).contains(&area_key_size)
+        || !(1..=65536).contains(&stripes)
+        || area_size > MAX_KEYSLOT_AREA
+        || (key_size * stripes) as u64 > area_size
+    {
+        return damaged(format!(
+            "{what}: key size {key_size}, {stripes} stripes in an area of {area_size} bytes"
+        ));
+    }
+    let slot = Keyslot {
+        id: id.to_owned(),
+        key_size,
+        kdf,
+        area_offset: u64_field(area, "offset", &what)?,
+        area_size,
+        area_cipher: CipherSpec::parse(str_field(area, "encryption", &what)?)
+            .map_err(LuksError::Unsupported)?,
+        area_key_size,
+        stripes,
+        af_hash: Hash::parse(str_field(af, "hash", &what)?).map_err(LuksError::Unsupported)?,
+    };
+    Ok(Some((priority, slot)))
+}
 
+/// The `pbkdf2` digests that check a volume key, with the keyslots each covers.
+fn parse_digests(meta: &Value) -> Result<Vec<KeyDigest>, LuksError> {
     let mut digests = Vec::new();
     for (id, d) in field(meta, "digests", "the LUKS2 metadata")?.members() {
         let what = format!("digest {id}");
@@ -508,6 +492,35 @@ pub fn parse_luks2_json(bin: &[u8], meta: &Value) -> Result<Header, LuksError> {
             keyslots,
         });
     }
+    Ok(digests)
+}
+
+/// The LUKS2 JSON metadata: keyslots, segments, digests, config.
+pub fn parse_luks2_json(bin: &[u8], meta: &Value) -> Result<Header, LuksError> {
+    if let Some(req) = meta
+        .get("config")
+        .and_then(|c| c.get("requirements"))
+        .and_then(|r| r.get("mandatory"))
+        .and_then(Value::as_array)
+        .filter(|a| !a.is_empty())
+    {
+        let names: Vec<&str> = req.iter().filter_map(Value::as_str).collect();
+        return Err(LuksError::Unsupported(format!(
+            "the LUKS2 header requires {} (an interrupted re-encryption or a newer format); \
+             finish it with `cryptsetup` from a rescue system",
+            names.join(", ")
+        )));
+    }
+    let mut ranked = Vec::new();
+    for (id, ks) in field(meta, "keyslots", "the LUKS2 metadata")?.members() {
+        if let Some((priority, slot)) = parse_keyslot(id, ks)? {
+            ranked.push((std::cmp::Reverse(priority), slot));
+        }
+    }
+    ranked.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.id.cmp(&b.1.id)));
+    let keyslots = ranked.into_iter().map(|(_, s)| s).collect();
+
+    let digests = parse_digests(meta)?;
 
     // The data segment: the one crypt segment (several only exist mid-reencryption,
     // which the requirements check above refused).
