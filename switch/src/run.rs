@@ -436,26 +436,52 @@ mod tests {
         }
     }
 
+    /// A fake systemd with `units` running (`broken` fail to start) and a logging boot
+    /// loader, sharing one log of what the switch asked of them.
+    struct Harness {
+        log: Log,
+        sd: FakeSystemd,
+        loader: LoggingLoader,
+    }
+
+    impl Harness {
+        fn new(units: BTreeMap<String, UnitState>, broken: &[&str]) -> Harness {
+            let log = Log::default();
+            Harness {
+                sd: FakeSystemd {
+                    units,
+                    log: log.clone(),
+                    broken: broken.iter().map(|u| u.to_string()).collect(),
+                    lists: 0,
+                },
+                loader: LoggingLoader {
+                    log: log.clone(),
+                    inner: BootLoaderCommand::Native {
+                        esp: PathBuf::from("/boot"),
+                    },
+                },
+                log,
+            }
+        }
+
+        fn switch(&mut self, t: &tempfile::TempDir, action: SwitchAction) -> SwitchOutcome {
+            switch(
+                &opts(t, action),
+                &mut self.sd,
+                &mut self.loader,
+                &mut std::io::sink(),
+            )
+        }
+    }
+
     fn go(
         t: &tempfile::TempDir,
         action: SwitchAction,
     ) -> (SwitchOutcome, Vec<String>, FakeSystemd) {
-        let log = Log::default();
-        let mut sd = FakeSystemd {
-            units: running(),
-            log: log.clone(),
-            broken: BTreeSet::new(),
-            lists: 0,
-        };
-        let mut loader = LoggingLoader {
-            log: log.clone(),
-            inner: BootLoaderCommand::Native {
-                esp: PathBuf::from("/boot"),
-            },
-        };
-        let out = switch(&opts(t, action), &mut sd, &mut loader, &mut std::io::sink());
-        let calls = log.borrow().clone();
-        (out, calls, sd)
+        let mut h = Harness::new(running(), &[]);
+        let out = h.switch(t, action);
+        let calls = h.log.borrow().clone();
+        (out, calls, h.sd)
     }
 
     #[test]
@@ -573,25 +599,9 @@ mod tests {
             &["e.service".to_string()].into_iter().collect(),
         )
         .expect("record");
-        let log = Log::default();
-        let mut sd = FakeSystemd {
-            units: running(),
-            log: log.clone(),
-            broken: ["e.service".to_string()].into_iter().collect(),
-            lists: 0,
-        };
-        let mut loader = LoggingLoader {
-            log: log.clone(),
-            inner: BootLoaderCommand::Native {
-                esp: PathBuf::from("/boot"),
-            },
-        };
-        let out = switch(
-            &opts(&t, SwitchAction::Test),
-            &mut sd,
-            &mut loader,
-            &mut std::io::sink(),
-        );
+        let mut h = Harness::new(running(), &["e.service"]);
+        let log = h.log.clone();
+        let out = h.switch(&t, SwitchAction::Test);
         assert_eq!(out.code, exit::UNITS_FAILED, "{:#?}", out.lines);
         assert!(log
             .borrow()
@@ -612,27 +622,11 @@ mod tests {
         let root = Root::open(t.path()).expect("root");
         let c: BTreeSet<String> = ["c.service".to_string()].into_iter().collect();
         pending::write_list(&root, pending::RELOAD_LIST, &c).expect("record");
-        let log = Log::default();
         let mut units = running();
         units.remove("c.service");
-        let mut sd = FakeSystemd {
-            units,
-            log: log.clone(),
-            broken: BTreeSet::new(),
-            lists: 0,
-        };
-        let mut loader = LoggingLoader {
-            log: log.clone(),
-            inner: BootLoaderCommand::Native {
-                esp: PathBuf::from("/boot"),
-            },
-        };
-        let out = switch(
-            &opts(&t, SwitchAction::Test),
-            &mut sd,
-            &mut loader,
-            &mut std::io::sink(),
-        );
+        let mut h = Harness::new(units, &[]);
+        let log = h.log.clone();
+        let out = h.switch(&t, SwitchAction::Test);
         assert_eq!(out.code, exit::OK, "{:#?}", out.lines);
         assert!(
             log.borrow()
@@ -660,44 +654,23 @@ mod tests {
             t.path().join("etc/systemd/system"),
         )
         .expect("ln");
-        let log = Log::default();
         let mut units = running();
         units.remove("b.service");
         units.insert("d.service".into(), UnitState::new("active", "running"));
-        let mut sd = FakeSystemd {
-            units,
-            log: log.clone(),
-            broken: BTreeSet::new(),
-            lists: 0,
-        };
-        let mut loader = LoggingLoader {
-            log: log.clone(),
-            inner: BootLoaderCommand::Native {
-                esp: PathBuf::from("/boot"),
-            },
-        };
-        let out = switch(
-            &opts(&t, SwitchAction::Test),
-            &mut sd,
-            &mut loader,
-            &mut std::io::sink(),
-        );
+        let mut h = Harness::new(units, &[]);
+        let log = h.log.clone();
+        let out = h.switch(&t, SwitchAction::Test);
         assert_eq!(out.code, exit::OK, "{:#?}", out.lines);
         // Not one question to systemd, let alone a job.
         assert!(log.borrow().is_empty(), "{:?}", log.borrow());
-        assert_eq!(sd.lists, 0);
+        assert_eq!(h.sd.lists, 0);
         // An activation that asks for a restart turns it into a real (small) switch.
         std::fs::write(
             t.path().join("run/nixos/activation-restart-list"),
             "c.service\n",
         )
         .expect("request");
-        let out = switch(
-            &opts(&t, SwitchAction::Test),
-            &mut sd,
-            &mut loader,
-            &mut std::io::sink(),
-        );
+        let out = h.switch(&t, SwitchAction::Test);
         assert_eq!(out.code, exit::OK, "{:#?}", out.lines);
         assert_eq!(
             *log.borrow(),

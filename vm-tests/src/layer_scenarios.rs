@@ -253,24 +253,26 @@ fn finish_boot(vm: &mut Vm, expect: &[&str], out: &mut Outcome) {
     }
 }
 
+/// A scenario whose root image is LUKS2 with an argon2id keyslot for [`PASSPHRASE`]
+/// (cheap parameters), opened as `cryptroot` and holding the root by its label.
+fn argon2id_root(inputs: &Inputs, name: &str) -> Result<Layered> {
+    let options = Stage1Options {
+        luks: vec![luks_device("cryptroot")],
+        ..Stage1Options::default()
+    };
+    let s = Layered::new(inputs, name, &format!("LABEL={ROOT_LABEL}"), options)?;
+    let mut args = vec!["--pbkdf", "argon2id"];
+    args.extend_from_slice(CHEAP_KDF);
+    encrypt(&s.root_img, &args, PASSPHRASE.as_bytes())?;
+    Ok(s)
+}
+
 /// `luks2-passphrase`: the root on LUKS2 (argon2id, aes-xts-plain64, 4 KiB sectors as
 /// `reencrypt` picks them), found as `/dev/disk/by-uuid/<LUKS UUID>`; one wrong passphrase
 /// typed on the serial console first, then the right one; the root is then found by its
 /// ext4 label on the unlocked device and the boot reaches systemd and the probe.
 pub fn luks2_passphrase(inputs: &Inputs) -> Result<Outcome> {
-    let options = Stage1Options {
-        luks: vec![luks_device("cryptroot")],
-        ..Stage1Options::default()
-    };
-    let s = Layered::new(
-        inputs,
-        "luks2-passphrase",
-        &format!("LABEL={ROOT_LABEL}"),
-        options,
-    )?;
-    let mut args = vec!["--pbkdf", "argon2id"];
-    args.extend_from_slice(CHEAP_KDF);
-    encrypt(&s.root_img, &args, PASSPHRASE.as_bytes())?;
+    let s = argon2id_root(inputs, "luks2-passphrase")?;
     let mut out = Outcome::default();
     let mut vm = s.start(inputs, s.root_img.clone(), &[], &mut out)?;
     if let Err(e) = answer_prompts(&mut vm, 1, Some(PASSPHRASE)) {
@@ -498,19 +500,7 @@ fn menu_then_reboot(vm: &mut Vm, failure: &str, out: &mut Outcome) {
 /// `luks-wrong-passphrase`: three wrong passphrases; the failure names the device and
 /// what to check, then the failure menu (no `boot.panic_on_fail` here) and its reboot.
 pub fn luks_wrong_passphrase(inputs: &Inputs) -> Result<Outcome> {
-    let options = Stage1Options {
-        luks: vec![luks_device("cryptroot")],
-        ..Stage1Options::default()
-    };
-    let s = Layered::new(
-        inputs,
-        "luks-wrong-passphrase",
-        &format!("LABEL={ROOT_LABEL}"),
-        options,
-    )?;
-    let mut args = vec!["--pbkdf", "argon2id"];
-    args.extend_from_slice(CHEAP_KDF);
-    encrypt(&s.root_img, &args, PASSPHRASE.as_bytes())?;
+    let s = argon2id_root(inputs, "luks-wrong-passphrase")?;
     let mut out = Outcome::default();
     let mut vm = s.start(
         inputs,
