@@ -34,12 +34,79 @@ let
   modules = lib.unique (config.boot.initrd.kernelModules ++ cfg.extraModules);
   optionalModules = lib.subtractLists modules (lib.unique config.boot.initrd.availableKernelModules);
 
+  # The storage layers stage 1 sets up before it looks for the filesystems, from NixOS's own
+  # options (its scripted initrd keeps them in its init script, not in the toplevel, so
+  # `--system` cannot read them there): `stagehand-initrd build --stage1-options`.
+  luks = config.boot.initrd.luks;
+  luksDevices = lib.attrValues luks.devices;
+  stage1Options = {
+    luks = map (d: {
+      inherit (d) name device header;
+      key_file = d.keyFile;
+      key_file_size = d.keyFileSize;
+      key_file_offset = d.keyFileOffset;
+      allow_discards = d.allowDiscards;
+      bypass_workqueues = d.bypassWorkqueues;
+      pre_lvm = d.preLVM;
+      fallback_to_password = d.fallbackToPassword;
+    }) luksDevices;
+    reuse_passphrases = luks.reusePassphrases;
+    inherit (cfg) lvm;
+    swraid = config.boot.swraid.enable or false;
+    check_journaling_fs = config.boot.initrd.checkJournalingFS or true;
+    resume_device =
+      let
+        d = config.boot.resumeDevice or "";
+      in
+      if d == "" then null else d;
+  };
+  stage1OptionsFile = pkgs.writeText "stagehand-stage1-options.json" (builtins.toJSON stage1Options);
+
+  # A filesystem on an LVM volume: `/dev/mapper/VG-LV` that is not a LUKS device, or
+  # `/dev/VG/LV` outside udev's and md's directories. LUKS on LVM (preLVM = false) needs
+  # LVM too.
+  isLvmDevice =
+    d:
+    let
+      mapped = builtins.match "/dev/mapper/(.+)" d;
+      twoLevel = builtins.match "/dev/([^/]+)/[^/]+" d;
+    in
+    (mapped != null && !(luks.devices ? ${builtins.head mapped}))
+    || (twoLevel != null && !(builtins.elem (builtins.head twoLevel) [ "disk" "mapper" "md" ]));
+  fileSystemDevices = lib.filter builtins.isString (
+    map (fs: fs.device or null) (lib.attrValues config.fileSystems)
+  );
+  lvmNeeded =
+    lib.any (d: !d.preLVM) luksDevices || lib.any isLvmDevice fileSystemDevices;
+
+  # What `boot.initrd.luks.devices` can ask for and stage 1 does not do: refused at
+  # evaluation, naming the device and the option, rather than failing at boot.
+  luksAssertions = lib.concatMap (d: [
+    {
+      assertion = (d.yubikey or null) == null && (d.gpgCard or null) == null
+        && (d.fido2.credential or null) == null && (d.fido2.credentials or [ ]) == [ ];
+      message = "boot.stagehand: boot.initrd.luks.devices.${d.name} uses a YubiKey, GPG card or FIDO2 token, which Stagehand's stage 1 does not support; unlock it with a passphrase or a key file.";
+    }
+    {
+      assertion = (d.preOpenCommands or "") == "" && (d.postOpenCommands or "") == "";
+      message = "boot.stagehand: boot.initrd.luks.devices.${d.name}.preOpenCommands/postOpenCommands are shell, which Stagehand's stage 1 does not run.";
+    }
+    {
+      assertion = d.keyFile == null || config.boot.initrd.secrets ? ${d.keyFile};
+      message = "boot.stagehand: boot.initrd.luks.devices.${d.name}.keyFile (${toString d.keyFile}) must be one of boot.initrd.secrets: Stagehand's stage 1 reads key files from the initrd secrets only (not from a device).";
+    }
+    {
+      assertion = !(d.tryEmptyPassphrase or false) && (d.keyFileTimeout or null) == null;
+      message = "boot.stagehand: boot.initrd.luks.devices.${d.name}.tryEmptyPassphrase and keyFileTimeout are not supported by Stagehand's stage 1.";
+    }
+  ]) luksDevices;
+
   initrd =
     pkgs.runCommand "stagehand-initrd-${config.boot.kernelPackages.kernel.modDirVersion}"
       {
         nativeBuildInputs = [ cfg.package ];
         # To look at what the initrd was built from (and for the module's test).
-        passthru = { inherit systemInputs; };
+        passthru = { inherit systemInputs stage1OptionsFile; };
       }
       ''
         mkdir $out
@@ -48,6 +115,7 @@ let
           --generic \
           ${lib.optionalString (modules != [ ]) "--modules ${lib.escapeShellArg (lib.concatStringsSep "," modules)}"} \
           ${lib.optionalString (optionalModules != [ ]) "--optional-modules ${lib.escapeShellArg (lib.concatStringsSep "," optionalModules)}"} \
+          --stage1-options ${stage1OptionsFile} \
           --stage1 ${cfg.package}/bin/stage1 \
           --stage2 ${cfg.package}/bin/stage2 \
           -o $out/${initrdFile}
@@ -94,6 +162,17 @@ in
       '';
     };
 
+    lvm = lib.mkOption {
+      type = lib.types.bool;
+      default = lvmNeeded;
+      defaultText = lib.literalExpression "true when a LUKS device has preLVM = false or a fileSystems device is an LVM volume (/dev/mapper/VG-LV that is no LUKS device, /dev/VG/LV)";
+      description = ''
+        Let stage 1 activate the LVM volume groups it finds before it looks for the
+        filesystems (NixOS's scripted stage 1 always runs `vgchange -ay`; Stagehand's does
+        it when asked, natively, without lvm2 in the initrd).
+      '';
+    };
+
     replaceInit = lib.mkOption {
       type = lib.types.bool;
       default = true;
@@ -109,7 +188,7 @@ in
   };
 
   config = lib.mkIf cfg.enable {
-    assertions = [
+    assertions = luksAssertions ++ [
       {
         assertion = !config.boot.initrd.systemd.enable;
         message = ''

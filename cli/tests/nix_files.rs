@@ -116,7 +116,7 @@ fn the_module_builds_the_initrd_from_the_configuration() {
     assert_eq!(m["enabledBy"], true);
     assert_eq!(
         m["options"],
-        serde_json::json!(["enable", "extraModules", "package", "replaceInit"])
+        serde_json::json!(["enable", "extraModules", "lvm", "package", "replaceInit"])
     );
     // The initrd: from the configuration's fstab, modules tree and firmware (not from the
     // toplevel), NixOS's module lists plus the extra ones, once each and in order.
@@ -138,6 +138,7 @@ fn the_module_builds_the_initrd_from_the_configuration() {
              --generic \\\n  \
              --modules 'dm_mod,virtio_net,ahci' \\\n  \
              --optional-modules 'sd_mod' \\\n  \
+             --stage1-options {STORE}-stagehand-stage1-options.json \\\n  \
              --stage1 {PKG}/bin/stage1 \\\n  \
              --stage2 {PKG}/bin/stage2 \\\n  \
              -o $out/initrd\n"
@@ -184,4 +185,78 @@ fn the_module_without_secrets_init_swap_or_with_the_systemd_initrd() {
     assert!(!appender.contains("append-secrets"), "{appender}");
     // The systemd initrd is refused by the first assertion.
     assert_eq!(m["assertions"], serde_json::json!([false, true]));
+}
+
+/// The stage-1 options the module hands `stagehand-initrd build --stage1-options`, read
+/// the way the tool reads them (strictly: an unknown key would fail the initrd build).
+fn stage1_options(m: &serde_json::Value) -> stagehand_common::stage1_config::Stage1Options {
+    serde_json::from_value(m["stage1Options"].clone())
+        .unwrap_or_else(|e| panic!("the module's stage-1 options are refused: {e}\n{m}"))
+}
+
+#[test]
+fn without_luks_or_lvm_the_stage1_options_are_the_defaults() {
+    let m = module_with("{ }");
+    assert_eq!(
+        stage1_options(&m),
+        stagehand_common::stage1_config::Stage1Options::default()
+    );
+}
+
+#[test]
+fn luks_devices_and_lvm_come_from_nixos_options() {
+    let m = module_with(
+        r#"{ rootDevice = "/dev/mapper/vg-root"; swraid = true;
+             secrets = { "/keyfile" = null; };
+             luksDevices = { cryptroot = { device = "/dev/disk/by-uuid/4d1f"; header = null;
+               keyFile = "/keyfile"; keyFileSize = 4096; keyFileOffset = 512;
+               allowDiscards = true; bypassWorkqueues = true; preLVM = true;
+               fallbackToPassword = true; }; }; }"#,
+    );
+    let o = stage1_options(&m);
+    assert_eq!(o.luks.len(), 1);
+    let d = &o.luks[0];
+    assert_eq!(
+        (d.name.as_str(), d.device.as_str(), d.key_file.as_deref()),
+        ("cryptroot", "/dev/disk/by-uuid/4d1f", Some("/keyfile"))
+    );
+    assert_eq!((d.key_file_size, d.key_file_offset), (Some(4096), Some(512)));
+    assert!(d.allow_discards && d.bypass_workqueues && d.pre_lvm && d.fallback_to_password);
+    // /dev/mapper/vg-root is no LUKS device: an LVM volume, so LVM is on by default.
+    assert!(o.lvm, "{m}");
+    assert!(o.swraid && o.reuse_passphrases);
+    assert!(m["assertions"].as_array().expect("list").iter().all(|a| a == true));
+
+    // The LUKS device itself under /dev/mapper is no reason for LVM.
+    let m = module_with(
+        r#"{ rootDevice = "/dev/mapper/cryptroot";
+             luksDevices = { cryptroot = { device = "/dev/vda2"; header = null; keyFile = null;
+               keyFileSize = null; keyFileOffset = null; allowDiscards = false;
+               bypassWorkqueues = false; preLVM = true; fallbackToPassword = false; }; }; }"#,
+    );
+    assert!(!stage1_options(&m).lvm);
+}
+
+#[test]
+fn luks_features_stage1_lacks_are_refused_at_evaluation() {
+    let m = module_with(
+        r#"{ luksDevices = { c2 = { device = "/dev/vda2"; header = null; keyFile = "/dev/sdb1";
+               keyFileSize = null; keyFileOffset = null; allowDiscards = false;
+               bypassWorkqueues = false; preLVM = false; fallbackToPassword = false;
+               fido2.credential = "ab"; preOpenCommands = "mount x"; }; }; }"#,
+    );
+    let failed: Vec<&str> = m["assertions"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .zip(m["assertionMessages"].as_array().expect("list"))
+        .filter(|(a, _)| *a == false)
+        .filter_map(|(_, msg)| msg.as_str())
+        .collect();
+    assert_eq!(failed.len(), 3, "{failed:#?}");
+    assert!(failed[0].contains("c2 uses a YubiKey, GPG card or FIDO2 token"));
+    assert!(failed[1].contains("preOpenCommands"));
+    assert!(failed[2].contains("keyFile (/dev/sdb1) must be one of boot.initrd.secrets"));
+    // LUKS on LVM (preLVM = false) needs LVM.
+    assert!(stage1_options(&m).lvm);
 }

@@ -11,6 +11,9 @@
     "/etc/ssh/ssh_host_ed25519_key" = null;
     "/etc/secret key" = "/root/it's secret";
   },
+  luksDevices ? { },
+  rootDevice ? "/dev/disk/by-label/nixos",
+  swraid ? false,
 }:
 let
   lib = rec {
@@ -43,6 +46,10 @@ let
     unique = builtins.foldl' (acc: x: if builtins.elem x acc then acc else acc ++ [ x ]) [ ];
     subtractLists = e: builtins.filter (x: !(builtins.elem x e));
     mapAttrsToList = f: attrs: map (n: f n attrs.${n}) (builtins.attrNames attrs);
+    attrValues = attrs: map (n: attrs.${n}) (builtins.attrNames attrs);
+    filter = builtins.filter;
+    any = builtins.any;
+    concatMap = builtins.concatMap;
   };
 
   drv = name: text: {
@@ -52,6 +59,7 @@ let
   pkgs = {
     runCommand = name: attrs: text: drv name text // { inherit attrs; };
     writeShellScriptBin = name: text: drv name text;
+    writeText = name: text: drv name text;
     callPackage = _: _: drv "stagehand-default" "";
   };
 
@@ -64,6 +72,8 @@ let
         "ahci"
       ];
       inherit replaceInit;
+      # As the module system would: the option's default, computed from this config.
+      lvm = m.options.boot.stagehand.lvm.default;
     };
     boot.initrd = {
       enable = true;
@@ -74,6 +84,22 @@ let
       ];
       kernelModules = [ "dm_mod" ];
       inherit secrets;
+      # NixOS's submodule gives every device its attribute name as `name`.
+      luks = {
+        reusePassphrases = true;
+        devices = builtins.mapAttrs (name: d: { inherit name; } // d) luksDevices;
+      };
+    };
+    boot.swraid.enable = swraid;
+    fileSystems = {
+      "/" = {
+        device = rootDevice;
+        fsType = "ext4";
+      };
+      "/tmp" = {
+        device = null;
+        fsType = "tmpfs";
+      };
     };
     boot.isContainer = false;
     boot.kernelPackages.kernel.modDirVersion = "6.6.7";
@@ -99,6 +125,9 @@ in
   initrdTools = map (p: p.name) initrd.attrs.nativeBuildInputs;
   initrdScript = initrd.text;
   inputsScript = initrd.attrs.passthru.systemInputs.text;
+  stage1OptionsName = initrd.attrs.passthru.stage1OptionsFile.name;
+  stage1Options = builtins.fromJSON initrd.attrs.passthru.stage1OptionsFile.text;
+  assertionMessages = map (a: a.message) c.assertions;
   appenderPriority = c.system.build.initialRamdiskSecretAppender.priority;
   appender = c.system.build.initialRamdiskSecretAppender.content.text;
   bootspec = c.boot.bootspec.extensions;
