@@ -220,12 +220,19 @@ fn luks_devices_and_lvm_come_from_nixos_options() {
         (d.name.as_str(), d.device.as_str(), d.key_file.as_deref()),
         ("cryptroot", "/dev/disk/by-uuid/4d1f", Some("/keyfile"))
     );
-    assert_eq!((d.key_file_size, d.key_file_offset), (Some(4096), Some(512)));
+    assert_eq!(
+        (d.key_file_size, d.key_file_offset),
+        (Some(4096), Some(512))
+    );
     assert!(d.allow_discards && d.bypass_workqueues && d.pre_lvm && d.fallback_to_password);
     // /dev/mapper/vg-root is no LUKS device: an LVM volume, so LVM is on by default.
     assert!(o.lvm, "{m}");
     assert!(o.swraid && o.reuse_passphrases);
-    assert!(m["assertions"].as_array().expect("list").iter().all(|a| a == true));
+    assert!(m["assertions"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .all(|a| a == true));
 
     // The LUKS device itself under /dev/mapper is no reason for LVM.
     let m = module_with(

@@ -474,6 +474,60 @@ pub fn lvm_on_luks(inputs: &Inputs) -> Result<Outcome> {
     Ok(out)
 }
 
+/// `luks-on-lvm`: the other order (NixOS's `preLVM = false`): an LVM PV whose LV
+/// `stagehand/root` holds a LUKS2 volume with the root filesystem. Stage 1 activates the
+/// VG first, then opens `/dev/stagehand/root` as `cryptroot`; the root is found by its
+/// ext4 label on the opened device.
+pub fn luks_on_lvm(inputs: &Inputs) -> Result<Outcome> {
+    let crypt = LuksDevice {
+        device: format!("/dev/{VG}/{LV}"),
+        pre_lvm: false,
+        ..luks_device("cryptroot")
+    };
+    let options = Stage1Options {
+        luks: vec![crypt],
+        lvm: true,
+        ..Stage1Options::default()
+    };
+    let s = Layered::new(
+        inputs,
+        "luks-on-lvm",
+        &format!("LABEL={ROOT_LABEL}"),
+        options,
+    )?;
+    let mut args = vec!["--pbkdf", "argon2id"];
+    args.extend_from_slice(CHEAP_KDF);
+    encrypt(&s.root_img, &args, PASSPHRASE.as_bytes())?;
+    let pv = lvm_image(&s.dir, &s.root_img)?;
+    let mut out = Outcome::default();
+    let mut vm = s.start(inputs, pv, &[], &mut out)?;
+    if let Err(e) = answer_prompts(&mut vm, 0, Some(PASSPHRASE)) {
+        out.wait_failed(&vm, &e, 40);
+        return Ok(out);
+    }
+    // The LV has to exist before its passphrase can be asked for.
+    let lines = vm.lines();
+    let at = |needle: &str| lines.iter().position(|l| l.text.contains(needle));
+    let (activated, asked) = (
+        at("stage1: activated stagehand/root as /dev/mapper/stagehand-root"),
+        at("stage1: asking for the passphrase of cryptroot"),
+    );
+    out.check(
+        "the VG is activated before the LUKS volume on it is asked for",
+        matches!((activated, asked), (Some(a), Some(b)) if a < b),
+        || format!("activation at line {activated:?}, the prompt at {asked:?}"),
+    );
+    finish_boot(
+        &mut vm,
+        &[
+            "stage1: opened /dev/stagehand/root as /dev/mapper/cryptroot",
+            &format!("stage1: device LABEL={ROOT_LABEL} for / is /dev/dm-1"),
+        ],
+        &mut out,
+    );
+    Ok(out)
+}
+
 /// Wait for the failure menu after `failure`, then press `r`: the VM reboots, which
 /// with `-no-reboot` ends QEMU.
 fn menu_then_reboot(vm: &mut Vm, failure: &str, out: &mut Outcome) {

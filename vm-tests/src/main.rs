@@ -116,6 +116,11 @@ const SCENARIOS: &[Scenario] = &[
         layer_scenarios::lvm_on_luks,
     ),
     (
+        "luks-on-lvm",
+        "LUKS2 on an LVM volume (preLVM = false): the VG activated first, then the LV opened; boots to systemd",
+        layer_scenarios::luks_on_lvm,
+    ),
+    (
         "luks-wrong-passphrase",
         "three wrong passphrases: the failure names the device and what to check, then the failure menu",
         layer_scenarios::luks_wrong_passphrase,
