@@ -76,7 +76,7 @@ impl Layered {
     fn start(
         &self,
         inputs: &Inputs,
-        disk: PathBuf,
+        disks: Vec<PathBuf>,
         drop: &[&str],
         out: &mut Outcome,
     ) -> Result<Vm> {
@@ -87,12 +87,7 @@ impl Layered {
             .filter(|w| !drop.contains(w))
             .collect::<Vec<_>>()
             .join(" ");
-        let cfg = inputs.vm_config(
-            &self.initrd,
-            vec![disk],
-            append,
-            self.dir.join("console.log"),
-        );
+        let cfg = inputs.vm_config(&self.initrd, disks, append, self.dir.join("console.log"));
         out.start_run(&cfg);
         Vm::start(&cfg)
     }
@@ -274,7 +269,7 @@ fn argon2id_root(inputs: &Inputs, name: &str) -> Result<Layered> {
 pub fn luks2_passphrase(inputs: &Inputs) -> Result<Outcome> {
     let s = argon2id_root(inputs, "luks2-passphrase")?;
     let mut out = Outcome::default();
-    let mut vm = s.start(inputs, s.root_img.clone(), &[], &mut out)?;
+    let mut vm = s.start(inputs, vec![s.root_img.clone()], &[], &mut out)?;
     if let Err(e) = answer_prompts(&mut vm, 1, Some(PASSPHRASE)) {
         out.wait_failed(&vm, &e, 40);
         return Ok(out);
@@ -338,7 +333,7 @@ pub fn luks1_keyfile(inputs: &Inputs) -> Result<Outcome> {
     run(Command::new("cryptsetup").args(["convert", "--batch-mode", "--type", "luks1", path]))?;
     s.append_secret(KEY_DEST, key_path)?;
     let mut out = Outcome::default();
-    let mut vm = s.start(inputs, s.root_img.clone(), &[], &mut out)?;
+    let mut vm = s.start(inputs, vec![s.root_img.clone()], &[], &mut out)?;
     if let Err(e) = vm.wait_for("stage1: started", FIRST_LINE) {
         out.wait_failed(&vm, &e, 40);
         return Ok(out);
@@ -456,7 +451,7 @@ pub fn lvm_on_luks(inputs: &Inputs) -> Result<Outcome> {
     args.extend_from_slice(CHEAP_KDF);
     encrypt(&pv, &args, PASSPHRASE.as_bytes())?;
     let mut out = Outcome::default();
-    let mut vm = s.start(inputs, pv, &[], &mut out)?;
+    let mut vm = s.start(inputs, vec![pv], &[], &mut out)?;
     if let Err(e) = answer_prompts(&mut vm, 0, Some(PASSPHRASE)) {
         out.wait_failed(&vm, &e, 40);
         return Ok(out);
@@ -500,7 +495,7 @@ pub fn luks_on_lvm(inputs: &Inputs) -> Result<Outcome> {
     encrypt(&s.root_img, &args, PASSPHRASE.as_bytes())?;
     let pv = lvm_image(&s.dir, &s.root_img)?;
     let mut out = Outcome::default();
-    let mut vm = s.start(inputs, pv, &[], &mut out)?;
+    let mut vm = s.start(inputs, vec![pv], &[], &mut out)?;
     if let Err(e) = answer_prompts(&mut vm, 0, Some(PASSPHRASE)) {
         out.wait_failed(&vm, &e, 40);
         return Ok(out);
@@ -525,6 +520,60 @@ pub fn luks_on_lvm(inputs: &Inputs) -> Result<Outcome> {
         ],
         &mut out,
     );
+    Ok(out)
+}
+
+/// `luks-shared-passphrase`: two LUKS2 volumes with the same passphrase (the root on
+/// `/dev/vda`, a data volume on `/dev/vdb`): it is typed once, and the second device is
+/// opened with it (`reuse_passphrases`, NixOS's `reusePassphrases`).
+pub fn luks_shared_passphrase(inputs: &Inputs) -> Result<Outcome> {
+    let on = |name: &str, device: &str| LuksDevice {
+        device: device.into(),
+        ..luks_device(name)
+    };
+    let options = Stage1Options {
+        luks: vec![on("cryptroot", "/dev/vda"), on("cryptdata", "/dev/vdb")],
+        ..Stage1Options::default()
+    };
+    let s = Layered::new(
+        inputs,
+        "luks-shared-passphrase",
+        &format!("LABEL={ROOT_LABEL}"),
+        options,
+    )?;
+    let data = s.dir.join("data.img");
+    let _ = fs::remove_file(&data);
+    run(Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-L", "stagehand-data"])
+        .arg(&data)
+        .arg("16M"))?;
+    let mut args = vec!["--pbkdf", "argon2id"];
+    args.extend_from_slice(CHEAP_KDF);
+    encrypt(&s.root_img, &args, PASSPHRASE.as_bytes())?;
+    encrypt(&data, &args, PASSPHRASE.as_bytes())?;
+    let mut out = Outcome::default();
+    let mut vm = s.start(inputs, vec![s.root_img.clone(), data], &[], &mut out)?;
+    if let Err(e) = answer_prompts(&mut vm, 0, Some(PASSPHRASE)) {
+        out.wait_failed(&vm, &e, 40);
+        return Ok(out);
+    }
+    finish_boot(
+        &mut vm,
+        &[
+            "stage1: opened /dev/vda as /dev/mapper/cryptroot",
+            "stage1: a passphrase given before opened cryptdata",
+            "stage1: opened /dev/vdb as /dev/mapper/cryptdata",
+        ],
+        &mut out,
+    );
+    let prompts = vm
+        .lines()
+        .iter()
+        .filter(|l| l.text.contains("stage1: asking for the passphrase of"))
+        .count();
+    out.check("the passphrase is asked for once", prompts == 1, || {
+        format!("{prompts} prompts")
+    });
     Ok(out)
 }
 
@@ -558,7 +607,7 @@ pub fn luks_wrong_passphrase(inputs: &Inputs) -> Result<Outcome> {
     let mut out = Outcome::default();
     let mut vm = s.start(
         inputs,
-        s.root_img.clone(),
+        vec![s.root_img.clone()],
         &["boot.panic_on_fail"],
         &mut out,
     )?;
@@ -590,7 +639,7 @@ pub fn lvm_missing_lv(inputs: &Inputs) -> Result<Outcome> {
     )?;
     let pv = lvm_image(&s.dir, &s.root_img)?;
     let mut out = Outcome::default();
-    let mut vm = s.start(inputs, pv, &["boot.panic_on_fail"], &mut out)?;
+    let mut vm = s.start(inputs, vec![pv], &["boot.panic_on_fail"], &mut out)?;
     if let Err(e) = vm.wait_for("stage1: activated stagehand/root", FIRST_LINE) {
         out.wait_failed(&vm, &e, 40);
         return Ok(out);

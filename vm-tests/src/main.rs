@@ -121,6 +121,11 @@ const SCENARIOS: &[Scenario] = &[
         layer_scenarios::luks_on_lvm,
     ),
     (
+        "luks-shared-passphrase",
+        "two LUKS2 volumes, one passphrase typed once: the second opens with it (reusePassphrases)",
+        layer_scenarios::luks_shared_passphrase,
+    ),
+    (
         "luks-wrong-passphrase",
         "three wrong passphrases: the failure names the device and what to check, then the failure menu",
         layer_scenarios::luks_wrong_passphrase,
