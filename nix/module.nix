@@ -53,6 +53,7 @@ let
     reuse_passphrases = luks.reusePassphrases;
     inherit (cfg) lvm;
     swraid = config.boot.swraid.enable or false;
+    md_arrays = mdArrays;
     check_journaling_fs = config.boot.initrd.checkJournalingFS or true;
     resume_device =
       let
@@ -60,6 +61,14 @@ let
       in
       if d == "" then null else d;
   };
+  # The arrays `boot.swraid.mdadmConf` names (`ARRAY … UUID=…` lines): stage 1 waits for
+  # their members and starts them; with `swraid` it also assembles any other it finds.
+  mdadmLines = builtins.filter builtins.isString (
+    builtins.split "\n" (config.boot.swraid.mdadmConf or "")
+  );
+  mdArrays = map (l: {
+    uuid = builtins.head (builtins.match "ARRAY[[:space:]].*UUID=([0-9A-Fa-f:-]+).*" l);
+  }) (builtins.filter (l: builtins.match "ARRAY[[:space:]].*UUID=[0-9A-Fa-f:-]+.*" l != null) mdadmLines);
   stage1OptionsFile = pkgs.writeText "stagehand-stage1-options.json" (builtins.toJSON stage1Options);
 
   # A filesystem on an LVM volume: `/dev/mapper/VG-LV` that is not a LUKS device, or

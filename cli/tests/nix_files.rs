@@ -207,6 +207,7 @@ fn without_luks_or_lvm_the_stage1_options_are_the_defaults() {
 fn luks_devices_and_lvm_come_from_nixos_options() {
     let m = module_with(
         r#"{ rootDevice = "/dev/mapper/vg-root"; swraid = true;
+             mdadmConf = "MAILADDR root\nARRAY /dev/md/root metadata=1.2 name=nixos:root UUID=1c2b3d4e:5f607182:93a4b5c6:d7e8f901\n";
              secrets = { "/keyfile" = null; };
              luksDevices = { cryptroot = { device = "/dev/disk/by-uuid/4d1f"; header = null;
                keyFile = "/keyfile"; keyFileSize = 4096; keyFileOffset = 512;
@@ -228,6 +229,10 @@ fn luks_devices_and_lvm_come_from_nixos_options() {
     // /dev/mapper/vg-root is no LUKS device: an LVM volume, so LVM is on by default.
     assert!(o.lvm, "{m}");
     assert!(o.swraid && o.reuse_passphrases);
+    // mdadm.conf's ARRAY lines become the arrays stage 1 waits for.
+    assert_eq!(o.md_arrays.len(), 1, "{m}");
+    assert_eq!(o.md_arrays[0].uuid, "1c2b3d4e:5f607182:93a4b5c6:d7e8f901");
+    assert!(o.md_arrays[0].allow_degraded);
     assert!(m["assertions"]
         .as_array()
         .expect("list")

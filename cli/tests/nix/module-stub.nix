@@ -14,6 +14,7 @@
   luksDevices ? { },
   rootDevice ? "/dev/disk/by-label/nixos",
   swraid ? false,
+  mdadmConf ? "",
 }:
 let
   lib = rec {
@@ -90,7 +91,10 @@ let
         devices = builtins.mapAttrs (name: d: { inherit name; } // d) luksDevices;
       };
     };
-    boot.swraid.enable = swraid;
+    boot.swraid = {
+      enable = swraid;
+      inherit mdadmConf;
+    };
     fileSystems = {
       "/" = {
         device = rootDevice;
