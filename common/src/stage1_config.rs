@@ -174,6 +174,26 @@ pub struct LuksDevice {
     pub fallback_to_password: bool,
 }
 
+impl LuksDevice {
+    /// `device` opened as `/dev/mapper/<name>` with NixOS's defaults for everything else
+    /// (a passphrase, opened before LVM, no discards): what an entry naming only its
+    /// device means in the spec.
+    pub fn new(name: impl Into<String>, device: impl Into<String>) -> LuksDevice {
+        LuksDevice {
+            name: name.into(),
+            device: device.into(),
+            header: None,
+            key_file: None,
+            key_file_size: None,
+            key_file_offset: None,
+            allow_discards: false,
+            bypass_workqueues: false,
+            pre_lvm: true,
+            fallback_to_password: false,
+        }
+    }
+}
+
 fn yes() -> bool {
     true
 }
@@ -227,6 +247,14 @@ impl Stage1Config {
 mod tests {
     use super::*;
 
+    /// The constructor and the spec agree on what an entry naming only its device means.
+    #[test]
+    fn a_luks_device_with_only_its_device_has_the_spec_defaults() {
+        let read: LuksDevice =
+            serde_json::from_str(r#"{"name": "cryptroot", "device": "/dev/vda2"}"#).expect("json");
+        assert_eq!(read, LuksDevice::new("cryptroot", "/dev/vda2"));
+    }
+
     #[test]
     fn round_trip() {
         let c = Stage1Config {
@@ -262,16 +290,10 @@ mod tests {
         c.options.swraid = true;
         c.options.btrfs_scan = true;
         c.options.luks = vec![LuksDevice {
-            name: "root".into(),
-            device: "UUID=0b2d8d5e-6f3c-4b1a-9d7e-4f5a6b7c8d9e".into(),
-            header: None,
             key_file: Some("/keyfile".into()),
             key_file_size: Some(4096),
-            key_file_offset: None,
             allow_discards: true,
-            bypass_workqueues: false,
-            pre_lvm: true,
-            fallback_to_password: false,
+            ..LuksDevice::new("root", "UUID=0b2d8d5e-6f3c-4b1a-9d7e-4f5a6b7c8d9e")
         }];
         c.options.lvm = true;
         let bytes = c.encode().expect("encode");

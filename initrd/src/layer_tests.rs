@@ -74,18 +74,9 @@ fn layers_bring_their_modules() {
         names(&extras),
         [("ext4".to_owned(), false), ("dm_mod".to_owned(), false)]
     );
-    extras.stage1_options.luks = vec![stagehand_common::stage1_config::LuksDevice {
-        name: "root".into(),
-        device: "/dev/vda".into(),
-        header: None,
-        key_file: None,
-        key_file_size: None,
-        key_file_offset: None,
-        allow_discards: false,
-        bypass_workqueues: false,
-        pre_lvm: true,
-        fallback_to_password: false,
-    }];
+    extras.stage1_options.luks = vec![stagehand_common::stage1_config::LuksDevice::new(
+        "root", "/dev/vda",
+    )];
     let got = names(&extras);
     for (m, optional) in [
         ("dm_mod", false),

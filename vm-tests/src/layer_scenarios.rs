@@ -156,18 +156,7 @@ fn encrypt(img: &Path, extra: &[&str], key: &[u8]) -> Result<()> {
 }
 
 fn luks_device(name: &str) -> LuksDevice {
-    LuksDevice {
-        name: name.into(),
-        device: format!("/dev/disk/by-uuid/{LUKS_UUID}"),
-        header: None,
-        key_file: None,
-        key_file_size: None,
-        key_file_offset: None,
-        allow_discards: false,
-        bypass_workqueues: false,
-        pre_lvm: true,
-        fallback_to_password: false,
-    }
+    LuksDevice::new(name, format!("/dev/disk/by-uuid/{LUKS_UUID}"))
 }
 
 /// Type the passphrase when asked, after `wrong` wrong ones; each wrong one must be

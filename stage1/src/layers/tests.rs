@@ -295,16 +295,8 @@ fn key_file_offset_and_size() {
 #[test]
 fn steps_put_lvm_between_the_luks_layers() {
     let dev = |name: &str, pre_lvm: bool| LuksDevice {
-        name: name.into(),
-        device: format!("/dev/{name}"),
-        header: None,
-        key_file: None,
-        key_file_size: None,
-        key_file_offset: None,
-        allow_discards: false,
-        bypass_workqueues: false,
         pre_lvm,
-        fallback_to_password: false,
+        ..LuksDevice::new(name, format!("/dev/{name}"))
     };
     let plan = LayerPlan {
         luks: vec![dev("onlv", false), dev("pv", true)],
