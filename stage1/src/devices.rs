@@ -323,9 +323,9 @@ mod tests {
     use std::process::Command;
 
     /// A fake /sys/class/block and /dev: `vda` is an ext4 image labelled "nixos".
-    #[test]
-    fn finds_by_label_and_uuid_and_links_like_udev() {
-        let t = tempfile::tempdir().expect("tempdir");
+    /// A fake `/sys/class/block` and `/dev` under `t` whose one disk, `vda`, is an 8 MiB
+    /// ext4 image made by `mkfs.ext4 ARGS`: `(sys, dev, /dev/vda)`.
+    fn ext4_disk(t: &tempfile::TempDir, args: &[&str]) -> (PathBuf, PathBuf, PathBuf) {
         let sys = t.path().join("sys");
         let dev = t.path().join("dev");
         std::fs::create_dir_all(sys.join("vda")).expect("mkdir");
@@ -333,19 +333,23 @@ mod tests {
         std::fs::write(sys.join("vda/size"), "16384\n").expect("write");
         let img = dev.join("vda");
         let ok = Command::new(require_tool("mkfs.ext4"))
-            .args([
-                "-q",
-                "-F",
-                "-L",
-                "nixos",
-                "-U",
-                "0b2d8d5e-6f3c-4b1a-9d7e-4f5a6b7c8d9e",
-            ])
+            .args(["-q", "-F"])
+            .args(args)
             .arg(&img)
             .arg("8M")
             .status()
             .expect("mkfs.ext4");
         assert!(ok.success());
+        (sys, dev, img)
+    }
+
+    #[test]
+    fn finds_by_label_and_uuid_and_links_like_udev() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let (sys, dev, img) = ext4_disk(
+            &t,
+            &["-L", "nixos", "-U", "0b2d8d5e-6f3c-4b1a-9d7e-4f5a6b7c8d9e"],
+        );
         let mut reg = Registry::new(&sys, &dev);
         let found = reg.wait_all(
             &[
@@ -373,19 +377,7 @@ mod tests {
     #[test]
     fn md_members_are_not_filesystems() {
         let t = tempfile::tempdir().expect("tempdir");
-        let sys = t.path().join("sys");
-        let dev = t.path().join("dev");
-        std::fs::create_dir_all(sys.join("vda")).expect("mkdir");
-        std::fs::create_dir_all(&dev).expect("mkdir");
-        std::fs::write(sys.join("vda/size"), "16384\n").expect("write");
-        let img = dev.join("vda");
-        let ok = Command::new(require_tool("mkfs.ext4"))
-            .args(["-q", "-F", "-L", "inside"])
-            .arg(&img)
-            .arg("8M")
-            .status()
-            .expect("mkfs.ext4");
-        assert!(ok.success());
+        let (sys, dev, img) = ext4_disk(&t, &["-L", "inside"]);
         {
             use std::io::{Seek, SeekFrom, Write};
             let mut f = std::fs::OpenOptions::new()
