@@ -469,22 +469,32 @@ pub fn md_too_degraded(inputs: &Inputs) -> Result<Outcome> {
 
 const BTRFS_LABEL: &str = "stagehand-btrfs";
 
+/// Each btrfs device image's size.
+const BTRFS_SIZE: u64 = 512 << 20;
+
+/// `img`: a fresh [`BTRFS_SIZE`] btrfs filesystem labelled [`BTRFS_LABEL`] holding the
+/// setup's system tree (`mkfs.btrfs --rootdir`).
+fn btrfs_of_tree(setup: &Setup, img: &Path) -> Result<()> {
+    let staging = tempfile::Builder::new()
+        .prefix(".staging-")
+        .tempdir_in(&setup.dir)?;
+    setup.image.tree()?.write_to(staging.path())?;
+    let _ = fs::remove_file(img);
+    fs::File::create(img)?.set_len(BTRFS_SIZE)?;
+    run(Command::new("mkfs.btrfs")
+        .args(["-q", "-f", "-L", BTRFS_LABEL, "--rootdir"])
+        .arg(staging.path())
+        .arg(img))
+    .context("making the btrfs image (install btrfs-progs)")?;
+    Ok(())
+}
+
 /// The system tree as a btrfs image made by `mkfs.btrfs --rootdir` (btrfs-progs 6.2 has
 /// no `--subvol`), then in the helper VM `btrfs subvolume snapshot` of the top level into
 /// subvolume `@` (the tree, copy-on-write), which the boot mounts with `subvol=@`.
 fn btrfs_subvol_image(inputs: &Inputs, setup: &Setup) -> Result<PathBuf> {
     let img = setup.dir.join("btrfs.img");
-    let staging = tempfile::Builder::new()
-        .prefix(".staging-")
-        .tempdir_in(&setup.dir)?;
-    setup.image.tree()?.write_to(staging.path())?;
-    let _ = fs::remove_file(&img);
-    fs::File::create(&img)?.set_len(512 << 20)?;
-    run(Command::new("mkfs.btrfs")
-        .args(["-q", "-f", "-L", BTRFS_LABEL, "--rootdir"])
-        .arg(staging.path())
-        .arg(&img))
-    .context("making the btrfs image (install btrfs-progs)")?;
+    btrfs_of_tree(setup, &img)?;
     tools_vm(
         inputs,
         &setup.dir,
@@ -577,19 +587,9 @@ pub fn btrfs_multi(inputs: &Inputs) -> Result<Outcome> {
     )?;
     let img = setup.dir.join("btrfs-a.img");
     let second = setup.dir.join("btrfs-b.img");
-    let staging = tempfile::Builder::new()
-        .prefix(".staging-")
-        .tempdir_in(&setup.dir)?;
-    setup.image.tree()?.write_to(staging.path())?;
-    for f in [&img, &second] {
-        let _ = fs::remove_file(f);
-        fs::File::create(f)?.set_len(512 << 20)?;
-    }
-    run(Command::new("mkfs.btrfs")
-        .args(["-q", "-f", "-L", BTRFS_LABEL, "--rootdir"])
-        .arg(staging.path())
-        .arg(&img))
-    .context("making the btrfs image (install btrfs-progs)")?;
+    btrfs_of_tree(&setup, &img)?;
+    let _ = fs::remove_file(&second);
+    fs::File::create(&second)?.set_len(BTRFS_SIZE)?;
     tools_vm(
         inputs,
         &setup.dir,
