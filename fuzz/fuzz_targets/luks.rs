@@ -4,8 +4,8 @@
 //! the header's KDF, whose cost the parser already bounds.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use std::io::Cursor;
 use stagehand_stage1::layers::{json, luks};
+use std::io::Cursor;
 
 fuzz_target!(|data: &[u8]| {
     let _ = luks::read_header(&mut Cursor::new(data));

@@ -3,8 +3,8 @@
 //! start of a device, and also taken as metadata text on its own.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use std::io::Cursor;
 use stagehand_stage1::layers::lvm;
+use std::io::Cursor;
 
 fn tables(text: &str) {
     if let Ok(vg) = lvm::parse_vg(text) {
