@@ -152,6 +152,10 @@ pub struct Stage1Times {
     /// CPU time stage 1 used (user and system, `finit_module` included, its checkers not).
     #[serde(rename = "cpu", default, skip_serializing_if = "Option::is_none")]
     pub cpu_us: Option<u64>,
+    /// Of `cpu`, the part in user space: stage 1's own code rather than the kernel working
+    /// for it (sampled at the clock tick, so approximate).
+    #[serde(rename = "user_cpu", default, skip_serializing_if = "Option::is_none")]
+    pub user_cpu_us: Option<u64>,
     /// Every step's start and end, in order (the boot timeline).
     pub phases: Spans,
 }
@@ -423,6 +427,9 @@ impl BootReceipt {
             ));
             if let Some(own) = s1.own_us {
                 line.push_str(&format!("; own work {own}"));
+                if let Some(user) = s1.user_cpu_us {
+                    line.push_str(&format!(", of it {user} in user space"));
+                }
             }
             if let Some(kib) = self.stage1_peak_rss_kib {
                 line.push_str(&format!("; peak RSS {kib} KiB"));

@@ -332,6 +332,8 @@ pub struct Times {
     /// Stage 1's peak resident set (`VmHWM`, through getrusage), read just before the
     /// receipt is written.
     pub peak_rss_kib: Option<u64>,
+    /// Of that, in user space ([`crate::sys::Usage::user_cpu_us`]): stage 1's own code.
+    pub user_cpu_us: Option<u64>,
     /// CPU time stage 1 used from `start_us` to the receipt (user and system,
     /// `finit_module` included, its checkers not): what of `total` was not spent waiting.
     pub cpu_us: u64,
@@ -410,7 +412,7 @@ pub fn stage1_json(
         s.push_str(&format!(",\"peak_rss_kib\":{kib}"));
     }
     s.push_str(&format!(
-        ",\"times_us\":{{\"start\":{},\"modules\":{},\"mounts\":{},\"attempts\":{},\"end\":{},\"total\":{},\"finit_module\":{},\"device_wait\":{},\"fsck\":{},\"own\":{},\"cpu\":{},\"phases\":{}}}",
+        ",\"times_us\":{{\"start\":{},\"modules\":{},\"mounts\":{},\"attempts\":{},\"end\":{},\"total\":{},\"finit_module\":{},\"device_wait\":{},\"fsck\":{},\"own\":{},\"cpu\":{}{},\"phases\":{}}}",
         times.start_us,
         times.modules_us,
         times.mounts_us,
@@ -422,6 +424,9 @@ pub fn stage1_json(
         times.fsck_us(),
         times.own_us(),
         times.cpu_us,
+        times
+            .user_cpu_us
+            .map_or_else(String::new, |u| format!(",\"user_cpu\":{u}")),
         times.phases.to_json()
     ));
     s.push_str("}\n");
@@ -503,7 +508,9 @@ pub fn count_boot(
     }
     times.attempts_us = monotonic_us().saturating_sub(t);
     times.phases.since("boot counting", t);
-    times.peak_rss_kib = crate::sys::peak_rss_kib();
+    let usage = crate::sys::usage();
+    times.peak_rss_kib = usage.map(|u| u.peak_rss_kib);
+    times.user_cpu_us = usage.map(|u| u.user_cpu_us);
     times.cpu_us = stagehand_common::timing::process_cpu_us().saturating_sub(times.cpu_start_us);
     times.end_us = monotonic_us();
     let text = stage1_json(requested.as_deref(), choice.as_ref(), &init, tries, times);

@@ -282,12 +282,22 @@ pub fn resume_from(devno: (u32, u32)) -> Result<(), String> {
         .map_err(|e| format!("cannot write {text} to /sys/power/resume: {e}"))
 }
 
-/// This process's peak resident set size in KiB: `getrusage(RUSAGE_SELF).ru_maxrss`, which
-/// is the kernel's `VmHWM` (the high-water mark of our memory; PID 1 had none before it
-/// exec'd us). One system call, where reading `VmHWM` from `/proc/self/status` took
-/// 10-19 ms under QEMU's TCG.
+/// What `getrusage(RUSAGE_SELF)` says of this process, read with one system call (reading
+/// `VmHWM` from `/proc/self/status` instead took 10-19 ms under QEMU's TCG).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    /// Peak resident set size in KiB: `ru_maxrss`, the kernel's `VmHWM` (the high-water
+    /// mark of our memory; PID 1 had none before it exec'd us).
+    pub peak_rss_kib: u64,
+    /// CPU time spent in user space, in microseconds (`ru_utime`): stage 1's own code,
+    /// as against the kernel working for it. PID 1 ran no user code before it exec'd us,
+    /// so this is ours since the exec. The kernel splits CPU time between user and system
+    /// by sampling at the clock tick, so it is approximate.
+    pub user_cpu_us: u64,
+}
+
 #[allow(unsafe_code)]
-pub fn peak_rss_kib() -> Option<u64> {
+pub fn usage() -> Option<Usage> {
     let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
     // SAFETY: the pointer is to a `struct rusage` we own, which getrusage fills in; the
     // call reads nothing from it.
@@ -298,7 +308,15 @@ pub fn peak_rss_kib() -> Option<u64> {
     // SAFETY: all-zero is a valid `rusage` (integers and timevals only), and the kernel
     // wrote it completely on success.
     let usage = unsafe { usage.assume_init() };
-    u64::try_from(usage.ru_maxrss).ok()
+    let tv = usage.ru_utime;
+    let user_cpu_us = u64::try_from(tv.tv_sec)
+        .ok()?
+        .saturating_mul(1_000_000)
+        .saturating_add(u64::try_from(tv.tv_usec).ok()?);
+    Some(Usage {
+        peak_rss_kib: u64::try_from(usage.ru_maxrss).ok()?,
+        user_cpu_us,
+    })
 }
 
 #[cfg(test)]
@@ -319,7 +337,7 @@ mod tests {
     fn peak_rss_is_vmhwm_in_kib() {
         let status = || std::fs::read_to_string("/proc/self/status").expect("status");
         let before = vmhwm(&status());
-        let peak = peak_rss_kib().expect("getrusage");
+        let peak = usage().expect("getrusage").peak_rss_kib;
         let after = vmhwm(&status());
         // ru_maxrss is in KiB, like VmHWM, and is at least this image's high-water mark.
         // It can be more: Linux keeps the largest RSS of the images before exec (here

@@ -386,6 +386,9 @@ pub fn boot_spine(inputs: &Inputs, echo: bool) -> Result<Outcome> {
             for part in [Part::Stage1, Part::Stage2, Part::Activation] {
                 out.notes.push(timeline.breakdown(part));
             }
+            if let Some(note) = facts.get("boot-receipt").and_then(|r| stage1_own_note(r)) {
+                out.notes.push(note);
+            }
         }
         Err(e) => out.failures.push(format!("boot timeline: {e}")),
     }
@@ -401,6 +404,30 @@ pub fn boot_spine(inputs: &Inputs, echo: bool) -> Result<Outcome> {
     out.notes
         .push(format!("console log: {}", cfg.log.display()));
     Ok(out)
+}
+
+/// Stage 1's own work as its receipt splits it (issue #18): wall time less `finit_module`,
+/// fsck and the wait for the disk, and of its CPU time the part in user space.
+fn stage1_own_note(receipt: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(receipt).ok()?;
+    let s1 = v.get("times_us")?.get("stage1")?;
+    let ms = |k: &str| {
+        s1.get(k).and_then(serde_json::Value::as_u64).map_or_else(
+            || "?".to_owned(),
+            |us| format!("{:.1} ms", us as f64 / 1000.0),
+        )
+    };
+    Some(format!(
+        "stage 1 receipt: total {}, finit_module {}, fsck {}, device wait {}, own work {}; \
+         CPU {} of which user space {}",
+        ms("total"),
+        ms("finit_module"),
+        ms("fsck"),
+        ms("device_wait"),
+        ms("own"),
+        ms("cpu"),
+        ms("user_cpu")
+    ))
 }
 
 /// Draw the boot's timeline from the receipt the probe printed as `dir/timeline.svg`, and

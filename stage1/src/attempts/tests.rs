@@ -208,6 +208,7 @@ fn the_receipt_round_trips_through_the_typed_reader() {
         device_wait_us: 11,
         peak_rss_kib: Some(1234),
         cpu_us: 60,
+        user_cpu_us: Some(9),
         ..Times::default()
     };
     times.phases.push("modules", 110, 117);
@@ -344,7 +345,7 @@ fn the_receipt_round_trips_through_the_typed_reader() {
             (Some(5), Some(3), Some(11), Some(71)),
             "{text}"
         );
-        assert_eq!(t.cpu_us, Some(60), "{text}");
+        assert_eq!((t.cpu_us, t.user_cpu_us), (Some(60), Some(9)), "{text}");
         assert_eq!(r.peak_rss_kib, Some(1234), "{text}");
         assert_eq!(t.phases, times.phases, "{text}");
     }
@@ -353,6 +354,7 @@ fn the_receipt_round_trips_through_the_typed_reader() {
     let r = Stage1Receipt::parse(path, text.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
     // No VmHWM (no /proc): the key is left out and reads as unknown.
     assert_eq!(r.peak_rss_kib, None, "{text}");
+    assert_eq!(r.times_us.user_cpu_us, None, "{text}");
     assert_eq!(
         (r.reason, r.counting, r.tries),
         (typed::Reason::Requested, Some(false), 0)
