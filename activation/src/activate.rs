@@ -100,9 +100,14 @@ pub struct ActivationReport {
     /// Before the first step: opening the root, reading the compiled plan (or the
     /// generation's `activate` script), taking the activation lock.
     pub prepare: Duration,
-    /// After the last step: waiting for the etc step's read-back thread (its flush, the
-    /// clock tick, reading back what it changed) before `/run/current-system` moves.
+    /// After the last step: joining the etc step's read-back thread before
+    /// `/run/current-system` moves — what is left of its flush, and of reading back what the
+    /// step changed when the clock tick has passed by then (never a wait for the clock: the
+    /// thread is told to hurry, see [`etc::Recheck`]).
     pub readback_wait: Duration,
+    /// How the etc step's read-back ended, when the step changed `/etc`: done, or left to the
+    /// next run because the clock tick had not passed when the last step ended.
+    pub etc_readback: Option<etc::ReadBack>,
 }
 
 impl ActivationReport {
@@ -199,12 +204,16 @@ pub fn activate(
         prepare: start.elapsed(),
         ..ActivationReport::default()
     };
-    // The etc step's remainder ([`etc::Recheck`]: flush its changes, wait for the clock
-    // tick, read back, store the cache) runs on a thread of its own while the
-    // later steps run, and is joined before `/run/current-system` moves — under the lock,
-    // which is held until this function returns. Handed over through `readback`, so that
-    // it can still run here if no thread can be started.
+    // The etc step's remainder ([`etc::Recheck`]: flush its changes, read back what it
+    // changed once the clock tick has passed, store the cache) runs on a thread of its own
+    // while the later steps run. After the last step the thread is told to hurry (`hurry`,
+    // then an unpark, as it may be parked waiting for the tick) and joined before
+    // `/run/current-system` moves — under the lock, which is held until this function
+    // returns. So the join waits for the flush and for a read-back already under way, never
+    // for the clock. Handed over through `readback`, so that it can still run here (hurried
+    // from the start) if no thread can be started.
     let readback: std::sync::Mutex<Option<etc::Recheck>> = std::sync::Mutex::new(None);
+    let hurry = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|scope| {
         let mut thread = None;
         for name in &compiled.order {
@@ -220,13 +229,11 @@ pub fn activate(
             });
             if let (Some(recheck), Some(tree)) = (ctx.etc_recheck.take(), &compiled.etc) {
                 *lock_slot(&readback) = Some(recheck);
-                let (slot, root) = (&readback, &root);
+                let (slot, root, hurry) = (&readback, &root, &hurry);
                 let spawned = std::thread::Builder::new()
                     .name("etc-readback".into())
                     .spawn_scoped(scope, move || {
-                        if let Some(r) = lock_slot(slot).take() {
-                            r.finish(root, tree);
-                        }
+                        lock_slot(slot).take().map(|r| r.finish(root, tree, hurry))
                     });
                 match spawned {
                     Ok(h) => thread = Some(h),
@@ -243,19 +250,33 @@ pub fn activate(
             }
         }
         let t = Instant::now();
+        // Release: the read-back thread sees the flag once it is woken by the unpark.
+        hurry.store(true, std::sync::atomic::Ordering::Release);
         if let Some(h) = thread {
-            if h.join().is_err() {
-                log::error!("the etc read-back panicked; the next run reads /etc afresh");
+            h.thread().unpark();
+            match h.join() {
+                Ok(r) => report.etc_readback = r,
+                Err(_) => {
+                    log::error!("the etc read-back panicked; the next run reads /etc afresh")
+                }
             }
         }
         if let (Some(r), Some(tree)) = (lock_slot(&readback).take(), &compiled.etc) {
-            r.finish(&root, tree);
+            report.etc_readback = Some(r.finish(&root, tree, &hurry));
         }
         report.readback_wait = t.elapsed();
-        log::debug!(
-            "waited {} µs for the etc read-back at the end",
-            report.readback_wait.as_micros()
-        );
+        if let Some(r) = report.etc_readback {
+            log::debug!(
+                "waited {} µs for the etc read-back at the end: {}",
+                report.readback_wait.as_micros(),
+                match r {
+                    etc::ReadBack::Done => "read back",
+                    etc::ReadBack::LeftToNextRun =>
+                        "left to the next run (the clock tick had not passed)",
+                    etc::ReadBack::NotStored => "cache not stored",
+                }
+            );
+        }
     });
     if !dry && report.stopped_by.is_none() {
         let t = Instant::now();
@@ -322,7 +343,7 @@ struct Ctx<'a> {
     dry: bool,
     action: Action,
     /// Left by the etc step when it changed `/etc`: handed to a thread of its own that runs
-    /// alongside the later steps ([`etc::Recheck`]).
+    /// alongside the later steps and is hurried at the end ([`etc::Recheck`]).
     etc_recheck: std::cell::RefCell<Option<etc::Recheck>>,
     /// Set by a snippet that called `exit`: why activation stops.
     stopped: std::cell::RefCell<Option<String>>,

@@ -48,11 +48,16 @@
 //! later change gets a ctime of at least that, so a stamp whose ctime is *before* it would
 //! change. A fact whose stamp is not before it is racy: it is used within the run but
 //! never kept. File systems that keep whole seconds only (ctime nanoseconds of zero) need a
-//! two-second margin instead of a tick. A run that changed `/etc` therefore waits until the
-//! coarse clock has passed the precise time of its last change (at most a tick; nothing on
-//! a disk, where flushing the changed directories, done first, takes longer) before it
-//! reads those places again. In `activate` that happens on a thread of its own, alongside
-//! the later steps ([`super::Recheck`]).
+//! two-second margin instead of a tick. A run that changed `/etc` therefore reads those
+//! places again only once the coarse clock has passed the precise time of its last change
+//! (at most a tick after it; on a disk, flushing the changes, done first, usually takes
+//! longer). In `activate` the read-back runs on a thread of its own, alongside the later
+//! steps ([`super::Recheck`]), and is never waited for: if the tick has not passed when the
+//! last step ends, the run gives the read-back up and keeps the facts it took before its
+//! changes, less those about the places it changed. The next run has no fact about those
+//! and reads them, as it reads any place someone changed — what git does with a racily
+//! clean entry — and can stop early from the run after it on. Only `stagehand etc` on its
+//! own (`setup_etc`) waits out the tick, parked ([`wait_past`]).
 
 use rustc_hash::FxHashMap as HashMap;
 use std::collections::hash_map::DefaultHasher;
@@ -170,25 +175,66 @@ pub fn precise_now() -> Time {
     }
 }
 
-/// Wait (at most ~50 ms) until the coarse clock has moved past `t`. With `t` from
-/// [`precise_now`] after our last change, every stamp taken afterwards is clear of our own
-/// changes (a coarse clock reading taken before it is later than their ctimes). Sleeps
-/// until the tick is due (the coarse clock's resolution is the tick), then polls finely:
-/// sleeping a whole millisecond at a time overshot by most of one.
-pub fn wait_past(t: Time) {
+/// How a [`wait_past`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Waited {
+    /// The coarse clock has moved past the time waited for: stamps taken from now on are
+    /// clear of the changes made before it.
+    Passed,
+    /// The clock did not move within the bound (50 ms, many ticks: a stopped or odd clock).
+    /// Reading back is still correct then — facts that are too new are marked racy and not
+    /// kept — only less useful.
+    Bound,
+    /// Told to hurry before the clock passed: the caller gives the read-back up.
+    Hurried,
+}
+
+/// Wait until the coarse clock has moved past `t`, or until `hurry` is set (checked first
+/// thing and after every wake-up; whoever sets it unparks this thread, see
+/// [`super::Recheck::finish`]). With `t` from [`precise_now`] after our last change, every
+/// stamp taken once the clock has passed is clear of our own changes (a coarse clock reading
+/// taken before it is later than their ctimes). Parks until the tick is due (the coarse
+/// clock's resolution is the tick), then polls finely: waiting a whole millisecond at a time
+/// overshot by most of one. Parking rather than sleeping is what lets `hurry` cut it short.
+pub fn wait_past(t: Time, hurry: &std::sync::atomic::AtomicBool) -> Waited {
     let nanos = |t: Time| i128::from(t.sec) * 1_000_000_000 + i128::from(t.nsec);
     let res = rustix::time::clock_getres(rustix::time::ClockId::RealtimeCoarse);
     let tick = i128::from(res.tv_sec) * 1_000_000_000 + i128::from(res.tv_nsec);
     let due = nanos(t) + tick.clamp(0, 20_000_000);
+    wait_until(
+        || coarse_now() > t,
+        || {
+            let ahead = u64::try_from(due - nanos(precise_now())).unwrap_or(0);
+            std::time::Duration::from_nanos(ahead.clamp(50_000, 1_000_000))
+        },
+        hurry,
+        std::time::Duration::from_millis(50),
+    )
+}
+
+/// [`wait_past`] with the clock left out: wait until `passed()`, parking for `pause()` at a
+/// time, giving up when `hurry` is set first or after `bound`.
+fn wait_until(
+    passed: impl Fn() -> bool,
+    pause: impl Fn() -> std::time::Duration,
+    hurry: &std::sync::atomic::AtomicBool,
+    bound: std::time::Duration,
+) -> Waited {
     let start = std::time::Instant::now();
-    while coarse_now() <= t {
-        if start.elapsed() > std::time::Duration::from_millis(50) {
-            return;
+    loop {
+        if passed() {
+            return Waited::Passed;
         }
-        let ahead = u64::try_from(due - nanos(precise_now())).unwrap_or(0);
-        std::thread::sleep(std::time::Duration::from_nanos(
-            ahead.clamp(50_000, 1_000_000),
-        ));
+        // Acquire: pairs with the hurrying thread's store, made before its unpark.
+        if hurry.load(std::sync::atomic::Ordering::Acquire) {
+            return Waited::Hurried;
+        }
+        if start.elapsed() > bound {
+            return Waited::Bound;
+        }
+        // An unpark that came before this call makes it return at once, so a hurry set
+        // between the check above and here is not missed.
+        std::thread::park_timeout(pause());
     }
 }
 
@@ -574,6 +620,61 @@ mod tests {
         // Whole seconds only: two seconds of margin.
         assert!(stamp(Time { sec: 999, nsec: 0 }, false).is_racy(clock));
         assert!(!stamp(Time { sec: 997, nsec: 0 }, false).is_racy(clock));
+    }
+
+    /// The read-back's wait for the clock tick ends when told to hurry: at once when told
+    /// before, and when parked, as soon as it is unparked — not when its pause (here far
+    /// longer than the test allows) runs out. A clock that has passed wins over a hurry:
+    /// then reading back is work, not waiting.
+    #[test]
+    fn a_hurried_wait_returns_at_once() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::time::{Duration, Instant};
+        let long = Duration::from_secs(3600);
+        let never = || false;
+
+        let told = AtomicBool::new(true);
+        let t = Instant::now();
+        assert_eq!(wait_until(never, || long, &told, long), Waited::Hurried);
+        assert!(t.elapsed() < Duration::from_secs(60));
+        assert_eq!(wait_until(|| true, || long, &told, long), Waited::Passed);
+
+        // Told while parked (or about to park: the unpark is then kept for the park). A
+        // waiter that missed the unpark would wake after its 30 s pause and fail the test.
+        let pause = Duration::from_secs(30);
+        let hurry = AtomicBool::new(false);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| {
+                tx.send(()).expect("send");
+                wait_until(never, || pause, &hurry, long)
+            });
+            rx.recv().expect("started");
+            std::thread::sleep(Duration::from_millis(20));
+            let t = Instant::now();
+            hurry.store(true, Ordering::Release);
+            waiter.thread().unpark();
+            assert_eq!(waiter.join().expect("join"), Waited::Hurried);
+            // Far below the pause; generous for a loaded machine.
+            assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+        });
+
+        // The real clock: a time already passed needs no wait, hurried or not.
+        let past = Time { sec: 0, nsec: 1 };
+        assert_eq!(wait_past(past, &AtomicBool::new(false)), Waited::Passed);
+        assert_eq!(wait_past(past, &AtomicBool::new(true)), Waited::Passed);
+        // A time the clock will not reach for an hour: hurried at once.
+        let later = Time {
+            sec: precise_now().sec + 3600,
+            nsec: 0,
+        };
+        let t = Instant::now();
+        assert_eq!(wait_past(later, &told), Waited::Hurried);
+        assert!(t.elapsed() < Duration::from_secs(10));
+        // Not hurried, it keeps to its bound (50 ms) rather than waiting for the hour.
+        let t = Instant::now();
+        assert_eq!(wait_past(later, &AtomicBool::new(false)), Waited::Bound);
+        assert!(t.elapsed() >= Duration::from_millis(50));
     }
 
     #[test]

@@ -56,6 +56,7 @@ use std::fmt;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 
 use serde::{Deserialize, Serialize};
 
@@ -222,17 +223,25 @@ pub fn setup_etc(
     };
     let (out, recheck) = setup_etc_deferred(root, tree, opts, held.as_ref())?;
     if let Some(r) = recheck {
-        r.finish(root, tree);
+        // Never hurried: waiting out the rest of the tick (at most one, parked) here lets
+        // this run's own read-back leave a cache on which the next run stops after its
+        // `stat` calls. `stagehand etc` is the only caller; no boot or switch runs it
+        // (they run `activate`, which does not wait: see `Recheck`).
+        r.finish(root, tree, &std::sync::atomic::AtomicBool::new(false));
     }
     Ok(out)
 }
 
 /// What is left of a run that changed `/etc`: making its changes durable, reading back what
-/// it changed and remembering it for the next run. The read-back has to wait until the
-/// coarse clock has passed the last change (so that the new stamps are not racy: see
+/// it changed and remembering it for the next run. The read-back can only start once the
+/// coarse clock has passed the last change (before that, the new stamps are racy: see
 /// [`cache`]), so `activate` runs all of it on a thread of its own while its other steps
-/// run, and joins it at the end (waiting only for what is left of the clock tick, if
-/// anything). `Recheck` is `Send` for that.
+/// run, and when it reaches the end tells the thread to hurry (`hurry` of
+/// [`Recheck::finish`]). It never waits for the clock there: if the tick has passed, the
+/// thread reads back (work, not waiting); if not, it gives the read-back up and stores
+/// what the run saw before it changed anything, less the places it changed, which the next
+/// run reads again like any changed place ([`ReadBack::LeftToNextRun`]). `Recheck` is
+/// `Send` for that.
 pub struct Recheck {
     facts: cache::Facts,
     dirs: HashSet<String>,
@@ -244,19 +253,50 @@ pub struct Recheck {
     changed_at: cache::Time,
 }
 
+/// How [`Recheck::finish`] ended: what the cache it left holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadBack {
+    /// The changed places were read back and stored (with a [`cache::Quiet`] record when
+    /// they need nothing more): the next run may stop after its `stat` calls.
+    Done,
+    /// Hurried before the clock tick had passed: the facts from before the run are stored,
+    /// less those about the places it changed, which the next run reads again.
+    LeftToNextRun,
+    /// Nothing stored: `/etc` could not be flushed (the cache must not vouch for a state a
+    /// power cut could take back) or could not be read back. The next run reads what the
+    /// old cache cannot vouch for.
+    NotStored,
+}
+
 impl Recheck {
-    /// Read back what the run changed (the rest of what it saw before stays true of the
-    /// stamps it was seen with) and keep it. If the state read back needs nothing more (as
-    /// it should, unless someone changed /etc meanwhile), the next run may stop early.
-    pub fn finish(self, root: &Root, tree: &EtcTree) {
+    /// Flush the run's changes, then read back what it changed (the rest of what it saw
+    /// before stays true of the stamps it was seen with) and keep it. If the state read back
+    /// needs nothing more (as it should, unless someone changed /etc meanwhile), the next
+    /// run may stop early. The read-back waits for the clock tick — parked, so that the
+    /// thread that sets `hurry` and then unparks this one cuts the wait short; hurried before
+    /// the tick has passed, it leaves the read-back to the next run.
+    pub fn finish(self, root: &Root, tree: &EtcTree, hurry: &AtomicBool) -> ReadBack {
+        self.finish_with(root, tree, |t| cache::wait_past(t, hurry))
+    }
+
+    /// [`Recheck::finish`] with the wait for the clock given (the tests choose its ending).
+    fn finish_with(
+        self,
+        root: &Root,
+        tree: &EtcTree,
+        wait_past: impl FnOnce(cache::Time) -> cache::Waited,
+    ) -> ReadBack {
         // First, while the clock tick passes (on a disk the flush takes longer than that).
         if !self.make_durable(root) {
             // The cache must not vouch for a state that may not survive a power cut: the
             // next run reads what this one changed.
             log::debug!("etc cache not updated: /etc could not be flushed");
-            return;
+            return ReadBack::NotStored;
         }
-        cache::wait_past(self.changed_at);
+        if wait_past(self.changed_at) == cache::Waited::Hurried {
+            self.leave_to_next_run(root);
+            return ReadBack::LeftToNextRun;
+        }
         let reuse = Reuse::Except {
             dirs: &self.dirs,
             files: &self.files,
@@ -267,9 +307,44 @@ impl Recheck {
                 let check = plan_observed(root, tree, &mut again.state, self.opts);
                 let quiet = quiet_if_empty(tree, self.key, (&again.facts, &again.state), &check);
                 cache::store(root, &again.facts, quiet, self.old.as_deref());
+                log::debug!("etc read-back: {} places read again", again.reads);
+                ReadBack::Done
             }
-            Err(e) => log::debug!("etc cache not updated: {e}"),
+            Err(e) => {
+                log::debug!("etc cache not updated: {e}");
+                ReadBack::NotStored
+            }
         }
+    }
+
+    /// Store what the run saw before it changed anything, less the facts about the places
+    /// it changed: each of the others is still true of the stamp it was taken with (the
+    /// run did not touch it), and a later run uses it only when that stamp is unchanged.
+    /// The changed places have no fact, so the next run reads them — as it reads a place
+    /// anyone else changed, and as git re-reads a racily clean entry. No [`cache::Quiet`]
+    /// record: nothing vouches for the state after the changes yet. (A fact about a
+    /// directory the run removed stays until the next run, which never reaches it: its
+    /// parent is read again and no longer lists it.)
+    fn leave_to_next_run(self, root: &Root) {
+        let Recheck {
+            mut facts,
+            dirs,
+            files,
+            old,
+            ..
+        } = self;
+        facts.dirs.retain(|rel, _| !dirs.contains(rel));
+        facts.copies.retain(|rel, _| !files.contains(rel));
+        if files.contains(".clean") {
+            facts.clean = None;
+        }
+        log::debug!(
+            "etc read-back left to the next run (the clock tick had not passed): \
+             {} directories and {} files to read again",
+            dirs.len(),
+            files.len()
+        );
+        cache::store(root, &facts, None, old.as_deref());
     }
 }
 
@@ -444,4 +519,131 @@ pub fn preview(root: &Root, tree: &EtcTree, opts: EtcOptions) -> Result<Preview,
         plan: plan_observed(root, tree, &mut seen.state, opts),
         state: seen.state,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stagehand_testkit::FakeRoot;
+
+    fn me() -> (String, String) {
+        (
+            format!("+{}", rustix::process::geteuid().as_raw()),
+            format!("+{}", rustix::process::getegid().as_raw()),
+        )
+    }
+
+    /// What the next run would find, checked against a walk of all of `/etc` (the cache
+    /// must never describe anything but what is there).
+    fn next_run(root: &Root, t: &EtcTree) -> Preview {
+        let p = preview(root, t, EtcOptions::default()).expect("preview");
+        assert_eq!(
+            p.state,
+            observe(root, t).expect("observe"),
+            "the cache lies"
+        );
+        p
+    }
+
+    /// A run of `t` whose read-back is told to hurry before the clock tick has passed, as
+    /// `activate` does when no step after `etc` takes a tick. Returns how many places the
+    /// run changed (directories and rewritten files).
+    fn hurried_run(root: &Root, t: &EtcTree) -> usize {
+        let held = lock::lock(root).expect("lock");
+        let (out, recheck) =
+            setup_etc_deferred(root, t, EtcOptions::default(), Some(&held)).expect("etc");
+        assert!(out.issues.is_empty(), "{:?}", out.issues);
+        let recheck = recheck.expect("the run changed /etc");
+        let touched = recheck.dirs.len() + recheck.files.len();
+        let got = recheck.finish_with(root, t, |_| cache::Waited::Hurried);
+        assert_eq!(got, ReadBack::LeftToNextRun);
+        // The next run starts a tick later, as any real one does: what it reads of this
+        // run's changes is then not racy.
+        let not_hurried = AtomicBool::new(false);
+        assert_ne!(
+            cache::wait_past(cache::precise_now(), &not_hurried),
+            cache::Waited::Hurried
+        );
+        touched
+    }
+
+    /// A plain run (its read-back done, not hurried); `true` when it changed nothing.
+    fn plain_run(root: &Root, t: &EtcTree) -> bool {
+        let out = setup_etc(root, t, EtcOptions::default(), false).expect("etc");
+        assert!(out.issues.is_empty(), "{:?}", out.issues);
+        out.changed == 0
+    }
+
+    /// A read-back given up (the clock tick had not passed when `activate` ended) leaves a
+    /// cache that is still true: the next run reaches the same empty plan, reading again
+    /// exactly the places the hurried run changed, and the run after it stops after its
+    /// `stat` calls. For a first run (everything is new) and for a changed run.
+    #[test]
+    fn a_read_back_left_to_the_next_run_costs_that_run_the_changed_places_only() {
+        let r = FakeRoot::new();
+        let (u, g) = me();
+        let gen = |name: &str, port: &str, key: &str| {
+            r.etc_tree(
+                name,
+                &[
+                    ("hosts", "127.0.0.1 localhost\n", None),
+                    ("ssh/sshd_config", port, None),
+                    ("systemd/system/a.service", "[Unit]\n", None),
+                    ("systemd/system/b.service", "[Unit]\n", None),
+                    ("sudoers", "root ALL=(ALL) ALL\n", Some(("0440", &u, &g))),
+                    ("ssh/known_hosts", key, Some(("0644", &u, &g))),
+                    ("motd", "welcome\n", Some(("direct-symlink", &u, &g))),
+                ],
+            )
+        };
+        let (a, b) = (
+            gen("a", "Port 22\n", "host key\n"),
+            gen("b", "Port 2222\n", "new host key\n"),
+        );
+        let root = Root::open(r.path()).expect("root");
+        let a = list_tree(&root, Path::new(&a)).expect("tree a");
+        let b = list_tree(&root, Path::new(&b)).expect("tree b");
+
+        // First run, into an empty root: everything it made is read by the next run.
+        let touched = hurried_run(&root, &a);
+        let next = next_run(&root, &a);
+        assert!(!next.quiet, "a given-up read-back leaves no quiet record");
+        assert!(next.plan.actions.is_empty(), "{:?}", next.plan.actions);
+        assert_eq!(next.reads, touched, "the next run reads the changed places");
+        assert!(plain_run(&root, &a), "the next run changes nothing");
+        let after = next_run(&root, &a);
+        assert!(
+            after.quiet,
+            "the run after the next one stops after its stats"
+        );
+        assert_eq!(after.reads, 0);
+
+        // A changed run (a link in /etc/ssh, a copied file): only that is read again.
+        let touched = hurried_run(&root, &b);
+        let next = next_run(&root, &b);
+        assert!(!next.quiet);
+        assert!(next.plan.actions.is_empty(), "{:?}", next.plan.actions);
+        assert_eq!(next.reads, touched, "the next run reads the changed places");
+        assert!(
+            touched < after_first_reads(&root, &b),
+            "only the changed places, not all of /etc ({touched})"
+        );
+        assert!(plain_run(&root, &b));
+        let after = next_run(&root, &b);
+        assert!(after.quiet);
+        assert_eq!(after.reads, 0);
+    }
+
+    /// How many places a run without any cache reads.
+    fn after_first_reads(root: &Root, t: &EtcTree) -> usize {
+        observe_with(
+            root,
+            t,
+            cache::Facts::default(),
+            Reuse::IfUnchanged,
+            no_dirs(),
+        )
+        .expect("observe")
+        .reads
+    }
 }
