@@ -149,6 +149,16 @@ pub fn floor_process(root_dir: &Path) -> Result<(), String> {
     super::floor_run(&dir, &listing).map(|_| ())
 }
 
+/// Spin until the kernel's coarse clock (file time stamps) has moved past now: at most a
+/// tick (50 ms at the very most, for a clock that does not move).
+fn tick_passed() {
+    use crate::etc::cache::{coarse_now, precise_now};
+    let (t, start) = (precise_now(), Instant::now());
+    while coarse_now() <= t && start.elapsed() < std::time::Duration::from_millis(50) {
+        std::hint::spin_loop();
+    }
+}
+
 /// One sample of this binary on the file system of `base`: `KEY MS` lines on stdout.
 pub fn sample(base: &Path) -> Result<(), String> {
     let mut out = String::new();
@@ -176,9 +186,10 @@ pub fn sample(base: &Path) -> Result<(), String> {
                 // Activations of one root are seconds apart, not back to back: a run that
                 // starts in the clock tick of the last one's changes cannot trust their
                 // stamps yet ([`crate::etc::cache`]) and would read them again next time.
-                // So each run starts once the tick has passed, as any real one does.
-                let not_hurried = std::sync::atomic::AtomicBool::new(false);
-                crate::etc::cache::wait_past(crate::etc::cache::precise_now(), &not_hurried);
+                // So each run starts once the tick has passed, as any real one does. Spun,
+                // not slept: an idle CPU here (a VM's halted vCPU) made the next run's start
+                // slower than back to back, which the before binary's runs are.
+                tick_passed();
                 let _ = writeln!(out, "{} {state} {mode} {:.3}", shape.name(), run(i)?);
             }
             if shape == Shape::Etc {
