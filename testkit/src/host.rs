@@ -37,6 +37,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("xz", "xz-utils"),
     ("strace", "strace"),
     ("ldd", "libc-bin"),
+    ("cc", "gcc"),
     ("dpkg", "dpkg"),
     ("apt-get", "apt"),
     ("apt-cache", "apt"),

@@ -7,6 +7,7 @@
 //! vm-tests list                 name the scenarios
 //! vm-tests bench [--boots N]    side by side with dracut and initramfs-tools (BENCHMARKS.md)
 //! vm-tests initrd-sizes         the test initrd's size per compression, stripped or not
+//! vm-tests bench-floor [--boots N]  stage 1's own work against the kernel's floor (BENCHMARKS.md)
 //! ```
 //!
 //! Before booting it builds stage1, stage2 and guest-probe (`cargo build --release`),
@@ -200,7 +201,7 @@ const SCENARIOS: &[Scenario] = &[
 fn usage() -> ExitCode {
     eprintln!(
         "usage: vm-tests test [SCENARIO...] | vm-tests demo | vm-tests list | \
-         vm-tests bench [--boots N] | vm-tests initrd-sizes"
+         vm-tests bench [--boots N] | vm-tests bench-floor [--boots N] | vm-tests initrd-sizes"
     );
     ExitCode::from(2)
 }
@@ -211,6 +212,7 @@ fn main() -> ExitCode {
         Some("test") => run_tests(&args[1..]),
         Some("demo") if args.len() == 1 => run_demo(),
         Some("bench") => run_bench(&args[1..]),
+        Some("bench-floor") => run_bench_floor(&args[1..]),
         Some("initrd-sizes") if args.len() == 1 => {
             let Some(inputs) = prepare() else {
                 return ExitCode::FAILURE;
@@ -353,17 +355,41 @@ fn run_demo() -> ExitCode {
     }
 }
 
-fn run_bench(args: &[String]) -> ExitCode {
-    let boots = match args {
-        [] => bench::DEFAULT_BOOTS,
+/// `--boots N` (a positive number) or nothing (`default`); `None` after saying what is wrong.
+fn boots_arg(command: &str, args: &[String], default: usize) -> Option<usize> {
+    match args {
+        [] => Some(default),
         [flag, n] if flag == "--boots" => match n.parse::<usize>() {
-            Ok(n) if n > 0 => n,
+            Ok(n) if n > 0 => Some(n),
             _ => {
-                eprintln!("vm-tests bench: --boots needs a positive number, not {n:?}");
-                return ExitCode::from(2);
+                eprintln!("vm-tests {command}: --boots needs a positive number, not {n:?}");
+                None
             }
         },
-        _ => return usage(),
+        _ => {
+            usage();
+            None
+        }
+    }
+}
+
+fn run_bench_floor(args: &[String]) -> ExitCode {
+    let Some(boots) = boots_arg("bench-floor", args, bench::floor::DEFAULT_BOOTS) else {
+        return ExitCode::from(2);
+    };
+    match bench::floor::run(boots) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("vm-tests bench-floor: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_bench(args: &[String]) -> ExitCode {
+    let Some(boots) = boots_arg("bench", args, bench::DEFAULT_BOOTS) else {
+        return ExitCode::from(2);
     };
     match bench::run(boots) {
         Ok(true) => ExitCode::SUCCESS,

@@ -19,6 +19,7 @@
 
 pub mod activation;
 pub mod boots;
+pub mod floor;
 pub mod peers;
 
 use std::fmt::Write as _;

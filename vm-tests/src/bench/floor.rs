@@ -1,0 +1,442 @@
+//! `vm-tests bench-floor [--boots N]`: the kernel's floor for stage 1's own work (issue #18).
+//!
+//! Stage 1's receipt splits its time into `finit_module`, `device_wait`, `fsck` and `own`
+//! (everything else). Part of `own` is the kernel's work for system calls any stage 1 must
+//! make (mounting the special filesystems, the first procfs read, reading the disk's head,
+//! mounting ext4, walking the `init=` links), which under TCG is QEMU translating the
+//! kernel's code. This measures that part on its own: `vm-tests/floor/floor.c`, a static C
+//! program built here with `cc`, is put at `/init` of an initrd with the same module
+//! closure and fsck as ours, booted with the same kernel, command line and disk as
+//! `boot-spine`, and stamps CLOCK_MONOTONIC around each step (its header says which calls).
+//! Our stage 1 boots the same way, alternating with it, and its receipt (printed by the
+//! guest probe) gives `own` and the phases. Both run once more with `loglevel=4` (NixOS's
+//! default `boot.consoleLogLevel`), where neither the kernel's info lines nor stage 1's
+//! reach the emulated serial console.
+//!
+//! Not on the test path: it asserts only that every boot completed and gave its figures.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+use stagehand_common::stage1_config::Module;
+use stagehand_initrd::{Compression, ExtraFile};
+
+use crate::console::{probe_facts, PROBE_DONE};
+use crate::host::run as run_cmd;
+use crate::qemu::Vm;
+use crate::scenarios::{Inputs, FIRST_LINE, STEP};
+
+use super::median;
+
+/// Default boots per (initrd, log level).
+pub const DEFAULT_BOOTS: usize = 5;
+
+/// Where the floor program reads its module list (the harness writes it from our config).
+const MODULE_LIST: &str = "/etc/floor/modules";
+/// The floor's one line of results (and the prefix of its failures).
+const RESULT: &str = "FLOOR-RESULT ";
+const ERROR: &str = "FLOOR-ERROR ";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Floor,
+    Ours,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Floor => "floor",
+            Kind::Ours => "stage 1",
+        }
+    }
+}
+
+/// The command lines compared: `boot-spine`'s, and the same with NixOS's console level.
+const LOG_LEVELS: [(&str, Option<&str>); 2] = [
+    ("default loglevel", None),
+    ("loglevel=4", Some("loglevel=4")),
+];
+
+/// One boot's figures in milliseconds, by row name (see [`ROWS`]).
+#[derive(Debug, Clone)]
+struct Sample {
+    kind: Kind,
+    level: usize,
+    values: Vec<(&'static str, f64)>,
+}
+
+/// The table's rows; the md read is the floor's only, the rest both programs have.
+const ROWS: [&str; 12] = [
+    "own (total − finit_module − device wait − fsck)",
+    "special filesystems",
+    "config (/proc/cmdline, …)",
+    "modules, less finit_module",
+    "devices (open /dev/vda, read its head)",
+    "mount /",
+    "find init=",
+    "rest of own (gaps, boot counting, …)",
+    "finit_module (excluded)",
+    "fsck (excluded)",
+    "md v1.0 superblock read at the disk's end (floor: not in own)",
+    "total (main → end)",
+];
+
+/// Run the comparison; the report goes to stdout and `<target>/vm-tests/bench-floor/report.md`.
+pub fn run(boots: usize) -> Result<bool> {
+    let cc = stagehand_testkit::host::require_tool("cc");
+    let inputs = Inputs::prepare()?;
+    let dir = inputs.scenario_dir("bench-floor")?;
+    let floor_bin = build_floor(&cc, &inputs.workspace.root, &dir)?;
+
+    let (ours, ours_path) = inputs.initrd_in(&dir, |_| {})?;
+    let list = dir.join("floor-modules");
+    fs::write(&list, module_list(&ours.config.modules)?)
+        .with_context(|| format!("writing {}", list.display()))?;
+    let floor = inputs.build_initrd_with(Compression::Zstd, |spec| {
+        spec.stage1 = floor_bin.clone();
+        spec.extra_files.push(ExtraFile {
+            source: list.clone(),
+            target: MODULE_LIST.into(),
+            mode: Some(0o644),
+        });
+    })?;
+    if floor.config.modules != ours.config.modules {
+        bail!("the floor's initrd did not get the same module closure as ours");
+    }
+    let floor_path = dir.join("floor-initrd.zst");
+    fs::write(&floor_path, &floor.bytes)
+        .with_context(|| format!("writing {}", floor_path.display()))?;
+    let (image, generation) = inputs.demo_image(&dir, &ours_path)?;
+
+    let mut samples = Vec::new();
+    let mut failures = Vec::new();
+    for round in 0..boots {
+        // Alternate which goes first, so that neither always follows the other's boot.
+        let order = if round % 2 == 0 {
+            [Kind::Floor, Kind::Ours]
+        } else {
+            [Kind::Ours, Kind::Floor]
+        };
+        for (level, (level_name, extra)) in LOG_LEVELS.iter().enumerate() {
+            for kind in order {
+                eprintln!(
+                    "bench-floor: round {} of {boots}, {}, {level_name}",
+                    round + 1,
+                    kind.name()
+                );
+                let initrd = match kind {
+                    Kind::Floor => &floor_path,
+                    Kind::Ours => &ours_path,
+                };
+                let mut append = generation.cmdline();
+                if let Some(extra) = extra {
+                    append = format!("{append} {extra}");
+                }
+                let tag = format!("{}-{level}-{round}", kind.name().replace(' ', ""));
+                match boot(&inputs, &dir, kind, &tag, initrd, &image, append) {
+                    Ok(values) => samples.push(Sample {
+                        kind,
+                        level,
+                        values,
+                    }),
+                    Err(e) => {
+                        eprintln!("bench-floor: the {tag} boot failed: {e:#}");
+                        failures.push(format!("{tag}: {e:#}"));
+                    }
+                }
+            }
+        }
+    }
+
+    let mut report = String::new();
+    table(&mut report, &samples, boots)?;
+    for f in &failures {
+        writeln!(report, "\nfailed boot (left out): {f}")?;
+    }
+    let path = dir.join("report.md");
+    fs::write(&path, &report).with_context(|| format!("writing {}", path.display()))?;
+    println!("{report}");
+    println!("(also in {}; console logs beside it)", path.display());
+    Ok(failures.is_empty())
+}
+
+/// `cc -static -O2` of `vm-tests/floor/floor.c` into `dir/floor`.
+fn build_floor(cc: &Path, workspace: &Path, dir: &Path) -> Result<PathBuf> {
+    let source = workspace.join("vm-tests/floor/floor.c");
+    let out = dir.join("floor");
+    run_cmd(
+        Command::new(cc)
+            .args(["-static", "-O2", "-Wall", "-Wextra", "-Werror", "-o"])
+            .arg(&out)
+            .arg(&source),
+    )
+    .context(
+        "building the floor program (a static C program: it needs the static C library, \
+         apt-get install libc6-dev)",
+    )?;
+    Ok(out)
+}
+
+/// The floor's module list: `path TAB optional TAB params TAB aliases`, one module a line,
+/// in the order stage 1 loads them.
+fn module_list(modules: &[Module]) -> Result<String> {
+    let mut text = String::new();
+    for m in modules {
+        let fields = [m.path.as_str(), m.params.as_str()]
+            .into_iter()
+            .chain(m.cpu_aliases.iter().map(String::as_str));
+        if fields.clone().any(|f| f.contains(['\t', '\n'])) {
+            bail!(
+                "module {} has a tab or newline in its path, parameters or aliases",
+                m.name
+            );
+        }
+        writeln!(
+            text,
+            "{}\t{}\t{}\t{}",
+            m.path,
+            u8::from(m.optional),
+            m.params,
+            m.cpu_aliases.join(" ")
+        )?;
+    }
+    Ok(text)
+}
+
+/// Boot `initrd` with a fresh copy of `image` and return the boot's figures.
+fn boot(
+    inputs: &Inputs,
+    dir: &Path,
+    kind: Kind,
+    tag: &str,
+    initrd: &Path,
+    image: &Path,
+    append: String,
+) -> Result<Vec<(&'static str, f64)>> {
+    let disk = dir.join("root-copy.img");
+    // Sparse copy: each boot starts from the same disk.
+    run_cmd(
+        Command::new("cp")
+            .arg("--sparse=always")
+            .arg(image)
+            .arg(&disk),
+    )
+    .context("copying the root image")?;
+    let log = dir.join(format!("console-{tag}.log"));
+    let cfg = inputs.vm_config(initrd, vec![disk.clone()], append, log);
+    let mut vm = Vm::start(&cfg)?;
+    let result = (|| -> Result<Vec<(&'static str, f64)>> {
+        let values = match kind {
+            Kind::Floor => {
+                let line = vm.wait_for_line("the floor's result line", FIRST_LINE, |l| {
+                    l.contains(RESULT) || l.contains(ERROR)
+                })?;
+                floor_values(&line.text)?
+            }
+            Kind::Ours => {
+                vm.wait_for(PROBE_DONE, FIRST_LINE + STEP)?;
+                let facts = probe_facts(&vm.lines());
+                let receipt = facts
+                    .get("boot-receipt")
+                    .context("the probe printed no boot-receipt")?;
+                stage1_values(receipt)?
+            }
+        };
+        let status = vm.wait_exit(STEP)?;
+        if !status.success() {
+            bail!("QEMU exited with {status}");
+        }
+        Ok(values)
+    })();
+    let result = result.map_err(|e| anyhow::anyhow!("{e:#}\n{}", vm.failure_context(20)));
+    drop(vm);
+    let _ = fs::remove_file(&disk);
+    result
+}
+
+/// The figures of a `FLOOR-RESULT key=µs …` line, in milliseconds.
+fn floor_values(line: &str) -> Result<Vec<(&'static str, f64)>> {
+    let Some((_, rest)) = line.split_once(RESULT) else {
+        bail!("the floor program failed: {line}");
+    };
+    let field = |key: &str| -> Result<f64> {
+        rest.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+            .with_context(|| format!("the floor's line has no {key}=: {line}"))?
+            .parse::<f64>()
+            .map(|us| us / 1000.0)
+            .with_context(|| format!("the floor's {key}= is not a number: {line}"))
+    };
+    let own = field("own")?;
+    let phases = [
+        field("special")?,
+        field("config")?,
+        field("modules")? - field("finit")?,
+        field("devices")?,
+        field("mount")?,
+        field("init")?,
+    ];
+    let rest_of_own = own - phases.iter().sum::<f64>();
+    let mut values = vec![(ROWS[0], own)];
+    values.extend(ROWS[1..7].iter().copied().zip(phases));
+    values.extend([
+        (ROWS[7], rest_of_own),
+        (ROWS[8], field("finit")?),
+        (ROWS[9], field("fsck")?),
+        (ROWS[10], field("md_tail")?),
+        (ROWS[11], field("total")?),
+    ]);
+    Ok(values)
+}
+
+/// The same figures from stage 1's receipt (`times_us.stage1`), in milliseconds.
+fn stage1_values(receipt: &str) -> Result<Vec<(&'static str, f64)>> {
+    let v: Value = serde_json::from_str(receipt)
+        .with_context(|| format!("the boot receipt is not JSON: {receipt}"))?;
+    let s1 = &v["times_us"]["stage1"];
+    let ms = |key: &str| -> Result<f64> {
+        s1[key]
+            .as_u64()
+            .map(|us| us as f64 / 1000.0)
+            .with_context(|| format!("the receipt's times_us.stage1 has no {key}: {receipt}"))
+    };
+    let phase = |name: &str| -> Result<f64> {
+        s1["phases"]
+            .as_array()
+            .and_then(|ps| {
+                ps.iter().find(|p| p["name"] == name).and_then(|p| {
+                    Some((p["end"].as_u64()?.checked_sub(p["start"].as_u64()?)?) as f64 / 1000.0)
+                })
+            })
+            .with_context(|| format!("the receipt has no phase {name:?}: {receipt}"))
+    };
+    let own = ms("own")?;
+    let finit = ms("finit_module")?;
+    let phases = [
+        phase("special filesystems")?,
+        phase("config")?,
+        phase("modules")? - finit,
+        phase("devices")?,
+        phase("mount /")?,
+        phase("find init=")?,
+    ];
+    let rest_of_own = own - phases.iter().sum::<f64>();
+    let mut values = vec![(ROWS[0], own)];
+    values.extend(ROWS[1..7].iter().copied().zip(phases));
+    values.extend([
+        (ROWS[7], rest_of_own),
+        (ROWS[8], finit),
+        (ROWS[9], ms("fsck")?),
+        (ROWS[11], ms("total")?),
+    ]);
+    Ok(values)
+}
+
+/// `median (min–max)` in ms, or `–`.
+fn cell(v: &[f64]) -> String {
+    let (Some(m), Some(lo), Some(hi)) = (
+        median(v),
+        v.iter().copied().reduce(f64::min),
+        v.iter().copied().reduce(f64::max),
+    ) else {
+        return "–".into();
+    };
+    if v.len() == 1 {
+        format!("{m:.1}")
+    } else {
+        format!("{m:.1} ({lo:.1}–{hi:.1})")
+    }
+}
+
+fn table(report: &mut String, samples: &[Sample], boots: usize) -> Result<()> {
+    writeln!(
+        report,
+        "Stage 1's own work against the kernel's floor for the same system calls, ms, \
+         median (min–max) of {boots} alternating boots each (floor: vm-tests/floor/floor.c \
+         as /init):\n"
+    )?;
+    let mut header = String::from("| |");
+    let mut rule = String::from("|---|");
+    for (name, _) in LOG_LEVELS {
+        for kind in [Kind::Floor, Kind::Ours] {
+            write!(header, " {}, {name} |", kind.name())?;
+            rule.push_str("---:|");
+        }
+    }
+    writeln!(report, "{header}\n{rule}")?;
+    for row in ROWS {
+        let mut line = format!("| {row} |");
+        for level in 0..LOG_LEVELS.len() {
+            for kind in [Kind::Floor, Kind::Ours] {
+                let v: Vec<f64> = samples
+                    .iter()
+                    .filter(|s| s.kind == kind && s.level == level)
+                    .filter_map(|s| s.values.iter().find(|(r, _)| *r == row).map(|(_, v)| *v))
+                    .collect();
+                write!(line, " {} |", cell(&v))?;
+            }
+        }
+        writeln!(report, "{line}")?;
+    }
+    // Ours beyond the floor, per log level: the difference of the medians.
+    for (level, (name, _)) in LOG_LEVELS.iter().enumerate() {
+        let own = |kind: Kind| {
+            let v: Vec<f64> = samples
+                .iter()
+                .filter(|s| s.kind == kind && s.level == level)
+                .filter_map(|s| s.values.first().map(|(_, v)| *v))
+                .collect();
+            median(&v)
+        };
+        if let (Some(f), Some(o)) = (own(Kind::Floor), own(Kind::Ours)) {
+            writeln!(
+                report,
+                "\n{name}: stage 1's own {o:.1} ms − the floor's {f:.1} ms = {:.1} ms of stage \
+                 1's own beyond the floor (medians).",
+                o - f
+            )?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn floor_line_parses_to_ms() {
+        let v = floor_values(
+            "[    3.9] floor: FLOOR-RESULT start=3800000 special=10000 config=12000 \
+             modules=500000 finit=480000 wait=0 devices=30000 md_tail=2000 fsck=100000 \
+             fsck_status=0 mount=40000 init=20000 total=716000 own=134000 resolved=/nix/x/init",
+        )
+        .expect("parses");
+        let get = |r: &str| v.iter().find(|(n, _)| *n == r).map(|(_, x)| *x);
+        assert_eq!(get(ROWS[0]), Some(134.0));
+        assert_eq!(get(ROWS[3]), Some(20.0));
+        // 134 − (10 + 12 + 20 + 30 + 40 + 20)
+        assert_eq!(get(ROWS[7]), Some(2.0));
+        assert!(floor_values("FLOOR-ERROR mount /dev/vda: EINVAL").is_err());
+    }
+
+    #[test]
+    fn receipt_parses_to_ms() {
+        let r = r#"{"times_us":{"stage1":{"total":900000,"finit_module":500000,"fsck":150000,
+            "own":250000,"phases":[{"name":"special filesystems","start":0,"end":20000},
+            {"name":"config","start":20000,"end":40000},{"name":"modules","start":40000,"end":560000},
+            {"name":"devices","start":560000,"end":600000},{"name":"fsck /","start":600000,"end":750000},
+            {"name":"mount /","start":750000,"end":800000},{"name":"find init=","start":800000,"end":830000}]}}}"#;
+        let v = stage1_values(r).expect("parses");
+        let get = |r: &str| v.iter().find(|(n, _)| *n == r).map(|(_, x)| *x);
+        assert_eq!(get(ROWS[3]), Some(20.0));
+        // 250 − (20 + 20 + 20 + 40 + 50 + 30)
+        assert_eq!(get(ROWS[7]), Some(70.0));
+        assert!(stage1_values(r#"{"times_us":{}}"#).is_err());
+    }
+}
