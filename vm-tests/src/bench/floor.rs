@@ -11,7 +11,8 @@
 //! Our stage 1 boots the same way, alternating with it, and its receipt (printed by the
 //! guest probe) gives `own` and the phases. Both run once more with `loglevel=4` (NixOS's
 //! default `boot.consoleLogLevel`), where neither the kernel's info lines nor stage 1's
-//! reach the emulated serial console.
+//! reach the emulated serial console, and the floor once more with a pause after fsck
+//! ([`VARIANTS`]).
 //!
 //! Not on the test path: it asserts only that every boot completed and gave its figures.
 
@@ -32,7 +33,7 @@ use crate::scenarios::{Inputs, FIRST_LINE, STEP};
 
 use super::median;
 
-/// Default boots per (initrd, log level).
+/// Default boots per column of the table.
 pub const DEFAULT_BOOTS: usize = 5;
 
 /// Where the floor program reads its module list (the harness writes it from our config).
@@ -49,26 +50,51 @@ enum Kind {
     Ours,
 }
 
-impl Kind {
-    fn name(self) -> &'static str {
-        match self {
-            Kind::Floor => "floor",
-            Kind::Ours => "stage 1",
-        }
-    }
+/// One column of the table: which `/init`, and what is added to `boot-spine`'s command line.
+struct Variant {
+    kind: Kind,
+    name: &'static str,
+    append: &'static str,
 }
 
-/// The command lines compared: `boot-spine`'s, and the same with NixOS's console level.
-const LOG_LEVELS: [(&str, Option<&str>); 2] = [
-    ("default loglevel", None),
-    ("loglevel=4", Some("loglevel=4")),
+/// The columns, booted in this order in even rounds and in the reverse order in odd ones.
+/// The last lets the floor sleep 50 ms (excluded) after fsck before it mounts, so that the
+/// kernel's leftover work from the checker's exit does not land in the mount's time.
+const VARIANTS: [Variant; 5] = [
+    Variant {
+        kind: Kind::Floor,
+        name: "floor",
+        append: "",
+    },
+    Variant {
+        kind: Kind::Ours,
+        name: "stage 1",
+        append: "",
+    },
+    Variant {
+        kind: Kind::Floor,
+        name: "floor, loglevel=4",
+        append: "loglevel=4",
+    },
+    Variant {
+        kind: Kind::Ours,
+        name: "stage 1, loglevel=4",
+        append: "loglevel=4",
+    },
+    Variant {
+        kind: Kind::Floor,
+        name: "floor, 50 ms settle after fsck",
+        append: "floor.settle_ms=50",
+    },
 ];
+
+/// Pairs of columns (floor, ours) whose `own` medians the report subtracts.
+const PAIRS: [(usize, usize); 2] = [(0, 1), (2, 3)];
 
 /// One boot's figures in milliseconds, by row name (see [`ROWS`]).
 #[derive(Debug, Clone)]
 struct Sample {
-    kind: Kind,
-    level: usize,
+    variant: usize,
     values: Vec<(&'static str, f64)>,
 }
 
@@ -122,38 +148,33 @@ pub fn run(boots: usize) -> Result<bool> {
     let mut samples = Vec::new();
     let mut failures = Vec::new();
     for round in 0..boots {
-        // Alternate which goes first, so that neither always follows the other's boot.
-        let order = if round % 2 == 0 {
-            [Kind::Floor, Kind::Ours]
-        } else {
-            [Kind::Ours, Kind::Floor]
-        };
-        for (level, (level_name, extra)) in LOG_LEVELS.iter().enumerate() {
-            for kind in order {
-                eprintln!(
-                    "bench-floor: round {} of {boots}, {}, {level_name}",
-                    round + 1,
-                    kind.name()
-                );
-                let initrd = match kind {
-                    Kind::Floor => &floor_path,
-                    Kind::Ours => &ours_path,
-                };
-                let mut append = generation.cmdline();
-                if let Some(extra) = extra {
-                    append = format!("{append} {extra}");
-                }
-                let tag = format!("{}-{level}-{round}", kind.name().replace(' ', ""));
-                match boot(&inputs, &dir, kind, &tag, initrd, &image, append) {
-                    Ok(values) => samples.push(Sample {
-                        kind,
-                        level,
-                        values,
-                    }),
-                    Err(e) => {
-                        eprintln!("bench-floor: the {tag} boot failed: {e:#}");
-                        failures.push(format!("{tag}: {e:#}"));
-                    }
+        // Alternate the order, so that no column always follows the same other one.
+        let mut order: Vec<usize> = (0..VARIANTS.len()).collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for variant in order {
+            let v = &VARIANTS[variant];
+            eprintln!("bench-floor: round {} of {boots}, {}", round + 1, v.name);
+            let initrd = match v.kind {
+                Kind::Floor => &floor_path,
+                Kind::Ours => &ours_path,
+            };
+            let append = format!("{} {}", generation.cmdline(), v.append);
+            let tag = format!("{variant}-{round}");
+            match boot(
+                &inputs,
+                &dir,
+                v.kind,
+                &tag,
+                initrd,
+                &image,
+                append.trim_end().into(),
+            ) {
+                Ok(values) => samples.push(Sample { variant, values }),
+                Err(e) => {
+                    eprintln!("bench-floor: boot {tag} ({}) failed: {e:#}", v.name);
+                    failures.push(format!("{tag} ({}): {e:#}", v.name));
                 }
             }
         }
@@ -386,42 +407,37 @@ fn table(report: &mut String, samples: &[Sample], boots: usize) -> Result<()> {
     )?;
     let mut header = String::from("| |");
     let mut rule = String::from("|---|");
-    for (name, _) in LOG_LEVELS {
-        for kind in [Kind::Floor, Kind::Ours] {
-            write!(header, " {}, {name} |", kind.name())?;
-            rule.push_str("---:|");
-        }
+    for v in &VARIANTS {
+        write!(header, " {} |", v.name)?;
+        rule.push_str("---:|");
     }
     writeln!(report, "{header}\n{rule}")?;
+    let values = |variant: usize, row: &str| -> Vec<f64> {
+        samples
+            .iter()
+            .filter(|s| s.variant == variant)
+            .filter_map(|s| s.values.iter().find(|(r, _)| *r == row).map(|(_, v)| *v))
+            .collect()
+    };
     for row in ROWS {
         let mut line = format!("| {row} |");
-        for level in 0..LOG_LEVELS.len() {
-            for kind in [Kind::Floor, Kind::Ours] {
-                let v: Vec<f64> = samples
-                    .iter()
-                    .filter(|s| s.kind == kind && s.level == level)
-                    .filter_map(|s| s.values.iter().find(|(r, _)| *r == row).map(|(_, v)| *v))
-                    .collect();
-                write!(line, " {} |", cell(&v))?;
-            }
+        for variant in 0..VARIANTS.len() {
+            write!(line, " {} |", cell(&values(variant, row)))?;
         }
         writeln!(report, "{line}")?;
     }
-    // Ours beyond the floor, per log level: the difference of the medians.
-    for (level, (name, _)) in LOG_LEVELS.iter().enumerate() {
-        let own = |kind: Kind| {
-            let v: Vec<f64> = samples
-                .iter()
-                .filter(|s| s.kind == kind && s.level == level)
-                .filter_map(|s| s.values.first().map(|(_, v)| *v))
-                .collect();
-            median(&v)
-        };
-        if let (Some(f), Some(o)) = (own(Kind::Floor), own(Kind::Ours)) {
+    // Ours beyond the floor: the difference of the medians of `own`.
+    for (floor, ours) in PAIRS {
+        if let (Some(f), Some(o)) = (
+            median(&values(floor, ROWS[0])),
+            median(&values(ours, ROWS[0])),
+        ) {
             writeln!(
                 report,
-                "\n{name}: stage 1's own {o:.1} ms − the floor's {f:.1} ms = {:.1} ms of stage \
-                 1's own beyond the floor (medians).",
+                "\n{}: own {o:.1} ms − {}: own {f:.1} ms = {:.1} ms of stage 1's own beyond the \
+                 floor (medians).",
+                VARIANTS[ours].name,
+                VARIANTS[floor].name,
                 o - f
             )?;
         }
