@@ -404,8 +404,8 @@ int main(void)
 			die("%s -a %s exited with %d", FSCK, ROOT_DEVICE, fsck_status);
 	}
 	/*
-	 * `floor.settle_ms=N`: sleep before the mount, so that what the checker's exit left
-	 * the kernel to do (freeing its memory, deferred work) is not timed as the mount's.
+	 * `floor.settle_ms=N`: sleep before the mount, to see whether what the checker's exit
+	 * left the kernel to do (freeing its memory, deferred work) is timed as the mount's.
 	 * Stage 1 writes fsck's output to the console at this point instead.
 	 */
 	char settle_text[16];

@@ -58,8 +58,9 @@ struct Variant {
 }
 
 /// The columns, booted in this order in even rounds and in the reverse order in odd ones.
-/// The last lets the floor sleep 50 ms (excluded) after fsck before it mounts, so that the
-/// kernel's leftover work from the checker's exit does not land in the mount's time.
+/// The last lets the floor sleep 50 ms (excluded) after fsck before it mounts: does the
+/// kernel's leftover work from the checker's exit land in the mount's time? (It did not,
+/// measurably: BENCHMARKS.md.)
 const VARIANTS: [Variant; 5] = [
     Variant {
         kind: Kind::Floor,
@@ -318,6 +319,14 @@ fn again_values(line: &str) -> Result<Vec<(&'static str, f64)>> {
 /// The figures of a `FLOOR-RESULT key=µs …` line, in milliseconds.
 fn floor_values(line: &str) -> Result<Vec<(&'static str, f64)>> {
     let field = |key: &str| field(line, RESULT, key);
+    // Stage 1 checks the root before mounting it; a floor that did not would mount from a
+    // colder page cache and not be comparable.
+    if line.contains(RESULT)
+        && !line.contains(" fsck_status=0 ")
+        && !line.contains(" fsck_status=1 ")
+    {
+        bail!("the floor did not run a clean fsck of the root as stage 1 does: {line}");
+    }
     let own = field("own")?;
     let phases = [
         field("special")?,
@@ -468,6 +477,7 @@ mod tests {
         // 134 − (10 + 12 + 20 + 30 + 40 + 20)
         assert_eq!(get(ROWS[7]), Some(2.0));
         assert!(floor_values("FLOOR-ERROR mount /dev/vda: EINVAL").is_err());
+        assert!(floor_values("FLOOR-RESULT own=1 fsck_status=-1 special=1").is_err());
         let again = again_values("[ 4.1] floor: FLOOR-AGAIN config=300 mount=9000 init=1500")
             .expect("parses");
         assert_eq!(again[1], (ROWS[13], 9.0));
