@@ -327,26 +327,60 @@ fn floor_values(line: &str) -> Result<Vec<(&'static str, f64)>> {
     {
         bail!("the floor did not run a clean fsck of the root as stage 1 does: {line}");
     }
-    let own = field("own")?;
-    let phases = [
-        field("special")?,
-        field("config")?,
-        field("modules")? - field("finit")?,
-        field("devices")?,
-        field("mount")?,
-        field("init")?,
-    ];
-    let rest_of_own = own - phases.iter().sum::<f64>();
-    let mut values = vec![(ROWS[0], own)];
-    values.extend(ROWS[1..7].iter().copied().zip(phases));
-    values.extend([
-        (ROWS[7], rest_of_own),
-        (ROWS[8], field("finit")?),
-        (ROWS[9], field("fsck")?),
-        (ROWS[10], field("md_tail")?),
-        (ROWS[11], field("total")?),
-    ]);
+    let figures = Figures {
+        own: field("own")?,
+        special: field("special")?,
+        config: field("config")?,
+        modules: field("modules")?,
+        devices: field("devices")?,
+        mount: field("mount")?,
+        init: field("init")?,
+        finit: field("finit")?,
+        fsck: field("fsck")?,
+        total: field("total")?,
+    };
+    let mut values = figures.rows();
+    values.push((ROWS[10], field("md_tail")?));
     Ok(values)
+}
+
+/// What both programs report, in milliseconds: `own` and its phases (`modules` with
+/// `finit_module` in it), and what `own` leaves out.
+struct Figures {
+    own: f64,
+    special: f64,
+    config: f64,
+    modules: f64,
+    devices: f64,
+    mount: f64,
+    init: f64,
+    finit: f64,
+    fsck: f64,
+    total: f64,
+}
+
+impl Figures {
+    /// The rows of `own`, its phases, the rest of it and the excluded times.
+    fn rows(&self) -> Vec<(&'static str, f64)> {
+        let phases = [
+            self.special,
+            self.config,
+            self.modules - self.finit,
+            self.devices,
+            self.mount,
+            self.init,
+        ];
+        let rest_of_own = self.own - phases.iter().sum::<f64>();
+        let mut values = vec![(ROWS[0], self.own)];
+        values.extend(ROWS[1..7].iter().copied().zip(phases));
+        values.extend([
+            (ROWS[7], rest_of_own),
+            (ROWS[8], self.finit),
+            (ROWS[9], self.fsck),
+            (ROWS[11], self.total),
+        ]);
+        values
+    }
 }
 
 /// The same figures from stage 1's receipt (`times_us.stage1`), in milliseconds.
@@ -370,25 +404,19 @@ fn stage1_values(receipt: &str) -> Result<Vec<(&'static str, f64)>> {
             })
             .with_context(|| format!("the receipt has no phase {name:?}: {receipt}"))
     };
-    let own = ms("own")?;
-    let finit = ms("finit_module")?;
-    let phases = [
-        phase("special filesystems")?,
-        phase("config")?,
-        phase("modules")? - finit,
-        phase("devices")?,
-        phase("mount /")?,
-        phase("find init=")?,
-    ];
-    let rest_of_own = own - phases.iter().sum::<f64>();
-    let mut values = vec![(ROWS[0], own)];
-    values.extend(ROWS[1..7].iter().copied().zip(phases));
-    values.extend([
-        (ROWS[7], rest_of_own),
-        (ROWS[8], finit),
-        (ROWS[9], ms("fsck")?),
-        (ROWS[11], ms("total")?),
-    ]);
+    let mut values = Figures {
+        own: ms("own")?,
+        special: phase("special filesystems")?,
+        config: phase("config")?,
+        modules: phase("modules")?,
+        devices: phase("devices")?,
+        mount: phase("mount /")?,
+        init: phase("find init=")?,
+        finit: ms("finit_module")?,
+        fsck: ms("fsck")?,
+        total: ms("total")?,
+    }
+    .rows();
     // Receipts from before stage 1 recorded it lack it.
     if let Ok(user) = ms("user_cpu") {
         values.push((ROWS[15], user));
@@ -398,18 +426,7 @@ fn stage1_values(receipt: &str) -> Result<Vec<(&'static str, f64)>> {
 
 /// `median (min–max)` in ms, or `–`.
 fn cell(v: &[f64]) -> String {
-    let (Some(m), Some(lo), Some(hi)) = (
-        median(v),
-        v.iter().copied().reduce(f64::min),
-        v.iter().copied().reduce(f64::max),
-    ) else {
-        return "–".into();
-    };
-    if v.len() == 1 {
-        format!("{m:.1}")
-    } else {
-        format!("{m:.1} ({lo:.1}–{hi:.1})")
-    }
+    super::spread(v, 1, "–")
 }
 
 fn table(report: &mut String, samples: &[Sample], boots: usize) -> Result<()> {

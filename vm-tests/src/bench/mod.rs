@@ -285,17 +285,22 @@ fn phase_values(
 
 /// `median (min–max)` in seconds, or `-` without values.
 fn spread_cell(v: &[f64]) -> String {
+    spread(v, 2, "-")
+}
+
+/// `median (min–max)` with `decimals` places (the median alone for one value), or `empty`.
+pub fn spread(v: &[f64], decimals: usize, empty: &str) -> String {
     let (Some(m), Some(lo), Some(hi)) = (
         median(v),
         v.iter().copied().reduce(f64::min),
         v.iter().copied().reduce(f64::max),
     ) else {
-        return "-".into();
+        return empty.into();
     };
     if v.len() == 1 {
-        format!("{m:.2}")
+        format!("{m:.decimals$}")
     } else {
-        format!("{m:.2} ({lo:.2}–{hi:.2})")
+        format!("{m:.decimals$} ({lo:.decimals$}–{hi:.decimals$})")
     }
 }
 
