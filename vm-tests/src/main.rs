@@ -97,6 +97,11 @@ const SCENARIOS: &[Scenario] = &[
         storage_scenarios::md_raid1_degraded,
     ),
     (
+        "md-raid10-degraded",
+        "a four-member md RAID10 root with one member of each mirror missing starts degraded and boots",
+        storage_scenarios::md_raid10_degraded,
+    ),
+    (
         "md-too-degraded",
         "only the md array's spare present: the failure names the array, the member and the fix, then panics",
         storage_scenarios::md_too_degraded,

@@ -247,7 +247,7 @@ fn tools_vm(inputs: &Inputs, dir: &Path, drives: Vec<PathBuf>, script: &str) -> 
         "tools-initrd.zst",
         |spec| {
             spec.modules
-                .extend(["md_mod", "raid1", "btrfs"].map(String::from));
+                .extend(["md_mod", "raid1", "raid10", "btrfs"].map(String::from));
             for target in ["/bin/sh", "/bin/busybox"] {
                 spec.extra_files.push(ExtraFile {
                     source: busybox.clone(),
@@ -324,34 +324,80 @@ fn md_members(inputs: &Inputs, setup: &Setup) -> Result<(Vec<PathBuf>, String)> 
          && /usr/sbin/mdadm --stop /dev/md0 && echo TOOLS-OK-$((1+1))",
     )?;
     fs::remove_file(&root_img)?;
-    let examine = run(Command::new("mdadm").arg("--examine").arg(&members[0]))
-        .context("reading the member back (install mdadm)")?;
-    let uuid = examine
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("Array UUID :"))
-        .map(|u| u.trim().to_owned())
-        .with_context(|| format!("mdadm --examine printed no Array UUID:\n{examine}"))?;
-    // Keep the superblocks mdadm wrote, for the parser's unit tests and the fuzz corpus.
+    let uuid = examine_uuid(&members[0])?;
     for (m, name) in [(&members[0], "member0"), (&members[2], "spare")] {
-        use std::io::{Read, Seek, SeekFrom};
-        let mut f = fs::File::open(m)?;
-        f.seek(SeekFrom::Start(4096))?;
-        let mut sb = vec![0u8; 4096];
-        f.read_exact(&mut sb)?;
-        fs::write(setup.dir.join(format!("mdadm-1.2-raid1-{name}.sb")), sb)?;
+        keep_superblock(m, &setup.dir.join(format!("mdadm-1.2-raid1-{name}.sb")))?;
     }
     Ok((members, uuid))
 }
 
+/// The members of a RAID10 root: four members in mdadm's default layout (two near copies:
+/// slots 0+1 and 2+3 mirror each other), made by `mdadm --create --metadata=1.2
+/// --level=10 --layout=n2 --raid-devices=4 --assume-clean --name=root` in the helper VM,
+/// with the ext4 root image written onto the array. Returns the member images (slot
+/// order) and the array UUID.
+fn md10_members(inputs: &Inputs, setup: &Setup) -> Result<(Vec<PathBuf>, String)> {
+    let root_img = root_disk(&setup.image, &setup.dir)?;
+    let len = fs::metadata(&root_img)?.len();
+    let members: Vec<PathBuf> = (0..4)
+        .map(|i| setup.dir.join(format!("md10-{i}.img")))
+        .collect();
+    for m in &members {
+        let _ = fs::remove_file(m);
+        // Each member holds half the data (two copies over four members), plus room for
+        // the superblock, mdadm's data offset and chunk rounding.
+        fs::File::create(m)?.set_len(len / 2 + (16 << 20))?;
+    }
+    let mut drives = members.clone();
+    drives.push(root_img.clone());
+    tools_vm(
+        inputs,
+        &setup.dir,
+        drives,
+        "/usr/sbin/mdadm --create /dev/md0 --run --assume-clean --metadata=1.2 --level=10 \
+         --layout=n2 --raid-devices=4 --name=root --homehost=stagehand \
+         /dev/vda /dev/vdb /dev/vdc /dev/vdd && /bin/busybox dd if=/dev/vde of=/dev/md0 bs=1M \
+         && /usr/sbin/mdadm --stop /dev/md0 && echo TOOLS-OK-$((1+1))",
+    )?;
+    fs::remove_file(&root_img)?;
+    let uuid = examine_uuid(&members[0])?;
+    keep_superblock(&members[1], &setup.dir.join("mdadm-1.2-raid10-member1.sb"))?;
+    Ok((members, uuid))
+}
+
+/// The array UUID of member image `m` (`mdadm --examine` on the host).
+fn examine_uuid(m: &Path) -> Result<String> {
+    let examine = run(Command::new("mdadm").arg("--examine").arg(m))
+        .context("reading the member back (install mdadm)")?;
+    examine
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Array UUID :"))
+        .map(|u| u.trim().to_owned())
+        .with_context(|| format!("mdadm --examine printed no Array UUID:\n{examine}"))
+}
+
+/// Keep the v1.2 superblock mdadm wrote on member image `m` (4 KiB at 4 KiB) as `to`, for
+/// the parser's unit tests and the fuzz corpus.
+fn keep_superblock(m: &Path, to: &Path) -> Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = fs::File::open(m)?;
+    f.seek(SeekFrom::Start(4096))?;
+    let mut sb = vec![0u8; 4096];
+    f.read_exact(&mut sb)?;
+    fs::write(to, sb)?;
+    Ok(())
+}
+
 /// An initrd for a root on md array `uuid`: the config lists the array (md_mod and raid1
-/// come with it), and the root is `/dev/md/root`.
-fn md_setup(inputs: &Inputs, name: &str, uuid: Option<&str>) -> Result<Setup> {
+/// come with it; `modules` adds other levels'), and the root is `/dev/md/root`.
+fn md_setup(inputs: &Inputs, name: &str, uuid: Option<&str>, modules: &[&str]) -> Result<Setup> {
     let uuid = uuid.map(str::to_owned);
     Setup::with(
         inputs,
         name,
         |spec| {
             spec.filesystems[0].device = "/dev/md/root".into();
+            spec.modules.extend(modules.iter().map(|m| m.to_string()));
         },
         |extras| {
             if let Some(uuid) = uuid {
@@ -365,15 +411,54 @@ fn md_setup(inputs: &Inputs, name: &str, uuid: Option<&str>) -> Result<Setup> {
     )
 }
 
+/// `md-raid10-degraded`: the root on a four-member RAID10 (near copies) with two members
+/// missing, one from each mirrored pair (slots 0 and 3): the array still has every block,
+/// so stage 1 starts it degraded, as mdadm would, and the boot reaches the probe.
+pub fn md_raid10_degraded(inputs: &Inputs) -> Result<Outcome> {
+    let scratch = md_setup(inputs, "md-raid10-degraded", None, &["raid10"])?;
+    let (members, uuid) = md10_members(inputs, &scratch)?;
+    let setup = md_setup(inputs, "md-raid10-degraded", Some(&uuid), &["raid10"])?;
+    let mut out = Outcome::default();
+    out.notes
+        .push(format!("array UUID (mdadm --examine): {uuid}"));
+    let Some(lines) = setup.boot(
+        inputs,
+        vec![members[1].clone(), members[2].clone()],
+        &["rd.device_timeout=3"],
+        "console.log",
+        &[
+            "loading module raid10",
+            "started DEGRADED as /dev/md127 with vda, vdb",
+            "stage1: mounted / (/dev/md/root, ext4)",
+        ],
+        &mut out,
+    )?
+    else {
+        return Ok(out);
+    };
+    let degraded = lines
+        .iter()
+        .find(|l| l.text.contains("started DEGRADED"))
+        .map(|l| l.text.trim().to_owned())
+        .unwrap_or_default();
+    out.notes.push(format!("stage 1 said: {degraded}"));
+    let facts = probe_facts(&lines);
+    let root = facts.get("root.source").map_or("<missing>", String::as_str);
+    out.check("/ is the md array", root.starts_with("/dev/md"), || {
+        format!("the guest says / is {root:?}")
+    });
+    Ok(out)
+}
+
 /// `md-raid1-degraded`: the root on an md RAID1 (v1.2 metadata) with one of its two
 /// members missing: stage 1 waits for the array's members until the device timeout,
 /// starts it degraded with a warning, finds the ext4 on `/dev/md127` through
 /// `/dev/md/root`, and the boot reaches the probe.
 pub fn md_raid1_degraded(inputs: &Inputs) -> Result<Outcome> {
     // The members are made once with a throwaway initrd, then the real one names the array.
-    let scratch = md_setup(inputs, "md-raid1-degraded", None)?;
+    let scratch = md_setup(inputs, "md-raid1-degraded", None, &[])?;
     let (members, uuid) = md_members(inputs, &scratch)?;
-    let setup = md_setup(inputs, "md-raid1-degraded", Some(&uuid))?;
+    let setup = md_setup(inputs, "md-raid1-degraded", Some(&uuid), &[])?;
     let mut out = Outcome::default();
     out.notes
         .push(format!("array UUID (mdadm --examine): {uuid}"));
@@ -421,9 +506,9 @@ pub fn md_raid1_degraded(inputs: &Inputs) -> Result<Outcome> {
 /// the array with a message naming it (name, UUID, the member found and why it holds
 /// no data) and the fix, then take the configured way out (`boot.panic_on_fail`).
 pub fn md_too_degraded(inputs: &Inputs) -> Result<Outcome> {
-    let scratch = md_setup(inputs, "md-too-degraded", None)?;
+    let scratch = md_setup(inputs, "md-too-degraded", None, &[])?;
     let (members, uuid) = md_members(inputs, &scratch)?;
-    let setup = md_setup(inputs, "md-too-degraded", Some(&uuid))?;
+    let setup = md_setup(inputs, "md-too-degraded", Some(&uuid), &[])?;
     let append = cmdline(&setup.generation, &[], &["rd.device_timeout=2"]);
     let cfg = inputs.vm_config(
         &setup.initrd,

@@ -62,15 +62,79 @@ pub struct Judged {
     pub verdict: Verdict,
 }
 
-/// How many data slots a level needs to start.
-fn slots_needed(level: i32, raid_disks: u32) -> u32 {
-    match level {
+/// Whether the data slots `present` hold every block of the array: `Err` says which
+/// slots it lacks. The rule is mdadm's (and the kernel's, which refuses to start an array
+/// that fails it): RAID1 needs one member, RAID4/5 all but one, RAID6 all but two, RAID10
+/// one member of every group of slots that hold copies of the same blocks, linear and
+/// RAID0 all of them.
+fn enough(level: i32, raid_disks: u32, layout: u32, present: &[u16]) -> Result<(), String> {
+    let have = present.len() as u32;
+    let needed = match level {
         1 => 1.min(raid_disks),
         4 | 5 => raid_disks.saturating_sub(1),
         6 => raid_disks.saturating_sub(2),
-        // linear, RAID0 and RAID10 (whose tolerance depends on its layout): all of them.
+        10 => return raid10_enough(raid_disks, layout, present),
         _ => raid_disks,
+    };
+    if have >= needed {
+        Ok(())
+    } else {
+        Err(format!("{} needs {needed}", level_name(level)))
     }
+}
+
+/// RAID10 keeps `near × far` copies of each block on consecutive slots (modulo the slot
+/// count): the copies of the blocks that start at slot `first` are on slots `first`,
+/// `first + 1`, … `first + copies - 1`, and the next group of blocks starts `near` slots
+/// further on, until it comes back to slot 0. The array can start when each such group
+/// has a member. A layout with no copies is unreadable: then every slot is needed.
+fn raid10_enough(raid_disks: u32, layout: u32, present: &[u16]) -> Result<(), String> {
+    let near = layout & 0xff;
+    let far = (layout >> 8) & 0xff;
+    let copies = near * far;
+    let all = || {
+        if present.len() as u32 >= raid_disks {
+            Ok(())
+        } else {
+            Err(format!(
+                "RAID10 with layout {layout:#x} (no copies that can be counted) needs all of them"
+            ))
+        }
+    };
+    if copies == 0 || raid_disks == 0 {
+        return all();
+    }
+    // Lookups by slot, and groups no wider than the array (more copies than slots wrap
+    // around onto the same slots): at most `raid_disks`² steps for any superblock, however
+    // damaged (`raid_disks` ≤ 960, checked when it was read).
+    let mut held = vec![false; raid_disks as usize];
+    for &s in present {
+        if let Some(h) = held.get_mut(usize::from(s)) {
+            *h = true;
+        }
+    }
+    let span = copies.min(raid_disks);
+    let mut first = 0u32;
+    // At most `raid_disks` groups: `first` steps by `near` (≥ 1) modulo `raid_disks`.
+    for _ in 0..raid_disks {
+        let group = (0..span).map(|i| (first + i) % raid_disks);
+        if !group
+            .clone()
+            .any(|slot| held.get(slot as usize).copied().unwrap_or(false))
+        {
+            let slots: Vec<String> = group.map(|s| s.to_string()).collect();
+            return Err(format!(
+                "RAID10 ({near} near × {far} far copies) needs one of slots {}, which hold \
+                 the only copies of some blocks",
+                slots.join(", ")
+            ));
+        }
+        first = (first + near) % raid_disks;
+        if first == 0 {
+            return Ok(());
+        }
+    }
+    Ok(())
 }
 
 fn level_name(level: i32) -> String {
@@ -130,21 +194,27 @@ pub fn judge(members: &[Member]) -> Option<Judged> {
         .filter_map(|s| u16::try_from(s).ok())
         .filter(|s| !present.contains(s))
         .collect();
-    let needed = slots_needed(level, raid_disks);
     let have = present.len() as u32;
     let verdict = if missing.is_empty() && have > 0 {
         Verdict::Complete
-    } else if have >= needed && have > 0 {
-        Verdict::Degraded { missing }
     } else {
-        let mut why = format!(
-            "{have} of {raid_disks} data slots present, {} needs {needed}",
-            level_name(level)
-        );
-        for (m, reason) in &left_out {
-            why.push_str(&format!("; {} left out: {reason}", m.device));
+        let lacks = enough(level, raid_disks, reference.sb.layout, &present).and_then(|()| {
+            if have == 0 {
+                Err("no member holds data".to_owned())
+            } else {
+                Ok(())
+            }
+        });
+        match lacks {
+            Ok(()) => Verdict::Degraded { missing },
+            Err(needs) => {
+                let mut why = format!("{have} of {raid_disks} data slots present, {needs}");
+                for (m, reason) in &left_out {
+                    why.push_str(&format!("; {} left out: {reason}", m.device));
+                }
+                Verdict::TooDegraded(why)
+            }
         }
-        Verdict::TooDegraded(why)
     };
     Some(Judged {
         uuid: reference.sb.uuid_mdadm(),

@@ -55,6 +55,9 @@ pub struct MdSuper {
     pub name: String,
     /// RAID level: -1 linear, 0, 1, 4, 5, 6, 10.
     pub level: i32,
+    /// How data is laid out on the members. For RAID10: near copies in bits 0-7, far
+    /// copies in bits 8-15, bit 16 for the "offset" variant of far.
+    pub layout: u32,
     pub raid_disks: u32,
     pub events: u64,
     pub dev_number: u32,
@@ -226,6 +229,7 @@ pub fn parse(block: &[u8], read_at: u64, minor: u8) -> Result<Option<MdSuper>, M
         array_uuid: uuid_at(16),
         name,
         level: le32(72) as i32,
+        layout: le32(76),
         raid_disks,
         events: le64(200),
         dev_number,

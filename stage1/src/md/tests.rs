@@ -9,6 +9,7 @@ fn member(device: &str, slot: Role, events: u64) -> Member {
             array_uuid: [0x1c; 16],
             name: "host:root".into(),
             level: 1,
+            layout: 0,
             raid_disks: 2,
             events,
             dev_number: 0,
@@ -119,12 +120,14 @@ fn config_uuids_in_either_form() {
 /// md VM scenarios): the 4 KiB at sector 8 of the first member and of the spare.
 const REAL_ACTIVE: &[u8] = include_bytes!("testdata/mdadm-1.2-raid1-member0.sb");
 const REAL_SPARE: &[u8] = include_bytes!("testdata/mdadm-1.2-raid1-spare.sb");
+/// Slot 1 of a four-member RAID10 that `mdadm --create --level=10 --layout=n2` made (the
+/// md-raid10-degraded VM scenario keeps it).
+const REAL_RAID10: &[u8] = include_bytes!("testdata/mdadm-1.2-raid10-member1.sb");
 
 #[test]
 fn parses_superblocks_mdadm_wrote() {
     let a = parse(REAL_ACTIVE, 8, 2).expect("valid").expect("md magic");
-    assert_eq!(a.level, 1);
-    assert_eq!(a.raid_disks, 2);
+    assert_eq!((a.level, a.layout, a.raid_disks), (1, 0, 2));
     assert_eq!(a.role, Role::Active(0));
     assert_eq!(a.short_name(), "root");
     assert_eq!(a.metadata_version(), "1.2");
@@ -133,6 +136,29 @@ fn parses_superblocks_mdadm_wrote() {
     assert_eq!(s.array_uuid, a.array_uuid);
     assert_ne!(s.device_uuid, a.device_uuid);
     assert_eq!(s.events, a.events);
+}
+
+/// The layout word mdadm writes for two near copies, read from a member it made, is what
+/// the RAID10 rule counts copies by.
+#[test]
+fn raid10_layout_as_mdadm_wrote_it() {
+    let sb = parse(REAL_RAID10, 8, 2).expect("valid").expect("md magic");
+    assert_eq!((sb.level, sb.layout, sb.raid_disks), (10, 0x102, 4));
+    assert_eq!(sb.role, Role::Active(1));
+    let mut members = raid10(4, sb.layout, &[2]);
+    members[0].sb.events = sb.events;
+    members[0].sb.array_uuid = sb.array_uuid;
+    members.push(Member {
+        device: "vdb".into(),
+        sb,
+    });
+    // Slots 1 and 2: one of each mirrored pair.
+    assert_eq!(
+        verdict(&members),
+        Verdict::Degraded {
+            missing: vec![0, 3]
+        }
+    );
 }
 
 #[test]
@@ -204,4 +230,104 @@ fn probe_finds_v1_2_and_v1_0_positions() {
         superblock::probe(&mut Cursor::new(vec![0u8; 1 << 20])).expect("probe"),
         None
     );
+}
+
+/// The members of a RAID10 of `raid_disks` slots with `layout`, holding `slots`.
+fn raid10(raid_disks: u32, layout: u32, slots: &[u16]) -> Vec<Member> {
+    slots
+        .iter()
+        .map(|&s| {
+            let mut m = member(&format!("vd{s}"), Role::Active(s), 9);
+            m.sb.level = 10;
+            m.sb.layout = layout;
+            m.sb.raid_disks = raid_disks;
+            m
+        })
+        .collect()
+}
+
+fn verdict(members: &[Member]) -> Verdict {
+    judge(members).expect("judged").verdict
+}
+
+/// mdadm's default RAID10 (`near=2`, layout 0x102) on four members mirrors slots 0+1 and
+/// 2+3: it starts with one member of each pair, not without both of one. This is what
+/// lets a RAID10 root boot with a failed disk, as mdadm assembles it.
+#[test]
+fn raid10_near2_starts_with_one_member_of_each_mirror() {
+    let near2 = 0x102;
+    assert_eq!(verdict(&raid10(4, near2, &[0, 1, 2, 3])), Verdict::Complete);
+    assert_eq!(
+        verdict(&raid10(4, near2, &[1, 2, 3])),
+        Verdict::Degraded { missing: vec![0] }
+    );
+    assert_eq!(
+        verdict(&raid10(4, near2, &[1, 2])),
+        Verdict::Degraded {
+            missing: vec![0, 3]
+        }
+    );
+    let Verdict::TooDegraded(why) = verdict(&raid10(4, near2, &[2, 3])) else {
+        panic!("both members of the first mirror are missing")
+    };
+    assert!(why.contains("2 of 4 data slots present"), "{why}");
+    assert!(why.contains("needs one of slots 0, 1"), "{why}");
+    // Three members, two near copies: each block's copies sit on consecutive slots
+    // (0+1, 2+0, 1+2), so any one member may be missing, not two.
+    assert_eq!(
+        verdict(&raid10(3, near2, &[0, 2])),
+        Verdict::Degraded { missing: vec![1] }
+    );
+    assert!(matches!(
+        verdict(&raid10(3, near2, &[2])),
+        Verdict::TooDegraded(_)
+    ));
+}
+
+/// `far=2` (layout 0x201) keeps the second copy of the blocks of slot k on slot k+1: any
+/// two members that are not neighbours may be missing.
+#[test]
+fn raid10_far2_needs_one_of_each_pair_of_neighbours() {
+    let far2 = 0x201;
+    assert_eq!(
+        verdict(&raid10(4, far2, &[1, 3])),
+        Verdict::Degraded {
+            missing: vec![0, 2]
+        }
+    );
+    assert!(matches!(
+        verdict(&raid10(4, far2, &[2, 3])),
+        Verdict::TooDegraded(_)
+    ));
+    // The offset variant (bit 16) places copies the same way for this purpose.
+    assert!(matches!(
+        verdict(&raid10(4, 0x1_0201, &[1, 3])),
+        Verdict::Degraded { .. }
+    ));
+}
+
+/// A layout that counts no copies cannot be judged: every slot is needed, as for RAID0.
+#[test]
+fn raid10_with_a_layout_of_no_copies_needs_every_slot() {
+    assert_eq!(verdict(&raid10(2, 0, &[0, 1])), Verdict::Complete);
+    let Verdict::TooDegraded(why) = verdict(&raid10(2, 0, &[0])) else {
+        panic!("a missing slot of an uncountable layout")
+    };
+    assert!(why.contains("needs all of them"), "{why}");
+}
+
+/// The largest counts a superblock can carry (960 slots, 255 × 255 copies) are judged
+/// without walking 65025 copies per group: more copies than slots cover every slot.
+#[test]
+fn raid10_extreme_counts_are_judged_at_once() {
+    let t = std::time::Instant::now();
+    let Verdict::Degraded { missing } = verdict(&raid10(960, 0xffff, &[5])) else {
+        panic!("one member of a layout whose copies cover every slot")
+    };
+    assert_eq!(missing.len(), 959);
+    assert!(matches!(
+        verdict(&raid10(960, 0x0101, &[5])),
+        Verdict::TooDegraded(_)
+    ));
+    assert!(t.elapsed() < std::time::Duration::from_secs(5));
 }
