@@ -147,7 +147,8 @@ pub fn parse_init(file: &Path, text: &str) -> Result<PostBoot, String> {
     }
     let lines: Vec<&str> = text.split('\n').collect();
     let first = lines.first().copied().unwrap_or_default();
-    let Some(shell) = first.strip_prefix("#!").map(str::trim) else {
+    // Only spaces are trimmed: a `\r` or a second word must be refused, not dropped.
+    let Some(shell) = first.strip_prefix("#!").map(|s| s.trim_matches(' ')) else {
         return refuse(1, "no `#!` line");
     };
     if let Err(why) = store_path_word(shell) {
@@ -494,6 +495,11 @@ mod tests {
                 "extra words",
                 with(&format!("{BASH} {CMDS} || true")),
                 &["expected `SHELL"],
+            ),
+            (
+                "carriage return after the shell",
+                good.replacen(&format!("#! {BASH}\n"), &format!("#! {BASH}\r\n"), 1),
+                &["/g/init:1", "control character"],
             ),
             (
                 "shell outside the store",
