@@ -368,8 +368,8 @@ fn hand_over(
     }
 }
 
-/// `boot.postBootCommands` from the manifest, if any; its failure is logged, not fatal.
-/// Whether there were any to run.
+/// `boot.postBootCommands` from the manifest, or from the `init` script of a generation
+/// nixpkgs built; its failure is logged, not fatal. Whether there were any to run.
 fn run_post_boot(plan: &plan::Plan, toplevel: &Path) -> bool {
     let snippet = match postboot::read(&plan.host(&toplevel.to_string_lossy())) {
         Ok(Some(s)) => s,
@@ -379,7 +379,25 @@ fn run_post_boot(plan: &plan::Plan, toplevel: &Path) -> bool {
             return false;
         }
     };
-    log::info!("running postBootCommands");
+    let what = match &snippet.script {
+        postboot::Script::Text(_) => "postBootCommands".to_owned(),
+        postboot::Script::File(file) => {
+            // The default is an empty option written to a file: not worth a bash.
+            match postboot::file_is_blank(&plan.host(file)) {
+                Ok(true) => {
+                    log::debug!("postBootCommands: {file} is empty; nothing to run");
+                    return false;
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    log::error!("postBootCommands: {e}; continuing the boot");
+                    return false;
+                }
+            }
+            format!("postBootCommands ({file})")
+        }
+    };
+    log::info!("running {what}");
     let t = Instant::now();
     match snippet
         .command(&plan.root, toplevel, plan.debugtrace)

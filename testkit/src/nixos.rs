@@ -513,6 +513,7 @@ $systemConfig/activate
 
 ln -sfn "$systemConfig" /run/booted-system
 
+# Run any user-specified commands.
 {shell} {post_boot}
 
 # An empty machine-id (rather than none) keeps systemd from treating this as a first boot.

@@ -49,6 +49,21 @@ use crate::tree::{install_host_path, Node, Tree};
 /// reports it (`run.secret`, `run.secret.text`).
 pub const SECRET_PATH: &str = "/run/secrets/stagehand-fixture";
 
+/// Where the fixture's `boot.postBootCommands` ([`post_boot_commands`]) leaves its note; the
+/// guest probe reports it (`run.postboot`).
+pub const POST_BOOT_PATH: &str = "/run/stagehand-fixture-postboot";
+
+/// The fixture's `local-cmds` file as `writeText` makes it from `boot.postBootCommands` and
+/// an empty `powerManagement.powerUpCommands` (each followed by a newline): a note of which
+/// file ran (`$0`), which `mkdir` stage 2's PATH finds, that `/run/booted-system` was
+/// already set, and the user.
+pub fn post_boot_commands() -> String {
+    format!(
+        "echo \"postboot script=$0 mkdir=$(command -v mkdir) \
+         booted=$(readlink /run/booted-system) uid=$(id -u)\" > {POST_BOOT_PATH}\n\n"
+    )
+}
+
 /// The activation script's PATH, in NixOS's order (of the packages the fixture has).
 const ACTIVATION_PATH: &[&str] = &[
     "coreutils",
@@ -217,6 +232,8 @@ pub struct BuiltNixos {
     pub tools: ToolPaths,
     pub kernel_params: Vec<String>,
     pub hostname: String,
+    /// The `local-cmds` store file its `init` runs.
+    pub post_boot: StorePath,
 }
 
 impl BuiltNixos {
@@ -242,6 +259,17 @@ impl BuiltNixos {
 
     pub fn secret_text(&self) -> String {
         secret_text(self.toplevel.as_str())
+    }
+
+    /// What [`post_boot_commands`] writes when this generation boots, as the probe reports
+    /// it: the file run with coreutils' `mkdir` first in PATH, as root, after
+    /// `/run/booted-system` was set.
+    pub fn post_boot_text(&self) -> Result<String> {
+        let mkdir = self.tools.get("coreutils")?.join("bin/mkdir");
+        Ok(format!(
+            "postboot script={} mkdir={mkdir} booted={} uid=0",
+            self.post_boot, self.toplevel
+        ))
     }
 }
 
@@ -378,7 +406,7 @@ pub fn add_nixos_generation(
     let users_json = store.add_text("users-groups.json", spec.users_groups_json()?)?;
     let etc = add_etc(store, spec, &probe)?;
     let early_mounts = store.add_text("mounts.sh", early_mount_script(SPECIAL_FILESYSTEMS))?;
-    let post_boot = store.add_text("local-cmds", String::new())?;
+    let post_boot = store.add_text("local-cmds", post_boot_commands())?;
     let sw = tools.system_path(store, &paths)?;
     // Named by the scripts, absent from the image: there is no Perl here.
     let absent = |name: &str| StoreBuilder::path_of(name, &Node::text(format!("absent {name}")));
@@ -463,6 +491,7 @@ pub fn add_nixos_generation(
         tools: paths,
         kernel_params: spec.kernel_params.clone(),
         hostname: spec.hostname.clone(),
+        post_boot,
     })
 }
 
@@ -595,6 +624,7 @@ mod tests {
     fn the_probe_reports_the_secret_the_snippet_writes() {
         let probe = include_str!("bin/guest-probe.rs");
         assert!(probe.contains(&format!("\"{SECRET_PATH}\"")));
+        assert!(probe.contains(&format!("\"{POST_BOOT_PATH}\"")));
         let s = secrets_snippet();
         assert!(s.text.contains(SECRET_PATH) && s.text.contains("\"$systemConfig\""));
         assert_eq!(s.deps, ["specialfs"]);
@@ -712,6 +742,24 @@ mod tests {
         let init = text("init");
         assert!(init.starts_with(&format!("#! {bash}\n\nsystemConfig={}\n", g.toplevel)));
         assert!(init.contains("\n$systemConfig/activate\n"));
+        // Our stage 2 finds the post-boot commands in this init, as in nixpkgs' own.
+        let pb = stagehand_stage2::postboot::parse_init(Path::new("init"), &init)
+            .expect("stage 2 parses the fixture's init");
+        assert_eq!(
+            pb.script,
+            stagehand_stage2::postboot::Script::File(g.post_boot.to_string())
+        );
+        assert_eq!(pb.shell, bash);
+        let coreutils = g.tools.get("coreutils").expect("coreutils");
+        assert!(pb
+            .path
+            .as_deref()
+            .is_some_and(|p| p.starts_with(&format!("{}:", coreutils.join("bin")))));
+        assert!(matches!(
+            tree.get(g.post_boot.as_str().trim_start_matches('/')),
+            Some(Node::File { source: crate::tree::Source::Bytes(b), .. })
+                if *b == post_boot_commands().into_bytes()
+        ));
         let bootspec: Value = serde_json::from_str(&text("boot.json")).expect("bootspec");
         let v1 = &bootspec["org.nixos.bootspec.v1"];
         assert_eq!(v1["init"], format!("{}/init", g.toplevel));

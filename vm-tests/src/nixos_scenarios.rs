@@ -165,9 +165,13 @@ fn check_facts(out: &mut Outcome, facts: &BTreeMap<String, String>, want: &[(&st
 
 /// The facts every boot of a NixOS-layout generation must show, whoever activated it:
 /// systemd from the generation is PID 1, both system links, the read-only store, the
-/// third-party snippet's root-only secret.
+/// third-party snippet's root-only secret, the note `boot.postBootCommands` wrote (run after
+/// `/run/booted-system`, with stage 2's PATH).
 fn check_common(out: &mut Outcome, facts: &BTreeMap<String, String>, g: &BuiltNixos) {
     let want = g.expected();
+    let post_boot = g
+        .post_boot_text()
+        .unwrap_or_else(|e| format!("<no expectation: {e}>"));
     let fact = |k: &str| fact(facts, k);
     check_facts(
         out,
@@ -180,6 +184,7 @@ fn check_common(out: &mut Outcome, facts: &BTreeMap<String, String>, g: &BuiltNi
             ("current-system", want.toplevel.clone()),
             ("run.secret", "file mode=0400 uid=0 gid=0".into()),
             ("run.secret.text", g.secret_text()),
+            ("run.postboot", post_boot),
         ],
     );
     for (key, prefix) in [("nix-store.mount", "ro "), ("root.mount", "rw ")] {

@@ -228,6 +228,11 @@ fn probe() {
         "run.secret.text",
         read_trimmed("/run/secrets/stagehand-fixture"),
     );
+    // What the NixOS-layout fixture's boot.postBootCommands wrote.
+    emit(
+        "run.postboot",
+        read_trimmed("/run/stagehand-fixture-postboot"),
+    );
     // alice's password field (a fixture hash, not a secret), to see it reached /etc/shadow.
     emit(
         "shadow.alice",
