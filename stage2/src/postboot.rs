@@ -99,12 +99,26 @@ pub fn read(toplevel: &Path) -> Result<Option<PostBoot>, String> {
     let file = toplevel.join("activation.json");
     match std::fs::read_to_string(&file) {
         Ok(text) => parse(&file, &text),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => read_init(&toplevel.join("init")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // With `boot.stagehand.replaceInit` (nix/module.nix) `init` is our stage 2 and
+            // NixOS's script was moved beside it.
+            let moved = toplevel.join(MOVED_NIXOS_INIT);
+            if moved.exists() {
+                read_init(&moved)
+            } else {
+                read_init(&toplevel.join("init"))
+            }
+        }
         Err(e) => Err(format!("cannot read {}: {e}", file.display())),
     }
 }
 
-/// Read `<toplevel>/init` (at most [`MAX_INIT_BYTES`]) and [`parse_init`] it.
+/// Where the NixOS module puts nixpkgs' stage-2 script when our stage 2 becomes `init`.
+pub const MOVED_NIXOS_INIT: &str = "nixos-stage-2-init";
+
+/// Read a generation's stage-2 init (at most [`MAX_INIT_BYTES`]) and [`parse_init`] it. An
+/// ELF program (our stage 2 as `init`, with no NixOS script beside it) has no
+/// postBootCommands: `None`.
 fn read_init(file: &Path) -> Result<Option<PostBoot>, String> {
     let f =
         std::fs::File::open(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
@@ -118,6 +132,9 @@ fn read_init(file: &Path) -> Result<Option<PostBoot>, String> {
              its postBootCommands are not run",
             file.display()
         ));
+    }
+    if bytes.starts_with(b"\x7fELF") {
+        return Ok(None);
     }
     let text = String::from_utf8(bytes).map_err(|_| {
         format!(
@@ -549,8 +566,17 @@ mod tests {
         std::fs::write(t.path().join("init"), huge).expect("huge");
         let e = read(t.path()).expect_err("huge");
         assert!(e.contains("larger than") && e.contains("/init"), "{e}");
-        std::fs::write(t.path().join("init"), b"\x7fELF\xff\xfe").expect("elf");
-        assert!(read(t.path()).expect_err("elf").contains("not UTF-8"));
+        std::fs::write(t.path().join("init"), b"\xff\xfeinit").expect("binary");
+        assert!(read(t.path()).expect_err("binary").contains("not UTF-8"));
+        // A program as `init` (our stage 2, replaceInit without the script beside it): no
+        // postBootCommands, and nothing to complain about.
+        std::fs::write(t.path().join("init"), b"\x7fELF\x02\x01\x01\xff").expect("elf");
+        assert_eq!(read(t.path()).expect("elf"), None);
+        // With the NixOS module's replaceInit, NixOS's script is beside it and is read.
+        std::fs::write(t.path().join(MOVED_NIXOS_INIT), nixpkgs_shaped_init()).expect("moved");
+        let p = read(t.path()).expect("read").expect("present");
+        assert_eq!(p.script, Script::File(CMDS.into()));
+        std::fs::remove_file(t.path().join(MOVED_NIXOS_INIT)).expect("rm");
 
         let cmds = t.path().join("local-cmds");
         for (text, blank) in [
