@@ -301,33 +301,57 @@ fn tools_vm(inputs: &Inputs, dir: &Path, drives: Vec<PathBuf>, script: &str) -> 
 /// `/dev/md0`). Returns the three member images and the array UUID (`mdadm --examine`
 /// on the host).
 fn md_members(inputs: &Inputs, setup: &Setup) -> Result<(Vec<PathBuf>, String)> {
+    // Room for the superblock and mdadm's data offset in front of the data.
+    let (members, uuid) = create_array(
+        inputs,
+        setup,
+        &["md-a.img", "md-b.img", "md-spare.img"],
+        |len| len + (8 << 20),
+        "--level=1 --raid-devices=2 --spare-devices=1",
+    )?;
+    for (m, name) in [(&members[0], "member0"), (&members[2], "spare")] {
+        keep_superblock(m, &setup.dir.join(format!("mdadm-1.2-raid1-{name}.sb")))?;
+    }
+    Ok((members, uuid))
+}
+
+/// Make an md array of the member images `names` (each `size(root image length)` bytes)
+/// with `mdadm --create /dev/md0 --run --assume-clean --metadata=1.2 LEVEL_ARGS --name=root`
+/// in the helper VM, the members in slot order, and write the setup's ext4 root image onto
+/// it. Returns the member images and the array UUID (`mdadm --examine` on the host).
+fn create_array(
+    inputs: &Inputs,
+    setup: &Setup,
+    names: &[&str],
+    size: impl Fn(u64) -> u64,
+    level_args: &str,
+) -> Result<(Vec<PathBuf>, String)> {
     let root_img = root_disk(&setup.image, &setup.dir)?;
     let len = fs::metadata(&root_img)?.len();
-    let members: Vec<PathBuf> = ["md-a.img", "md-b.img", "md-spare.img"]
-        .iter()
-        .map(|n| setup.dir.join(n))
-        .collect();
+    let members: Vec<PathBuf> = names.iter().map(|n| setup.dir.join(n)).collect();
     for m in &members {
         let _ = fs::remove_file(m);
-        // Room for the superblock and mdadm's data offset in front of the data.
-        fs::File::create(m)?.set_len(len + (8 << 20))?;
+        fs::File::create(m)?.set_len(size(len))?;
     }
+    // The guest names the drives vda, vdb, … in the order given; the root image comes last.
+    let dev = |i: usize| format!("/dev/vd{}", char::from(b'a' + i as u8));
+    let devices: Vec<String> = (0..members.len()).map(dev).collect();
     let mut drives = members.clone();
     drives.push(root_img.clone());
     tools_vm(
         inputs,
         &setup.dir,
         drives,
-        "/usr/sbin/mdadm --create /dev/md0 --run --assume-clean --metadata=1.2 --level=1 \
-         --raid-devices=2 --spare-devices=1 --name=root --homehost=stagehand \
-         /dev/vda /dev/vdb /dev/vdc && /bin/busybox dd if=/dev/vdd of=/dev/md0 bs=1M \
-         && /usr/sbin/mdadm --stop /dev/md0 && echo TOOLS-OK-$((1+1))",
+        &format!(
+            "/usr/sbin/mdadm --create /dev/md0 --run --assume-clean --metadata=1.2 {level_args} \
+             --name=root --homehost=stagehand {} && /bin/busybox dd if={} of=/dev/md0 bs=1M \
+             && /usr/sbin/mdadm --stop /dev/md0 && echo TOOLS-OK-$((1+1))",
+            devices.join(" "),
+            dev(members.len())
+        ),
     )?;
     fs::remove_file(&root_img)?;
     let uuid = examine_uuid(&members[0])?;
-    for (m, name) in [(&members[0], "member0"), (&members[2], "spare")] {
-        keep_superblock(m, &setup.dir.join(format!("mdadm-1.2-raid1-{name}.sb")))?;
-    }
     Ok((members, uuid))
 }
 
@@ -337,30 +361,15 @@ fn md_members(inputs: &Inputs, setup: &Setup) -> Result<(Vec<PathBuf>, String)> 
 /// with the ext4 root image written onto the array. Returns the member images (slot
 /// order) and the array UUID.
 fn md10_members(inputs: &Inputs, setup: &Setup) -> Result<(Vec<PathBuf>, String)> {
-    let root_img = root_disk(&setup.image, &setup.dir)?;
-    let len = fs::metadata(&root_img)?.len();
-    let members: Vec<PathBuf> = (0..4)
-        .map(|i| setup.dir.join(format!("md10-{i}.img")))
-        .collect();
-    for m in &members {
-        let _ = fs::remove_file(m);
-        // Each member holds half the data (two copies over four members), plus room for
-        // the superblock, mdadm's data offset and chunk rounding.
-        fs::File::create(m)?.set_len(len / 2 + (16 << 20))?;
-    }
-    let mut drives = members.clone();
-    drives.push(root_img.clone());
-    tools_vm(
+    // Each member holds half the data (two copies over four members), plus room for the
+    // superblock, mdadm's data offset and chunk rounding.
+    let (members, uuid) = create_array(
         inputs,
-        &setup.dir,
-        drives,
-        "/usr/sbin/mdadm --create /dev/md0 --run --assume-clean --metadata=1.2 --level=10 \
-         --layout=n2 --raid-devices=4 --name=root --homehost=stagehand \
-         /dev/vda /dev/vdb /dev/vdc /dev/vdd && /bin/busybox dd if=/dev/vde of=/dev/md0 bs=1M \
-         && /usr/sbin/mdadm --stop /dev/md0 && echo TOOLS-OK-$((1+1))",
+        setup,
+        &["md10-0.img", "md10-1.img", "md10-2.img", "md10-3.img"],
+        |len| len / 2 + (16 << 20),
+        "--level=10 --layout=n2 --raid-devices=4",
     )?;
-    fs::remove_file(&root_img)?;
-    let uuid = examine_uuid(&members[0])?;
     keep_superblock(&members[1], &setup.dir.join("mdadm-1.2-raid10-member1.sb"))?;
     Ok((members, uuid))
 }
@@ -421,62 +430,42 @@ pub fn md_raid10_degraded(inputs: &Inputs) -> Result<Outcome> {
     let mut out = Outcome::default();
     out.notes
         .push(format!("array UUID (mdadm --examine): {uuid}"));
-    let Some(lines) = setup.boot(
+    boot_degraded(
         inputs,
+        &setup,
         vec![members[1].clone(), members[2].clone()],
-        &["rd.device_timeout=3"],
-        "console.log",
+        &uuid,
         &[
             "loading module raid10",
             "started DEGRADED as /dev/md127 with vda, vdb",
             "stage1: mounted / (/dev/md/root, ext4)",
         ],
         &mut out,
-    )?
-    else {
-        return Ok(out);
-    };
-    let degraded = lines
-        .iter()
-        .find(|l| l.text.contains("started DEGRADED"))
-        .map(|l| l.text.trim().to_owned())
-        .unwrap_or_default();
-    out.notes.push(format!("stage 1 said: {degraded}"));
-    let facts = probe_facts(&lines);
-    let root = facts.get("root.source").map_or("<missing>", String::as_str);
-    out.check("/ is the md array", root.starts_with("/dev/md"), || {
-        format!("the guest says / is {root:?}")
-    });
+    )?;
     Ok(out)
 }
 
-/// `md-raid1-degraded`: the root on an md RAID1 (v1.2 metadata) with one of its two
-/// members missing: stage 1 waits for the array's members until the device timeout,
-/// starts it degraded with a warning, finds the ext4 on `/dev/md127` through
-/// `/dev/md/root`, and the boot reaches the probe.
-pub fn md_raid1_degraded(inputs: &Inputs) -> Result<Outcome> {
-    // The members are made once with a throwaway initrd, then the real one names the array.
-    let scratch = md_setup(inputs, "md-raid1-degraded", None, &[])?;
-    let (members, uuid) = md_members(inputs, &scratch)?;
-    let setup = md_setup(inputs, "md-raid1-degraded", Some(&uuid), &[])?;
-    let mut out = Outcome::default();
-    out.notes
-        .push(format!("array UUID (mdadm --examine): {uuid}"));
+/// Boot `drives`, the members of array `uuid`, through `expect` to the probe, and check what
+/// a degraded start must show: the warning names the array and the fix, and `/` is the
+/// array. The console lines of a boot that got there.
+fn boot_degraded(
+    inputs: &Inputs,
+    setup: &Setup,
+    drives: Vec<PathBuf>,
+    uuid: &str,
+    expect: &[&str],
+    out: &mut Outcome,
+) -> Result<Option<Vec<Line>>> {
     let Some(lines) = setup.boot(
         inputs,
-        vec![members[0].clone()],
+        drives,
         &["rd.device_timeout=3"],
         "console.log",
-        &[
-            "loading module raid1",
-            "started DEGRADED as /dev/md127 with vda",
-            "stage1: device /dev/md/root for / is /dev/md/root",
-            "stage1: mounted / (/dev/md/root, ext4)",
-        ],
-        &mut out,
+        expect,
+        out,
     )?
     else {
-        return Ok(out);
+        return Ok(None);
     };
     let degraded = lines
         .iter()
@@ -494,6 +483,37 @@ pub fn md_raid1_degraded(inputs: &Inputs) -> Result<Outcome> {
     out.check("/ is the md array", root.starts_with("/dev/md"), || {
         format!("the guest says / is {root:?}")
     });
+    Ok(Some(lines))
+}
+
+/// `md-raid1-degraded`: the root on an md RAID1 (v1.2 metadata) with one of its two
+/// members missing: stage 1 waits for the array's members until the device timeout,
+/// starts it degraded with a warning, finds the ext4 on `/dev/md127` through
+/// `/dev/md/root`, and the boot reaches the probe.
+pub fn md_raid1_degraded(inputs: &Inputs) -> Result<Outcome> {
+    // The members are made once with a throwaway initrd, then the real one names the array.
+    let scratch = md_setup(inputs, "md-raid1-degraded", None, &[])?;
+    let (members, uuid) = md_members(inputs, &scratch)?;
+    let setup = md_setup(inputs, "md-raid1-degraded", Some(&uuid), &[])?;
+    let mut out = Outcome::default();
+    out.notes
+        .push(format!("array UUID (mdadm --examine): {uuid}"));
+    let Some(lines) = boot_degraded(
+        inputs,
+        &setup,
+        vec![members[0].clone()],
+        &uuid,
+        &[
+            "loading module raid1",
+            "started DEGRADED as /dev/md127 with vda",
+            "stage1: device /dev/md/root for / is /dev/md/root",
+            "stage1: mounted / (/dev/md/root, ext4)",
+        ],
+        &mut out,
+    )?
+    else {
+        return Ok(out);
+    };
     check_store_read_only(&mut out, "/nix/store read-only", &lines);
     out.notes.push(receipt_stage1(
         &lines,
