@@ -287,6 +287,64 @@ pub fn luks2_passphrase(inputs: &Inputs) -> Result<Outcome> {
     Ok(out)
 }
 
+/// `luks-detached-header`: the root's disk is encrypted whole, its LUKS2 header on a
+/// second disk (`cryptsetup reencrypt --encrypt --header`, as `boot.initrd.luks.devices.<name>.header`
+/// on a USB stick would be): stage 1 waits for the header's disk by its UUID
+/// (`/dev/disk/by-uuid/…`: only the header carries one), reads the keyslots from it, opens
+/// `/dev/vda` (all ciphertext, no header of its own) and the boot reaches the probe.
+pub fn luks_detached_header(inputs: &Inputs) -> Result<Outcome> {
+    let mut dev = LuksDevice::new("cryptroot", "/dev/vda");
+    dev.header = Some(format!("/dev/disk/by-uuid/{LUKS_UUID}"));
+    let options = Stage1Options {
+        luks: vec![dev],
+        ..Stage1Options::default()
+    };
+    let s = Layered::new(
+        inputs,
+        "luks-detached-header",
+        &format!("LABEL={ROOT_LABEL}"),
+        options,
+    )?;
+    let header = s.dir.join("header.img");
+    let _ = fs::remove_file(&header);
+    let (data, hdr) = (
+        s.root_img.to_str().context("image path")?,
+        header.to_str().context("header path")?,
+    );
+    let mut args = vec![
+        "reencrypt",
+        "--encrypt",
+        "--batch-mode",
+        "--type",
+        "luks2",
+        "--header",
+        hdr,
+        "--key-file",
+        "-",
+        "--pbkdf",
+        "argon2id",
+    ];
+    args.extend_from_slice(CHEAP_KDF);
+    args.push(data);
+    cryptsetup(&args, PASSPHRASE.as_bytes())?;
+    run(Command::new("cryptsetup").args(["luksUUID", "--batch-mode", "--uuid", LUKS_UUID, hdr]))?;
+    let mut out = Outcome::default();
+    let mut vm = s.start(inputs, vec![s.root_img.clone(), header], &[], &mut out)?;
+    if let Err(e) = answer_prompts(&mut vm, 0, Some(PASSPHRASE)) {
+        out.wait_failed(&vm, &e, 40);
+        return Ok(out);
+    }
+    finish_boot(
+        &mut vm,
+        &[
+            "stage1: opened /dev/vda as /dev/mapper/cryptroot",
+            "stage1: device LABEL=stagehand-root for / is /dev/dm-0",
+        ],
+        &mut out,
+    );
+    Ok(out)
+}
+
 /// `luks1-keyfile`: a LUKS1 root (PBKDF2-sha256, aes-xts-plain64) opened with a key file
 /// appended as an initrd secret: 64 bytes at offset 16 of a 128-byte file
 /// (`keyFileOffset`/`keyFileSize`); no prompt.

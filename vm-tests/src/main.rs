@@ -112,6 +112,11 @@ const SCENARIOS: &[Scenario] = &[
         layer_scenarios::luks2_passphrase,
     ),
     (
+        "luks-detached-header",
+        "LUKS2 with its header on a second disk (found by UUID): the whole first disk is ciphertext; unlocked with a passphrase, boots",
+        layer_scenarios::luks_detached_header,
+    ),
+    (
         "luks1-keyfile",
         "LUKS1 root opened with a key file from the initrd secrets (keyFileOffset/keyFileSize); boots to systemd",
         layer_scenarios::luks1_keyfile,
