@@ -92,6 +92,26 @@ impl Layered {
         Vm::start(&cfg)
     }
 
+    /// Boot `disks`, type [`PASSPHRASE`] when asked (after `wrong` wrong ones) and boot on
+    /// through `expect` to the probe ([`finish_boot`]). The VM, for more checks of its
+    /// console; `None` when the prompts did not go as expected (reported in `out`).
+    fn boot_with_passphrase(
+        &self,
+        inputs: &Inputs,
+        disks: Vec<PathBuf>,
+        wrong: usize,
+        expect: &[&str],
+        out: &mut Outcome,
+    ) -> Result<Option<Vm>> {
+        let mut vm = self.start(inputs, disks, &[], out)?;
+        if let Err(e) = answer_prompts(&mut vm, wrong, Some(PASSPHRASE)) {
+            out.wait_failed(&vm, &e, 40);
+            return Ok(None);
+        }
+        finish_boot(&mut vm, expect, out);
+        Ok(Some(vm))
+    }
+
     /// Append an initrd secret (as NixOS's append-initrd-secrets does).
     fn append_secret(&self, dest: &str, source: PathBuf) -> Result<()> {
         let archive = stagehand_initrd::secrets_archive(&[stagehand_initrd::Secret {
@@ -130,12 +150,10 @@ fn cryptsetup(args: &[&str], key: &[u8]) -> Result<()> {
 }
 
 /// Encrypt `img` in place as LUKS2 (`extra` options), the key on stdin; then give it
-/// [`LUKS_UUID`].
-fn encrypt(img: &Path, extra: &[&str], key: &[u8]) -> Result<()> {
-    let room: u64 = 32 << 20;
-    let f = fs::OpenOptions::new().write(true).open(img)?;
-    f.set_len(f.metadata()?.len() + room)?;
-    drop(f);
+/// [`LUKS_UUID`]. The header goes in front of the data (`--reduce-device-size`, the image
+/// grown by that much first) or, with `header`, into that file: the image is then all
+/// ciphertext and only the header carries the UUID.
+fn encrypt(img: &Path, header: Option<&Path>, extra: &[&str], key: &[u8]) -> Result<()> {
     let path = img.to_str().context("image path")?;
     let mut args = vec![
         "reencrypt",
@@ -143,15 +161,34 @@ fn encrypt(img: &Path, extra: &[&str], key: &[u8]) -> Result<()> {
         "--batch-mode",
         "--type",
         "luks2",
-        "--reduce-device-size",
-        HEADER_ROOM,
         "--key-file",
         "-",
     ];
+    let uuid_on = match header {
+        Some(h) => {
+            let _ = fs::remove_file(h);
+            let h = h.to_str().context("header path")?;
+            args.extend(["--header", h]);
+            h
+        }
+        None => {
+            let room: u64 = 32 << 20;
+            let f = fs::OpenOptions::new().write(true).open(img)?;
+            f.set_len(f.metadata()?.len() + room)?;
+            args.extend(["--reduce-device-size", HEADER_ROOM]);
+            path
+        }
+    };
     args.extend_from_slice(extra);
     args.push(path);
     cryptsetup(&args, key)?;
-    run(Command::new("cryptsetup").args(["luksUUID", "--batch-mode", "--uuid", LUKS_UUID, path]))?;
+    run(Command::new("cryptsetup").args([
+        "luksUUID",
+        "--batch-mode",
+        "--uuid",
+        LUKS_UUID,
+        uuid_on,
+    ]))?;
     Ok(())
 }
 
@@ -247,7 +284,7 @@ fn argon2id_root(inputs: &Inputs, name: &str) -> Result<Layered> {
     let s = Layered::new(inputs, name, &format!("LABEL={ROOT_LABEL}"), options)?;
     let mut args = vec!["--pbkdf", "argon2id"];
     args.extend_from_slice(CHEAP_KDF);
-    encrypt(&s.root_img, &args, PASSPHRASE.as_bytes())?;
+    encrypt(&s.root_img, None, &args, PASSPHRASE.as_bytes())?;
     Ok(s)
 }
 
@@ -258,19 +295,12 @@ fn argon2id_root(inputs: &Inputs, name: &str) -> Result<Layered> {
 pub fn luks2_passphrase(inputs: &Inputs) -> Result<Outcome> {
     let s = argon2id_root(inputs, "luks2-passphrase")?;
     let mut out = Outcome::default();
-    let mut vm = s.start(inputs, vec![s.root_img.clone()], &[], &mut out)?;
-    if let Err(e) = answer_prompts(&mut vm, 1, Some(PASSPHRASE)) {
-        out.wait_failed(&vm, &e, 40);
-        return Ok(out);
-    }
-    finish_boot(
-        &mut vm,
-        &[
+    let Some(vm) = s.boot_with_passphrase(inputs, vec![s.root_img.clone()], 1, &[
             "stage1: opened /dev/disk/by-uuid/5ca1ab1e-0b5e-4d1e-9a7a-c0ffee000016 as /dev/mapper/cryptroot",
             "stage1: device LABEL=stagehand-root for / is /dev/dm-0",
-        ],
-        &mut out,
-    );
+        ], &mut out)? else {
+        return Ok(out);
+    };
     let lines = vm.lines();
     out.check(
         "exactly one wrong try reported",
@@ -306,42 +336,23 @@ pub fn luks_detached_header(inputs: &Inputs) -> Result<Outcome> {
         options,
     )?;
     let header = s.dir.join("header.img");
-    let _ = fs::remove_file(&header);
-    let (data, hdr) = (
-        s.root_img.to_str().context("image path")?,
-        header.to_str().context("header path")?,
-    );
-    let mut args = vec![
-        "reencrypt",
-        "--encrypt",
-        "--batch-mode",
-        "--type",
-        "luks2",
-        "--header",
-        hdr,
-        "--key-file",
-        "-",
-        "--pbkdf",
-        "argon2id",
-    ];
+    let mut args = vec!["--pbkdf", "argon2id"];
     args.extend_from_slice(CHEAP_KDF);
-    args.push(data);
-    cryptsetup(&args, PASSPHRASE.as_bytes())?;
-    run(Command::new("cryptsetup").args(["luksUUID", "--batch-mode", "--uuid", LUKS_UUID, hdr]))?;
+    encrypt(&s.root_img, Some(&header), &args, PASSPHRASE.as_bytes())?;
     let mut out = Outcome::default();
-    let mut vm = s.start(inputs, vec![s.root_img.clone(), header], &[], &mut out)?;
-    if let Err(e) = answer_prompts(&mut vm, 0, Some(PASSPHRASE)) {
-        out.wait_failed(&vm, &e, 40);
-        return Ok(out);
-    }
-    finish_boot(
-        &mut vm,
+    let Some(_) = s.boot_with_passphrase(
+        inputs,
+        vec![s.root_img.clone(), header],
+        0,
         &[
             "stage1: opened /dev/vda as /dev/mapper/cryptroot",
             "stage1: device LABEL=stagehand-root for / is /dev/dm-0",
         ],
         &mut out,
-    );
+    )?
+    else {
+        return Ok(out);
+    };
     Ok(out)
 }
 
@@ -366,6 +377,7 @@ pub fn luks1_keyfile(inputs: &Inputs) -> Result<Outcome> {
     let key = keyfile.get(16..80).context("key")?;
     encrypt(
         &s.root_img,
+        None,
         &[
             "--pbkdf",
             "pbkdf2",
@@ -496,23 +508,16 @@ pub fn lvm_on_luks(inputs: &Inputs) -> Result<Outcome> {
     let pv = lvm_image(&s.dir, &s.root_img)?;
     let mut args = vec!["--pbkdf", "argon2id"];
     args.extend_from_slice(CHEAP_KDF);
-    encrypt(&pv, &args, PASSPHRASE.as_bytes())?;
+    encrypt(&pv, None, &args, PASSPHRASE.as_bytes())?;
     let mut out = Outcome::default();
-    let mut vm = s.start(inputs, vec![pv], &[], &mut out)?;
-    if let Err(e) = answer_prompts(&mut vm, 0, Some(PASSPHRASE)) {
-        out.wait_failed(&vm, &e, 40);
-        return Ok(out);
-    }
-    finish_boot(
-        &mut vm,
-        &[
+    let Some(_) = s.boot_with_passphrase(inputs, vec![pv], 0, &[
             "stage1: opened /dev/disk/by-uuid/5ca1ab1e-0b5e-4d1e-9a7a-c0ffee000016 as /dev/mapper/cryptpv",
             "stage1: /dev/dm-0 is LVM physical volume",
             "stage1: activated stagehand/root as /dev/mapper/stagehand-root",
             "stage1: device /dev/stagehand/root for / is /dev/stagehand/root",
-        ],
-        &mut out,
-    );
+        ], &mut out)? else {
+        return Ok(out);
+    };
     Ok(out)
 }
 
@@ -539,7 +544,7 @@ pub fn luks_on_lvm(inputs: &Inputs) -> Result<Outcome> {
     )?;
     let mut args = vec!["--pbkdf", "argon2id"];
     args.extend_from_slice(CHEAP_KDF);
-    encrypt(&s.root_img, &args, PASSPHRASE.as_bytes())?;
+    encrypt(&s.root_img, None, &args, PASSPHRASE.as_bytes())?;
     let pv = lvm_image(&s.dir, &s.root_img)?;
     let mut out = Outcome::default();
     let mut vm = s.start(inputs, vec![pv], &[], &mut out)?;
@@ -596,23 +601,23 @@ pub fn luks_shared_passphrase(inputs: &Inputs) -> Result<Outcome> {
         .arg("16M"))?;
     let mut args = vec!["--pbkdf", "argon2id"];
     args.extend_from_slice(CHEAP_KDF);
-    encrypt(&s.root_img, &args, PASSPHRASE.as_bytes())?;
-    encrypt(&data, &args, PASSPHRASE.as_bytes())?;
+    encrypt(&s.root_img, None, &args, PASSPHRASE.as_bytes())?;
+    encrypt(&data, None, &args, PASSPHRASE.as_bytes())?;
     let mut out = Outcome::default();
-    let mut vm = s.start(inputs, vec![s.root_img.clone(), data], &[], &mut out)?;
-    if let Err(e) = answer_prompts(&mut vm, 0, Some(PASSPHRASE)) {
-        out.wait_failed(&vm, &e, 40);
-        return Ok(out);
-    }
-    finish_boot(
-        &mut vm,
+    let Some(vm) = s.boot_with_passphrase(
+        inputs,
+        vec![s.root_img.clone(), data],
+        0,
         &[
             "stage1: opened /dev/vda as /dev/mapper/cryptroot",
             "stage1: a passphrase given before opened cryptdata",
             "stage1: opened /dev/vdb as /dev/mapper/cryptdata",
         ],
         &mut out,
-    );
+    )?
+    else {
+        return Ok(out);
+    };
     let prompts = vm
         .lines()
         .iter()
