@@ -386,8 +386,8 @@ pub fn boot_spine(inputs: &Inputs, echo: bool) -> Result<Outcome> {
             for part in [Part::Stage1, Part::Stage2, Part::Activation] {
                 out.notes.push(timeline.breakdown(part));
             }
-            if let Some(note) = facts.get("boot-receipt").and_then(|r| stage1_own_note(r)) {
-                out.notes.push(note);
+            if let Some(receipt) = facts.get("boot-receipt") {
+                out.notes.push(stage1_own_note(receipt));
             }
         }
         Err(e) => out.failures.push(format!("boot timeline: {e}")),
@@ -408,26 +408,32 @@ pub fn boot_spine(inputs: &Inputs, echo: bool) -> Result<Outcome> {
 
 /// Stage 1's own work as its receipt splits it (issue #18): wall time less `finit_module`,
 /// fsck and the wait for the disk, and of its CPU time the part in user space.
-fn stage1_own_note(receipt: &str) -> Option<String> {
-    let v: serde_json::Value = serde_json::from_str(receipt).ok()?;
-    let s1 = v.get("times_us")?.get("stage1")?;
-    let ms = |k: &str| {
-        s1.get(k).and_then(serde_json::Value::as_u64).map_or_else(
+fn stage1_own_note(receipt: &str) -> String {
+    let parsed: Result<stagehand_boot::receipt::BootReceipt, _> = serde_json::from_str(receipt);
+    let s1 = match parsed {
+        Ok(r) => match r.times_us.stage1 {
+            Some(s1) => s1,
+            None => return "stage 1 receipt: none (the boot receipt has no stage 1 part)".into(),
+        },
+        Err(e) => return format!("stage 1 receipt: the boot receipt does not read as one: {e}"),
+    };
+    let ms = |us: Option<u64>| {
+        us.map_or_else(
             || "?".to_owned(),
             |us| format!("{:.1} ms", us as f64 / 1000.0),
         )
     };
-    Some(format!(
+    format!(
         "stage 1 receipt: total {}, finit_module {}, fsck {}, device wait {}, own work {}; \
          CPU {} of which user space {}",
-        ms("total"),
-        ms("finit_module"),
-        ms("fsck"),
-        ms("device_wait"),
-        ms("own"),
-        ms("cpu"),
-        ms("user_cpu")
-    ))
+        ms(Some(s1.total_us)),
+        ms(s1.finit_module_us),
+        ms(s1.fsck_us),
+        ms(s1.device_wait_us),
+        ms(s1.own_us),
+        ms(s1.cpu_us),
+        ms(s1.user_cpu_us)
+    )
 }
 
 /// Draw the boot's timeline from the receipt the probe printed as `dir/timeline.svg`, and
